@@ -1,0 +1,495 @@
+//! Jinja2 templating as Ansible playbooks use it, on minijinja.
+//!
+//! Inputs: strings from the playbook (`"{{ x }}"`, `when:` expressions) and a [`Scope`] of
+//! variables. Outputs: JSON values. A string that is exactly one `{{ expression }}` keeps the
+//! expression's native type (a list stays a list), as in Ansible; anything else renders to text.
+//! Undefined variables are errors, except under `is defined` and `default`, as in Ansible.
+//! Play, block and task `vars` are templated lazily when looked up, so `url: "http://{{ host }}"`
+//! may refer to variables registered later.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value as MjValue};
+use minijinja::{Environment, Error as MjError, ErrorKind, UndefinedBehavior};
+use serde_json::Value;
+
+/// How deep lazily templated variables may refer to each other before it is called a loop.
+const MAX_LAZY_DEPTH: usize = 32;
+
+/// A template that failed to compile or render.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+fn describe(e: &MjError) -> String {
+    let mut s = match e.detail() {
+        Some(d) => format!("{}: {d}", kind_text(e.kind())),
+        None => kind_text(e.kind()).to_string(),
+    };
+    if let Some(src) = std::error::Error::source(e) {
+        s.push_str(&format!(" ({src})"));
+    }
+    s
+}
+
+fn kind_text(k: ErrorKind) -> &'static str {
+    match k {
+        ErrorKind::SyntaxError => "template syntax error",
+        ErrorKind::UndefinedError => "undefined variable",
+        ErrorKind::UnknownFilter => "unknown filter",
+        ErrorKind::UnknownTest => "unknown test",
+        ErrorKind::UnknownFunction => "unknown function",
+        ErrorKind::InvalidOperation => "invalid operation",
+        _ => "template error",
+    }
+}
+
+/// Whether a string contains template markup.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%") || s.contains("{#")
+}
+
+/// If `s` is exactly one `{{ expr }}`, the expression.
+fn single_expression(s: &str) -> Option<&str> {
+    let t = s.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    Some(inner.trim().trim_start_matches('-').trim_end_matches('-'))
+}
+
+/// The templating engine: one per process, shared.
+pub struct Templar {
+    env: Environment<'static>,
+}
+
+impl fmt::Debug for Templar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Templar")
+    }
+}
+
+impl Default for Templar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templar {
+    /// An engine with Ansible's most used filters.
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Ansible keeps a template's trailing newline (`content: "{{ v }}\n"` must end in one).
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+        {
+            env.set_syntax(syntax);
+        }
+        env.set_recursion_limit(200);
+        // Python renders booleans as True/False and None as None; Ansible output shows that.
+        env.set_formatter(|out, state, value| match value.kind() {
+            minijinja::value::ValueKind::Bool => {
+                let t = if value.is_true() { "True" } else { "False" };
+                out.write_str(t)
+                    .map_err(|_| MjError::new(ErrorKind::WriteFailure, "write failed"))
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
+        // Python's str/dict/list methods (`.split()`, `.startswith()`, `.items()`), which
+        // Ansible playbooks call freely.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("bool", filter_bool);
+        env.add_filter("to_json", filter_to_json);
+        env.add_filter("to_nice_json", filter_to_nice_json);
+        env.add_filter("from_json", filter_from_json);
+        env.add_filter("basename", filter_basename);
+        env.add_filter("dirname", filter_dirname);
+        Templar { env }
+    }
+
+    /// Checks a string's template syntax without rendering it.
+    pub fn check_template(&self, s: &str) -> Result<(), TemplateError> {
+        if !is_template(s) {
+            return Ok(());
+        }
+        self.env
+            .template_from_str(s)
+            .map(|_| ())
+            .map_err(|e| TemplateError(describe(&e)))
+    }
+
+    /// Checks a bare expression (`when:`, `failed_when:`, `that:`).
+    pub fn check_expression(&self, expr: &str) -> Result<(), TemplateError> {
+        let e = strip_braces(expr);
+        self.env
+            .compile_expression(e)
+            .map(|_| ())
+            .map_err(|e| TemplateError(describe(&e)))
+    }
+
+    /// Renders a string: native value for a single expression, text otherwise.
+    pub fn render_str(&self, s: &str, scope: &MjValue) -> Result<Value, TemplateError> {
+        Ok(to_json(&self.render_str_mj(s, scope)?))
+    }
+
+    fn render_str_mj(&self, s: &str, scope: &MjValue) -> Result<MjValue, TemplateError> {
+        if !is_template(s) {
+            return Ok(MjValue::from(s));
+        }
+        if let Some(expr) = single_expression(s) {
+            let e = self
+                .env
+                .compile_expression(expr)
+                .map_err(|e| TemplateError(describe(&e)))?;
+            let v = e
+                .eval(scope.clone())
+                .map_err(|e| TemplateError(describe(&e)))?;
+            if v.is_undefined() {
+                return Err(TemplateError(format!("undefined variable in `{expr}`")));
+            }
+            return Ok(v);
+        }
+        self.env
+            .render_str(s, scope.clone())
+            .map(MjValue::from)
+            .map_err(|e| TemplateError(describe(&e)))
+    }
+
+    /// Renders every string inside a JSON value.
+    pub fn render_value(&self, v: &Value, scope: &MjValue) -> Result<Value, TemplateError> {
+        match v {
+            Value::String(s) => self.render_str(s, scope),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| self.render_value(i, scope))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Value::Object(map) => {
+                let mut out = serde_json::Map::with_capacity(map.len());
+                for (k, val) in map {
+                    out.insert(k.clone(), self.render_value(val, scope)?);
+                }
+                Ok(Value::Object(out))
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// Evaluates a bare expression (braces around it are tolerated).
+    pub fn eval(&self, expr: &str, scope: &MjValue) -> Result<Value, TemplateError> {
+        let e = self
+            .env
+            .compile_expression(strip_braces(expr))
+            .map_err(|e| TemplateError(describe(&e)))?;
+        let v = e
+            .eval(scope.clone())
+            .map_err(|e| TemplateError(describe(&e)))?;
+        if v.is_undefined() {
+            return Err(TemplateError(format!(
+                "undefined variable in `{}`",
+                strip_braces(expr)
+            )));
+        }
+        Ok(to_json(&v))
+    }
+
+    /// Evaluates a condition list (all must hold), as `when:` / `failed_when:` do.
+    pub fn eval_conditions(&self, conds: &[Value], scope: &MjValue) -> Result<bool, TemplateError> {
+        for c in conds {
+            let ok = match c {
+                Value::Bool(b) => *b,
+                Value::String(s) => {
+                    let e = self
+                        .env
+                        .compile_expression(strip_braces(s))
+                        .map_err(|e| TemplateError(describe(&e)))?;
+                    let v = e
+                        .eval(scope.clone())
+                        .map_err(|e| TemplateError(describe(&e)))?;
+                    if v.is_undefined() {
+                        return Err(TemplateError(format!(
+                            "undefined variable in `{}`",
+                            strip_braces(s)
+                        )));
+                    }
+                    truthy(&v)
+                }
+                Value::Null => false,
+                Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+                other => {
+                    return Err(TemplateError(format!(
+                        "a condition must be an expression or a boolean, not {other}"
+                    )));
+                }
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn truthy(v: &MjValue) -> bool {
+    // Ansible treats the strings "yes"/"true"/... in conditions by their truth as text; a
+    // non-empty string is true in Jinja. Keep Jinja's rule.
+    v.is_true()
+}
+
+fn strip_braces(expr: &str) -> &str {
+    single_expression(expr).unwrap_or(expr.trim())
+}
+
+/// Converts a template value to JSON (undefined becomes null).
+pub fn to_json(v: &MjValue) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Converts JSON to a template value.
+pub fn from_json(v: &Value) -> MjValue {
+    MjValue::from(minijinja::value::Serde(v))
+}
+
+fn filter_bool(v: MjValue) -> bool {
+    if let Some(s) = v.as_str() {
+        return matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "yes" | "on" | "1" | "true" | "y" | "t"
+        );
+    }
+    if v.is_number() {
+        return v.as_i64().is_some_and(|n| n == 1) || v.to_string() == "1.0";
+    }
+    v.is_true()
+}
+
+fn filter_to_json(v: MjValue) -> Result<String, MjError> {
+    serde_json::to_string(&v).map_err(|e| MjError::new(ErrorKind::BadSerialization, e.to_string()))
+}
+
+fn filter_to_nice_json(v: MjValue) -> Result<String, MjError> {
+    serde_json::to_string_pretty(&v)
+        .map_err(|e| MjError::new(ErrorKind::BadSerialization, e.to_string()))
+}
+
+fn filter_from_json(s: String) -> Result<MjValue, MjError> {
+    let v: Value = serde_json::from_str(&s).map_err(|e| {
+        MjError::new(
+            ErrorKind::InvalidOperation,
+            format!("from_json: invalid JSON: {e}"),
+        )
+    })?;
+    Ok(from_json(&v))
+}
+
+fn filter_basename(s: String) -> String {
+    match s.rfind('/') {
+        Some(i) => s[i + 1..].to_string(),
+        None => s,
+    }
+}
+
+fn filter_dirname(s: String) -> String {
+    match s.rfind('/') {
+        Some(0) => "/".to_string(),
+        Some(i) => s[..i].to_string(),
+        None => String::new(),
+    }
+}
+
+/// One layer of variables.
+#[derive(Debug, Clone)]
+pub enum Layer {
+    /// Final values (registered results, facts, extra vars, magic variables).
+    Fixed(Arc<BTreeMap<String, MjValue>>),
+    /// Shared, mutable final values (the host's facts and registered results).
+    Shared(Arc<RwLock<BTreeMap<String, MjValue>>>),
+    /// Raw `vars:` from the playbook, templated when looked up.
+    Lazy(Arc<serde_json::Map<String, Value>>),
+}
+
+/// The variables visible to a task: layers searched from the first (highest precedence).
+#[derive(Debug)]
+pub struct Scope {
+    layers: Vec<Layer>,
+    templar: Arc<Templar>,
+    depth: AtomicUsize,
+}
+
+impl Scope {
+    /// A scope over `layers`, highest precedence first.
+    pub fn value(templar: Arc<Templar>, layers: Vec<Layer>) -> MjValue {
+        MjValue::from_object(Scope {
+            layers,
+            templar,
+            depth: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Object for Scope {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &MjValue) -> Option<MjValue> {
+        let name = key.as_str()?;
+        for layer in &self.layers {
+            match layer {
+                Layer::Fixed(m) => {
+                    if let Some(v) = m.get(name) {
+                        return Some(v.clone());
+                    }
+                }
+                Layer::Shared(m) => {
+                    let guard = m.read().ok()?;
+                    if let Some(v) = guard.get(name) {
+                        return Some(v.clone());
+                    }
+                }
+                Layer::Lazy(m) => {
+                    if let Some(raw) = m.get(name) {
+                        if self.depth.fetch_add(1, Ordering::SeqCst) >= MAX_LAZY_DEPTH {
+                            self.depth.fetch_sub(1, Ordering::SeqCst);
+                            return None;
+                        }
+                        let ctx = MjValue::from_dyn_object(self.clone());
+                        let rendered = self.templar.render_value(raw, &ctx);
+                        self.depth.fetch_sub(1, Ordering::SeqCst);
+                        return rendered.ok().map(|v| from_json(&v));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let mut keys = std::collections::BTreeSet::new();
+        for layer in &self.layers {
+            match layer {
+                Layer::Fixed(m) => keys.extend(m.keys().cloned()),
+                Layer::Shared(m) => {
+                    if let Ok(g) = m.read() {
+                        keys.extend(g.keys().cloned());
+                    }
+                }
+                Layer::Lazy(m) => keys.extend(m.keys().cloned()),
+            }
+        }
+        Enumerator::Values(keys.into_iter().map(MjValue::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope(t: &Arc<Templar>, vars: Value, lazy: Value) -> MjValue {
+        let fixed: BTreeMap<String, MjValue> = vars
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), from_json(v)))
+            .collect();
+        Scope::value(
+            t.clone(),
+            vec![
+                Layer::Fixed(Arc::new(fixed)),
+                Layer::Lazy(Arc::new(lazy.as_object().unwrap().clone())),
+            ],
+        )
+    }
+
+    #[test]
+    fn single_expression_keeps_native_types() {
+        let t = Arc::new(Templar::new());
+        let s = scope(&t, json!({"xs": [1, 2], "n": 3}), json!({}));
+        assert_eq!(t.render_str("{{ xs }}", &s).unwrap(), json!([1, 2]));
+        assert_eq!(t.render_str("{{ n + 1 }}", &s).unwrap(), json!(4));
+        assert_eq!(t.render_str("n={{ n }}", &s).unwrap(), json!("n=3"));
+        assert_eq!(t.render_str("plain", &s).unwrap(), json!("plain"));
+    }
+
+    #[test]
+    fn booleans_render_as_python_does() {
+        let t = Arc::new(Templar::new());
+        let s = scope(&t, json!({"r": {"failed": true}}), json!({}));
+        assert_eq!(
+            t.render_str("failed={{ r.failed }}", &s).unwrap(),
+            json!("failed=True")
+        );
+    }
+
+    #[test]
+    fn undefined_is_an_error_except_under_default_and_defined() {
+        let t = Arc::new(Templar::new());
+        let s = scope(&t, json!({}), json!({}));
+        assert!(t.render_str("{{ nope }}", &s).is_err());
+        assert!(t.render_str("x{{ nope }}", &s).is_err());
+        assert!(t.eval_conditions(&[json!("nope")], &s).is_err());
+        assert_eq!(
+            t.render_str("{{ nope | default('d') }}", &s).unwrap(),
+            json!("d")
+        );
+        assert!(!t.eval_conditions(&[json!("nope is defined")], &s).unwrap());
+    }
+
+    #[test]
+    fn filters_playbooks_use_most() {
+        let t = Arc::new(Templar::new());
+        let s = scope(
+            &t,
+            json!({"p": "/opt/app/current", "y": "yes", "j": "{\"a\": [1]}", "m": {"k": "V"}}),
+            json!({}),
+        );
+        let cases = [
+            ("{{ p | basename }}", json!("current")),
+            ("{{ p | dirname }}", json!("/opt/app")),
+            ("{{ y | bool }}", json!(true)),
+            ("{{ 'off' | bool }}", json!(false)),
+            ("{{ '42' | int }}", json!(42)),
+            ("{{ 7 | string }}", json!("7")),
+            ("{{ m.k | lower }}", json!("v")),
+            ("{{ 'a' | upper }}", json!("A")),
+            ("{{ (j | from_json).a[0] }}", json!(1)),
+            ("{{ m | to_json }}", json!("{\"k\":\"V\"}")),
+            ("{{ p | length }}", json!(16)),
+            ("{{ '3 /x'.split(' ')[0] }}", json!("3")),
+            ("{{ p.startswith('/opt') }}", json!(true)),
+        ];
+        for (src, want) in cases {
+            assert_eq!(t.render_str(src, &s).unwrap(), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn lazy_vars_see_later_values_and_loops_are_bounded() {
+        let t = Arc::new(Templar::new());
+        let s = scope(
+            &t,
+            json!({"port": 8080}),
+            json!({"url": "http://127.0.0.1:{{ port }}/", "a": "{{ b }}", "b": "{{ a }}"}),
+        );
+        assert_eq!(
+            t.render_str("{{ url }}", &s).unwrap(),
+            json!("http://127.0.0.1:8080/")
+        );
+        assert!(t.render_str("{{ a }}", &s).is_err());
+    }
+
+    #[test]
+    fn syntax_errors_are_found_without_rendering() {
+        let t = Templar::new();
+        assert!(t.check_template("{{ x ").is_err());
+        assert!(t.check_expression("x ==").is_err());
+        assert!(t.check_expression("r.rc not in [0, 3]").is_ok());
+    }
+}
