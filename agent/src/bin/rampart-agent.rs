@@ -1,0 +1,124 @@
+//! `rampart-agent`: the gRPC service on every host. Finishes interrupted transactions first,
+//! then serves.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use rampart_agent::config::AgentConfig;
+use rampart_agent::journal::Durability;
+use rampart_agent::server::{self, AgentService};
+use rampart_agent::template::Templar;
+use rampart_agent::transaction::{self, HostConfig};
+
+/// Rampart's host agent: runs playbooks as crash-safe transactions for the controller.
+///
+/// On start it first finishes any transaction a crash interrupted (rescue + always, as the
+/// journal demands), then serves gRPC. Plaintext gRPC needs --insecure-dev until mutual TLS lands.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Example:\n  rampart-agent --listen 127.0.0.1:7420 --state-dir /var/lib/rampart --insecure-dev"
+)]
+struct Args {
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// State directory: journal/, history/, lock.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// TOML configuration file; flags override it.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Serve plaintext gRPC (development only).
+    #[arg(long)]
+    insecure_dev: bool,
+    /// Do not fsync journal records (benchmarks only: a crash may lose the journal's tail).
+    #[arg(long, hide = true)]
+    no_fsync: bool,
+    /// Test hook for crash tests: SIGSTOP this process right after journal record N is written.
+    #[arg(long, hide = true, value_name = "N")]
+    debug_stop_after_record: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("rampart-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => AgentConfig::load(p).map_err(anyhow::Error::msg)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.state_dir {
+        cfg.state_dir = d;
+    }
+    cfg.insecure_dev |= args.insecure_dev;
+    if args.no_fsync {
+        cfg.journal_fsync = false;
+    }
+    if !cfg.insecure_dev {
+        anyhow::bail!(
+            "refusing to serve without TLS: mutual TLS is not available in this build yet; \
+             pass --insecure-dev (or insecure_dev = true) to serve plaintext on a trusted network"
+        );
+    }
+    tracing::warn!(
+        "serving plaintext gRPC (--insecure-dev): anyone who can reach {} can run playbooks as this user",
+        cfg.listen
+    );
+    let mut host = HostConfig::new(&cfg.state_dir);
+    if !cfg.journal_fsync {
+        host.durability = Durability::None;
+        tracing::warn!("journal fsync is off: a crash may lose the journal's tail");
+    }
+    host.stop_after_record = args.debug_stop_after_record;
+    let templar = Arc::new(Templar::new());
+    // Recovery comes before serving: the host never stays half-deployed.
+    let recovered = transaction::recover_all(&host, &templar, &mut |_| {})?;
+    if !recovered.is_empty() {
+        tracing::warn!(count = recovered.len(), "finished interrupted transactions");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, state_dir = %host.state_dir.display(), "serving");
+        println!("listening on {addr}");
+        let service = AgentService::new(host, templar);
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        server::serve(listener, service, shutdown).await?;
+        anyhow::Ok(())
+    })
+}

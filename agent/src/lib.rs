@@ -1,0 +1,29 @@
+//! Rampart's host agent: runs an Ansible-style playbook on this host as one transaction.
+//!
+//! Layout, one concept per module:
+//! - [`yaml`]: untrusted YAML into a tree that remembers positions (Ansible's YAML 1.1 scalars);
+//! - [`playbook`]: plays, tasks, blocks; the whole document validated before anything runs;
+//! - [`template`]: Jinja2 templating (`{{ }}`, `when:`) with Ansible's filters;
+//! - [`modules`]: `command`, `shell`, `copy`, `file`, ... with Ansible's arguments and results;
+//! - [`engine`]: block/rescue/always execution, `loop`, `until`, `failed_when`, check mode;
+//! - [`event`]: the records a transaction produces (journal lines, streamed events);
+//! - [`journal`]: the fsync'd write-ahead journal and its history;
+//! - [`recovery`]: what an interrupted journal demands (rescue, rerun rescue, rerun always);
+//! - [`lock`]: the host lock (flock + holder record);
+//! - [`transaction`]: one transaction from request to history, and start-up recovery;
+//! - [`server`]: the gRPC adapter (`rampart.v1.Agent` and `grpc.health.v1`);
+//! - [`config`]: the agent's TOML configuration.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod journal;
+pub mod lock;
+pub mod modules;
+pub mod playbook;
+pub mod recovery;
+pub mod server;
+pub mod template;
+pub mod transaction;
+pub mod yaml;

@@ -1,0 +1,656 @@
+//! The gRPC adapter: `rampart.v1.Agent` and `grpc.health.v1` over tonic.
+//!
+//! Converts protobuf requests into [`TxRequest`]s at the edge (bad input is `INVALID_ARGUMENT`
+//! there), runs transactions on their own threads through [`crate::transaction`], and streams
+//! journal entries as `TransactionEvent`s. A transaction never depends on its client: the stream
+//! is one of possibly many watchers of the same in-memory entry list, which is backed by the
+//! journal; a client that reconnects calls `Watch` from the last `seq` it saw.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_proto::v1 as pb;
+use rampart_proto::v1::agent_server::{Agent, AgentServer};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::{JournalError, LockError, TxError};
+use crate::event::{Entry, Outcome, Recap, Record, Section, TaskStatus};
+use crate::template::Templar;
+use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
+
+/// Events buffered per watcher before the sender waits for the client.
+const STREAM_BUFFER: usize = 256;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TransactionEvent, Status>> + Send>>;
+
+/// A running transaction as watchers see it.
+#[derive(Debug)]
+struct LiveTx {
+    entries: Mutex<Vec<Entry>>,
+    done: AtomicBool,
+    changed: watch::Sender<usize>,
+}
+
+impl LiveTx {
+    fn new(initial: Vec<Entry>) -> Arc<Self> {
+        let (changed, _) = watch::channel(initial.len());
+        Arc::new(LiveTx {
+            entries: Mutex::new(initial),
+            done: AtomicBool::new(false),
+            changed,
+        })
+    }
+
+    fn push(&self, e: &Entry) {
+        let len = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.push(e.clone());
+            entries.len()
+        };
+        self.changed.send_replace(len);
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        let len = self.entries.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.changed.send_replace(len);
+    }
+
+    fn snapshot(&self) -> Vec<Entry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The agent's gRPC service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    host: HostConfig,
+    templar: Arc<Templar>,
+    live: Arc<Mutex<HashMap<String, Arc<LiveTx>>>>,
+}
+
+impl AgentService {
+    /// A service over the host's state dir.
+    pub fn new(host: HostConfig, templar: Arc<Templar>) -> Self {
+        AgentService {
+            host,
+            templar,
+            live: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The tonic server wrapper.
+    pub fn into_server(self) -> AgentServer<Self> {
+        AgentServer::new(self)
+    }
+
+    fn live(&self, txid: &str) -> Option<Arc<LiveTx>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(txid)
+            .cloned()
+    }
+}
+
+/// Maps a transaction error to the gRPC status the contract promises.
+pub fn status_of(e: &TxError) -> Status {
+    match e {
+        TxError::Playbook(_) | TxError::Request(_) => Status::invalid_argument(e.to_string()),
+        TxError::Lock(LockError::Busy { .. }) => Status::failed_precondition(e.to_string()),
+        TxError::Journal(JournalError::Exists { .. }) => Status::already_exists(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn watch_stream(tx: Arc<LiveTx>, from_seq: u64) -> EventStream {
+    let (out, rx) = mpsc::channel(STREAM_BUFFER);
+    let mut changed = tx.changed.subscribe();
+    tokio::spawn(async move {
+        let mut next = from_seq as usize;
+        loop {
+            let done = tx.done.load(Ordering::SeqCst);
+            let batch: Vec<Entry> = {
+                let entries = tx.entries.lock().unwrap_or_else(|p| p.into_inner());
+                entries
+                    .get(next..)
+                    .map(<[Entry]>::to_vec)
+                    .unwrap_or_default()
+            };
+            for e in &batch {
+                if out.send(Ok(to_proto(e))).await.is_err() {
+                    return; // the client went away; the transaction goes on
+                }
+            }
+            next += batch.len();
+            if done && batch.is_empty() {
+                return;
+            }
+            if batch.is_empty() && changed.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn replay_stream(entries: Vec<Entry>, from_seq: u64) -> EventStream {
+    let items: Vec<Result<pb::TransactionEvent, Status>> = entries
+        .iter()
+        .filter(|e| e.seq >= from_seq)
+        .map(|e| Ok(to_proto(e)))
+        .collect();
+    Box::pin(tokio_stream::iter(items))
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type RunStream = EventStream;
+    type WatchStream = EventStream;
+    type GetForensicsStream = Pin<Box<dyn Stream<Item = Result<pb::DataChunk, Status>> + Send>>;
+
+    async fn run(
+        &self,
+        request: Request<pb::RunRequest>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let req = request.into_inner();
+        let vars: Map<String, Value> = if req.vars_json.trim().is_empty() {
+            Map::new()
+        } else {
+            match serde_json::from_str::<Value>(&req.vars_json) {
+                Ok(Value::Object(m)) => m,
+                Ok(other) => {
+                    return Err(Status::invalid_argument(format!(
+                        "vars_json must be a JSON object, got {other}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(Status::invalid_argument(format!(
+                        "vars_json is not valid JSON: {e}"
+                    )));
+                }
+            }
+        };
+        let tx_req = TxRequest {
+            txid: (!req.txid.is_empty()).then_some(req.txid),
+            playbook_name: if req.playbook_name.is_empty() {
+                "playbook.yml".to_string()
+            } else {
+                req.playbook_name
+            },
+            playbook: req.playbook,
+            vars,
+            check: req.check,
+            base_dir: None,
+            lock_timeout: if req.lock_timeout_ms == 0 {
+                DEFAULT_LOCK_TIMEOUT
+            } else {
+                Duration::from_millis(req.lock_timeout_ms)
+            },
+        };
+        let host = self.host.clone();
+        let templar = self.templar.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || transaction::prepare(&host, &templar, tx_req))
+                .await
+                .map_err(|e| Status::internal(format!("transaction setup panicked: {e}")))?
+                .map_err(|e| status_of(&e))?;
+        let txid = prepared.txid().to_string();
+        let live = LiveTx::new(prepared.initial.clone());
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(txid.clone(), live.clone());
+        let host = self.host.clone();
+        let templar = self.templar.clone();
+        let registry = self.live.clone();
+        let worker_live = live.clone();
+        std::thread::Builder::new()
+            .name(format!("tx-{txid}"))
+            .spawn(move || {
+                let result = transaction::execute(&host, &templar, prepared, &mut |e| worker_live.push(e));
+                match &result {
+                    Ok(s) => tracing::info!(txid = %s.txid, outcome = s.outcome.as_str(), "transaction finished"),
+                    Err(e) => tracing::error!(%txid, error = %e, "transaction stopped; it will be recovered at the next start"),
+                }
+                worker_live.finish();
+                registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&txid);
+            })
+            .map_err(|e| Status::internal(format!("cannot start the transaction thread: {e}")))?;
+        Ok(Response::new(watch_stream(live, 0)))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        if let Some(live) = self.live(&req.txid) {
+            return Ok(Response::new(watch_stream(live, req.from_seq)));
+        }
+        let host = self.host.clone();
+        let txid = req.txid.clone();
+        let read = tokio::task::spawn_blocking(move || transaction::read_entries(&host, &txid))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| status_of(&e))?;
+        match read {
+            Some((entries, _)) => Ok(Response::new(replay_stream(entries, req.from_seq))),
+            None => Err(Status::not_found(format!(
+                "no transaction {} on this host",
+                req.txid
+            ))),
+        }
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
+        let txid = request.into_inner().txid;
+        let (entries, running) = match self.live(&txid) {
+            Some(live) => (live.snapshot(), !live.done.load(Ordering::SeqCst)),
+            None => {
+                let host = self.host.clone();
+                let t = txid.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || transaction::read_entries(&host, &t))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map_err(|e| status_of(&e))?;
+                match read {
+                    // An unfinished journal with no live transaction is one awaiting recovery.
+                    Some((entries, finished)) => (entries, !finished),
+                    None => {
+                        return Err(Status::not_found(format!(
+                            "no transaction {txid} on this host"
+                        )));
+                    }
+                }
+            }
+        };
+        Ok(Response::new(describe(&txid, &entries, running)))
+    }
+
+    async fn capture_state(
+        &self,
+        _request: Request<pb::CaptureStateRequest>,
+    ) -> Result<Response<pb::CaptureStateResponse>, Status> {
+        Err(Status::unimplemented(
+            "CaptureState is provided by the releases work (the capture_state module); this agent does not have it yet",
+        ))
+    }
+
+    async fn list_releases(
+        &self,
+        _request: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        Err(Status::unimplemented(
+            "ListReleases is provided by the releases work (the release module); this agent does not have it yet",
+        ))
+    }
+
+    async fn has_artifact(
+        &self,
+        _request: Request<pb::HasArtifactRequest>,
+    ) -> Result<Response<pb::HasArtifactResponse>, Status> {
+        Err(Status::unimplemented(
+            "HasArtifact is provided by the releases work (the artifact cache); this agent does not have it yet",
+        ))
+    }
+
+    async fn put_artifact(
+        &self,
+        _request: Request<tonic::Streaming<pb::ArtifactChunk>>,
+    ) -> Result<Response<pb::PutArtifactResponse>, Status> {
+        Err(Status::unimplemented(
+            "PutArtifact is provided by the releases work (the artifact cache); this agent does not have it yet",
+        ))
+    }
+
+    async fn list_forensics(
+        &self,
+        _request: Request<pb::ListForensicsRequest>,
+    ) -> Result<Response<pb::ListForensicsResponse>, Status> {
+        Err(Status::unimplemented(
+            "ListForensics is provided by the releases work (the forensics module); this agent does not have it yet",
+        ))
+    }
+
+    async fn get_forensics(
+        &self,
+        _request: Request<pb::GetForensicsRequest>,
+    ) -> Result<Response<Self::GetForensicsStream>, Status> {
+        Err(Status::unimplemented(
+            "GetForensics is provided by the releases work (the forensics module); this agent does not have it yet",
+        ))
+    }
+}
+
+fn describe(txid: &str, entries: &[Entry], running: bool) -> pb::Transaction {
+    let mut t = pb::Transaction {
+        txid: txid.to_string(),
+        running,
+        last_seq: entries.last().map_or(0, |e| e.seq),
+        ..Default::default()
+    };
+    let mut recap = Recap::default();
+    for e in entries {
+        match &e.record {
+            Record::Begin { playbook_name, .. } => {
+                t.playbook_name.clone_from(playbook_name);
+                t.started = timestamp(&e.time);
+            }
+            Record::TaskEnd { status, result, .. } => match status {
+                TaskStatus::Ok => recap.ok += 1,
+                TaskStatus::Changed => {
+                    recap.ok += 1;
+                    recap.changed += 1;
+                }
+                TaskStatus::Skipped => recap.skipped += 1,
+                TaskStatus::Ignored => {
+                    recap.ok += 1;
+                    recap.ignored += 1;
+                    if result.get("changed").and_then(Value::as_bool) == Some(true) {
+                        recap.changed += 1;
+                    }
+                }
+                TaskStatus::Failed => {}
+            },
+            Record::Recovery { .. } => t.recovered = true,
+            Record::End {
+                outcome, recap: r, ..
+            } => {
+                t.outcome = outcome_to_proto(*outcome) as i32;
+                recap = *r;
+                t.finished = timestamp(&e.time);
+            }
+            _ => {}
+        }
+    }
+    t.recap = Some(recap_to_proto(recap));
+    t
+}
+
+fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
+    let t = chrono::DateTime::parse_from_rfc3339(rfc3339).ok()?;
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    })
+}
+
+fn section_to_proto(s: Section) -> pb::Section {
+    match s {
+        Section::Block => pb::Section::Block,
+        Section::Rescue => pb::Section::Rescue,
+        Section::Always => pb::Section::Always,
+    }
+}
+
+fn section_from_proto(v: i32) -> Section {
+    match pb::Section::try_from(v) {
+        Ok(pb::Section::Rescue) => Section::Rescue,
+        Ok(pb::Section::Always) => Section::Always,
+        _ => Section::Block,
+    }
+}
+
+fn status_to_proto(s: TaskStatus) -> pb::TaskStatus {
+    match s {
+        TaskStatus::Ok => pb::TaskStatus::Ok,
+        TaskStatus::Changed => pb::TaskStatus::Changed,
+        TaskStatus::Failed => pb::TaskStatus::Failed,
+        TaskStatus::Skipped => pb::TaskStatus::Skipped,
+        TaskStatus::Ignored => pb::TaskStatus::Ignored,
+    }
+}
+
+fn status_from_proto(v: i32) -> Option<TaskStatus> {
+    Some(match pb::TaskStatus::try_from(v).ok()? {
+        pb::TaskStatus::Ok => TaskStatus::Ok,
+        pb::TaskStatus::Changed => TaskStatus::Changed,
+        pb::TaskStatus::Failed => TaskStatus::Failed,
+        pb::TaskStatus::Skipped => TaskStatus::Skipped,
+        pb::TaskStatus::Ignored => TaskStatus::Ignored,
+        pb::TaskStatus::Unspecified => return None,
+    })
+}
+
+/// The protobuf form of an outcome.
+pub fn outcome_to_proto(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Succeeded => pb::Outcome::Succeeded,
+        Outcome::RolledBack => pb::Outcome::RolledBack,
+        Outcome::RollbackFailed => pb::Outcome::RollbackFailed,
+        Outcome::Failed => pb::Outcome::Failed,
+        Outcome::CheckOnly => pb::Outcome::CheckOnly,
+    }
+}
+
+fn outcome_from_proto(v: i32) -> Option<Outcome> {
+    Some(match pb::Outcome::try_from(v).ok()? {
+        pb::Outcome::Succeeded => Outcome::Succeeded,
+        pb::Outcome::RolledBack => Outcome::RolledBack,
+        pb::Outcome::RollbackFailed => Outcome::RollbackFailed,
+        pb::Outcome::Failed => Outcome::Failed,
+        pb::Outcome::CheckOnly => Outcome::CheckOnly,
+        pb::Outcome::Unspecified => return None,
+    })
+}
+
+fn recap_to_proto(r: Recap) -> pb::Recap {
+    pb::Recap {
+        ok: r.ok,
+        changed: r.changed,
+        failed: r.failed,
+        skipped: r.skipped,
+        rescued: r.rescued,
+        ignored: r.ignored,
+    }
+}
+
+fn recap_from_proto(r: Option<pb::Recap>) -> Recap {
+    let r = r.unwrap_or_default();
+    Recap {
+        ok: r.ok,
+        changed: r.changed,
+        failed: r.failed,
+        skipped: r.skipped,
+        rescued: r.rescued,
+        ignored: r.ignored,
+    }
+}
+
+/// A journal entry as a protobuf event (uncensored results never leave the host).
+pub fn to_proto(e: &Entry) -> pb::TransactionEvent {
+    use pb::transaction_event::Kind;
+    let kind = match &e.record {
+        Record::Begin {
+            playbook_name,
+            check,
+            host,
+            pid,
+            ..
+        } => Kind::Started(pb::TransactionStarted {
+            playbook_name: playbook_name.clone(),
+            host: host.clone(),
+            check: *check,
+            pid: *pid,
+        }),
+        Record::PlayStart { index, name } => Kind::PlayStarted(pb::PlayStarted {
+            index: *index as u32,
+            name: name.clone(),
+        }),
+        Record::TaskStart {
+            path,
+            section,
+            name,
+            action,
+        } => Kind::TaskStarted(pb::TaskStarted {
+            path: path.clone(),
+            section: section_to_proto(*section) as i32,
+            name: name.clone(),
+            action: action.clone(),
+        }),
+        Record::TaskRetry {
+            path,
+            name,
+            retries_left,
+            result,
+        } => Kind::TaskRetrying(pb::TaskRetrying {
+            path: path.clone(),
+            name: name.clone(),
+            retries_left: *retries_left,
+            result_json: result.to_string(),
+        }),
+        Record::TaskEnd {
+            path,
+            section,
+            name,
+            action,
+            status,
+            result,
+            duration_ms,
+            ..
+        } => Kind::TaskFinished(pb::TaskFinished {
+            path: path.clone(),
+            section: section_to_proto(*section) as i32,
+            name: name.clone(),
+            action: action.clone(),
+            status: status_to_proto(*status) as i32,
+            result_json: result.to_string(),
+            duration_ms: *duration_ms,
+        }),
+        Record::Recovery {
+            interrupted_path,
+            interrupted_section,
+            action,
+            torn_tail,
+            pid,
+            ..
+        } => Kind::Recovery(pb::RecoveryStarted {
+            interrupted_path: interrupted_path.clone().unwrap_or_default(),
+            interrupted_section: interrupted_section.map_or(0, |s| section_to_proto(s) as i32),
+            action: action.clone(),
+            torn_tail: torn_tail.clone().unwrap_or_default(),
+            pid: *pid,
+        }),
+        Record::End {
+            outcome,
+            recap,
+            recovered,
+        } => Kind::Finished(pb::TransactionFinished {
+            outcome: outcome_to_proto(*outcome) as i32,
+            recap: Some(recap_to_proto(*recap)),
+            recovered: *recovered,
+        }),
+    };
+    pb::TransactionEvent {
+        seq: e.seq,
+        txid: e.txid.clone(),
+        time: timestamp(&e.time),
+        kind: Some(kind),
+    }
+}
+
+/// A protobuf event back into a journal entry, for clients that render events (the CLI).
+/// Fields a client never receives (the playbook text, uncensored results) stay empty.
+pub fn from_proto(ev: pb::TransactionEvent) -> Result<Entry, String> {
+    use pb::transaction_event::Kind;
+    let json = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_string()));
+    let record = match ev.kind.ok_or("event without a kind")? {
+        Kind::Started(s) => Record::Begin {
+            playbook_name: s.playbook_name,
+            playbook: String::new(),
+            vars: Map::new(),
+            check: s.check,
+            host: s.host,
+            pid: s.pid,
+        },
+        Kind::PlayStarted(p) => Record::PlayStart {
+            index: p.index as usize,
+            name: p.name,
+        },
+        Kind::TaskStarted(t) => Record::TaskStart {
+            path: t.path,
+            section: section_from_proto(t.section),
+            name: t.name,
+            action: t.action,
+        },
+        Kind::TaskRetrying(t) => Record::TaskRetry {
+            path: t.path,
+            name: t.name,
+            retries_left: t.retries_left,
+            result: json(&t.result_json),
+        },
+        Kind::TaskFinished(t) => Record::TaskEnd {
+            path: t.path,
+            section: section_from_proto(t.section),
+            name: t.name,
+            action: t.action,
+            status: status_from_proto(t.status).ok_or("task event without a status")?,
+            result: json(&t.result_json),
+            duration_ms: t.duration_ms,
+            private_result: None,
+        },
+        Kind::Recovery(r) => Record::Recovery {
+            interrupted_path: (!r.interrupted_path.is_empty()).then_some(r.interrupted_path),
+            interrupted_section: (r.interrupted_section != 0)
+                .then(|| section_from_proto(r.interrupted_section)),
+            action: r.action,
+            rerun_section: None,
+            torn_tail: (!r.torn_tail.is_empty()).then_some(r.torn_tail),
+            pid: r.pid,
+        },
+        Kind::Finished(f) => Record::End {
+            outcome: outcome_from_proto(f.outcome).ok_or("finished event without an outcome")?,
+            recap: recap_from_proto(f.recap),
+            recovered: f.recovered,
+        },
+    };
+    let time = ev
+        .time
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default();
+    Ok(Entry {
+        seq: ev.seq,
+        txid: ev.txid,
+        time,
+        record,
+    })
+}
+
+/// Serves the agent on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: AgentService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServer<AgentService>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}

@@ -1,0 +1,350 @@
+//! One transaction from request to history: validate, lock, journal, run, finish; and recovery
+//! of interrupted transactions at start-up.
+//!
+//! Inputs: a [`TxRequest`] (playbook text, vars, check mode) and the host's [`HostConfig`].
+//! Outputs: journal entries handed to the caller as they are written, and a [`TxSummary`].
+//! Used in-process by `rampart run --local` and by the agent's gRPC server alike.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::engine::{Engine, EngineOptions, Replay, Sink};
+use crate::error::{JournalError, TxError};
+use crate::event::{Entry, Outcome, Recap, Record};
+use crate::journal::{self, Durability, Journal};
+use crate::lock::HostLock;
+use crate::playbook::{self, Playbook};
+use crate::recovery;
+use crate::template::Templar;
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rampart";
+/// Default wait for the host lock.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lock wait during start-up recovery: a live holder would be another agent on the same state dir.
+const RECOVERY_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how a host keeps its transactions.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The state directory (journal, history, lock).
+    pub state_dir: PathBuf,
+    /// Whether journal records are fsync'd.
+    pub durability: Durability,
+    /// The host's name.
+    pub hostname: String,
+    /// Test hook: stop this process (SIGSTOP) right after journal record number N is durable, so
+    /// a crash test can SIGKILL the agent at an exact point. Never set in production.
+    pub stop_after_record: Option<u64>,
+}
+
+impl HostConfig {
+    /// A configuration with fsync'd journals and this machine's hostname.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        HostConfig {
+            state_dir: state_dir.into(),
+            durability: Durability::Fsync,
+            hostname: hostname(),
+            stop_after_record: None,
+        }
+    }
+}
+
+/// This machine's hostname.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A request to run a playbook.
+#[derive(Debug, Clone)]
+pub struct TxRequest {
+    /// The txid; `None` lets the host choose.
+    pub txid: Option<String>,
+    /// The playbook's name in messages.
+    pub playbook_name: String,
+    /// Its YAML text.
+    pub playbook: String,
+    /// Extra variables.
+    pub vars: Map<String, Value>,
+    /// Check mode.
+    pub check: bool,
+    /// Where relative `src` paths are found.
+    pub base_dir: Option<PathBuf>,
+    /// How long to wait for the host lock.
+    pub lock_timeout: Duration,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxSummary {
+    /// Its id.
+    pub txid: String,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// Its counters.
+    pub recap: Recap,
+    /// Whether it was finished by recovery.
+    pub recovered: bool,
+}
+
+/// A validated, locked, journaled transaction ready to run.
+#[derive(Debug)]
+pub struct Prepared {
+    txid: String,
+    playbook: Playbook,
+    vars: Map<String, Value>,
+    check: bool,
+    base_dir: Option<PathBuf>,
+    journal: Journal,
+    lock: HostLock,
+    replay: Option<Replay>,
+    recovered: bool,
+    /// Entries written while preparing (the `Begin` record), for the caller to publish.
+    pub initial: Vec<Entry>,
+}
+
+impl Prepared {
+    /// The transaction id.
+    pub fn txid(&self) -> &str {
+        &self.txid
+    }
+}
+
+struct JournalSink<'a> {
+    journal: &'a mut Journal,
+    on_entry: &'a mut dyn FnMut(&Entry),
+    stop_after: Option<u64>,
+}
+
+impl Sink for JournalSink<'_> {
+    fn record(&mut self, record: Record) -> Result<(), JournalError> {
+        let entry = self.journal.append(record)?;
+        (self.on_entry)(&entry);
+        stop_hook(self.stop_after, entry.seq);
+        Ok(())
+    }
+}
+
+/// The crash tests' hook: SIGSTOP this process once record `seq` is durable.
+fn stop_hook(stop_after: Option<u64>, seq: u64) {
+    if stop_after == Some(seq) {
+        tracing::warn!(seq, "test hook: stopping after journal record");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+}
+
+/// A fresh txid: UTC time plus 32 random bits.
+pub fn new_txid() -> String {
+    let mut buf = [0u8; 4];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .map(|()| u32::from_le_bytes(buf))
+        .unwrap_or_else(|_| std::process::id() ^ chrono::Utc::now().timestamp_subsec_nanos());
+    format!(
+        "tx-{}-{random:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    )
+}
+
+/// Checks a client-chosen txid: it names files, so only `[A-Za-z0-9._-]`, 1 to 64 long.
+pub fn check_txid(txid: &str) -> Result<(), TxError> {
+    let ok = !txid.is_empty()
+        && txid.len() <= 64
+        && !txid.starts_with('.')
+        && txid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TxError::Request(format!(
+            "txid `{txid}` is not valid: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with .)"
+        )))
+    }
+}
+
+/// Validates the request, takes the host lock and writes the `Begin` record. Nothing on the host
+/// changes if this fails.
+pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<Prepared, TxError> {
+    let playbook = playbook::load(&req.playbook_name, &req.playbook, templar)?;
+    let txid = match req.txid {
+        Some(t) => {
+            check_txid(&t)?;
+            t
+        }
+        None => new_txid(),
+    };
+    std::fs::create_dir_all(&host.state_dir).map_err(|source| JournalError::Io {
+        op: "create state directory",
+        path: host.state_dir.clone(),
+        source,
+    })?;
+    let lock = HostLock::acquire(&host.state_dir, &txid, req.lock_timeout)?;
+    let mut journal = Journal::create(&host.state_dir, &txid, host.durability)?;
+    let begin = journal.append(Record::Begin {
+        playbook_name: req.playbook_name.clone(),
+        playbook: req.playbook,
+        vars: req.vars.clone(),
+        check: req.check,
+        host: host.hostname.clone(),
+        pid: std::process::id(),
+    })?;
+    Ok(Prepared {
+        txid,
+        playbook,
+        vars: req.vars,
+        check: req.check,
+        base_dir: req.base_dir,
+        journal,
+        lock,
+        replay: None,
+        recovered: false,
+        initial: vec![begin],
+    })
+}
+
+/// Runs a prepared transaction to its end, hands every entry to `on_entry`, moves the journal to
+/// history and releases the lock.
+pub fn execute(
+    host: &HostConfig,
+    templar: &Arc<Templar>,
+    mut tx: Prepared,
+    on_entry: &mut dyn FnMut(&Entry),
+) -> Result<TxSummary, TxError> {
+    let opts = EngineOptions {
+        check: tx.check,
+        host: host.hostname.clone(),
+        txid: tx.txid.clone(),
+        base_dir: tx.base_dir.clone(),
+    };
+    let result = {
+        let mut sink = JournalSink {
+            journal: &mut tx.journal,
+            on_entry,
+            stop_after: host.stop_after_record,
+        };
+        let engine = Engine::new(
+            &tx.playbook,
+            templar.clone(),
+            opts,
+            &tx.vars,
+            &mut sink,
+            tx.replay.take(),
+        );
+        engine.run()?
+    };
+    let end = tx.journal.append(Record::End {
+        outcome: result.outcome,
+        recap: result.recap,
+        recovered: tx.recovered,
+    })?;
+    on_entry(&end);
+    stop_hook(host.stop_after_record, end.seq);
+    tx.journal.finish(&host.state_dir)?;
+    drop(tx.lock);
+    Ok(TxSummary {
+        txid: tx.txid,
+        outcome: result.outcome,
+        recap: result.recap,
+        recovered: tx.recovered,
+    })
+}
+
+/// Prepares the recovery of one unfinished transaction: reads its journal, takes the lock,
+/// journals the `Recovery` record. Returns `None` when only the move to history was left (done).
+pub fn prepare_recovery(
+    host: &HostConfig,
+    templar: &Templar,
+    txid: &str,
+) -> Result<Option<Prepared>, TxError> {
+    let path = journal::journal_path(&host.state_dir, txid);
+    let lock = HostLock::acquire(&host.state_dir, txid, RECOVERY_LOCK_TIMEOUT)?;
+    let read = journal::read(&path)?;
+    let Some(first) = read.entries.first() else {
+        // The crash came before the Begin record was durable: nothing ran.
+        std::fs::remove_file(&path).map_err(|source| JournalError::Io {
+            op: "remove empty journal",
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(None);
+    };
+    let Record::Begin {
+        playbook_name,
+        playbook: text,
+        vars,
+        check,
+        ..
+    } = &first.record
+    else {
+        return Err(JournalError::Corrupt {
+            path,
+            line: 1,
+            reason: "the first record is not `begin`".into(),
+        }
+        .into());
+    };
+    let plan = recovery::plan(&read.entries, read.torn_tail.clone(), std::process::id());
+    let mut journal = Journal::reopen(&host.state_dir, txid, &read, host.durability)?;
+    if plan.already_finished {
+        journal.finish(&host.state_dir)?;
+        drop(lock);
+        return Ok(None);
+    }
+    let playbook = playbook::load(playbook_name, text, templar)?;
+    let rec = journal.append(plan.record)?;
+    let base_dir = Path::new(playbook_name).parent().map(Path::to_path_buf);
+    Ok(Some(Prepared {
+        txid: txid.to_string(),
+        playbook,
+        vars: vars.clone(),
+        check: *check,
+        base_dir,
+        journal,
+        lock,
+        replay: Some(plan.replay),
+        recovered: true,
+        initial: vec![rec],
+    }))
+}
+
+/// Finishes every interrupted transaction in the state dir, oldest first.
+pub fn recover_all(
+    host: &HostConfig,
+    templar: &Arc<Templar>,
+    on_entry: &mut dyn FnMut(&Entry),
+) -> Result<Vec<TxSummary>, TxError> {
+    let mut done = Vec::new();
+    for txid in journal::unfinished(&host.state_dir)? {
+        tracing::warn!(%txid, "finishing interrupted transaction");
+        if let Some(tx) = prepare_recovery(host, templar, &txid)? {
+            for e in &tx.initial {
+                on_entry(e);
+            }
+            let summary = execute(host, templar, tx, on_entry)?;
+            tracing::warn!(%txid, outcome = summary.outcome.as_str(), "interrupted transaction finished");
+            done.push(summary);
+        }
+    }
+    Ok(done)
+}
+
+/// Reads a transaction's entries, whether it is in flight or in history.
+pub fn read_entries(host: &HostConfig, txid: &str) -> Result<Option<(Vec<Entry>, bool)>, TxError> {
+    check_txid(txid)?;
+    let hist = journal::history_path(&host.state_dir, txid);
+    if hist.exists() {
+        return Ok(Some((journal::read(&hist)?.entries, true)));
+    }
+    let live = journal::journal_path(&host.state_dir, txid);
+    if live.exists() {
+        return Ok(Some((journal::read(&live)?.entries, false)));
+    }
+    Ok(None)
+}
