@@ -1,0 +1,11 @@
+//! Rampart's controller side: the `rampart` CLI today; the controller service comes with the
+//! controller work.
+//!
+//! Layout:
+//! - [`output`]: renders transaction events as Ansible-like text or JSON lines;
+//! - [`vars`]: `-e KEY=VALUE`, `-e @FILE`, `-e '{json}'` into one variables object;
+//! - [`run`]: `rampart run`, in-process (`--local`) or through an agent over gRPC (`--agent`).
+
+pub mod output;
+pub mod run;
+pub mod vars;

@@ -1,0 +1,283 @@
+//! `rampart run`: one playbook as one transaction, in-process (`--local`) or on an agent over
+//! gRPC (`--agent`). Both paths print the same output and exit with the same codes.
+//!
+//! Over gRPC the CLI follows the transaction's event stream; if the stream breaks (the agent
+//! restarted, the network blinked) it calls `Watch` from the last sequence number it printed, for
+//! up to `--reconnect-timeout`, so nothing is missed or printed twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rampart_agent::error::{LockError, TxError};
+use rampart_agent::event::{Entry, Record};
+use rampart_agent::journal::Durability;
+use rampart_agent::server;
+use rampart_agent::template::Templar;
+use rampart_agent::transaction::{self, HostConfig, TxRequest, TxSummary};
+use rampart_proto::v1 as pb;
+use rampart_proto::v1::agent_client::AgentClient;
+use serde_json::{Map, Value};
+use tonic::Code;
+
+use crate::output::{Format, Renderer};
+
+/// Exit code: usage or configuration error (DESIGN.md).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: the host lock was not acquired in time (DESIGN.md).
+pub const EXIT_LOCK: i32 = 5;
+
+/// Where to run.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// In this process, on this host.
+    Local {
+        /// State directory.
+        state_dir: PathBuf,
+        /// Journal durability.
+        durability: Durability,
+    },
+    /// On an agent at this address (`host:port` or `http://host:port`).
+    Agent {
+        /// Address.
+        addr: String,
+        /// How long to keep trying to re-attach after the stream breaks.
+        reconnect_timeout: Duration,
+    },
+}
+
+/// Everything `rampart run` needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The playbook file.
+    pub playbook: PathBuf,
+    /// Extra variables.
+    pub vars: Map<String, Value>,
+    /// Check mode.
+    pub check: bool,
+    /// Output format.
+    pub format: Format,
+    /// Where to run.
+    pub target: Target,
+    /// Host lock wait.
+    pub lock_timeout: Duration,
+    /// A txid to use.
+    pub txid: Option<String>,
+}
+
+/// A failure before or outside the transaction, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub code: i32,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl CliError {
+    fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+fn tx_error(e: TxError) -> CliError {
+    match &e {
+        TxError::Lock(LockError::Busy { .. }) => CliError {
+            code: EXIT_LOCK,
+            message: e.to_string(),
+        },
+        TxError::Playbook(p) => CliError::usage(p.to_string()),
+        _ => CliError::usage(e.to_string()),
+    }
+}
+
+/// Runs the playbook; returns the process exit code.
+pub fn run(opts: RunOptions) -> Result<i32, CliError> {
+    let text = std::fs::read_to_string(&opts.playbook).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read playbook {}: {e}",
+            opts.playbook.display()
+        ))
+    })?;
+    let name = opts.playbook.display().to_string();
+    match &opts.target {
+        Target::Local {
+            state_dir,
+            durability,
+        } => run_local(&opts, state_dir, *durability, name, text),
+        Target::Agent {
+            addr,
+            reconnect_timeout,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;
+            rt.block_on(run_agent(&opts, addr, *reconnect_timeout, name, text))
+        }
+    }
+}
+
+fn run_local(
+    opts: &RunOptions,
+    state_dir: &Path,
+    durability: Durability,
+    name: String,
+    text: String,
+) -> Result<i32, CliError> {
+    let templar = Arc::new(Templar::new());
+    let mut host = HostConfig::new(state_dir);
+    host.durability = durability;
+    let mut out = Renderer::new(std::io::stdout().lock(), opts.format);
+    let mut print = |e: &Entry| {
+        // A closed stdout must not stop the transaction.
+        let _ = out.entry(e);
+    };
+    // Finish whatever a crash left behind before starting something new.
+    transaction::recover_all(&host, &templar, &mut print).map_err(tx_error)?;
+    let req = TxRequest {
+        txid: opts.txid.clone(),
+        playbook_name: name,
+        playbook: text,
+        vars: opts.vars.clone(),
+        check: opts.check,
+        base_dir: opts
+            .playbook
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+        lock_timeout: opts.lock_timeout,
+    };
+    let tx = transaction::prepare(&host, &templar, req).map_err(tx_error)?;
+    for e in &tx.initial {
+        print(e);
+    }
+    let summary: TxSummary =
+        transaction::execute(&host, &templar, tx, &mut print).map_err(tx_error)?;
+    Ok(summary.outcome.exit_code())
+}
+
+fn endpoint(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn status_error(what: &str, s: &tonic::Status) -> CliError {
+    let code = match s.code() {
+        Code::FailedPrecondition => EXIT_LOCK,
+        Code::Unauthenticated | Code::PermissionDenied => 3,
+        _ => EXIT_USAGE,
+    };
+    CliError {
+        code,
+        message: format!("{what}: {}", s.message()),
+    }
+}
+
+async fn connect(addr: &str) -> Result<AgentClient<tonic::transport::Channel>, CliError> {
+    let ep = tonic::transport::Endpoint::from_shared(endpoint(addr))
+        .map_err(|e| CliError::usage(format!("bad agent address `{addr}`: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let ch = ep
+        .connect()
+        .await
+        .map_err(|e| CliError::usage(format!("cannot reach agent at {addr}: {e}")))?;
+    Ok(AgentClient::new(ch).max_decoding_message_size(64 << 20))
+}
+
+async fn run_agent(
+    opts: &RunOptions,
+    addr: &str,
+    reconnect_timeout: Duration,
+    name: String,
+    text: String,
+) -> Result<i32, CliError> {
+    let mut client = connect(addr).await?;
+    let req = pb::RunRequest {
+        playbook: text,
+        playbook_name: name,
+        vars_json: Value::Object(opts.vars.clone()).to_string(),
+        check: opts.check,
+        txid: opts.txid.clone().unwrap_or_default(),
+        lock_timeout_ms: opts.lock_timeout.as_millis() as u64,
+    };
+    let mut stream = client
+        .run(req)
+        .await
+        .map_err(|s| status_error("the agent refused the run", &s))?
+        .into_inner();
+    let mut out = Renderer::new(std::io::stdout().lock(), opts.format);
+    let mut next_seq = 0u64;
+    let mut txid = String::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(ev)) => {
+                if ev.seq < next_seq {
+                    continue;
+                }
+                let entry = server::from_proto(ev)
+                    .map_err(|e| CliError::usage(format!("bad event from the agent: {e}")))?;
+                next_seq = entry.seq + 1;
+                txid.clone_from(&entry.txid);
+                let _ = out.entry(&entry);
+                if let Record::End { outcome, .. } = entry.record {
+                    return Ok(outcome.exit_code());
+                }
+            }
+            Ok(None) | Err(_) if !txid.is_empty() => {
+                eprintln!(
+                    "rampart: lost the agent's event stream at seq {next_seq}; re-attaching to {txid}"
+                );
+                stream = reattach(addr, &txid, next_seq, reconnect_timeout).await?;
+            }
+            Ok(None) => {
+                return Err(CliError::usage(
+                    "the agent closed the stream before the transaction started",
+                ));
+            }
+            Err(s) => return Err(status_error("the run failed", &s)),
+        }
+    }
+}
+
+/// Calls `Watch(txid, from_seq)` until it succeeds or `timeout` passes (1 s between tries).
+async fn reattach(
+    addr: &str,
+    txid: &str,
+    from_seq: u64,
+    timeout: Duration,
+) -> Result<tonic::Streaming<pb::TransactionEvent>, CliError> {
+    let deadline = Instant::now() + timeout;
+    let max_tries = timeout.as_secs().max(1) + 1;
+    let mut last_err = String::new();
+    for _ in 0..max_tries {
+        if Instant::now() >= deadline {
+            break;
+        }
+        match connect(addr).await {
+            Ok(mut c) => match c
+                .watch(pb::WatchRequest {
+                    txid: txid.to_string(),
+                    from_seq,
+                })
+                .await
+            {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => last_err = s.message().to_string(),
+            },
+            Err(e) => last_err = e.message,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(CliError::usage(format!(
+        "could not re-attach to transaction {txid} within {}s ({last_err}); it continues on the agent: \
+         watch it later with the agent's Watch RPC",
+        timeout.as_secs()
+    )))
+}
