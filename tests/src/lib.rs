@@ -1,0 +1,235 @@
+//! Helpers shared by the end-to-end tests: the built binaries, real `rampart-agent` processes on
+//! 127.0.0.1, and `rampart run` invocations with their JSON output.
+//!
+//! The binaries come from the workspace's target directory; the README's test command builds them
+//! (`cargo build --bins`) before `cargo test`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long an agent may take to start serving (recovery included).
+pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// The path of a workspace binary; panics with the command to run when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first with `cargo build --bins` (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// A `rampart-agent` process serving on 127.0.0.1.
+#[derive(Debug)]
+pub struct AgentProc {
+    child: Option<Child>,
+    /// The address it serves on.
+    pub addr: String,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts an agent on a free port.
+    pub fn start(state_dir: &Path) -> AgentProc {
+        Self::start_with(state_dir, "127.0.0.1:0", &[])
+    }
+
+    /// Starts an agent on `listen` with extra flags; waits until it serves (after recovery).
+    pub fn start_with(state_dir: &Path, listen: &str, extra: &[&str]) -> AgentProc {
+        let mut child = Command::new(bin("rampart-agent"))
+            .arg("--listen")
+            .arg(listen)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--insecure-dev")
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rampart-agent");
+        let stdout = child.stdout.take().expect("agent stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(AGENT_START_TIMEOUT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!(
+                    "rampart-agent did not start serving within {AGENT_START_TIMEOUT:?} (exit: {status:?})"
+                );
+            }
+        };
+        AgentProc {
+            child: Some(child),
+            addr,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILLs the agent and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the agent has stopped itself (SIGSTOP through its test hook).
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if process_state(self.pid()) == Some('T') {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A process's state letter from /proc (R, S, T, Z, ...).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.trim_start().chars().next()
+}
+
+/// The result of one `rampart` invocation.
+#[derive(Debug)]
+pub struct CliRun {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// From a finished process.
+    pub fn from_output(o: Output) -> CliRun {
+        CliRun {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// The JSON lines of `--json` output.
+    pub fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// The `task` lines as (name, section, status).
+    pub fn tasks(&self) -> Vec<(String, String, String)> {
+        self.json()
+            .iter()
+            .filter(|v| v["type"] == "task")
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap_or_default().to_string(),
+                    v["section"].as_str().unwrap_or_default().to_string(),
+                    v["status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The final summary line.
+    pub fn summary(&self) -> Value {
+        self.json()
+            .into_iter()
+            .rev()
+            .find(|v| v["type"] == "summary")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no summary line in output:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+}
+
+/// Runs `rampart` with `args` and returns what it did.
+pub fn rampart(args: &[&str]) -> CliRun {
+    let out = Command::new(bin("rampart"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rampart");
+    CliRun::from_output(out)
+}
+
+/// Writes `text` to `dir/name` and returns the path as a string.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write fixture");
+    p.to_string_lossy().into_owned()
+}
+
+/// Parses every journal line under `state_dir/{journal,history}`; returns the entries per file.
+pub fn read_journals(state_dir: &Path) -> Vec<(PathBuf, Vec<Value>)> {
+    let mut out = Vec::new();
+    for sub in ["journal", "history"] {
+        let Ok(rd) = std::fs::read_dir(state_dir.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let text = std::fs::read_to_string(e.path()).expect("read journal");
+            let entries = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|err| {
+                        panic!("{}: unparseable line {l:?}: {err}", e.path().display())
+                    })
+                })
+                .collect();
+            out.push((e.path(), entries));
+        }
+    }
+    out
+}
