@@ -51,6 +51,8 @@ pub struct EngineOptions {
     pub txid: String,
     /// Where relative `src` paths are found (the playbook's directory, when known).
     pub base_dir: Option<PathBuf>,
+    /// The host's state directory (releases, artifacts, journal).
+    pub state_dir: PathBuf,
 }
 
 /// A finished run.
@@ -403,17 +405,16 @@ impl<'a> Engine<'a> {
         let name = self.task_name(task, &scope);
         let ignore = self.flag(&inh.ignore_errors, &scope);
         let no_log = self.flag(&inh.no_log, &scope);
-        let base = |status, result| (status, result);
 
         let (status, result, duration_ms) = match self.replay_task(&task.path) {
             Some(ReplayStep::Done(status, result)) => {
-                return Ok(self.settle(task, action, status, result, ignore));
+                return Ok(self.settle(task, action, status, result));
             }
-            Some(ReplayStep::Interrupted) => {
-                let result = interrupted("the agent stopped while this task was running");
-                let (s, r) = base(TaskStatus::Failed, result);
-                (s, r, 0)
-            }
+            Some(ReplayStep::Interrupted) => (
+                TaskStatus::Failed,
+                interrupted("the agent stopped while this task was running"),
+                0,
+            ),
             Some(ReplayStep::Exhausted) if outermost_cleanup_section(&task.path).is_none() => {
                 self.sink.record(Record::TaskStart {
                     path: task.path.clone(),
@@ -460,18 +461,11 @@ impl<'a> Engine<'a> {
             duration_ms,
             private_result: private,
         })?;
-        Ok(self.settle(task, action, status, result, ignore))
+        Ok(self.settle(task, action, status, result))
     }
 
     /// Applies a finished task: counters, `register`, facts; a failure starts travelling.
-    fn settle(
-        &mut self,
-        task: &Task,
-        action: &Action,
-        status: TaskStatus,
-        result: Value,
-        _ignore: bool,
-    ) -> Flow {
+    fn settle(&mut self, task: &Task, action: &Action, status: TaskStatus, result: Value) -> Flow {
         match status {
             TaskStatus::Ok => self.recap.ok += 1,
             TaskStatus::Changed => {
@@ -658,6 +652,8 @@ impl<'a> Engine<'a> {
                         templar: &self.templar,
                         scope: &scope,
                         base_dir: self.opts.base_dir.clone(),
+                        state_dir: &self.opts.state_dir,
+                        txid: &self.opts.txid,
                     };
                     (action.module.run)(&args, &ctx)
                 }

@@ -134,6 +134,9 @@ pub enum Record {
         host: String,
         /// The agent's pid.
         pid: u32,
+        /// Where relative `src` paths are found (the playbook's directory, for local runs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_dir: Option<std::path::PathBuf>,
     },
     /// A play began.
     PlayStart {

@@ -5,7 +5,7 @@
 //! Outputs: journal entries handed to the caller as they are written, and a [`TxSummary`].
 //! Used in-process by `rampart run --local` and by the agent's gRPC server alike.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,6 +185,13 @@ pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<P
         path: host.state_dir.clone(),
         source,
     })?;
+    // A reused txid is refused before waiting for the lock (its owner may hold it); the check is
+    // repeated under the lock by `Journal::create`, which is what makes it race-free.
+    if journal::journal_path(&host.state_dir, &txid).exists()
+        || journal::history_path(&host.state_dir, &txid).exists()
+    {
+        return Err(JournalError::Exists { txid }.into());
+    }
     let lock = HostLock::acquire(&host.state_dir, &txid, req.lock_timeout)?;
     let mut journal = Journal::create(&host.state_dir, &txid, host.durability)?;
     let begin = journal.append(Record::Begin {
@@ -194,6 +201,7 @@ pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<P
         check: req.check,
         host: host.hostname.clone(),
         pid: std::process::id(),
+        base_dir: req.base_dir.clone(),
     })?;
     Ok(Prepared {
         txid,
@@ -222,6 +230,7 @@ pub fn execute(
         host: host.hostname.clone(),
         txid: tx.txid.clone(),
         base_dir: tx.base_dir.clone(),
+        state_dir: host.state_dir.clone(),
     };
     let result = {
         let mut sink = JournalSink {
@@ -280,6 +289,7 @@ pub fn prepare_recovery(
         playbook: text,
         vars,
         check,
+        base_dir,
         ..
     } = &first.record
     else {
@@ -299,13 +309,12 @@ pub fn prepare_recovery(
     }
     let playbook = playbook::load(playbook_name, text, templar)?;
     let rec = journal.append(plan.record)?;
-    let base_dir = Path::new(playbook_name).parent().map(Path::to_path_buf);
     Ok(Some(Prepared {
         txid: txid.to_string(),
         playbook,
         vars: vars.clone(),
         check: *check,
-        base_dir,
+        base_dir: base_dir.clone(),
         journal,
         lock,
         replay: Some(plan.replay),
@@ -335,16 +344,19 @@ pub fn recover_all(
     Ok(done)
 }
 
-/// Reads a transaction's entries, whether it is in flight or in history.
-pub fn read_entries(host: &HostConfig, txid: &str) -> Result<Option<(Vec<Entry>, bool)>, TxError> {
+/// Reads a transaction's entries, whether it is in flight or in history. The journal may move to
+/// history while this looks, so history is looked at again after the in-flight path.
+pub fn read_entries(host: &HostConfig, txid: &str) -> Result<Option<Vec<Entry>>, TxError> {
     check_txid(txid)?;
     let hist = journal::history_path(&host.state_dir, txid);
-    if hist.exists() {
-        return Ok(Some((journal::read(&hist)?.entries, true)));
-    }
     let live = journal::journal_path(&host.state_dir, txid);
-    if live.exists() {
-        return Ok(Some((journal::read(&live)?.entries, false)));
+    for path in [&hist, &live, &hist] {
+        match journal::read(path) {
+            Ok(read) => return Ok(Some(read.entries)),
+            Err(JournalError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(None)
 }

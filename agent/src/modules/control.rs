@@ -229,6 +229,8 @@ mod tests {
             templar: &t,
             scope: &scope,
             base_dir: None,
+            state_dir: std::path::Path::new("/nonexistent"),
+            txid: "test",
         };
         (spec.run)(args.as_object().unwrap(), &ctx)
     }

@@ -1388,6 +1388,8 @@ mod tests {
             templar: &templar,
             scope: &scope,
             base_dir: base.map(Path::to_path_buf),
+            state_dir: Path::new("/nonexistent"),
+            txid: "test",
         };
         let Value::Object(args) = args else {
             panic!("arguments must be a mapping");

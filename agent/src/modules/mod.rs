@@ -119,6 +119,10 @@ pub struct ModuleCtx<'a> {
     pub scope: &'a MjValue,
     /// Where relative `src` paths are looked up (the playbook's directory, when known).
     pub base_dir: Option<PathBuf>,
+    /// The host's state directory (`apps/`, `artifacts/`, `journal/`).
+    pub state_dir: &'a std::path::Path,
+    /// The transaction running the module.
+    pub txid: &'a str,
 }
 
 /// A module's declaration.

@@ -365,6 +365,8 @@ mod tests {
             templar: &templar,
             scope: &scope,
             base_dir: None,
+            state_dir: std::path::Path::new("/nonexistent"),
+            txid: "test",
         };
         let Value::Object(args) = args else {
             panic!("arguments must be a mapping");
