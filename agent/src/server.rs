@@ -245,7 +245,7 @@ impl Agent for AgentService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| status_of(&e))?;
         match read {
-            Some((entries, _)) => Ok(Response::new(replay_stream(entries, req.from_seq))),
+            Some(entries) => Ok(Response::new(replay_stream(entries, req.from_seq))),
             None => Err(Status::not_found(format!(
                 "no transaction {} on this host",
                 req.txid
@@ -258,8 +258,8 @@ impl Agent for AgentService {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
         let txid = request.into_inner().txid;
-        let (entries, running) = match self.live(&txid) {
-            Some(live) => (live.snapshot(), !live.done.load(Ordering::SeqCst)),
+        let entries = match self.live(&txid) {
+            Some(live) => live.snapshot(),
             None => {
                 let host = self.host.clone();
                 let t = txid.clone();
@@ -269,8 +269,7 @@ impl Agent for AgentService {
                         .map_err(|e| Status::internal(e.to_string()))?
                         .map_err(|e| status_of(&e))?;
                 match read {
-                    // An unfinished journal with no live transaction is one awaiting recovery.
-                    Some((entries, finished)) => (entries, !finished),
+                    Some(entries) => entries,
                     None => {
                         return Err(Status::not_found(format!(
                             "no transaction {txid} on this host"
@@ -279,7 +278,7 @@ impl Agent for AgentService {
                 }
             }
         };
-        Ok(Response::new(describe(&txid, &entries, running)))
+        Ok(Response::new(describe(&txid, &entries)))
     }
 
     async fn capture_state(
@@ -337,10 +336,14 @@ impl Agent for AgentService {
     }
 }
 
-fn describe(txid: &str, entries: &[Entry], running: bool) -> pb::Transaction {
+/// A transaction's state from its entries: it runs until its `end` record is written (an
+/// unfinished journal with no live transaction is one the next start-up recovers).
+fn describe(txid: &str, entries: &[Entry]) -> pb::Transaction {
     let mut t = pb::Transaction {
         txid: txid.to_string(),
-        running,
+        running: !entries
+            .iter()
+            .any(|e| matches!(e.record, Record::End { .. })),
         last_seq: entries.last().map_or(0, |e| e.seq),
         ..Default::default()
     };
@@ -577,6 +580,7 @@ pub fn from_proto(ev: pb::TransactionEvent) -> Result<Entry, String> {
             check: s.check,
             host: s.host,
             pid: s.pid,
+            base_dir: None,
         },
         Kind::PlayStarted(p) => Record::PlayStart {
             index: p.index as usize,
