@@ -8,6 +8,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
@@ -95,9 +96,11 @@ impl Journal {
             });
         }
         let path = journal_path(state_dir, txid);
+        // The journal holds the playbook's variables (secrets included): owner-only.
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
@@ -347,7 +350,13 @@ mod tests {
         assert_eq!(unfinished(dir.path()).unwrap(), vec!["tx1".to_string()]);
         j.finish(dir.path()).unwrap();
         assert!(unfinished(dir.path()).unwrap().is_empty());
-        assert!(history_path(dir.path(), "tx1").exists());
+        let hist = history_path(dir.path(), "tx1");
+        assert!(hist.exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&hist).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(matches!(
             Journal::create(dir.path(), "tx1", Durability::None),
             Err(JournalError::Exists { .. })
