@@ -198,6 +198,9 @@ async fn run_agent(
     name: String,
     text: String,
 ) -> Result<i32, CliError> {
+    // Refuse a bad playbook here, with the same checks the agent makes, before any network.
+    rampart_agent::playbook::load(&name, &text, &Templar::new())
+        .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
     let mut client = connect(addr).await?;
     let req = pb::RunRequest {
         playbook: text,
