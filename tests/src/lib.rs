@@ -63,7 +63,7 @@ impl AgentProc {
             .arg(state_dir)
             .arg("--insecure-dev")
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -334,3 +334,44 @@ fn sigkill_at_random_points_inside_tasks() {
         assert_recovered(&h, client, &what);
     }
 }
+
+#[test]
+fn torn_last_journal_line_is_reported_and_recovered() {
+    let h = host();
+    let mut agent =
+        AgentProc::start_with(&h.state, "127.0.0.1:0", &["--debug-stop-after-record", "6"]);
+    let listen = format!("127.0.0.1:{}", port_of(&agent.addr));
+    let client = start_client(&h, &agent.addr);
+    assert!(
+        agent.wait_stopped(Duration::from_secs(30)),
+        "agent never reached record 6"
+    );
+    agent.kill9();
+    // A crash cut the next record short: half a JSON line, no newline.
+    let journal_dir = h.state.join("journal");
+    let journal = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let torn = "{\"seq\":7,\"txid\":\"x\",\"time\":\"2026-";
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    std::io::Write::write_all(&mut f, torn.as_bytes()).unwrap();
+    drop(f);
+    let _agent = AgentProc::start_with(&h.state, &listen, &[]);
+    assert_recovered(&h, client, "torn tail after record 6");
+    let journals = read_journals(&h.state);
+    let recovery = journals[0]
+        .1
+        .iter()
+        .find(|e| e["type"] == "recovery")
+        .expect("recovery record");
+    assert_eq!(
+        recovery["torn_tail"], torn,
+        "the torn bytes are kept in the recovery record"
+    );
+}
