@@ -622,3 +622,38 @@ fn a_second_identical_run_changes_nothing() {
         "2.0.1\n"
     );
 }
+
+#[test]
+fn no_log_censors_output_but_keeps_the_registered_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let pb = r#"
+- hosts: all
+  tasks:
+    - name: secret
+      command: echo s3cr3t
+      register: out
+      no_log: true
+    - name: use it
+      assert:
+        that: out.stdout == 's3cr3t'
+"#;
+    let runs = both(
+        dir.path(),
+        pb,
+        &[],
+        &Expect {
+            tasks: &[("secret", "block", "changed"), ("use it", "block", "ok")],
+            recap: [2, 1, 0, 0, 0, 0],
+            outcome: "succeeded",
+            code: 0,
+        },
+    );
+    for run in &runs {
+        assert!(
+            !run.stdout.contains("s3cr3t"),
+            "secret leaked: {}",
+            run.stdout
+        );
+        assert!(task_result(&run.json(), "secret")["censored"].is_string());
+    }
+}
