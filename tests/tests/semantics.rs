@@ -657,3 +657,74 @@ fn no_log_censors_output_but_keeps_the_registered_value() {
         assert!(task_result(&run.json(), "secret")["censored"].is_string());
     }
 }
+
+#[test]
+fn capture_state_and_deploy_lock_in_a_transactional_playbook() {
+    let dir = tempfile::tempdir().unwrap();
+    let captures = dir.path().join("captures");
+    let pb = format!(
+        r#"
+- hosts: all
+  tasks:
+    - name: deploy
+      block:
+        - name: capture
+          capture_state:
+            dest_dir: {captures}
+        - name: lock
+          deploy_lock: state=acquired
+        - name: lock again is ok
+          deploy_lock: state=acquired
+        - name: health fails
+          fail: msg=unhealthy
+      rescue:
+        - name: captured before the change
+          assert:
+            that:
+              - rampart_state.txid == rampart_txid
+              - rampart_state.versions.database is none
+      always:
+        - name: unlock
+          deploy_lock: state=released
+"#,
+        captures = captures.display()
+    );
+    let runs = both(
+        dir.path(),
+        &pb,
+        &[],
+        &Expect {
+            tasks: &[
+                ("capture", "block", "changed"),
+                ("lock", "block", "changed"),
+                ("lock again is ok", "block", "ok"),
+                ("health fails", "block", "failed"),
+                ("captured before the change", "rescue", "ok"),
+                ("unlock", "always", "changed"),
+            ],
+            recap: [5, 3, 0, 0, 1, 0],
+            outcome: "rolled_back",
+            code: 1,
+        },
+    );
+    assert_eq!(
+        std::fs::read_dir(&captures).unwrap().count(),
+        2,
+        "one capture per run"
+    );
+    for state in ["state-local", "state-agent"] {
+        assert!(
+            !dir.path().join(state).join("locks/deploy.json").exists(),
+            "lock left behind in {state}"
+        );
+    }
+    let txid = runs[0].summary()["txid"].as_str().unwrap().to_string();
+    let capture = std::fs::read_dir(&captures)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().contains(&txid))
+        .expect("capture file named after the txid");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(capture.path()).unwrap()).unwrap();
+    assert_eq!(doc["txid"], txid.as_str());
+}

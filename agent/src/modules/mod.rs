@@ -12,8 +12,10 @@ use serde_json::{Map, Value, json};
 
 use crate::template::Templar;
 
+pub mod capture_state;
 pub mod command;
 pub mod control;
+pub mod deploy_lock;
 pub mod files;
 pub mod wait_for;
 
@@ -169,6 +171,8 @@ pub static MODULES: &[&ModuleSpec] = &[
     &files::COPY,
     &files::TEMPLATE,
     &files::STAT,
+    &capture_state::CAPTURE_STATE,
+    &deploy_lock::DEPLOY_LOCK,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.

@@ -1,0 +1,289 @@
+//! `capture_state`: records the host's production state before a deploy changes it.
+//!
+//! Inputs: `components` (default: every component under `<state_dir>/apps/`), `services`
+//! (systemd units), `dest_dir` (default `/var/backups/deployment-state`). Output: the state
+//! document of DESIGN.md — `timestamp`, `host`, `txid`, `versions` (per component, from its
+//! `current` release; `database` is null until the migrations work fills it), `services`
+//! (ActiveState per unit, `unknown` without systemd), `system` (`uptime_since`, `load_average`,
+//! `disk_usage` % of the state dir's filesystem, `memory` %), `deployments` (the last 3 finished
+//! transactions) — written atomically to `<dest_dir>/<ts>-<txid>.json` and returned as `state`
+//! and as the fact `rampart_state`, so a rescue reads `rampart_state.versions.<component>`.
+//! It changes nothing but that file; a later `release: state=restored` is what uses it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Map, Value, json};
+
+use super::files::write_atomic;
+use super::{
+    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_str, failed,
+};
+use crate::event::{Outcome, Record};
+
+/// Default directory of state captures.
+pub const DEFAULT_DEST_DIR: &str = "/var/backups/deployment-state";
+const RECENT_DEPLOYMENTS: usize = 3;
+
+/// `capture_state`.
+pub static CAPTURE_STATE: ModuleSpec = ModuleSpec {
+    name: "capture_state",
+    args: &[
+        ArgSpec::opt("components", ArgKind::List),
+        ArgSpec::opt("services", ArgKind::List),
+        ArgSpec::opt("dest_dir", ArgKind::Str),
+    ],
+    free_form: FreeForm::KeyValue,
+    any_args: false,
+    one_of: &[],
+    exclusive: &[],
+    check_mode: CheckMode::Supported,
+    run: run_capture,
+};
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
+    let apps = ctx.state_dir.join("apps");
+    let mut components = strings(args.get("components"));
+    if components.is_empty() {
+        components = fs::read_dir(&apps)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        components.sort();
+    }
+    let mut versions = Map::new();
+    for c in &components {
+        versions.insert(c.clone(), json!(current_version(&apps.join(c))));
+    }
+    versions.insert("database".into(), Value::Null);
+    let mut services = Map::new();
+    for unit in strings(args.get("services")) {
+        let state = active_state(&unit);
+        services.insert(unit, json!(state));
+    }
+    let now = chrono::Utc::now();
+    let state = json!({
+        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "host": crate::transaction::hostname(),
+        "txid": ctx.txid,
+        "versions": versions,
+        "services": services,
+        "system": system(ctx.state_dir),
+        "deployments": recent_deployments(ctx.state_dir),
+    });
+    let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
+    let file = dest_dir.join(format!(
+        "{}-{}.json",
+        now.format("%Y%m%dT%H%M%SZ"),
+        ctx.txid
+    ));
+    if !ctx.check {
+        if let Err(e) = fs::create_dir_all(&dest_dir) {
+            return failed(format!("cannot create {}: {e}", dest_dir.display()));
+        }
+        let mut bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        bytes.push(b'\n');
+        if let Err(e) = write_atomic(&file, &bytes, Some(0o640)) {
+            return failed(format!(
+                "cannot write state capture {}: {e}",
+                file.display()
+            ));
+        }
+    }
+    let mut r = super::ok(true);
+    r.insert("path".into(), json!(file));
+    r.insert("state".into(), state.clone());
+    r.insert("ansible_facts".into(), json!({ "rampart_state": state }));
+    r
+}
+
+/// The version `current` points at (`releases/<version>`), if any.
+fn current_version(component_dir: &Path) -> Option<String> {
+    let target = fs::read_link(component_dir.join("current")).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+/// A unit's ActiveState, or `unknown` when systemd cannot be asked.
+fn active_state(unit: &str) -> String {
+    Command::new("systemctl")
+        .args(["show", "--property=ActiveState", "--value", "--", unit])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn system(state_dir: &Path) -> Value {
+    let uptime_since = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|secs| {
+            let since = chrono::Utc::now() - chrono::Duration::milliseconds((secs * 1000.0) as i64);
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        });
+    let load: Vec<f64> = fs::read_to_string("/proc/loadavg")
+        .map(|t| {
+            t.split_whitespace()
+                .take(3)
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "uptime_since": uptime_since,
+        "load_average": load,
+        "disk_usage": disk_usage(state_dir),
+        "memory": memory_used_percent(),
+    })
+}
+
+/// Used share of the filesystem holding `path` (the nearest existing ancestor), in %.
+fn disk_usage(path: &Path) -> Option<f64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let s = nix::sys::statvfs::statvfs(p).ok()?;
+    let total = s.blocks() as f64;
+    let avail = s.blocks_available() as f64;
+    let free = s.blocks_free() as f64;
+    // As df computes it: used / (used + available to unprivileged users).
+    let used = total - free;
+    (used + avail > 0.0).then(|| round1(used / (used + avail) * 100.0))
+}
+
+fn memory_used_percent() -> Option<f64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let total = field("MemTotal:")?;
+    let avail = field("MemAvailable:")?;
+    (total > 0.0).then(|| round1((total - avail) / total * 100.0))
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// The last finished transactions, newest first: txid, playbook, outcome, finish time, and the
+/// version they deployed when their variables name one (`target_version` or `version`).
+fn recent_deployments(state_dir: &Path) -> Vec<Value> {
+    let dir = state_dir.join(crate::journal::HISTORY_DIR);
+    let mut names: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    // txids start with their UTC start time, so names sort by age.
+    names.sort();
+    names
+        .iter()
+        .rev()
+        .take(RECENT_DEPLOYMENTS)
+        .filter_map(|p| {
+            let read = crate::journal::read(p).ok()?;
+            let first = read.entries.first()?;
+            let last = read.entries.last()?;
+            let (playbook, version) = match &first.record {
+                Record::Begin {
+                    playbook_name,
+                    vars,
+                    ..
+                } => (
+                    playbook_name.clone(),
+                    vars.get("target_version")
+                        .or_else(|| vars.get("version"))
+                        .cloned(),
+                ),
+                _ => return None,
+            };
+            let outcome: Option<Outcome> = match &last.record {
+                Record::End { outcome, .. } => Some(*outcome),
+                _ => None,
+            };
+            Some(json!({
+                "txid": first.txid,
+                "playbook": playbook,
+                "version": version,
+                "outcome": outcome.map(Outcome::as_str),
+                "time": last.time,
+            }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::{Layer, Scope, Templar};
+    use std::sync::Arc;
+
+    #[test]
+    fn captures_versions_system_and_history_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let rel = state.join("apps/backend/releases/2.0.1");
+        fs::create_dir_all(&rel).unwrap();
+        std::os::unix::fs::symlink("releases/2.0.1", state.join("apps/backend/current")).unwrap();
+        fs::create_dir_all(state.join("apps/frontend")).unwrap();
+        let t = Arc::new(Templar::new());
+        let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::default())]);
+        let dest = dir.path().join("captures");
+        let run_it = |check: bool| {
+            let ctx = ModuleCtx {
+                check,
+                templar: &t,
+                scope: &scope,
+                base_dir: None,
+                state_dir: &state,
+                txid: "tx-1",
+            };
+            run_capture(
+                json!({"dest_dir": dest, "services": ["no-such-unit.service"]})
+                    .as_object()
+                    .unwrap(),
+                &ctx,
+            )
+        };
+        let dry = run_it(true);
+        assert!(!dest.exists(), "check mode wrote a capture");
+        assert_eq!(dry["state"]["versions"]["backend"], json!("2.0.1"));
+        let r = run_it(false);
+        let s = &r["state"];
+        assert_eq!(s["versions"]["backend"], json!("2.0.1"));
+        assert_eq!(s["versions"]["frontend"], Value::Null);
+        assert_eq!(s["versions"]["database"], Value::Null);
+        assert_eq!(s["txid"], json!("tx-1"));
+        assert_eq!(s["system"]["load_average"].as_array().unwrap().len(), 3);
+        let disk = s["system"]["disk_usage"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&disk));
+        assert!(s["services"]["no-such-unit.service"].is_string());
+        let path = PathBuf::from(r["path"].as_str().unwrap());
+        let written: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(&written, s);
+        assert_eq!(r["ansible_facts"]["rampart_state"], *s);
+    }
+}
