@@ -46,7 +46,9 @@ def main() -> None:
     tools = {
         "rampart (fsync)": lambda pb, st: [a.rampart, "run", pb, "--local", "--state-dir", st],
         "rampart (no fsync)": lambda pb, st: [a.rampart, "run", pb, "--local", "--state-dir", st, "--no-fsync"],
-        "ansible-playbook -c local": lambda pb, st: [a.ansible, "-i", "localhost,", "-c", "local", pb],
+        # The venv's own interpreter: discovery may pick a python that cannot run modules.
+        "ansible-playbook -c local": lambda pb, st: [a.ansible, "-i", "localhost,", "-c", "local", pb, "-e",
+                                                     "ansible_python_interpreter=" + os.path.abspath(os.path.join(os.path.dirname(a.ansible), "python"))],
     }
     rows = []
     for kind, n in cases:
