@@ -17,6 +17,7 @@ pub mod command;
 pub mod control;
 pub mod deploy_lock;
 pub mod files;
+pub mod release;
 pub mod wait_for;
 
 /// The JSON object a module returns.

@@ -1,0 +1,814 @@
+//! Safe, one-pass extraction of a release archive (`.tar.gz`, or a plain `.tar`).
+//!
+//! Purpose: turn an untrusted artifact into a release directory, verifying its SHA-256 in the same
+//! pass that decompresses and unpacks it (no second read of the artifact).
+//!
+//! Inputs: a reader of the compressed bytes, the expected digest, a staging directory that must not
+//! exist yet (its parent must), and [`Limits`]. Output: [`Extracted`] (digest, entry count,
+//! uncompressed bytes), with every file and directory fsynced; or an [`ExtractError`] naming the
+//! offending entry, in which case the staging directory has been removed entirely.
+//!
+//! Refused (the error names the entry): absolute paths, `..` components, symlinks whose target is
+//! absolute or leaves the release root, symlink targets with `..` after a name (`a/../b`, whose
+//! meaning depends on whether `a` is itself a link), hardlinks whose target is outside the release
+//! or not a regular file already extracted, entries whose parent is a symlink, device, fifo and
+//! sparse entries; more entries than `max_entries`, or more than `max_bytes` of entry data (the
+//! uncompressed stream is capped too, so padding after the archive cannot be a bomb). Setuid,
+//! setgid and sticky bits are stripped; owners are not restored (files belong to the agent).
+//! A digest mismatch is found after the archive (the rest of the input is drained and hashed), and
+//! also removes the staging directory.
+//!
+//! Reversing: extraction only creates the staging directory; removing it undoes everything.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tar::EntryType;
+
+use crate::artifacts::hex;
+
+/// Default limit on the uncompressed bytes of all entries: 2 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Default limit on the number of entries.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+
+/// Bits kept from an entry's mode: permissions only, never setuid, setgid or sticky.
+const MODE_MASK: u32 = 0o777;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Limits an archive must stay within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Total uncompressed bytes of entry data.
+    pub max_bytes: u64,
+    /// Number of entries (files, directories, links).
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// What an extraction produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// SHA-256 of the compressed input, lowercase hex (equal to the expected one).
+    pub sha256: String,
+    /// Entries written.
+    pub entries: u64,
+    /// Uncompressed bytes of entry data.
+    pub bytes: u64,
+}
+
+/// Extraction failed; the staging directory is gone.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// An entry is refused for safety.
+    #[error("refused archive entry `{entry}`: {reason}")]
+    Unsafe {
+        /// The entry's path as written in the archive.
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// The archive expands past `max_bytes`.
+    #[error("archive entry `{entry}` takes the archive past its size limit of {limit} bytes")]
+    TooLarge {
+        /// The entry that crossed the limit.
+        entry: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The archive has more than `max_entries` entries.
+    #[error("archive entry `{entry}` takes the archive past its limit of {limit} entries")]
+    TooManyEntries {
+        /// The first entry past the limit.
+        entry: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The input does not hash to the expected digest.
+    #[error("sha256 mismatch for artifact (expected {expected}, got {actual})")]
+    DigestMismatch {
+        /// Expected digest.
+        expected: String,
+        /// Digest of the bytes read.
+        actual: String,
+    },
+    /// The archive cannot be read (corrupt gzip or tar).
+    #[error("cannot read archive{}: {source}", .entry.as_deref().map(|e| format!(" at entry `{e}`")).unwrap_or_default())]
+    Read {
+        /// The entry being read, when known.
+        entry: Option<String>,
+        /// Why.
+        source: io::Error,
+    },
+    /// A filesystem operation failed.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl ExtractError {
+    /// The archive entry the error is about, when there is one.
+    pub fn entry(&self) -> Option<&str> {
+        match self {
+            ExtractError::Unsafe { entry, .. }
+            | ExtractError::TooLarge { entry, .. }
+            | ExtractError::TooManyEntries { entry, .. } => Some(entry),
+            ExtractError::Read { entry, .. } => entry.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> ExtractError + 'p {
+    move |source| ExtractError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A reader that hashes and counts every byte read through it.
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The SHA-256 of everything read, lowercase hex.
+    pub fn finish(self) -> String {
+        hex(&self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Caps the decompressed stream, so data after the tar end marker cannot be a bomb either.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "decompressed stream exceeds the archive size limit",
+            )
+        })?;
+        Ok(n)
+    }
+}
+
+/// Extracts the archive read from `reader` into `staging` (created here; must not exist),
+/// verifying that the input's SHA-256 is `expected_sha256`. On error `staging` is removed.
+pub fn extract<R: Read>(
+    reader: R,
+    expected_sha256: &str,
+    staging: &Path,
+    limits: Limits,
+) -> Result<Extracted, ExtractError> {
+    fs::create_dir(staging).map_err(io_err("create staging directory", staging))?;
+    let result = extract_into(reader, expected_sha256, staging, limits);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(staging);
+        if let Some(parent) = staging.parent() {
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
+    }
+    result
+}
+
+fn extract_into<R: Read>(
+    reader: R,
+    expected: &str,
+    root: &Path,
+    limits: Limits,
+) -> Result<Extracted, ExtractError> {
+    let read_err = |source| ExtractError::Read {
+        entry: None,
+        source,
+    };
+    let mut src = BufReader::with_capacity(64 * 1024, HashingReader::new(reader));
+    let is_gzip = src.fill_buf().map_err(read_err)?.starts_with(&GZIP_MAGIC);
+    // Headers, padding and PAX records on top of the entry data.
+    let cap = limits
+        .max_bytes
+        .saturating_add(limits.max_entries.saturating_add(16).saturating_mul(8192));
+    let mut unpacker = Unpacker::new(root, limits);
+    if is_gzip {
+        let decoder = flate2::bufread::GzDecoder::new(&mut src);
+        let mut rest = unpacker.run(Capped {
+            inner: decoder,
+            left: cap,
+        })?;
+        io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
+    } else {
+        let mut rest = unpacker.run(Capped {
+            inner: &mut src,
+            left: cap,
+        })?;
+        io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
+    }
+    io::copy(&mut src, &mut io::sink()).map_err(read_err)?;
+    let actual = src.into_inner().finish();
+    if actual != expected {
+        return Err(ExtractError::DigestMismatch {
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    unpacker.finish()?;
+    Ok(Extracted {
+        sha256: actual,
+        entries: unpacker.entries,
+        bytes: unpacker.bytes,
+    })
+}
+
+/// Writes entries one by one under `root`, refusing unsafe ones.
+struct Unpacker<'a> {
+    root: &'a Path,
+    limits: Limits,
+    entries: u64,
+    bytes: u64,
+    /// Directories created (relative), fsynced and given their modes at the end.
+    dirs: Vec<(PathBuf, u32)>,
+    dir_set: HashSet<PathBuf>,
+}
+
+impl<'a> Unpacker<'a> {
+    fn new(root: &'a Path, limits: Limits) -> Self {
+        Unpacker {
+            root,
+            limits,
+            entries: 0,
+            bytes: 0,
+            dirs: Vec::new(),
+            dir_set: HashSet::new(),
+        }
+    }
+
+    /// Unpacks every entry and returns the reader positioned after the archive's end marker.
+    fn run<R: Read>(&mut self, reader: R) -> Result<R, ExtractError> {
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive.entries().map_err(|source| ExtractError::Read {
+            entry: None,
+            source,
+        })?;
+        let mut last: Option<String> = None;
+        for entry in entries {
+            let mut entry = entry.map_err(|source| ExtractError::Read {
+                entry: last.clone(),
+                source,
+            })?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            last = Some(name.clone());
+            self.unpack(&mut entry, &name)?;
+        }
+        Ok(archive.into_inner())
+    }
+
+    fn unpack<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> Result<(), ExtractError> {
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ExtractError::TooManyEntries {
+                entry: name.to_string(),
+                limit: self.limits.max_entries,
+            });
+        }
+        let size = entry.size();
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.limits.max_bytes {
+            return Err(ExtractError::TooLarge {
+                entry: name.to_string(),
+                limit: self.limits.max_bytes,
+            });
+        }
+        let refuse = |reason: &str| ExtractError::Unsafe {
+            entry: name.to_string(),
+            reason: reason.to_string(),
+        };
+        let rel = safe_relative(&entry.path_bytes()).map_err(|r| refuse(&r))?;
+        let mode = entry.header().mode().unwrap_or(0o644) & MODE_MASK;
+        if rel.as_os_str().is_empty() {
+            // `./`: the release root itself.
+            return if kind.is_dir() {
+                Ok(())
+            } else {
+                Err(refuse("the release root must be a directory"))
+            };
+        }
+        self.check_parents(&rel).map_err(|r| refuse(&r))?;
+        let dest = self.root.join(&rel);
+        match kind {
+            EntryType::Directory => {
+                match fs::symlink_metadata(&dest) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => remove_path(&dest)?,
+                    Err(_) => {}
+                }
+                if !dest.is_dir() {
+                    fs::create_dir(&dest).map_err(io_err("create directory", &dest))?;
+                }
+                self.remember_dir(rel, mode);
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                replace_existing(&dest)?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&dest)
+                    .map_err(io_err("create", &dest))?;
+                let copied = io::copy(entry, &mut file).map_err(|source| ExtractError::Read {
+                    entry: Some(name.to_string()),
+                    source,
+                })?;
+                if copied != size {
+                    return Err(refuse("entry data is shorter than its header says"));
+                }
+                file.set_permissions(Permissions::from_mode(mode))
+                    .map_err(io_err("set mode of", &dest))?;
+                if let Ok(mtime) = entry.header().mtime() {
+                    let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime));
+                }
+                file.sync_all().map_err(io_err("fsync", &dest))?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("symlink without a target"))?
+                    .into_owned();
+                let depth = rel.components().count() - 1;
+                safe_symlink_target(&target, depth).map_err(|r| refuse(&r))?;
+                replace_existing(&dest)?;
+                let target: &Path = std::ffi::OsStr::from_bytes(&target).as_ref();
+                std::os::unix::fs::symlink(target, &dest)
+                    .map_err(io_err("create symlink", &dest))?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("hardlink without a target"))?
+                    .into_owned();
+                let target_rel = safe_relative(&target)
+                    .map_err(|r| refuse(&format!("hardlink target escapes the release: {r}")))?;
+                self.check_parents(&target_rel)
+                    .map_err(|r| refuse(&format!("hardlink target: {r}")))?;
+                let source = self.root.join(&target_rel);
+                match fs::symlink_metadata(&source) {
+                    Ok(m) if m.is_file() => {}
+                    _ => {
+                        return Err(refuse(
+                            "hardlink target is not a regular file extracted earlier",
+                        ));
+                    }
+                }
+                replace_existing(&dest)?;
+                fs::hard_link(&source, &dest).map_err(io_err("create hardlink", &dest))?;
+            }
+            EntryType::Char => return Err(refuse("character device entries are not allowed")),
+            EntryType::Block => return Err(refuse("block device entries are not allowed")),
+            EntryType::Fifo => return Err(refuse("fifo entries are not allowed")),
+            EntryType::GNUSparse => return Err(refuse("sparse entries are not supported")),
+            other => return Err(refuse(&format!("unsupported entry type {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Every ancestor of `rel` must be a real directory inside the root (created when missing):
+    /// writing through a symlinked directory could leave the release.
+    fn check_parents(&mut self, rel: &Path) -> Result<(), String> {
+        let mut cur = PathBuf::new();
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        for comp in parent.components() {
+            cur.push(comp);
+            if self.dir_set.contains(&cur) {
+                continue;
+            }
+            let abs = self.root.join(&cur);
+            match fs::symlink_metadata(&abs) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(format!("its parent `{}` is a symlink", cur.display()));
+                }
+                Ok(_) => return Err(format!("its parent `{}` is not a directory", cur.display())),
+                Err(_) => {
+                    fs::create_dir(&abs)
+                        .map_err(|e| format!("cannot create `{}`: {e}", cur.display()))?;
+                    self.remember_dir(cur.clone(), 0o755);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_dir(&mut self, rel: PathBuf, mode: u32) {
+        if let Some(slot) = self.dirs.iter_mut().find(|(p, _)| *p == rel) {
+            slot.1 = mode;
+        } else {
+            self.dir_set.insert(rel.clone());
+            self.dirs.push((rel, mode));
+        }
+    }
+
+    /// Gives directories their modes (kept writable by the agent until now) and fsyncs them,
+    /// deepest first, then the root.
+    fn finish(&mut self) -> Result<(), ExtractError> {
+        self.dirs
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (rel, mode) in &self.dirs {
+            let abs = self.root.join(rel);
+            let dir = File::open(&abs).map_err(io_err("open", &abs))?;
+            dir.sync_all().map_err(io_err("fsync", &abs))?;
+            // The owner keeps rwx, so the agent can always prune the release.
+            fs::set_permissions(&abs, Permissions::from_mode(mode | 0o700))
+                .map_err(io_err("set mode of", &abs))?;
+        }
+        File::open(self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", self.root))
+    }
+}
+
+/// Removes whatever is at `dest` (a file or link; a directory is refused) so an entry replaces
+/// it, as `tar` does for repeated names.
+fn replace_existing(dest: &Path) -> Result<(), ExtractError> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => Err(ExtractError::Unsafe {
+            entry: dest.display().to_string(),
+            reason: "would replace a directory extracted earlier".into(),
+        }),
+        Ok(_) => remove_path(dest),
+        Err(_) => Ok(()),
+    }
+}
+
+fn remove_path(path: &Path) -> Result<(), ExtractError> {
+    fs::remove_file(path).map_err(io_err("remove", path))
+}
+
+/// An entry path as a clean relative path: no root, no `..`, `.` dropped.
+fn safe_relative(raw: &[u8]) -> Result<PathBuf, String> {
+    if raw.contains(&0) {
+        return Err("path contains a NUL byte".into());
+    }
+    let path: &Path = std::ffi::OsStr::from_bytes(raw).as_ref();
+    let mut out = PathBuf::new();
+    for comp in path.components() {
+        match comp {
+            Component::Normal(c) => out.push(c),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path".into()),
+            Component::ParentDir => return Err("path contains `..`".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// A symlink target must be relative, and may climb with `..` only at its start and no higher
+/// than the link's own directory depth (`depth` directories below the root).
+fn safe_symlink_target(raw: &[u8], depth: usize) -> Result<(), String> {
+    if raw.is_empty() {
+        return Err("symlink with an empty target".into());
+    }
+    if raw.contains(&0) {
+        return Err("symlink target contains a NUL byte".into());
+    }
+    let target: &Path = std::ffi::OsStr::from_bytes(raw).as_ref();
+    let mut up = 0usize;
+    let mut seen_name = false;
+    for comp in Path::new(target).components() {
+        match comp {
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "symlink to absolute path `{}` escapes the release",
+                    target.display()
+                ));
+            }
+            Component::CurDir => {}
+            Component::ParentDir if seen_name => {
+                return Err(format!(
+                    "symlink target `{}` has `..` after a name",
+                    target.display()
+                ));
+            }
+            Component::ParentDir => {
+                up += 1;
+                if up > depth {
+                    return Err(format!(
+                        "symlink target `{}` escapes the release",
+                        target.display()
+                    ));
+                }
+            }
+            Component::Normal(_) => seen_name = true,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::modules::files::sha256_hex;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use tar::{Builder, Header};
+
+    /// An entry of a test archive.
+    pub(crate) enum E<'a> {
+        File(&'a str, &'a [u8], u32),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+        Special(&'a str, EntryType),
+    }
+
+    /// Builds a `.tar.gz` with raw headers (names written literally, no checks).
+    pub(crate) fn targz(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+        for e in entries {
+            let mut h = Header::new_gnu();
+            let (name, mut data, mode, kind, link): (&str, &[u8], u32, EntryType, Option<&str>) =
+                match e {
+                    E::File(n, d, m) => (n, d, *m, EntryType::Regular, None),
+                    E::Dir(n) => (n, b"", 0o755, EntryType::Directory, None),
+                    E::Symlink(n, t) => (n, b"", 0o777, EntryType::Symlink, Some(t)),
+                    E::Hardlink(n, t) => (n, b"", 0o644, EntryType::Link, Some(t)),
+                    E::Special(n, k) => (n, b"", 0o644, *k, None),
+                };
+            set_raw_name(&mut h, name);
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_700_000_000);
+            if let Some(t) = link {
+                h.set_link_name_literal(t).unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, &mut data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn set_raw_name(h: &mut Header, name: &str) {
+        let bytes = name.as_bytes();
+        let field = &mut h.as_old_mut().name;
+        field.fill(0);
+        field[..bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn run(data: &[u8], limits: Limits) -> (tempfile::TempDir, Result<Extracted, ExtractError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("stage");
+        let r = extract(data, &sha256_hex(data), &staging, limits);
+        (dir, r)
+    }
+
+    fn assert_refused(entries: &[E<'_>], entry: &str, reason: &str) {
+        assert_refused_with(&targz(entries), Limits::default(), entry, reason);
+    }
+
+    fn assert_refused_with(data: &[u8], limits: Limits, entry: &str, reason: &str) {
+        let (dir, r) = run(data, limits);
+        let err = r.expect_err("archive must be refused");
+        let msg = err.to_string();
+        assert_eq!(err.entry(), Some(entry), "{msg}");
+        assert!(msg.contains(entry) && msg.contains(reason), "{msg}");
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "staging left behind: {left:?}");
+    }
+
+    #[test]
+    fn extracts_files_dirs_and_inner_links() {
+        let data = targz(&[
+            E::Dir("./"),
+            E::Dir("bin"),
+            E::File("bin/app", b"#!/bin/sh\necho hi\n", 0o4755),
+            E::File("conf/app.toml", b"x = 1\n", 0o640),
+            E::Symlink("conf/link", "../bin/app"),
+            E::Symlink("top", "bin"),
+            E::Hardlink("bin/app2", "bin/app"),
+        ]);
+        let (dir, r) = run(&data, Limits::default());
+        let got = r.unwrap();
+        assert_eq!(got.sha256, sha256_hex(&data));
+        assert_eq!(got.entries, 7);
+        let root = dir.path().join("stage");
+        let meta = fs::metadata(root.join("bin/app")).unwrap();
+        // setuid is stripped, not refused.
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(
+            fs::read_link(root.join("conf/link")).unwrap(),
+            Path::new("../bin/app")
+        );
+        assert_eq!(
+            fs::read(root.join("bin/app2")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            fs::metadata(root.join("conf/app.toml"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
+    }
+
+    #[test]
+    fn plain_tar_is_accepted() {
+        let mut b = Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_path("a.txt").unwrap();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let (dir, r) = run(&data, Limits::default());
+        r.unwrap();
+        assert_eq!(fs::read(dir.path().join("stage/a.txt")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn refuses_absolute_path() {
+        assert_refused(
+            &[E::File("/etc/evil", b"x", 0o644)],
+            "/etc/evil",
+            "absolute path",
+        );
+    }
+
+    #[test]
+    fn refuses_parent_components() {
+        assert_refused(&[E::File("../x", b"x", 0o644)], "../x", "`..`");
+        assert_refused(&[E::File("a/../../x", b"x", 0o644)], "a/../../x", "`..`");
+    }
+
+    #[test]
+    fn refuses_symlink_to_absolute_target() {
+        assert_refused(&[E::Symlink("etc", "/etc")], "etc", "escapes the release");
+    }
+
+    #[test]
+    fn refuses_symlink_climbing_out() {
+        assert_refused(&[E::Symlink("a", "../../x")], "a", "escapes the release");
+        assert_refused(
+            &[E::Dir("d"), E::Symlink("d/a", "../../x")],
+            "d/a",
+            "escapes the release",
+        );
+        // `l -> .` is harmless alone, but `l/../x` would climb out through it.
+        assert_refused(
+            &[E::Symlink("l", "."), E::Symlink("m", "l/../../x")],
+            "m",
+            "after a name",
+        );
+    }
+
+    #[test]
+    fn refuses_writing_through_a_symlinked_directory() {
+        assert_refused(
+            &[E::Symlink("d", "."), E::File("d/x", b"x", 0o644)],
+            "d/x",
+            "is a symlink",
+        );
+    }
+
+    #[test]
+    fn refuses_hardlink_escaping() {
+        assert_refused(
+            &[E::Hardlink("h", "/etc/passwd")],
+            "h",
+            "escapes the release",
+        );
+        assert_refused(&[E::Hardlink("h", "../x")], "h", "escapes the release");
+        assert_refused(&[E::Hardlink("h", "missing")], "h", "not a regular file");
+    }
+
+    #[test]
+    fn refuses_fifo_and_devices() {
+        assert_refused(&[E::Special("p", EntryType::Fifo)], "p", "fifo");
+        assert_refused(&[E::Special("c", EntryType::Char)], "c", "character device");
+        assert_refused(&[E::Special("b", EntryType::Block)], "b", "block device");
+    }
+
+    #[test]
+    fn refuses_archive_expanding_past_byte_limit() {
+        let zeros = vec![0u8; 4 * 1024 * 1024];
+        let data = targz(&[
+            E::File("ok", b"small", 0o644),
+            E::File("bomb", &zeros, 0o644),
+        ]);
+        assert!(data.len() < 64 * 1024, "compressed size {}", data.len());
+        let limits = Limits {
+            max_bytes: 1024 * 1024,
+            max_entries: 10,
+        };
+        assert_refused_with(&data, limits, "bomb", "size limit");
+    }
+
+    #[test]
+    fn refuses_too_many_entries() {
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let entries: Vec<E<'_>> = names.iter().map(|n| E::File(n, b"", 0o644)).collect();
+        let limits = Limits {
+            max_bytes: 1024,
+            max_entries: 5,
+        };
+        assert_refused_with(&targz(&entries), limits, "f5", "limit of 5 entries");
+    }
+
+    #[test]
+    fn digest_mismatch_removes_staging() {
+        let data = targz(&[E::File("a", b"a", 0o644)]);
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("stage");
+        let wrong = "1".repeat(64);
+        let err = extract(&data[..], &wrong, &staging, Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&wrong) && err.contains(&sha256_hex(&data)),
+            "{err}"
+        );
+        assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn trailing_bytes_are_hashed() {
+        let mut data = targz(&[E::File("a", b"a", 0o644)]);
+        let before = sha256_hex(&data);
+        data.extend_from_slice(b"garbage after the gzip stream");
+        let dir = tempfile::tempdir().unwrap();
+        let err = extract(&data[..], &before, &dir.path().join("s"), Limits::default());
+        assert!(matches!(err, Err(ExtractError::DigestMismatch { .. })));
+    }
+
+    #[test]
+    fn existing_staging_is_not_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("stage");
+        fs::create_dir(&staging).unwrap();
+        fs::write(staging.join("keep"), b"k").unwrap();
+        let data = targz(&[E::File("a", b"a", 0o644)]);
+        assert!(extract(&data[..], &sha256_hex(&data), &staging, Limits::default()).is_err());
+        assert!(staging.join("keep").exists());
+    }
+}

@@ -1,0 +1,879 @@
+//! `release`: stages, activates, restores and prunes a component's releases on this host.
+//!
+//! Layout under the state directory (DESIGN.md, "On-host layout"):
+//! `apps/<component>/releases/<version>/` (with `version.txt` and `.rampart-release.json`: artifact
+//! digest, staged time, txid), `apps/<component>/current -> releases/<version>`,
+//! `apps/<component>/state.json` (`current`, `previous`, `known_good`) and
+//! `apps/<component>/failed/<version>-<txid>/`. The public `path` (e.g. `/opt/app/backend`) is a
+//! symlink to `<state_dir>/apps/<component>/current`.
+//!
+//! Inputs: `component`, `version`, `artifact` (a local path, relative to the playbook, or
+//! `sha256:<hex>` of a cached artifact; http(s) URLs are not supported yet), `sha256` (required
+//! with a path), `path`, `state` and `keep` (for `pruned`, default 3). Outputs: `changed`,
+//! `component`, `version`, `release_path`, plus `sha256` (staged), `previous` (active, restored)
+//! and `removed` / `removed_failed` (pruned); `failed` and `msg` on error.
+//!
+//! - `staged`: the artifact is verified, decompressed and extracted in one pass
+//!   ([`crate::extract`]) into `apps/<component>/.staging-<version>-<txid>`, which is renamed to
+//!   `releases/<version>` only when complete. A local artifact is copied into the cache while it
+//!   is read. Re-staging the same digest is `ok`; a different digest is an error naming both.
+//!   Reversed by removing `releases/<version>` (or `state: pruned`); on error nothing is left.
+//! - `active`: `current` is switched by renaming a temp symlink over it and fsyncing the directory;
+//!   the public path symlink is created when missing (a non-symlink there is refused). The version
+//!   is recorded as `known_good` (the simple rule: an activated release is good until a later
+//!   health-check step says otherwise) and the previous one as `previous`. Reversed by
+//!   `state: restored` with the `previous` version from the result.
+//! - `restored`: the same switch back to `version` (which must still be staged); `known_good` is
+//!   left alone. Reversed by `restored` (or `active`) with the version it replaced.
+//! - `pruned`: removes releases beyond the newest `keep` (by staged time), never the current, the
+//!   previous or a known-good one; `failed/` keeps its newest [`FAILED_KEEP`] entries apart, so
+//!   failed attempts never evict a good release. Not reversible except by staging again from the
+//!   artifact cache, which pruning does not touch.
+//!
+//! Check mode reports what would change and changes nothing.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::files::write_atomic;
+use super::{
+    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_i64, arg_str,
+    failed,
+};
+use crate::artifacts::{self, Upload};
+use crate::extract::{self, Limits};
+
+/// Releases kept by `state: pruned` when `keep` is not given.
+pub const DEFAULT_KEEP: i64 = 3;
+/// Entries kept in `failed/` by `state: pruned`.
+pub const FAILED_KEEP: usize = 3;
+/// The release metadata file inside each release.
+pub const RELEASE_META: &str = ".rampart-release.json";
+/// The file holding the version inside each release.
+pub const VERSION_FILE: &str = "version.txt";
+
+/// `release`: stages, activates, restores and prunes a component's releases.
+pub static RELEASE: ModuleSpec = ModuleSpec {
+    name: "release",
+    args: &[
+        ArgSpec::req("component", ArgKind::Str),
+        ArgSpec::opt("version", ArgKind::Str),
+        ArgSpec::opt("artifact", ArgKind::Str),
+        ArgSpec::opt("sha256", ArgKind::Str),
+        ArgSpec::opt("path", ArgKind::Str),
+        ArgSpec::req("state", ArgKind::Str).choices(&["staged", "active", "restored", "pruned"]),
+        ArgSpec::opt("keep", ArgKind::Int),
+    ],
+    free_form: FreeForm::KeyValue,
+    any_args: false,
+    one_of: &[],
+    exclusive: &[],
+    check_mode: CheckMode::Supported,
+    run: run_release,
+};
+
+/// `apps/<component>/state.json`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AppState {
+    current: Option<String>,
+    previous: Option<String>,
+    #[serde(default)]
+    known_good: Vec<String>,
+}
+
+/// `releases/<version>/.rampart-release.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReleaseMeta {
+    component: String,
+    version: String,
+    artifact_sha256: String,
+    staged_at: String,
+    txid: String,
+}
+
+/// Paths of one component.
+#[derive(Debug)]
+struct App {
+    name: String,
+    dir: PathBuf,
+}
+
+impl App {
+    fn new(state_dir: &Path, component: &str) -> Result<App, String> {
+        check_name("component", component)?;
+        // Absolute, so the public path symlink does not depend on the agent's working directory.
+        let state_dir = std::path::absolute(state_dir)
+            .map_err(|e| format!("cannot resolve {}: {e}", state_dir.display()))?;
+        Ok(App {
+            name: component.to_string(),
+            dir: state_dir.join("apps").join(component),
+        })
+    }
+    fn releases(&self) -> PathBuf {
+        self.dir.join("releases")
+    }
+    fn release(&self, version: &str) -> PathBuf {
+        self.releases().join(version)
+    }
+    fn current(&self) -> PathBuf {
+        self.dir.join("current")
+    }
+    fn failed(&self) -> PathBuf {
+        self.dir.join("failed")
+    }
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// The version `current` points at.
+    fn current_version(&self) -> Option<String> {
+        let target = fs::read_link(self.current()).ok()?;
+        target.file_name().map(|n| n.to_string_lossy().into_owned())
+    }
+
+    fn load_state(&self) -> Result<AppState, String> {
+        match fs::read(self.state_file()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("cannot parse {}: {e}", self.state_file().display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(AppState::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", self.state_file().display())),
+        }
+    }
+
+    fn save_state(&self, state: &AppState) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+        write_atomic(&self.state_file(), &bytes, Some(0o644))
+            .map_err(|e| format!("cannot write {}: {e}", self.state_file().display()))
+    }
+
+    fn meta(&self, version: &str) -> Result<ReleaseMeta, String> {
+        let path = self.release(version).join(RELEASE_META);
+        let bytes = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("cannot parse {}: {e}", path.display()))
+    }
+}
+
+/// Component and version names become directory names: no separators, no leading dot.
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+@~".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} `{name}` (letters, digits and ._-+@~ only, not starting with a dot)"
+        ))
+    }
+}
+
+fn run_release(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
+    let component = arg_str(args, "component").unwrap_or_default();
+    let state = arg_str(args, "state").unwrap_or_default();
+    let result = App::new(ctx.state_dir, component).and_then(|app| match state {
+        "staged" => staged(&app, args, ctx),
+        "active" => switch(&app, args, ctx, true),
+        "restored" => switch(&app, args, ctx, false),
+        "pruned" => pruned(&app, args, ctx),
+        other => Err(format!("unknown state `{other}` for release")),
+    });
+    match result {
+        Ok(r) => r,
+        Err(msg) => {
+            let mut r = failed(msg);
+            r.insert("component".into(), json!(component));
+            r.insert("version".into(), json!(arg_str(args, "version")));
+            r
+        }
+    }
+}
+
+fn result(app: &App, version: Option<&str>, changed: bool) -> ModuleResult {
+    let mut r = Map::new();
+    r.insert("changed".into(), json!(changed));
+    r.insert("component".into(), json!(app.name));
+    r.insert("version".into(), json!(version));
+    r.insert(
+        "release_path".into(),
+        json!(version.map(|v| app.release(v).display().to_string())),
+    );
+    r
+}
+
+fn required_version<'a>(args: &'a Map<String, Value>, state: &str) -> Result<&'a str, String> {
+    let v = arg_str(args, "version")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("`version` is required for state={state}"))?;
+    check_name("version", v)?;
+    Ok(v)
+}
+
+/// Where the artifact comes from.
+#[derive(Debug)]
+enum Source {
+    Cached(PathBuf),
+    Path(PathBuf),
+}
+
+/// Resolves `artifact` and `sha256` into a source and the expected digest.
+fn artifact_source(
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+) -> Result<(Source, String), String> {
+    let artifact = arg_str(args, "artifact")
+        .filter(|a| !a.is_empty())
+        .ok_or("`artifact` is required for state=staged")?;
+    let given = arg_str(args, "sha256").map(|s| {
+        let s = s.trim();
+        s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase()
+    });
+    if let Some(g) = &given {
+        artifacts::validate_hex(g).map_err(|e| e.to_string())?;
+    }
+    let lower = artifact.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Err("http(s) artifacts are not supported yet".into());
+    }
+    if let Some(hex) = artifact.strip_prefix("sha256:") {
+        artifacts::validate_hex(hex).map_err(|e| e.to_string())?;
+        if let Some(g) = given.as_deref()
+            && g != hex
+        {
+            return Err(format!(
+                "artifact sha256:{hex} does not match the sha256 argument {g}"
+            ));
+        }
+        let path = artifacts::artifact_path(ctx.state_dir, hex).map_err(|e| e.to_string())?;
+        return Ok((Source::Cached(path), hex.to_string()));
+    }
+    let expected = given.ok_or("`sha256` is required when `artifact` is a path")?;
+    let mut path = PathBuf::from(artifact);
+    if path.is_relative()
+        && let Some(base) = &ctx.base_dir
+    {
+        path = base.join(path);
+    }
+    if artifacts::has(ctx.state_dir, &expected).is_some() {
+        // Already verified once; the cache copy cannot have been replaced by another content.
+        let cached =
+            artifacts::artifact_path(ctx.state_dir, &expected).map_err(|e| e.to_string())?;
+        return Ok((Source::Cached(cached), expected));
+    }
+    Ok((Source::Path(path), expected))
+}
+
+/// Reads a local artifact while copying it into the cache.
+struct Tee<'a> {
+    inner: File,
+    upload: &'a mut Upload,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.upload
+            .write(&buf[..n])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(n)
+    }
+}
+
+fn staged(
+    app: &App,
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+) -> Result<ModuleResult, String> {
+    let version = required_version(args, "staged")?;
+    let (source, expected) = artifact_source(args, ctx)?;
+    let release = app.release(version);
+    let mut r = result(app, Some(version), false);
+    r.insert("sha256".into(), json!(expected));
+    if fs::symlink_metadata(&release).is_ok() {
+        let meta = app.meta(version)?;
+        if meta.artifact_sha256 == expected {
+            return Ok(r);
+        }
+        return Err(format!(
+            "release {version} of {} is already staged from a different artifact (staged {}, requested {expected})",
+            app.name, meta.artifact_sha256
+        ));
+    }
+    let src_path = match &source {
+        Source::Cached(p) | Source::Path(p) => p,
+    };
+    if !src_path.is_file() {
+        return Err(format!("artifact {} not found", src_path.display()));
+    }
+    r.insert("changed".into(), json!(true));
+    if ctx.check {
+        return Ok(r);
+    }
+    fs::create_dir_all(app.releases())
+        .map_err(|e| format!("cannot create {}: {e}", app.releases().display()))?;
+    let staging = app.dir.join(format!(".staging-{version}-{}", ctx.txid));
+    if fs::symlink_metadata(&staging).is_ok() {
+        // Left by an interrupted run of this same transaction.
+        fs::remove_dir_all(&staging)
+            .map_err(|e| format!("cannot remove stale {}: {e}", staging.display()))?;
+    }
+    let file =
+        File::open(src_path).map_err(|e| format!("cannot open {}: {e}", src_path.display()))?;
+    let extracted = match source {
+        Source::Cached(_) => extract::extract(file, &expected, &staging, Limits::default()),
+        Source::Path(_) => {
+            let mut upload = Upload::new(ctx.state_dir).map_err(|e| e.to_string())?;
+            let tee = Tee {
+                inner: file,
+                upload: &mut upload,
+            };
+            let out = extract::extract(tee, &expected, &staging, Limits::default());
+            if out.is_ok()
+                && let Err(e) = upload.finish(&expected)
+            {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(format!("cannot cache artifact: {e}"));
+            }
+            out
+        }
+    }
+    .map_err(|e| format!("cannot stage release {version} of {}: {e}", app.name))?;
+    let publish = || -> Result<(), String> {
+        let meta = ReleaseMeta {
+            component: app.name.clone(),
+            version: version.to_string(),
+            artifact_sha256: extracted.sha256.clone(),
+            staged_at: Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
+            txid: ctx.txid.to_string(),
+        };
+        let vfile = staging.join(VERSION_FILE);
+        write_atomic(&vfile, format!("{version}\n").as_bytes(), Some(0o644))
+            .map_err(|e| format!("cannot write {}: {e}", vfile.display()))?;
+        let mfile = staging.join(RELEASE_META);
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
+        write_atomic(&mfile, &bytes, Some(0o644))
+            .map_err(|e| format!("cannot write {}: {e}", mfile.display()))?;
+        fs::rename(&staging, &release).map_err(|e| {
+            format!(
+                "cannot rename {} to {}: {e}",
+                staging.display(),
+                release.display()
+            )
+        })?;
+        fsync_dir(&app.releases())?;
+        fsync_dir(&app.dir)
+    };
+    if let Err(e) = publish() {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    r.insert("entries".into(), json!(extracted.entries));
+    r.insert("bytes".into(), json!(extracted.bytes));
+    Ok(r)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), String> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot fsync {}: {e}", dir.display()))
+}
+
+/// Points the symlink `link` at `target` by renaming a temp symlink over it, then fsyncs its
+/// directory.
+fn replace_symlink(link: &Path, target: &Path, txid: &str) -> Result<(), String> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.rampart-tmp-{txid}-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    symlink(target, &tmp).map_err(|e| format!("cannot create symlink {}: {e}", tmp.display()))?;
+    if let Err(e) = fs::rename(&tmp, link) {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!("cannot switch {}: {e}", link.display()));
+    }
+    fsync_dir(dir)
+}
+
+/// What the public path needs.
+fn public_path_change(public: &Path, target: &Path) -> Result<bool, String> {
+    match fs::symlink_metadata(public) {
+        Ok(m) if m.file_type().is_symlink() => {
+            Ok(fs::read_link(public).ok().as_deref() != Some(target))
+        }
+        Ok(_) => Err(format!(
+            "refusing to replace {}: it exists and is not a symlink",
+            public.display()
+        )),
+        Err(_) => Ok(true),
+    }
+}
+
+/// `active` (records known-good) and `restored`: switch `current` and the public path.
+fn switch(
+    app: &App,
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+    activate: bool,
+) -> Result<ModuleResult, String> {
+    let state_name = if activate { "active" } else { "restored" };
+    let version = required_version(args, state_name)?;
+    let release = app.release(version);
+    if !release.is_dir() {
+        return Err(format!(
+            "release {version} of {} is not staged ({} is missing)",
+            app.name,
+            release.display()
+        ));
+    }
+    let before = app.current_version();
+    let switch_current = before.as_deref() != Some(version);
+    let public = arg_str(args, "path")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let current = app.current();
+    let switch_public = match &public {
+        Some(p) => public_path_change(p, &current)?,
+        None => false,
+    };
+    let mut r = result(app, Some(version), switch_current || switch_public);
+    r.insert("previous".into(), json!(before));
+    if ctx.check {
+        return Ok(r);
+    }
+    if switch_current {
+        replace_symlink(&current, &Path::new("releases").join(version), ctx.txid)?;
+        let mut state = app.load_state()?;
+        state.previous = before.clone();
+        state.current = Some(version.to_string());
+        if activate {
+            state.known_good = vec![version.to_string()];
+        }
+        app.save_state(&state)?;
+    }
+    if let (Some(p), true) = (&public, switch_public) {
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        replace_symlink(p, &current, ctx.txid)?;
+    }
+    Ok(r)
+}
+
+/// When a release was staged: its metadata, else its directory's mtime.
+fn staged_at(app: &App, version: &str) -> DateTime<Utc> {
+    app.meta(version)
+        .ok()
+        .and_then(|m| DateTime::parse_from_rfc3339(&m.staged_at).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|| {
+            fs::metadata(app.release(version))
+                .and_then(|m| m.modified())
+                .ok()
+                .map(DateTime::<Utc>::from)
+        })
+        .unwrap_or_default()
+}
+
+/// Which releases pruning removes: all but the newest `keep` and the protected ones.
+fn prune_plan(by_age: &[String], keep: usize, protected: &[&str]) -> Vec<String> {
+    by_age
+        .iter()
+        .skip(keep)
+        .filter(|v| !protected.contains(&v.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<(String, std::time::SystemTime)>, String> {
+    match fs::read_dir(dir) {
+        Ok(rd) => Ok(rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| {
+                let t = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (e.file_name().to_string_lossy().into_owned(), t)
+            })
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot list {}: {e}", dir.display())),
+    }
+}
+
+fn pruned(
+    app: &App,
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+) -> Result<ModuleResult, String> {
+    let keep = arg_i64(args, "keep").unwrap_or(DEFAULT_KEEP);
+    let keep =
+        usize::try_from(keep).map_err(|_| format!("`keep` must be 0 or more, not {keep}"))?;
+    let state = app.load_state()?;
+    let current = app.current_version();
+    let mut protected: Vec<&str> = state.known_good.iter().map(String::as_str).collect();
+    protected.extend(current.as_deref());
+    protected.extend(state.previous.as_deref());
+
+    let mut releases: Vec<(String, DateTime<Utc>)> = list_dir(&app.releases())?
+        .into_iter()
+        .map(|(v, _)| {
+            let t = staged_at(app, &v);
+            (v, t)
+        })
+        .collect();
+    releases.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    let by_age: Vec<String> = releases.into_iter().map(|(v, _)| v).collect();
+    let removed = prune_plan(&by_age, keep, &protected);
+
+    let mut failed: Vec<(String, std::time::SystemTime)> = list_dir(&app.failed())?;
+    failed.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    let removed_failed: Vec<String> = failed
+        .into_iter()
+        .skip(FAILED_KEEP)
+        .map(|(n, _)| n)
+        .collect();
+
+    let mut r = result(
+        app,
+        current.as_deref(),
+        !removed.is_empty() || !removed_failed.is_empty(),
+    );
+    r.insert("removed".into(), json!(removed));
+    r.insert("removed_failed".into(), json!(removed_failed));
+    if ctx.check {
+        return Ok(r);
+    }
+    for (dir, names) in [(app.releases(), &removed), (app.failed(), &removed_failed)] {
+        for name in names {
+            let path = dir.join(name);
+            fs::remove_dir_all(&path)
+                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
+        if !names.is_empty() {
+            fsync_dir(&dir)?;
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use minijinja::value::Value as MjValue;
+
+    use super::*;
+    use crate::extract::tests::{E, targz};
+    use crate::modules::files::sha256_hex;
+    use crate::template::{Layer, Scope, Templar};
+
+    struct Host {
+        dir: tempfile::TempDir,
+    }
+
+    impl Host {
+        fn new() -> Host {
+            Host {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+        fn state(&self) -> PathBuf {
+            self.dir.path().join("state")
+        }
+        fn app(&self) -> PathBuf {
+            self.state().join("apps/backend")
+        }
+        fn public(&self) -> PathBuf {
+            self.dir.path().join("opt/app/backend")
+        }
+        /// Writes an artifact for `version` and returns its path and digest.
+        fn artifact(&self, version: &str) -> (String, String) {
+            let content = format!("release {version}\n");
+            let data = targz(&[E::Dir("bin"), E::File("bin/app", content.as_bytes(), 0o755)]);
+            let path = self.dir.path().join(format!("backend-{version}.tar.gz"));
+            fs::write(&path, &data).unwrap();
+            (path.display().to_string(), sha256_hex(&data))
+        }
+        fn run(&self, args: Value, check: bool) -> ModuleResult {
+            let templar = Arc::new(Templar::new());
+            let scope = Scope::value(
+                templar.clone(),
+                vec![Layer::Fixed(Arc::new(BTreeMap::<String, MjValue>::new()))],
+            );
+            let state = self.state();
+            let ctx = ModuleCtx {
+                check,
+                templar: &templar,
+                scope: &scope,
+                base_dir: None,
+                state_dir: &state,
+                txid: "tx1",
+            };
+            let Value::Object(mut args) = args else {
+                panic!("arguments must be a mapping");
+            };
+            args.entry("component").or_insert(json!("backend"));
+            (RELEASE.run)(&args, &ctx)
+        }
+        fn ok(&self, args: Value) -> ModuleResult {
+            let r = self.run(args, false);
+            assert!(r.get("failed").is_none(), "unexpected failure: {r:?}");
+            r
+        }
+        fn fail(&self, args: Value) -> String {
+            let r = self.run(args, false);
+            assert_eq!(
+                r.get("failed"),
+                Some(&json!(true)),
+                "expected failure: {r:?}"
+            );
+            r["msg"].as_str().unwrap().to_string()
+        }
+        fn stage(&self, version: &str) -> ModuleResult {
+            let (path, sha) = self.artifact(version);
+            self.ok(json!({"state": "staged", "version": version, "artifact": path, "sha256": sha}))
+        }
+        fn current(&self) -> PathBuf {
+            fs::read_link(self.app().join("current")).unwrap()
+        }
+        fn tree(&self) -> Vec<String> {
+            let mut out = Vec::new();
+            walk(&self.state(), &self.state(), &mut out);
+            out.sort();
+            out
+        }
+    }
+
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+
+    fn changed(r: &ModuleResult) -> bool {
+        r["changed"].as_bool().unwrap()
+    }
+
+    #[test]
+    fn stage_activate_restore_round_trip() {
+        let h = Host::new();
+        let public = h.public().display().to_string();
+        let r = h.stage("v1");
+        assert!(changed(&r));
+        assert_eq!(
+            r["release_path"],
+            json!(h.app().join("releases/v1").display().to_string())
+        );
+        assert_eq!(
+            fs::read_to_string(h.app().join("releases/v1/version.txt")).unwrap(),
+            "v1\n"
+        );
+        // The local artifact was cached on the way.
+        assert!(artifacts::has(&h.state(), r["sha256"].as_str().unwrap()).is_some());
+
+        let r = h.ok(json!({"state": "active", "version": "v1", "path": public}));
+        assert!(changed(&r));
+        assert_eq!(r["previous"], Value::Null);
+        assert_eq!(h.current(), Path::new("releases/v1"));
+        assert_eq!(fs::read_link(h.public()).unwrap(), h.app().join("current"));
+        assert_eq!(
+            fs::read_to_string(h.public().join("bin/app")).unwrap(),
+            "release v1\n"
+        );
+
+        h.stage("v2");
+        let r = h.ok(json!({"state": "active", "version": "v2", "path": public}));
+        assert_eq!(r["previous"], json!("v1"));
+        assert_eq!(h.current(), Path::new("releases/v2"));
+        assert_eq!(
+            fs::read_to_string(h.public().join("bin/app")).unwrap(),
+            "release v2\n"
+        );
+
+        let r = h.ok(json!({"state": "restored", "version": "v1", "path": public}));
+        assert!(changed(&r));
+        assert_eq!(r["previous"], json!("v2"));
+        assert_eq!(h.current(), Path::new("releases/v1"));
+        assert_eq!(
+            fs::read_to_string(h.public().join("bin/app")).unwrap(),
+            "release v1\n"
+        );
+        let r = h.ok(json!({"state": "restored", "version": "v1", "path": public}));
+        assert!(!changed(&r));
+
+        let msg = h.fail(json!({"state": "restored", "version": "v9"}));
+        assert!(msg.contains("v9") && msg.contains("not staged"), "{msg}");
+    }
+
+    #[test]
+    fn second_run_changes_nothing() {
+        let h = Host::new();
+        let public = h.public().display().to_string();
+        assert!(changed(&h.stage("v1")));
+        assert!(!changed(&h.stage("v1")));
+        assert!(changed(&h.ok(
+            json!({"state": "active", "version": "v1", "path": public})
+        )));
+        let before = h.tree();
+        assert!(!changed(&h.ok(
+            json!({"state": "active", "version": "v1", "path": public})
+        )));
+        // Staging from the cache by digest is also a no-op.
+        let (_, sha) = h.artifact("v1");
+        let r =
+            h.ok(json!({"state": "staged", "version": "v1", "artifact": format!("sha256:{sha}")}));
+        assert!(!changed(&r));
+        assert_eq!(h.tree(), before);
+    }
+
+    #[test]
+    fn restaging_with_another_digest_is_an_error_naming_both() {
+        let h = Host::new();
+        let first = h.stage("v1");
+        let (path, sha) = h.artifact("other");
+        let msg =
+            h.fail(json!({"state": "staged", "version": "v1", "artifact": path, "sha256": sha}));
+        assert!(
+            msg.contains(&sha) && msg.contains(first["sha256"].as_str().unwrap()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn check_mode_changes_nothing() {
+        let h = Host::new();
+        let (path, sha) = h.artifact("v1");
+        let r = h.run(
+            json!({"state": "staged", "version": "v1", "artifact": path, "sha256": sha}),
+            true,
+        );
+        assert!(changed(&r));
+        assert!(h.tree().is_empty(), "{:?}", h.tree());
+        h.stage("v1");
+        let before = h.tree();
+        let public = h.public().display().to_string();
+        let r = h.run(
+            json!({"state": "active", "version": "v1", "path": public}),
+            true,
+        );
+        assert!(changed(&r));
+        assert_eq!(h.tree(), before);
+        assert!(fs::symlink_metadata(h.public()).is_err());
+        let r = h.run(json!({"state": "pruned", "keep": 0}), true);
+        assert_eq!(r["removed"], json!(["v1"]));
+        assert_eq!(h.tree(), before);
+    }
+
+    #[test]
+    fn bad_digest_and_malicious_archives_leave_nothing() {
+        let h = Host::new();
+        let (path, _) = h.artifact("v1");
+        let wrong = "0".repeat(64);
+        let msg =
+            h.fail(json!({"state": "staged", "version": "v1", "artifact": path, "sha256": wrong}));
+        assert!(msg.contains(&wrong) && msg.contains("mismatch"), "{msg}");
+        let leftovers = |h: &Host| {
+            h.tree()
+                .into_iter()
+                .filter(|p| !p.ends_with("releases") && !p.ends_with("apps/backend"))
+                .filter(|p| {
+                    *p != "apps"
+                        && *p != "artifacts"
+                        && !p.ends_with("/tmp")
+                        && !p.ends_with("/sha256")
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(leftovers(&h).is_empty(), "{:?}", h.tree());
+
+        let evil = targz(&[E::File("ok", b"x", 0o644), E::Symlink("etc", "/etc")]);
+        let evil_path = h.dir.path().join("evil.tar.gz");
+        fs::write(&evil_path, &evil).unwrap();
+        let msg = h.fail(json!({
+            "state": "staged", "version": "v1",
+            "artifact": evil_path.display().to_string(), "sha256": sha256_hex(&evil),
+        }));
+        assert!(msg.contains("`etc`"), "{msg}");
+        assert!(leftovers(&h).is_empty(), "{:?}", h.tree());
+
+        let msg = h.fail(json!({"state": "staged", "version": "v1", "artifact": "https://x/a.tgz", "sha256": wrong}));
+        assert!(
+            msg.contains("http(s) artifacts are not supported yet"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn public_path_that_is_not_a_symlink_is_refused() {
+        let h = Host::new();
+        h.stage("v1");
+        fs::create_dir_all(h.public()).unwrap();
+        let msg = h.fail(
+            json!({"state": "active", "version": "v1", "path": h.public().display().to_string()}),
+        );
+        assert!(msg.contains("not a symlink"), "{msg}");
+    }
+
+    #[test]
+    fn prune_keeps_current_previous_and_known_good() {
+        let h = Host::new();
+        for v in ["v1", "v2", "v3", "v4", "v5", "v6"] {
+            h.stage(v);
+        }
+        h.ok(json!({"state": "active", "version": "v2"}));
+        h.ok(json!({"state": "restored", "version": "v3"}));
+        h.ok(json!({"state": "restored", "version": "v4"}));
+        // current v4, previous v3, known-good v2, newest v6.
+        let failed = h.app().join("failed");
+        for (i, name) in ["a-tx", "b-tx", "c-tx", "d-tx", "e-tx"].iter().enumerate() {
+            let d = failed.join(name);
+            fs::create_dir_all(&d).unwrap();
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i as u64);
+            File::open(&d).unwrap().set_modified(t).unwrap();
+        }
+        let r = h.ok(json!({"state": "pruned", "keep": 1}));
+        assert_eq!(r["removed"], json!(["v5", "v1"]));
+        assert_eq!(r["removed_failed"], json!(["b-tx", "a-tx"]));
+        let mut left: Vec<_> = list_dir(&h.app().join("releases"))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["v2", "v3", "v4", "v6"]);
+        assert_eq!(list_dir(&failed).unwrap().len(), FAILED_KEEP);
+        assert!(!changed(&h.ok(json!({"state": "pruned", "keep": 1}))));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("version", "1.2.3-rc1+b7").is_ok());
+        for bad in ["", ".", "..", "../x", "a/b", ".staging"] {
+            assert!(check_name("version", bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            prune_plan(&["c".into(), "b".into(), "a".into()], 1, &["a"]),
+            vec!["b".to_string()]
+        );
+    }
+}
