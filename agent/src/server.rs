@@ -20,6 +20,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::artifacts;
 use crate::error::{JournalError, LockError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record, Section, TaskStatus};
 use crate::template::Templar;
@@ -301,20 +302,65 @@ impl Agent for AgentService {
 
     async fn has_artifact(
         &self,
-        _request: Request<pb::HasArtifactRequest>,
+        request: Request<pb::HasArtifactRequest>,
     ) -> Result<Response<pb::HasArtifactResponse>, Status> {
-        Err(Status::unimplemented(
-            "HasArtifact is provided by the releases work (the artifact cache); this agent does not have it yet",
-        ))
+        let digest = request.into_inner().sha256;
+        artifacts::validate_hex(&digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let size = artifacts::has(&self.host.state_dir, &digest);
+        Ok(Response::new(pb::HasArtifactResponse {
+            present: size.is_some(),
+            size: size.unwrap_or(0),
+        }))
     }
 
     async fn put_artifact(
         &self,
-        _request: Request<tonic::Streaming<pb::ArtifactChunk>>,
+        request: Request<tonic::Streaming<pb::ArtifactChunk>>,
     ) -> Result<Response<pb::PutArtifactResponse>, Status> {
-        Err(Status::unimplemented(
-            "PutArtifact is provided by the releases work (the artifact cache); this agent does not have it yet",
-        ))
+        let mut stream = request.into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Status::invalid_argument("PutArtifact received no chunk"));
+        };
+        let expected = first.sha256.clone();
+        artifacts::validate_hex(&expected)
+            .map_err(|e| Status::invalid_argument(format!("first chunk: {e}")))?;
+        if let Some(size) = artifacts::has(&self.host.state_dir, &expected) {
+            // Known digest: the upload is skipped; the client may stop sending.
+            return Ok(Response::new(pb::PutArtifactResponse {
+                sha256: expected,
+                size,
+                already_present: true,
+            }));
+        }
+        let artifact_error = |e: artifacts::ArtifactError| match e {
+            artifacts::ArtifactError::Io { .. } => Status::internal(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        };
+        let declared = first.size;
+        let mut upload =
+            tokio::task::block_in_place(|| artifacts::Upload::new(&self.host.state_dir))
+                .map_err(artifact_error)?;
+        tokio::task::block_in_place(|| upload.write(&first.data)).map_err(artifact_error)?;
+        // Every chunk is written as it arrives; a broken stream drops the upload, which removes
+        // its temporary file.
+        while let Some(chunk) = stream.message().await? {
+            tokio::task::block_in_place(|| upload.write(&chunk.data)).map_err(artifact_error)?;
+        }
+        if declared != 0 && upload.size() != declared {
+            return Err(Status::invalid_argument(format!(
+                "artifact {expected}: received {} bytes, the first chunk declared {declared}",
+                upload.size()
+            )));
+        }
+        let cached = tokio::task::spawn_blocking(move || upload.finish(&expected))
+            .await
+            .map_err(|e| Status::internal(format!("artifact upload task failed: {e}")))?
+            .map_err(artifact_error)?;
+        Ok(Response::new(pb::PutArtifactResponse {
+            sha256: cached.sha256,
+            size: cached.size,
+            already_present: cached.already_present,
+        }))
     }
 
     async fn list_forensics(

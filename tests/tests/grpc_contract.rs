@@ -895,17 +895,6 @@ fn unimplemented_rpcs_name_the_releases_work() {
             .map(drop),
         ));
         results.push((
-            "HasArtifact",
-            call(
-                "HasArtifact",
-                c.has_artifact(pb::HasArtifactRequest {
-                    sha256: "0".repeat(64),
-                }),
-            )
-            .await
-            .map(drop),
-        ));
-        results.push((
             "ListForensics",
             call(
                 "ListForensics",
@@ -919,19 +908,6 @@ fn unimplemented_rpcs_name_the_releases_work() {
             call(
                 "GetForensics",
                 c.get_forensics(pb::GetForensicsRequest { id: "x".into() }),
-            )
-            .await
-            .map(drop),
-        ));
-        results.push((
-            "PutArtifact",
-            call(
-                "PutArtifact",
-                c.put_artifact(tokio_stream::iter(vec![pb::ArtifactChunk {
-                    sha256: "0".repeat(64),
-                    size: 1,
-                    data: vec![0],
-                }])),
             )
             .await
             .map(drop),

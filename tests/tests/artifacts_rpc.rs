@@ -1,0 +1,155 @@
+//! `HasArtifact` / `PutArtifact` against a real agent over gRPC on 127.0.0.1: the digest is
+//! verified while streaming, a known digest is skipped, and a bad upload leaves nothing behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rampart_proto::v1 as pb;
+use rampart_proto::v1::agent_client::AgentClient;
+use rampart_tests::AgentProc;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn chunks(digest: &str, size: u64, data: &[u8], piece: usize) -> Vec<pb::ArtifactChunk> {
+    data.chunks(piece)
+        .enumerate()
+        .map(|(i, c)| pb::ArtifactChunk {
+            sha256: if i == 0 {
+                digest.to_string()
+            } else {
+                String::new()
+            },
+            size: if i == 0 { size } else { 0 },
+            data: c.to_vec(),
+        })
+        .collect()
+}
+
+#[test]
+fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let agent = AgentProc::start(&state);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .expect("connect to the agent");
+        let mut c = AgentClient::new(ch);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = hex(&data);
+
+        let has = c
+            .has_artifact(pb::HasArtifactRequest {
+                sha256: digest.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!has.present);
+
+        // A wrong digest: refused, naming both digests, nothing kept.
+        let wrong = "0".repeat(64);
+        let err = c
+            .put_artifact(tokio_stream::iter(chunks(
+                &wrong,
+                data.len() as u64,
+                &data,
+                65_536,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains(&wrong) && err.message().contains(&digest),
+            "{}",
+            err.message()
+        );
+        assert!(files_under(&state.join("artifacts/sha256")).is_empty());
+        assert!(
+            files_under(&state.join("artifacts/tmp")).is_empty(),
+            "partial upload left behind"
+        );
+
+        // The right digest, in five chunks.
+        let put = c
+            .put_artifact(tokio_stream::iter(chunks(
+                &digest,
+                data.len() as u64,
+                &data,
+                65_536,
+            )))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(put.sha256, digest);
+        assert_eq!(put.size, data.len() as u64);
+        assert!(!put.already_present);
+        let stored = std::fs::read(state.join("artifacts/sha256").join(&digest)).unwrap();
+        assert_eq!(stored, data);
+
+        let has = c
+            .has_artifact(pb::HasArtifactRequest {
+                sha256: digest.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(has.present);
+        assert_eq!(has.size, data.len() as u64);
+
+        // Known digest: skipped after the first chunk.
+        let again = c
+            .put_artifact(tokio_stream::iter(chunks(
+                &digest,
+                data.len() as u64,
+                &data[..10],
+                10,
+            )))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.already_present);
+
+        // A size that does not match the first chunk's declaration is refused.
+        let other: Vec<u8> = b"short".to_vec();
+        let err = c
+            .put_artifact(tokio_stream::iter(chunks(&hex(&other), 999, &other, 2)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("declared 999"), "{}", err.message());
+
+        // A digest that is not hex never becomes a file name.
+        let err = c
+            .has_artifact(pb::HasArtifactRequest {
+                sha256: "../../etc/passwd".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    });
+}
