@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Packages the sample application as three versioned release tarballs for the demo and tests.
+#
+# Usage: package.sh OUT_DIR
+# Inputs: target/debug/rampart-sample-app (built here with cargo when missing; set
+#         SAMPLE_APP_BIN to use another build).
+# Outputs in OUT_DIR: sample-app-1.0.0.tar.gz and sample-app-2.0.0.tar.gz (healthy),
+#         sample-app-3.0.0.tar.gz (broken: starts, but its `health` file says DOWN), each with a
+#         `<name>.sha256` line beside it as `sha256sum` writes it.
+# Each tarball holds at its root: bin/rampart-sample-app, version.txt, health, start.sh.
+# Archives are reproducible: sorted names, fixed owner and mtime, gzip without name or time.
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 OUT_DIR" >&2
+    exit 2
+fi
+workspace="$(cd "$(dirname "$0")/../.." && pwd)"
+out_dir="$1"
+mkdir -p "$out_dir"
+out_dir="$(cd "$out_dir" && pwd)"
+
+bin="${SAMPLE_APP_BIN:-$workspace/target/debug/rampart-sample-app}"
+if [[ ! -x "$bin" ]]; then
+    (cd "$workspace" && cargo build --bin rampart-sample-app -p rampart-tests)
+fi
+
+stage="$(mktemp -d)"
+trap 'rm -rf "$stage"' EXIT
+
+# version health
+releases=(
+    "1.0.0 UP"
+    "2.0.0 UP"
+    "3.0.0 DOWN"
+)
+for release in "${releases[@]}"; do
+    read -r version health <<<"$release"
+    name="sample-app-$version"
+    root="$stage/$name"
+    mkdir -p "$root/bin"
+    install -m 0755 "$bin" "$root/bin/rampart-sample-app"
+    printf '%s\n' "$version" >"$root/version.txt"
+    printf '%s\n' "$health" >"$root/health"
+    cat >"$root/start.sh" <<'EOF'
+#!/bin/sh
+# Starts this release of the sample app; SAMPLE_APP_LISTEN overrides the address.
+root="$(cd "$(dirname "$0")" && pwd)"
+exec "$root/bin/rampart-sample-app" --root "$root" --listen "${SAMPLE_APP_LISTEN:-127.0.0.1:18080}"
+EOF
+    chmod 0755 "$root/start.sh"
+    chmod 0644 "$root/version.txt" "$root/health"
+    chmod 0755 "$root" "$root/bin"
+    touch -h -d @0 "$root" "$root/bin" "$root/bin/rampart-sample-app" "$root/version.txt" "$root/health" "$root/start.sh"
+
+    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
+        --format=gnu -C "$root" -cf - bin health start.sh version.txt |
+        gzip -n -9 >"$out_dir/$name.tar.gz.tmp"
+    mv "$out_dir/$name.tar.gz.tmp" "$out_dir/$name.tar.gz"
+    (cd "$out_dir" && sha256sum "$name.tar.gz" >"$name.tar.gz.sha256")
+    echo "wrote $out_dir/$name.tar.gz ($health)"
+done
