@@ -18,6 +18,7 @@ pub mod control;
 pub mod deploy_lock;
 pub mod files;
 pub mod release;
+pub mod service;
 pub mod wait_for;
 
 /// The JSON object a module returns.
@@ -174,6 +175,8 @@ pub static MODULES: &[&ModuleSpec] = &[
     &files::STAT,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
+    &release::RELEASE,
+    &service::SERVICE,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.
