@@ -87,11 +87,15 @@ fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         "deployments": recent_deployments(ctx.state_dir),
     });
     let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
-    let file = dest_dir.join(format!(
-        "{}-{}.json",
-        now.format("%Y%m%dT%H%M%SZ"),
-        ctx.txid
-    ));
+    // One transaction may capture twice (before and after): the name never reuses a capture's.
+    let stamp = now.format("%Y%m%dT%H%M%S%.6fZ");
+    let mut file = dest_dir.join(format!("{stamp}-{}.json", ctx.txid));
+    for n in 2..100 {
+        if !file.exists() {
+            break;
+        }
+        file = dest_dir.join(format!("{stamp}-{}-{n}.json", ctx.txid));
+    }
     if !ctx.check {
         if let Err(e) = fs::create_dir_all(&dest_dir) {
             return failed(format!("cannot create {}: {e}", dest_dir.display()));
