@@ -186,12 +186,17 @@ impl<'a> Engine<'a> {
     pub fn run(mut self) -> Result<RunResult, JournalError> {
         let mut failure: Option<Failure> = None;
         for play in &self.playbook.plays {
+            let play_scope = self.scope(std::slice::from_ref(&play.vars), None);
+            let play_name = match self.templar.render_str(&play.name, &play_scope) {
+                Ok(Value::String(s)) => s,
+                _ => play.name.clone(),
+            };
             self.magic
-                .insert("ansible_play_name".into(), MjValue::from(play.name.clone()));
+                .insert("ansible_play_name".into(), MjValue::from(play_name.clone()));
             if !self.replay_play(play.index) {
                 self.sink.record(Record::PlayStart {
                     index: play.index,
-                    name: play.name.clone(),
+                    name: play_name,
                 })?;
             }
             if play.gather_facts {
@@ -408,7 +413,7 @@ impl<'a> Engine<'a> {
 
         let (status, result, duration_ms) = match self.replay_task(&task.path) {
             Some(ReplayStep::Done(status, result)) => {
-                return Ok(self.settle(task, action, status, result));
+                return Ok(self.settle(task, action, &name, status, result));
             }
             Some(ReplayStep::Interrupted) => (
                 TaskStatus::Failed,
@@ -454,18 +459,25 @@ impl<'a> Engine<'a> {
         self.sink.record(Record::TaskEnd {
             path: task.path.clone(),
             section,
-            name,
+            name: name.clone(),
             action: action.action.clone(),
             status,
             result: shown,
             duration_ms,
             private_result: private,
         })?;
-        Ok(self.settle(task, action, status, result))
+        Ok(self.settle(task, action, &name, status, result))
     }
 
     /// Applies a finished task: counters, `register`, facts; a failure starts travelling.
-    fn settle(&mut self, task: &Task, action: &Action, status: TaskStatus, result: Value) -> Flow {
+    fn settle(
+        &mut self,
+        task: &Task,
+        action: &Action,
+        name: &str,
+        status: TaskStatus,
+        result: Value,
+    ) -> Flow {
         match status {
             TaskStatus::Ok => self.recap.ok += 1,
             TaskStatus::Changed => {
@@ -497,7 +509,7 @@ impl<'a> Engine<'a> {
         }
         if status == TaskStatus::Failed {
             return Flow::Failed(Failure {
-                task: failed_task_info(task, action),
+                task: failed_task_info(task, action, name),
                 result,
                 in_rescue: false,
             });
@@ -820,9 +832,9 @@ fn interrupted(msg: &str) -> Value {
     })
 }
 
-fn failed_task_info(task: &Task, action: &Action) -> Value {
+fn failed_task_info(task: &Task, action: &Action, name: &str) -> Value {
     json!({
-        "name": task.name.clone().unwrap_or_else(|| action.action.clone()),
+        "name": name,
         "action": action.action,
         "_resolved_action": format!("ansible.builtin.{}", action.module.name),
         "args": action.args,
