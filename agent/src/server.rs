@@ -284,20 +284,45 @@ impl Agent for AgentService {
 
     async fn capture_state(
         &self,
-        _request: Request<pb::CaptureStateRequest>,
+        request: Request<pb::CaptureStateRequest>,
     ) -> Result<Response<pb::CaptureStateResponse>, Status> {
-        Err(Status::unimplemented(
-            "CaptureState is provided by the releases work (the capture_state module); this agent does not have it yet",
-        ))
+        let components = request.into_inner().components;
+        let state_dir = self.host.state_dir.clone();
+        let state = tokio::task::spawn_blocking(move || {
+            crate::modules::capture_state::capture(&state_dir, &components, &[], "")
+        })
+        .await
+        .map_err(|e| Status::internal(format!("state capture failed: {e}")))?;
+        Ok(Response::new(pb::CaptureStateResponse {
+            state_json: state.to_string(),
+        }))
     }
 
     async fn list_releases(
         &self,
-        _request: Request<pb::ListReleasesRequest>,
+        request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        Err(Status::unimplemented(
-            "ListReleases is provided by the releases work (the release module); this agent does not have it yet",
-        ))
+        let component = request.into_inner().component;
+        let state_dir = self.host.state_dir.clone();
+        let list = tokio::task::spawn_blocking(move || {
+            let c = (!component.is_empty()).then_some(component.as_str());
+            crate::modules::release::list(&state_dir, c)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing releases failed: {e}")))?
+        .map_err(Status::invalid_argument)?;
+        let releases = list
+            .into_iter()
+            .map(|r| pb::Release {
+                component: r.component,
+                version: r.version,
+                artifact_sha256: r.artifact_sha256.unwrap_or_default(),
+                current: r.current,
+                failed: r.failed,
+                staged: r.staged_at.as_deref().and_then(timestamp),
+            })
+            .collect();
+        Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
 
     async fn has_artifact(

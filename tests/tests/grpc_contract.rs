@@ -877,24 +877,6 @@ fn unimplemented_rpcs_name_the_releases_work() {
         let mut c = host.client().await;
         let mut results: Vec<(&str, Result<(), Status>)> = Vec::new();
         results.push((
-            "CaptureState",
-            call(
-                "CaptureState",
-                c.capture_state(pb::CaptureStateRequest::default()),
-            )
-            .await
-            .map(drop),
-        ));
-        results.push((
-            "ListReleases",
-            call(
-                "ListReleases",
-                c.list_releases(pb::ListReleasesRequest::default()),
-            )
-            .await
-            .map(drop),
-        ));
-        results.push((
             "ListForensics",
             call(
                 "ListForensics",

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rampart_tests::{bin, rampart};
+use rampart_proto::v1 as pb;
+use rampart_proto::v1::agent_client::AgentClient;
+use rampart_tests::{AgentProc, bin, rampart};
 use serde_json::{Value, json};
 
 /// Stops the app this test started (by the pid file its start command wrote).
@@ -152,4 +154,57 @@ fn deploy_v1_v2_then_broken_v3_is_rolled_back() {
             .count(),
         5
     );
+
+    // An agent on the same state dir reports the same host: its releases and its state.
+    let agent = AgentProc::start(&state);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = AgentClient::connect(format!("http://{}", agent.addr))
+            .await
+            .expect("connect");
+        let releases = c
+            .list_releases(pb::ListReleasesRequest {
+                component: "app".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .releases;
+        let mut versions: Vec<(&str, bool)> = releases
+            .iter()
+            .map(|r| (r.version.as_str(), r.current))
+            .collect();
+        versions.sort_unstable();
+        assert_eq!(
+            versions,
+            [("1.0.0", false), ("2.0.0", true), ("3.0.0", false)]
+        );
+        assert!(
+            releases
+                .iter()
+                .all(|r| r.artifact_sha256.len() == 64 && r.staged.is_some())
+        );
+        let state_json = c
+            .capture_state(pb::CaptureStateRequest { components: vec![] })
+            .await
+            .unwrap()
+            .into_inner()
+            .state_json;
+        let captured: Value = serde_json::from_str(&state_json).unwrap();
+        assert_eq!(captured["versions"]["app"], "2.0.0");
+        let recent = captured["deployments"].as_array().unwrap();
+        assert_eq!(recent.len(), 3);
+        assert_eq!(recent[0]["outcome"], "rolled_back");
+        assert_eq!(recent[0]["version"], "3.0.0");
+        let err = c
+            .list_releases(pb::ListReleasesRequest {
+                component: "../etc".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    });
 }

@@ -52,9 +52,11 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
-    let apps = ctx.state_dir.join("apps");
-    let mut components = strings(args.get("components"));
+/// The state document for `components` (every component under `apps/` when empty) and
+/// `services`, as this module records it; also served by the agent's `CaptureState`.
+pub fn capture(state_dir: &Path, components: &[String], services: &[String], txid: &str) -> Value {
+    let apps = state_dir.join("apps");
+    let mut components = components.to_vec();
     if components.is_empty() {
         components = fs::read_dir(&apps)
             .map(|rd| {
@@ -71,21 +73,29 @@ fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         versions.insert(c.clone(), json!(current_version(&apps.join(c))));
     }
     versions.insert("database".into(), Value::Null);
-    let mut services = Map::new();
-    for unit in strings(args.get("services")) {
-        let state = active_state(&unit);
-        services.insert(unit, json!(state));
+    let mut units = Map::new();
+    for unit in services {
+        units.insert(unit.clone(), json!(active_state(unit)));
     }
-    let now = chrono::Utc::now();
-    let state = json!({
-        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "host": crate::transaction::hostname(),
-        "txid": ctx.txid,
+        "txid": txid,
         "versions": versions,
-        "services": services,
-        "system": system(ctx.state_dir),
-        "deployments": recent_deployments(ctx.state_dir),
-    });
+        "services": units,
+        "system": system(state_dir),
+        "deployments": recent_deployments(state_dir),
+    })
+}
+
+fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
+    let now = chrono::Utc::now();
+    let state = capture(
+        ctx.state_dir,
+        &strings(args.get("components")),
+        &strings(args.get("services")),
+        ctx.txid,
+    );
     let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
     // One transaction may capture twice (before and after): the name never reuses a capture's.
     let stamp = now.format("%Y%m%dT%H%M%S%.6fZ");

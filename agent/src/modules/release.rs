@@ -159,6 +159,77 @@ impl App {
     }
 }
 
+/// One release present on the host (for the agent's `ListReleases`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseInfo {
+    /// The component.
+    pub component: String,
+    /// The release's version.
+    pub version: String,
+    /// The artifact it was extracted from, when its metadata says.
+    pub artifact_sha256: Option<String>,
+    /// When it was staged (RFC 3339), when its metadata says.
+    pub staged_at: Option<String>,
+    /// Whether `current` points at it.
+    pub current: bool,
+    /// Whether it is kept apart under `failed/`.
+    pub failed: bool,
+}
+
+/// Lists the releases of one component (or every component), newest staged first within each.
+pub fn list(state_dir: &Path, component: Option<&str>) -> Result<Vec<ReleaseInfo>, String> {
+    let apps = state_dir.join("apps");
+    let mut components: Vec<String> = match component {
+        Some(c) => {
+            check_name("component", c)?;
+            vec![c.to_string()]
+        }
+        None => match fs::read_dir(&apps) {
+            Ok(rd) => rd
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("cannot list {}: {e}", apps.display())),
+        },
+    };
+    components.sort();
+    let mut out = Vec::new();
+    for name in components {
+        let app = App::new(state_dir, &name)?;
+        let current = app.current_version();
+        let mut found: Vec<ReleaseInfo> = Vec::new();
+        for (dir, failed) in [(app.releases(), false), (app.failed(), true)] {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let dir_name = e.file_name().to_string_lossy().into_owned();
+                let meta: Option<ReleaseMeta> = fs::read(e.path().join(RELEASE_META))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let version = meta
+                    .as_ref()
+                    .map_or(dir_name.clone(), |m| m.version.clone());
+                found.push(ReleaseInfo {
+                    component: name.clone(),
+                    current: !failed && current.as_deref() == Some(dir_name.as_str()),
+                    version,
+                    artifact_sha256: meta.as_ref().map(|m| m.artifact_sha256.clone()),
+                    staged_at: meta.map(|m| m.staged_at),
+                    failed,
+                });
+            }
+        }
+        found.sort_by(|a, b| {
+            b.staged_at
+                .cmp(&a.staged_at)
+                .then_with(|| b.version.cmp(&a.version))
+        });
+        out.extend(found);
+    }
+    Ok(out)
+}
+
 /// Component and version names become directory names: no separators, no leading dot.
 fn check_name(what: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
