@@ -4,6 +4,8 @@
 //! The binaries come from the workspace's target directory; the README's test command builds them
 //! (`cargo build --bins`) before `cargo test`.
 
+pub mod systemd;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,5 +1,9 @@
 //! `rampart-agent`: the gRPC service on every host. Finishes interrupted transactions first,
 //! then serves.
+//!
+//! Under systemd (`systemd/rampart-agent.service`, `Type=notify`) it reports `READY=1` only once
+//! recovery has finished and the listener is bound, and pings the watchdog when `WatchdogSec=` is
+//! set. Without `NOTIFY_SOCKET` (not started by systemd) the notifications are no-ops.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +38,10 @@ struct Args {
     /// Serve plaintext gRPC (development only).
     #[arg(long)]
     insecure_dev: bool,
+    /// Directory of forensics bundles served by ListForensics/GetForensics
+    /// (default /var/backups/deployment-forensics).
+    #[arg(long)]
+    forensics_dir: Option<PathBuf>,
     /// Do not fsync journal records (benchmarks only: a crash may lose the journal's tail).
     #[arg(long, hide = true)]
     no_fsync: bool,
@@ -73,6 +81,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         cfg.state_dir = d;
     }
     cfg.insecure_dev |= args.insecure_dev;
+    if let Some(d) = args.forensics_dir {
+        cfg.forensics_dir = Some(d);
+    }
     if args.no_fsync {
         cfg.journal_fsync = false;
     }
@@ -93,6 +104,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     host.stop_after_record = args.debug_stop_after_record;
     let templar = Arc::new(Templar::new());
+    notify(&[sd_notify::NotifyState::Status(
+        "finishing interrupted transactions",
+    )]);
     // Recovery comes before serving: the host never stays half-deployed.
     let recovered = transaction::recover_all(&host, &templar, &mut |_| {})?;
     if !recovered.is_empty() {
@@ -107,7 +121,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, state_dir = %host.state_dir.display(), "serving");
         println!("listening on {addr}");
-        let service = AgentService::new(host, templar);
+        // Recovery is done and the socket accepts connections: `systemctl start` may return.
+        let status = format!("serving on {addr}");
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+        if let Some(interval) = sd_notify::watchdog_enabled() {
+            tracing::info!(?interval, "systemd watchdog enabled");
+            tokio::spawn(watchdog(interval / 2));
+        }
+        let mut service = AgentService::new(host, templar);
+        if let Some(d) = cfg.forensics_dir {
+            service = service.with_forensics_dir(d);
+        }
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -121,4 +148,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         server::serve(listener, service, shutdown).await?;
         anyhow::Ok(())
     })
+}
+
+/// Sends `state` to systemd's notification socket; a no-op outside systemd (no `NOTIFY_SOCKET`).
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("sd_notify failed: {e}");
+    }
+}
+
+/// Pings systemd's watchdog every `every` (half of `WatchdogSec=`) while the runtime is alive.
+async fn watchdog(every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        notify(&[sd_notify::NotifyState::Watchdog]);
+    }
 }

@@ -1,0 +1,341 @@
+//! `systemd/rampart-agent.service` under a real systemd (the sandbox of `rampart_tests::systemd`):
+//! - `systemctl start` returns only once the agent serves (`Type=notify`, READY after recovery
+//!   and bind), the unit's hardening is in force, and the watchdog is fed;
+//! - an agent SIGKILLed in the middle of a transaction is restarted by systemd (`Restart=always`)
+//!   and the restart finishes the interrupted transaction before the unit is `active` again.
+//!
+//! The test copy of the unit (`rampart-agent-test.service`) is the shipped file with these
+//! changes, made line by line so everything else (Type=notify, Restart=always, WatchdogSec,
+//! the hardening) is exercised as shipped:
+//! - `ExecStart=` runs target/debug/rampart-agent on 127.0.0.1:PORT with a state dir in the
+//!   test's temp dir and `--insecure-dev`;
+//! - `ReadWritePaths=` names the test's temp dir instead of /var/lib/rampart, /opt, ...: with
+//!   `ProtectSystem=strict` the temp dir would otherwise be read-only to the agent and its tasks;
+//! - `ExecStartPre=` (which creates those production paths) is dropped: the sandbox's filesystem
+//!   is the host's, and the test must not create /var/lib/rampart on the host.
+//!
+//! Test files live in a temp dir under CARGO_TARGET_TMPDIR, not /tmp: /tmp is a private tmpfs
+//! inside the sandbox (and PrivateTmp= gives the unit yet another one).
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rampart_tests::systemd::Sandbox;
+use rampart_tests::{CliRun, bin, process_state, read_journals, write_file};
+
+const UNIT: &str = "rampart-agent-test.service";
+const UNIT_PATH: &str = "/run/systemd/system/rampart-agent-test.service";
+const DROPIN_PATH: &str = "/run/systemd/system/rampart-agent-test.service.d/test.conf";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The crash playbook of `crash.rs`: a failing block, a rescue that restores, an always.
+const PLAYBOOK: &str = r#"
+- name: transactional deploy with a failing health check
+  hosts: all
+  tasks:
+    - name: deploy
+      block:
+        - name: b1 mark started
+          shell: echo b1 >> {{ dir }}/trace && touch {{ dir }}/state_b1
+        - name: b2 switch release
+          shell: echo b2 >> {{ dir }}/trace && sleep 0.2 && printf v2 > {{ dir }}/release.tmp && mv {{ dir }}/release.tmp {{ dir }}/release
+        - name: b3 more work
+          shell: echo b3 >> {{ dir }}/trace && sleep 0.2 && touch {{ dir }}/state_b3
+        - name: b4 health check fails
+          shell: echo b4 >> {{ dir }}/trace && sleep 0.1 && exit 1
+      rescue:
+        - name: r1 restore release
+          copy: dest={{ dir }}/release content=v1
+        - name: r2 remove markers
+          shell: echo r2 >> {{ dir }}/trace && sleep 0.2 && rm -f {{ dir }}/state_b1 {{ dir }}/state_b3
+        - name: r3 verify
+          shell: test "$(cat {{ dir }}/release)" = v1 && test ! -e {{ dir }}/state_b1
+      always:
+        - name: a1 unlock
+          shell: echo a1 >> {{ dir }}/trace && sleep 0.1 && rm -f {{ dir }}/locked
+        - name: a2 done
+          file: path={{ dir }}/always_done state=touch
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The shipped unit, adapted for the test as the module docs say.
+fn test_unit(exec_start: &str, tmp: &Path) -> String {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/rampart-agent.service");
+    let text = std::fs::read_to_string(&shipped)
+        .unwrap_or_else(|e| panic!("read {}: {e}", shipped.display()));
+    let mut seen = (false, false);
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("ExecStartPre="))
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                seen.0 = true;
+                format!("ExecStart={exec_start}")
+            } else if l.starts_with("ReadWritePaths=") {
+                seen.1 = true;
+                format!("ReadWritePaths={}", tmp.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        (true, true),
+        "the shipped unit changed shape:\n{text}"
+    );
+    for must in [
+        "Type=notify",
+        "Restart=always",
+        "WatchdogSec=30",
+        "ProtectSystem=strict",
+    ] {
+        assert!(lines.iter().any(|l| l == must), "shipped unit lacks {must}");
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, at most `timeout`.
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The unit's journal, for failure messages.
+fn journal(sb: &Sandbox) -> String {
+    let out = sb.run(&["journalctl", "--no-pager", "-o", "cat", "-u", UNIT]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `rampart run --agent` client in the background, its output in files; killed on drop.
+struct Client {
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Client {
+    fn start(dir: &Path, playbook: &str, addr: &str, host_dir: &Path) -> Client {
+        let out = dir.join("client.out");
+        let err = dir.join("client.err");
+        let child = Command::new(bin("rampart"))
+            .args([
+                "run",
+                playbook,
+                "--agent",
+                addr,
+                "--json",
+                "--reconnect-timeout",
+                "60",
+            ])
+            .arg("-e")
+            .arg(format!("dir={}", host_dir.display()))
+            .stdin(Stdio::null())
+            .stdout(File::create(&out).expect("client.out"))
+            .stderr(File::create(&err).expect("client.err"))
+            .spawn()
+            .expect("spawn rampart run");
+        Client {
+            child: Some(child),
+            out,
+            err,
+        }
+    }
+
+    /// Waits (bounded) for the client to finish.
+    fn finish(mut self, timeout: Duration) -> CliRun {
+        let mut child = self.child.take().expect("client");
+        let status = wait_for(timeout, || child.try_wait().expect("try_wait"));
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let run = CliRun {
+            code: status.and_then(|s| s.code()).unwrap_or(-1),
+            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
+        };
+        assert!(
+            status.is_some(),
+            "the client did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            run.stdout,
+            run.stderr
+        );
+        run
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn agent_unit_under_real_systemd() {
+    let tmp = tempfile::Builder::new()
+        .prefix("systemd-agent-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir under CARGO_TARGET_TMPDIR");
+    let dir = tmp.path();
+    let state = dir.join("state");
+    let host_dir = dir.join("host");
+    std::fs::create_dir_all(&host_dir).expect("host dir");
+    std::fs::write(host_dir.join("release"), "v1").expect("release");
+    std::fs::write(host_dir.join("locked"), "").expect("locked");
+    let playbook = write_file(dir, "deploy.yml", PLAYBOOK);
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = bin("rampart-agent");
+    let agent = agent.canonicalize().expect("absolute agent path");
+    let exec = format!(
+        "{} --listen {addr} --state-dir {} --insecure-dev",
+        agent.display(),
+        state.display()
+    );
+    let unit_file = dir.join(UNIT);
+    std::fs::write(&unit_file, test_unit(&exec, dir)).expect("write unit");
+
+    let sb = Sandbox::boot(dir);
+    sb.must(&[
+        "systemctl",
+        "start",
+        "systemd-journald.socket",
+        "systemd-journald.service",
+    ]);
+    sb.install_file(&unit_file, UNIT_PATH);
+    sb.must(&["systemctl", "daemon-reload"]);
+
+    // (a) `systemctl start` returns once the agent serves: the port answers right away.
+    sb.must(&["systemctl", "start", UNIT]);
+    assert!(
+        TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(2)).is_ok(),
+        "{addr} does not answer right after `systemctl start` returned\n{}",
+        journal(&sb)
+    );
+    assert_eq!(sb.active_state(UNIT), "active", "{}", journal(&sb));
+    assert_eq!(sb.show(UNIT, "StatusText"), format!("serving on {addr}"));
+    assert_eq!(sb.show(UNIT, "WatchdogUSec"), "30s");
+    // The hardening is in force on the agent itself.
+    let pid = sb.main_pid(UNIT).expect("main pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+
+    // The watchdog is fed: with WatchdogSec=2 the agent keeps running past several intervals.
+    let write_dropin = |text: &str| {
+        let f = dir.join("dropin.conf");
+        std::fs::write(&f, text).expect("drop-in");
+        sb.install_file(&f, DROPIN_PATH);
+        sb.must(&["systemctl", "daemon-reload"]);
+    };
+    write_dropin("[Service]\nWatchdogSec=2\n");
+    sb.must(&["systemctl", "restart", UNIT]);
+    let pid = sb.main_pid(UNIT).expect("main pid");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(sb.active_state(UNIT), "active", "{}", journal(&sb));
+    assert_eq!(sb.main_pid(UNIT), Some(pid), "restarted: {}", journal(&sb));
+    assert_eq!(sb.show(UNIT, "NRestarts"), "0", "{}", journal(&sb));
+
+    // (b) A run that stops the agent after journal record 4 (SIGSTOP, its test hook) ...
+    write_dropin(&format!(
+        "[Service]\nExecStart=\nExecStart={exec} --debug-stop-after-record 4\n"
+    ));
+    sb.must(&["systemctl", "restart", UNIT]);
+    let client = Client::start(dir, &playbook, &addr, &host_dir);
+    let stopped = wait_for(Duration::from_secs(30), || {
+        sb.main_pid(UNIT).filter(|p| process_state(*p) == Some('T'))
+    });
+    let Some(stopped) = stopped else {
+        drop(client);
+        panic!("the agent never stopped after record 4\n{}", journal(&sb));
+    };
+    // ... the restart must run without the hook (the drop-in goes first, so no race with
+    // RestartSec=1) ...
+    sb.must(&["rm", "-f", DROPIN_PATH]);
+    sb.must(&["systemctl", "daemon-reload"]);
+    // ... SIGKILL the agent: systemd restarts it, and it is `active` only after recovery.
+    kill(Pid::from_raw(stopped as i32), Signal::SIGKILL).expect("kill -9 the agent");
+    let restarted = wait_for(WAIT, || {
+        let pid = sb.main_pid(UNIT)?;
+        (pid != stopped && sb.active_state(UNIT) == "active").then_some(pid)
+    });
+    assert!(
+        restarted.is_some(),
+        "systemd did not restart the agent within {WAIT:?}: {} ({})\n{}",
+        sb.active_state(UNIT),
+        sb.show(UNIT, "SubState"),
+        journal(&sb)
+    );
+    assert_eq!(sb.show(UNIT, "NRestarts"), "1", "{}", journal(&sb));
+    // READY came after recovery: the transaction is already finished and in history.
+    let journals = read_journals(&state);
+    assert_eq!(
+        journals.len(),
+        1,
+        "journals: {:?}",
+        journals.iter().map(|j| &j.0).collect::<Vec<_>>()
+    );
+    let (path, entries) = &journals[0];
+    assert!(
+        path.to_string_lossy().contains("/history/"),
+        "{} is not in history when the unit is active",
+        path.display()
+    );
+    assert!(
+        entries.iter().any(|e| e["type"] == "recovery"),
+        "no recovery record: {entries:?}"
+    );
+    let end = entries.last().expect("entries");
+    assert_eq!(end["type"], "end", "{end}");
+    assert_eq!(end["outcome"], "rolled_back", "{end}");
+    assert!(
+        TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(2)).is_ok(),
+        "{addr} does not answer after the restart"
+    );
+
+    // The host is back where it was, and the client re-attached and saw the outcome.
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("release")).expect("release"),
+        "v1"
+    );
+    for gone in ["state_b1", "state_b3", "locked", "release.tmp"] {
+        assert!(!host_dir.join(gone).exists(), "{gone} left behind");
+    }
+    assert!(host_dir.join("always_done").exists(), "always did not run");
+    let run = client.finish(WAIT);
+    assert_eq!(
+        run.code, 1,
+        "client exit code\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(run.summary()["outcome"], "rolled_back");
+
+    // SIGTERM ends the agent cleanly.
+    sb.must(&["systemctl", "stop", UNIT]);
+    assert_eq!(sb.active_state(UNIT), "inactive", "{}", journal(&sb));
+    assert_eq!(sb.show(UNIT, "Result"), "success", "{}", journal(&sb));
+}
