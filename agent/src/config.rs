@@ -6,6 +6,7 @@
 //! state_dir = "/var/lib/rampart"
 //! insecure_dev = false      # plaintext gRPC; only for development
 //! journal_fsync = true      # fsync every journal record (never turn off in production)
+//! forensics_dir = "/var/backups/deployment-forensics"  # served by ListForensics/GetForensics
 //! ```
 
 use std::net::SocketAddr;
@@ -32,6 +33,9 @@ pub struct AgentConfig {
     /// fsync every journal record.
     #[serde(default = "yes")]
     pub journal_fsync: bool,
+    /// Where `ListForensics` / `GetForensics` find bundles (default: the `forensics` module's).
+    #[serde(default)]
+    pub forensics_dir: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -53,6 +57,7 @@ impl Default for AgentConfig {
             state_dir: default_state_dir(),
             insecure_dev: false,
             journal_fsync: true,
+            forensics_dir: None,
         }
     }
 }

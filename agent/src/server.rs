@@ -7,6 +7,8 @@
 //! journal; a client that reconnects calls `Watch` from the last `seq` it saw.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::artifacts;
 use crate::error::{JournalError, LockError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record, Section, TaskStatus};
+use crate::modules::forensics;
 use crate::template::Templar;
 use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
 
@@ -78,6 +81,8 @@ pub struct AgentService {
     host: HostConfig,
     templar: Arc<Templar>,
     live: Arc<Mutex<HashMap<String, Arc<LiveTx>>>>,
+    /// Where `ListForensics` / `GetForensics` look (default: the module's default dest dir).
+    pub forensics_dir: Option<PathBuf>,
 }
 
 impl AgentService {
@@ -87,7 +92,20 @@ impl AgentService {
             host,
             templar,
             live: Arc::new(Mutex::new(HashMap::new())),
+            forensics_dir: None,
         }
+    }
+
+    /// Serves forensics bundles from `dir` instead of the default directory.
+    pub fn with_forensics_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.forensics_dir = Some(dir.into());
+        self
+    }
+
+    fn forensics_dir(&self) -> PathBuf {
+        self.forensics_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(forensics::DEFAULT_DEST_DIR))
     }
 
     /// The tonic server wrapper.
@@ -390,20 +408,97 @@ impl Agent for AgentService {
 
     async fn list_forensics(
         &self,
-        _request: Request<pb::ListForensicsRequest>,
+        request: Request<pb::ListForensicsRequest>,
     ) -> Result<Response<pb::ListForensicsResponse>, Status> {
-        Err(Status::unimplemented(
-            "ListForensics is provided by the releases work (the forensics module); this agent does not have it yet",
-        ))
+        let limit = request.into_inner().limit as usize;
+        let dir = self.forensics_dir();
+        let list = tokio::task::spawn_blocking(move || forensics::list_bundles(&dir, limit))
+            .await
+            .map_err(|e| Status::internal(format!("listing forensics bundles failed: {e}")))?
+            .map_err(|e| Status::internal(format!("cannot list forensics bundles: {e}")))?;
+        let bundles = list
+            .into_iter()
+            .map(|b| pb::ForensicsBundle {
+                recorded: b.recorded.map(|t| prost_types::Timestamp {
+                    seconds: t.timestamp(),
+                    nanos: t.timestamp_subsec_nanos() as i32,
+                }),
+                id: b.id,
+                txid: b.txid,
+                failed_version: b.failed_version,
+                restored_version: b.restored_version,
+                size: b.size,
+            })
+            .collect();
+        Ok(Response::new(pb::ListForensicsResponse { bundles }))
     }
 
     async fn get_forensics(
         &self,
-        _request: Request<pb::GetForensicsRequest>,
+        request: Request<pb::GetForensicsRequest>,
     ) -> Result<Response<Self::GetForensicsStream>, Status> {
-        Err(Status::unimplemented(
-            "GetForensics is provided by the releases work (the forensics module); this agent does not have it yet",
-        ))
+        let id = request.into_inner().id;
+        forensics::check_bundle_id(&id).map_err(Status::invalid_argument)?;
+        let dir = self.forensics_dir();
+        if !std::fs::symlink_metadata(dir.join(&id)).is_ok_and(|m| m.is_dir()) {
+            return Err(Status::not_found(format!(
+                "no forensics bundle {id} in {}",
+                dir.display()
+            )));
+        }
+        let (tx, rx) = mpsc::channel(FORENSICS_CHUNKS_BUFFERED);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChunkWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(FORENSICS_CHUNK),
+            };
+            let result = forensics::write_tar_gz(&dir, &id, &mut out).and_then(|()| out.flush());
+            if let Err(e) = result {
+                // A client that went away is not an error worth reporting to it.
+                let _ = tx.blocking_send(Err(Status::internal(format!(
+                    "cannot archive forensics bundle {id}: {e}"
+                ))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Bytes per `DataChunk` of a forensics bundle.
+const FORENSICS_CHUNK: usize = 64 * 1024;
+/// Chunks buffered between the archiving thread and the client.
+const FORENSICS_CHUNKS_BUFFERED: usize = 4;
+
+/// Sends what is written to it as 64 KiB `DataChunk`s; fails once the client is gone.
+struct ChunkWriter {
+    tx: mpsc::Sender<Result<pb::DataChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(FORENSICS_CHUNK));
+        self.tx
+            .blocking_send(Ok(pb::DataChunk { data }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(FORENSICS_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == FORENSICS_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
     }
 }
 

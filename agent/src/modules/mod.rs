@@ -17,6 +17,7 @@ pub mod command;
 pub mod control;
 pub mod deploy_lock;
 pub mod files;
+pub mod forensics;
 pub mod release;
 pub mod service;
 pub mod wait_for;
@@ -177,6 +178,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
     &service::SERVICE,
+    &forensics::FORENSICS,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.

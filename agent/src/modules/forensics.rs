@@ -1,0 +1,875 @@
+//! `forensics`: records what a failed deploy left behind, before rescue changes anything.
+//!
+//! Inputs: `failed_version` (required), `restored_version`, `components`, `services` (unit names,
+//! or `{name, log_file}`), `dest_dir` (default [`DEFAULT_DEST_DIR`]), `failed_task` /
+//! `failed_result` (pass `{{ ansible_failed_task }}` / `{{ ansible_failed_result }}`), `state`
+//! (the pre-deploy state, `{{ rampart_state }}`), `health`, and retention: `keep` (default
+//! [`DEFAULT_KEEP`]) and `max_age_days` (default [`DEFAULT_MAX_AGE_DAYS`]).
+//!
+//! Output: the bundle `<dest_dir>/<failed_version>-<UTC ts>/` with `metadata.json`,
+//! `journal.jsonl` (the transaction's journal so far), `state.json`, `files.json` (each
+//! component's failed release compared with the artifact it was extracted from: what was added,
+//! removed or modified on disk since), `logs/<service>.log` (the last 5 minutes from journald, or
+//! the tail of `log_file`) and `health.json` when given. The result carries `path`, `id` and
+//! `changed: true`.
+//!
+//! The bundle is written into a hidden temp dir beside its final name and renamed when complete,
+//! so a crash never leaves a half bundle under a bundle's name. Retention then removes bundles
+//! beyond the newest `keep` and those older than `max_age_days`, never the one just written.
+//! Nothing on the host is changed but `dest_dir`; reversing it is deleting the bundle. Check mode
+//! writes nothing and reports the path it would write.
+//!
+//! The agent serves the bundles through `ListForensics` / `GetForensics` ([`list_bundles`],
+//! [`write_tar_gz`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use sha2::Digest;
+
+use super::{
+    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_i64, arg_str,
+    failed,
+};
+use crate::artifacts;
+use crate::modules::release::{RELEASE_META, VERSION_FILE};
+
+/// Default directory of forensics bundles.
+pub const DEFAULT_DEST_DIR: &str = "/var/backups/deployment-forensics";
+/// Bundles kept by retention when `keep` is not given.
+pub const DEFAULT_KEEP: i64 = 20;
+/// Bundles older than this many days are removed when `max_age_days` is not given.
+pub const DEFAULT_MAX_AGE_DAYS: i64 = 30;
+/// How much of a configured log file is kept (its tail).
+pub const LOG_TAIL_BYTES: u64 = 64 * 1024;
+/// How far back journald logs go.
+const JOURNAL_SINCE: &str = "-5min";
+/// The bundle's metadata file.
+pub const METADATA_FILE: &str = "metadata.json";
+/// The timestamp in a bundle id.
+const TS_FORMAT: &str = "%Y%m%dT%H%M%S%.6fZ";
+
+/// `forensics`.
+pub static FORENSICS: ModuleSpec = ModuleSpec {
+    name: "forensics",
+    args: &[
+        ArgSpec::req("failed_version", ArgKind::Str),
+        ArgSpec::opt("restored_version", ArgKind::Str),
+        ArgSpec::opt("components", ArgKind::List),
+        ArgSpec::opt("services", ArgKind::List),
+        ArgSpec::opt("dest_dir", ArgKind::Str),
+        ArgSpec::opt("failed_task", ArgKind::Any),
+        ArgSpec::opt("failed_result", ArgKind::Any),
+        ArgSpec::opt("state", ArgKind::Any),
+        ArgSpec::opt("health", ArgKind::Any),
+        ArgSpec::opt("keep", ArgKind::Int),
+        ArgSpec::opt("max_age_days", ArgKind::Int),
+    ],
+    free_form: FreeForm::KeyValue,
+    any_args: false,
+    one_of: &[],
+    exclusive: &[],
+    check_mode: CheckMode::Supported,
+    run: run_forensics,
+};
+
+/// A service whose logs go into the bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServiceLog {
+    name: String,
+    log_file: Option<PathBuf>,
+}
+
+fn services(v: Option<&Value>) -> Vec<ServiceLog> {
+    let Some(Value::Array(items)) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Value::String(s) => Some(ServiceLog {
+                name: s.clone(),
+                log_file: None,
+            }),
+            Value::Object(m) => Some(ServiceLog {
+                name: m.get("name")?.as_str()?.to_string(),
+                log_file: m.get("log_file").and_then(Value::as_str).map(PathBuf::from),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A bundle id must be one plain directory name.
+pub fn check_bundle_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') || id.contains('\0') {
+        Err(format!(
+            "invalid forensics bundle id `{id}` (one directory name, not starting with a dot)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// When a bundle was recorded, from the timestamp ending its id.
+fn recorded_at(id: &str) -> Option<DateTime<Utc>> {
+    let (_, ts) = id.rsplit_once('-')?;
+    NaiveDateTime::parse_from_str(ts, TS_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+fn run_forensics(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
+    let started = Utc::now();
+    let failed_version = arg_str(args, "failed_version").unwrap_or_default();
+    if let Err(e) = check_bundle_id(failed_version) {
+        return failed(format!("failed_version: {e}"));
+    }
+    let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
+    let id = format!("{failed_version}-{}", started.format(TS_FORMAT));
+    let path = dest_dir.join(&id);
+    let mut r = super::ok(true);
+    r.insert("path".into(), json!(path));
+    r.insert("id".into(), json!(id));
+    if ctx.check {
+        return r;
+    }
+    let components = strings(args.get("components"));
+    let files = components
+        .iter()
+        .map(|c| release_files(ctx.state_dir, c, failed_version))
+        .collect::<Vec<_>>();
+    let (journal, journal_note) = journal_so_far(ctx.state_dir, ctx.txid);
+    let mut bundle: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let mut log_notes = Map::new();
+    for s in services(args.get("services")) {
+        let (text, source) = service_log(&s);
+        log_notes.insert(s.name.clone(), json!(source));
+        let file = format!("logs/{}.log", safe_name(&s.name));
+        bundle.push((file.into(), text));
+    }
+    let metadata = json!({
+        "id": id,
+        "txid": ctx.txid,
+        "host": crate::transaction::hostname(),
+        "failed_version": failed_version,
+        "restored_version": arg_str(args, "restored_version"),
+        "components": components,
+        "failed_task": args.get("failed_task").cloned().unwrap_or(Value::Null),
+        "failed_result": args.get("failed_result").cloned().unwrap_or(Value::Null),
+        "transaction_started": journal_start(&journal),
+        "started": started.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "recorded": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        "journal": journal_note,
+        "logs": log_notes,
+    });
+    bundle.push((METADATA_FILE.into(), pretty(&metadata)));
+    bundle.push(("journal.jsonl".into(), journal));
+    bundle.push((
+        "state.json".into(),
+        pretty(args.get("state").unwrap_or(&Value::Null)),
+    ));
+    bundle.push(("files.json".into(), pretty(&Value::Array(files))));
+    if let Some(h) = args.get("health").filter(|h| !h.is_null()) {
+        bundle.push(("health.json".into(), pretty(h)));
+    }
+    if let Err(e) = write_bundle(&dest_dir, &id, &bundle) {
+        return failed(format!(
+            "cannot write forensics bundle {}: {e}",
+            path.display()
+        ));
+    }
+    let keep = arg_i64(args, "keep").unwrap_or(DEFAULT_KEEP).max(0) as usize;
+    let max_age = arg_i64(args, "max_age_days").unwrap_or(DEFAULT_MAX_AGE_DAYS);
+    let removed = apply_retention(&dest_dir, &id, keep, max_age);
+    r.insert("removed".into(), json!(removed));
+    r
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+fn safe_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+/// The in-flight journal (or the finished one) and a note saying which.
+fn journal_so_far(state_dir: &Path, txid: &str) -> (Vec<u8>, String) {
+    for p in [
+        crate::journal::journal_path(state_dir, txid),
+        crate::journal::history_path(state_dir, txid),
+    ] {
+        if let Ok(bytes) = fs::read(&p) {
+            return (bytes, p.display().to_string());
+        }
+    }
+    (Vec::new(), format!("no journal for transaction {txid}"))
+}
+
+fn journal_start(journal: &[u8]) -> Value {
+    journal
+        .split(|b| *b == b'\n')
+        .next()
+        .and_then(|l| serde_json::from_slice::<Value>(l).ok())
+        .and_then(|v| v.get("time").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The service's recent log and where it came from.
+fn service_log(s: &ServiceLog) -> (Vec<u8>, String) {
+    let journald = Command::new("journalctl")
+        .args(["-u", &s.name, "--since", JOURNAL_SINCE, "--no-pager"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| o.stdout)
+        .filter(|out| {
+            let t = String::from_utf8_lossy(out);
+            !t.trim().is_empty() && !t.trim().starts_with("-- No entries --")
+        });
+    if let Some(out) = journald {
+        return (
+            out,
+            format!("journalctl -u {} --since {JOURNAL_SINCE}", s.name),
+        );
+    }
+    match &s.log_file {
+        Some(p) => match tail(p, LOG_TAIL_BYTES) {
+            Ok(bytes) => (bytes, format!("tail of {}", p.display())),
+            Err(e) => (Vec::new(), format!("cannot read {}: {e}", p.display())),
+        },
+        None => (
+            Vec::new(),
+            "no journald entries and no log_file configured".to_string(),
+        ),
+    }
+}
+
+fn tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut out = Vec::new();
+    f.take(max).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// One file of a release or of its artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileEntry {
+    kind: &'static str,
+    size: u64,
+    /// SHA-256 of a regular file, target of a symlink.
+    digest: String,
+}
+
+/// Compares the artifact's entries with the files on disk (directories are left out).
+fn compare(artifact: &BTreeMap<String, FileEntry>, disk: &BTreeMap<String, FileEntry>) -> Value {
+    let mut files = Vec::new();
+    let (mut added, mut removed, mut modified) = (Vec::new(), Vec::new(), Vec::new());
+    for (path, d) in disk {
+        let status = match artifact.get(path) {
+            None if path == VERSION_FILE || path == RELEASE_META => "written by rampart",
+            None => {
+                added.push(path.clone());
+                "added"
+            }
+            Some(a) if a != d => {
+                modified.push(path.clone());
+                "modified"
+            }
+            Some(_) => "unchanged",
+        };
+        let mut f = json!({"path": path, "type": d.kind, "size": d.size, "status": status});
+        let key = if d.kind == "symlink" {
+            "target"
+        } else {
+            "sha256"
+        };
+        f[key] = json!(d.digest);
+        if let Some(a) = artifact.get(path).filter(|a| *a != d) {
+            f["artifact"] = json!({"type": a.kind, "size": a.size, key: a.digest});
+        }
+        files.push(f);
+    }
+    for path in artifact.keys().filter(|p| !disk.contains_key(*p)) {
+        removed.push(path.clone());
+    }
+    json!({"files": files, "added": added, "removed": removed, "modified": modified})
+}
+
+/// `files.json`'s entry for one component.
+fn release_files(state_dir: &Path, component: &str, version: &str) -> Value {
+    let mut out = json!({"component": component, "version": version});
+    let app = state_dir.join("apps").join(component);
+    let release = [app.join("releases").join(version)]
+        .into_iter()
+        .chain(newest_failed(&app.join("failed"), version))
+        .find(|p| p.is_dir());
+    let Some(release) = release else {
+        out["note"] = json!(format!(
+            "release {version} of {component} is not on this host"
+        ));
+        return out;
+    };
+    out["release_path"] = json!(release);
+    let disk = match disk_entries(&release) {
+        Ok(d) => d,
+        Err(e) => {
+            out["note"] = json!(format!("cannot read {}: {e}", release.display()));
+            return out;
+        }
+    };
+    let digest = fs::read(release.join(RELEASE_META))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|m| m.get("artifact_sha256")?.as_str().map(str::to_string));
+    out["artifact_sha256"] = json!(digest);
+    let artifact = digest
+        .as_deref()
+        .filter(|d| artifacts::has(state_dir, d).is_some())
+        .and_then(|d| artifacts::artifact_path(state_dir, d).ok());
+    match artifact.map(|p| (tar_entries(&p), p)) {
+        Some((Ok(entries), _)) => {
+            if let (Value::Object(m), Some(o)) = (compare(&entries, &disk), out.as_object_mut()) {
+                o.extend(m);
+            }
+        }
+        Some((Err(e), p)) => {
+            out["note"] = json!(format!("cannot read artifact {}: {e}", p.display()));
+            out["files"] = listing(&disk);
+        }
+        None => {
+            out["note"] = json!(
+                "the artifact is not cached on this host: files are listed without comparison"
+            );
+            out["files"] = listing(&disk);
+        }
+    }
+    out
+}
+
+fn listing(disk: &BTreeMap<String, FileEntry>) -> Value {
+    disk.iter()
+        .map(|(p, d)| json!({"path": p, "type": d.kind, "size": d.size, "digest": d.digest}))
+        .collect()
+}
+
+/// `failed/<version>-<txid>` entries of this version, newest name first.
+fn newest_failed(dir: &Path, version: &str) -> Option<PathBuf> {
+    let prefix = format!("{version}-");
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn sha256_reader(mut r: impl Read) -> io::Result<(String, u64)> {
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((artifacts::hex(&h.finalize()), size));
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
+/// The regular files and symlinks of an artifact (gzip or plain tar), by normalized path.
+fn tar_entries(artifact: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
+    let mut f = io::BufReader::new(File::open(artifact)?);
+    let gz = io::BufRead::fill_buf(&mut f)?.starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read> = if gz {
+        Box::new(flate2::bufread::GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut out = BTreeMap::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path: PathBuf = entry
+            .path()?
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        let name = path.to_string_lossy().into_owned();
+        if name.is_empty() {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        let fe = if kind.is_symlink() {
+            let target = entry.link_name()?.unwrap_or_default();
+            FileEntry {
+                kind: "symlink",
+                size: 0,
+                digest: target.to_string_lossy().into_owned(),
+            }
+        } else if kind.is_file() || kind.is_contiguous() {
+            let (digest, size) = sha256_reader(&mut entry)?;
+            FileEntry {
+                kind: "file",
+                size,
+                digest,
+            }
+        } else {
+            continue;
+        };
+        out.insert(name, fe);
+    }
+    Ok(out)
+}
+
+/// The regular files and symlinks under `root`, by relative path; symlinks are not followed.
+fn disk_entries(root: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let p = e.path();
+            let meta = fs::symlink_metadata(&p)?;
+            let rel = p
+                .strip_prefix(root)
+                .map_err(io::Error::other)?
+                .to_string_lossy()
+                .into_owned();
+            let fe = if meta.is_dir() {
+                stack.push(p);
+                continue;
+            } else if meta.file_type().is_symlink() {
+                FileEntry {
+                    kind: "symlink",
+                    size: 0,
+                    digest: fs::read_link(&p)?.to_string_lossy().into_owned(),
+                }
+            } else if meta.is_file() {
+                let (digest, size) = sha256_reader(File::open(&p)?)?;
+                FileEntry {
+                    kind: "file",
+                    size,
+                    digest,
+                }
+            } else {
+                FileEntry {
+                    kind: "other",
+                    size: 0,
+                    digest: String::new(),
+                }
+            };
+            out.insert(rel, fe);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `files` into `<dest_dir>/.<id>.tmp-<pid>`, fsyncs them, renames it to `<dest_dir>/<id>`
+/// and fsyncs `dest_dir`. On error nothing is left under either name.
+fn write_bundle(dest_dir: &Path, id: &str, files: &[(PathBuf, Vec<u8>)]) -> io::Result<()> {
+    fs::create_dir_all(dest_dir)?;
+    let tmp = dest_dir.join(format!(".{id}.tmp-{}", std::process::id()));
+    let fin = dest_dir.join(id);
+    let result = (|| {
+        fs::create_dir(&tmp)?;
+        let mut dirs = vec![tmp.clone()];
+        for (rel, bytes) in files {
+            let p = tmp.join(rel);
+            if let Some(parent) = p.parent().filter(|d| !d.exists()) {
+                fs::create_dir_all(parent)?;
+                dirs.push(parent.to_path_buf());
+            }
+            let mut f = File::create(&p)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        for d in dirs.iter().rev() {
+            File::open(d)?.sync_all()?;
+        }
+        fs::rename(&tmp, &fin)?;
+        File::open(dest_dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// The bundles to remove: beyond the newest `keep`, or recorded more than `max_age_days` before
+/// `now`; never `just_written`. `bundles` are (id, recorded).
+fn retention_plan(
+    bundles: &[(String, DateTime<Utc>)],
+    just_written: &str,
+    keep: usize,
+    max_age_days: i64,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut sorted: Vec<&(String, DateTime<Utc>)> = bundles.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    let cutoff = now - chrono::Duration::days(max_age_days.max(0));
+    sorted
+        .iter()
+        .enumerate()
+        .filter(|(i, (id, at))| id != just_written && (*i >= keep || *at < cutoff))
+        .map(|(_, (id, _))| id.clone())
+        .collect()
+}
+
+fn apply_retention(dest_dir: &Path, just_written: &str, keep: usize, max_age: i64) -> Vec<String> {
+    let bundles: Vec<(String, DateTime<Utc>)> = fs::read_dir(dest_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    let at = recorded_at(&id).filter(|_| !id.starts_with('.'))?;
+                    Some((id, at))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let plan = retention_plan(&bundles, just_written, keep, max_age, Utc::now());
+    plan.into_iter()
+        .filter(|id| match fs::remove_dir_all(dest_dir.join(id)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(bundle = %id, error = %e, "cannot remove an old forensics bundle");
+                false
+            }
+        })
+        .collect()
+}
+
+/// One bundle as `ListForensics` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleInfo {
+    /// The directory name.
+    pub id: String,
+    /// The transaction that recorded it.
+    pub txid: String,
+    /// The version that failed.
+    pub failed_version: String,
+    /// The version being restored.
+    pub restored_version: String,
+    /// When it was recorded.
+    pub recorded: Option<DateTime<Utc>>,
+    /// Total size of its files in bytes.
+    pub size: u64,
+}
+
+/// The bundles under `dir`, newest first, at most `limit` (0: all). A missing `dir` has none.
+pub fn list_bundles(dir: &Path, limit: usize) -> io::Result<Vec<BundleInfo>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if check_bundle_id(&id).is_err() || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let meta: Value = fs::read(e.path().join(METADATA_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let text = |k: &str| meta.get(k).and_then(Value::as_str).unwrap_or_default();
+        let recorded = DateTime::parse_from_rfc3339(text("recorded"))
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|| recorded_at(&id));
+        out.push(BundleInfo {
+            txid: text("txid").to_string(),
+            failed_version: text("failed_version").to_string(),
+            restored_version: text("restored_version").to_string(),
+            recorded,
+            size: disk_entries(&e.path())
+                .map(|m| m.values().map(|f| f.size).sum())
+                .unwrap_or(0),
+            id,
+        });
+    }
+    out.sort_by(|a, b| b.recorded.cmp(&a.recorded).then_with(|| b.id.cmp(&a.id)));
+    if limit > 0 {
+        out.truncate(limit);
+    }
+    Ok(out)
+}
+
+/// Writes bundle `<dir>/<id>` as a tar.gz (entries under `<id>/`) to `out`, streaming.
+pub fn write_tar_gz(dir: &Path, id: &str, out: impl Write) -> io::Result<()> {
+    check_bundle_id(id).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(id, dir.join(id))?;
+    tar.into_inner()?.finish()?.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::{Layer, Scope, Templar};
+    use std::sync::Arc;
+
+    fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// A state dir with release 2.0 of `backend` extracted from a cached artifact.
+    fn host(dir: &Path, cache_artifact: bool) -> PathBuf {
+        let state = dir.join("state");
+        let art = tar_gz(&[
+            ("./app.jar", b"jar v2"),
+            ("./conf/app.yml", b"port: 8080\n"),
+        ]);
+        let digest = crate::modules::files::sha256_hex(&art);
+        if cache_artifact {
+            let cache = state.join("artifacts/sha256");
+            fs::create_dir_all(&cache).unwrap();
+            fs::write(cache.join(&digest), &art).unwrap();
+        }
+        let rel = state.join("apps/backend/releases/2.0");
+        fs::create_dir_all(rel.join("conf")).unwrap();
+        fs::write(rel.join("app.jar"), b"jar v2").unwrap();
+        fs::write(rel.join("conf/app.yml"), b"port: 9999\n").unwrap(); // modified
+        fs::write(rel.join("hotfix.sh"), b"#!/bin/sh\n").unwrap(); // added
+        fs::write(rel.join(VERSION_FILE), b"2.0\n").unwrap();
+        fs::write(
+            rel.join(RELEASE_META),
+            json!({"artifact_sha256": digest}).to_string(),
+        )
+        .unwrap();
+        fs::create_dir_all(state.join("journal")).unwrap();
+        fs::write(
+            crate::journal::journal_path(&state, "tx-9"),
+            "{\"seq\":0,\"time\":\"2024-01-01T00:00:00Z\"}\n",
+        )
+        .unwrap();
+        state
+    }
+
+    fn run(state: &Path, args: Value, check: bool) -> ModuleResult {
+        let t = Arc::new(Templar::new());
+        let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::default())]);
+        let ctx = ModuleCtx {
+            check,
+            templar: &t,
+            scope: &scope,
+            base_dir: None,
+            state_dir: state,
+            txid: "tx-9",
+        };
+        run_forensics(args.as_object().unwrap(), &ctx)
+    }
+
+    fn read_json(p: &Path) -> Value {
+        serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn forensics_bundle_holds_metadata_journal_state_files_logs_and_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = host(dir.path(), true);
+        let log = dir.path().join("backend.log");
+        fs::write(&log, "x".repeat(100_000) + "last line\n").unwrap();
+        let dest = dir.path().join("forensics");
+        let r = run(
+            &state,
+            json!({
+                "failed_version": "2.0", "restored_version": "1.0", "dest_dir": dest,
+                "components": ["backend", "frontend"],
+                "services": [{"name": "rampart-no-such-unit-xyz", "log_file": log}],
+                "failed_task": {"name": "health check"}, "failed_result": {"rc": 7},
+                "state": {"versions": {"backend": "1.0"}}, "health": {"status": "DOWN"},
+            }),
+            false,
+        );
+        assert!(r.get("failed").is_none(), "{r:?}");
+        assert_eq!(r["changed"], json!(true));
+        let path = PathBuf::from(r["path"].as_str().unwrap());
+        assert_eq!(path.file_name().unwrap().to_str(), r["id"].as_str());
+        assert!(r["id"].as_str().unwrap().starts_with("2.0-"));
+        let meta = read_json(&path.join(METADATA_FILE));
+        assert_eq!(meta["txid"], json!("tx-9"));
+        assert_eq!(meta["failed_version"], json!("2.0"));
+        assert_eq!(meta["restored_version"], json!("1.0"));
+        assert_eq!(meta["failed_task"]["name"], json!("health check"));
+        assert_eq!(meta["failed_result"]["rc"], json!(7));
+        assert_eq!(meta["transaction_started"], json!("2024-01-01T00:00:00Z"));
+        assert!(
+            fs::read_to_string(path.join("journal.jsonl"))
+                .unwrap()
+                .contains("\"seq\":0")
+        );
+        assert_eq!(
+            read_json(&path.join("state.json"))["versions"]["backend"],
+            json!("1.0")
+        );
+        assert_eq!(
+            read_json(&path.join("health.json"))["status"],
+            json!("DOWN")
+        );
+        let logged = fs::read(path.join("logs/rampart-no-such-unit-xyz.log")).unwrap();
+        assert_eq!(logged.len() as u64, LOG_TAIL_BYTES);
+        assert!(logged.ends_with(b"last line\n"));
+
+        let files = read_json(&path.join("files.json"));
+        let backend = &files[0];
+        assert_eq!(backend["modified"], json!(["conf/app.yml"]));
+        assert_eq!(backend["added"], json!(["hotfix.sh"]));
+        assert_eq!(backend["removed"], json!([]));
+        assert!(
+            files[1]["note"]
+                .as_str()
+                .unwrap()
+                .contains("not on this host")
+        );
+        // Nothing temporary is left beside the bundle.
+        let names: Vec<_> = fs::read_dir(&dest).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn forensics_files_compare_detects_removed_and_skips_an_uncached_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = host(dir.path(), false);
+        let v = release_files(&state, "backend", "2.0");
+        assert!(v["note"].as_str().unwrap().contains("not cached"), "{v}");
+        assert_eq!(v["files"].as_array().unwrap().len(), 5);
+
+        let state = host(&dir.path().join("cached"), true);
+        fs::remove_file(state.join("apps/backend/releases/2.0/app.jar")).unwrap();
+        let v = release_files(&state, "backend", "2.0");
+        assert_eq!(v["removed"], json!(["app.jar"]));
+    }
+
+    #[test]
+    fn forensics_check_mode_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = host(dir.path(), true);
+        let dest = dir.path().join("forensics");
+        let r = run(
+            &state,
+            json!({"failed_version": "2.0", "dest_dir": dest}),
+            true,
+        );
+        assert_eq!(r["changed"], json!(true));
+        assert!(
+            r["path"]
+                .as_str()
+                .unwrap()
+                .starts_with(dest.to_str().unwrap())
+        );
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn forensics_retention_by_count_and_age_spares_the_new_bundle() {
+        let now = Utc::now();
+        let days = |d: i64| now - chrono::Duration::days(d);
+        let b = |id: &str, at| (id.to_string(), at);
+        let bundles = vec![
+            b("a", days(0)),
+            b("b", days(1)),
+            b("c", days(2)),
+            b("old", days(40)),
+        ];
+        assert_eq!(retention_plan(&bundles, "a", 2, 30, now), vec!["c", "old"]);
+        assert_eq!(retention_plan(&bundles, "a", 10, 30, now), vec!["old"]);
+        // The bundle just written survives even when it sorts past `keep`.
+        assert_eq!(
+            retention_plan(&bundles, "old", 0, 30, now),
+            vec!["a", "b", "c"]
+        );
+
+        // On disk: old bundles beyond keep are removed, the new one stays.
+        let dir = tempfile::tempdir().unwrap();
+        let state = host(dir.path(), true);
+        let dest = dir.path().join("forensics");
+        for id in ["2.0-20200101T000000.000000Z", "1.9-20200102T000000.000000Z"] {
+            fs::create_dir_all(dest.join(id)).unwrap();
+        }
+        let r = run(
+            &state,
+            json!({"failed_version": "2.0", "dest_dir": dest, "keep": 1, "max_age_days": 10000}),
+            false,
+        );
+        assert_eq!(r["removed"].as_array().unwrap().len(), 2, "{r:?}");
+        let listed = list_bundles(&dest, 0).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, r["id"].as_str().unwrap());
+        assert_eq!(listed[0].txid, "tx-9");
+        assert!(listed[0].size > 0);
+    }
+
+    #[test]
+    fn forensics_bundle_ids_are_plain_names_and_stream_as_tar_gz() {
+        assert!(check_bundle_id("2.0-20240101T000000.000000Z").is_ok());
+        for bad in ["", "../x", "a/b", ".hidden"] {
+            assert!(check_bundle_id(bad).is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("b1/logs")).unwrap();
+        fs::write(dir.path().join("b1/metadata.json"), "{}").unwrap();
+        let mut out = Vec::new();
+        write_tar_gz(dir.path(), "b1", &mut out).unwrap();
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&out[..]));
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == "b1/metadata.json"), "{names:?}");
+    }
+}
