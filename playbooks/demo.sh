@@ -27,6 +27,7 @@ vars() { # version
   "health_retries": 5,
   "health_delay": 0.3,
   "state_capture_dir": "$work/captures",
+  "forensics_dir": "$work/forensics",
   "components": [{
     "name": "app",
     "artifact": "$work/dist/sample-app-$v.tar.gz",
@@ -34,6 +35,7 @@ vars() { # version
     "path": "$work/opt/app",
     "service": {
       "name": "sample-app",
+      "log_file": "$work/app.log",
       "start": "SAMPLE_APP_LISTEN=127.0.0.1:$port nohup $work/opt/app/start.sh > $work/app.log 2>&1 & echo \$! > $pidfile",
       "stop": "if [ -f $pidfile ]; then kill \$(cat $pidfile) 2>/dev/null; for i in \$(seq 50); do kill -0 \$(cat $pidfile) 2>/dev/null || break; sleep 0.1; done; rm -f $pidfile; fi",
       "status": "test -f $pidfile && kill -0 \$(cat $pidfile)"
@@ -63,4 +65,5 @@ deploy 3.0.0 1
 echo
 echo "current release: $(readlink "$work/state/apps/app/current")   (v3 was rolled back)"
 echo "state captures:  $work/captures"
+echo "forensics:       $(ls -d "$work"/forensics/3.0.0-* 2>/dev/null || echo none)"
 echo "journals:        $work/state/history"

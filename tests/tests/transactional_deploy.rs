@@ -57,6 +57,7 @@ fn vars(dir: &Path, dist: &Path, port: u16, version: &str) -> Value {
         "health_retries": 10,
         "health_delay": 0.2,
         "state_capture_dir": dir.join("captures"),
+        "forensics_dir": dir.join("forensics"),
         "components": [{
             "name": "app",
             "artifact": tarball,
@@ -64,6 +65,7 @@ fn vars(dir: &Path, dist: &Path, port: u16, version: &str) -> Value {
             "path": app,
             "service": {
                 "name": "sample-app",
+                "log_file": dir.join("app.log"),
                 "start": format!(
                     "SAMPLE_APP_LISTEN=127.0.0.1:{port} nohup {app}/start.sh > {log} 2>&1 & echo $! > {pid}",
                     app = app.display(), log = dir.join("app.log").display(), pid = pid.display()
@@ -154,6 +156,26 @@ fn deploy_v1_v2_then_broken_v3_is_rolled_back() {
             .count(),
         5
     );
+
+    // The failed v3 left a forensics bundle naming the failed health check.
+    let bundles: Vec<PathBuf> = std::fs::read_dir(dir.path().join("forensics"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(bundles.len(), 1, "{bundles:?}");
+    assert!(
+        bundles[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("3.0.0-")
+    );
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundles[0].join("metadata.json")).unwrap())
+            .unwrap();
+    assert!(meta.to_string().contains("health check"), "{meta}");
+    assert!(bundles[0].join("journal.jsonl").exists());
 
     // An agent on the same state dir reports the same host: its releases and its state.
     let agent = AgentProc::start(&state);
