@@ -202,22 +202,34 @@ async fn run_agent(
     rampart_agent::playbook::load(&name, &text, &Templar::new())
         .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
     let mut client = connect(addr).await?;
+    // The client picks the txid, so it can re-attach even if the agent dies before the first
+    // event reaches it.
+    let txid = match &opts.txid {
+        Some(t) => t.clone(),
+        None => transaction::new_txid(),
+    };
     let req = pb::RunRequest {
         playbook: text,
         playbook_name: name,
         vars_json: Value::Object(opts.vars.clone()).to_string(),
         check: opts.check,
-        txid: opts.txid.clone().unwrap_or_default(),
+        txid: txid.clone(),
         lock_timeout_ms: opts.lock_timeout.as_millis() as u64,
     };
-    let mut stream = client
-        .run(req)
-        .await
-        .map_err(|s| status_error("the agent refused the run", &s))?
-        .into_inner();
+    let mut stream = match client.run(req).await {
+        Ok(r) => r.into_inner(),
+        // The connection broke before the agent answered: the transaction may have started.
+        Err(s) if is_transport_error(&s) => {
+            eprintln!(
+                "rampart: lost the agent before it answered ({}); re-attaching to {txid}",
+                s.message()
+            );
+            reattach(addr, &txid, 0, reconnect_timeout).await?
+        }
+        Err(s) => return Err(status_error("the agent refused the run", &s)),
+    };
     let mut out = Renderer::new(std::io::stdout().lock(), opts.format);
     let mut next_seq = 0u64;
-    let mut txid = String::new();
     loop {
         match stream.message().await {
             Ok(Some(ev)) => {
@@ -227,26 +239,38 @@ async fn run_agent(
                 let entry = server::from_proto(ev)
                     .map_err(|e| CliError::usage(format!("bad event from the agent: {e}")))?;
                 next_seq = entry.seq + 1;
-                txid.clone_from(&entry.txid);
                 let _ = out.entry(&entry);
                 if let Record::End { outcome, .. } = entry.record {
                     return Ok(outcome.exit_code());
                 }
             }
-            Ok(None) | Err(_) if !txid.is_empty() => {
+            Ok(None) => {
+                eprintln!(
+                    "rampart: the agent's event stream ended at seq {next_seq}; re-attaching to {txid}"
+                );
+                stream = reattach(addr, &txid, next_seq, reconnect_timeout).await?;
+            }
+            Err(s) if is_transport_error(&s) => {
                 eprintln!(
                     "rampart: lost the agent's event stream at seq {next_seq}; re-attaching to {txid}"
                 );
                 stream = reattach(addr, &txid, next_seq, reconnect_timeout).await?;
             }
-            Ok(None) => {
-                return Err(CliError::usage(
-                    "the agent closed the stream before the transaction started",
-                ));
-            }
             Err(s) => return Err(status_error("the run failed", &s)),
         }
     }
+}
+
+/// Whether a status means the connection broke (retry) rather than that the agent refused.
+fn is_transport_error(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Internal
+            | Code::DeadlineExceeded
+    )
 }
 
 /// Calls `Watch(txid, from_seq)` until it succeeds or `timeout` passes (1 s between tries).

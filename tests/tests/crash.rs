@@ -14,33 +14,7 @@ use std::time::{Duration, Instant};
 use rampart_tests::{AgentProc, CliRun, bin, read_journals, write_file};
 use serde_json::Value;
 
-const PLAYBOOK: &str = r#"
-- name: transactional deploy with a failing health check
-  hosts: all
-  tasks:
-    - name: deploy
-      block:
-        - name: b1 mark started
-          shell: echo b1 >> {{ dir }}/trace && touch {{ dir }}/state_b1
-        - name: b2 switch release
-          shell: echo b2 >> {{ dir }}/trace && sleep 0.2 && printf v2 > {{ dir }}/release.tmp && mv {{ dir }}/release.tmp {{ dir }}/release
-        - name: b3 more work
-          shell: echo b3 >> {{ dir }}/trace && sleep 0.2 && touch {{ dir }}/state_b3
-        - name: b4 health check fails
-          shell: echo b4 >> {{ dir }}/trace && sleep 0.1 && exit 1
-      rescue:
-        - name: r1 restore release
-          copy: dest={{ dir }}/release content=v1
-        - name: r2 remove markers
-          shell: echo r2 >> {{ dir }}/trace && sleep 0.2 && rm -f {{ dir }}/state_b1 {{ dir }}/state_b3
-        - name: r3 verify
-          shell: test "$(cat {{ dir }}/release)" = v1 && test ! -e {{ dir }}/state_b1
-      always:
-        - name: a1 unlock
-          shell: echo a1 >> {{ dir }}/trace && sleep 0.1 && rm -f {{ dir }}/locked
-        - name: a2 done
-          file: path={{ dir }}/always_done state=touch
-"#;
+const PLAYBOOK: &str = include_str!("../fixtures/ok/crash-deploy.yml");
 
 /// Journal records of an uninterrupted run: begin, play, 9 tasks × 2, end.
 const RECORDS: u64 = 21;
