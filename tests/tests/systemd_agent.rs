@@ -14,7 +14,7 @@
 //! - `ExecStartPre=` (which creates those production paths) is dropped: the sandbox's filesystem
 //!   is the host's, and the test must not create /var/lib/rampart on the host.
 //!
-//! Test files live in a temp dir under CARGO_TARGET_TMPDIR, not /tmp: /tmp is a private tmpfs
+//! Test files live in a temp dir under /var/lib/rampart-tests, not /tmp: /tmp is a private tmpfs
 //! inside the sandbox (and PrivateTmp= gives the unit yet another one).
 
 use std::fs::File;
@@ -32,6 +32,8 @@ const UNIT: &str = "rampart-agent-test.service";
 const UNIT_PATH: &str = "/run/systemd/system/rampart-agent-test.service";
 const DROPIN_PATH: &str = "/run/systemd/system/rampart-agent-test.service.d/test.conf";
 const WAIT: Duration = Duration::from_secs(60);
+/// A directory on the host's own filesystem, visible inside the sandbox.
+const SHARED_ROOT: &str = "/var/lib/rampart-tests";
 
 /// The crash playbook of `crash.rs`: a failing block, a rescue that restores, an always.
 const PLAYBOOK: &str = include_str!("../fixtures/ok/crash-deploy.yml");
@@ -169,10 +171,14 @@ impl Drop for Client {
 
 #[test]
 fn agent_unit_under_real_systemd() {
+    // Everything the sandboxed systemd must see (the unit's binary, the state dir) lives outside
+    // /tmp, /var/tmp and /run, which are private tmpfs inside the sandbox; the checkout itself
+    // may be under one of them, so the agent binary is copied here too. Removed on drop.
+    std::fs::create_dir_all(SHARED_ROOT).expect("create the sandbox-visible test root");
     let tmp = tempfile::Builder::new()
         .prefix("systemd-agent-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir under CARGO_TARGET_TMPDIR");
+        .tempdir_in(SHARED_ROOT)
+        .expect("tempdir under the sandbox-visible test root");
     let dir = tmp.path();
     let state = dir.join("state");
     let host_dir = dir.join("host");
@@ -183,8 +189,9 @@ fn agent_unit_under_real_systemd() {
 
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let agent = bin("rampart-agent");
-    let agent = agent.canonicalize().expect("absolute agent path");
+    let agent = dir.join("rampart-agent");
+    std::fs::copy(bin("rampart-agent"), &agent)
+        .expect("copy rampart-agent where the sandbox sees it");
     let exec = format!(
         "{} --listen {addr} --state-dir {} --insecure-dev",
         agent.display(),
