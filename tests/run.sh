@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 echo "== building the binaries the end-to-end tests run"
 cargo build --workspace --bins
 echo "== running the tests"
-cargo test --workspace -- --test-threads="${RAMPART_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads="${RAMPART_TEST_THREADS:-4}"
