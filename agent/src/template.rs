@@ -143,17 +143,7 @@ impl Templar {
             return Ok(MjValue::from(s));
         }
         if let Some(expr) = single_expression(s) {
-            let e = self
-                .env
-                .compile_expression(expr)
-                .map_err(|e| TemplateError(describe(&e)))?;
-            let v = e
-                .eval(scope.clone())
-                .map_err(|e| TemplateError(describe(&e)))?;
-            if v.is_undefined() {
-                return Err(TemplateError(format!("undefined variable in `{expr}`")));
-            }
-            return Ok(v);
+            return self.eval_mj(expr, scope);
         }
         self.env
             .render_str(s, scope.clone())
@@ -181,22 +171,26 @@ impl Templar {
         }
     }
 
-    /// Evaluates a bare expression (braces around it are tolerated).
-    pub fn eval(&self, expr: &str, scope: &MjValue) -> Result<Value, TemplateError> {
-        let e = self
+    /// Compiles and evaluates a bare expression (braces around it are tolerated); an undefined
+    /// result is an error, as in Ansible.
+    fn eval_mj(&self, expr: &str, scope: &MjValue) -> Result<MjValue, TemplateError> {
+        let expr = strip_braces(expr);
+        let compiled = self
             .env
-            .compile_expression(strip_braces(expr))
+            .compile_expression(expr)
             .map_err(|e| TemplateError(describe(&e)))?;
-        let v = e
+        let v = compiled
             .eval(scope.clone())
             .map_err(|e| TemplateError(describe(&e)))?;
         if v.is_undefined() {
-            return Err(TemplateError(format!(
-                "undefined variable in `{}`",
-                strip_braces(expr)
-            )));
+            return Err(TemplateError(format!("undefined variable in `{expr}`")));
         }
-        Ok(to_json(&v))
+        Ok(v)
+    }
+
+    /// Evaluates a bare expression (braces around it are tolerated).
+    pub fn eval(&self, expr: &str, scope: &MjValue) -> Result<Value, TemplateError> {
+        self.eval_mj(expr, scope).map(|v| to_json(&v))
     }
 
     /// Evaluates a condition list (all must hold), as `when:` / `failed_when:` do.
@@ -204,22 +198,7 @@ impl Templar {
         for c in conds {
             let ok = match c {
                 Value::Bool(b) => *b,
-                Value::String(s) => {
-                    let e = self
-                        .env
-                        .compile_expression(strip_braces(s))
-                        .map_err(|e| TemplateError(describe(&e)))?;
-                    let v = e
-                        .eval(scope.clone())
-                        .map_err(|e| TemplateError(describe(&e)))?;
-                    if v.is_undefined() {
-                        return Err(TemplateError(format!(
-                            "undefined variable in `{}`",
-                            strip_braces(s)
-                        )));
-                    }
-                    truthy(&v)
-                }
+                Value::String(s) => truthy(&self.eval_mj(s, scope)?),
                 Value::Null => false,
                 Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
                 other => {
