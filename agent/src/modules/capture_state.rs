@@ -252,8 +252,7 @@ fn recent_deployments(state_dir: &Path) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
-    use std::sync::Arc;
+    use crate::modules::testing::Call;
 
     #[test]
     fn captures_versions_system_and_history_atomically() {
@@ -263,23 +262,17 @@ mod tests {
         fs::create_dir_all(&rel).unwrap();
         std::os::unix::fs::symlink("releases/2.0.1", state.join("apps/backend/current")).unwrap();
         fs::create_dir_all(state.join("apps/frontend")).unwrap();
-        let t = Arc::new(Templar::new());
-        let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::default())]);
         let dest = dir.path().join("captures");
         let run_it = |check: bool| {
-            let ctx = ModuleCtx {
+            let call = Call {
                 check,
-                templar: &t,
-                scope: &scope,
-                base_dir: None,
-                state_dir: &state,
-                txid: "tx-1",
+                state_dir: Some(&state),
+                txid: Some("tx-1"),
+                ..Call::default()
             };
-            run_capture(
-                json!({"dest_dir": dest, "services": ["no-such-unit.service"]})
-                    .as_object()
-                    .unwrap(),
-                &ctx,
+            call.run(
+                &CAPTURE_STATE,
+                json!({"dest_dir": dest, "services": ["no-such-unit.service"]}),
             )
         };
         let dry = run_it(true);

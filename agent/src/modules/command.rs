@@ -276,21 +276,10 @@ fn kill_with_parent(cmd: &mut Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
-    use std::sync::Arc;
+    use crate::modules::testing::Call;
 
     fn run(spec: &ModuleSpec, args: Value) -> ModuleResult {
-        let t = Arc::new(Templar::new());
-        let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::default())]);
-        let ctx = ModuleCtx {
-            check: false,
-            templar: &t,
-            scope: &scope,
-            base_dir: None,
-            state_dir: std::path::Path::new("/nonexistent"),
-            txid: "test",
-        };
-        (spec.run)(args.as_object().unwrap(), &ctx)
+        Call::default().run(spec, args)
     }
 
     #[test]

@@ -211,28 +211,14 @@ fn run_pause(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::{Layer, Scope, Templar, from_json};
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
+    use crate::modules::testing::Call;
 
     fn run(spec: &ModuleSpec, args: Value, vars: Value) -> ModuleResult {
-        let t = Arc::new(Templar::new());
-        let fixed: BTreeMap<_, _> = vars
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), from_json(v)))
-            .collect();
-        let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::new(fixed))]);
-        let ctx = ModuleCtx {
-            check: false,
-            templar: &t,
-            scope: &scope,
-            base_dir: None,
-            state_dir: std::path::Path::new("/nonexistent"),
-            txid: "test",
-        };
-        (spec.run)(args.as_object().unwrap(), &ctx)
+        Call {
+            vars: Some(vars),
+            ..Call::default()
+        }
+        .run(spec, args)
     }
 
     #[test]

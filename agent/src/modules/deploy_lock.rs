@@ -266,21 +266,16 @@ fn create_exclusive(path: &Path, h: &LockHolder) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
-    use std::sync::Arc;
+    use crate::modules::testing::Call;
 
     fn run_as(state: &Path, txid: &str, args: Value, check: bool) -> ModuleResult {
-        let t = Arc::new(Templar::new());
-        let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::default())]);
-        let ctx = ModuleCtx {
+        let call = Call {
             check,
-            templar: &t,
-            scope: &scope,
-            base_dir: None,
-            state_dir: state,
-            txid,
+            state_dir: Some(state),
+            txid: Some(txid),
+            ..Call::default()
         };
-        (DEPLOY_LOCK.run)(args.as_object().unwrap(), &ctx)
+        call.run(&DEPLOY_LOCK, args)
     }
 
     #[test]

@@ -1355,14 +1355,10 @@ fn run_stat(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
-    use minijinja::value::Value as MjValue;
-
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
+    use crate::modules::testing::Call;
 
     fn run_with(spec: &ModuleSpec, args: Value, check: bool, base: Option<&Path>) -> ModuleResult {
         run_with_vars(spec, args, check, base, &[])
@@ -1375,26 +1371,17 @@ mod tests {
         base: Option<&Path>,
         extra: &[(&str, &str)],
     ) -> ModuleResult {
-        let templar = Arc::new(Templar::new());
-        let mut vars = BTreeMap::new();
+        let mut vars = json!({"name": "world", "items": [1, 2, 3]});
         for (k, v) in extra {
-            vars.insert(k.to_string(), MjValue::from(*v));
+            vars[*k] = json!(v);
         }
-        vars.insert("name".to_string(), MjValue::from("world"));
-        vars.insert("items".to_string(), MjValue::from(vec![1, 2, 3]));
-        let scope = Scope::value(templar.clone(), vec![Layer::Fixed(Arc::new(vars))]);
-        let ctx = ModuleCtx {
+        let call = Call {
             check,
-            templar: &templar,
-            scope: &scope,
             base_dir: base.map(Path::to_path_buf),
-            state_dir: Path::new("/nonexistent"),
-            txid: "test",
+            vars: Some(vars),
+            ..Call::default()
         };
-        let Value::Object(args) = args else {
-            panic!("arguments must be a mapping");
-        };
-        (spec.run)(&args, &ctx)
+        call.run(spec, args)
     }
 
     fn run(spec: &ModuleSpec, args: Value) -> ModuleResult {

@@ -650,8 +650,7 @@ pub fn write_tar_gz(dir: &Path, id: &str, out: impl Write) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
-    use std::sync::Arc;
+    use crate::modules::testing::Call;
 
     fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -700,17 +699,13 @@ mod tests {
     }
 
     fn run(state: &Path, args: Value, check: bool) -> ModuleResult {
-        let t = Arc::new(Templar::new());
-        let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::default())]);
-        let ctx = ModuleCtx {
+        let call = Call {
             check,
-            templar: &t,
-            scope: &scope,
-            base_dir: None,
-            state_dir: state,
-            txid: "tx-9",
+            state_dir: Some(state),
+            txid: Some("tx-9"),
+            ..Call::default()
         };
-        run_forensics(args.as_object().unwrap(), &ctx)
+        call.run(&FORENSICS, args)
     }
 
     fn read_json(p: &Path) -> Value {

@@ -444,3 +444,53 @@ mod tests {
         assert!(lookup("ansible.builtin.nosuch").is_none());
     }
 }
+
+/// Runs modules in unit tests without an engine: one place builds the [`ModuleCtx`].
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use super::{ModuleCtx, ModuleResult, ModuleSpec};
+    use crate::template::{Layer, Scope, Templar, from_json};
+
+    /// How a test calls a module; `Call::default()` is a live (non-check) run with no variables.
+    #[derive(Debug, Default)]
+    pub(crate) struct Call<'a> {
+        pub check: bool,
+        pub state_dir: Option<&'a Path>,
+        pub txid: Option<&'a str>,
+        pub base_dir: Option<PathBuf>,
+        /// Variables visible to the module, as a JSON object.
+        pub vars: Option<Value>,
+    }
+
+    impl Call<'_> {
+        /// Runs `spec` with `args` (a JSON object).
+        pub(crate) fn run(&self, spec: &ModuleSpec, args: Value) -> ModuleResult {
+            let templar = Arc::new(Templar::new());
+            let vars: BTreeMap<_, _> = self
+                .vars
+                .as_ref()
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())
+                .unwrap_or_default();
+            let scope = Scope::value(templar.clone(), vec![Layer::Fixed(Arc::new(vars))]);
+            let ctx = ModuleCtx {
+                check: self.check,
+                templar: &templar,
+                scope: &scope,
+                base_dir: self.base_dir.clone(),
+                state_dir: self.state_dir.unwrap_or(Path::new("/nonexistent")),
+                txid: self.txid.unwrap_or("test"),
+            };
+            let Value::Object(args) = args else {
+                panic!("module arguments must be a JSON object");
+            };
+            (spec.run)(&args, &ctx)
+        }
+    }
+}

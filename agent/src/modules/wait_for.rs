@@ -346,32 +346,18 @@ fn result(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::io::Write;
     use std::net::TcpListener;
-    use std::sync::Arc;
 
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
+    use crate::modules::testing::Call;
 
     fn run_with(args: Value, check: bool) -> ModuleResult {
-        let templar = Arc::new(Templar::new());
-        let scope = Scope::value(
-            templar.clone(),
-            vec![Layer::Fixed(Arc::new(BTreeMap::new()))],
-        );
-        let ctx = ModuleCtx {
+        Call {
             check,
-            templar: &templar,
-            scope: &scope,
-            base_dir: None,
-            state_dir: std::path::Path::new("/nonexistent"),
-            txid: "test",
-        };
-        let Value::Object(args) = args else {
-            panic!("arguments must be a mapping");
-        };
-        (WAIT_FOR.run)(&args, &ctx)
+            ..Call::default()
+        }
+        .run(&WAIT_FOR, args)
     }
 
     fn run(args: Value) -> ModuleResult {
