@@ -235,3 +235,30 @@ pub fn read_journals(state_dir: &Path) -> Vec<(PathBuf, Vec<Value>)> {
     }
     out
 }
+
+/// The one journal a finished transaction leaves: every line parses, it is in `history/` (none
+/// is left in flight), and its sequence numbers have no gap. Panics naming `what` otherwise.
+pub fn finished_journal(state_dir: &Path, what: &str) -> (PathBuf, Vec<Value>) {
+    let mut journals = read_journals(state_dir);
+    assert_eq!(
+        journals.len(),
+        1,
+        "[{what}] journals: {:?}",
+        journals.iter().map(|j| &j.0).collect::<Vec<_>>()
+    );
+    let (path, entries) = journals.remove(0);
+    assert!(
+        path.to_string_lossy().contains("/history/"),
+        "[{what}] {} is not in history",
+        path.display()
+    );
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(i as u64),
+            "[{what}] seq gap at line {}",
+            i + 1
+        );
+    }
+    (path, entries)
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rampart_tests::{AgentProc, CliRun, bin, read_journals, write_file};
+use rampart_tests::{AgentProc, CliRun, bin, finished_journal, read_journals, write_file};
 use serde_json::Value;
 
 const PLAYBOOK: &str = include_str!("../fixtures/ok/crash-deploy.yml");
@@ -90,22 +90,7 @@ fn assert_recovered(h: &Host, client: std::process::Child, what: &str) {
     );
 
     // Every journal parses; nothing is left in flight.
-    let journals = read_journals(&h.state);
-    assert_eq!(
-        journals.len(),
-        1,
-        "[{what}] journals: {:?}",
-        journals.iter().map(|j| &j.0).collect::<Vec<_>>()
-    );
-    let (path, entries) = &journals[0];
-    assert!(
-        path.to_string_lossy().contains("/history/"),
-        "[{what}] {} not in history",
-        path.display()
-    );
-    for (i, e) in entries.iter().enumerate() {
-        assert_eq!(e["seq"].as_u64(), Some(i as u64), "[{what}] seq gap");
-    }
+    let (_, entries) = finished_journal(&h.state, what);
     let end = entries.last().unwrap();
     assert_eq!(end["type"], "end", "[{what}]");
     assert_eq!(end["outcome"], "rolled_back", "[{what}]");
