@@ -116,6 +116,29 @@ pub struct Recap {
     pub ignored: u32,
 }
 
+impl Recap {
+    /// Counts one finished task as Ansible's recap does: `ok` for every success (an ignored
+    /// failure included), `changed` for those whose result says so, a failure in neither (the
+    /// host's `failed` and the `rescued` count are the engine's to set).
+    pub fn count(&mut self, status: TaskStatus, result: &Value) {
+        let changed = result.get("changed").and_then(Value::as_bool) == Some(true);
+        match status {
+            TaskStatus::Ok => self.ok += 1,
+            TaskStatus::Changed => {
+                self.ok += 1;
+                self.changed += 1;
+            }
+            TaskStatus::Skipped => self.skipped += 1,
+            TaskStatus::Ignored => {
+                self.ok += 1;
+                self.ignored += 1;
+                self.changed += u32::from(changed);
+            }
+            TaskStatus::Failed => {}
+        }
+    }
+}
+
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -520,22 +520,7 @@ fn describe(txid: &str, entries: &[Entry]) -> pb::Transaction {
                 t.playbook_name.clone_from(playbook_name);
                 t.started = timestamp(&e.time);
             }
-            Record::TaskEnd { status, result, .. } => match status {
-                TaskStatus::Ok => recap.ok += 1,
-                TaskStatus::Changed => {
-                    recap.ok += 1;
-                    recap.changed += 1;
-                }
-                TaskStatus::Skipped => recap.skipped += 1,
-                TaskStatus::Ignored => {
-                    recap.ok += 1;
-                    recap.ignored += 1;
-                    if result.get("changed").and_then(Value::as_bool) == Some(true) {
-                        recap.changed += 1;
-                    }
-                }
-                TaskStatus::Failed => {}
-            },
+            Record::TaskEnd { status, result, .. } => recap.count(*status, result),
             Record::Recovery { .. } => t.recovered = true,
             Record::End {
                 outcome, recap: r, ..
