@@ -123,7 +123,9 @@ pub struct Engine<'a> {
     opts: EngineOptions,
     extra: Arc<BTreeMap<String, MjValue>>,
     host_vars: Arc<RwLock<BTreeMap<String, MjValue>>>,
-    magic: BTreeMap<String, MjValue>,
+    /// Magic variables (`inventory_hostname`, `ansible_failed_task`, ...), shared by every
+    /// scope built until one of them changes.
+    magic: Arc<BTreeMap<String, MjValue>>,
     recap: Recap,
     sink: &'a mut dyn Sink,
     replay: Option<Replay>,
@@ -175,7 +177,7 @@ impl<'a> Engine<'a> {
             opts,
             extra: Arc::new(extra),
             host_vars: Arc::new(RwLock::new(BTreeMap::new())),
-            magic,
+            magic: Arc::new(magic),
             recap: Recap::default(),
             sink,
             replay,
@@ -191,7 +193,7 @@ impl<'a> Engine<'a> {
                 Ok(Value::String(s)) => s,
                 _ => play.name.clone(),
             };
-            self.magic
+            Arc::make_mut(&mut self.magic)
                 .insert("ansible_play_name".into(), MjValue::from(play_name.clone()));
             if !self.replay_play(play.index) {
                 self.sink.record(Record::PlayStart {
@@ -293,7 +295,7 @@ impl<'a> Engine<'a> {
         if let Some(top) = top {
             out.push(Layer::Fixed(Arc::new(top)));
         }
-        out.push(Layer::Fixed(Arc::new(self.magic.clone())));
+        out.push(Layer::Fixed(self.magic.clone()));
         out.push(Layer::Fixed(self.extra.clone()));
         out.push(Layer::Shared(self.host_vars.clone()));
         for l in layers.iter().rev() {
@@ -350,9 +352,9 @@ impl<'a> Engine<'a> {
                     if let Value::Object(m) = &mut failed_result {
                         m.insert("failed".into(), json!(true));
                     }
-                    self.magic
+                    Arc::make_mut(&mut self.magic)
                         .insert("ansible_failed_task".into(), from_json(&f.task));
-                    self.magic
+                    Arc::make_mut(&mut self.magic)
                         .insert("ansible_failed_result".into(), from_json(&failed_result));
                     flow = self.run_list(&block.rescue, Section::Rescue, &layers, &inh)?;
                     if let Flow::Failed(f) = &mut flow {
@@ -478,22 +480,7 @@ impl<'a> Engine<'a> {
         status: TaskStatus,
         result: Value,
     ) -> Flow {
-        match status {
-            TaskStatus::Ok => self.recap.ok += 1,
-            TaskStatus::Changed => {
-                self.recap.ok += 1;
-                self.recap.changed += 1;
-            }
-            TaskStatus::Skipped => self.recap.skipped += 1,
-            TaskStatus::Ignored => {
-                self.recap.ok += 1;
-                self.recap.ignored += 1;
-                if result.get("changed").and_then(Value::as_bool) == Some(true) {
-                    self.recap.changed += 1;
-                }
-            }
-            TaskStatus::Failed => {}
-        }
+        self.recap.count(status, &result);
         if let Ok(mut vars) = self.host_vars.write() {
             if status != TaskStatus::Failed
                 && status != TaskStatus::Skipped

@@ -198,7 +198,8 @@ impl Templar {
         for c in conds {
             let ok = match c {
                 Value::Bool(b) => *b,
-                Value::String(s) => truthy(&self.eval_mj(s, scope)?),
+                // Jinja's truth, as Ansible's conditionals use: a non-empty string is true.
+                Value::String(s) => self.eval_mj(s, scope)?.is_true(),
                 Value::Null => false,
                 Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
                 other => {
@@ -213,12 +214,6 @@ impl Templar {
         }
         Ok(true)
     }
-}
-
-fn truthy(v: &MjValue) -> bool {
-    // Ansible treats the strings "yes"/"true"/... in conditions by their truth as text; a
-    // non-empty string is true in Jinja. Keep Jinja's rule.
-    v.is_true()
 }
 
 fn strip_braces(expr: &str) -> &str {
