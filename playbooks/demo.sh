@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: deploys the sample application on this host with the shipped transactional playbook,
-# v1 → v2 → a broken v3, and shows v3 rolled back to v2 (release, symlinks and running app).
+# v1 → v2 → a broken v3, and shows v3 rolled back to v2 (release, symlinks and running app); then
+# rolls back to v1 on purpose with the shipped rollback playbook.
 # Everything lives in a temp directory; the app listens on 127.0.0.1 and is stopped at the end.
 # Usage: playbooks/demo.sh   (builds what it needs with cargo on first use)
 set -euo pipefail
@@ -64,6 +65,20 @@ deploy 2.0.0 0
 deploy 3.0.0 1
 echo
 echo "current release: $(readlink "$work/state/apps/app/current")   (v3 was rolled back)"
+echo "failed release:  $(ls -d "$work"/state/apps/app/failed/3.0.0-* 2>/dev/null || echo none)   (kept apart)"
+
+echo
+echo "=================== rampart run: roll back to 1.0.0 ==================="
+code=0
+"$rampart" run playbooks/rollback-production-safe.yml --local --state-dir "$work/state" \
+  -e "@$work/vars-2.0.0.json" -e rollback_version=1.0.0 || code=$?
+echo "--> exit code $code; the app now reports: $(curl -fsS "http://127.0.0.1:$port/actuator/info" || echo unreachable)"
+if [ "$code" != 0 ]; then
+  echo "demo: the rollback to 1.0.0 exited $code, expected 0" >&2
+  exit 1
+fi
+echo
+echo "current release: $(readlink "$work/state/apps/app/current")"
 echo "state captures:  $work/captures"
-echo "forensics:       $(ls -d "$work"/forensics/3.0.0-* 2>/dev/null || echo none)"
+echo "forensics:       $(ls -d "$work"/forensics/* 2>/dev/null | tr '\n' ' ')  (the failed v3, and v2 when it was left)"
 echo "journals:        $work/state/history"

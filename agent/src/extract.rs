@@ -39,7 +39,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 
 /// Bits kept from an entry's mode: permissions only, never setuid, setgid or sticky.
-const MODE_MASK: u32 = 0o777;
+pub(crate) const MODE_MASK: u32 = 0o777;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Limits an archive must stay within.

@@ -110,6 +110,7 @@ impl Templar {
         env.add_filter("from_json", filter_from_json);
         env.add_filter("basename", filter_basename);
         env.add_filter("dirname", filter_dirname);
+        env.add_filter("extract", filter_extract);
         Templar { env }
     }
 
@@ -267,6 +268,12 @@ fn filter_basename(s: String) -> String {
         Some(i) => s[i + 1..].to_string(),
         None => s,
     }
+}
+
+/// Ansible's `extract`: `key | extract(container)` is `container[key]`, so
+/// `names | map('extract', versions)` looks every name up.
+fn filter_extract(key: MjValue, container: MjValue) -> Result<MjValue, MjError> {
+    container.get_item(&key)
 }
 
 fn filter_dirname(s: String) -> String {
@@ -427,6 +434,7 @@ mod tests {
         let cases = [
             ("{{ p | basename }}", json!("current")),
             ("{{ p | dirname }}", json!("/opt/app")),
+            ("{{ ['k'] | map('extract', m) | list }}", json!(["V"])),
             ("{{ y | bool }}", json!(true)),
             ("{{ 'off' | bool }}", json!(false)),
             ("{{ '42' | int }}", json!(42)),

@@ -4,6 +4,7 @@
 //! The binaries come from the workspace's target directory; the README's test command builds them
 //! (`cargo build --bins`) before `cargo test`.
 
+pub mod deploy;
 pub mod systemd;
 
 use std::io::{BufRead, BufReader};
@@ -261,4 +262,13 @@ pub fn finished_journal(state_dir: &Path, what: &str) -> (PathBuf, Vec<Value>) {
         );
     }
     (path, entries)
+}
+
+/// The lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -7,14 +7,10 @@ use std::time::Duration;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
 use rampart_tests::AgentProc;
-use sha2::{Digest, Sha256};
 use tonic::Code;
 
 fn hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    rampart_tests::sha256_hex(bytes)
 }
 
 fn files_under(dir: &Path) -> Vec<String> {

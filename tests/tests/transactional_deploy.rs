@@ -3,137 +3,36 @@
 //! with `rampart run --local` v1 → v2 → v3, and v3 is rolled back: the app serves 2.0.0 again,
 //! `current` and the public path point at 2.0.0, and the deploy lock is released.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
-use rampart_tests::{AgentProc, bin, rampart};
-use serde_json::{Value, json};
-
-/// Stops the app this test started (by the pid file its start command wrote).
-struct AppGuard(PathBuf);
-impl Drop for AppGuard {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0)
-            && let Ok(pid) = pid.trim().parse::<i32>()
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn vars(dir: &Path, dist: &Path, port: u16, version: &str) -> Value {
-    let tarball = dist.join(format!("sample-app-{version}.tar.gz"));
-    let sha_line =
-        std::fs::read_to_string(dist.join(format!("sample-app-{version}.tar.gz.sha256"))).unwrap();
-    let sha = sha_line.split_whitespace().next().unwrap().to_string();
-    let pid = dir.join("app.pid");
-    let app = dir.join("opt/app");
-    json!({
-        "target_version": version,
-        "health_url": format!("http://127.0.0.1:{port}/actuator/health"),
-        "health_retries": 10,
-        "health_delay": 0.2,
-        "state_capture_dir": dir.join("captures"),
-        "forensics_dir": dir.join("forensics"),
-        "components": [{
-            "name": "app",
-            "artifact": tarball,
-            "sha256": sha,
-            "path": app,
-            "service": {
-                "name": "sample-app",
-                "log_file": dir.join("app.log"),
-                "start": format!(
-                    "SAMPLE_APP_LISTEN=127.0.0.1:{port} nohup {app}/start.sh > {log} 2>&1 & echo $! > {pid}",
-                    app = app.display(), log = dir.join("app.log").display(), pid = pid.display()
-                ),
-                "stop": format!(
-                    "if [ -f {pid} ]; then kill $(cat {pid}) 2>/dev/null; \
-                     for i in $(seq 50); do kill -0 $(cat {pid}) 2>/dev/null || break; sleep 0.1; done; rm -f {pid}; fi",
-                    pid = pid.display()
-                ),
-                "status": format!("test -f {pid} && kill -0 $(cat {pid})", pid = pid.display()),
-            }
-        }]
-    })
-}
+use rampart_tests::AgentProc;
+use rampart_tests::deploy::Scenario;
+use serde_json::Value;
 
 #[test]
 fn deploy_v1_v2_then_broken_v3_is_rolled_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let dist = dir.path().join("dist");
-    let pkg = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks/sample-app/package.sh"))
-        .arg(&dist)
-        .env("SAMPLE_APP_BIN", bin("rampart-sample-app"))
-        .output()
-        .unwrap();
-    assert!(
-        pkg.status.success(),
-        "package.sh: {}",
-        String::from_utf8_lossy(&pkg.stderr)
-    );
-    let _guard = AppGuard(dir.path().join("app.pid"));
-    let port = free_port();
-    let playbook = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../playbooks/production-deploy-transactional.yml");
-    let state = dir.path().join("state");
-    let info = format!("http://127.0.0.1:{port}/actuator/info");
+    let sc = Scenario::new();
+    let dir = &sc.dir;
+    let state = sc.state.clone();
 
     for (version, code, outcome, serving) in [
         ("1.0.0", 0, "succeeded", "1.0.0"),
         ("2.0.0", 0, "succeeded", "2.0.0"),
         ("3.0.0", 1, "rolled_back", "2.0.0"),
     ] {
-        let vars_file = dir.path().join(format!("vars-{version}.json"));
-        std::fs::write(
-            &vars_file,
-            vars(dir.path(), &dist, port, version).to_string(),
-        )
-        .unwrap();
-        let run = rampart(&[
-            "run",
-            playbook.to_str().unwrap(),
-            "--local",
-            "--json",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "-e",
-            &format!("@{}", vars_file.display()),
-        ]);
+        let run = sc.deploy(version, &[]);
         assert_eq!(
             run.code, code,
             "deploy {version}\nstdout:\n{}\nstderr:\n{}",
             run.stdout, run.stderr
         );
         assert_eq!(run.summary()["outcome"], outcome, "deploy {version}");
-        let body = get(&info).unwrap_or_else(|| panic!("app not serving after deploy {version}"));
-        assert!(
-            body.contains(&format!("\"version\":\"{serving}\"")),
-            "after {version}: {body}"
+        assert_eq!(
+            sc.serving().as_deref(),
+            Some(serving),
+            "app serving after deploy {version}"
         );
         let current = std::fs::read_link(state.join("apps/app/current")).unwrap();
         assert!(

@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -290,15 +291,22 @@ fn tail(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 /// One file of a release or of its artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileEntry {
-    kind: &'static str,
-    size: u64,
+pub(crate) struct FileEntry {
+    /// `file`, `symlink` or `other`.
+    pub kind: &'static str,
+    /// Bytes of a regular file.
+    pub size: u64,
     /// SHA-256 of a regular file, target of a symlink.
-    digest: String,
+    pub digest: String,
+    /// Permission bits of a regular file as extraction leaves them (0 for others).
+    pub mode: u32,
 }
 
 /// Compares the artifact's entries with the files on disk (directories are left out).
-fn compare(artifact: &BTreeMap<String, FileEntry>, disk: &BTreeMap<String, FileEntry>) -> Value {
+pub(crate) fn compare(
+    artifact: &BTreeMap<String, FileEntry>,
+    disk: &BTreeMap<String, FileEntry>,
+) -> Value {
     let mut files = Vec::new();
     let (mut added, mut removed, mut modified) = (Vec::new(), Vec::new(), Vec::new());
     for (path, d) in disk {
@@ -315,6 +323,9 @@ fn compare(artifact: &BTreeMap<String, FileEntry>, disk: &BTreeMap<String, FileE
             Some(_) => "unchanged",
         };
         let mut f = json!({"path": path, "type": d.kind, "size": d.size, "status": status});
+        if d.kind == "file" {
+            f["mode"] = json!(format!("{:04o}", d.mode));
+        }
         let key = if d.kind == "symlink" {
             "target"
         } else {
@@ -322,7 +333,8 @@ fn compare(artifact: &BTreeMap<String, FileEntry>, disk: &BTreeMap<String, FileE
         };
         f[key] = json!(d.digest);
         if let Some(a) = artifact.get(path).filter(|a| *a != d) {
-            f["artifact"] = json!({"type": a.kind, "size": a.size, key: a.digest});
+            f["artifact"] = json!({"type": a.kind, "size": a.size, key: a.digest,
+                "mode": format!("{:04o}", a.mode)});
         }
         files.push(f);
     }
@@ -417,7 +429,7 @@ fn sha256_reader(mut r: impl Read) -> io::Result<(String, u64)> {
 }
 
 /// The regular files and symlinks of an artifact (gzip or plain tar), by normalized path.
-fn tar_entries(artifact: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
+pub(crate) fn tar_entries(artifact: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
     let mut f = io::BufReader::new(File::open(artifact)?);
     let gz = io::BufRead::fill_buf(&mut f)?.starts_with(&[0x1f, 0x8b]);
     let reader: Box<dyn Read> = if gz {
@@ -445,13 +457,16 @@ fn tar_entries(artifact: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
                 kind: "symlink",
                 size: 0,
                 digest: target.to_string_lossy().into_owned(),
+                mode: 0,
             }
         } else if kind.is_file() || kind.is_contiguous() {
+            let mode = entry.header().mode().unwrap_or(0o644) & crate::extract::MODE_MASK;
             let (digest, size) = sha256_reader(&mut entry)?;
             FileEntry {
                 kind: "file",
                 size,
                 digest,
+                mode,
             }
         } else {
             continue;
@@ -462,7 +477,7 @@ fn tar_entries(artifact: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
 }
 
 /// The regular files and symlinks under `root`, by relative path; symlinks are not followed.
-fn disk_entries(root: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
+pub(crate) fn disk_entries(root: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -483,6 +498,7 @@ fn disk_entries(root: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
                     kind: "symlink",
                     size: 0,
                     digest: fs::read_link(&p)?.to_string_lossy().into_owned(),
+                    mode: 0,
                 }
             } else if meta.is_file() {
                 let (digest, size) = sha256_reader(File::open(&p)?)?;
@@ -490,12 +506,14 @@ fn disk_entries(root: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
                     kind: "file",
                     size,
                     digest,
+                    mode: meta.permissions().mode() & 0o7777,
                 }
             } else {
                 FileEntry {
                     kind: "other",
                     size: 0,
                     digest: String::new(),
+                    mode: 0,
                 }
             };
             out.insert(rel, fe);

@@ -10,8 +10,9 @@
 //! Inputs: `component`, `version`, `artifact` (a local path, relative to the playbook, or
 //! `sha256:<hex>` of a cached artifact; http(s) URLs are not supported yet), `sha256` (required
 //! with a path), `path`, `state` and `keep` (for `pruned`, default 3). Outputs: `changed`,
-//! `component`, `version`, `release_path`, plus `sha256` (staged), `previous` (active, restored)
-//! and `removed` / `removed_failed` (pruned); `failed` and `msg` on error.
+//! `component`, `version`, `release_path`, plus `sha256` (staged), `previous` (active, restored),
+//! `removed` / `removed_failed` / `removed_staging` (pruned), `failed_path` (failed) and `intact`,
+//! `modified`, `missing`, `added` (verified); `failed` and `msg` on error.
 //!
 //! - `staged`: the artifact is verified, decompressed and extracted in one pass
 //!   ([`crate::extract`]) into `apps/<component>/.staging-<version>-<txid>`, which is renamed to
@@ -27,8 +28,18 @@
 //!   left alone. Reversed by `restored` (or `active`) with the version it replaced.
 //! - `pruned`: removes releases beyond the newest `keep` (by staged time), never the current, the
 //!   previous or a known-good one; `failed/` keeps its newest [`FAILED_KEEP`] entries apart, so
-//!   failed attempts never evict a good release. Not reversible except by staging again from the
-//!   artifact cache, which pruning does not touch.
+//!   failed attempts never evict a good release; `.staging-*` dirs left by interrupted
+//!   transactions go too. Not reversible except by staging again from the artifact cache, which
+//!   pruning does not touch.
+//! - `failed`: moves `releases/<version>` to `failed/<version>-<txid>` and drops it from
+//!   `known_good`, so a failed attempt never counts as a good release (forensics reads it there).
+//!   Refused while it is `current` with a previous release (restore that first); on a failed
+//!   first deploy (`current` with nothing before it) `current` and the public path are unlinked,
+//!   back to no release. `ok` when the release is not in `releases/`.
+//! - `verified`: read only. The release must be present and every regular file (content and
+//!   mode) and symlink must be what its artifact holds (the cached artifact is re-hashed first);
+//!   `version.txt` and the metadata file are ours and not compared. Fails, listing what was
+//!   modified, is missing or was added, when anything differs or the artifact is no longer cached.
 //!
 //! Check mode reports what would change and changes nothing.
 
@@ -67,7 +78,9 @@ pub static RELEASE: ModuleSpec = ModuleSpec {
         ArgSpec::opt("artifact", ArgKind::Str),
         ArgSpec::opt("sha256", ArgKind::Str),
         ArgSpec::opt("path", ArgKind::Str),
-        ArgSpec::req("state", ArgKind::Str).choices(&["staged", "active", "restored", "pruned"]),
+        ArgSpec::req("state", ArgKind::Str).choices(&[
+            "staged", "active", "restored", "pruned", "failed", "verified",
+        ]),
         ArgSpec::opt("keep", ArgKind::Int),
     ],
     free_form: FreeForm::KeyValue,
@@ -255,6 +268,8 @@ fn run_release(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         "active" => switch(&app, args, ctx, true),
         "restored" => switch(&app, args, ctx, false),
         "pruned" => pruned(&app, args, ctx),
+        "failed" => set_apart(&app, args, ctx),
+        "verified" => verified(&app, args, ctx),
         other => Err(format!("unknown state `{other}` for release")),
     });
     match result {
@@ -618,15 +633,32 @@ fn pruned(
         .map(|(n, _)| n)
         .collect();
 
+    // Staging dirs of transactions that were interrupted (this one's are gone by now: staging
+    // either renamed its dir into releases/ or removed it).
+    let mut staging: Vec<String> = match fs::read_dir(&app.dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".staging-"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    staging.sort();
+
     let mut r = result(
         app,
         current.as_deref(),
-        !removed.is_empty() || !removed_failed.is_empty(),
+        !removed.is_empty() || !removed_failed.is_empty() || !staging.is_empty(),
     );
     r.insert("removed".into(), json!(removed));
     r.insert("removed_failed".into(), json!(removed_failed));
+    r.insert("removed_staging".into(), json!(staging));
     if ctx.check {
         return Ok(r);
+    }
+    for name in &staging {
+        let path = app.dir.join(name);
+        fs::remove_dir_all(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     }
     for (dir, names) in [(app.releases(), &removed), (app.failed(), &removed_failed)] {
         for name in names {
@@ -638,6 +670,176 @@ fn pruned(
             fsync_dir(&dir)?;
         }
     }
+    Ok(r)
+}
+
+/// `failed`: moves `releases/<version>` to `failed/<version>-<txid>`, so a failed attempt never
+/// counts among the good releases. When it is still `current` with nothing before it (a failed
+/// first deploy), `current` and the public path are unlinked: the host had no release.
+fn set_apart(
+    app: &App,
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+) -> Result<ModuleResult, String> {
+    let version = required_version(args, "failed")?;
+    let release = app.release(version);
+    let mut r = result(app, Some(version), false);
+    if fs::symlink_metadata(&release).is_err() {
+        return Ok(r);
+    }
+    let mut state = app.load_state()?;
+    let is_current = app.current_version().as_deref() == Some(version);
+    let public = arg_str(args, "path")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if is_current && state.previous.is_some() {
+        return Err(format!(
+            "release {version} of {} is current: restore the previous release ({}) first",
+            app.name,
+            state.previous.as_deref().unwrap_or_default()
+        ));
+    }
+    let dest = app.failed().join(format!("{version}-{}", ctx.txid));
+    r.insert("changed".into(), json!(true));
+    r.insert("failed_path".into(), json!(dest.display().to_string()));
+    if ctx.check {
+        return Ok(r);
+    }
+    if is_current {
+        // A first deploy that failed: back to no release at all.
+        if let Some(p) = &public
+            && fs::read_link(p).ok().as_deref() == Some(app.current().as_path())
+        {
+            fs::remove_file(p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+            fsync_dir(p.parent().unwrap_or(Path::new("/")))?;
+        }
+        fs::remove_file(app.current())
+            .map_err(|e| format!("cannot remove {}: {e}", app.current().display()))?;
+        fsync_dir(&app.dir)?;
+        state.current = None;
+        r.insert("unlinked_current".into(), json!(true));
+    }
+    fs::create_dir_all(app.failed())
+        .map_err(|e| format!("cannot create {}: {e}", app.failed().display()))?;
+    if fs::symlink_metadata(&dest).is_ok() {
+        // Left by an interrupted run of this same step.
+        fs::remove_dir_all(&dest).map_err(|e| format!("cannot remove {}: {e}", dest.display()))?;
+    }
+    fs::rename(&release, &dest).map_err(|e| {
+        format!(
+            "cannot move {} to {}: {e}",
+            release.display(),
+            dest.display()
+        )
+    })?;
+    fsync_dir(&app.releases())?;
+    fsync_dir(&app.failed())?;
+    state.known_good.retain(|v| v != version);
+    app.save_state(&state)?;
+    Ok(r)
+}
+
+/// Paths listed in a `verified` result, at most.
+const VERIFY_LIST_MAX: usize = 100;
+
+/// `verified`: the release is present and every file, symlink and mode is what its artifact
+/// holds. Read only; fails when anything differs or cannot be checked.
+fn verified(
+    app: &App,
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+) -> Result<ModuleResult, String> {
+    use super::forensics::{disk_entries, tar_entries};
+    let version = required_version(args, "verified")?;
+    let release = app.release(version);
+    if !release.is_dir() {
+        return Err(format!(
+            "release {version} of {} is not staged ({} is missing): stage it again from its artifact",
+            app.name,
+            release.display()
+        ));
+    }
+    let meta = app.meta(version)?;
+    let digest = meta.artifact_sha256;
+    let artifact = artifacts::artifact_path(ctx.state_dir, &digest).map_err(|e| e.to_string())?;
+    if artifacts::has(ctx.state_dir, &digest).is_none() {
+        return Err(format!(
+            "cannot verify release {version} of {}: its artifact sha256:{digest} is no longer cached; upload it again (PutArtifact) or stage from the artifact",
+            app.name
+        ));
+    }
+    let actual = File::open(&artifact)
+        .and_then(|f| {
+            let mut h = extract::HashingReader::new(f);
+            io::copy(&mut h, &mut io::sink())?;
+            Ok(h.finish())
+        })
+        .map_err(|e| format!("cannot read {}: {e}", artifact.display()))?;
+    if actual != digest {
+        return Err(format!(
+            "the cached artifact {} is corrupt (sha256 {actual}, expected {digest}): upload it again",
+            artifact.display()
+        ));
+    }
+    let mut want = tar_entries(&artifact)
+        .map_err(|e| format!("cannot read artifact {}: {e}", artifact.display()))?;
+    let mut have =
+        disk_entries(&release).map_err(|e| format!("cannot read {}: {e}", release.display()))?;
+    for ours in [VERSION_FILE, RELEASE_META] {
+        want.remove(ours);
+        have.remove(ours);
+    }
+    let mut modified = Vec::new();
+    let mut missing = Vec::new();
+    let mut added = Vec::new();
+    for (path, w) in &want {
+        match have.get(path) {
+            None => missing.push(path.clone()),
+            Some(h) if h != w => modified.push(path.clone()),
+            Some(_) => {}
+        }
+    }
+    added.extend(have.keys().filter(|p| !want.contains_key(*p)).cloned());
+    let intact = modified.is_empty() && missing.is_empty() && added.is_empty();
+    let mut r = result(app, Some(version), false);
+    r.insert("intact".into(), json!(intact));
+    r.insert("artifact_sha256".into(), json!(digest));
+    r.insert("files".into(), json!(want.len()));
+    let capped = |v: &[String]| json!(v.iter().take(VERIFY_LIST_MAX).collect::<Vec<_>>());
+    r.insert("modified".into(), capped(&modified));
+    r.insert("missing".into(), capped(&missing));
+    r.insert("added".into(), capped(&added));
+    if intact {
+        return Ok(r);
+    }
+    let describe = |what: &str, v: &[String]| {
+        (!v.is_empty()).then(|| {
+            let more = v.len().saturating_sub(5);
+            let head = v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            if more > 0 {
+                format!("{what} ({}): {head} and {more} more", v.len())
+            } else {
+                format!("{what} ({}): {head}", v.len())
+            }
+        })
+    };
+    let detail: Vec<String> = [
+        describe("modified", &modified),
+        describe("missing", &missing),
+        describe("added", &added),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    r.insert("failed".into(), json!(true));
+    r.insert(
+        "msg".into(),
+        json!(format!(
+            "release {version} of {} differs from its artifact sha256:{digest}: {}; stage it again under a new version, or remove releases/{version} and stage it again",
+            app.name,
+            detail.join("; ")
+        )),
+    );
     Ok(r)
 }
 
