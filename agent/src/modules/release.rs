@@ -1139,6 +1139,106 @@ mod tests {
     }
 
     #[test]
+    fn failed_release_is_set_apart_and_a_failed_first_deploy_unlinks_current() {
+        let h = Host::new();
+        let public = h.public().display().to_string();
+        // A failed first deploy: nothing ran before it.
+        h.stage("v1");
+        h.ok(json!({"state": "active", "version": "v1", "path": public}));
+        let r = h.ok(json!({"state": "failed", "version": "v1", "path": public}));
+        assert!(changed(&r));
+        assert_eq!(r["unlinked_current"], json!(true));
+        assert!(fs::symlink_metadata(h.app().join("current")).is_err());
+        assert!(fs::symlink_metadata(h.public()).is_err());
+        assert!(h.app().join("failed/v1-tx1/bin/app").is_file());
+        assert!(!h.app().join("releases/v1").exists());
+        assert!(!changed(&h.ok(json!({"state": "failed", "version": "v1"}))));
+
+        // The current release with one before it must be restored away from first.
+        h.stage("v2");
+        h.ok(json!({"state": "active", "version": "v2", "path": public}));
+        h.stage("v3");
+        h.ok(json!({"state": "active", "version": "v3", "path": public}));
+        let msg = h.fail(json!({"state": "failed", "version": "v3"}));
+        assert!(
+            msg.contains("restore the previous release (v2) first"),
+            "{msg}"
+        );
+        h.ok(json!({"state": "restored", "version": "v2", "path": public}));
+        let before = h.run(json!({"state": "failed", "version": "v3"}), true);
+        assert!(changed(&before));
+        assert!(h.app().join("releases/v3").is_dir(), "check mode moved it");
+        h.ok(json!({"state": "failed", "version": "v3"}));
+        assert!(h.app().join("failed/v3-tx1").is_dir());
+        let state = App::new(&h.state(), "backend")
+            .unwrap()
+            .load_state()
+            .unwrap();
+        assert!(!state.known_good.contains(&"v3".to_string()), "{state:?}");
+        assert!(h.current().ends_with("v2"));
+    }
+
+    #[test]
+    fn verified_compares_every_file_with_the_artifact() {
+        use std::os::unix::fs::PermissionsExt;
+        let h = Host::new();
+        h.stage("v1");
+        let r = h.ok(json!({"state": "verified", "version": "v1"}));
+        assert_eq!(r["intact"], json!(true));
+        assert!(!changed(&r));
+        let app = h.app().join("releases/v1/bin/app");
+
+        fs::set_permissions(&app, fs::Permissions::from_mode(0o4755)).unwrap();
+        let msg = h.fail(json!({"state": "verified", "version": "v1"}));
+        assert!(msg.contains("modified (1): bin/app"), "{msg}");
+        fs::set_permissions(&app, fs::Permissions::from_mode(0o755)).unwrap();
+
+        fs::write(h.app().join("releases/v1/bin/extra"), b"x").unwrap();
+        let r = h.run(json!({"state": "verified", "version": "v1"}), false);
+        assert_eq!(r["added"], json!(["bin/extra"]));
+        assert_eq!(r["intact"], json!(false));
+        fs::remove_file(h.app().join("releases/v1/bin/extra")).unwrap();
+
+        fs::write(&app, b"patched by hand\n").unwrap();
+        assert!(
+            h.fail(json!({"state": "verified", "version": "v1"}))
+                .contains("bin/app")
+        );
+        fs::remove_file(&app).unwrap();
+        assert!(
+            h.fail(json!({"state": "verified", "version": "v1"}))
+                .contains("missing (1): bin/app")
+        );
+
+        let msg = h.fail(json!({"state": "verified", "version": "v9"}));
+        assert!(msg.contains("not staged"), "{msg}");
+
+        // The artifact gone from the cache: cannot be checked, and says what to do.
+        h.stage("v2");
+        let meta = App::new(&h.state(), "backend").unwrap().meta("v2").unwrap();
+        fs::remove_file(
+            h.state()
+                .join("artifacts/sha256")
+                .join(&meta.artifact_sha256),
+        )
+        .unwrap();
+        let msg = h.fail(json!({"state": "verified", "version": "v2"}));
+        assert!(msg.contains("no longer cached"), "{msg}");
+    }
+
+    #[test]
+    fn prune_removes_stale_staging_dirs() {
+        let h = Host::new();
+        h.stage("v1");
+        let stale = h.app().join(".staging-v2-txold");
+        fs::create_dir_all(stale.join("bin")).unwrap();
+        let r = h.ok(json!({"state": "pruned"}));
+        assert_eq!(r["removed_staging"], json!([".staging-v2-txold"]));
+        assert!(!stale.exists());
+        assert!(h.app().join("releases/v1").is_dir());
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(check_name("version", "1.2.3-rc1+b7").is_ok());
         for bad in ["", ".", "..", "../x", "a/b", ".staging"] {
