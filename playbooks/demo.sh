@@ -38,8 +38,8 @@ vars() { # version
       "name": "sample-app",
       "log_file": "$work/app.log",
       "start": "SAMPLE_APP_LISTEN=127.0.0.1:$port nohup $work/opt/app/start.sh > $work/app.log 2>&1 & echo \$! > $pidfile",
-      "stop": "if [ -f $pidfile ]; then kill \$(cat $pidfile) 2>/dev/null; for i in \$(seq 50); do kill -0 \$(cat $pidfile) 2>/dev/null || break; sleep 0.1; done; rm -f $pidfile; fi",
-      "status": "test -f $pidfile && kill -0 \$(cat $pidfile)"
+      "stop": "if [ -f $pidfile ]; then p=\$(cat $pidfile); kill \$p 2>/dev/null; for i in \$(seq 50); do { kill -0 \$p 2>/dev/null && ! grep -qs '^State:.*Z' /proc/\$p/status; } || break; sleep 0.1; done; rm -f $pidfile; fi",
+      "status": "test -f $pidfile && p=\$(cat $pidfile) && kill -0 \$p 2>/dev/null && ! grep -qs '^State:.*Z' /proc/\$p/status"
     }
   }]
 }

@@ -122,6 +122,41 @@ pub fn has(state_dir: &Path, digest: &str) -> Option<u64> {
         .map(|m| m.len())
 }
 
+/// Removes the temporary files of uploads whose process is gone (an agent killed mid-upload or
+/// mid-stage leaves its `upload-<pid>-<n>` behind: `Drop` never ran). Uploads of live processes
+/// are left alone, so a `rampart run --local` beside a running agent is safe. Returns what was
+/// removed; errors are logged and skipped, since this is housekeeping.
+pub fn remove_stale_uploads(state_dir: &Path) -> Vec<PathBuf> {
+    let dir = state_dir.join(ARTIFACTS_DIR).join(TMP_DIR);
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("upload-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone {
+            match fs::remove_file(e.path()) {
+                Ok(()) => removed.push(e.path()),
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), %err, "cannot remove stale upload")
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// An upload in progress: chunks are hashed and written to a temporary file under
 /// `artifacts/tmp/`; [`Upload::finish`] verifies and publishes it. Dropping an unfinished upload
 /// removes the temporary file.
@@ -301,6 +336,22 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn stale_uploads_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join(ARTIFACTS_DIR).join(TMP_DIR);
+        fs::create_dir_all(&tmp).unwrap();
+        // A pid that is certainly gone: a child that has been waited for.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        fs::write(tmp.join(format!("upload-{dead}-0")), b"partial").unwrap();
+        let live = Upload::new(dir.path()).unwrap();
+        let removed = remove_stale_uploads(dir.path());
+        assert_eq!(removed, vec![tmp.join(format!("upload-{dead}-0"))]);
+        assert!(live.tmp.exists(), "a live upload was removed");
     }
 
     #[test]

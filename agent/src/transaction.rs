@@ -330,6 +330,9 @@ pub fn recover_all(
     on_entry: &mut dyn FnMut(&Entry),
 ) -> Result<Vec<TxSummary>, TxError> {
     let mut done = Vec::new();
+    for stale in crate::artifacts::remove_stale_uploads(&host.state_dir) {
+        tracing::warn!(path = %stale.display(), "removed the partial upload of a process that is gone");
+    }
     for txid in journal::unfinished(&host.state_dir)? {
         tracing::warn!(%txid, "finishing interrupted transaction");
         if let Some(tx) = prepare_recovery(host, templar, &txid)? {

@@ -87,6 +87,15 @@ impl Scenario {
         let dir = tempfile::tempdir().unwrap();
         let dist = dir.path().join("dist");
         package_sample_app(&dist);
+        Self::with_dist_in(dir, dist)
+    }
+
+    /// A fresh host using tarballs packaged once elsewhere ([`package_sample_app`]).
+    pub fn with_dist(dist: &Path) -> Scenario {
+        Self::with_dist_in(tempfile::tempdir().unwrap(), dist.to_path_buf())
+    }
+
+    fn with_dist_in(dir: tempfile::TempDir, dist: PathBuf) -> Scenario {
         let state = dir.path().join("state");
         Scenario {
             dist,
@@ -171,12 +180,17 @@ impl Scenario {
                         "SAMPLE_APP_LISTEN=127.0.0.1:{port} nohup {app}/start.sh > {log} 2>&1 & echo $! > {pid}",
                         port = self.port, app = app.display(), log = log.display(), pid = pid.display()
                     ),
+                    // A zombie counts as stopped: the app is reparented when its start
+                    // command's shell exits, and PID 1 may reap it only later.
                     "stop": format!(
-                        "if [ -f {pid} ]; then kill $(cat {pid}) 2>/dev/null; \
-                         for i in $(seq 50); do kill -0 $(cat {pid}) 2>/dev/null || break; sleep 0.1; done; rm -f {pid}; fi",
+                        "if [ -f {pid} ]; then p=$(cat {pid}); kill $p 2>/dev/null; \
+                         for i in $(seq 50); do {{ kill -0 $p 2>/dev/null && ! grep -qs '^State:.*Z' /proc/$p/status; }} || break; sleep 0.1; done; rm -f {pid}; fi",
                         pid = pid.display()
                     ),
-                    "status": format!("test -f {pid} && kill -0 $(cat {pid})", pid = pid.display()),
+                    "status": format!(
+                        "test -f {pid} && p=$(cat {pid}) && kill -0 $p 2>/dev/null && ! grep -qs '^State:.*Z' /proc/$p/status",
+                        pid = pid.display()
+                    ),
                 }
             }]
         })

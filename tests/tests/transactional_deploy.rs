@@ -48,12 +48,23 @@ fn deploy_v1_v2_then_broken_v3_is_rolled_back() {
     // The public path points at the component's `current`.
     let public = std::fs::read_link(dir.path().join("opt/app")).unwrap();
     assert_eq!(public, state.join("apps/app/current"));
-    // One state capture before and one after each successful deploy, one before the failed one.
+    // One state capture before and one after each deploy (after the rollback, for the failed one).
     assert_eq!(
         std::fs::read_dir(dir.path().join("captures"))
             .unwrap()
             .count(),
-        5
+        6
+    );
+    // The failed release was set apart, out of releases/.
+    assert!(!state.join("apps/app/releases/3.0.0").exists());
+    let failed: Vec<_> = std::fs::read_dir(state.join("apps/app/failed"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        failed.len() == 1 && failed[0].starts_with("3.0.0-tx-"),
+        "{failed:?}"
     );
 
     // The failed v3 left a forensics bundle naming the failed health check.
