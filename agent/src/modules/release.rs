@@ -7,18 +7,25 @@
 //! `apps/<component>/failed/<version>-<txid>/`. The public `path` (e.g. `/opt/app/backend`) is a
 //! symlink to `<state_dir>/apps/<component>/current`.
 //!
-//! Inputs: `component`, `version`, `artifact` (a local path, relative to the playbook, or
-//! `sha256:<hex>` of a cached artifact; http(s) URLs are not supported yet), `sha256` (required
-//! with a path), `path`, `state` and `keep` (for `pruned`, default 3). Outputs: `changed`,
-//! `component`, `version`, `release_path`, plus `sha256` (staged), `previous` (active, restored),
-//! `removed` / `removed_failed` / `removed_staging` (pruned), `failed_path` (failed) and `intact`,
-//! `modified`, `missing`, `added` (verified); `failed` and `msg` on error.
+//! Inputs: `component`, `version`, `artifact` (a local path, relative to the playbook; an
+//! `http://` or `https://` URL; or `sha256:<hex>` of a cached artifact), `sha256` (required with a
+//! path or a URL), `path`, `state`, `keep` (for `pruned`, default 3), and for `staged`:
+//! `max_bytes` / `max_entries` (extraction limits, default [`Limits::default`]), `timeout`
+//! (seconds for a download, default [`DEFAULT_DOWNLOAD_TIMEOUT_SECS`]) and `ca_file` (PEM
+//! certificates trusted for https instead of the webpki roots, for a private CA). Outputs:
+//! `changed`, `component`, `version`, `release_path`, plus `sha256`, `entries`, `bytes` and `url`
+//! (staged), `previous` (active, restored), `removed` / `removed_failed` / `removed_staging`
+//! (pruned), `failed_path` (failed) and `intact`, `modified`, `missing`, `added` (verified);
+//! `failed` and `msg` on error. Credentials in a URL are masked in results and messages.
 //!
 //! - `staged`: the artifact is verified, decompressed and extracted in one pass
 //!   ([`crate::extract`]) into `apps/<component>/.staging-<version>-<txid>`, which is renamed to
-//!   `releases/<version>` only when complete. A local artifact is copied into the cache while it
-//!   is read. Re-staging the same digest is `ok`; a different digest is an error naming both.
-//!   Reversed by removing `releases/<version>` (or `state: pruned`); on error nothing is left.
+//!   `releases/<version>` only when complete. A local or downloaded artifact is copied into the
+//!   cache while it is read and published there only when its digest matched; an artifact
+//!   already cached is not read or downloaded again (rustls with ring; connect timeout 10 s, at
+//!   most 5 redirects, non-2xx refused). Re-staging the same digest is `ok`; a different digest
+//!   is an error naming both. Reversed by removing `releases/<version>` (or `state: pruned`); on
+//!   error nothing is left.
 //! - `active`: `current` is switched by renaming a temp symlink over it and fsyncing the directory;
 //!   the public path symlink is created when missing (a non-symlink there is refused). The version
 //!   is recorded as `known_good` (the simple rule: an activated release is good until a later
@@ -54,8 +61,8 @@ use serde_json::{Map, Value, json};
 
 use super::files::write_atomic;
 use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_i64, arg_str,
-    failed,
+    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64,
+    arg_str, failed,
 };
 use crate::artifacts::{self, Upload};
 use crate::extract::{self, Limits};
@@ -82,6 +89,10 @@ pub static RELEASE: ModuleSpec = ModuleSpec {
             "staged", "active", "restored", "pruned", "failed", "verified",
         ]),
         ArgSpec::opt("keep", ArgKind::Int),
+        ArgSpec::opt("max_bytes", ArgKind::Int),
+        ArgSpec::opt("max_entries", ArgKind::Int),
+        ArgSpec::opt("timeout", ArgKind::Num),
+        ArgSpec::opt("ca_file", ArgKind::Str),
     ],
     free_form: FreeForm::KeyValue,
     any_args: false,
@@ -308,6 +319,91 @@ fn required_version<'a>(args: &'a Map<String, Value>, state: &str) -> Result<&'a
 enum Source {
     Cached(PathBuf),
     Path(PathBuf),
+    Url(String),
+}
+
+/// Seconds an http(s) download may take when `timeout` is not given.
+pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: f64 = 300.0;
+/// Seconds to connect to an artifact server.
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+/// Redirects followed for an artifact URL.
+const MAX_REDIRECTS: u32 = 5;
+
+/// A URL fit for messages and journals: its userinfo (`user:password@`) is masked.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// Starts an http(s) download and returns its body as a reader. rustls (ring) with the webpki
+/// roots, plus the PEM certificates of `ca_file` when given (a private CA).
+fn download(url: &str, args: &Map<String, Value>) -> Result<impl Read + use<>, String> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let shown = redact_url(url);
+    let secs = arg_f64(args, "timeout").unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT_SECS);
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!(
+            "`timeout` must be a positive number of seconds, not {secs}"
+        ));
+    }
+    let mut tls = TlsConfig::builder();
+    if let Some(ca) = arg_str(args, "ca_file").filter(|c| !c.is_empty()) {
+        let pem = fs::read(ca).map_err(|e| format!("cannot read ca_file {ca}: {e}"))?;
+        let mut certs: Vec<Certificate<'static>> = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(format!("cannot parse ca_file {ca}: {e}")),
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!("ca_file {ca} holds no PEM certificate"));
+        }
+        tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs_f64(secs)))
+        .timeout_connect(Some(std::time::Duration::from_secs(CONNECT_TIMEOUT_SECS)))
+        .max_redirects(MAX_REDIRECTS)
+        .http_status_as_error(false)
+        .tls_config(tls.build())
+        .build()
+        .into();
+    let resp = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("cannot download {shown}: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!(
+            "cannot download {shown}: the server answered {status}"
+        ));
+    }
+    Ok(resp.into_body().into_reader())
+}
+
+/// `max_bytes` / `max_entries`, over the defaults.
+fn limits(args: &Map<String, Value>) -> Result<Limits, String> {
+    let mut l = Limits::default();
+    for (name, slot) in [
+        ("max_bytes", &mut l.max_bytes),
+        ("max_entries", &mut l.max_entries),
+    ] {
+        if let Some(v) = arg_i64(args, name) {
+            *slot = u64::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("`{name}` must be a positive number, not {v}"))?;
+        }
+    }
+    Ok(l)
 }
 
 /// Resolves `artifact` and `sha256` into a source and the expected digest.
@@ -327,7 +423,14 @@ fn artifact_source(
     }
     let lower = artifact.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        return Err("http(s) artifacts are not supported yet".into());
+        let expected = given.ok_or("`sha256` is required when `artifact` is a URL")?;
+        if artifacts::has(ctx.state_dir, &expected).is_some() {
+            // Verified once already: no download.
+            let cached =
+                artifacts::artifact_path(ctx.state_dir, &expected).map_err(|e| e.to_string())?;
+            return Ok((Source::Cached(cached), expected));
+        }
+        return Ok((Source::Url(artifact.to_string()), expected));
     }
     if let Some(hex) = artifact.strip_prefix("sha256:") {
         artifacts::validate_hex(hex).map_err(|e| e.to_string())?;
@@ -357,13 +460,13 @@ fn artifact_source(
     Ok((Source::Path(path), expected))
 }
 
-/// Reads a local artifact while copying it into the cache.
-struct Tee<'a> {
-    inner: File,
+/// Reads an artifact (a local file, a download) while copying it into the cache.
+struct Tee<'a, R> {
+    inner: R,
     upload: &'a mut Upload,
 }
 
-impl Read for Tee<'_> {
+impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.upload
@@ -393,45 +496,50 @@ fn staged(
             app.name, meta.artifact_sha256
         ));
     }
-    let src_path = match &source {
-        Source::Cached(p) | Source::Path(p) => p,
-    };
-    if !src_path.is_file() {
-        return Err(format!("artifact {} not found", src_path.display()));
+    if let Source::Cached(p) | Source::Path(p) = &source
+        && !p.is_file()
+    {
+        return Err(format!("artifact {} not found", p.display()));
     }
+    let limits = limits(args)?;
     r.insert("changed".into(), json!(true));
     if ctx.check {
         return Ok(r);
     }
-    fs::create_dir_all(app.releases())
-        .map_err(|e| format!("cannot create {}: {e}", app.releases().display()))?;
+    fs::create_dir_all(&app.dir)
+        .map_err(|e| format!("cannot create {}: {e}", app.dir.display()))?;
     let staging = app.dir.join(format!(".staging-{version}-{}", ctx.txid));
     if fs::symlink_metadata(&staging).is_ok() {
         // Left by an interrupted run of this same transaction.
         fs::remove_dir_all(&staging)
             .map_err(|e| format!("cannot remove stale {}: {e}", staging.display()))?;
     }
-    let file =
-        File::open(src_path).map_err(|e| format!("cannot open {}: {e}", src_path.display()))?;
-    let extracted = match source {
-        Source::Cached(_) => extract::extract(file, &expected, &staging, Limits::default()),
-        Source::Path(_) => {
-            let mut upload = Upload::new(ctx.state_dir).map_err(|e| e.to_string())?;
-            let tee = Tee {
-                inner: file,
-                upload: &mut upload,
-            };
-            let out = extract::extract(tee, &expected, &staging, Limits::default());
-            if out.is_ok()
-                && let Err(e) = upload.finish(&expected)
-            {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(format!("cannot cache artifact: {e}"));
-            }
-            out
+    let open = |p: &Path| File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()));
+    // A local file or a download is copied into the cache while it is extracted, and published
+    // there only when its digest matched.
+    let through_cache = |reader: Box<dyn Read>| -> Result<extract::Extracted, String> {
+        let mut upload = Upload::new(ctx.state_dir).map_err(|e| e.to_string())?;
+        let tee = Tee {
+            inner: reader,
+            upload: &mut upload,
+        };
+        let out = extract::extract(tee, &expected, &staging, limits)
+            .map_err(|e| format!("cannot stage release {version} of {}: {e}", app.name))?;
+        if let Err(e) = upload.finish(&expected) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(format!("cannot cache artifact: {e}"));
         }
-    }
-    .map_err(|e| format!("cannot stage release {version} of {}: {e}", app.name))?;
+        Ok(out)
+    };
+    let extracted = match &source {
+        Source::Cached(p) => extract::extract(open(p)?, &expected, &staging, limits)
+            .map_err(|e| format!("cannot stage release {version} of {}: {e}", app.name)),
+        Source::Path(p) => through_cache(Box::new(open(p)?)),
+        Source::Url(url) => {
+            r.insert("url".into(), json!(redact_url(url)));
+            through_cache(Box::new(download(url, args)?))
+        }
+    }?;
     let publish = || -> Result<(), String> {
         let meta = ReleaseMeta {
             component: app.name.clone(),
@@ -447,6 +555,8 @@ fn staged(
         let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
         write_atomic(&mfile, &bytes, Some(0o644))
             .map_err(|e| format!("cannot write {}: {e}", mfile.display()))?;
+        fs::create_dir_all(app.releases())
+            .map_err(|e| format!("cannot create {}: {e}", app.releases().display()))?;
         fs::rename(&staging, &release).map_err(|e| {
             format!(
                 "cannot rename {} to {}: {e}",
@@ -1088,12 +1198,6 @@ mod tests {
         }));
         assert!(msg.contains("`etc`"), "{msg}");
         assert!(leftovers(&h).is_empty(), "{:?}", h.tree());
-
-        let msg = h.fail(json!({"state": "staged", "version": "v1", "artifact": "https://x/a.tgz", "sha256": wrong}));
-        assert!(
-            msg.contains("http(s) artifacts are not supported yet"),
-            "{msg}"
-        );
     }
 
     #[test]
@@ -1236,6 +1340,242 @@ mod tests {
         assert_eq!(r["removed_staging"], json!([".staging-v2-txold"]));
         assert!(!stale.exists());
         assert!(h.app().join("releases/v1").is_dir());
+    }
+
+    /// A plain HTTP server on 127.0.0.1 for one test: `/ok` serves `body`, `/short` promises
+    /// more than it sends and hangs up, anything else is 404. Serves at most `max` requests.
+    struct HttpServer {
+        port: u16,
+        hits: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl HttpServer {
+        fn start(body: Vec<u8>, max: usize) -> HttpServer {
+            use std::io::{BufRead, BufReader, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = hits.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().take(max) {
+                    let Ok(mut stream) = stream else { continue };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request = String::new();
+                    let _ = reader.read_line(&mut request);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let path = request.split_whitespace().nth(1).unwrap_or("");
+                    let head = |status: &str, len: usize| {
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                        )
+                    };
+                    let _ = match path {
+                        "/ok" => stream
+                            .write_all(head("200 OK", body.len()).as_bytes())
+                            .and_then(|()| stream.write_all(&body)),
+                        "/short" => stream
+                            .write_all(head("200 OK", body.len()).as_bytes())
+                            .and_then(|()| stream.write_all(&body[..body.len() / 2])),
+                        _ => stream.write_all(head("404 Not Found", 0).as_bytes()),
+                    };
+                }
+            });
+            HttpServer { port, hits }
+        }
+        fn url(&self, path: &str) -> String {
+            format!("http://127.0.0.1:{}{path}", self.port)
+        }
+    }
+
+    /// Nothing of a failed stage is left: no staging dir, no release, no cache entry or upload.
+    fn assert_nothing_left(h: &Host, version: &str) {
+        let tree = h.tree();
+        assert!(
+            tree.iter().all(|p| !p.contains(".staging-")
+                && !p.contains(&format!("releases/{version}"))
+                && !p.starts_with("artifacts/sha256/")
+                && !p.starts_with("artifacts/tmp/")),
+            "{tree:#?}"
+        );
+    }
+
+    #[test]
+    fn url_artifacts_are_streamed_verified_and_cached() {
+        let h = Host::new();
+        let data = targz(&[E::File("index.html", b"<h1>v1</h1>", 0o644)]);
+        let sha = sha256_hex(&data);
+        let server = HttpServer::start(data.clone(), 8);
+
+        // Not found, cut short, wrong digest: refused, nothing left.
+        let msg = h.fail(json!({"state": "staged", "version": "v1",
+            "artifact": server.url("/missing"), "sha256": sha}));
+        assert!(msg.contains("404") && msg.contains("/missing"), "{msg}");
+        assert_nothing_left(&h, "v1");
+        let msg = h.fail(json!({"state": "staged", "version": "v1",
+            "artifact": server.url("/short"), "sha256": sha}));
+        assert!(msg.contains("cannot stage release v1"), "{msg}");
+        assert_nothing_left(&h, "v1");
+        let wrong = "0".repeat(64);
+        let msg = h.fail(json!({"state": "staged", "version": "v1",
+            "artifact": server.url("/ok"), "sha256": wrong}));
+        assert!(msg.contains(&sha) && msg.contains(&wrong), "{msg}");
+        assert_nothing_left(&h, "v1");
+        let msg =
+            h.fail(json!({"state": "staged", "version": "v1", "artifact": server.url("/ok")}));
+        assert!(msg.contains("`sha256` is required"), "{msg}");
+
+        // Credentials in a URL never reach a message.
+        let secret = format!("http://deploy:s3cret@127.0.0.1:{}/missing", server.port);
+        let msg =
+            h.fail(json!({"state": "staged", "version": "v1", "artifact": secret, "sha256": sha}));
+        assert!(!msg.contains("s3cret") && msg.contains("***@"), "{msg}");
+
+        let before = server.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let r = h.ok(json!({"state": "staged", "version": "v1",
+            "artifact": server.url("/ok"), "sha256": sha}));
+        assert!(changed(&r));
+        assert_eq!(
+            fs::read(h.app().join("releases/v1/index.html")).unwrap(),
+            b"<h1>v1</h1>"
+        );
+        assert_eq!(
+            fs::read(h.state().join("artifacts/sha256").join(&sha)).unwrap(),
+            data
+        );
+        // Cached now: another version from the same URL and digest needs no download.
+        h.ok(json!({"state": "staged", "version": "v1b",
+            "artifact": server.url("/ok"), "sha256": sha}));
+        assert_eq!(
+            server.hits.load(std::sync::atomic::Ordering::SeqCst),
+            before + 1
+        );
+    }
+
+    /// A CA and a leaf for 127.0.0.1 made with the openssl CLI, and a python3 HTTPS server with
+    /// the leaf serving `dir`; killed on drop.
+    struct HttpsServer {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl HttpsServer {
+        fn start(dir: &Path) -> HttpsServer {
+            use std::io::BufRead;
+            let sh = |script: &str| {
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .current_dir(dir)
+                    .output()
+                    .expect("sh");
+                assert!(
+                    out.status.success(),
+                    "{script}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+            sh(&format!(
+                "openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 1 -subj /CN=rampart-test-ca 2>/dev/null"
+            ));
+            sh(&format!(
+                "openssl req {ec} -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1 2>/dev/null && \
+                 printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > leaf.ext && \
+                 openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                   -out leaf.pem -days 1 -extfile leaf.ext 2>/dev/null"
+            ));
+            let server = "import http.server, ssl, sys\n\
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+                ctx.load_cert_chain('leaf.pem', 'leaf.key')\n\
+                srv = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+                srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\n\
+                print(srv.server_address[1], flush=True)\n\
+                srv.serve_forever()\n";
+            let mut child = std::process::Command::new("python3")
+                .args(["-c", server])
+                .current_dir(dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("python3");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let port = line.trim().parse().expect("the server's port");
+            HttpsServer { child, port }
+        }
+    }
+
+    impl Drop for HttpsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn https_artifacts_need_a_trusted_certificate() {
+        let h = Host::new();
+        let www = h.dir.path().join("www");
+        fs::create_dir_all(&www).unwrap();
+        let data = targz(&[E::File("index.html", b"<h1>tls</h1>", 0o644)]);
+        fs::write(www.join("app.tar.gz"), &data).unwrap();
+        let sha = sha256_hex(&data);
+        let server = HttpsServer::start(&www);
+        let url = format!("https://127.0.0.1:{}/app.tar.gz", server.port);
+
+        // A private CA is not among the webpki roots.
+        let msg =
+            h.fail(json!({"state": "staged", "version": "v1", "artifact": url, "sha256": sha}));
+        assert!(
+            msg.contains("cannot download") && msg.to_lowercase().contains("certificate"),
+            "{msg}"
+        );
+        assert_nothing_left(&h, "v1");
+
+        let ca = www.join("ca.pem").display().to_string();
+        h.ok(json!({"state": "staged", "version": "v1", "artifact": url, "sha256": sha, "ca_file": ca}));
+        assert_eq!(
+            fs::read(h.app().join("releases/v1/index.html")).unwrap(),
+            b"<h1>tls</h1>"
+        );
+    }
+
+    #[test]
+    fn limits_are_module_arguments() {
+        let h = Host::new();
+        let big = vec![0u8; 64 * 1024];
+        let data = targz(&[E::File("a", &big, 0o644), E::File("b", b"b", 0o644)]);
+        let path = h.dir.path().join("limits.tar.gz");
+        fs::write(&path, &data).unwrap();
+        let sha = sha256_hex(&data);
+        let path = path.display().to_string();
+        let msg = h.fail(json!({"state": "staged", "version": "v1", "artifact": path,
+            "sha256": sha, "max_bytes": 1024}));
+        assert!(
+            msg.contains("`a`") || msg.contains(" a"),
+            "names the entry: {msg}"
+        );
+        assert_nothing_left(&h, "v1");
+        let msg = h.fail(json!({"state": "staged", "version": "v1", "artifact": path,
+            "sha256": sha, "max_entries": 1}));
+        assert!(msg.contains('b'), "names the entry: {msg}");
+        assert_nothing_left(&h, "v1");
+        let msg = h.fail(json!({"state": "staged", "version": "v1", "artifact": path,
+            "sha256": sha, "max_entries": 0}));
+        assert!(
+            msg.contains("`max_entries` must be a positive number"),
+            "{msg}"
+        );
+        h.ok(
+            json!({"state": "staged", "version": "v1", "artifact": path, "sha256": sha,
+            "max_bytes": 65 * 1024, "max_entries": 2}),
+        );
     }
 
     #[test]
