@@ -22,7 +22,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -185,6 +185,25 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A file being written that keeps its own write error apart from the archive's read errors.
+struct Sink<'f> {
+    file: &'f mut File,
+    error: Option<io::Error>,
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf).map_err(|e| {
+            let kind = e.kind();
+            self.error = Some(e);
+            io::Error::from(kind)
+        })
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Caps the decompressed stream, so data after the tar end marker cannot be a bomb either.
 struct Capped<R> {
     inner: R,
@@ -240,27 +259,44 @@ fn extract_into<R: Read>(
         .max_bytes
         .saturating_add(limits.max_entries.saturating_add(16).saturating_mul(8192));
     let mut unpacker = Unpacker::new(root, limits);
-    if is_gzip {
-        let decoder = flate2::bufread::GzDecoder::new(&mut src);
-        let mut rest = unpacker.run(Capped {
-            inner: decoder,
-            left: cap,
-        })?;
-        io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
-    } else {
-        let mut rest = unpacker.run(Capped {
-            inner: &mut src,
-            left: cap,
-        })?;
-        io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
-    }
-    io::copy(&mut src, &mut io::sink()).map_err(read_err)?;
+    let mut unpack = || -> Result<(), ExtractError> {
+        if is_gzip {
+            let decoder = flate2::bufread::GzDecoder::new(&mut src);
+            let mut rest = unpacker.run(Capped {
+                inner: decoder,
+                left: cap,
+            })?;
+            io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
+        } else {
+            let mut rest = unpacker.run(Capped {
+                inner: &mut src,
+                left: cap,
+            })?;
+            io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
+        }
+        Ok(())
+    };
+    let unpacked = unpack();
+    // The rest of the input is hashed even when unpacking stopped early (it needs no
+    // decompression): a corrupt artifact is reported as what it is, a digest mismatch.
+    let drained = io::copy(&mut src, &mut io::sink());
     let actual = src.into_inner().finish();
-    if actual != expected {
-        return Err(ExtractError::DigestMismatch {
-            expected: expected.to_string(),
-            actual,
-        });
+    let mismatch = || ExtractError::DigestMismatch {
+        expected: expected.to_string(),
+        actual: actual.clone(),
+    };
+    match unpacked {
+        Err(e) if drained.is_ok() && actual != expected => {
+            tracing::debug!(error = %e, "unpacking failed on an artifact whose digest is wrong");
+            return Err(mismatch());
+        }
+        Err(e) => return Err(e),
+        Ok(()) => {
+            drained.map_err(read_err)?;
+            if actual != expected {
+                return Err(mismatch());
+            }
+        }
     }
     unpacker.finish()?;
     Ok(Extracted {
@@ -374,10 +410,27 @@ impl<'a> Unpacker<'a> {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&dest)
                     .map_err(io_err("create", &dest))?;
-                let copied = io::copy(entry, &mut file).map_err(|source| ExtractError::Read {
-                    entry: Some(name.to_string()),
-                    source,
-                })?;
+                let mut sink = Sink {
+                    file: &mut file,
+                    error: None,
+                };
+                let copied = match io::copy(entry, &mut sink) {
+                    Ok(n) => n,
+                    // A full disk is a write error on the destination, not a bad archive.
+                    Err(_) if sink.error.is_some() => {
+                        return Err(io_err("write", &dest)(
+                            sink.error
+                                .take()
+                                .unwrap_or_else(|| io::Error::other("write failed")),
+                        ));
+                    }
+                    Err(source) => {
+                        return Err(ExtractError::Read {
+                            entry: Some(name.to_string()),
+                            source,
+                        });
+                    }
+                };
                 if copied != size {
                     return Err(refuse("entry data is shorter than its header says"));
                 }
@@ -789,6 +842,38 @@ pub(crate) mod tests {
             "{err}"
         );
         assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn corrupt_artifact_is_a_digest_mismatch_not_an_archive_error() {
+        // Incompressible content, so a flipped byte lands in deflate data or a header.
+        let noise: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let good = targz(&[E::File("a", &noise, 0o644), E::File("b", b"b", 0o644)]);
+        let expected = sha256_hex(&good);
+        for offset in [good.len() / 3, good.len() / 2, good.len() - 12] {
+            let mut bad = good.clone();
+            bad[offset] ^= 0x10;
+            let dir = tempfile::tempdir().unwrap();
+            let err = extract(
+                &bad[..],
+                &expected,
+                &dir.path().join("s"),
+                Limits::default(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, ExtractError::DigestMismatch { .. }),
+                "offset {offset}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&expected) && msg.contains(&sha256_hex(&bad)),
+                "{msg}"
+            );
+            assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+        }
     }
 
     #[test]
