@@ -208,13 +208,25 @@ fn round1(x: f64) -> f64 {
 /// version they deployed when their variables name one (`target_version` or `version`).
 fn recent_deployments(state_dir: &Path) -> Vec<Value> {
     let dir = state_dir.join(crate::journal::HISTORY_DIR);
-    let mut names: Vec<PathBuf> = fs::read_dir(&dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+    // By the journal's last write (its end), then by name: txids carry their start time only to
+    // the second, and several transactions may start within one.
+    let mut names: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let t = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    (t, e.path())
+                })
+                .collect()
+        })
         .unwrap_or_default();
-    // txids start with their UTC start time, so names sort by age.
     names.sort();
     names
         .iter()
+        .map(|(_, p)| p)
         .rev()
         .take(RECENT_DEPLOYMENTS)
         .filter_map(|p| {
