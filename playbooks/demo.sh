@@ -6,6 +6,15 @@
 # Usage: playbooks/demo.sh   (builds what it needs with cargo on first use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v curl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "demo: installing curl (the playbook's health check uses it)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  else
+    echo "demo: needs curl (Debian: apt-get install curl)" >&2
+    exit 2
+  fi
+fi
 cargo build -q --bin rampart --bin rampart-sample-app
 rampart=target/debug/rampart
 work="$(mktemp -d /tmp/rampart-demo.XXXXXX)"
