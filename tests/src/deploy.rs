@@ -90,6 +90,16 @@ impl Scenario {
         Self::with_dist_in(dir, dist)
     }
 
+    /// A fresh host with the sample app packaged, its scratch dir under `parent` (e.g. a dir
+    /// a systemd sandbox can see, which hides /tmp).
+    pub fn new_in(parent: &Path) -> Scenario {
+        std::fs::create_dir_all(parent).unwrap();
+        let dir = tempfile::tempdir_in(parent).unwrap();
+        let dist = dir.path().join("dist");
+        package_sample_app(&dist);
+        Self::with_dist_in(dir, dist)
+    }
+
     /// A fresh host using tarballs packaged once elsewhere ([`package_sample_app`]).
     pub fn with_dist(dist: &Path) -> Scenario {
         Self::with_dist_in(tempfile::tempdir().unwrap(), dist.to_path_buf())

@@ -1,7 +1,8 @@
 //! `forensics`: records what a failed deploy left behind, before rescue changes anything.
 //!
 //! Inputs: `failed_version` (required), `restored_version`, `components`, `services` (unit names,
-//! or `{name, log_file}`), `dest_dir` (default [`DEFAULT_DEST_DIR`]), `failed_task` /
+//! or `{name, log_file, systemctl_prefix}`; the prefix reaches the service manager's journal as
+//! in the `service` module), `dest_dir` (default [`DEFAULT_DEST_DIR`]), `failed_task` /
 //! `failed_result` (pass `{{ ansible_failed_task }}` / `{{ ansible_failed_result }}`), `state`
 //! (the pre-deploy state, `{{ rampart_state }}`), `health`, and retention: `keep` (default
 //! [`DEFAULT_KEEP`]) and `max_age_days` (default [`DEFAULT_MAX_AGE_DAYS`]).
@@ -84,6 +85,8 @@ pub static FORENSICS: ModuleSpec = ModuleSpec {
 struct ServiceLog {
     name: String,
     log_file: Option<PathBuf>,
+    /// Prefix reaching the service manager (the `service` module's `systemctl_prefix`).
+    prefix: Vec<String>,
 }
 
 fn services(v: Option<&Value>) -> Vec<ServiceLog> {
@@ -96,10 +99,12 @@ fn services(v: Option<&Value>) -> Vec<ServiceLog> {
             Value::String(s) => Some(ServiceLog {
                 name: s.clone(),
                 log_file: None,
+                prefix: Vec::new(),
             }),
             Value::Object(m) => Some(ServiceLog {
                 name: m.get("name")?.as_str()?.to_string(),
                 log_file: m.get("log_file").and_then(Value::as_str).map(PathBuf::from),
+                prefix: strings(m.get("systemctl_prefix")),
             }),
             _ => None,
         })
@@ -250,7 +255,15 @@ fn journal_start(journal: &[u8]) -> Value {
 
 /// The service's recent log and where it came from.
 fn service_log(s: &ServiceLog) -> (Vec<u8>, String) {
-    let journald = Command::new("journalctl")
+    let (program, before) = match s.prefix.split_first() {
+        Some((p, rest)) => (p.as_str(), rest.to_vec()),
+        None => ("journalctl", Vec::new()),
+    };
+    let mut cmd = Command::new(program);
+    if !s.prefix.is_empty() {
+        cmd.args(&before).arg("journalctl");
+    }
+    let journald = cmd
         .args(["-u", &s.name, "--since", JOURNAL_SINCE, "--no-pager"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
