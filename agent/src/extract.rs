@@ -5,7 +5,8 @@
 //!
 //! Inputs: a reader of the compressed bytes, the expected digest, a staging directory that must not
 //! exist yet (its parent must), and [`Limits`]. Output: [`Extracted`] (digest, entry count,
-//! uncompressed bytes), with every file and directory fsynced; or an [`ExtractError`] naming the
+//! uncompressed bytes), with every file and directory durable (one `syncfs` of the staging dir's
+//! filesystem at the end, rather than an fsync per entry); or an [`ExtractError`] naming the
 //! offending entry, in which case the staging directory has been removed entirely.
 //!
 //! Refused (the error names the entry): absolute paths, `..` components, symlinks whose target is
@@ -312,7 +313,7 @@ struct Unpacker<'a> {
     limits: Limits,
     entries: u64,
     bytes: u64,
-    /// Directories created (relative), fsynced and given their modes at the end.
+    /// Directories created (relative), given their modes at the end.
     dirs: Vec<(PathBuf, u32)>,
     dir_set: HashSet<PathBuf>,
 }
@@ -439,7 +440,6 @@ impl<'a> Unpacker<'a> {
                 if let Ok(mtime) = entry.header().mtime() {
                     let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime));
                 }
-                file.sync_all().map_err(io_err("fsync", &dest))?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -519,22 +519,23 @@ impl<'a> Unpacker<'a> {
         }
     }
 
-    /// Gives directories their modes (kept writable by the agent until now) and fsyncs them,
-    /// deepest first, then the root.
+    /// Gives directories their modes (kept writable by the agent until now), deepest first, then
+    /// makes the whole tree durable.
     fn finish(&mut self) -> Result<(), ExtractError> {
         self.dirs
             .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         for (rel, mode) in &self.dirs {
             let abs = self.root.join(rel);
-            let dir = File::open(&abs).map_err(io_err("open", &abs))?;
-            dir.sync_all().map_err(io_err("fsync", &abs))?;
             // The owner keeps rwx, so the agent can always prune the release.
             fs::set_permissions(&abs, Permissions::from_mode(mode | 0o700))
                 .map_err(io_err("set mode of", &abs))?;
         }
-        File::open(self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync", self.root))
+        // One syncfs for the whole tree instead of an fsync per file and directory (thousands
+        // of them in a real release): every file's data and every entry are durable before the
+        // caller renames the staging dir into place.
+        let root = File::open(self.root).map_err(io_err("open", self.root))?;
+        nix::unistd::syncfs(&root)
+            .map_err(|e| io_err("sync the filesystem of", self.root)(io::Error::from(e)))
     }
 }
 
