@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests) for releases, each against its peer measured in the same run:
+#   1. stage (`release state=staged`) vs `sha256sum -c && tar xzf` (and + `sync -f`)
+#   2. `release state=active` / `state=restored` switch times (goal <= 50 ms) vs Ansible `file`
+#   3. the shipped transactional deploy playbook vs agent/benches/ansible/deploy.yml run by
+#      `ansible-playbook -c local` (goal >= 10x faster)
+#
+# Builds `rampart` and `rampart-sample-app` in release mode, creates a venv with ansible-core from
+# PyPI (cached under target/bench-venv, shared with engine_overhead.sh), keeps the generated
+# ~50 MB artifact under target/release-bench/ and prints one markdown table per benchmark.
+# Usage: agent/benches/release_bench.sh [--reps N] [--switches N] [--only stage|switch|deploy]...
+#        [--skip-ansible] [--keep]      (default: 5 reps, 20 active + 20 restored switches per run)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --bin rampart -p rampart-controller >&2
+cargo build --release --bin rampart-sample-app -p rampart-tests >&2
+venv=target/bench-venv
+if [ ! -x "$venv/bin/ansible-playbook" ]; then
+  echo "creating $venv with ansible-core (one time)" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet 'ansible-core>=2.19,<2.20'
+fi
+exec python3 agent/benches/release_bench.py --rampart target/release/rampart \
+  --ansible "$venv/bin/ansible-playbook" --sample-app-bin target/release/rampart-sample-app \
+  --cache target/release-bench "$@"
