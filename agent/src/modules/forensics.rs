@@ -255,16 +255,15 @@ fn journal_start(journal: &[u8]) -> Value {
 
 /// The service's recent log and where it came from.
 fn service_log(s: &ServiceLog) -> (Vec<u8>, String) {
-    let (program, before) = match s.prefix.split_first() {
-        Some((p, rest)) => (p.as_str(), rest.to_vec()),
-        None => ("journalctl", Vec::new()),
-    };
-    let mut cmd = Command::new(program);
-    if !s.prefix.is_empty() {
-        cmd.args(&before).arg("journalctl");
+    let argv = super::service::Systemctl {
+        prefix: s.prefix.clone(),
     }
-    let journald = cmd
-        .args(["-u", &s.name, "--since", JOURNAL_SINCE, "--no-pager"])
+    .argv(
+        "journalctl",
+        &["-u", &s.name, "--since", JOURNAL_SINCE, "--no-pager"],
+    );
+    let journald = Command::new(&argv[0])
+        .args(&argv[1..])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -389,7 +388,7 @@ fn release_files(state_dir: &Path, component: &str, version: &str) -> Value {
         .filter(|d| artifacts::has(state_dir, d).is_some())
         .and_then(|d| artifacts::artifact_path(state_dir, d).ok());
     match artifact.map(|p| (tar_entries(&p), p)) {
-        Some((Ok(entries), _)) => {
+        Some((Ok((entries, _)), _)) => {
             if let (Value::Object(m), Some(o)) = (compare(&entries, &disk), out.as_object_mut()) {
                 o.extend(m);
             }
@@ -441,15 +440,21 @@ fn sha256_reader(mut r: impl Read) -> io::Result<(String, u64)> {
     }
 }
 
-/// The regular files and symlinks of an artifact (gzip or plain tar), by normalized path.
-pub(crate) fn tar_entries(artifact: &Path) -> io::Result<BTreeMap<String, FileEntry>> {
-    let mut f = io::BufReader::new(File::open(artifact)?);
-    let gz = io::BufRead::fill_buf(&mut f)?.starts_with(&[0x1f, 0x8b]);
-    let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::bufread::GzDecoder::new(f))
+/// The regular files and symlinks of an artifact (gzip or plain tar), by normalized path, and
+/// the artifact's sha256, both from one read of the file.
+pub(crate) fn tar_entries(artifact: &Path) -> io::Result<(BTreeMap<String, FileEntry>, String)> {
+    let mut src = io::BufReader::new(crate::extract::HashingReader::new(File::open(artifact)?));
+    let gz = io::BufRead::fill_buf(&mut src)?.starts_with(&[0x1f, 0x8b]);
+    let entries = if gz {
+        entries_of(flate2::bufread::GzDecoder::new(&mut src))?
     } else {
-        Box::new(f)
+        entries_of(&mut src)?
     };
+    io::copy(&mut src, &mut io::sink())?;
+    Ok((entries, src.into_inner().finish()))
+}
+
+fn entries_of(reader: impl Read) -> io::Result<BTreeMap<String, FileEntry>> {
     let mut archive = tar::Archive::new(reader);
     let mut out = BTreeMap::new();
     for entry in archive.entries()? {

@@ -515,16 +515,18 @@ fn staged(
             .map_err(|e| format!("cannot remove stale {}: {e}", staging.display()))?;
     }
     let open = |p: &Path| File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()));
+    let unpack = |reader: &mut dyn Read| {
+        extract::extract(reader, &expected, &staging, limits)
+            .map_err(|e| format!("cannot stage release {version} of {}: {e}", app.name))
+    };
     // A local file or a download is copied into the cache while it is extracted, and published
     // there only when its digest matched.
     let through_cache = |reader: Box<dyn Read>| -> Result<extract::Extracted, String> {
         let mut upload = Upload::new(ctx.state_dir).map_err(|e| e.to_string())?;
-        let tee = Tee {
+        let out = unpack(&mut Tee {
             inner: reader,
             upload: &mut upload,
-        };
-        let out = extract::extract(tee, &expected, &staging, limits)
-            .map_err(|e| format!("cannot stage release {version} of {}: {e}", app.name))?;
+        })?;
         if let Err(e) = upload.finish(&expected) {
             let _ = fs::remove_dir_all(&staging);
             return Err(format!("cannot cache artifact: {e}"));
@@ -532,8 +534,7 @@ fn staged(
         Ok(out)
     };
     let extracted = match &source {
-        Source::Cached(p) => extract::extract(open(p)?, &expected, &staging, limits)
-            .map_err(|e| format!("cannot stage release {version} of {}: {e}", app.name)),
+        Source::Cached(p) => unpack(&mut open(p)?),
         Source::Path(p) => through_cache(Box::new(open(p)?)),
         Source::Url(url) => {
             r.insert("url".into(), json!(redact_url(url)));
@@ -878,21 +879,18 @@ fn verified(
             app.name
         ));
     }
-    let actual = File::open(&artifact)
-        .and_then(|f| {
-            let mut h = extract::HashingReader::new(f);
-            io::copy(&mut h, &mut io::sink())?;
-            Ok(h.finish())
-        })
-        .map_err(|e| format!("cannot read {}: {e}", artifact.display()))?;
+    let (mut want, actual) = tar_entries(&artifact).map_err(|e| {
+        format!(
+            "cannot read the cached artifact {}: {e}; upload it again",
+            artifact.display()
+        )
+    })?;
     if actual != digest {
         return Err(format!(
             "the cached artifact {} is corrupt (sha256 {actual}, expected {digest}): upload it again",
             artifact.display()
         ));
     }
-    let mut want = tar_entries(&artifact)
-        .map_err(|e| format!("cannot read artifact {}: {e}", artifact.display()))?;
     let mut have =
         disk_entries(&release).map_err(|e| format!("cannot read {}: {e}", release.display()))?;
     for ours in [VERSION_FILE, RELEASE_META] {

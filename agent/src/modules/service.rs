@@ -326,7 +326,8 @@ pub struct UnitState {
 }
 
 impl Systemctl {
-    fn argv(&self, program: &str, args: &[&str]) -> Vec<String> {
+    /// `program args...` behind the prefix, as a command line.
+    pub(crate) fn argv(&self, program: &str, args: &[&str]) -> Vec<String> {
         self.prefix
             .iter()
             .cloned()
