@@ -272,3 +272,39 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The port of a `host:port` address.
+pub fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(_, p)| p)
+}
+
+/// A small deterministic generator for crash tests, so a failing seed can be replayed.
+#[derive(Debug)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// Seeded from `RAMPART_CRASH_SEED` when set, else from the clock; the seed is printed with
+    /// the line that replays it.
+    pub fn from_env() -> (u64, XorShift) {
+        let seed = std::env::var("RAMPART_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            });
+        println!("crash seed: {seed} (rerun with RAMPART_CRASH_SEED={seed})");
+        (seed, XorShift(seed))
+    }
+
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

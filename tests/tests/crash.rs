@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rampart_tests::{AgentProc, CliRun, bin, finished_journal, read_journals, write_file};
+use rampart_tests::{
+    AgentProc, CliRun, XorShift, bin, finished_journal, port_of, read_journals, write_file,
+};
 use serde_json::Value;
 
 const PLAYBOOK: &str = include_str!("../fixtures/ok/crash-deploy.yml");
@@ -61,10 +63,6 @@ fn start_client(h: &Host, addr: &str) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn rampart run")
-}
-
-fn port_of(addr: &str) -> &str {
-    addr.rsplit_once(':').map_or(addr, |(_, p)| p)
 }
 
 /// Asserts the host and the journals after the transaction finished.
@@ -227,17 +225,6 @@ fn sigkill_again_during_recovery() {
     }
 }
 
-/// A small deterministic generator, so a failing seed can be replayed.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn wait_for_line(journal_dir: &Path, needle: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -255,17 +242,7 @@ fn wait_for_line(journal_dir: &Path, needle: &str, timeout: Duration) -> bool {
 
 #[test]
 fn sigkill_at_random_points_inside_tasks() {
-    let seed = std::env::var("RAMPART_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
-    println!("crash seed: {seed} (rerun with RAMPART_CRASH_SEED={seed})");
-    let mut rng = XorShift(seed);
+    let (seed, mut rng) = XorShift::from_env();
     let slow = [
         "b2 switch release",
         "b3 more work",

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rampart_tests::deploy::{Scenario, deploy_playbook, package_sample_app, tree_snapshot};
-use rampart_tests::{AgentProc, CliRun, bin, process_state, read_journals};
+use rampart_tests::{AgentProc, CliRun, XorShift, bin, port_of, process_state, read_journals};
 use serde_json::{Value, json};
 
 /// The release the host runs before each crashed deploy.
@@ -165,10 +165,6 @@ impl Drop for Client {
     }
 }
 
-fn port_of(addr: &str) -> &str {
-    addr.rsplit_once(':').map_or(addr, |(_, p)| p)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Journals
 
@@ -259,13 +255,7 @@ fn dot_entries(dir: &Path) -> Vec<String> {
 }
 
 fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    rampart_tests::sha256_hex(&std::fs::read(path).unwrap())
 }
 
 /// What is wrong with the artifact cache: anything left in `tmp/`, or a file under `sha256/` that
@@ -625,18 +615,6 @@ fn sigkill_at_every_record_boundary_of_a_failing_deploy() {
 // ---------------------------------------------------------------------------------------------
 // Random points inside extraction
 
-/// A small deterministic generator, so a failing seed can be replayed.
-#[derive(Debug)]
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Writes `sample-app-2.1.0.tar.gz` (and its `.sha256`) into `dist`: the packaged 2.0.0 with
 /// its version changed, plus 2,000 files of pseudo-random filler (40 MB), stored uncompressed
 /// so building it is quick while extracting it still takes a while.
@@ -820,17 +798,7 @@ fn sigkill_at_random_points_inside_extraction() {
     };
     println!("staging {BIG} takes {stage_ms} ms");
 
-    let seed = std::env::var("RAMPART_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
-    println!("crash seed: {seed} (rerun with RAMPART_CRASH_SEED={seed})");
-    let mut rng = XorShift(seed);
+    let (seed, mut rng) = XorShift::from_env();
     let delays: Vec<u64> = (0..RANDOM_KILLS)
         .map(|_| rng.next() % (stage_ms * 9 / 10).max(1))
         .collect();

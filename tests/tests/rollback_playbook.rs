@@ -47,6 +47,16 @@ fn failed_task_msg(run: &CliRun) -> String {
         .join("\n")
 }
 
+/// Rolls back to `version`, which must be refused (exit 1) with a failed task naming `needle`,
+/// while the app keeps running as `pid`.
+fn assert_refused(sc: &Scenario, version: &str, needle: &str, pid: i32) {
+    let run = rollback(sc, version);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let msg = failed_task_msg(&run);
+    assert!(msg.contains(needle), "expected `{needle}` in: {msg}");
+    assert_eq!(sc.app_pid(), Some(pid), "the app was touched");
+}
+
 #[test]
 fn rollback_then_redeploy() {
     let sc = on_v2();
@@ -92,14 +102,7 @@ fn tampered_or_missing_release_is_refused_before_anything_stops() {
 
     // A release that was never staged.
     let before = tree_snapshot(&apps);
-    let run = rollback(&sc, "0.9.0");
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(
-        failed_task_msg(&run).contains("not staged"),
-        "{}",
-        failed_task_msg(&run)
-    );
-    assert_eq!(sc.app_pid(), Some(pid), "the app was touched");
+    assert_refused(&sc, "0.9.0", "not staged", pid);
     assert_eq!(tree_snapshot(&apps), before);
 
     // One file of 1.0.0 changed on disk after it was staged.
@@ -109,11 +112,7 @@ fn tampered_or_missing_release_is_refused_before_anything_stops() {
     text.push_str("\n# edited by hand\n");
     std::fs::write(&start, text).unwrap();
     let before = tree_snapshot(&apps);
-    let run = rollback(&sc, "1.0.0");
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    let msg = failed_task_msg(&run);
-    assert!(msg.contains("start.sh"), "names the changed file: {msg}");
-    assert_eq!(sc.app_pid(), Some(pid), "the app was touched");
+    assert_refused(&sc, "1.0.0", "modified (1): start.sh", pid);
     assert_eq!(sc.serving().as_deref(), Some("2.0.0"));
     assert_eq!(tree_snapshot(&apps), before);
     assert!(!sc.state.join("locks/deploy.json").exists());
@@ -124,22 +123,9 @@ fn tampered_or_missing_release_is_refused_before_anything_stops() {
     std::fs::write(&start, text.trim_end_matches("\n# edited by hand\n")).unwrap();
     let health = release.join("health");
     std::fs::set_permissions(&health, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let run = rollback(&sc, "1.0.0");
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(
-        failed_task_msg(&run).contains("health"),
-        "{}",
-        failed_task_msg(&run)
-    );
+    assert_refused(&sc, "1.0.0", "modified (1): health", pid);
     std::fs::remove_file(&health).unwrap();
-    let run = rollback(&sc, "1.0.0");
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(
-        failed_task_msg(&run).contains("health"),
-        "{}",
-        failed_task_msg(&run)
-    );
-    assert_eq!(sc.app_pid(), Some(pid), "the app was touched");
+    assert_refused(&sc, "1.0.0", "missing (1): health", pid);
     assert_eq!(sc.serving().as_deref(), Some("2.0.0"));
 }
 
