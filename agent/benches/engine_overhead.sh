@@ -8,11 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 reps="${1:-3}"
 cargo build --release --bin rampart >&2
-venv=target/bench-venv
-if [ ! -x "$venv/bin/ansible-playbook" ]; then
-  echo "creating $venv with ansible-core (one time)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet 'ansible-core>=2.19,<2.20'
-fi
+. agent/benches/ansible-venv.sh
 exec python3 agent/benches/engine_overhead.py --rampart target/release/rampart \
-  --ansible "$venv/bin/ansible-playbook" --reps "$reps"
+  --ansible "$ansible_playbook" --reps "$reps"

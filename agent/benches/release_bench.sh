@@ -14,12 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --bin rampart -p rampart-controller >&2
 cargo build --release --bin rampart-sample-app -p rampart-tests >&2
-venv=target/bench-venv
-if [ ! -x "$venv/bin/ansible-playbook" ]; then
-  echo "creating $venv with ansible-core (one time)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet 'ansible-core>=2.19,<2.20'
-fi
+. agent/benches/ansible-venv.sh
 exec python3 agent/benches/release_bench.py --rampart target/release/rampart \
-  --ansible "$venv/bin/ansible-playbook" --sample-app-bin target/release/rampart-sample-app \
+  --ansible "$ansible_playbook" --sample-app-bin target/release/rampart-sample-app \
   --cache target/release-bench "$@"
