@@ -208,25 +208,38 @@ fn round1(x: f64) -> f64 {
 /// version they deployed when their variables name one (`target_version` or `version`).
 fn recent_deployments(state_dir: &Path) -> Vec<Value> {
     let dir = state_dir.join(crate::journal::HISTORY_DIR);
-    // By the journal's last write (its end), then by name: txids carry their start time only to
-    // the second, and several transactions may start within one.
-    let mut names: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    let t = e
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .unwrap_or(std::time::UNIX_EPOCH);
-                    (t, e.path())
-                })
-                .collect()
-        })
+    // txids start with their UTC start time, so names sort by age, but only to the second:
+    // among the newest names, those sharing a second with the oldest one kept are ordered by
+    // their journal's last write (its end). History grows with every deploy, so only these few
+    // are looked at.
+    let mut names: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     names.sort();
-    names
+    let second = |p: &PathBuf| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        name.split_once('Z')
+            .map_or(name.to_string(), |(s, _)| s.to_string())
+    };
+    let mut from = names.len().saturating_sub(RECENT_DEPLOYMENTS);
+    if let Some(oldest_kept) = names.get(from).map(second) {
+        while from > 0 && second(&names[from - 1]) == oldest_kept {
+            from -= 1;
+        }
+    }
+    let mut recent: Vec<(std::time::SystemTime, &PathBuf)> = names[from..]
         .iter()
-        .map(|(_, p)| p)
+        .map(|p| {
+            let t = fs::metadata(p)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (t, p)
+        })
+        .collect();
+    recent.sort();
+    recent
+        .iter()
+        .map(|(_, p)| *p)
         .rev()
         .take(RECENT_DEPLOYMENTS)
         .filter_map(|p| {
