@@ -217,13 +217,10 @@ fn gzip_bomb(name: &str, size: u64) -> Vec<u8> {
 
 /// `len` bytes that do not compress (xorshift64).
 fn incompressible(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x = rampart_tests::XorShift(0x9e37_79b9_7f4a_7c15);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(&x.next().to_le_bytes());
     }
     out.truncate(len);
     out
