@@ -24,6 +24,7 @@ pub mod event;
 pub mod extract;
 pub mod journal;
 pub mod lock;
+pub mod migrate;
 pub mod modules;
 pub mod playbook;
 pub mod recovery;

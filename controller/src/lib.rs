@@ -4,8 +4,10 @@
 //! Layout:
 //! - [`output`]: renders transaction events as Ansible-like text or JSON lines;
 //! - [`vars`]: `-e KEY=VALUE`, `-e @FILE`, `-e '{json}'` into one variables object;
+//! - [`migrate`]: `rampart migrate`, Flyway's commands against Flyway's history table;
 //! - [`run`]: `rampart run`, in-process (`--local`) or through an agent over gRPC (`--agent`).
 
+pub mod migrate;
 pub mod output;
 pub mod run;
 pub mod vars;

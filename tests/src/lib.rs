@@ -5,6 +5,7 @@
 //! (`cargo build --bins`) before `cargo test`.
 
 pub mod deploy;
+pub mod pg;
 pub mod systemd;
 
 use std::io::{BufRead, BufReader};

@@ -18,6 +18,7 @@ pub mod control;
 pub mod deploy_lock;
 pub mod files;
 pub mod forensics;
+pub mod migrate;
 pub mod release;
 pub mod service;
 pub mod wait_for;
@@ -179,6 +180,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &release::RELEASE,
     &service::SERVICE,
     &forensics::FORENSICS,
+    &migrate::MIGRATE,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.

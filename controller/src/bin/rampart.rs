@@ -64,11 +64,20 @@ enum Command {
         #[arg(long, hide = true)]
         no_fsync: bool,
     },
+    /// Flyway-compatible PostgreSQL migrations (info, validate, migrate, baseline, repair,
+    /// undo, clean) on Flyway's configuration and history table; `rampart migrate --help`.
+    #[command(disable_help_flag = true)]
+    Migrate {
+        /// The command and Flyway-style settings, e.g. `info -url=jdbc:postgresql://... -user=app`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Migrate { args } => rampart_controller::migrate::main(&args),
         Command::Run {
             playbook,
             local,
