@@ -69,6 +69,10 @@ pub struct RestorePoint {
     pub dump: Option<PathBuf>,
     /// The copy's database name (`template`).
     pub copy: Option<String>,
+    /// The schemas' own privileges as GRANT statements (`dump`): a schema dropped and created
+    /// again loses privileges pg_dump leaves out as defaults, such as `public`'s USAGE.
+    #[serde(default)]
+    pub grants: Vec<String>,
     /// When it was taken (RFC 3339).
     pub taken_at: String,
 }
@@ -147,6 +151,7 @@ pub fn take(
         version,
         dump: None,
         copy: None,
+        grants: Vec::new(),
         taken_at: chrono::Utc::now().to_rfc3339(),
     };
     match strategy {
@@ -172,6 +177,7 @@ pub fn take(
                 }
                 run_tool(cmd, "pg_dump")?;
                 point.dump = Some(file);
+                point.grants = schema_grants(runner.client(), &existing)?;
             }
         }
         Strategy::Template => {
@@ -232,6 +238,35 @@ fn db_extensions(client: &mut Client, schemas: &[String]) -> Result<Vec<String>,
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The privileges granted on `schemas`, as GRANT statements.
+fn schema_grants(client: &mut Client, schemas: &[String]) -> Result<Vec<String>, MigrateError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text,
+                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                    a.privilege_type, a.is_grantable
+               FROM pg_namespace n, aclexplode(n.nspacl) a
+              WHERE n.nspname = ANY($1)
+              ORDER BY 1, 2, 3",
+            &[&schemas],
+        )
+        .map_err(db::failed("reading schema privileges"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let schema: String = r.get(0);
+            let grantee: String = r.get(1);
+            let privilege: String = r.get(2);
+            let grantable: bool = r.get(3);
+            format!(
+                "GRANT {privilege} ON SCHEMA {} TO {grantee}{};",
+                db::quote_ident(&schema),
+                if grantable { " WITH GRANT OPTION" } else { "" }
+            )
+        })
+        .collect())
+}
+
 /// A pg_dump pattern that matches exactly this name (quoted, so case and dots are literal).
 fn pattern_literal(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -280,6 +315,11 @@ pub fn restore(runner: &mut Runner, point: &RestorePoint) -> Result<String, Migr
                 cmd.arg("--clean").arg("--if-exists").arg("--file=-").arg(dump);
                 let sql = run_tool(cmd, "pg_restore")?;
                 script.push_str(&String::from_utf8_lossy(&sql));
+                script.push('\n');
+            }
+            for grant in &point.grants {
+                script.push_str(grant);
+                script.push('\n');
             }
             let dir = point
                 .dump
