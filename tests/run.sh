@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, and end-to-end tests that start real
-# rampart-agent processes on 127.0.0.1 and SIGKILL them. Needs only the Rust toolchain today;
-# later suites install what they need (PostgreSQL, redis, systemd sandbox) from here.
+# rampart-agent processes on 127.0.0.1 and SIGKILL them, throwaway PostgreSQL clusters and a
+# sandboxed systemd. Installs what the tests drive (Debian packages) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Tools the end-to-end tests drive: curl (health checks), openssl (a test CA for https
-# artifacts), python3 (an https server), systemd (the sandboxed service manager).
+# artifacts), python3 (an https server), systemd (the sandboxed service manager), PostgreSQL
+# (server for throwaway clusters; psql, pg_dump, pg_restore for restore points).
 missing=()
-for tool in curl:curl openssl:openssl python3:python3 /lib/systemd/systemd:systemd; do
+for tool in curl:curl openssl:openssl python3:python3 /lib/systemd/systemd:systemd \
+  psql:postgresql-client pg_dump:postgresql-client pg_restore:postgresql-client; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "${tool%%:*}" ] || missing+=("${tool##*:}")
 done
+if ! [ -x /usr/local/bin/initdb ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -7,7 +7,9 @@
 # Outputs in OUT_DIR: sample-app-1.0.0.tar.gz and sample-app-2.0.0.tar.gz (healthy),
 #         sample-app-3.0.0.tar.gz (broken: starts, but its `health` file says DOWN), each with a
 #         `<name>.sha256` line beside it as `sha256sum` writes it.
-# Each tarball holds at its root: bin/rampart-sample-app, version.txt, health, start.sh.
+# Each tarball holds at its root: bin/rampart-sample-app, version.txt, health, start.sh and
+# db/migration/ with the Flyway migrations of its version and the ones before it (V1 with 1.0.0,
+# V1-V2 with 2.0.0, V1-V3 with 3.0.0), each with its U undo script.
 # Archives are reproducible: sorted names, fixed owner and mtime, gzip without name or time.
 set -euo pipefail
 
@@ -49,12 +51,20 @@ root="$(cd "$(dirname "$0")" && pwd)"
 exec "$root/bin/rampart-sample-app" --root "$root" --listen "${SAMPLE_APP_LISTEN:-127.0.0.1:18080}"
 EOF
     chmod 0755 "$root/start.sh"
+    mkdir -p "$root/db/migration"
+    major="${version%%.*}"
+    for n in $(seq 1 "$major"); do
+        cp "$workspace/playbooks/sample-app/db/migration/"[VU]"${n}"__*.sql "$root/db/migration/"
+    done
+    chmod 0755 "$root/db" "$root/db/migration"
+    chmod 0644 "$root/db/migration/"*.sql
+    touch -h -d @0 "$root/db" "$root/db/migration" "$root/db/migration/"*.sql
     chmod 0644 "$root/version.txt" "$root/health"
     chmod 0755 "$root" "$root/bin"
     touch -h -d @0 "$root" "$root/bin" "$root/bin/rampart-sample-app" "$root/version.txt" "$root/health" "$root/start.sh"
 
     tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
-        --format=gnu -C "$root" -cf - bin health start.sh version.txt |
+        --format=gnu -C "$root" -cf - bin db health start.sh version.txt |
         gzip -n -9 >"$out_dir/$name.tar.gz.tmp"
     mv "$out_dir/$name.tar.gz.tmp" "$out_dir/$name.tar.gz"
     (cd "$out_dir" && sha256sum "$name.tar.gz" >"$name.tar.gz.sha256")

@@ -361,15 +361,39 @@ pub fn restore(runner: &mut Runner, point: &RestorePoint) -> Result<String, Migr
                     &[&database],
                 )
                 .map_err(db::failed("ending sessions on the migrated database"))?;
-            for sql in [
-                format!("ALTER DATABASE {} RENAME TO {}", db::quote_ident(&database), db::quote_ident(&aside)),
-                format!("ALTER DATABASE {} RENAME TO {}", db::quote_ident(&copy), db::quote_ident(&database)),
-                format!("DROP DATABASE {}", db::quote_ident(&aside)),
-            ] {
+            // Each step checks what is already done, so a restore interrupted by a crash and run
+            // again by recovery finishes the swap instead of failing on a missing name.
+            let exists = |admin: &mut Client, name: &str| -> Result<bool, MigrateError> {
                 admin
-                    .batch_execute(&sql)
-                    .map_err(db::failed("swapping the copy back"))?;
+                    .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&name])
+                    .map(|r| r.get(0))
+                    .map_err(db::failed("looking up a database"))
+            };
+            if exists(admin, &copy)? {
+                if exists(admin, &database)? {
+                    admin
+                        .batch_execute(&format!(
+                            "ALTER DATABASE {} RENAME TO {}",
+                            db::quote_ident(&database),
+                            db::quote_ident(&aside)
+                        ))
+                        .map_err(db::failed("renaming the migrated database aside"))?;
+                }
+                admin
+                    .batch_execute(&format!(
+                        "ALTER DATABASE {} RENAME TO {}",
+                        db::quote_ident(&copy),
+                        db::quote_ident(&database)
+                    ))
+                    .map_err(db::failed("renaming the copy back"))?;
+            } else if !exists(admin, &database)? {
+                return Err(MigrateError::RestorePoint(format!(
+                    "neither database {database} nor its copy {copy} exists"
+                )));
             }
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {}", db::quote_ident(&aside)))
+                .map_err(db::failed("dropping the migrated database"))?;
             runner.unpark()?;
             Ok(format!("swapped database {database} back to its copy taken at {}", point.taken_at))
         }

@@ -124,7 +124,8 @@ fn configuration(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<confi
         ("table", "table"),
         ("target", "target"),
     ] {
-        if let Some(v) = arg_str(args, arg) {
+        // A playbook passes '' for "not set" (`| default('')`).
+        if let Some(v) = arg_str(args, arg).filter(|v| !v.is_empty()) {
             cli.push((key.to_string(), v.to_string()));
         }
     }

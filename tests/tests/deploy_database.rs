@@ -1,0 +1,111 @@
+//! The shipped transactional playbook with a database: the sample app's releases carry their
+//! Flyway migrations (`db/migration`), each deploy migrates a real PostgreSQL 15 inside the
+//! transaction, and the broken v3 — whose migration succeeds but whose health check fails — is
+//! rolled back together with its migration, with each restore strategy.
+
+use rampart_tests::deploy::{Scenario, deploy_playbook};
+use rampart_tests::pg::{PASSWORD, Pg};
+use serde_json::{Value, json};
+
+fn vars(sc: &Scenario, pg: &Pg, version: &str, restore_point: &str) -> Value {
+    let mut v = sc.vars(version);
+    v["database"] = json!({
+        "url": pg.url("shop"),
+        "user": "postgres",
+        "password": PASSWORD,
+        "restore_point": restore_point,
+    });
+    v
+}
+
+fn deploy_v1_v2_then_v3_rolls_back_the_database(restore_point: &str) {
+    let pg = Pg::start();
+    pg.create_db("shop");
+    let sc = Scenario::new();
+    for (version, code) in [("1.0.0", 0), ("2.0.0", 0)] {
+        let run = sc.run(
+            &deploy_playbook(),
+            &vars(&sc, &pg, version, restore_point),
+            &[],
+        );
+        assert_eq!(
+            run.code, code,
+            "deploy {version}\n{}\n{}",
+            run.stdout, run.stderr
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            "shop",
+            "SELECT string_agg(version, ',' ORDER BY installed_rank) FROM flyway_schema_history"
+        ),
+        "1,2"
+    );
+    // Production writes between deploys: the restore must keep them.
+    pg.psql("shop", "INSERT INTO orders (item) VALUES ('tea')");
+    let schema = pg.schema_dump("shop");
+    let orders = pg.rows("shop", "orders");
+    let history = pg.rows("shop", "flyway_schema_history");
+
+    let run = sc.run(
+        &deploy_playbook(),
+        &vars(&sc, &pg, "3.0.0", restore_point),
+        &[],
+    );
+    assert_eq!(
+        run.code, 1,
+        "v3 rolled back\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(run.summary()["outcome"], "rolled_back");
+    assert!(
+        run.stdout.contains("applied 1 migration(s): 2 -> 3"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(sc.serving().as_deref(), Some("2.0.0"));
+
+    assert_eq!(
+        pg.schema_dump("shop"),
+        schema,
+        "{restore_point}: schema back to v2"
+    );
+    assert_eq!(
+        pg.rows("shop", "orders"),
+        orders,
+        "{restore_point}: rows back to v2"
+    );
+    if restore_point != "undo" {
+        assert_eq!(pg.rows("shop", "flyway_schema_history"), history);
+    }
+    assert_eq!(
+        pg.psql(
+            "shop",
+            "SELECT count(*) FROM pg_class WHERE relname = 'order_totals'"
+        ),
+        "0"
+    );
+    // Deploying 2.0.0 again is a no-op for the database.
+    let again = sc.run(
+        &deploy_playbook(),
+        &vars(&sc, &pg, "2.0.0", restore_point),
+        &[],
+    );
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert_eq!(pg.rows("shop", "orders"), orders);
+}
+
+#[test]
+fn broken_v3_rolls_back_its_migration_with_a_dump() {
+    deploy_v1_v2_then_v3_rolls_back_the_database("dump");
+}
+
+#[test]
+fn broken_v3_rolls_back_its_migration_with_undo_scripts() {
+    deploy_v1_v2_then_v3_rolls_back_the_database("undo");
+}
+
+#[test]
+fn broken_v3_rolls_back_its_migration_with_a_template_copy() {
+    deploy_v1_v2_then_v3_rolls_back_the_database("template");
+}
