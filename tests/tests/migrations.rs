@@ -589,3 +589,257 @@ fn bad_input_is_refused_with_a_clear_error_and_the_database_untouched() {
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("-locations=filesystem:DIR"));
 }
+
+#[test]
+fn commands_and_settings_flyway_users_rely_on() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("sql");
+    std::fs::create_dir(&sql).unwrap();
+    std::fs::write(sql.join("V1__one.sql"), "CREATE TABLE one (a INT);\n").unwrap();
+    std::fs::write(sql.join("V2__two.sql"), "CREATE TABLE two (a INT);\n").unwrap();
+
+    // A schema the run creates gets Flyway's rank-0 marker row, its name quoted.
+    pg.create_db("schemas");
+    ok(migrate(
+        &pg,
+        "schemas",
+        "migrate",
+        &sql,
+        &["-schemas=app,audit"],
+    ));
+    assert_eq!(
+        pg.psql("schemas", "SELECT installed_rank || '|' || type || '|' || script || '|' || description FROM app.flyway_schema_history ORDER BY 1 LIMIT 1"),
+        "0|SCHEMA|\"app\",\"audit\"|<< Flyway Schema Creation >>"
+    );
+    assert_eq!(
+        pg.psql(
+            "schemas",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'"
+        ),
+        "3"
+    );
+
+    // A non-empty schema without history: refused, unless baselined; then only newer migrations.
+    pg.create_db("existing");
+    pg.psql("existing", "CREATE TABLE one (a INT)");
+    let refused = migrate(&pg, "existing", "migrate", &sql, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("without schema history table"),
+        "{}",
+        text(&refused)
+    );
+    ok(migrate(
+        &pg,
+        "existing",
+        "migrate",
+        &sql,
+        &["-baselineOnMigrate=true"],
+    ));
+    assert_eq!(
+        pg.psql("existing", "SELECT installed_rank || '|' || version || '|' || type || '|' || description || '|' || script || '|' || coalesce(checksum::text, 'null') FROM flyway_schema_history ORDER BY 1"),
+        "1|1|BASELINE|<< Flyway Baseline >>|<< Flyway Baseline >>|null\n2|2|SQL|two|V2__two.sql|".to_string()
+            + &rampart_agent::migrate::checksum::of_bytes(b"CREATE TABLE two (a INT);\n").unwrap().to_string()
+    );
+    // `baseline` on a fresh database, at a chosen version.
+    pg.create_db("based");
+    ok(migrate(
+        &pg,
+        "based",
+        "baseline",
+        &sql,
+        &["-baselineVersion=1"],
+    ));
+    ok(migrate(&pg, "based", "migrate", &sql, &[]));
+    assert_eq!(pg.psql("based", "SELECT string_agg(type || ':' || version, ',' ORDER BY installed_rank) FROM flyway_schema_history"), "BASELINE:1,SQL:2");
+
+    // Callbacks run around migrations, in the same transactions.
+    pg.create_db("callbacks");
+    let cb = dir.path().join("cb");
+    std::fs::create_dir(&cb).unwrap();
+    std::fs::write(cb.join("V1__one.sql"), "CREATE TABLE one (a INT);\n").unwrap();
+    std::fs::write(cb.join("V2__two.sql"), "CREATE TABLE two (a INT);\n").unwrap();
+    std::fs::write(
+        cb.join("beforeMigrate.sql"),
+        "CREATE TABLE IF NOT EXISTS events (e TEXT);\nINSERT INTO events VALUES ('before');\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cb.join("afterEachMigrate.sql"),
+        "INSERT INTO events VALUES ('after ${flyway:filename}');\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cb.join("afterMigrate__done.sql"),
+        "INSERT INTO events VALUES ('done');\n",
+    )
+    .unwrap();
+    ok(migrate(&pg, "callbacks", "migrate", &cb, &[]));
+    assert_eq!(
+        pg.psql("callbacks", "SELECT string_agg(e, ',') FROM events"),
+        "before,after afterEachMigrate.sql,after afterEachMigrate.sql,done"
+    );
+    assert_eq!(
+        pg.psql("callbacks", "SELECT count(*) FROM flyway_schema_history"),
+        "2",
+        "callbacks are not migrations"
+    );
+
+    // A non-transactional migration that fails leaves a failed row; migrate then refuses until
+    // repair removes it.
+    pg.create_db("failing");
+    let nt = dir.path().join("nt");
+    std::fs::create_dir(&nt).unwrap();
+    std::fs::write(nt.join("V1__t.sql"), "CREATE TABLE t (a INT);\n").unwrap();
+    std::fs::write(
+        nt.join("V2__idx.sql"),
+        "CREATE INDEX CONCURRENTLY t_b ON t (no_such_column);\n",
+    )
+    .unwrap();
+    let out = migrate(&pg, "failing", "migrate", &nt, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        pg.psql(
+            "failing",
+            "SELECT version || ':' || success FROM flyway_schema_history WHERE version = '2'"
+        ),
+        "2:false"
+    );
+    let info = json_of(&migrate(&pg, "failing", "info", &nt, &["--json"]));
+    assert!(
+        info["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["version"] == "2" && m["state"] == "Failed"),
+        "{info}"
+    );
+    let blocked = migrate(&pg, "failing", "migrate", &nt, &[]);
+    assert_eq!(blocked.status.code(), Some(1));
+    assert!(
+        text(&blocked).contains("failed migration to version 2"),
+        "{}",
+        text(&blocked)
+    );
+    std::fs::write(
+        nt.join("V2__idx.sql"),
+        "CREATE INDEX CONCURRENTLY t_a ON t (a);\n",
+    )
+    .unwrap();
+    ok(migrate(&pg, "failing", "repair", &nt, &[]));
+    ok(migrate(&pg, "failing", "migrate", &nt, &[]));
+    assert_eq!(pg.psql("failing", "SELECT string_agg(version || ':' || success, ',' ORDER BY installed_rank) FROM flyway_schema_history"), "1:true,2:true");
+
+    // Mixing statements that need a transaction with ones that cannot run in one is refused,
+    // before anything runs, unless mixed=true; a .conf can take a script out of its transaction.
+    pg.create_db("mixed");
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    std::fs::write(
+        mixed.join("V1__mixed.sql"),
+        "CREATE TABLE m (a INT);\nCREATE INDEX CONCURRENTLY m_a ON m (a);\n",
+    )
+    .unwrap();
+    let out = migrate(&pg, "mixed", "migrate", &mixed, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("mixes non-transactional statements (line 2"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        pg.psql(
+            "mixed",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+    ok(migrate(&pg, "mixed", "migrate", &mixed, &["-mixed=true"]));
+    std::fs::write(mixed.join("V2__vacuum.sql"), "VACUUM m;\n").unwrap();
+    std::fs::write(mixed.join("V3__outside.sql"), "INSERT INTO m VALUES (1);\n").unwrap();
+    std::fs::write(
+        mixed.join("V3__outside.sql.conf"),
+        "executeInTransaction=false\n",
+    )
+    .unwrap();
+    ok(migrate(&pg, "mixed", "migrate", &mixed, &["-mixed=true"]));
+
+    // clean is refused by default, and empties the schema when enabled.
+    let out = migrate(&pg, "mixed", "clean", &mixed, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("cleanDisabled"), "{}", text(&out));
+    assert_eq!(pg.psql("mixed", "SELECT count(*) FROM m"), "1");
+    ok(migrate(
+        &pg,
+        "mixed",
+        "clean",
+        &mixed,
+        &["-cleanDisabled=false"],
+    ));
+    assert_eq!(
+        pg.psql(
+            "mixed",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn configuration_comes_from_flyway_conf_then_environment_then_command_line() {
+    let pg = Pg::start();
+    pg.create_db("fromconf");
+    pg.create_db("fromenv");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sql")).unwrap();
+    std::fs::write(
+        dir.path().join("sql/V1__one.sql"),
+        "CREATE TABLE one (v TEXT);\nINSERT INTO one VALUES ('${greeting}');\n",
+    )
+    .unwrap();
+    // flyway.conf in the working directory, as Flyway users keep it.
+    std::fs::write(
+        dir.path().join("flyway.conf"),
+        format!(
+            "# the team's existing Flyway configuration\nflyway.url={}\nflyway.user=postgres\nflyway.locations=filesystem:sql\nflyway.placeholders.greeting=from conf\n",
+            pg.url("fromconf")
+        ),
+    )
+    .unwrap();
+    let run = |env: &[(&str, String)], args: &[&str]| {
+        Command::new(bin("rampart"))
+            .arg("migrate")
+            .args(args)
+            .current_dir(dir.path())
+            .env("HOME", dir.path().join("no-home"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    };
+    // The password only in the environment.
+    let pw = [("FLYWAY_PASSWORD", PASSWORD.to_string())];
+    ok(run(&pw, &["migrate"]));
+    assert_eq!(pg.psql("fromconf", "SELECT v FROM one"), "from conf");
+    // The environment overrides the file, the command line overrides both.
+    let env = [
+        ("FLYWAY_PASSWORD", PASSWORD.to_string()),
+        ("FLYWAY_URL", pg.url("fromenv")),
+        ("FLYWAY_PLACEHOLDERS_GREETING", "from env".to_string()),
+    ];
+    ok(run(&env, &["migrate", "-placeholders.greeting=from cli"]));
+    assert_eq!(pg.psql("fromenv", "SELECT v FROM one"), "from cli");
+    // A key Flyway does not know is named with its file.
+    std::fs::write(
+        dir.path().join("bad.conf"),
+        "flyway.urll=jdbc:postgresql://x/y\n",
+    )
+    .unwrap();
+    let out = run(&pw, &["info", "-configFiles=bad.conf"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("urll") && text(&out).contains("bad.conf"),
+        "{}",
+        text(&out)
+    );
+}

@@ -327,6 +327,36 @@ impl Runner {
         prepare(&self.placeholders, self.config.mixed, script)
     }
 
+    /// Puts the history's schema first on the search path (when it exists), as Flyway does,
+    /// so unqualified names in scripts land there.
+    fn use_schema(&mut self) -> Result<(), MigrateError> {
+        if !db::schema_exists(&mut self.client, &self.schema)? {
+            return Ok(());
+        }
+        let path = db::scalar(
+            &mut self.client,
+            "SELECT current_setting('search_path')",
+            "reading the search path",
+        )?;
+        let quoted = db::quote_ident(&self.schema);
+        if path == self.schema
+            || path == quoted
+            || path.starts_with(&format!("{quoted},"))
+            || path.starts_with(&format!("{},", self.schema))
+        {
+            return Ok(());
+        }
+        let new_path = if path.trim().is_empty() {
+            quoted
+        } else {
+            format!("{quoted}, {path}")
+        };
+        self.client
+            .execute("SELECT set_config('search_path', $1, false)", &[&new_path])
+            .map(drop)
+            .map_err(db::failed("setting the search path"))
+    }
+
     /// Creates missing schemas (recording the marker row) and the history table, baselining a
     /// non-empty schema when configured to. Returns (created, baselined).
     fn ensure_table(&mut self) -> Result<(bool, bool), MigrateError> {
@@ -487,6 +517,7 @@ impl Runner {
             }
         }
         let (created_table, baselined) = self.ensure_table()?;
+        self.use_schema()?;
         let mut rows = db::rows_after(&mut self.client, &self.schema, &self.table, -1)?;
         let initial_version = plan::info(&self.found, &rows, &self.settings)
             .current
