@@ -110,6 +110,9 @@ pub enum MigrateError {
         /// Its first words.
         statement: String,
     },
+    /// A setting this runner does not support.
+    #[error("unsupported setting: {0}")]
+    Unsupported(String),
     /// A `-target` that is not a version.
     #[error("invalid target '{0}': use latest, current, next or a version such as 1.2")]
     BadTarget(String),

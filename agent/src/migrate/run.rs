@@ -142,6 +142,14 @@ impl Runner {
         }
         let target = Target::parse(config.target.as_deref()).map_err(MigrateError::BadTarget)?;
 
+        if !config.encoding.eq_ignore_ascii_case("UTF-8")
+            && !config.encoding.eq_ignore_ascii_case("UTF8")
+        {
+            return Err(MigrateError::Unsupported(format!(
+                "encoding {}: scripts are read as UTF-8; convert them (e.g. iconv -f {} -t UTF-8) and drop the setting",
+                config.encoding, config.encoding
+            )));
+        }
         let raw_url = config.url.as_deref().ok_or(MigrateError::NoUrl)?;
         let url = parse_jdbc_url(raw_url)?;
         let shown_url = redact_url(raw_url);
@@ -575,6 +583,9 @@ impl Runner {
             &self.placeholders,
             Event::BeforeMigrate,
         )?;
+        if self.config.group {
+            return self.migrate_group(rows, applied, progress);
+        }
         // Bounded: each pass applies one migration or stops, and there are finitely many.
         for _ in 0..=self.found.versioned.len() + self.found.repeatable.len() {
             let mut tx = self
@@ -666,6 +677,99 @@ impl Runner {
                 execution_time_ms: row.execution_time as u64,
                 transactional,
             });
+        }
+        Ok(())
+    }
+
+    /// `group=true`: every pending migration in one transaction, so all apply or none does.
+    fn migrate_group(
+        &mut self,
+        rows: &mut Vec<AppliedRow>,
+        applied: &mut Vec<Applied>,
+        progress: &mut dyn FnMut(&Script, bool),
+    ) -> Result<(), MigrateError> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(db::failed("starting a transaction"))?;
+        db::lock_in_transaction(&mut tx, self.lock_key, self.config.lock_retry_count)?;
+        let last = rows.last().map_or(-1, |r| r.installed_rank);
+        rows.extend(db::rows_after(&mut tx, &self.schema, &self.table, last)?);
+        let info = plan::info(&self.found, rows, &self.settings);
+        let steps = plan::pending(&info).map_err(|version| MigrateError::FailedRow {
+            table: db::table_name(&self.schema, &self.table),
+            version,
+        })?;
+        let mut new_rows = Vec::new();
+        for step in steps {
+            let script = script_of(&self.found, step).clone();
+            let (statements, transactional) =
+                prepare(&self.placeholders, self.config.mixed, &script)?;
+            if !transactional {
+                return Err(MigrateError::Mixed {
+                    script: script.script.clone(),
+                    line: statements
+                        .iter()
+                        .find(|s| !s.transactional)
+                        .map_or(1, |s| s.line),
+                    statement: "group=true puts every migration in one transaction".into(),
+                });
+            }
+            progress(&script, true);
+            let started = Instant::now();
+            let outcome = Self::callbacks(
+                &mut tx,
+                &self.found,
+                &self.placeholders,
+                Event::BeforeEachMigrate,
+            )
+            .and_then(|()| run_statements(&mut tx, &script, &statements))
+            .and_then(|()| {
+                Self::callbacks(
+                    &mut tx,
+                    &self.found,
+                    &self.placeholders,
+                    Event::AfterEachMigrate,
+                )
+            });
+            if let Err(e) = outcome {
+                drop(tx); // rolls back the whole group
+                self.after_each_error();
+                return Err(with_applied(e, Vec::new(), false));
+            }
+            let row = AppliedRow {
+                installed_rank: rows
+                    .last()
+                    .into_iter()
+                    .chain(new_rows.last())
+                    .map(|r: &AppliedRow| r.installed_rank + 1)
+                    .max()
+                    .unwrap_or(1)
+                    .max(1),
+                version: script.version.as_ref().map(ToString::to_string),
+                description: script.description.clone(),
+                kind: script.kind.history_type().to_string(),
+                script: script.script.clone(),
+                checksum: Some(script.checksum),
+                installed_by: self.installed_by.clone(),
+                installed_on: String::new(),
+                execution_time: elapsed_ms(started),
+                success: true,
+            };
+            db::insert(&mut tx, &self.schema, &self.table, &row)?;
+            new_rows.push(row);
+        }
+        tx.commit().map_err(db::failed("committing the group"))?;
+        for row in new_rows {
+            applied.push(Applied {
+                version: row.version.clone(),
+                description: row.description.clone(),
+                script: row.script.clone(),
+                kind: row.kind.clone(),
+                execution_time_ms: row.execution_time as u64,
+                transactional: true,
+            });
+            rows.push(row);
         }
         Ok(())
     }
