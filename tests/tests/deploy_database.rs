@@ -85,6 +85,21 @@ fn deploy_v1_v2_then_v3_rolls_back_the_database(restore_point: &str) {
         ),
         "0"
     );
+    // The state captures record the database's schema version: 2 before v3, 2 once restored.
+    let mut captures: Vec<_> = std::fs::read_dir(sc.dir.path().join("captures"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    captures.sort();
+    let versions: Vec<Value> = captures
+        .iter()
+        .rev()
+        .take(2)
+        .map(|p| serde_json::from_slice::<Value>(&std::fs::read(p).unwrap()).unwrap()["versions"]["database"].clone())
+        .collect();
+    assert_eq!(versions, [json!("2"), json!("2")], "{captures:?}");
+
     // Deploying 2.0.0 again is a no-op for the database.
     let again = sc.run(
         &deploy_playbook(),

@@ -770,13 +770,32 @@ fn commands_and_settings_flyway_users_rely_on() {
     let grouped = dir.path().join("grouped");
     std::fs::create_dir(&grouped).unwrap();
     std::fs::write(grouped.join("V1__a.sql"), "CREATE TABLE a (x INT);\n").unwrap();
-    std::fs::write(grouped.join("V2__b.sql"), "CREATE TABLE b (x INT);\nSELECT 1 / 0;\n").unwrap();
+    std::fs::write(
+        grouped.join("V2__b.sql"),
+        "CREATE TABLE b (x INT);\nSELECT 1 / 0;\n",
+    )
+    .unwrap();
     let out = migrate(&pg, "grouped", "migrate", &grouped, &["-group=true"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_eq!(pg.psql("grouped", "SELECT count(*) FROM flyway_schema_history"), "0");
-    assert_eq!(pg.psql("grouped", "SELECT count(*) FROM pg_tables WHERE tablename IN ('a', 'b')"), "0");
+    assert_eq!(
+        pg.psql("grouped", "SELECT count(*) FROM flyway_schema_history"),
+        "0"
+    );
+    assert_eq!(
+        pg.psql(
+            "grouped",
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('a', 'b')"
+        ),
+        "0"
+    );
     std::fs::write(grouped.join("V2__b.sql"), "CREATE TABLE b (x INT);\n").unwrap();
-    ok(migrate(&pg, "grouped", "migrate", &grouped, &["-group=true"]));
+    ok(migrate(
+        &pg,
+        "grouped",
+        "migrate",
+        &grouped,
+        &["-group=true"],
+    ));
     assert_eq!(pg.psql("grouped", "SELECT string_agg(installed_rank || ':' || version, ',' ORDER BY 1) FROM flyway_schema_history"), "1:1,2:2");
 
     // clean is refused by default, and empties the schema when enabled.

@@ -150,23 +150,8 @@ impl Runner {
                 config.encoding, config.encoding
             )));
         }
-        let raw_url = config.url.as_deref().ok_or(MigrateError::NoUrl)?;
-        let url = parse_jdbc_url(raw_url)?;
-        let shown_url = redact_url(raw_url);
-        let user = config
-            .user
-            .clone()
-            .or_else(|| url.user.clone())
-            .unwrap_or_else(|| "postgres".to_string());
-        let password = config.password.clone().or_else(|| url.password.clone());
-        let connection = Connection {
-            url,
-            shown_url: shown_url.clone(),
-            user: user.clone(),
-            password,
-            retries: config.connect_retries,
-            maintenance_db: DEFAULT_MAINTENANCE_DB.to_string(),
-        };
+        let connection = Connection::from_config(config)?;
+        let (shown_url, user) = (connection.shown_url.clone(), connection.user.clone());
         let url = connection.url.clone();
         let mut client = connection.connect(None)?;
         let database = db::scalar(
@@ -1168,6 +1153,26 @@ impl Runner {
 }
 
 impl Connection {
+    /// The connection a configuration describes (URL, login; user defaults to `postgres`).
+    pub fn from_config(config: &Config) -> Result<Connection, MigrateError> {
+        let raw_url = config.url.as_deref().ok_or(MigrateError::NoUrl)?;
+        let url = parse_jdbc_url(raw_url)?;
+        let user = config
+            .user
+            .clone()
+            .or_else(|| url.user.clone())
+            .unwrap_or_else(|| "postgres".to_string());
+        let password = config.password.clone().or_else(|| url.password.clone());
+        Ok(Connection {
+            url,
+            shown_url: redact_url(raw_url),
+            user,
+            password,
+            retries: config.connect_retries,
+            maintenance_db: DEFAULT_MAINTENANCE_DB.to_string(),
+        })
+    }
+
     /// Opens a session on the configured database, or on `database` instead.
     pub fn connect(&self, database: Option<&str>) -> Result<Client, MigrateError> {
         let mut url = self.url.clone();
@@ -1182,6 +1187,35 @@ impl Connection {
             self.retries,
         )
     }
+}
+
+/// The schema version recorded in a database's history (none without a history or a
+/// successful versioned row): what a state capture records. Needs no migration scripts.
+pub fn schema_version(config: &Config) -> Result<Option<String>, MigrateError> {
+    let connection = Connection::from_config(config)?;
+    let mut client = connection.connect(None)?;
+    let schema = match config
+        .default_schema
+        .clone()
+        .or_else(|| config.schemas.first().cloned())
+    {
+        Some(s) => s,
+        None => match connection.url.current_schema.clone() {
+            Some(s) => s,
+            None => db::scalar(
+                &mut client,
+                "SELECT coalesce(current_schema()::text, 'public')",
+                "reading the current schema",
+            )?,
+        },
+    };
+    if !db::table_exists(&mut client, &schema, &config.table)? {
+        return Ok(None);
+    }
+    let rows = db::rows_after(&mut client, &schema, &config.table, -1)?;
+    Ok(plan::info(&Found::default(), &rows, &Settings::default())
+        .current
+        .map(|v| v.to_string()))
 }
 
 fn script_of(found: &Found, step: Step) -> &Script {

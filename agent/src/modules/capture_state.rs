@@ -3,7 +3,8 @@
 //! Inputs: `components` (default: every component under `<state_dir>/apps/`), `services`
 //! (systemd units), `dest_dir` (default `/var/backups/deployment-state`). Output: the state
 //! document of DESIGN.md — `timestamp`, `host`, `txid`, `versions` (per component, from its
-//! `current` release; `database` is null until the migrations work fills it), `services`
+//! `current` release; `database` = the Flyway schema version when `database` {url, user,
+//! password, schemas, table} is given, else null), `services`
 //! (ActiveState per unit, `unknown` without systemd), `system` (`uptime_since`, `load_average`,
 //! `disk_usage` % of the state dir's filesystem, `memory` %), `deployments` (the last 3 finished
 //! transactions) — written atomically to `<dest_dir>/<ts>-<txid>.json` and returned as `state`
@@ -33,6 +34,7 @@ pub static CAPTURE_STATE: ModuleSpec = ModuleSpec {
         ArgSpec::opt("components", ArgKind::List),
         ArgSpec::opt("services", ArgKind::List),
         ArgSpec::opt("dest_dir", ArgKind::Str),
+        ArgSpec::opt("database", ArgKind::Any),
     ],
     free_form: FreeForm::KeyValue,
     any_args: false,
@@ -90,12 +92,25 @@ pub fn capture(state_dir: &Path, components: &[String], services: &[String], txi
 
 fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     let now = chrono::Utc::now();
-    let state = capture(
+    let mut state = capture(
         ctx.state_dir,
         &strings(args.get("components")),
         &strings(args.get("services")),
         ctx.txid,
     );
+    // The database's Flyway schema version, when the deploy has a database: recorded, never
+    // fatal (an unreachable database is the migrate step's failure to report).
+    if let Some(Value::Object(database)) = args.get("database") {
+        let version = super::migrate::configuration(database, ctx)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                crate::migrate::run::schema_version(&config).map_err(|e| e.to_string())
+            });
+        match version {
+            Ok(v) => state["versions"]["database"] = json!(v),
+            Err(e) => state["database_error"] = json!(e),
+        }
+    }
     let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
     // One transaction may capture twice (before and after): the name never reuses a capture's.
     let stamp = now.format("%Y%m%dT%H%M%S%.6fZ");

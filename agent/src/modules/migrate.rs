@@ -113,8 +113,12 @@ fn strings(args: &Map<String, Value>, name: &str) -> Vec<String> {
     }
 }
 
-/// The Flyway configuration the task describes: its config files, then its arguments.
-fn configuration(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<config::Config, String> {
+/// The Flyway configuration the task describes: its config files, then its arguments (also
+/// used by `capture_state` for its `database` argument).
+pub(crate) fn configuration(
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+) -> Result<config::Config, String> {
     let base = ctx.base_dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let mut cli = Vec::new();
     for (arg, key) in [
