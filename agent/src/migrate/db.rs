@@ -242,6 +242,133 @@ pub fn insert(
     .map_err(failed("writing the schema history row"))
 }
 
+/// The columns read from the history, in [`AppliedRow`] order.
+const ROW_COLUMNS: &str = "installed_rank, version, description, type, script, checksum, installed_by, \
+     to_char(installed_on, 'YYYY-MM-DD HH24:MI:SS'), execution_time, success";
+
+/// A string literal that means the same whatever `standard_conforming_strings` says.
+fn escape_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn literal_or_null(value: Option<&str>) -> String {
+    value.map_or_else(|| "NULL".to_string(), escape_literal)
+}
+
+/// In one round trip: BEGIN, Flyway's transaction-scoped lock (retried up to `tries` times),
+/// and the history rows ranked above `after`. Returns with the transaction open.
+pub fn begin_locked(
+    client: &mut Client,
+    schema: &str,
+    table: &str,
+    key: i64,
+    tries: u32,
+    after: i32,
+) -> Result<Vec<AppliedRow>, MigrateError> {
+    let sql = format!(
+        "BEGIN; SELECT pg_try_advisory_xact_lock({key}); SELECT {ROW_COLUMNS} FROM {} WHERE installed_rank > {after} ORDER BY installed_rank",
+        table_name(schema, table)
+    );
+    let tries = tries.max(1);
+    for attempt in 1..=tries {
+        let messages = client
+            .simple_query(&sql)
+            .map_err(failed("taking the migration lock"))?;
+        // Results in order: BEGIN, the lock, the rows; CommandComplete ends each.
+        let mut result = 0;
+        let mut locked = false;
+        let mut rows = Vec::new();
+        for message in &messages {
+            match message {
+                postgres::SimpleQueryMessage::CommandComplete(_) => result += 1,
+                postgres::SimpleQueryMessage::Row(r) if result == 1 => {
+                    locked = r.get(0) == Some("t")
+                }
+                postgres::SimpleQueryMessage::Row(r) if result == 2 => rows.push(text_row(r)?),
+                _ => {}
+            }
+        }
+        if locked {
+            return Ok(rows);
+        }
+        rollback(client)?;
+        if attempt < tries {
+            std::thread::sleep(LOCK_RETRY_DELAY);
+        }
+    }
+    Err(MigrateError::Lock { key, tries })
+}
+
+/// Parses a history row read with the simple (text) protocol.
+fn text_row(r: &postgres::SimpleQueryRow) -> Result<AppliedRow, MigrateError> {
+    let bad = |what: &str| MigrateError::Database {
+        action: "reading the schema history table".into(),
+        message: format!("unexpected {what} in a history row"),
+    };
+    let int = |i: usize| -> Result<i32, MigrateError> {
+        r.get(i)
+            .ok_or_else(|| bad("NULL"))?
+            .parse()
+            .map_err(|_| bad("number"))
+    };
+    let text = |i: usize| r.get(i).unwrap_or_default().to_string();
+    Ok(AppliedRow {
+        installed_rank: int(0)?,
+        version: r.get(1).map(str::to_string),
+        description: text(2),
+        kind: text(3),
+        script: text(4),
+        checksum: match r.get(5) {
+            Some(c) => Some(c.parse().map_err(|_| bad("checksum"))?),
+            None => None,
+        },
+        installed_by: text(6),
+        installed_on: text(7),
+        execution_time: int(8)?,
+        success: r.get(9) == Some("t"),
+    })
+}
+
+/// Inserts a history row and commits, in one round trip.
+pub fn insert_and_commit(
+    client: &mut Client,
+    schema: &str,
+    table: &str,
+    row: &AppliedRow,
+) -> Result<(), MigrateError> {
+    let sql = format!(
+        "INSERT INTO {} (\"installed_rank\", \"version\", \"description\", \"type\", \"script\", \"checksum\", \"installed_by\", \"execution_time\", \"success\") VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}); COMMIT",
+        table_name(schema, table),
+        row.installed_rank,
+        literal_or_null(row.version.as_deref()),
+        escape_literal(&abbreviate(&row.description, 200, true)),
+        escape_literal(&row.kind),
+        escape_literal(&abbreviate(&row.script, 1000, false)),
+        row.checksum
+            .map_or_else(|| "NULL".to_string(), |c| c.to_string()),
+        escape_literal(&row.installed_by),
+        row.execution_time,
+        if row.success { "TRUE" } else { "FALSE" },
+    );
+    client.batch_execute(&sql).map_err(|e| {
+        // The INSERT failed: the transaction is aborted and COMMIT never ran.
+        let _ = client.batch_execute("ROLLBACK");
+        failed("writing the schema history row")(e)
+    })
+}
+
+/// Commits the open transaction.
+pub fn commit(client: &mut Client) -> Result<(), MigrateError> {
+    client.batch_execute("COMMIT").map_err(failed("committing"))
+}
+
+/// Rolls the open transaction back.
+pub fn rollback(client: &mut Client) -> Result<(), MigrateError> {
+    client
+        .batch_execute("ROLLBACK")
+        .map_err(failed("rolling back"))
+}
+
 /// Takes Flyway's transaction-scoped advisory lock, retrying up to `tries` times.
 pub fn lock_in_transaction(
     db: &mut impl GenericClient,
@@ -322,6 +449,12 @@ mod tests {
         assert_eq!(java_hash("polygenelubricants"), i32::MIN);
         // A character outside the BMP is two UTF-16 units: 0xD83D, 0xDE00.
         assert_eq!(java_hash("\u{1F600}"), 0xD83D * 31 + 0xDE00);
+    }
+
+    #[test]
+    fn escaped_literals_survive_quotes_and_backslashes() {
+        assert_eq!(escape_literal("it's a \\ path"), "E'it''s a \\\\ path'");
+        assert_eq!(literal_or_null(None), "NULL");
     }
 
     #[test]

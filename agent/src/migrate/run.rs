@@ -571,27 +571,54 @@ impl Runner {
         if self.config.group {
             return self.migrate_group(rows, applied, progress);
         }
+        let mut queue: Option<std::collections::VecDeque<Step>> = None;
         // Bounded: each pass applies one migration or stops, and there are finitely many.
         for _ in 0..=self.found.versioned.len() + self.found.repeatable.len() {
-            let mut tx = self
-                .client
-                .transaction()
-                .map_err(db::failed("starting a transaction"))?;
-            db::lock_in_transaction(&mut tx, self.lock_key, self.config.lock_retry_count)?;
+            // One round trip: BEGIN, Flyway's lock, and the rows other runners added meanwhile.
             let last = rows.last().map_or(-1, |r| r.installed_rank);
-            rows.extend(db::rows_after(&mut tx, &self.schema, &self.table, last)?);
-            let info = plan::info(&self.found, rows, &self.settings);
-            let steps = plan::pending(&info).map_err(|version| MigrateError::FailedRow {
-                table: db::table_name(&self.schema, &self.table),
-                version,
-            })?;
-            let Some(&step) = steps.first() else {
-                tx.commit().map_err(db::failed("committing"))?;
+            let newer = db::begin_locked(
+                &mut self.client,
+                &self.schema,
+                &self.table,
+                self.lock_key,
+                self.config.lock_retry_count,
+                last,
+            )?;
+            // The plan stays valid while only this runner adds rows; another runner's rows
+            // (or a skipped step) make it plan again.
+            if !newer.is_empty() {
+                queue = None;
+            }
+            rows.extend(newer);
+            if queue.is_none() {
+                let info = plan::info(&self.found, rows, &self.settings);
+                match plan::pending(&info) {
+                    Ok(steps) => queue = Some(steps.into()),
+                    Err(version) => {
+                        db::rollback(&mut self.client)?;
+                        return Err(MigrateError::FailedRow {
+                            table: db::table_name(&self.schema, &self.table),
+                            version,
+                        });
+                    }
+                }
+            }
+            let Some(step) = queue
+                .as_mut()
+                .and_then(std::collections::VecDeque::pop_front)
+            else {
+                db::commit(&mut self.client)?;
                 return Ok(());
             };
             let script = script_of(&self.found, step).clone();
             let (statements, transactional) =
-                prepare(&self.placeholders, self.config.mixed, &script)?;
+                match prepare(&self.placeholders, self.config.mixed, &script) {
+                    Ok(prepared) => prepared,
+                    Err(e) => {
+                        db::rollback(&mut self.client)?;
+                        return Err(e);
+                    }
+                };
             progress(&script, transactional);
             let rank = rows.last().map_or(1, |r| r.installed_rank + 1).max(1);
             let started = Instant::now();
@@ -608,34 +635,34 @@ impl Runner {
                 success: true,
             };
             if transactional {
+                let client = &mut self.client;
                 let outcome = Self::callbacks(
-                    &mut tx,
+                    client,
                     &self.found,
                     &self.placeholders,
                     Event::BeforeEachMigrate,
                 )
-                .and_then(|()| run_statements(&mut tx, &script, &statements))
+                .and_then(|()| run_statements(client, &script, &statements))
                 .and_then(|()| {
                     Self::callbacks(
-                        &mut tx,
+                        client,
                         &self.found,
                         &self.placeholders,
                         Event::AfterEachMigrate,
                     )
                 });
                 if let Err(e) = outcome {
-                    drop(tx); // rolls back: no row, no change
+                    db::rollback(&mut self.client)?; // no row, no change
                     self.after_each_error();
                     return Err(with_applied(e, done(applied), false));
                 }
                 row.execution_time = elapsed_ms(started);
-                db::insert(&mut tx, &self.schema, &self.table, &row)?;
-                tx.commit()
-                    .map_err(db::failed("committing the migration"))?;
+                // The row and the commit in one round trip: both or neither.
+                db::insert_and_commit(&mut self.client, &self.schema, &self.table, &row)?;
             } else {
                 // Outside a transaction the xact lock cannot be held: switch to the session
                 // lock (the same key, so Flyway still waits), and re-check nobody applied it.
-                tx.commit().map_err(db::failed("committing"))?;
+                db::commit(&mut self.client)?;
                 db::lock_session(
                     &mut self.client,
                     self.lock_key,
@@ -646,7 +673,10 @@ impl Runner {
                 db::unlock_session(&mut self.client, self.lock_key)?;
                 match outcome {
                     Ok(true) => {}
-                    Ok(false) => continue, // applied by someone else meanwhile
+                    Ok(false) => {
+                        queue = None; // applied by someone else meanwhile: plan again
+                        continue;
+                    }
                     Err(e) => {
                         self.after_each_error();
                         return Err(with_applied(e, done(applied), true));
