@@ -474,16 +474,7 @@ impl Runner {
                 script: callback.script.clone(),
                 source,
             })?;
-            for statement in statements {
-                db.batch_execute(&statement.sql)
-                    .map_err(|e| MigrateError::Apply {
-                        script: callback.script.clone(),
-                        line: statement.line,
-                        message: super::error::db_message(&e),
-                        applied: Vec::new(),
-                        failed_row: false,
-                    })?;
-            }
+            run_statements(db, &callback.script, &statements)?;
         }
         Ok(())
     }
@@ -642,7 +633,7 @@ impl Runner {
                     &self.placeholders,
                     Event::BeforeEachMigrate,
                 )
-                .and_then(|()| run_statements(client, &script, &statements))
+                .and_then(|()| run_statements(client, &script.script, &statements))
                 .and_then(|()| {
                     Self::callbacks(
                         client,
@@ -738,7 +729,7 @@ impl Runner {
                 &self.placeholders,
                 Event::BeforeEachMigrate,
             )
-            .and_then(|()| run_statements(&mut tx, &script, &statements))
+            .and_then(|()| run_statements(&mut tx, &script.script, &statements))
             .and_then(|()| {
                 Self::callbacks(
                     &mut tx,
@@ -819,7 +810,7 @@ impl Runner {
             &self.placeholders,
             Event::BeforeEachMigrate,
         )?;
-        let outcome = run_statements(&mut self.client, script, statements);
+        let outcome = run_statements(&mut self.client, &script.script, statements);
         row.execution_time = elapsed_ms(started);
         row.success = outcome.is_ok();
         db::insert(&mut self.client, &self.schema, &self.table, row)?;
@@ -1062,7 +1053,7 @@ impl Runner {
                 success: true,
             };
             if transactional {
-                if let Err(e) = run_statements(&mut tx, &script, &statements) {
+                if let Err(e) = run_statements(&mut tx, &script.script, &statements) {
                     return Err(with_applied(e, done, false));
                 }
                 row.execution_time = elapsed_ms(started);
@@ -1075,7 +1066,7 @@ impl Runner {
                     self.lock_key,
                     self.config.lock_retry_count,
                 )?;
-                let outcome = run_statements(&mut self.client, &script, &statements);
+                let outcome = run_statements(&mut self.client, &script.script, &statements);
                 row.execution_time = elapsed_ms(started);
                 row.success = outcome.is_ok();
                 let written = db::insert(&mut self.client, &self.schema, &self.table, &row);
@@ -1306,15 +1297,16 @@ fn replaced_text(placeholders: &Placeholders, script: &Script) -> Result<String,
         })
 }
 
+/// Runs a script's statements one by one; a failure names the script and the line.
 fn run_statements(
     db: &mut impl GenericClient,
-    script: &Script,
+    script: &str,
     statements: &[Statement],
 ) -> Result<(), MigrateError> {
     for statement in statements {
         db.batch_execute(&statement.sql)
             .map_err(|e| MigrateError::Apply {
-                script: script.script.clone(),
+                script: script.to_string(),
                 line: statement.line,
                 message: super::error::db_message(&e),
                 applied: Vec::new(),

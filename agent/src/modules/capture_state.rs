@@ -44,16 +44,6 @@ pub static CAPTURE_STATE: ModuleSpec = ModuleSpec {
     run: run_capture,
 };
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The state document for `components` (every component under `apps/` when empty) and
 /// `services`, as this module records it; also served by the agent's `CaptureState`.
 pub fn capture(state_dir: &Path, components: &[String], services: &[String], txid: &str) -> Value {
@@ -94,8 +84,8 @@ fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     let now = chrono::Utc::now();
     let mut state = capture(
         ctx.state_dir,
-        &strings(args.get("components")),
-        &strings(args.get("services")),
+        &super::arg_strings(args.get("components")),
+        &super::arg_strings(args.get("services")),
         ctx.txid,
     );
     // The database's Flyway schema version, when the deploy has a database: recorded, never

@@ -104,21 +104,11 @@ fn services(v: Option<&Value>) -> Vec<ServiceLog> {
             Value::Object(m) => Some(ServiceLog {
                 name: m.get("name")?.as_str()?.to_string(),
                 log_file: m.get("log_file").and_then(Value::as_str).map(PathBuf::from),
-                prefix: strings(m.get("systemctl_prefix")),
+                prefix: super::arg_strings(m.get("systemctl_prefix")),
             }),
             _ => None,
         })
         .collect()
-}
-
-fn strings(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// A bundle id must be one plain directory name.
@@ -155,7 +145,7 @@ fn run_forensics(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult
     if ctx.check {
         return r;
     }
-    let components = strings(args.get("components"));
+    let components = super::arg_strings(args.get("components"));
     let files = components
         .iter()
         .map(|c| release_files(ctx.state_dir, c, failed_version))

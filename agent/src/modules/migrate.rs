@@ -100,19 +100,6 @@ fn write_record(path: &Path, record: &Record) -> Result<(), String> {
         .map_err(|e| format!("writing restore point {}: {e}", path.display()))
 }
 
-fn strings(args: &Map<String, Value>, name: &str) -> Vec<String> {
-    match args.get(name) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The Flyway configuration the task describes: its config files, then its arguments (also
 /// used by `capture_state` for its `database` argument).
 pub(crate) fn configuration(
@@ -142,7 +129,7 @@ pub(crate) fn configuration(
             cli.push((key.to_string(), v.to_string()));
         }
     }
-    let locations = strings(args, "locations");
+    let locations = super::arg_strings(args.get("locations"));
     if !locations.is_empty() {
         let resolved: Vec<String> = locations
             .iter()
@@ -153,7 +140,7 @@ pub(crate) fn configuration(
             .collect();
         cli.push(("locations".into(), resolved.join(",")));
     }
-    let schemas = strings(args, "schemas");
+    let schemas = super::arg_strings(args.get("schemas"));
     if !schemas.is_empty() {
         cli.push(("schemas".into(), schemas.join(",")));
     }
@@ -167,7 +154,7 @@ pub(crate) fn configuration(
         }
     }
     let sources = Sources {
-        files: strings(args, "config_files")
+        files: super::arg_strings(args.get("config_files"))
             .iter()
             .map(|f| base.join(f))
             .collect(),

@@ -208,6 +208,21 @@ pub fn ok(changed: bool) -> ModuleResult {
     m
 }
 
+/// Reads a list of strings (other values as their JSON text; a single string is a list of one).
+pub fn arg_strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
 /// Reads a string argument (already type-checked).
 pub fn arg_str<'a>(args: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     args.get(name).and_then(Value::as_str)

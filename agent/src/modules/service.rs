@@ -109,7 +109,7 @@ fn run_service(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         "command" => run_command_manager(args, name, want, ctx.check, deadline),
         _ => {
             let sc = Systemctl {
-                prefix: string_list(args.get("systemctl_prefix")),
+                prefix: super::arg_strings(args.get("systemctl_prefix")),
             };
             run_systemd(&sc, name, want, ctx.check, deadline, secs)
         }
@@ -120,20 +120,6 @@ fn run_service(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         json!(arg_str(args, "state").unwrap_or_default()),
     );
     r
-}
-
-fn string_list(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect(),
-        Some(Value::String(s)) => vec![s.clone()],
-        _ => Vec::new(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,7 +854,7 @@ mod tests {
             ["nsenter", "-t", "1", "systemctl", "is-active", "x"]
         );
         assert_eq!(
-            string_list(Some(&json!(["a", 1]))),
+            crate::modules::arg_strings(Some(&json!(["a", 1]))),
             vec!["a".to_string(), "1".to_string()]
         );
     }
