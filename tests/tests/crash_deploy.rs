@@ -11,6 +11,10 @@
 //! succeeded; no staging dir, temp symlink, temp upload or deploy lock is left; every cached
 //! artifact matches its digest; the journal is in history with no gap.
 //!
+//! With a database (a throwaway PostgreSQL the releases' migrations change inside the deploy),
+//! the database must agree with the host: the schema and rows of before when the transaction
+//! rolled back, the target's schema version when it succeeded, and no restore point left.
+//!
 //! The kill points hit use the agent's hidden `--debug-stop-after-record N` hook: it SIGSTOPs
 //! itself right after writing journal record N, then the test SIGKILLs it.
 
@@ -21,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rampart_tests::deploy::{Scenario, deploy_playbook, package_sample_app, tree_snapshot};
+use rampart_tests::pg::{PASSWORD, Pg};
 use rampart_tests::{AgentProc, CliRun, XorShift, bin, port_of, process_state, read_journals};
 use serde_json::{Value, json};
 
@@ -60,21 +65,55 @@ const STAGE_PATH: &str = "0.0.block.2";
 // ---------------------------------------------------------------------------------------------
 // Hosts and runs
 
+/// A database the deploys migrate (the playbook's `database` variable).
+#[derive(Debug, Clone, Copy)]
+struct Db<'a> {
+    pg: &'a Pg,
+    name: &'a str,
+}
+
+impl Db<'_> {
+    /// The schema version the history records (what `capture_state` reads too).
+    fn version(&self) -> String {
+        self.pg.psql(
+            self.name,
+            "SELECT coalesce(max(version::int), 0) FROM flyway_schema_history WHERE success AND type = 'SQL'",
+        )
+    }
+
+    /// Schema and rows, to compare before and after.
+    fn snapshot(&self) -> (String, String, String) {
+        (
+            self.pg.schema_dump(self.name),
+            self.pg.rows(self.name, "orders"),
+            self.pg.rows(self.name, "flyway_schema_history"),
+        )
+    }
+}
+
 /// The shipped playbook's vars for `version`, with fewer health attempts for the broken one.
-fn vars(sc: &Scenario, version: &str) -> Value {
+fn vars(sc: &Scenario, version: &str, db: Option<Db<'_>>) -> Value {
     let mut v = sc.vars(version);
     v["health_retries"] = json!(if version == BROKEN {
         BROKEN_HEALTH_RETRIES
     } else {
         HEALTH_RETRIES
     });
+    if let Some(db) = db {
+        v["database"] = json!({
+            "url": db.pg.url(db.name),
+            "user": "postgres",
+            "password": PASSWORD,
+            "restore_point": "dump",
+        });
+    }
     v
 }
 
 /// Deploys `versions` in turn with `rampart run --local`, each of which must succeed.
-fn deploy_local(sc: &Scenario, versions: &[&str], what: &str) {
+fn deploy_local(sc: &Scenario, versions: &[&str], what: &str, db: Option<Db<'_>>) {
     for v in versions {
-        let run = sc.run(&deploy_playbook(), &vars(sc, v), &[]);
+        let run = sc.run(&deploy_playbook(), &vars(sc, v, db), &[]);
         assert_eq!(
             run.code, 0,
             "[{what}] setup deploy {v}\nstdout:\n{}\nstderr:\n{}",
@@ -101,8 +140,8 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 
 impl Client {
     /// Starts the shipped playbook on the agent at `addr`; it re-attaches for up to 60 s.
-    fn start(sc: &Scenario, addr: &str, version: &str) -> Client {
-        let arg = sc.vars_arg(version, &vars(sc, version));
+    fn start(sc: &Scenario, addr: &str, version: &str, db: Option<Db<'_>>) -> Client {
+        let arg = sc.vars_arg(version, &vars(sc, version, db));
         let mut child = Command::new(bin("rampart"))
             .arg("run")
             .arg(deploy_playbook())
@@ -421,15 +460,20 @@ struct Landed {
 }
 
 /// A clean run of `target` over `base` through an agent: its number of the last record.
-fn clean_run_records(dist: &Path, base: &[&str], target: &str) -> u64 {
+fn clean_run_records(dist: &Path, base: &[&str], target: &str, pg: Option<&Pg>) -> u64 {
     let what = format!("clean deploy {base:?} → {target}");
     let sc = Scenario::with_dist(dist);
-    deploy_local(&sc, base, &what);
+    let name = "clean";
+    if let Some(pg) = pg {
+        pg.create_db(name);
+    }
+    let db = pg.map(|pg| Db { pg, name });
+    deploy_local(&sc, base, &what, db);
     let base_last = base.last().unwrap();
     let tree = tree_snapshot(&sc.state.join("apps/app/releases").join(base_last));
     let before = history(&sc.state);
     let agent = AgentProc::start(&sc.state);
-    let run = Client::start(&sc, &agent.addr, target).finish(&what);
+    let run = Client::start(&sc, &agent.addr, target, db).finish(&what);
     let entries = new_finished_journal(&sc.state, &before, &what);
     let (outcome, _) = assert_finished(&sc, &run, &entries, base_last, &tree, target, &what);
     let expected = if target == BROKEN {
@@ -443,12 +487,18 @@ fn clean_run_records(dist: &Path, base: &[&str], target: &str) -> u64 {
 
 /// Deploys `target` over `base` on a fresh host, stops the agent right after record `n`,
 /// SIGKILLs it, restarts it on the same state dir and port, and checks the finished host.
-fn kill_after_record(dist: &Path, base: &[&str], target: &str, n: u64) -> Landed {
+fn kill_after_record(dist: &Path, base: &[&str], target: &str, n: u64, pg: Option<&Pg>) -> Landed {
     let what = format!("deploy {base:?} → {target}, kill after record {n}");
     let sc = Scenario::with_dist(dist);
-    deploy_local(&sc, base, &what);
+    let name = format!("kill_{n}");
+    if let Some(pg) = pg {
+        pg.create_db(&name);
+    }
+    let db = pg.map(|pg| Db { pg, name: &name });
+    deploy_local(&sc, base, &what, db);
     let base_last = base.last().unwrap();
     let base_tree = tree_snapshot(&sc.state.join("apps/app/releases").join(base_last));
+    let db_before = db.map(|db| db.snapshot());
     let before = history(&sc.state);
 
     let n_arg = n.to_string();
@@ -458,7 +508,7 @@ fn kill_after_record(dist: &Path, base: &[&str], target: &str, n: u64) -> Landed
         &["--debug-stop-after-record", &n_arg],
     );
     let listen = format!("127.0.0.1:{}", port_of(&agent.addr));
-    let mut client = Client::start(&sc, &agent.addr, target);
+    let mut client = Client::start(&sc, &agent.addr, target, db);
     let deadline = Instant::now() + STOP_TIMEOUT;
     let stopped = loop {
         if process_state(agent.pid()) == Some('T') {
@@ -499,6 +549,9 @@ fn kill_after_record(dist: &Path, base: &[&str], target: &str, n: u64) -> Landed
             "[{what}] no recovery record after the kill"
         );
     }
+    if let (Some(db), Some(before)) = (db, db_before) {
+        assert_database(db, &before, &outcome, &on, &sc, &what);
+    }
     drop(agent);
     Landed {
         n,
@@ -506,6 +559,49 @@ fn kill_after_record(dist: &Path, base: &[&str], target: &str, n: u64) -> Landed
         outcome,
         on,
     }
+}
+
+/// The database agrees with the host: as before when rolled back, at the target's schema
+/// version when succeeded (each release's major number is its schema version), and no restore
+/// point left behind.
+fn assert_database(
+    db: Db<'_>,
+    before: &(String, String, String),
+    outcome: &str,
+    on: &str,
+    sc: &Scenario,
+    what: &str,
+) {
+    let major = on.split('.').next().unwrap_or_default();
+    assert_eq!(
+        db.version(),
+        major,
+        "[{what}] host on {on} ({outcome}) but the database is not"
+    );
+    if outcome == "rolled_back" {
+        let after = db.snapshot();
+        assert_eq!(
+            after.0, before.0,
+            "[{what}] schema differs after the rollback"
+        );
+        assert_eq!(after.1, before.1, "[{what}] rows differ after the rollback");
+        assert_eq!(
+            after.2, before.2,
+            "[{what}] history differs after the rollback"
+        );
+    }
+    let dumps: Vec<String> = std::fs::read_dir(sc.state.join("restore-points"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".dump"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        dumps.is_empty(),
+        "[{what}] restore point dumps left: {dumps:?}"
+    );
 }
 
 /// A panic's message.
@@ -591,10 +687,10 @@ fn packaged() -> tempfile::TempDir {
 #[test]
 fn sigkill_at_every_record_boundary_of_a_deploy() {
     let dist = packaged();
-    let records = clean_run_records(dist.path(), &[OLD], NEW);
+    let records = clean_run_records(dist.path(), &[OLD], NEW, None);
     let ns: Vec<u64> = (1..=records).collect();
     let hit = every_kill_point("deploy 1.0.0 → 2.0.0", &ns, &|n| {
-        kill_after_record(dist.path(), &[OLD], NEW, n)
+        kill_after_record(dist.path(), &[OLD], NEW, n, None)
     });
     println!("deploy 1.0.0 → 2.0.0: {hit} of {records} kill points hit");
 }
@@ -602,14 +698,38 @@ fn sigkill_at_every_record_boundary_of_a_deploy() {
 #[test]
 fn sigkill_at_every_record_boundary_of_a_failing_deploy() {
     let dist = packaged();
-    let records = clean_run_records(dist.path(), &[OLD], BROKEN);
+    let records = clean_run_records(dist.path(), &[OLD], BROKEN, None);
     let ns: Vec<u64> = (1..=records).collect();
     // Over 1.0.0 for even N, over 2.0.0 (deployed after 1.0.0) for odd N.
     let hit = every_kill_point("deploy → broken 3.0.0", &ns, &|n| {
         let base: &[&str] = if n % 2 == 0 { &[OLD] } else { &[OLD, NEW] };
-        kill_after_record(dist.path(), base, BROKEN, n)
+        kill_after_record(dist.path(), base, BROKEN, n, None)
     });
     println!("deploy → broken 3.0.0: {hit} of {records} kill points hit");
+}
+
+#[test]
+fn sigkill_at_every_record_boundary_of_a_deploy_that_migrates() {
+    let dist = packaged();
+    let pg = Pg::start();
+    let records = clean_run_records(dist.path(), &[OLD], NEW, Some(&pg));
+    let ns: Vec<u64> = (1..=records).collect();
+    let hit = every_kill_point("migrating deploy 1.0.0 → 2.0.0", &ns, &|n| {
+        kill_after_record(dist.path(), &[OLD], NEW, n, Some(&pg))
+    });
+    println!("migrating deploy 1.0.0 → 2.0.0: {hit} of {records} kill points hit");
+}
+
+#[test]
+fn sigkill_at_every_record_boundary_of_a_failing_deploy_that_migrates() {
+    let dist = packaged();
+    let pg = Pg::start();
+    let records = clean_run_records(dist.path(), &[OLD, NEW], BROKEN, Some(&pg));
+    let ns: Vec<u64> = (1..=records).collect();
+    let hit = every_kill_point("migrating deploy 2.0.0 → broken 3.0.0", &ns, &|n| {
+        kill_after_record(dist.path(), &[OLD, NEW], BROKEN, n, Some(&pg))
+    });
+    println!("migrating deploy 2.0.0 → broken 3.0.0: {hit} of {records} kill points hit");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,14 +809,14 @@ fn stage_progress(state: &Path) -> (bool, bool) {
 fn kill_inside_staging(dist: &Path, i: u64, delay_ms: u64, seed: u64) -> bool {
     let what = format!("random #{i}: {delay_ms} ms into staging {BIG} (seed {seed})");
     let sc = Scenario::with_dist(dist);
-    deploy_local(&sc, &[OLD], &what);
+    deploy_local(&sc, &[OLD], &what, None);
     let app_pid = sc.app_pid();
     let base_tree = tree_snapshot(&sc.state.join("apps/app/releases").join(OLD));
     let before = history(&sc.state);
 
     let mut agent = AgentProc::start(&sc.state);
     let listen = format!("127.0.0.1:{}", port_of(&agent.addr));
-    let client = Client::start(&sc, &agent.addr, BIG);
+    let client = Client::start(&sc, &agent.addr, BIG, None);
     let deadline = Instant::now() + STOP_TIMEOUT;
     while !stage_progress(&sc.state).0 {
         assert!(Instant::now() < deadline, "[{what}] staging never started");
@@ -754,7 +874,7 @@ fn kill_inside_staging(dist: &Path, i: u64, delay_ms: u64, seed: u64) -> bool {
     // The same deploy again converges.
     let again = format!("{what}, re-run");
     let before = history(&sc.state);
-    let run = Client::start(&sc, &listen, BIG).finish(&again);
+    let run = Client::start(&sc, &listen, BIG, None).finish(&again);
     let rerun = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let entries = new_finished_journal(&sc.state, &before, &again);
         let (outcome, on) = assert_finished(&sc, &run, &entries, OLD, &base_tree, BIG, &again);
@@ -783,10 +903,10 @@ fn sigkill_at_random_points_inside_extraction() {
     let stage_ms = {
         let what = format!("clean deploy {OLD} → {BIG}");
         let sc = Scenario::with_dist(dist.path());
-        deploy_local(&sc, &[OLD], &what);
+        deploy_local(&sc, &[OLD], &what, None);
         let before = history(&sc.state);
         let agent = AgentProc::start(&sc.state);
-        let run = Client::start(&sc, &agent.addr, BIG).finish(&what);
+        let run = Client::start(&sc, &agent.addr, BIG, None).finish(&what);
         assert_eq!(run.code, 0, "[{what}]\n{}\n{}", run.stdout, run.stderr);
         assert_eq!(assert_whole(&sc, &what), BIG);
         let entries = new_finished_journal(&sc.state, &before, &what);
