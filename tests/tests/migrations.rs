@@ -572,6 +572,21 @@ fn bad_input_is_refused_with_a_clear_error_and_the_database_untouched() {
     );
     assert!(!msg.contains("hidden"), "the password is masked: {msg}");
 
+    // A URL asking for TLS is refused, not silently downgraded to plaintext.
+    let out = Command::new(bin("rampart"))
+        .args(["migrate", "info", "-user=postgres"])
+        .arg(format!("-password={PASSWORD}"))
+        .arg(format!("-url={}?sslmode=require", pg.url("app")))
+        .arg(format!("-locations=filesystem:{}", ok_dir.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("sslmode=require asks for TLS"),
+        "{}",
+        text(&out)
+    );
+
     // Usage errors exit 2 and teach.
     let out = Command::new(bin("rampart"))
         .args(["migrate", "frobnicate"])
