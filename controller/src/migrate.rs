@@ -12,7 +12,7 @@ use std::time::Instant;
 use rampart_agent::migrate::MigrateError;
 use rampart_agent::migrate::config::{self, Config, Sources};
 use rampart_agent::migrate::plan::{Entry, Info};
-use rampart_agent::migrate::run::Runner;
+use rampart_agent::migrate::run::{Progress, Runner};
 use rampart_agent::migrate::version::Version;
 use serde_json::{Value, json};
 
@@ -183,7 +183,11 @@ fn say(json: bool, line: impl AsRef<str>) {
 }
 
 fn elapsed(started: Instant) -> String {
-    let ms = started.elapsed().as_millis();
+    clock(started.elapsed().as_millis() as u64)
+}
+
+/// Milliseconds as Flyway prints durations (`00:00.054s`).
+fn clock(ms: u64) -> String {
     format!(
         "{:02}:{:02}.{:03}s",
         ms / 60_000,
@@ -235,42 +239,39 @@ fn execute(inv: &Invocation) -> Result<Value, MigrateError> {
             Ok(json!({"validationSuccessful": true, "validateCount": count}))
         }
         "migrate" => {
-            let before = runner.info()?;
-            say(
-                json,
-                format!(
-                    "Current version of schema \"{}\": {}",
-                    runner.schema,
-                    version_or_empty(&before)
-                ),
-            );
             let schema = runner.schema.clone();
-            let report = runner.migrate(&mut |script, transactional| {
-                let how = if transactional {
-                    ""
-                } else {
-                    " [non-transactional]"
-                };
-                match &script.version {
-                    Some(v) => say(
-                        json,
-                        format!(
-                            "Migrating schema \"{schema}\" to version \"{v} - {}\"{how}",
-                            script.description
-                        ),
+            let report = runner.migrate(&mut |progress| match progress {
+                Progress::Validated { migrations, ms } => say(
+                    json,
+                    format!(
+                        "Successfully validated {migrations} migrations (execution time {})",
+                        clock(ms)
                     ),
-                    None => say(
-                        json,
-                        format!(
-                            "Migrating schema \"{schema}\" with repeatable migration \"{}\"{how}",
-                            script.description
-                        ),
+                ),
+                Progress::CreatedTable { baselined } => {
+                    say(json, format!("Creating Schema History table {table} ..."));
+                    if baselined {
+                        say(json, format!("Successfully baselined schema with version: {}", inv.config.baseline_version));
+                    }
+                }
+                Progress::Current { version } => say(
+                    json,
+                    format!(
+                        "Current version of schema \"{schema}\": {}",
+                        version.as_deref().unwrap_or("<< Empty Schema >>")
                     ),
+                ),
+                Progress::Applying {
+                    script,
+                    transactional,
+                } => {
+                    let how = if transactional { "" } else { " [non-transactional]" };
+                    match &script.version {
+                        Some(v) => say(json, format!("Migrating schema \"{schema}\" to version \"{v} - {}\"{how}", script.description)),
+                        None => say(json, format!("Migrating schema \"{schema}\" with repeatable migration \"{}\"{how}", script.description)),
+                    }
                 }
             })?;
-            if report.created_table {
-                say(json, format!("Created schema history table {table}"));
-            }
             if report.applied.is_empty() {
                 say(
                     json,

@@ -85,6 +85,20 @@ fn fixtures_migrate_with_every_history_column_as_flyway_writes_it() {
     ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("now at version v2"), "{stdout}");
+    // Flyway's order of lines.
+    let order = [
+        "Successfully validated 6 migrations",
+        "Creating Schema History table \"public\".\"flyway_schema_history\"",
+        "Current version of schema \"public\": << Empty Schema >>",
+        "Migrating schema \"public\" to version \"1 - create users\"",
+        "Migrating schema \"public\" with repeatable migration \"user summary\"",
+        "Successfully applied 6 migrations to schema \"public\"",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|l| stdout.find(l).unwrap_or_else(|| panic!("no {l:?} in {stdout}")))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{stdout}");
     assert!(
         stdout.contains("\"2 - email index\" [non-transactional]"),
         "{stdout}"

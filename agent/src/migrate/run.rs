@@ -39,6 +39,35 @@ pub struct Applied {
     pub transactional: bool,
 }
 
+/// What `migrate` reports while it runs, in this order.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// Validation passed over this many resolved migrations.
+    Validated {
+        /// Versioned and repeatable scripts found.
+        migrations: usize,
+        /// Milliseconds it took.
+        ms: u64,
+    },
+    /// The history table was created (with a baseline row when `baselined`).
+    CreatedTable {
+        /// Whether a baseline row was written.
+        baselined: bool,
+    },
+    /// The schema version before anything is applied.
+    Current {
+        /// None on an empty schema.
+        version: Option<String>,
+    },
+    /// A migration is about to run.
+    Applying {
+        /// The script.
+        script: &'a Script,
+        /// Whether it runs inside a transaction.
+        transactional: bool,
+    },
+}
+
 /// The result of a `migrate`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MigrateReport {
@@ -479,11 +508,11 @@ impl Runner {
         Ok(())
     }
 
-    /// Applies every pending migration up to the target, one transaction each. `progress` is
-    /// called before each migration starts.
+    /// Applies every pending migration up to the target, one transaction each, telling
+    /// `progress` what it does ([`Progress`]).
     pub fn migrate(
         &mut self,
-        progress: &mut dyn FnMut(&Script, bool),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<MigrateReport, MigrateError> {
         let started = Instant::now();
         let initial = self.info()?;
@@ -492,6 +521,10 @@ impl Runner {
             if !problems.is_empty() {
                 return Err(MigrateError::Validate(problems));
             }
+            progress(Progress::Validated {
+                migrations: self.found.versioned.len() + self.found.repeatable.len(),
+                ms: started.elapsed().as_millis() as u64,
+            });
         }
         // Every pending script is read, placeholder-replaced, split and classified before the
         // database is touched: a bad script changes nothing, not even the history table.
@@ -501,11 +534,17 @@ impl Runner {
             }
         }
         let (created_table, baselined) = self.ensure_table()?;
+        if created_table {
+            progress(Progress::CreatedTable { baselined });
+        }
         self.use_schema()?;
         let mut rows = db::rows_after(&mut self.client, &self.schema, &self.table, -1)?;
         let initial_version = plan::info(&self.found, &rows, &self.settings)
             .current
             .map(|v| v.to_string());
+        progress(Progress::Current {
+            version: initial_version.clone(),
+        });
         let mut applied: Vec<Applied> = Vec::new();
         let result = self.migrate_loop(&mut rows, &mut applied, progress);
         let found = &self.found;
@@ -545,7 +584,7 @@ impl Runner {
         &mut self,
         rows: &mut Vec<AppliedRow>,
         applied: &mut Vec<Applied>,
-        progress: &mut dyn FnMut(&Script, bool),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(), MigrateError> {
         let done = |applied: &Vec<Applied>| -> Vec<String> {
             applied
@@ -610,7 +649,10 @@ impl Runner {
                         return Err(e);
                     }
                 };
-            progress(&script, transactional);
+            progress(Progress::Applying {
+                script: &script,
+                transactional,
+            });
             let rank = rows.last().map_or(1, |r| r.installed_rank + 1).max(1);
             let started = Instant::now();
             let mut row = AppliedRow {
@@ -692,7 +734,7 @@ impl Runner {
         &mut self,
         rows: &mut Vec<AppliedRow>,
         applied: &mut Vec<Applied>,
-        progress: &mut dyn FnMut(&Script, bool),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(), MigrateError> {
         let mut tx = self
             .client
@@ -721,7 +763,10 @@ impl Runner {
                     statement: "group=true puts every migration in one transaction".into(),
                 });
             }
-            progress(&script, true);
+            progress(Progress::Applying {
+                script: &script,
+                transactional: true,
+            });
             let started = Instant::now();
             let outcome = Self::callbacks(
                 &mut tx,

@@ -30,7 +30,7 @@ use super::{
 use crate::migrate::MigrateError;
 use crate::migrate::config::{self, Sources};
 use crate::migrate::restore::{self, RestorePoint, Strategy};
-use crate::migrate::run::{Classified, Runner};
+use crate::migrate::run::{Classified, Progress, Runner};
 
 /// `migrate`.
 pub static MIGRATE: ModuleSpec = ModuleSpec {
@@ -293,8 +293,14 @@ fn applied(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResul
         write_record(&path, &fresh).map_err(failed)?;
         record = Some(fresh);
     }
-    let result = runner.migrate(&mut |script, transactional| {
-        tracing::info!(script = %script.script, transactional, "applying migration");
+    let result = runner.migrate(&mut |progress| {
+        if let Progress::Applying {
+            script,
+            transactional,
+        } = progress
+        {
+            tracing::info!(script = %script.script, transactional, "applying migration");
+        }
     });
     let point_json = record.as_ref().map(|r| json!(r.point));
     match result {
