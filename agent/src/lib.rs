@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod extract;
+pub mod health;
 pub mod journal;
 pub mod lock;
 pub mod migrate;

@@ -4,9 +4,11 @@
 //! Layout:
 //! - [`output`]: renders transaction events as Ansible-like text or JSON lines;
 //! - [`vars`]: `-e KEY=VALUE`, `-e @FILE`, `-e '{json}'` into one variables object;
+//! - [`health`]: `rampart health`, a health suite run from the command line;
 //! - [`migrate`]: `rampart migrate`, Flyway's commands against Flyway's history table;
 //! - [`run`]: `rampart run`, in-process (`--local`) or through an agent over gRPC (`--agent`).
 
+pub mod health;
 pub mod migrate;
 pub mod output;
 pub mod run;

@@ -96,7 +96,11 @@ fn fixtures_migrate_with_every_history_column_as_flyway_writes_it() {
     ];
     let positions: Vec<usize> = order
         .iter()
-        .map(|l| stdout.find(l).unwrap_or_else(|| panic!("no {l:?} in {stdout}")))
+        .map(|l| {
+            stdout
+                .find(l)
+                .unwrap_or_else(|| panic!("no {l:?} in {stdout}"))
+        })
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{stdout}");
     assert!(

@@ -18,6 +18,7 @@ pub mod control;
 pub mod deploy_lock;
 pub mod files;
 pub mod forensics;
+pub mod health;
 pub mod migrate;
 pub mod release;
 pub mod service;
@@ -181,6 +182,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &service::SERVICE,
     &forensics::FORENSICS,
     &migrate::MIGRATE,
+    &health::HEALTH,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.

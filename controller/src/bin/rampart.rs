@@ -64,6 +64,33 @@ enum Command {
         #[arg(long, hide = true)]
         no_fsync: bool,
     },
+    /// Run a health suite (e.g. playbooks/health/production.yml) against this host's services.
+    ///
+    /// Exit codes: 0 every critical check passed, 1 a critical check failed, 2 bad arguments or
+    /// suite (nothing ran).
+    #[command(after_help = "Examples:\n  \
+        rampart health playbooks/health/production.yml -e backend_url=http://127.0.0.1:8080 -e target_version=2.0.1\n  \
+        rampart health suite.yml -e @vars.json --json\n  \
+        rampart health suite.yml --sequential   # one check at a time")]
+    Health {
+        /// The suite: a YAML mapping with a `checks:` list.
+        suite: PathBuf,
+        /// Variables: KEY=VALUE, @FILE.json (or .yml), or a JSON object; repeatable, later wins.
+        #[arg(short = 'e', long = "extra-vars", value_name = "VARS")]
+        extra_vars: Vec<String>,
+        /// One JSON object per check as it finishes, then a summary object.
+        #[arg(long)]
+        json: bool,
+        /// Checks run at the same time (default: the suite's, else 16).
+        #[arg(long, value_name = "N")]
+        parallelism: Option<usize>,
+        /// Run one check at a time (same as --parallelism 1).
+        #[arg(long, conflicts_with = "parallelism")]
+        sequential: bool,
+        /// Seconds the whole suite may take (default: the suite's, else 300).
+        #[arg(long, value_name = "SECONDS")]
+        deadline: Option<f64>,
+    },
     /// Flyway-compatible PostgreSQL migrations (info, validate, migrate, baseline, repair,
     /// undo, clean) on Flyway's configuration and history table; `rampart migrate --help`.
     #[command(disable_help_flag = true)]
@@ -78,6 +105,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Migrate { args } => rampart_controller::migrate::main(&args),
+        Command::Health {
+            suite,
+            extra_vars,
+            json,
+            parallelism,
+            sequential,
+            deadline,
+        } => match parse_extra_vars(&extra_vars) {
+            Ok(vars) => {
+                rampart_controller::health::main(rampart_controller::health::HealthOptions {
+                    suite: &suite,
+                    vars,
+                    json,
+                    parallelism: if sequential { Some(1) } else { parallelism },
+                    deadline,
+                })
+            }
+            Err(e) => {
+                eprintln!("rampart: {e}");
+                rampart_controller::health::EXIT_USAGE
+            }
+        },
         Command::Run {
             playbook,
             local,

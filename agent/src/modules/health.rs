@@ -1,0 +1,103 @@
+//! `health`: runs a health suite ([`crate::health`]) as a task; a failed critical check fails
+//! the task, so a deploy's rescue runs with every check's result in `ansible_failed_result`.
+//!
+//! Inputs: `suite` (a suite file, relative to the playbook's directory) or `checks` (the same
+//! list inline), `vars` (over the task's variables, which are over the suite's own `vars`),
+//! `parallelism`, `deadline` (seconds). Output: `checks` (one result per check: name, category,
+//! severity, type, status, attempts, duration_ms, value, message, diagnostics), `summary`
+//! (`passed`, counts, `failed` names) and `msg`. It changes nothing, so it runs in check mode
+//! too.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64,
+    arg_str, failed,
+};
+use crate::health::{self, Suite};
+
+/// `health`.
+pub static HEALTH: ModuleSpec = ModuleSpec {
+    name: "health",
+    args: &[
+        ArgSpec::opt("suite", ArgKind::Str),
+        // Not templated by the engine: each check is rendered when it runs, so a check skipped
+        // by its `when` may name variables that are not defined.
+        ArgSpec::opt("checks", ArgKind::Expr),
+        ArgSpec::opt("vars", ArgKind::Map),
+        ArgSpec::opt("parallelism", ArgKind::Int),
+        ArgSpec::opt("deadline", ArgKind::Num),
+    ],
+    free_form: FreeForm::KeyValue,
+    any_args: false,
+    one_of: &[&["suite", "checks"]],
+    exclusive: &[("suite", "checks")],
+    check_mode: CheckMode::Supported,
+    run: run_health,
+};
+
+fn load(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<Suite, String> {
+    if let Some(path) = arg_str(args, "suite") {
+        let path = PathBuf::from(path);
+        let path = match (&ctx.base_dir, path.is_relative()) {
+            (Some(base), true) => base.join(path),
+            _ => path,
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read health suite {}: {e}", path.display()))?;
+        return Suite::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let checks = args.get("checks").cloned().unwrap_or(Value::Null);
+    Suite::from_value(&json!({ "checks": checks }))
+}
+
+fn run_health(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
+    let mut suite = match load(args, ctx) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    if let Some(p) = arg_i64(args, "parallelism") {
+        suite.parallelism = p.clamp(1, 256) as usize;
+    }
+    if let Some(d) = arg_f64(args, "deadline") {
+        suite.deadline = Duration::from_secs_f64(d.clamp(0.0, 86_400.0));
+    }
+    let overrides = args
+        .get("vars")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let scope = health::scope(&suite, Some(ctx.scope.clone()), &overrides);
+    let (results, summary) = health::run(&suite, ctx.templar, &scope, &|r| {
+        tracing::info!(check = %r.name, status = ?r.status, attempts = r.attempts, "health check");
+    });
+    let mut r = Map::new();
+    r.insert("changed".into(), json!(false));
+    r.insert("failed".into(), json!(!summary.passed));
+    r.insert(
+        "msg".into(),
+        json!(if summary.passed {
+            format!(
+                "{} checks: {} passed, {} warnings, {} skipped in {} ms",
+                results.len(),
+                summary.pass,
+                summary.warn,
+                summary.skipped,
+                summary.duration_ms
+            )
+        } else {
+            let why: Vec<String> = results
+                .iter()
+                .filter(|c| c.status == health::Status::Fail)
+                .map(|c| format!("{}: {}", c.name, c.message))
+                .collect();
+            format!("critical health checks failed: {}", why.join("; "))
+        }),
+    );
+    r.insert("checks".into(), json!(results));
+    r.insert("summary".into(), json!(summary));
+    r
+}

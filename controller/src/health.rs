@@ -1,0 +1,170 @@
+//! `rampart health SUITE.yml [-e KEY=VALUE]... [--json]`: runs a health suite from here, for
+//! operators outside deploys.
+//!
+//! Output: a table (category, check, status, attempts, time, value or message) and a summary
+//! line; with `--json`, one JSON object per check as it finishes and a final summary object.
+//! Exit 0 when every critical check passed, 1 when one failed, 2 on bad arguments or a bad
+//! suite (nothing ran).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rampart_agent::health::{self, CheckResult, Status, Suite, Summary};
+use rampart_agent::template::Templar;
+use serde_json::{Map, Value, json};
+
+/// Exit code: a critical check failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: bad arguments or suite.
+pub const EXIT_USAGE: i32 = 2;
+
+/// How to run a suite from the command line.
+#[derive(Debug)]
+pub struct HealthOptions<'a> {
+    /// The suite file.
+    pub suite: &'a Path,
+    /// Variables (`-e`), over the suite's own.
+    pub vars: Map<String, Value>,
+    /// JSON lines instead of a table.
+    pub json: bool,
+    /// Checks at the same time (overrides the suite).
+    pub parallelism: Option<usize>,
+    /// Seconds for the whole suite (overrides the suite).
+    pub deadline: Option<f64>,
+}
+
+/// Runs the suite; returns the exit code.
+pub fn main(opts: HealthOptions<'_>) -> i32 {
+    let text = match std::fs::read_to_string(opts.suite) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rampart health: cannot read {}: {e}", opts.suite.display());
+            return EXIT_USAGE;
+        }
+    };
+    let mut suite = match Suite::from_yaml(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rampart health: {}: {e}", opts.suite.display());
+            return EXIT_USAGE;
+        }
+    };
+    if let Some(p) = opts.parallelism {
+        suite.parallelism = p.clamp(1, 256);
+    }
+    if let Some(d) = opts.deadline {
+        suite.deadline = Duration::from_secs_f64(d.clamp(0.0, 86_400.0));
+    }
+    let templar = Templar::new();
+    let out = Mutex::new(std::io::stdout());
+    let json_mode = opts.json;
+    let scope = health::scope(&suite, None, &opts.vars);
+    let (results, summary) = health::run(&suite, &templar, &scope, &|r: &CheckResult| {
+        if json_mode {
+            let line = json!({
+                "type": "check", "name": r.name, "category": r.category, "severity": r.severity,
+                "status": r.status, "attempts": r.attempts, "duration_ms": r.duration_ms,
+                "value": r.value, "message": r.message, "diagnostics": r.diagnostics,
+            });
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(o, "{line}");
+        }
+    });
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+    if json_mode {
+        let mut s = serde_json::to_value(&summary).unwrap_or_default();
+        s["type"] = json!("summary");
+        let _ = writeln!(o, "{s}");
+    } else {
+        let _ = write!(o, "{}", table(&results, &summary));
+    }
+    if summary.passed { 0 } else { EXIT_FAILED }
+}
+
+fn status_text(s: Status) -> &'static str {
+    match s {
+        Status::Pass => "pass",
+        Status::Warn => "WARN",
+        Status::Fail => "FAIL",
+        Status::Skipped => "skipped",
+    }
+}
+
+/// The results as a table, in suite order, and the verdict.
+pub fn table(results: &[CheckResult], summary: &Summary) -> String {
+    let rows: Vec<[String; 6]> = results
+        .iter()
+        .map(|r| {
+            let value = match &r.value {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let detail = if value.is_empty() || r.message.contains(&value) {
+                r.message.clone()
+            } else {
+                format!("{value}: {}", r.message)
+            };
+            [
+                r.category.clone(),
+                r.name.clone(),
+                status_text(r.status).to_string(),
+                r.attempts.to_string(),
+                format!("{} ms", r.duration_ms),
+                detail.chars().take(100).collect(),
+            ]
+        })
+        .collect();
+    let header = [
+        "CATEGORY",
+        "CHECK",
+        "STATUS",
+        "TRIES",
+        "TIME",
+        "VALUE / MESSAGE",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row.iter()).take(5) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i < 5 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            } else {
+                s.push_str(c);
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header.map(String::from));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out.push_str(&format!(
+        "\n{}: {} passed, {} warnings, {} failed, {} skipped in {} ms{}\n",
+        if summary.passed {
+            "HEALTHY"
+        } else {
+            "UNHEALTHY"
+        },
+        summary.pass,
+        summary.warn,
+        summary.fail,
+        summary.skipped,
+        summary.duration_ms,
+        if summary.failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (critical: {})", summary.failed.join(", "))
+        }
+    ));
+    out
+}
