@@ -60,7 +60,7 @@ pub fn main(opts: HealthOptions<'_>) -> i32 {
     let templar = Templar::new();
     let out = Mutex::new(std::io::stdout());
     let json_mode = opts.json;
-    let scope = health::scope(&suite, None, &opts.vars);
+    let scope = health::scope(&suite, &templar, None, &opts.vars);
     let (results, summary) = health::run(&suite, &templar, &scope, &|r: &CheckResult| {
         if json_mode {
             let line = json!({

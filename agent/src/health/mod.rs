@@ -79,12 +79,9 @@ pub struct Check {
     pub kind: String,
     /// The kind's parameters, still templated.
     pub params: Value,
-    /// Tries before it counts as failed.
-    pub attempts: u32,
-    /// Pause between tries.
-    pub delay: Duration,
-    /// Bound on one try.
-    pub timeout: Duration,
+    /// Tries before it counts as failed, pause between tries and bound on one try: numbers,
+    /// or templates rendered when the check runs.
+    pub policy: [Value; 3],
     /// Names of checks that must pass first.
     pub depends_on: Vec<String>,
     /// A condition (Jinja expression); false: skipped.
@@ -347,21 +344,17 @@ impl Check {
             obj.get(key)
                 .filter(|v| !v.is_null())
                 .or_else(|| defaults.get(key))
+                .cloned()
+                .unwrap_or(Value::Null)
         };
-        let default_attempts = if severity == Severity::Critical {
-            DEFAULT_CRITICAL_ATTEMPTS
-        } else {
-            DEFAULT_OTHER_ATTEMPTS
-        };
-        let attempts = match pick("attempts") {
-            None | Some(Value::Null) => default_attempts,
-            Some(v) => v
-                .as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| (1..=MAX_ATTEMPTS).contains(n))
-                .ok_or_else(|| format!("check '{name}': attempts must be 1 to {MAX_ATTEMPTS}"))?,
-        };
+        let policy = [pick("attempts"), pick("delay"), pick("timeout")];
+        // Literal values are checked now; templated ones when the check runs.
+        if !policy
+            .iter()
+            .any(|v| v.as_str().is_some_and(crate::template::is_template))
+        {
+            resolve_policy(&policy, severity, &name)?;
+        }
         let depends_on = match obj.get("depends_on") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::String(s)) => vec![s.clone()],
@@ -389,15 +382,40 @@ impl Check {
                 .to_string(),
             severity,
             params: obj.get(&kind).cloned().unwrap_or(Value::Null),
-            attempts,
-            delay: secs(pick("delay"), DEFAULT_DELAY_SECS, "delay", &name)?,
-            timeout: secs(pick("timeout"), DEFAULT_TIMEOUT_SECS, "timeout", &name)?,
+            policy,
             depends_on,
             when,
             kind,
             name,
         })
     }
+}
+
+/// Attempts, delay and timeout from their (rendered) values, with the defaults by severity.
+fn resolve_policy(
+    policy: &[Value; 3],
+    severity: Severity,
+    name: &str,
+) -> Result<(u32, Duration, Duration), String> {
+    let default_attempts = if severity == Severity::Critical {
+        DEFAULT_CRITICAL_ATTEMPTS
+    } else {
+        DEFAULT_OTHER_ATTEMPTS
+    };
+    let attempts = match &policy[0] {
+        Value::Null => default_attempts,
+        v => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (1..=MAX_ATTEMPTS).contains(n))
+            .ok_or_else(|| format!("check '{name}': attempts {v} is not 1 to {MAX_ATTEMPTS}"))?,
+    };
+    Ok((
+        attempts,
+        secs(Some(&policy[1]), DEFAULT_DELAY_SECS, "delay", name)?,
+        secs(Some(&policy[2]), DEFAULT_TIMEOUT_SECS, "timeout", name)?,
+    ))
 }
 
 /// Refuses dependency cycles; returns the checks' indexes in an order where dependencies come
@@ -473,12 +491,41 @@ impl minijinja::value::Object for Overlay {
 }
 
 /// The scope a suite's checks are rendered in: `overrides` over `base` (a task's variables,
-/// when run from a playbook) over the suite's own `vars`.
-pub fn scope(suite: &Suite, base: Option<MjValue>, overrides: &Map<String, Value>) -> MjValue {
+/// when run from a playbook) over the suite's own `vars`, whose templates (`frontend_url:
+/// "{{ backend_url }}"`) are rendered in that same scope.
+pub fn scope(
+    suite: &Suite,
+    templar: &Templar,
+    base: Option<MjValue>,
+    overrides: &Map<String, Value>,
+) -> MjValue {
+    let mut defaults = suite.vars.clone();
+    // A few passes resolve defaults that refer to other defaults; what still fails to render
+    // stays as written and fails the checks that use it, with the template error.
+    for _ in 0..3 {
+        let current = MjValue::from_object(Overlay {
+            overrides: overrides.clone(),
+            base: base.clone(),
+            defaults: defaults.clone(),
+        });
+        let mut changed = false;
+        for (k, v) in defaults.clone() {
+            if v.as_str().is_some_and(crate::template::is_template)
+                && let Ok(rendered) = templar.render_value(&v, &current)
+                && rendered != v
+            {
+                defaults.insert(k, rendered);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
     MjValue::from_object(Overlay {
         overrides: overrides.clone(),
         base,
-        defaults: suite.vars.clone(),
+        defaults,
     })
 }
 
@@ -531,9 +578,16 @@ pub fn run(
                                 b.running[i] = true;
                                 let blocked = suite.checks[i].depends_on.iter().find_map(|d| {
                                     let r = b.results[index[d.as_str()]].as_ref()?;
-                                    (r.status != Status::Pass).then(|| {
-                                        format!("{d} did not pass ({})", status_word(r.status))
-                                    })
+                                    match r.status {
+                                        Status::Pass => None,
+                                        Status::Skipped => {
+                                            Some(format!("depends on '{d}', which was skipped"))
+                                        }
+                                        other => Some(format!(
+                                            "depends on '{d}', which did not pass ({})",
+                                            status_word(other)
+                                        )),
+                                    }
                                 });
                                 break Some((i, blocked));
                             }
@@ -640,6 +694,23 @@ pub fn run_check(
             }
         }
     }
+    let rendered = templar
+        .render_value(&Value::Array(check.policy.to_vec()), scope)
+        .map_err(|e| format!("cannot render attempts/delay/timeout: {e}"))
+        .and_then(|v| match v {
+            Value::Array(items) => <[Value; 3]>::try_from(items)
+                .map_err(|_| "attempts/delay/timeout did not render".to_string()),
+            _ => Err("attempts/delay/timeout did not render".to_string()),
+        })
+        .and_then(|policy| resolve_policy(&policy, check.severity, &check.name));
+    let (attempts, delay, timeout) = match rendered {
+        Ok(p) => p,
+        Err(e) => {
+            result.status = failed_status(check.severity);
+            result.message = e;
+            return result;
+        }
+    };
     let params = match templar.render_value(&check.params, scope) {
         Ok(p) => p,
         Err(e) => {
@@ -649,21 +720,19 @@ pub fn run_check(
         }
     };
     let mut last = Probe::default();
-    for attempt in 1..=check.attempts {
+    for attempt in 1..=attempts {
         let now = Instant::now();
         if now >= deadline {
             last = Probe::fail(Value::Null, "the suite's deadline passed before this try");
             break;
         }
-        let timeout = check.timeout.min(deadline - now);
+        let timeout = timeout.min(deadline - now);
         last = probes::probe(&check.kind, &params, timeout);
         result.attempts = attempt;
-        if last.passed || attempt == check.attempts {
+        if last.passed || attempt == attempts {
             break;
         }
-        let pause = check
-            .delay
-            .min(deadline.saturating_duration_since(Instant::now()));
+        let pause = delay.min(deadline.saturating_duration_since(Instant::now()));
         std::thread::sleep(pause);
     }
     result.status = if last.passed {

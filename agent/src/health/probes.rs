@@ -544,66 +544,73 @@ fn run_bounded(
 }
 
 fn systemd(p: &Value, timeout: Duration) -> Probe {
-    let Some(unit) = s(p, "unit") else {
+    let mut units = crate::modules::arg_strings(p.get("units"));
+    if let Some(unit) = s(p, "unit") {
+        units.insert(0, unit.to_string());
+    }
+    if units.is_empty() {
         return Probe::fail(Value::Null, "systemd check without a unit");
-    };
+    }
     let prefix: Vec<String> = crate::modules::arg_strings(p.get("systemctl_prefix"));
-    let build = |args: &[&str]| {
+    let build = |program: &str, args: &[&str]| {
         let mut argv: Vec<String> = prefix.clone();
-        argv.push(if args[0] == "journalctl" {
-            "journalctl".into()
-        } else {
-            "systemctl".into()
-        });
-        argv.extend(args[1..].iter().map(|a| a.to_string()));
+        argv.push(program.to_string());
+        argv.extend(args.iter().map(|a| a.to_string()));
         let mut c = Command::new(&argv[0]);
         c.args(&argv[1..]);
         c
     };
-    match run_bounded(
-        build(&[
-            "systemctl",
-            "show",
-            "-p",
-            "ActiveState,SubState,Result",
-            "--value",
-            unit,
-        ]),
-        timeout,
-    ) {
-        Ok((Some(0), out, _)) => {
-            let mut lines = out.lines();
-            let active = lines.next().unwrap_or("unknown").trim().to_string();
-            let sub = lines.next().unwrap_or("").trim().to_string();
-            let result = lines.next().unwrap_or("").trim().to_string();
-            if active == "active" {
-                Probe::pass(json!(active), format!("{unit} is active ({sub})"))
-            } else {
-                let log = run_bounded(
-                    build(&[
-                        "journalctl",
-                        "-u",
-                        unit,
-                        "-n",
-                        "10",
-                        "--no-pager",
-                        "-o",
-                        "cat",
-                    ]),
-                    timeout,
+    let mut states = serde_json::Map::new();
+    for unit in &units {
+        let shown = run_bounded(
+            build(
+                "systemctl",
+                &["show", "-p", "ActiveState,SubState,Result", "--value", unit],
+            ),
+            timeout,
+        );
+        let (active, sub, result) = match shown {
+            Ok((Some(0), out, _)) => {
+                let mut lines = out.lines().map(str::trim);
+                (
+                    lines.next().unwrap_or("unknown").to_string(),
+                    lines.next().unwrap_or("").to_string(),
+                    lines.next().unwrap_or("").to_string(),
                 )
-                .map(|(_, o, _)| o)
-                .unwrap_or_default();
-                Probe::fail(json!(active), format!("{unit} is {active} ({sub}, result {result})"))
-                    .with(json!({"ActiveState": active, "SubState": sub, "Result": result, "log": log.lines().collect::<Vec<_>>()}))
             }
+            Ok((_, out, err)) => {
+                return Probe::fail(
+                    Value::Null,
+                    format!("systemctl show {unit} failed: {}", excerpt(&(err + &out))),
+                );
+            }
+            Err(e) => return Probe::fail(Value::Null, format!("systemctl show {unit}: {e}")),
+        };
+        if active != "active" {
+            let log = run_bounded(
+                build(
+                    "journalctl",
+                    &["-u", unit, "-n", "10", "--no-pager", "-o", "cat"],
+                ),
+                timeout,
+            )
+            .map(|(_, o, _)| o)
+            .unwrap_or_default();
+            return Probe::fail(
+                json!(active),
+                format!("{unit} is {active} ({sub}, result {result})"),
+            )
+            .with(json!({
+                "unit": unit, "ActiveState": active, "SubState": sub, "Result": result,
+                "log": log.lines().collect::<Vec<_>>(),
+            }));
         }
-        Ok((_, out, err)) => Probe::fail(
-            Value::Null,
-            format!("systemctl show {unit} failed: {}", excerpt(&(err + &out))),
-        ),
-        Err(e) => Probe::fail(Value::Null, format!("systemctl show {unit}: {e}")),
+        states.insert(unit.clone(), json!(active));
     }
+    Probe::pass(
+        Value::Object(states),
+        format!("{} active", units.join(", ")),
+    )
 }
 
 fn disk(p: &Value) -> Probe {

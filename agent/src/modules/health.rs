@@ -70,7 +70,7 @@ fn run_health(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let scope = health::scope(&suite, Some(ctx.scope.clone()), &overrides);
+    let scope = health::scope(&suite, ctx.templar, Some(ctx.scope.clone()), &overrides);
     let (results, summary) = health::run(&suite, ctx.templar, &scope, &|r| {
         tracing::info!(check = %r.name, status = ?r.status, attempts = r.attempts, "health check");
     });
