@@ -6,6 +6,7 @@
 
 pub mod deploy;
 pub mod pg;
+pub mod redis;
 pub mod systemd;
 
 use std::io::{BufRead, BufReader};
