@@ -82,6 +82,8 @@ vars() { # version
 {
   "target_version": "$v",
   "health_url": "http://127.0.0.1:$port/actuator/health",
+  "backend_url": "http://127.0.0.1:$port",
+  "min_tables": 2,
   "health_retries": 5,
   "health_delay": 0.3,
   "state_capture_dir": "$work/captures",

@@ -1,5 +1,5 @@
 //! `rampart health SUITE.yml [-e KEY=VALUE]... [--json]`: runs a health suite from here, for
-//! operators outside deploys.
+//! operators outside deploys (`production` names the shipped suite built into Rampart).
 //!
 //! Output: a table (category, check, status, attempts, time, value or message) and a summary
 //! line; with `--json`, one JSON object per check as it finishes and a final summary object.
@@ -37,7 +37,9 @@ pub struct HealthOptions<'a> {
 
 /// Runs the suite; returns the exit code.
 pub fn main(opts: HealthOptions<'_>) -> i32 {
+    let builtin = opts.suite == Path::new("production") && !opts.suite.exists();
     let text = match std::fs::read_to_string(opts.suite) {
+        _ if builtin => rampart_agent::modules::health::PRODUCTION_SUITE.to_string(),
         Ok(t) => t,
         Err(e) => {
             eprintln!("rampart health: cannot read {}: {e}", opts.suite.display());

@@ -174,6 +174,11 @@ impl Scenario {
         json!({
             "target_version": version,
             "health_url": format!("http://127.0.0.1:{}/actuator/health", self.port),
+            "backend_url": format!("http://127.0.0.1:{}", self.port),
+            // The suite's one critical system check: a nearly full CI disk must not fail deploys.
+            "disk_max_percent": 99.5,
+            // The sample app's schema has two tables (orders and the history).
+            "min_tables": 1,
             "health_retries": 10,
             "health_delay": 0.2,
             "state_capture_dir": dir.join("captures"),

@@ -482,3 +482,54 @@ fn a_critical_failure_inside_a_block_runs_the_rescue_with_every_result() {
     let msg = rescue["result"]["msg"].as_str().unwrap();
     assert_eq!(msg, "['backend runs the target version'] / 23 checks");
 }
+
+#[test]
+fn systemd_units_under_a_real_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = rampart_tests::systemd::Sandbox::boot(dir.path());
+    sb.must(&[
+        "sh",
+        "-c",
+        "printf '[Unit]\\nDescription=healthy\\n[Service]\\nExecStart=/bin/sleep 300\\n' \
+           > /run/systemd/system/rampart-ok.service && \
+         printf '[Unit]\\nDescription=broken\\n[Service]\\nExecStart=/bin/sh -c \"echo cannot open config >&2; exit 3\"\\n' \
+           > /run/systemd/system/rampart-broken.service",
+    ]);
+    sb.must(&["systemctl", "daemon-reload"]);
+    sb.must(&[
+        "systemctl",
+        "start",
+        "systemd-journald.socket",
+        "systemd-journald.service",
+    ]);
+    sb.must(&["systemd-analyze", "set-log-target", "journal"]);
+    sb.must(&["systemctl", "start", "rampart-ok.service"]);
+    let _ = sb.run(&["systemctl", "start", "rampart-broken.service"]);
+    let prefix = serde_json::to_string(&sb.prefix()).unwrap();
+    let suite = write_suite(
+        dir.path(),
+        &format!(
+            r#"
+checks:
+  - {{name: healthy unit, category: services, attempts: 1, systemd: {{units: [rampart-ok.service], systemctl_prefix: {prefix}}}}}
+  - {{name: broken unit, category: services, attempts: 1, systemd: {{units: [rampart-ok.service, rampart-broken.service], systemctl_prefix: {prefix}}}}}
+"#
+        ),
+    );
+    let (code, lines) = health(&suite, &json!({}), &[]);
+    assert_eq!(code, 1);
+    let ok = by_name(&lines, "healthy unit");
+    assert_eq!(ok["status"], "pass", "{ok}");
+    let broken = by_name(&lines, "broken unit");
+    assert_eq!(broken["status"], "fail", "{broken}");
+    assert_eq!(
+        broken["diagnostics"]["unit"], "rampart-broken.service",
+        "{broken}"
+    );
+    assert_eq!(broken["diagnostics"]["ActiveState"], "failed", "{broken}");
+    let log = broken["diagnostics"]["log"].to_string();
+    assert!(
+        log.contains("cannot open config"),
+        "the unit's last log lines: {broken}"
+    );
+}

@@ -562,21 +562,24 @@ fn systemd(p: &Value, timeout: Duration) -> Probe {
     };
     let mut states = serde_json::Map::new();
     for unit in &units {
+        // `Key=Value` lines: systemctl prints properties in its own order, not the asked one.
         let shown = run_bounded(
             build(
                 "systemctl",
-                &["show", "-p", "ActiveState,SubState,Result", "--value", unit],
+                &["show", "-p", "ActiveState,SubState,Result", unit],
             ),
             timeout,
         );
         let (active, sub, result) = match shown {
             Ok((Some(0), out, _)) => {
-                let mut lines = out.lines().map(str::trim);
-                (
-                    lines.next().unwrap_or("unknown").to_string(),
-                    lines.next().unwrap_or("").to_string(),
-                    lines.next().unwrap_or("").to_string(),
-                )
+                let prop = |key: &str| {
+                    out.lines()
+                        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                (prop("ActiveState"), prop("SubState"), prop("Result"))
             }
             Ok((_, out, err)) => {
                 return Probe::fail(

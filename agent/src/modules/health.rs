@@ -1,12 +1,13 @@
 //! `health`: runs a health suite ([`crate::health`]) as a task; a failed critical check fails
 //! the task, so a deploy's rescue runs with every check's result in `ansible_failed_result`.
 //!
-//! Inputs: `suite` (a suite file, relative to the playbook's directory) or `checks` (the same
-//! list inline), `vars` (over the task's variables, which are over the suite's own `vars`),
+//! Inputs: `suite` (`production`, the shipped suite built into Rampart, or a suite file: an
+//! absolute path, or one relative to the playbook's directory when run locally) or `checks`
+//! (the same list inline), `vars` (over the task's variables, which are over the suite's own `vars`),
 //! `parallelism`, `deadline` (seconds). Output: `checks` (one result per check: name, category,
 //! severity, type, status, attempts, duration_ms, value, message, diagnostics), `summary`
-//! (`passed`, counts, `failed` names) and `msg`. It changes nothing, so it runs in check mode
-//! too.
+//! (`passed`, counts, `failed` names) and `msg`. In check mode it is skipped, like `command`:
+//! what it would check is not deployed yet (`check_mode: false` runs it anyway).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,15 +36,28 @@ pub static HEALTH: ModuleSpec = ModuleSpec {
     any_args: false,
     one_of: &[&["suite", "checks"]],
     exclusive: &[("suite", "checks")],
-    check_mode: CheckMode::Supported,
+    check_mode: CheckMode::Skip,
     run: run_health,
 };
 
+/// The shipped production suite, built in so agents (which get playbooks without their
+/// directory) have it too.
+pub const PRODUCTION_SUITE: &str = include_str!("../../../playbooks/health/production.yml");
+
 fn load(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<Suite, String> {
-    if let Some(path) = arg_str(args, "suite") {
-        let path = PathBuf::from(path);
+    if let Some(name) = arg_str(args, "suite") {
+        if name == "production" {
+            return Suite::from_yaml(PRODUCTION_SUITE)
+                .map_err(|e| format!("built-in production suite: {e}"));
+        }
+        let path = PathBuf::from(name);
         let path = match (&ctx.base_dir, path.is_relative()) {
             (Some(base), true) => base.join(path),
+            (None, true) => {
+                return Err(format!(
+                    "health suite {name} is a relative path, but this playbook came without its directory (run through an agent): give an absolute path, or `production` for the built-in suite"
+                ));
+            }
             _ => path,
         };
         let text = std::fs::read_to_string(&path)

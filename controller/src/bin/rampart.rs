@@ -69,11 +69,11 @@ enum Command {
     /// Exit codes: 0 every critical check passed, 1 a critical check failed, 2 bad arguments or
     /// suite (nothing ran).
     #[command(after_help = "Examples:\n  \
-        rampart health playbooks/health/production.yml -e backend_url=http://127.0.0.1:8080 -e target_version=2.0.1\n  \
+        rampart health production -e backend_url=http://127.0.0.1:8080 -e target_version=2.0.1\n  \
         rampart health suite.yml -e @vars.json --json\n  \
         rampart health suite.yml --sequential   # one check at a time")]
     Health {
-        /// The suite: a YAML mapping with a `checks:` list.
+        /// The suite: a YAML file with a `checks:` list, or `production` for the shipped suite.
         suite: PathBuf,
         /// Variables: KEY=VALUE, @FILE.json (or .yml), or a JSON object; repeatable, later wins.
         #[arg(short = 'e', long = "extra-vars", value_name = "VARS")]
