@@ -84,8 +84,26 @@ fn deploy_v1_v2_then_broken_v3_is_rolled_back() {
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(bundles[0].join("metadata.json")).unwrap())
             .unwrap();
-    assert!(meta.to_string().contains("health check"), "{meta}");
+    assert!(
+        meta.to_string().contains("health suite for 3.0.0"),
+        "{meta}"
+    );
     assert!(bundles[0].join("journal.jsonl").exists());
+    // And every check of the health suite: v3 reports DOWN.
+    let health: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundles[0].join("health.json")).unwrap())
+            .unwrap();
+    let checks = health.as_array().unwrap();
+    assert!(checks.len() >= 22, "{health}");
+    let up = checks
+        .iter()
+        .find(|c| c["name"] == "backend health endpoint reports UP")
+        .unwrap();
+    assert_eq!(up["status"], "fail", "{up}");
+    assert!(
+        up["diagnostics"]["body"].as_str().unwrap().contains("DOWN"),
+        "{up}"
+    );
 
     // An agent on the same state dir reports the same host: its releases and its state.
     let agent = AgentProc::start(&state);
