@@ -248,6 +248,8 @@ checks:
   - {{name: command fails, category: system, command: {{cmd: "echo broken >&2; exit 3"}}}}
   - {{name: grpc closed, category: services, grpc: {{address: "127.0.0.1:{closed}"}}}}
   - {{name: warning only, category: external, severity: warning, tcp: {{port: {closed}}}}}
+  - {{name: memory over, category: system, memory: {{max_percent: 0}}}}
+  - {{name: load over, category: system, load: {{max: -1}}}}
 "#,
             app = app.url(),
             pgpw = pg::PASSWORD,
@@ -271,6 +273,8 @@ checks:
         ("file differs", "holds \"1.0.0\", expected \"2.0.0\""),
         ("command fails", "exited 3"),
         ("grpc closed", "cannot connect"),
+        ("memory over", "used, over 0%"),
+        ("load over", "over -1"),
     ] {
         let c = by_name(&lines, name);
         assert_eq!(c["status"], "fail", "{c}");
@@ -293,6 +297,24 @@ checks:
             .contains("broken")
     );
     assert_eq!(by_name(&lines, "warning only")["status"], "warn");
+
+    // A failing warning-only check does not fail the suite.
+    let suite = write_suite(
+        dir.path(),
+        &format!(
+            r#"
+checks:
+  - {{name: fine, category: system, command: {{cmd: "true"}}}}
+  - {{name: only a warning, category: external, severity: warning, tcp: {{port: {closed}}}}}
+  - {{name: optional dependency, category: external, severity: optional, tcp: {{port: {closed}}}}}
+"#
+        ),
+    );
+    let (code, lines) = health(&suite, &json!({}), &[]);
+    assert_eq!(code, 0, "{lines:#?}");
+    assert_eq!(by_name(&lines, "only a warning")["status"], "warn");
+    assert_eq!(by_name(&lines, "optional dependency")["status"], "warn");
+    assert_eq!(lines.last().unwrap()["passed"], true);
 
     // Redis down, and Redis not configured (skipped, not failed).
     redis.stop();
