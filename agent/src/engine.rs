@@ -646,6 +646,20 @@ impl<'a> Engine<'a> {
             let scope = self.scope(layers, top.clone());
             let mut result = match self.template_args(action, &scope) {
                 Ok(args) => {
+                    // Progress goes to the journal (and watchers) as it comes; the first
+                    // journal error stops the transaction once the module returns.
+                    let sink = std::cell::RefCell::new(&mut *self.sink);
+                    let journal_error = std::cell::RefCell::new(None);
+                    let progress = |data: Value| {
+                        let recorded = sink.borrow_mut().record(Record::TaskProgress {
+                            path: task.path.clone(),
+                            name: name.to_string(),
+                            data,
+                        });
+                        if let Err(e) = recorded {
+                            journal_error.borrow_mut().get_or_insert(e);
+                        }
+                    };
                     let ctx = ModuleCtx {
                         check,
                         templar: &self.templar,
@@ -653,8 +667,13 @@ impl<'a> Engine<'a> {
                         base_dir: self.opts.base_dir.clone(),
                         state_dir: &self.opts.state_dir,
                         txid: &self.opts.txid,
+                        progress: Some(modules::Progress(&progress)),
                     };
-                    (action.module.run)(&args, &ctx)
+                    let result = (action.module.run)(&args, &ctx);
+                    if let Some(e) = journal_error.into_inner() {
+                        return Err(e);
+                    }
+                    result
                 }
                 Err(msg) => modules::failed(msg),
             };

@@ -190,6 +190,15 @@ pub enum Record {
         /// The attempt's result.
         result: Value,
     },
+    /// A running task's module reported progress (one health check's result, ...).
+    TaskProgress {
+        /// Stable position of the task.
+        path: String,
+        /// Its name.
+        name: String,
+        /// What the module reported.
+        data: Value,
+    },
     /// A task finished.
     TaskEnd {
         /// Stable position of the task.

@@ -59,7 +59,10 @@ pub fn plan(entries: &[Entry], torn_tail: Option<String>, pid: u32) -> Plan {
                 ..
             } => drop_section(&mut items, prefix),
             Record::End { .. } => finished = true,
-            Record::Begin { .. } | Record::TaskRetry { .. } | Record::Recovery { .. } => {}
+            Record::Begin { .. }
+            | Record::TaskRetry { .. }
+            | Record::TaskProgress { .. }
+            | Record::Recovery { .. } => {}
         }
     }
     let last_task = items.iter().rev().find_map(|i| match i {

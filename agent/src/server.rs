@@ -668,6 +668,11 @@ pub fn to_proto(e: &Entry) -> pb::TransactionEvent {
             retries_left: *retries_left,
             result_json: result.to_string(),
         }),
+        Record::TaskProgress { path, name, data } => Kind::TaskProgress(pb::TaskProgress {
+            path: path.clone(),
+            name: name.clone(),
+            data_json: data.to_string(),
+        }),
         Record::TaskEnd {
             path,
             section,
@@ -748,6 +753,11 @@ pub fn from_proto(ev: pb::TransactionEvent) -> Result<Entry, String> {
             name: t.name,
             retries_left: t.retries_left,
             result: json(&t.result_json),
+        },
+        Kind::TaskProgress(t) => Record::TaskProgress {
+            path: t.path,
+            name: t.name,
+            data: json(&t.data_json),
         },
         Kind::TaskFinished(t) => Record::TaskEnd {
             path: t.path,

@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rampart_agent::health::{self, CheckResult, Status, Suite, Summary};
@@ -60,22 +59,21 @@ pub fn main(opts: HealthOptions<'_>) -> i32 {
         suite.deadline = Duration::from_secs_f64(d.clamp(0.0, 86_400.0));
     }
     let templar = Templar::new();
-    let out = Mutex::new(std::io::stdout());
-    let json_mode = opts.json;
     let scope = health::scope(&suite, &templar, None, &opts.vars);
-    let (results, summary) = health::run(&suite, &templar, &scope, &|r: &CheckResult| {
+    let mut out = std::io::stdout().lock();
+    let json_mode = opts.json;
+    let (results, summary) = health::run(&suite, &templar, &scope, &mut |r: &CheckResult| {
         if json_mode {
             let line = json!({
                 "type": "check", "name": r.name, "category": r.category, "severity": r.severity,
                 "status": r.status, "attempts": r.attempts, "duration_ms": r.duration_ms,
                 "value": r.value, "message": r.message, "diagnostics": r.diagnostics,
             });
-            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = writeln!(o, "{line}");
+            let _ = writeln!(out, "{line}");
         }
     });
     // A closed pipe (`| head`) is not an error worth a panic.
-    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+    let o = &mut out;
     if json_mode {
         let mut s = serde_json::to_value(&summary).unwrap_or_default();
         s["type"] = json!("summary");

@@ -119,6 +119,14 @@ impl<W: Write> Renderer<W> {
                 "duration_ms": duration_ms,
                 "result": result,
             }),
+            Record::TaskProgress { path, name, data } => json!({
+                "type": "progress",
+                "txid": e.txid,
+                "seq": e.seq,
+                "path": path,
+                "name": name,
+                "data": data,
+            }),
             Record::Recovery {
                 interrupted_path,
                 action,
@@ -168,6 +176,21 @@ impl<W: Write> Renderer<W> {
                     self.out,
                     "FAILED - RETRYING: [{host}]: {name} ({retries_left} retries left)."
                 )?;
+            }
+            Record::TaskProgress { data, .. } => {
+                // A health check's verdict as it lands; other progress is for machines.
+                if let Some(c) = data.get("check") {
+                    writeln!(
+                        self.out,
+                        "  {}: {} {} ({} tries, {} ms) {}",
+                        c["category"].as_str().unwrap_or_default(),
+                        c["status"].as_str().unwrap_or_default(),
+                        c["name"].as_str().unwrap_or_default(),
+                        c["attempts"],
+                        c["duration_ms"],
+                        c["message"].as_str().unwrap_or_default()
+                    )?;
+                }
             }
             Record::TaskEnd {
                 status,

@@ -474,6 +474,14 @@ fn clean_run_records(dist: &Path, base: &[&str], target: &str, pg: Option<&Pg>) 
     let before = history(&sc.state);
     let agent = AgentProc::start(&sc.state);
     let run = Client::start(&sc, &agent.addr, target, db).finish(&what);
+    // The agent streams each health check's verdict over gRPC as it lands.
+    assert!(
+        run.json()
+            .iter()
+            .any(|l| l["type"] == "progress" && l["data"]["check"]["name"].is_string()),
+        "[{what}] no health check progress streamed\n{}",
+        run.stdout
+    );
     let entries = new_finished_journal(&sc.state, &before, &what);
     let (outcome, _) = assert_finished(&sc, &run, &entries, base_last, &tree, target, &what);
     let expected = if target == BROKEN {

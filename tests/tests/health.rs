@@ -478,7 +478,10 @@ fn a_critical_failure_inside_a_block_runs_the_rescue_with_every_result() {
         run.stdout, run.stderr
     );
     let lines = run.json();
-    let health_task = lines.iter().find(|l| l["name"] == "health suite").unwrap();
+    let health_task = lines
+        .iter()
+        .find(|l| l["type"] == "task" && l["name"] == "health suite")
+        .unwrap();
     assert_eq!(health_task["status"], "failed", "{health_task}");
     assert!(
         health_task["result"]["msg"]
@@ -499,8 +502,28 @@ fn a_critical_failure_inside_a_block_runs_the_rescue_with_every_result() {
             .unwrap()
             .contains("backend runs the target version")
     );
+    // Each check's verdict was streamed as it landed, before the task ended: 23 progress
+    // events of the health task, journaled with their own sequence numbers.
+    let progress: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "progress" && l["name"] == "health suite")
+        .collect();
+    assert_eq!(progress.len(), 23, "{progress:#?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["seq"].as_u64() < health_task["seq"].as_u64())
+    );
+    let streamed: std::collections::BTreeSet<&str> = progress
+        .iter()
+        .map(|p| p["data"]["check"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed.len(), 23);
     // The rescue sees every result.
-    let rescue = lines.iter().find(|l| l["name"] == "what failed").unwrap();
+    let rescue = lines
+        .iter()
+        .find(|l| l["type"] == "task" && l["name"] == "what failed")
+        .unwrap();
     let msg = rescue["result"]["msg"].as_str().unwrap();
     assert_eq!(msg, "['backend runs the target version'] / 23 checks");
 }

@@ -530,12 +530,13 @@ pub fn scope(
 }
 
 /// Runs a suite in `scope` ([`scope`]), at most `suite.parallelism` checks at a time, calling
-/// `on_result` as each check finishes; returns every result in suite order.
+/// `on_result` (on the calling thread) as each check finishes; returns every result in suite
+/// order.
 pub fn run(
     suite: &Suite,
     templar: &Templar,
     scope: &MjValue,
-    on_result: &(dyn Fn(&CheckResult) + Sync),
+    on_result: &mut dyn FnMut(&CheckResult),
 ) -> (Vec<CheckResult>, Summary) {
     let started = Instant::now();
     let deadline = started + suite.deadline;
@@ -558,9 +559,14 @@ pub fn run(
         .collect();
 
     let workers = suite.parallelism.min(n).max(1);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<CheckResult>();
     std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| {
+            let done_tx = done_tx.clone();
+            let board = &board;
+            let changed = &changed;
+            let index = &index;
+            s.spawn(move || {
                 loop {
                     // Take a check whose dependencies are all decided, or stop when none is left.
                     let picked = {
@@ -607,7 +613,7 @@ pub fn run(
                         Some(why) => skipped(check, format!("skipped: {why}")),
                         None => run_check(check, templar, scope, deadline),
                     };
-                    on_result(&result);
+                    let _ = done_tx.send(result.clone());
                     let mut b = board.lock().unwrap_or_else(|p| p.into_inner());
                     b.running[i] = false;
                     b.results[i] = Some(result);
@@ -615,6 +621,12 @@ pub fn run(
                     changed.notify_all();
                 }
             });
+        }
+        // The verdicts reach the caller as they land, on this thread; the loop ends when every
+        // worker has finished and dropped its sender.
+        drop(done_tx);
+        for result in done_rx.iter().take(n) {
+            on_result(&result);
         }
     });
     let results: Vec<CheckResult> = board

@@ -85,8 +85,11 @@ fn run_health(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         .cloned()
         .unwrap_or_default();
     let scope = health::scope(&suite, ctx.templar, Some(ctx.scope.clone()), &overrides);
-    let (results, summary) = health::run(&suite, ctx.templar, &scope, &|r| {
+    let (results, summary) = health::run(&suite, ctx.templar, &scope, &mut |r| {
         tracing::info!(check = %r.name, status = ?r.status, attempts = r.attempts, "health check");
+        if let Some(progress) = ctx.progress {
+            progress.report(json!({ "check": r }));
+        }
     });
     let mut r = Map::new();
     r.insert("changed".into(), json!(false));

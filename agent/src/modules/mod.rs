@@ -130,6 +130,25 @@ pub struct ModuleCtx<'a> {
     pub state_dir: &'a std::path::Path,
     /// The transaction running the module.
     pub txid: &'a str,
+    /// Reports progress while the module runs (journaled and streamed as `task_progress`).
+    pub progress: Option<Progress<'a>>,
+}
+
+/// Where a running module reports progress.
+#[derive(Clone, Copy)]
+pub struct Progress<'a>(pub &'a dyn Fn(Value));
+
+impl Progress<'_> {
+    /// Reports one piece of progress.
+    pub fn report(&self, data: Value) {
+        (self.0)(data);
+    }
+}
+
+impl std::fmt::Debug for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// A module's declaration.
@@ -505,6 +524,7 @@ pub(crate) mod testing {
                 base_dir: self.base_dir.clone(),
                 state_dir: self.state_dir.unwrap_or(Path::new("/nonexistent")),
                 txid: self.txid.unwrap_or("test"),
+                progress: None,
             };
             let Value::Object(args) = args else {
                 panic!("module arguments must be a JSON object");

@@ -1004,6 +1004,7 @@ mod tests {
                 base_dir: None,
                 state_dir: &state,
                 txid: "tx1",
+                progress: None,
             };
             let Value::Object(mut args) = args else {
                 panic!("arguments must be a mapping");

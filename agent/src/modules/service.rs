@@ -692,6 +692,7 @@ mod tests {
             base_dir: None,
             state_dir: Path::new("/nonexistent"),
             txid: "test",
+            progress: None,
         };
         (SERVICE.run)(args.as_object().unwrap(), &ctx)
     }
