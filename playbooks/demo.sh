@@ -81,7 +81,6 @@ vars() { # version
   cat >"$work/vars-$v.json" <<EOF
 {
   "target_version": "$v",
-  "health_url": "http://127.0.0.1:$port/actuator/health",
   "backend_url": "http://127.0.0.1:$port",
   "min_tables": 2,
   "health_retries": 5,

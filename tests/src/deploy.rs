@@ -173,7 +173,6 @@ impl Scenario {
         let log = dir.join("app.log");
         json!({
             "target_version": version,
-            "health_url": format!("http://127.0.0.1:{}/actuator/health", self.port),
             "backend_url": format!("http://127.0.0.1:{}", self.port),
             // The suite's one critical system check: a nearly full CI disk must not fail deploys.
             "disk_max_percent": 99.5,

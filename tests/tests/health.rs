@@ -379,6 +379,27 @@ checks:
         "{dep}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The suite's deadline bounds every check, whatever its own timeout says.
+    let suite = write_suite(
+        dir.path(),
+        &format!(
+            r#"
+deadline: 1
+checks:
+  - {{name: slow past the deadline, category: backend, attempts: 1, timeout: 10, http: {{url: "{server}/slow"}}}}
+"#
+        ),
+    );
+    let started = Instant::now();
+    let (code, lines) = health(&suite, &json!({}), &[]);
+    assert_eq!(code, 1);
+    let late = by_name(&lines, "slow past the deadline");
+    assert_eq!(late["status"], "fail", "{late}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "deadline not honoured: {late}"
+    );
 }
 
 #[test]
