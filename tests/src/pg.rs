@@ -185,6 +185,26 @@ impl Pg {
         )
     }
 
+    /// Applies the Flyway fixtures (`tests/fixtures/flyway/ok`) to `database` with
+    /// `rampart migrate migrate` and `extra` flags (e.g. `-target=1.1`); panics on failure.
+    pub fn migrate_fixtures(&self, database: &str, extra: &[&str]) {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/flyway/ok");
+        let out = Command::new(crate::bin("rampart"))
+            .args([
+                "migrate",
+                "migrate",
+                "-user=postgres",
+                "-placeholders.app_name=shop",
+            ])
+            .arg(format!("-password={PASSWORD}"))
+            .arg(format!("-url={}", self.url(database)))
+            .arg(format!("-locations=filesystem:{}", fixtures.display()))
+            .args(extra)
+            .output()
+            .expect("run rampart migrate");
+        check(out, "rampart migrate migrate (fixtures)");
+    }
+
     /// The cluster's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

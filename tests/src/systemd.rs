@@ -208,6 +208,18 @@ impl Sandbox {
         )
     }
 
+    /// Starts the sandbox's journald and sends systemd's own messages there, so units' logs
+    /// and "Main process exited" lines can be read with journalctl.
+    pub fn start_journal(&self) {
+        self.must(&[
+            "systemctl",
+            "start",
+            "systemd-journald.socket",
+            "systemd-journald.service",
+        ]);
+        self.must(&["systemd-analyze", "set-log-target", "journal"]);
+    }
+
     /// Runs `args` inside the sandbox; it must succeed.
     pub fn must(&self, args: &[&str]) -> String {
         let out = self.run(args);

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -139,24 +139,7 @@ fn write_suite(dir: &Path, text: &str) -> PathBuf {
 /// A database with the Flyway fixtures applied (schema version 2).
 fn migrated_db(pg: &Pg) -> String {
     pg.create_db("app");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/flyway/ok");
-    let out: Output = Command::new(bin("rampart"))
-        .args([
-            "migrate",
-            "migrate",
-            "-user=postgres",
-            "-placeholders.app_name=x",
-        ])
-        .arg(format!("-password={}", pg::PASSWORD))
-        .arg(format!("-url={}", pg.url("app")))
-        .arg(format!("-locations=filesystem:{}", fixtures.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg.migrate_fixtures("app", &[]);
     pg.url("app")
 }
 
@@ -562,13 +545,8 @@ fn systemd_units_under_a_real_systemd() {
            > /run/systemd/system/rampart-broken.service",
     ]);
     sb.must(&["systemctl", "daemon-reload"]);
-    sb.must(&[
-        "systemctl",
-        "start",
-        "systemd-journald.socket",
-        "systemd-journald.service",
-    ]);
-    sb.must(&["systemd-analyze", "set-log-target", "journal"]);
+    // systemd's own messages ("Main process exited ...") go to the journal from now on.
+    sb.start_journal();
     sb.must(&["systemctl", "start", "rampart-ok.service"]);
     let _ = sb.run(&["systemctl", "start", "rampart-broken.service"]);
     let prefix = serde_json::to_string(&sb.prefix()).unwrap();

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use rampart_tests::pg::{PASSWORD, Pg};
-use rampart_tests::{CliRun, bin, rampart};
+use rampart_tests::{CliRun, rampart};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/flyway/ok")
@@ -15,18 +15,7 @@ fn fixtures() -> PathBuf {
 /// The database at version 1.1 with rows of its own, as production would be before a deploy.
 fn prepare(pg: &Pg, db: &str) {
     pg.create_db(db);
-    let out = std::process::Command::new(bin("rampart"))
-        .args(["migrate", "migrate", "-user=postgres", "-target=1.1"])
-        .arg(format!("-password={PASSWORD}"))
-        .arg(format!("-url={}", pg.url(db)))
-        .arg(format!("-locations=filesystem:{}", fixtures().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg.migrate_fixtures(db, &["-target=1.1"]);
     pg.psql(
         db,
         "INSERT INTO users (name, email) VALUES ('customer', 'c@example.invalid')",

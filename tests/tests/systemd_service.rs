@@ -86,14 +86,8 @@ fn service_module_drives_a_real_systemd() {
            > /run/systemd/system/rampart-broken.service",
     ]);
     sb.must(&["systemctl", "daemon-reload"]);
-    sb.must(&[
-        "systemctl",
-        "start",
-        "systemd-journald.socket",
-        "systemd-journald.service",
-    ]);
     // systemd's own messages ("Main process exited ...") go to the journal from now on.
-    sb.must(&["systemd-analyze", "set-log-target", "journal"]);
+    sb.start_journal();
     let prefix = sb.prefix();
 
     let demo_started = "        name: rampart-demo.service\n        state: started";
