@@ -785,3 +785,105 @@ fn summarize(results: &[CheckResult], took: Duration) -> Summary {
         failed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn suite(checks: Value) -> Result<Suite, String> {
+        Suite::from_value(&json!({ "checks": checks }))
+    }
+
+    #[test]
+    fn suites_are_checked_before_anything_runs() {
+        let cases = [
+            (json!([{"name": "a"}]), "has no kind"),
+            (
+                json!([{"name": "a", "tcp": {}, "file": {}}]),
+                "several kinds",
+            ),
+            (
+                json!([{"name": "a", "tcp": {}, "colour": 1}]),
+                "unknown key `colour`",
+            ),
+            (
+                json!([{"name": "a", "tcp": {}, "severity": "fatal"}]),
+                "severity 'fatal'",
+            ),
+            (
+                json!([{"name": "a", "tcp": {}}, {"name": "a", "tcp": {}}]),
+                "two checks are named 'a'",
+            ),
+            (
+                json!([{"name": "a", "tcp": {}, "depends_on": "b"}]),
+                "depends on 'b', which is not in the suite",
+            ),
+            (
+                json!([{"name": "a", "tcp": {}, "depends_on": "b"}, {"name": "b", "tcp": {}, "depends_on": "a"}]),
+                "depends on itself",
+            ),
+            (
+                json!([{"name": "a", "tcp": {}, "attempts": 0}]),
+                "attempts 0 is not 1 to 100",
+            ),
+            (
+                json!([{"name": "a", "tcp": {}, "delay": "soon"}]),
+                "delay 'soon' is not a number",
+            ),
+        ];
+        for (checks, want) in cases {
+            let err = suite(checks.clone()).unwrap_err();
+            assert!(err.contains(want), "{checks}: {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_runbook_and_templated_policy_waits_for_its_variables() {
+        let s = suite(json!([
+            {"name": "c", "tcp": {}},
+            {"name": "w", "severity": "warning", "tcp": {}},
+            {"name": "t", "tcp": {}, "attempts": "{{ n }}"},
+        ]))
+        .unwrap();
+        let p = |i: usize| resolve_policy(&s.checks[i].policy, s.checks[i].severity, "x").unwrap();
+        assert_eq!(p(0), (3, Duration::from_secs(5), Duration::from_secs(30)));
+        assert_eq!(p(1).0, 1);
+        assert!(resolve_policy(&s.checks[2].policy, Severity::Critical, "t").is_err());
+    }
+
+    #[test]
+    fn verdicts_by_severity_and_dependencies() {
+        let s = Suite::from_value(&json!({
+            "parallelism": 2,
+            "checks": [
+                {"name": "ok", "category": "a", "command": {"cmd": "true"}},
+                {"name": "bad", "category": "a", "attempts": 1, "command": {"cmd": "false"}},
+                {"name": "soft", "category": "b", "severity": "warning", "command": {"cmd": "false"}},
+                {"name": "after bad", "category": "a", "depends_on": "bad", "command": {"cmd": "true"}},
+                {"name": "off", "category": "b", "when": "enabled | default(false)", "command": {"cmd": "false"}},
+            ]
+        }))
+        .unwrap();
+        let templar = Templar::new();
+        let scope = scope(&s, &templar, None, &Map::new());
+        let mut seen = Vec::new();
+        let (results, summary) = run(&s, &templar, &scope, &mut |r| seen.push(r.name.clone()));
+        let status: Vec<Status> = results.iter().map(|r| r.status).collect();
+        assert_eq!(
+            status,
+            [
+                Status::Pass,
+                Status::Fail,
+                Status::Warn,
+                Status::Skipped,
+                Status::Skipped
+            ]
+        );
+        assert_eq!(seen.len(), 5, "every verdict reached the caller");
+        assert!(!summary.passed);
+        assert_eq!(summary.failed, ["bad"]);
+        assert!(results[3].message.contains("depends on 'bad'"));
+        assert!(results[4].message.contains("not configured"));
+    }
+}

@@ -829,3 +829,41 @@ fn grpc(p: &Value, timeout: Duration) -> Probe {
         Err(e) => Probe::fail(Value::Null, e.clone()).with(json!({"error": e})),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modules::testing::HttpsServer;
+
+    #[test]
+    fn https_checks_verify_the_certificate_unless_told_not_to() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("health.json"), r#"{"status":"UP"}"#).unwrap();
+        let server = HttpsServer::start(dir.path());
+        let url = format!("https://127.0.0.1:{}/health.json", server.port);
+        // Signed by a CA nobody trusts: refused, and the message says why.
+        let verified = http(&json!({ "url": url }), Duration::from_secs(5));
+        assert!(!verified.passed, "{verified:?}");
+        assert!(
+            verified.message.to_lowercase().contains("certificate")
+                || verified.message.contains("issuer"),
+            "{verified:?}"
+        );
+        // tls_verify: false accepts it and still checks the answer.
+        let unverified = http(
+            &json!({ "url": url, "tls_verify": false, "json": { "status": "UP" } }),
+            Duration::from_secs(5),
+        );
+        assert!(unverified.passed, "{unverified:?}");
+    }
+
+    #[test]
+    fn json_paths_and_loose_equality() {
+        let doc = json!({"app": {"version": "2.0.0", "items": [{"id": 7}]}});
+        assert_eq!(at_path(&doc, "app.version"), Some(&json!("2.0.0")));
+        assert_eq!(at_path(&doc, "app.items.0.id"), Some(&json!(7)));
+        assert_eq!(at_path(&doc, "app.missing"), None);
+        assert!(same(&json!(7), &json!("7")));
+        assert!(!same(&json!("UP"), &json!("DOWN")));
+    }
+}
