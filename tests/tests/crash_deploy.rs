@@ -832,7 +832,10 @@ fn kill_inside_staging(dist: &Path, i: u64, delay_ms: u64, seed: u64) -> bool {
     }
     std::thread::sleep(Duration::from_millis(delay_ms));
     agent.kill9();
-    let inside = !stage_progress(&sc.state).1;
+    // Inside: the live journal shows the stage task started and not ended. A transaction that
+    // already finished has moved its journal to history, which is "after", not "inside".
+    let (started, ended) = stage_progress(&sc.state);
+    let inside = started && !ended;
     let staging = dot_entries(&sc.state.join("apps/app"));
     let uploads: Vec<String> = std::fs::read_dir(sc.state.join("artifacts/tmp"))
         .map(|rd| {
