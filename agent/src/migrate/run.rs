@@ -655,18 +655,7 @@ impl Runner {
             });
             let rank = rows.last().map_or(1, |r| r.installed_rank + 1).max(1);
             let started = Instant::now();
-            let mut row = AppliedRow {
-                installed_rank: rank,
-                version: script.version.as_ref().map(ToString::to_string),
-                description: script.description.clone(),
-                kind: script.kind.history_type().to_string(),
-                script: script.script.clone(),
-                checksum: Some(script.checksum),
-                installed_by: self.installed_by.clone(),
-                installed_on: String::new(),
-                execution_time: 0,
-                success: true,
-            };
+            let mut row = script_row(&script, rank, &self.installed_by);
             if transactional {
                 let client = &mut self.client;
                 let outcome = Self::callbacks(
@@ -716,15 +705,8 @@ impl Runner {
                     }
                 }
             }
-            rows.push(row.clone());
-            applied.push(Applied {
-                version: row.version.clone(),
-                description: row.description.clone(),
-                script: row.script.clone(),
-                kind: row.kind.clone(),
-                execution_time_ms: row.execution_time as u64,
-                transactional,
-            });
+            applied.push(applied_of(&row, transactional));
+            rows.push(row);
         }
         Ok(())
     }
@@ -788,38 +770,24 @@ impl Runner {
                 self.after_each_error();
                 return Err(with_applied(e, Vec::new(), false));
             }
+            let rank = rows
+                .last()
+                .into_iter()
+                .chain(new_rows.last())
+                .map(|r: &AppliedRow| r.installed_rank + 1)
+                .max()
+                .unwrap_or(1)
+                .max(1);
             let row = AppliedRow {
-                installed_rank: rows
-                    .last()
-                    .into_iter()
-                    .chain(new_rows.last())
-                    .map(|r: &AppliedRow| r.installed_rank + 1)
-                    .max()
-                    .unwrap_or(1)
-                    .max(1),
-                version: script.version.as_ref().map(ToString::to_string),
-                description: script.description.clone(),
-                kind: script.kind.history_type().to_string(),
-                script: script.script.clone(),
-                checksum: Some(script.checksum),
-                installed_by: self.installed_by.clone(),
-                installed_on: String::new(),
                 execution_time: elapsed_ms(started),
-                success: true,
+                ..script_row(&script, rank, &self.installed_by)
             };
             db::insert(&mut tx, &self.schema, &self.table, &row)?;
             new_rows.push(row);
         }
         tx.commit().map_err(db::failed("committing the group"))?;
         for row in new_rows {
-            applied.push(Applied {
-                version: row.version.clone(),
-                description: row.description.clone(),
-                script: row.script.clone(),
-                kind: row.kind.clone(),
-                execution_time_ms: row.execution_time as u64,
-                transactional: true,
-            });
+            applied.push(applied_of(&row, true));
             rows.push(row);
         }
         Ok(())
@@ -1085,18 +1053,8 @@ impl Runner {
                 .iter()
                 .map(|a: &Applied| a.version.clone().unwrap_or_default())
                 .collect();
-            let mut row = AppliedRow {
-                installed_rank: rows.last().map_or(1, |r| r.installed_rank + 1).max(1),
-                version: script.version.as_ref().map(ToString::to_string),
-                description: script.description.clone(),
-                kind: Kind::Undo.history_type().into(),
-                script: script.script.clone(),
-                checksum: Some(script.checksum),
-                installed_by: self.installed_by.clone(),
-                installed_on: String::new(),
-                execution_time: 0,
-                success: true,
-            };
+            let rank = rows.last().map_or(1, |r| r.installed_rank + 1).max(1);
+            let mut row = script_row(&script, rank, &self.installed_by);
             if transactional {
                 if let Err(e) = run_statements(&mut tx, &script.script, &statements) {
                     return Err(with_applied(e, done, false));
@@ -1119,15 +1077,8 @@ impl Runner {
                 written?;
                 outcome.map_err(|e| with_applied(e, done, true))?;
             }
-            rows.push(row.clone());
-            undone.push(Applied {
-                version: row.version,
-                description: row.description,
-                script: row.script,
-                kind: row.kind,
-                execution_time_ms: row.execution_time as u64,
-                transactional,
-            });
+            undone.push(applied_of(&row, transactional));
+            rows.push(row);
         }
         Ok(undone)
     }
@@ -1319,6 +1270,34 @@ fn prepare(
         }
     };
     Ok((statements, transactional))
+}
+
+/// The history row a script writes (success, no time yet).
+fn script_row(script: &Script, installed_rank: i32, installed_by: &str) -> AppliedRow {
+    AppliedRow {
+        installed_rank,
+        version: script.version.as_ref().map(ToString::to_string),
+        description: script.description.clone(),
+        kind: script.kind.history_type().to_string(),
+        script: script.script.clone(),
+        checksum: Some(script.checksum),
+        installed_by: installed_by.to_string(),
+        installed_on: String::new(),
+        execution_time: 0,
+        success: true,
+    }
+}
+
+/// What a run reports about a row it wrote.
+fn applied_of(row: &AppliedRow, transactional: bool) -> Applied {
+    Applied {
+        version: row.version.clone(),
+        description: row.description.clone(),
+        script: row.script.clone(),
+        kind: row.kind.clone(),
+        execution_time_ms: u64::try_from(row.execution_time).unwrap_or(0),
+        transactional,
+    }
 }
 
 /// Milliseconds since `started`, as the history's INTEGER column holds them.
