@@ -990,7 +990,7 @@ fn release_whose_service_does_not_start_is_rolled_back_exactly() {
     // exited, the start counts as done and the health check is what fails.
     let failed = rescued_task(&run).unwrap_or_default();
     assert!(
-        failed.starts_with("start ") || failed.starts_with("health check "),
+        failed.starts_with("start ") || failed.starts_with("health suite "),
         "rolled back because of {failed:?}, not the start"
     );
     let txid = run.summary()["txid"].as_str().unwrap().to_string();
