@@ -6,10 +6,12 @@
 //! - [`vars`]: `-e KEY=VALUE`, `-e @FILE`, `-e '{json}'` into one variables object;
 //! - [`health`]: `rampart health`, a health suite run from the command line;
 //! - [`migrate`]: `rampart migrate`, Flyway's commands against Flyway's history table;
+//! - [`rollout`]: waves (`serial`) and failure thresholds (`max_fail_percentage`), pure;
 //! - [`run`]: `rampart run`, in-process (`--local`) or through an agent over gRPC (`--agent`).
 
 pub mod health;
 pub mod migrate;
 pub mod output;
+pub mod rollout;
 pub mod run;
 pub mod vars;
