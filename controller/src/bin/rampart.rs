@@ -91,6 +91,9 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         deadline: Option<f64>,
     },
+    /// Certificates for mutual TLS between controller, agents and CI.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Flyway-compatible PostgreSQL migrations (info, validate, migrate, baseline, repair,
     /// undo, clean) on Flyway's configuration and history table; `rampart migrate --help`.
     #[command(disable_help_flag = true)]
@@ -101,10 +104,61 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a private CA, a controller certificate and agent certificates in DIR.
+    ///
+    /// Files: ca.pem/ca.key, controller.pem/.key, agent-NAME.pem/.key (keys ECDSA P-256, 0600).
+    /// Each certificate names localhost, 127.0.0.1 and its own name, and works as server and
+    /// client. Existing files are never replaced without --force. Exit 0, or 2 with nothing
+    /// written.
+    #[command(after_help = "Examples:\n  \
+        rampart certs init /etc/rampart/tls --agent web-1 --agent web-2\n  \
+        rampart certs init ./tls --days 30 --force")]
+    Init {
+        /// Where the files go (created if missing).
+        dir: PathBuf,
+        /// An agent to make a certificate for (repeatable; default one named `agent`).
+        #[arg(long = "agent", value_name = "NAME")]
+        agents: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = rampart_controller::certs::DEFAULT_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Migrate { args } => rampart_controller::migrate::main(&args),
+        Command::Certs(CertsCommand::Init {
+            dir,
+            agents,
+            days,
+            force,
+        }) => {
+            let opts = rampart_controller::certs::InitOptions {
+                dir,
+                agents,
+                days,
+                force,
+            };
+            match rampart_controller::certs::init(&opts) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("rampart certs init: {e}");
+                    2
+                }
+            }
+        }
         Command::Health {
             suite,
             extra_vars,
