@@ -178,7 +178,7 @@ impl Scenario {
             "disk_max_percent": 99.5,
             // The sample app's schema has two tables (orders and the history).
             "min_tables": 1,
-            "health_retries": 10,
+            "health_retries": 25,
             "health_delay": 0.2,
             "state_capture_dir": dir.join("captures"),
             "forensics_dir": dir.join("forensics"),

@@ -43,8 +43,9 @@ const BIG_DIRS: usize = 40;
 const BIG_FILES_PER_DIR: usize = 50;
 const BIG_FILE_BYTES: usize = 20_000;
 
-/// Health-check attempts for the healthy releases (they answer within milliseconds).
-const HEALTH_RETRIES: u64 = 10;
+/// Health-check attempts for the healthy releases: they answer within milliseconds once up, but
+/// under a loaded 2-core CI the app can take seconds to listen (25 × 0.2 s).
+const HEALTH_RETRIES: u64 = 25;
 /// Health-check attempts for the broken release: fewer, so each failing deploy is short.
 const BROKEN_HEALTH_RETRIES: u64 = 5;
 
