@@ -657,22 +657,13 @@ impl Runner {
             let started = Instant::now();
             let mut row = script_row(&script, rank, &self.installed_by);
             if transactional {
-                let client = &mut self.client;
-                let outcome = Self::callbacks(
-                    client,
+                let outcome = run_migration(
+                    &mut self.client,
                     &self.found,
                     &self.placeholders,
-                    Event::BeforeEachMigrate,
-                )
-                .and_then(|()| run_statements(client, &script.script, &statements))
-                .and_then(|()| {
-                    Self::callbacks(
-                        client,
-                        &self.found,
-                        &self.placeholders,
-                        Event::AfterEachMigrate,
-                    )
-                });
+                    &script,
+                    &statements,
+                );
                 if let Err(e) = outcome {
                     db::rollback(&mut self.client)?; // no row, no change
                     self.after_each_error();
@@ -750,21 +741,13 @@ impl Runner {
                 transactional: true,
             });
             let started = Instant::now();
-            let outcome = Self::callbacks(
+            let outcome = run_migration(
                 &mut tx,
                 &self.found,
                 &self.placeholders,
-                Event::BeforeEachMigrate,
-            )
-            .and_then(|()| run_statements(&mut tx, &script.script, &statements))
-            .and_then(|()| {
-                Self::callbacks(
-                    &mut tx,
-                    &self.found,
-                    &self.placeholders,
-                    Event::AfterEachMigrate,
-                )
-            });
+                &script,
+                &statements,
+            );
             if let Err(e) = outcome {
                 drop(tx); // rolls back the whole group
                 self.after_each_error();
@@ -1319,6 +1302,20 @@ fn replaced_text(placeholders: &Placeholders, script: &Script) -> Result<String,
             script: script.script.clone(),
             name,
         })
+}
+
+/// A migration inside its transaction: beforeEachMigrate callbacks, its statements,
+/// afterEachMigrate callbacks.
+fn run_migration(
+    db: &mut impl GenericClient,
+    found: &Found,
+    placeholders: &Placeholders,
+    script: &Script,
+    statements: &[Statement],
+) -> Result<(), MigrateError> {
+    Runner::callbacks(db, found, placeholders, Event::BeforeEachMigrate)?;
+    run_statements(db, &script.script, statements)?;
+    Runner::callbacks(db, found, placeholders, Event::AfterEachMigrate)
 }
 
 /// Runs a script's statements one by one; a failure names the script and the line.
