@@ -4,15 +4,24 @@
 //! ```toml
 //! listen = "127.0.0.1:7420"
 //! state_dir = "/var/lib/rampart"
-//! insecure_dev = false      # plaintext gRPC; only for development
+//! insecure_dev = false      # plaintext gRPC; only for development (exclusive with [tls])
 //! journal_fsync = true      # fsync every journal record (never turn off in production)
 //! forensics_dir = "/var/backups/deployment-forensics"  # served by ListForensics/GetForensics
+//!
+//! [tls]                      # mutual TLS (e.g. files from `rampart certs init DIR`)
+//! cert = "/etc/rampart/tls/agent-web-1.pem"
+//! key = "/etc/rampart/tls/agent-web-1.key"
+//! ca = ["/etc/rampart/tls/ca.pem"]   # two during a CA rotation: old and new
 //! ```
+//!
+//! Relative paths are relative to the agent's working directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::tls::TlsFiles;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
@@ -36,6 +45,9 @@ pub struct AgentConfig {
     /// Where `ListForensics` / `GetForensics` find bundles (default: the `forensics` module's).
     #[serde(default)]
     pub forensics_dir: Option<PathBuf>,
+    /// Mutual TLS: this agent's certificate and key, and the CAs that sign controllers'.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -58,6 +70,7 @@ impl Default for AgentConfig {
             insecure_dev: false,
             journal_fsync: true,
             forensics_dir: None,
+            tls: None,
         }
     }
 }
@@ -88,5 +101,27 @@ mod tests {
         assert!(c.journal_fsync);
         let e = AgentConfig::parse("stat_dir = \"/x\"\n").unwrap_err();
         assert!(e.contains("stat_dir"), "{e}");
+        assert_eq!(c.tls, None);
+    }
+
+    #[test]
+    fn tls_table() {
+        let c = AgentConfig::parse(
+            "[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nca = [\"ca1.pem\", \"ca2.pem\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "a.pem".into(),
+                key: "a.key".into(),
+                ca: vec!["ca1.pem".into(), "ca2.pem".into()],
+            })
+        );
+        let e = AgentConfig::parse("[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n").unwrap_err();
+        assert!(e.contains("ca"), "{e}");
+        let e = AgentConfig::parse("[tls]\ncert = \"a\"\nkey = \"b\"\nca = []\ncrt = \"c\"\n")
+            .unwrap_err();
+        assert!(e.contains("crt"), "{e}");
     }
 }

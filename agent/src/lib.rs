@@ -31,5 +31,6 @@ pub mod playbook;
 pub mod recovery;
 pub mod server;
 pub mod template;
+pub mod tls;
 pub mod transaction;
 pub mod yaml;

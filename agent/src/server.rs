@@ -797,12 +797,28 @@ pub fn from_proto(ev: pb::TransactionEvent) -> Result<Entry, String> {
     })
 }
 
-/// Serves the agent on `listener` until `shutdown` completes.
+/// Serves the agent on `listener` until `shutdown` completes, in plaintext (see [`serve_tls`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: AgentService,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_tls(listener, service, shutdown, None).await
+}
+
+/// Serves the agent on `listener` until `shutdown` completes: over TLS when `tls` is given (see
+/// [`crate::tls::server_mutual`]; a client whose handshake fails never reaches a service), else
+/// plaintext.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    service: AgentService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<(), tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AgentServer<AgentService>>()
@@ -810,7 +826,7 @@ pub async fn serve(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    tonic::transport::Server::builder()
+    builder
         .add_service(health_service)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(

@@ -4,6 +4,10 @@
 //! Under systemd (`systemd/rampart-agent.service`, `Type=notify`) it reports `READY=1` only once
 //! recovery has finished and the listener is bound, and pings the watchdog when `WatchdogSec=` is
 //! set. Without `NOTIFY_SOCKET` (not started by systemd) the notifications are no-ops.
+//!
+//! It serves mutual TLS (`--tls-cert/--tls-key/--tls-ca` or `[tls]` in the config: only clients
+//! with a certificate signed by a trusted CA get in), or plaintext with `--insecure-dev`; it
+//! refuses to start with neither, and with both.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,16 +18,24 @@ use rampart_agent::config::AgentConfig;
 use rampart_agent::journal::Durability;
 use rampart_agent::server::{self, AgentService};
 use rampart_agent::template::Templar;
+use rampart_agent::tls::{self, TlsFiles};
 use rampart_agent::transaction::{self, HostConfig};
 
 /// Rampart's host agent: runs playbooks as crash-safe transactions for the controller.
 ///
 /// On start it first finishes any transaction a crash interrupted (rescue + always, as the
-/// journal demands), then serves gRPC. Plaintext gRPC needs --insecure-dev until mutual TLS lands.
+/// journal demands), then serves gRPC over mutual TLS: clients must present a certificate signed
+/// by a --tls-ca. Plaintext gRPC needs --insecure-dev (development only); one of the two is
+/// required. Exit 2 on a configuration error (bad or missing TLS files included).
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Example:\n  rampart-agent --listen 127.0.0.1:7420 --state-dir /var/lib/rampart --insecure-dev"
+    after_help = "Examples:\n  \
+        rampart certs init /etc/rampart/tls --agent web-1\n  \
+        rampart-agent --listen 0.0.0.0:7420 --state-dir /var/lib/rampart \\\n      \
+        --tls-cert /etc/rampart/tls/agent-web-1.pem --tls-key /etc/rampart/tls/agent-web-1.key \\\n      \
+        --tls-ca /etc/rampart/tls/ca.pem\n  \
+        rampart-agent --listen 127.0.0.1:7420 --state-dir /tmp/rampart --insecure-dev   # development"
 )]
 struct Args {
     /// Address to listen on (port 0 picks a free one; the chosen address is printed).
@@ -35,9 +47,20 @@ struct Args {
     /// TOML configuration file; flags override it.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
-    /// Serve plaintext gRPC (development only).
+    /// Serve plaintext gRPC (development only; exclusive with the --tls-* flags).
     #[arg(long)]
     insecure_dev: bool,
+    /// This agent's TLS certificate (PEM); with --tls-key and --tls-ca (overrides [tls] in the
+    /// config).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, unencrypted).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// A CA whose client certificates (the controller's) are accepted (PEM); repeatable: pass the
+    /// old and the new CA during a rotation.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Vec<PathBuf>,
     /// Directory of forensics bundles served by ListForensics/GetForensics
     /// (default /var/backups/deployment-forensics).
     #[arg(long)]
@@ -87,16 +110,39 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.no_fsync {
         cfg.journal_fsync = false;
     }
-    if !cfg.insecure_dev {
-        anyhow::bail!(
-            "refusing to serve without TLS: mutual TLS is not available in this build yet; \
-             pass --insecure-dev (or insecure_dev = true) to serve plaintext on a trusted network"
-        );
+    if let Some(files) = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)
+        .map_err(anyhow::Error::msg)?
+    {
+        cfg.tls = Some(files);
     }
-    tracing::warn!(
-        "serving plaintext gRPC (--insecure-dev): anyone who can reach {} can run playbooks as this user",
-        cfg.listen
-    );
+    // Loaded before recovery: bad TLS files stop the agent before it touches anything.
+    let tls = match (&cfg.tls, cfg.insecure_dev) {
+        (Some(_), true) => anyhow::bail!(
+            "both mutual TLS (--tls-cert/--tls-key/--tls-ca or [tls] in the config) and \
+             --insecure-dev (or insecure_dev = true) are set: pass one, not both"
+        ),
+        (Some(files), false) => {
+            let config = tls::server_mutual(files).map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                cert = %files.cert.display(),
+                ca = ?files.ca,
+                "serving mutual TLS: clients need a certificate signed by a trusted CA"
+            );
+            Some(config)
+        }
+        (None, true) => {
+            tracing::warn!(
+                "serving plaintext gRPC (--insecure-dev): anyone who can reach {} can run playbooks as this user",
+                cfg.listen
+            );
+            None
+        }
+        (None, false) => anyhow::bail!(
+            "refusing to serve without TLS: pass --tls-cert FILE --tls-key FILE --tls-ca FILE \
+             (e.g. from `rampart certs init DIR`) for mutual TLS, or --insecure-dev (or \
+             insecure_dev = true) to serve plaintext on a trusted network"
+        ),
+    };
     let mut host = HostConfig::new(&cfg.state_dir);
     if !cfg.journal_fsync {
         host.durability = Durability::None;
@@ -145,7 +191,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        server::serve(listener, service, shutdown).await?;
+        server::serve_tls(listener, service, shutdown, tls).await?;
         anyhow::Ok(())
     })
 }
