@@ -11,11 +11,17 @@
 //! - [`rollout`]: waves (`serial`) and failure thresholds (`max_fail_percentage`), pure;
 //! - [`run`]: `rampart run`, in-process (`--local`) or through an agent over gRPC (`--agent`).
 
+pub mod agents;
 pub mod certs;
+pub mod client;
+pub mod config;
+pub mod deployment;
 pub mod health;
 pub mod inventory;
 pub mod migrate;
 pub mod output;
 pub mod rollout;
 pub mod run;
+pub mod service;
+pub mod store;
 pub mod vars;

@@ -4,6 +4,9 @@
 //! Over gRPC the CLI follows the transaction's event stream; if the stream breaks (the agent
 //! restarted, the network blinked) it calls `Watch` from the last sequence number it printed, for
 //! up to `--reconnect-timeout`, so nothing is missed or printed twice.
+//!
+//! With TLS files (`--tls-cert/--tls-key/--tls-ca`) the CLI connects over mutual TLS: it presents
+//! its certificate and accepts only an agent whose certificate a trusted CA signed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use rampart_agent::event::{Entry, Record};
 use rampart_agent::journal::Durability;
 use rampart_agent::server;
 use rampart_agent::template::Templar;
+use rampart_agent::tls::{self, TlsFiles};
 use rampart_agent::transaction::{self, HostConfig, TxRequest, TxSummary};
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
@@ -37,12 +41,16 @@ pub enum Target {
         /// Journal durability.
         durability: Durability,
     },
-    /// On an agent at this address (`host:port` or `http://host:port`).
+    /// On an agent at this address (`host:port`, `http://host:port`, or `https://host:port` with
+    /// `tls`).
     Agent {
         /// Address.
         addr: String,
         /// How long to keep trying to re-attach after the stream breaks.
         reconnect_timeout: Duration,
+        /// Mutual TLS: the CLI's certificate and key, and the CAs that sign agents'. `None`:
+        /// plaintext (an agent started with `--insecure-dev`).
+        tls: Option<TlsFiles>,
     },
 }
 
@@ -111,12 +119,20 @@ pub fn run(opts: RunOptions) -> Result<i32, CliError> {
         Target::Agent {
             addr,
             reconnect_timeout,
+            tls,
         } => {
+            // Bad TLS files are a usage error before anything else happens.
+            let tls = tls
+                .as_ref()
+                .map(tls::client_mutual)
+                .transpose()
+                .map_err(CliError::usage)?;
+            let agent = AgentAddr::new(addr, tls)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;
-            rt.block_on(run_agent(&opts, addr, *reconnect_timeout, name, text))
+            rt.block_on(run_agent(&opts, &agent, *reconnect_timeout, name, text))
         }
     }
 }
@@ -160,12 +176,60 @@ fn run_local(
     Ok(summary.outcome.exit_code())
 }
 
-fn endpoint(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// An agent's address and how to talk to it.
+#[derive(Debug)]
+struct AgentAddr {
+    /// As the user wrote it (for messages).
+    addr: String,
+    /// The URI tonic connects to: `https://` with TLS, `http://` without.
+    uri: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl AgentAddr {
+    fn new(addr: &str, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<Self, CliError> {
+        let uri = match (addr.split_once("://"), tls.is_some()) {
+            (None, true) => format!("https://{addr}"),
+            (None, false) => format!("http://{addr}"),
+            (Some(("https", _)), true) | (Some(("http", _)), false) => addr.to_string(),
+            (Some(("http", _)), true) => {
+                return Err(CliError::usage(format!(
+                    "--agent {addr} is plaintext but TLS files were given: use https:// or host:port"
+                )));
+            }
+            (Some(("https", _)), false) => {
+                return Err(CliError::usage(format!(
+                    "--agent {addr} needs --tls-cert, --tls-key and --tls-ca (e.g. from \
+                     `rampart certs init DIR`)"
+                )));
+            }
+            (Some((scheme, _)), _) => {
+                return Err(CliError::usage(format!(
+                    "bad agent address `{addr}`: scheme {scheme}:// is not http:// or https://"
+                )));
+            }
+        };
+        Ok(AgentAddr {
+            addr: addr.to_string(),
+            uri,
+            tls,
+        })
     }
+}
+
+/// An error and its sources, `: `-separated (tonic's own message is only "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 fn status_error(what: &str, s: &tonic::Status) -> CliError {
@@ -180,20 +244,25 @@ fn status_error(what: &str, s: &tonic::Status) -> CliError {
     }
 }
 
-async fn connect(addr: &str) -> Result<AgentClient<tonic::transport::Channel>, CliError> {
-    let ep = tonic::transport::Endpoint::from_shared(endpoint(addr))
+async fn connect(agent: &AgentAddr) -> Result<AgentClient<tonic::transport::Channel>, CliError> {
+    let addr = &agent.addr;
+    let mut ep = tonic::transport::Endpoint::from_shared(agent.uri.clone())
         .map_err(|e| CliError::usage(format!("bad agent address `{addr}`: {e}")))?
         .connect_timeout(Duration::from_secs(5));
-    let ch = ep
-        .connect()
-        .await
-        .map_err(|e| CliError::usage(format!("cannot reach agent at {addr}: {e}")))?;
+    if let Some(tls) = &agent.tls {
+        ep = ep.tls_config(tls.clone()).map_err(|e| {
+            CliError::usage(format!("TLS for agent at {addr}: {}", error_chain(&e)))
+        })?;
+    }
+    let ch = ep.connect().await.map_err(|e| {
+        CliError::usage(format!("cannot reach agent at {addr}: {}", error_chain(&e)))
+    })?;
     Ok(AgentClient::new(ch).max_decoding_message_size(64 << 20))
 }
 
 async fn run_agent(
     opts: &RunOptions,
-    addr: &str,
+    agent: &AgentAddr,
     reconnect_timeout: Duration,
     name: String,
     text: String,
@@ -201,13 +270,16 @@ async fn run_agent(
     // Refuse a bad playbook here, with the same checks the agent makes, before any network.
     rampart_agent::playbook::load(&name, &text, &Templar::new())
         .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
-    let mut client = connect(addr).await?;
+    let mut client = connect(agent).await?;
     // The client picks the txid, so it can re-attach even if the agent dies before the first
     // event reaches it.
     let txid = match &opts.txid {
         Some(t) => t.clone(),
         None => transaction::new_txid(),
     };
+    if agent.tls.is_some() {
+        check_accepted(&mut client, agent, &txid).await?;
+    }
     let req = pb::RunRequest {
         playbook: text,
         playbook_name: name,
@@ -224,7 +296,7 @@ async fn run_agent(
                 "rampart: lost the agent before it answered ({}); re-attaching to {txid}",
                 s.message()
             );
-            reattach(addr, &txid, 0, reconnect_timeout).await?
+            reattach(agent, &txid, 0, reconnect_timeout).await?
         }
         Err(s) => return Err(status_error("the agent refused the run", &s)),
     };
@@ -248,16 +320,58 @@ async fn run_agent(
                 eprintln!(
                     "rampart: the agent's event stream ended at seq {next_seq}; re-attaching to {txid}"
                 );
-                stream = reattach(addr, &txid, next_seq, reconnect_timeout).await?;
+                stream = reattach(agent, &txid, next_seq, reconnect_timeout).await?;
             }
             Err(s) if is_transport_error(&s) => {
                 eprintln!(
                     "rampart: lost the agent's event stream at seq {next_seq}; re-attaching to {txid}"
                 );
-                stream = reattach(addr, &txid, next_seq, reconnect_timeout).await?;
+                stream = reattach(agent, &txid, next_seq, reconnect_timeout).await?;
             }
             Err(s) => return Err(status_error("the run failed", &s)),
         }
+    }
+}
+
+/// Exit code: the agent refused this client's TLS certificate (as for `UNAUTHENTICATED`).
+const EXIT_REFUSED: i32 = 3;
+/// The longest wait for the agent's answer to the TLS acceptance check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Over TLS 1.3 the agent checks the client's certificate only after the client's side of the
+/// handshake is done, so a refused certificate shows at the first call, as a broken connection:
+/// a read-only call before `Run` tells "refused" apart from "a run the agent may have started".
+async fn check_accepted(
+    client: &mut AgentClient<tonic::transport::Channel>,
+    agent: &AgentAddr,
+    txid: &str,
+) -> Result<(), CliError> {
+    let call = client.get_transaction(pb::GetTransactionRequest {
+        txid: txid.to_string(),
+    });
+    let refused = |why: String| CliError {
+        code: EXIT_REFUSED,
+        message: format!(
+            "the agent at {} closed the TLS connection ({why}): it does not accept this client's \
+             certificate (--tls-cert must be signed by a CA the agent trusts with its --tls-ca)",
+            agent.addr
+        ),
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, call).await {
+        Err(_) => Err(CliError::usage(format!(
+            "the agent at {} did not answer within {}s",
+            agent.addr,
+            CHECK_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(s)) if is_transport_error(&s) => {
+            let why = match std::error::Error::source(&s) {
+                Some(source) => error_chain(source),
+                None => s.message().to_string(),
+            };
+            Err(refused(why))
+        }
+        // Any answer (a transaction, NOT_FOUND, ...) means the agent accepted the connection.
+        Ok(_) => Ok(()),
     }
 }
 
@@ -275,7 +389,7 @@ fn is_transport_error(s: &tonic::Status) -> bool {
 
 /// Calls `Watch(txid, from_seq)` until it succeeds or `timeout` passes (1 s between tries).
 async fn reattach(
-    addr: &str,
+    agent: &AgentAddr,
     txid: &str,
     from_seq: u64,
     timeout: Duration,
@@ -287,7 +401,7 @@ async fn reattach(
         if Instant::now() >= deadline {
             break;
         }
-        match connect(addr).await {
+        match connect(agent).await {
             Ok(mut c) => match c
                 .watch(pb::WatchRequest {
                     txid: txid.to_string(),
@@ -307,4 +421,24 @@ async fn reattach(
          watch it later with the agent's Watch RPC",
         timeout.as_secs()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_addresses_and_tls() {
+        let tls = || Some(tonic::transport::ClientTlsConfig::new());
+        let uri = |addr: &str, tls| AgentAddr::new(addr, tls).map(|a| a.uri);
+        assert_eq!(uri("h:7420", None).unwrap(), "http://h:7420");
+        assert_eq!(uri("http://h:7420", None).unwrap(), "http://h:7420");
+        assert_eq!(uri("h:7420", tls()).unwrap(), "https://h:7420");
+        assert_eq!(uri("https://h:7420", tls()).unwrap(), "https://h:7420");
+        let e = uri("https://h:7420", None).unwrap_err();
+        assert!(e.message.contains("--tls-cert"), "{}", e.message);
+        let e = uri("http://h:7420", tls()).unwrap_err();
+        assert!(e.message.contains("https://"), "{}", e.message);
+        assert_eq!(uri("grpc://h:7420", None).unwrap_err().code, EXIT_USAGE);
+    }
 }

@@ -5,6 +5,7 @@
 //! (`cargo build --bins`) before `cargo test`.
 
 pub mod deploy;
+pub mod fleet;
 pub mod pg;
 pub mod redis;
 pub mod systemd;
@@ -61,13 +62,28 @@ impl AgentProc {
 
     /// Starts an agent on `listen` with extra flags; waits until it serves (after recovery).
     pub fn start_with(state_dir: &Path, listen: &str, extra: &[&str]) -> AgentProc {
+        Self::launch(state_dir, listen, &[&["--insecure-dev"], extra].concat())
+    }
+
+    /// Starts an agent on a free port serving mutual TLS with `tls_args`
+    /// (`--tls-cert F --tls-key F --tls-ca F...`; no `--insecure-dev`); waits until it serves.
+    pub fn start_tls(state_dir: &Path, tls_args: &[&str]) -> AgentProc {
+        Self::launch(state_dir, "127.0.0.1:0", tls_args)
+    }
+
+    /// Starts an agent with TLS flags (no `--insecure-dev`) on a given address, e.g. to
+    /// restart it where an inventory expects it.
+    pub fn start_tls_on(state_dir: &Path, listen: &str, tls_args: &[&str]) -> AgentProc {
+        Self::launch(state_dir, listen, tls_args)
+    }
+
+    fn launch(state_dir: &Path, listen: &str, args: &[&str]) -> AgentProc {
         let mut child = Command::new(bin("rampart-agent"))
             .arg("--listen")
             .arg(listen)
             .arg("--state-dir")
             .arg(state_dir)
-            .arg("--insecure-dev")
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -29,6 +29,8 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         rampart run deploy.yml --local --state-dir /tmp/rampart -e version=2.0.1\n  \
         rampart run deploy.yml --agent 127.0.0.1:7420 -e @vars.json --json\n  \
+        rampart run deploy.yml --agent web-1:7420 --tls-cert tls/controller.pem \\\n      \
+        --tls-key tls/controller.key --tls-ca tls/ca.pem\n  \
         rampart run deploy.yml --local --check")]
     Run {
         /// The playbook (a YAML list of plays).
@@ -63,6 +65,16 @@ enum Command {
         /// Do not fsync journal records (benchmarks only; a crash may lose the journal's tail).
         #[arg(long, hide = true)]
         no_fsync: bool,
+        /// With --agent: mutual TLS; the certificate to present (PEM; e.g. controller.pem from
+        /// `rampart certs init`). Needs --tls-key and --tls-ca.
+        #[arg(long, value_name = "FILE", conflicts_with = "local")]
+        tls_cert: Option<PathBuf>,
+        /// With --agent: the private key of --tls-cert (PEM).
+        #[arg(long, value_name = "FILE", conflicts_with = "local")]
+        tls_key: Option<PathBuf>,
+        /// With --agent: a CA trusted to sign the agent's certificate (PEM); repeatable.
+        #[arg(long, value_name = "FILE", conflicts_with = "local")]
+        tls_ca: Vec<PathBuf>,
     },
     /// Run a health suite (e.g. playbooks/health/production.yml) against this host's services.
     ///
@@ -91,6 +103,123 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         deadline: Option<f64>,
     },
+    /// Deploy a version to an environment through the controller, in waves, all or nothing.
+    ///
+    /// Uploads each --artifact into the controller's store (skipped when it already holds the
+    /// digest), asks for the deployment and follows its events until it finishes: the queue
+    /// behind other deployments of the environment, the lock, the waves, each host's tasks and,
+    /// when a wave fails, the fleet rescue that rolls back every host the deployment changed.
+    /// When the event stream breaks, it re-attaches for up to --reconnect-timeout; the
+    /// deployment continues on the controller either way (`rampart watch ID`).
+    ///
+    /// Output: one line per event and a per-host table (a live status line on a terminal), or
+    /// one JSON object per event with --json.
+    ///
+    /// Exit codes: 0 deployed and healthy (or check mode passed), 1 failed and rolled back
+    /// (verified), failed without changing anything, or aborted, 2 usage or configuration error
+    /// or the controller cannot be reached, 3 token refused, 4 rollback failed (CRITICAL: hosts
+    /// need a person), 5 deployment lock not acquired within --wait-timeout.
+    #[command(
+        disable_version_flag = true,
+        after_help = "Examples:\n  \
+        rampart deploy --env production --version 2.4.1 --artifact backend=dist/backend-2.4.1.tar.gz \\\n      \
+        --controller https://deploy.internal:7430 --ca ca.pem --token-file /run/secrets/rampart-token\n  \
+        rampart deploy --env staging --version 2.4.1 --artifact backend=dist/backend.tar.gz \\\n      \
+        --artifact frontend=dist/frontend.tar.gz -e feature_x=true --serial 1 --serial 50% \\\n      \
+        --max-fail-percentage 20\n  \
+        rampart deploy --env production --version 2.4.1 --artifact backend=dist/b.tar.gz --check --json\n\n\
+        Environment: RAMPART_CONTROLLER, RAMPART_TOKEN_FILE, RAMPART_TOKEN, RAMPART_CA; --ci-run-id \
+        defaults to CI_PIPELINE_ID, GITHUB_RUN_ID or BUILD_ID, --commit to CI_COMMIT_SHA, GITHUB_SHA \
+        or GIT_COMMIT."
+    )]
+    Deploy(rampart_controller::client::deploy::DeployArgs),
+    /// Roll an environment back to an earlier version, as a deployment of its own.
+    ///
+    /// Queued like any deployment, run in waves, and followed until it finishes, with the same
+    /// output as `rampart deploy`. Without --to, the environment returns to the last version it
+    /// ran successfully before its current one. --reason is recorded in history.
+    ///
+    /// Exit codes: 0 rolled back and healthy, 1 failed and rolled back to where it was, failed
+    /// without changing anything, or aborted, 2 usage or configuration error or the controller
+    /// cannot be reached, 3 token refused, 4 rollback failed (CRITICAL), 5 deployment lock not
+    /// acquired within --wait-timeout.
+    #[command(after_help = "Examples:\n  \
+        rampart rollback --env production --reason 'error rate up after 2.4.1' \\\n      \
+        --controller https://deploy.internal:7430 --ca ca.pem --token-file /run/secrets/rampart-token\n  \
+        rampart rollback --env production --to 2.3.0 --reason 'INC-1234' --json")]
+    Rollback(rampart_controller::client::deploy::RollbackArgs),
+    /// Follow a deployment's events (replaying those already stored) until it finishes.
+    ///
+    /// Works for running and finished deployments alike, with the same output as
+    /// `rampart deploy`; --from-seq skips the events before it.
+    ///
+    /// Exit codes: those of the deployment's outcome, as for `rampart deploy` (0 deployed and
+    /// healthy, 1 failed and rolled back, 4 rollback failed, 5 lock timeout), or 2 unknown
+    /// deployment or controller unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart watch d-20250131-120000-ab12\n  \
+        rampart watch d-20250131-120000-ab12 --from-seq 120 --json")]
+    Watch(rampart_controller::client::deploy::WatchArgs),
+    /// Show what each environment is doing: running and queued deployments, and the last one.
+    ///
+    /// Lists the most recent deployments (20) and shows, per environment, the running, awaiting
+    /// approval, rescuing and queued ones (with their queue position) and the last finished one.
+    ///
+    /// Exit codes: 0 shown, 2 usage error or controller unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart status\n  \
+        rampart status --env production --json")]
+    Status(rampart_controller::client::query::StatusArgs),
+    /// List an environment's deployments, newest first.
+    ///
+    /// Each with id, kind, version, outcome (or state while unfinished), who asked, CI run,
+    /// commit, creation time, duration and a summary of its hosts' states.
+    ///
+    /// Exit codes: 0 shown, 2 unknown environment or controller unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart history --env production\n  \
+        rampart history --env production --limit 100 --json")]
+    History(rampart_controller::client::query::HistoryArgs),
+    /// Inspect one deployment (`rampart deployment show ID`).
+    #[command(subcommand)]
+    Deployment(rampart_controller::client::query::DeploymentCommand),
+    /// Approve a deployment that waits for manual approval before its first wave.
+    ///
+    /// Prints the deployment's state after the approval.
+    ///
+    /// Exit codes: 0 approved, 2 unknown deployment, not awaiting approval, or controller
+    /// unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart approve d-20250131-120000-ab12 --comment 'change CHG-42 approved'")]
+    Approve(rampart_controller::client::query::ApproveArgs),
+    /// Abort a deployment.
+    ///
+    /// A queued or unapproved deployment is dropped without touching any host; a running one
+    /// stops starting hosts and rolls back every host it changed (follow it with
+    /// `rampart watch`). Prints the deployment's state after the request.
+    ///
+    /// Exit codes: 0 abort accepted, 2 unknown or finished deployment, or controller
+    /// unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart abort d-20250131-120000-ab12 --reason 'wrong version'")]
+    Abort(rampart_controller::client::query::AbortArgs),
+    /// Forensics bundles hosts recorded during deployments (`rampart forensics get`).
+    #[command(subcommand)]
+    Forensics(rampart_controller::client::query::ForensicsCommand),
+    /// List incidents (deployments that need or needed a person), or resolve one.
+    ///
+    /// Without a subcommand, lists incidents newest first with severity, state, environment,
+    /// deployment, hosts and summary. `rampart incidents resolve ID --note TEXT [--ack]`
+    /// acknowledges or resolves one.
+    ///
+    /// Exit codes: 0 done, 2 unknown incident or controller unreachable, 3 token refused.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  \
+        rampart incidents --env production\n  \
+        rampart incidents resolve i-42 --note 'web2 restored by hand' --json"
+    )]
+    Incidents(rampart_controller::client::query::IncidentsArgs),
     /// Certificates for mutual TLS between controller, agents and CI.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -134,6 +263,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Migrate { args } => rampart_controller::migrate::main(&args),
+        Command::Deploy(args) => rampart_controller::client::deploy::deploy(args),
+        Command::Rollback(args) => rampart_controller::client::deploy::rollback(args),
+        Command::Watch(args) => rampart_controller::client::deploy::watch(args),
+        Command::Status(args) => rampart_controller::client::query::status(args),
+        Command::History(args) => rampart_controller::client::query::history(args),
+        Command::Deployment(cmd) => rampart_controller::client::query::deployment(cmd),
+        Command::Approve(args) => rampart_controller::client::query::approve(args),
+        Command::Abort(args) => rampart_controller::client::query::abort(args),
+        Command::Forensics(cmd) => rampart_controller::client::query::forensics(cmd),
+        Command::Incidents(args) => rampart_controller::client::query::incidents(args),
         Command::Certs(CertsCommand::Init {
             dir,
             agents,
@@ -193,6 +332,9 @@ fn main() -> ExitCode {
             txid,
             reconnect_timeout,
             no_fsync,
+            tls_cert,
+            tls_key,
+            tls_ca,
         } => {
             let vars = match parse_extra_vars(&extra_vars) {
                 Ok(v) => v,
@@ -205,6 +347,13 @@ fn main() -> ExitCode {
                 (_, Some(addr)) => Target::Agent {
                     addr,
                     reconnect_timeout: Duration::from_secs(reconnect_timeout),
+                    tls: match rampart_agent::tls::TlsFiles::from_flags(tls_cert, tls_key, tls_ca) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            eprintln!("rampart: {e}");
+                            return ExitCode::from(run::EXIT_USAGE as u8);
+                        }
+                    },
                 },
                 _ => Target::Local {
                     state_dir,

@@ -1,0 +1,416 @@
+//! The controller's side of the agents: one gRPC channel per agent address (mutual TLS unless
+//! `insecure_dev`), artifact delivery, and one host transaction followed to its end — started,
+//! or re-attached with `Watch` from the last event the controller stored.
+//!
+//! A broken stream is retried for the environment's `unreachable_after`; past that the host is
+//! `unreachable`. Its agent's journal still finishes the transaction when the agent comes back,
+//! and the fleet rescue re-attaches to learn how it ended.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rampart_agent::artifacts;
+use rampart_agent::tls::TlsFiles;
+use rampart_proto::v1 as pb;
+use rampart_proto::v1::agent_client::AgentClient;
+use tokio::sync::mpsc;
+use tonic::Code;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Agent channels, by address.
+#[derive(Debug)]
+pub struct Agents {
+    tls: Option<ClientTlsConfig>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// A gRPC client of one agent.
+pub type Client = AgentClient<Channel>;
+
+impl Agents {
+    /// Channels with mutual TLS from `tls`, or plaintext when `None` (`insecure_dev`).
+    pub fn new(tls: Option<&TlsFiles>) -> Result<Agents, String> {
+        let tls = match tls {
+            Some(f) => Some(rampart_agent::tls::client_mutual(f)?),
+            None => None,
+        };
+        Ok(Agents {
+            tls,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A client of the agent at `addr` (`HOST:PORT`), connecting when there is no channel yet.
+    pub async fn client(&self, addr: &str) -> Result<Client, String> {
+        if let Some(ch) = self.channels.lock().expect("agent channels").get(addr) {
+            return Ok(wrap(ch.clone()));
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad agent address {addr:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            // A host that vanishes without closing its sockets is noticed within ~10 s.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            ep = ep
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+        }
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the agent at {addr}: {}", error_chain(&e)))?;
+        self.channels
+            .lock()
+            .expect("agent channels")
+            .insert(addr.to_string(), ch.clone());
+        Ok(wrap(ch))
+    }
+
+    /// Forgets the channel of `addr`, so the next call connects afresh.
+    pub fn forget(&self, addr: &str) {
+        self.channels.lock().expect("agent channels").remove(addr);
+    }
+
+    /// A client, retried (1 s apart) until `within` has passed.
+    pub async fn client_within(&self, addr: &str, within: Duration) -> Result<Client, String> {
+        let deadline = Instant::now() + within;
+        let tries = within.as_secs().max(1) + 1;
+        let mut last = String::new();
+        for _ in 0..tries {
+            match self.client(addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(last)
+    }
+}
+
+fn wrap(ch: Channel) -> Client {
+    AgentClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// An error with its sources, in one line (tonic's transport errors hide the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    for _ in 0..8 {
+        let Some(c) = cur else { break };
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether a status means the connection broke (retry) rather than a refusal.
+pub fn is_transport(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Internal
+            | Code::DeadlineExceeded
+    )
+}
+
+/// Puts an artifact of the controller's store on the agent unless it holds it already.
+pub async fn ensure_artifact(
+    client: &mut Client,
+    state_dir: &Path,
+    sha256: &str,
+) -> Result<bool, String> {
+    let has = client
+        .has_artifact(pb::HasArtifactRequest {
+            sha256: sha256.to_string(),
+        })
+        .await
+        .map_err(|s| format!("HasArtifact {sha256}: {}", s.message()))?
+        .into_inner();
+    if has.present {
+        return Ok(false);
+    }
+    let path = artifacts::artifact_path(state_dir, sha256).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(&path)
+        .map_err(|e| format!("artifact {sha256} is not in the controller's store: {e}"))?
+        .len();
+    let (tx, rx) = mpsc::channel::<pb::ArtifactChunk>(4);
+    let digest = sha256.to_string();
+    let feeder = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(&path).await?;
+        let mut first = true;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = f.read(&mut buf).await?;
+            if n == 0 && !first {
+                break;
+            }
+            let chunk = pb::ArtifactChunk {
+                sha256: if first { digest.clone() } else { String::new() },
+                size: if first { size } else { 0 },
+                data: buf[..n].to_vec(),
+            };
+            first = false;
+            if tx.send(chunk).await.is_err() || n == 0 {
+                break;
+            }
+        }
+        std::io::Result::Ok(())
+    });
+    let r = client
+        .put_artifact(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("PutArtifact {sha256}: {}", s.message()))?;
+    feeder
+        .await
+        .map_err(|e| format!("reading artifact {sha256}: {e}"))?
+        .map_err(|e| format!("reading artifact {sha256}: {e}"))?;
+    let r = r.into_inner();
+    if r.sha256 != sha256 {
+        return Err(format!(
+            "the agent stored {} for artifact {sha256}",
+            r.sha256
+        ));
+    }
+    Ok(true)
+}
+
+/// How following a transaction ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxEnd {
+    /// The transaction finished with this outcome.
+    Finished(pb::Outcome),
+    /// The agent could not be reached for `unreachable_after`, or the deadline passed.
+    Unreachable(String),
+    /// The agent refused the transaction (bad playbook, host lock held, ...).
+    Refused(String),
+}
+
+/// Where to start following.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Start the transaction (or re-attach if the agent has it already).
+    Run(pb::RunRequest),
+    /// Re-attach from this agent sequence number.
+    Watch(u64),
+}
+
+/// Runs or re-attaches to transaction `txid` on `addr` and follows it to its end, passing every
+/// event with `seq >= from` to `events`. Bounded by `deadline` overall and by `unreachable_after`
+/// for each loss of the agent.
+pub async fn follow(
+    agents: &Agents,
+    addr: &str,
+    txid: &str,
+    start: Start,
+    unreachable_after: Duration,
+    deadline: Instant,
+    events: &mpsc::Sender<pb::TransactionEvent>,
+) -> TxEnd {
+    let (mut next_seq, mut run_req) = match start {
+        Start::Run(r) => (0, Some(r)),
+        Start::Watch(s) => (s, None),
+    };
+    // Bounded: every pass either streams until the end or spends at least a second reconnecting,
+    // and the deadline stops it.
+    let max_passes = 10_000;
+    for _ in 0..max_passes {
+        if Instant::now() >= deadline {
+            return TxEnd::Unreachable(format!("transaction {txid} on {addr} missed its deadline"));
+        }
+        let mut client = match agents.client_within(addr, unreachable_after).await {
+            Ok(c) => c,
+            Err(e) => {
+                agents.forget(addr);
+                return TxEnd::Unreachable(e);
+            }
+        };
+        let stream = match run_req.take() {
+            Some(req) => match client.run(req.clone()).await {
+                Ok(s) => Ok(s.into_inner()),
+                Err(s) if s.code() == Code::AlreadyExists => {
+                    // Started before (by this deployment): follow it instead of running it twice.
+                    watch(&mut client, txid, next_seq).await
+                }
+                Err(s) if is_transport(&s) => {
+                    // The agent may or may not have journaled it: `Watch` tells.
+                    lost(
+                        agents,
+                        addr,
+                        txid,
+                        next_seq,
+                        unreachable_after,
+                        Some(req),
+                        &mut run_req,
+                    )
+                    .await
+                }
+                Err(s) => return TxEnd::Refused(s.message().to_string()),
+            },
+            None => watch(&mut client, txid, next_seq).await,
+        };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(s) if s.code() == Code::NotFound && run_req.is_some() => continue,
+            Err(s) if s.code() == Code::NotFound => {
+                return TxEnd::Refused(format!(
+                    "the agent at {addr} has no transaction {txid}: {}",
+                    s.message()
+                ));
+            }
+            Err(s) => {
+                agents.forget(addr);
+                match wait_reachable(agents, addr, txid, next_seq, unreachable_after).await {
+                    Ok(()) => continue,
+                    Err(()) => {
+                        return TxEnd::Unreachable(format!(
+                            "lost the agent at {addr} during transaction {txid} ({}); its journal finishes the transaction when it runs again",
+                            s.message()
+                        ));
+                    }
+                }
+            }
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.message()).await {
+                Err(_) => {
+                    return TxEnd::Unreachable(format!(
+                        "transaction {txid} on {addr} missed its deadline"
+                    ));
+                }
+                Ok(Ok(Some(ev))) => {
+                    if ev.seq < next_seq {
+                        continue;
+                    }
+                    next_seq = ev.seq + 1;
+                    let end = match &ev.kind {
+                        Some(pb::transaction_event::Kind::Finished(f)) => Some(f.outcome()),
+                        _ => None,
+                    };
+                    let _ = events.send(ev).await;
+                    if let Some(o) = end {
+                        return TxEnd::Finished(o);
+                    }
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    agents.forget(addr);
+                    match wait_reachable(agents, addr, txid, next_seq, unreachable_after).await {
+                        Ok(()) => break,
+                        Err(()) => {
+                            return TxEnd::Unreachable(format!(
+                                "lost the agent at {addr} at event {next_seq} of transaction {txid}; its journal finishes the transaction when it runs again"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    TxEnd::Unreachable(format!("gave up following {txid} on {addr}"))
+}
+
+async fn watch(
+    client: &mut Client,
+    txid: &str,
+    from_seq: u64,
+) -> Result<tonic::Streaming<pb::TransactionEvent>, tonic::Status> {
+    client
+        .watch(pb::WatchRequest {
+            txid: txid.to_string(),
+            from_seq,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// After `Run` failed in transport: finds out whether the agent journaled it.
+async fn lost(
+    agents: &Agents,
+    addr: &str,
+    txid: &str,
+    from_seq: u64,
+    within: Duration,
+    req: Option<pb::RunRequest>,
+    run_req: &mut Option<pb::RunRequest>,
+) -> Result<tonic::Streaming<pb::TransactionEvent>, tonic::Status> {
+    agents.forget(addr);
+    let deadline = Instant::now() + within;
+    let mut last = tonic::Status::unavailable(format!("agent at {addr} unreachable"));
+    for _ in 0..(within.as_secs() + 2) {
+        if let Ok(mut c) = agents.client(addr).await {
+            match watch(&mut c, txid, from_seq).await {
+                Ok(s) => return Ok(s),
+                Err(s) if s.code() == Code::NotFound => {
+                    // Never journaled: running it now cannot run it twice.
+                    *run_req = req;
+                    return Err(s);
+                }
+                Err(s) => last = s,
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(last)
+}
+
+/// Waits until the agent answers `GetTransaction(txid)` again, for at most `within`.
+async fn wait_reachable(
+    agents: &Agents,
+    addr: &str,
+    txid: &str,
+    _from_seq: u64,
+    within: Duration,
+) -> Result<(), ()> {
+    let deadline = Instant::now() + within;
+    for _ in 0..(within.as_secs() * 4 + 2) {
+        if let Ok(mut c) = agents.client(addr).await
+            && c.get_transaction(pb::GetTransactionRequest {
+                txid: txid.to_string(),
+            })
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        agents.forget(addr);
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(())
+}
+
+/// The forensics bundle a transaction recorded on the agent, if any.
+pub async fn forensics_of(client: &mut Client, txid: &str) -> Option<String> {
+    let list = client
+        .list_forensics(pb::ListForensicsRequest { limit: 50 })
+        .await
+        .ok()?
+        .into_inner();
+    list.bundles
+        .into_iter()
+        .find(|b| b.txid == txid)
+        .map(|b| b.id)
+}

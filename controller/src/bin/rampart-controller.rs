@@ -1,0 +1,190 @@
+//! `rampart-controller`: the server CI calls. It owns the environments, runs deployments in
+//! waves through the agents, and keeps their history in its store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rampart_controller::agents::Agents;
+use rampart_controller::config::{self, ControllerConfig, StoreConfig};
+use rampart_controller::deployment::Controller;
+use rampart_controller::service::Service;
+use rampart_controller::store::Store;
+use rampart_controller::store::postgres::PostgresStore;
+use rampart_controller::store::sqlite::SqliteStore;
+
+/// Rampart's controller: the gRPC API CI deploys through.
+///
+/// Reads its configuration (environments with their inventories, playbooks and rollout
+/// policy; bearer tokens; TLS files), finishes or rescues any deployment a previous run left
+/// unfinished, then serves. Exit codes: 0 stopped on SIGTERM/SIGINT, 2 bad configuration or a
+/// store that cannot be opened.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  \
+        rampart-controller --config /etc/rampart/controller.toml\n  \
+        rampart-controller hash-token < /run/secrets/ci-token   # the sha256 for [[tokens]]\n  \
+        rampart-controller --config dev.toml --insecure-dev     # plaintext, development only\n\n\
+        The configuration's format is documented in README.md (\"The controller\")."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// The TOML configuration file.
+    #[arg(long, short = 'c', default_value = "/etc/rampart/controller.toml")]
+    config: PathBuf,
+    /// Address to listen on, overriding the config (port 0 picks a free one; printed).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Plaintext gRPC to CI and to the agents (development only; warns on every start).
+    #[arg(long)]
+    insecure_dev: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Reads a token on stdin and prints the sha256 to put in `[[tokens]] sha256 = "…"`.
+    HashToken,
+    /// Checks the configuration (inventories, playbooks, TLS files) and exits.
+    Check,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rampart-controller: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Cmd::HashToken) = args.command {
+        let mut token = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
+        if token.trim().is_empty() {
+            anyhow::bail!("no token on stdin");
+        }
+        println!("{}", config::hash_token(&token));
+        return Ok(());
+    }
+    let mut cfg = ControllerConfig::load(&args.config).map_err(anyhow::Error::msg)?;
+    if args.insecure_dev && !cfg.insecure_dev {
+        anyhow::bail!(
+            "--insecure-dev needs `insecure_dev = true` in {} too: plaintext must be asked for on both ends",
+            args.config.display()
+        );
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    // Load every TLS file now, so a bad path fails at start, not at the first deploy.
+    let server_tls = match &cfg.tls {
+        Some((cert, key)) if !cfg.insecure_dev => {
+            Some(rampart_agent::tls::server_only(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let agents = Agents::new(if cfg.insecure_dev {
+        None
+    } else {
+        cfg.agent_tls.as_ref()
+    })
+    .map_err(anyhow::Error::msg)?;
+    if let Some(Cmd::Check) = args.command {
+        println!(
+            "configuration OK: {} environment(s), {} token(s)",
+            cfg.environments.len(),
+            cfg.tokens.len()
+        );
+        return Ok(());
+    }
+    if cfg.insecure_dev {
+        tracing::warn!(
+            "insecure_dev: plaintext gRPC to CI and to the agents; bearer tokens cross the network in clear"
+        );
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", cfg.state_dir.display()))?;
+    let (store, shared): (Arc<dyn Store>, bool) = match &cfg.store {
+        StoreConfig::Sqlite(p) => (Arc::new(SqliteStore::open(p)?), false),
+        StoreConfig::Postgres(u) => (Arc::new(PostgresStore::open(u)?), true),
+    };
+    tracing::info!(store = %store.describe(), instance = %cfg.instance, "store open");
+    let cfg = Arc::new(cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
+    rt.block_on(async move {
+        let ctl = Controller::new(cfg.clone(), store, agents);
+        let me = cfg.instance.clone();
+        ctl.db(move |s| s.heartbeat(&me)).await?;
+        // A SQLite store is this process's alone (its lock file says so): whatever a previous
+        // run left unfinished is ours at once. A shared store waits until the owner's heartbeat
+        // is stale.
+        let stale = if shared {
+            Duration::from_secs(10)
+        } else {
+            Duration::ZERO
+        };
+        let n = ctl.adopt_orphans(stale).await?;
+        if n > 0 {
+            tracing::warn!(count = n, "took over unfinished deployments");
+        }
+        let bg = ctl.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let me = bg.cfg.instance.clone();
+                if let Err(e) = bg.db(move |s| s.heartbeat(&me)).await {
+                    tracing::error!("heartbeat: {e}");
+                }
+                if shared && let Err(e) = bg.adopt_orphans(stale).await {
+                    tracing::error!("looking for orphaned deployments: {e}");
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "serving");
+        println!("listening on {addr}");
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down; unfinished deployments resume at the next start");
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = server_tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
+            .add_service(Service::new(ctl).into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await?;
+        anyhow::Ok(())
+    })
+}

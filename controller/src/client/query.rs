@@ -1,0 +1,1098 @@
+//! The controller's read and control commands: `rampart status`, `history`, `deployment show`,
+//! `approve`, `abort`, `forensics get`, `incidents` and `incidents resolve`.
+//!
+//! Each prints a text table, or with `--json` the full objects ([`deployment_json`],
+//! [`incident_json`]: enums as snake_case names such as `rolled_back`, timestamps as RFC 3339).
+//! Exit codes: 0 done, 2 usage error, unknown id or controller unreachable, 3 token refused.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rampart_proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::deploy::version_change;
+use super::{
+    CliError, Client, Controller, ControllerArgs, EXIT_OK, agent_outcome_name, block_on,
+    duration_text, fail, host_state_name, incident_state_name, kind_name, outcome_name,
+    severity_name, size_text, state_name, timestamp, timestamp_json, timestamp_text, write_table,
+};
+
+/// `rampart status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Only this environment (default: every environment).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `rampart history`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// The environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// At most this many deployments, newest first.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: u32,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `rampart deployment ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DeploymentCommand {
+    /// Show one deployment: its state, outcome, who asked, and every host's result.
+    ///
+    /// The host table gives each host's wave, state, from → to version, transaction id, fleet
+    /// rescue transaction id, forensics bundle id and message. Exit codes: 0 shown, 2 unknown
+    /// deployment or controller unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart deployment show d-20250131-120000-ab12\n  \
+        rampart deployment show d-20250131-120000-ab12 --json | jq '.hosts[] | select(.state != \"succeeded\")'")]
+    Show(ShowArgs),
+}
+
+/// `rampart deployment show`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShowArgs {
+    /// The deployment's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `rampart approve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApproveArgs {
+    /// The deployment waiting for approval.
+    #[arg(value_name = "DEPLOYMENT")]
+    pub deployment: String,
+    /// A comment recorded with the approval.
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `rampart abort`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AbortArgs {
+    /// The deployment to abort.
+    #[arg(value_name = "DEPLOYMENT")]
+    pub deployment: String,
+    /// Why, recorded in history and shown in events.
+    #[arg(long, value_name = "TEXT", required = true)]
+    pub reason: String,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `rampart forensics ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ForensicsCommand {
+    /// Download the forensics bundle (tar.gz) a host recorded during a deployment.
+    ///
+    /// The bytes go to FILE.partial first and are renamed to FILE when complete, so FILE is
+    /// never a partial bundle. An existing FILE is kept unless --force. Exit codes: 0 written,
+    /// 2 no such bundle, FILE exists, or controller unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart forensics get d-20250131-120000-ab12 web2 -o web2-forensics.tar.gz\n  \
+        rampart forensics get d-20250131-120000-ab12 web2 -o web2.tar.gz --force")]
+    Get(ForensicsGetArgs),
+}
+
+/// `rampart forensics get`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForensicsGetArgs {
+    /// The deployment.
+    #[arg(value_name = "DEPLOYMENT")]
+    pub deployment: String,
+    /// The host's inventory name.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// Where to write the bundle.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `rampart incidents [resolve]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IncidentsArgs {
+    /// Acknowledge or resolve an incident instead of listing them.
+    #[command(subcommand)]
+    pub command: Option<IncidentsCommand>,
+    /// Only this environment's incidents (default: every environment).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// `rampart incidents ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum IncidentsCommand {
+    /// Resolve an incident with a note, or only acknowledge it (--ack).
+    ///
+    /// The note goes into history with the token's name. Exit codes: 0 done, 2 unknown
+    /// incident or controller unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart incidents resolve i-42 --ack --note 'looking at web2'\n  \
+        rampart incidents resolve i-42 --note 'web2 restored by hand from 2.3.0'")]
+    Resolve(ResolveArgs),
+}
+
+/// `rampart incidents resolve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResolveArgs {
+    /// The incident's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// What was done (the resolution note).
+    #[arg(long, value_name = "TEXT", required = true)]
+    pub note: String,
+    /// Only acknowledge the incident; leave it unresolved.
+    #[arg(long)]
+    pub ack: bool,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+/// One host's result as JSON, every field; the state capture is parsed (null when empty).
+pub fn host_result_json(h: &pb::HostResult) -> Value {
+    let capture = parse_json_text(&h.state_capture_json);
+    json!({
+        "host": h.host,
+        "state": host_state_name(h.state()),
+        "outcome": agent_outcome_name(h.outcome()),
+        "from_version": h.from_version,
+        "to_version": h.to_version,
+        "forensics_id": h.forensics_id,
+        "txid": h.txid,
+        "rescue_txid": h.rescue_txid,
+        "wave": h.wave,
+        "message": h.message,
+        "started": timestamp_json(h.started.as_ref()),
+        "finished": timestamp_json(h.finished.as_ref()),
+        "state_capture": capture,
+    })
+}
+
+/// A deployment as JSON, every field: enums as snake_case names (`rolled_back`), timestamps as
+/// RFC 3339 (null when unset).
+pub fn deployment_json(d: &pb::Deployment) -> Value {
+    let artifacts: BTreeMap<&String, &String> = d.artifacts.iter().collect();
+    json!({
+        "id": d.id,
+        "kind": kind_name(d.kind()),
+        "environment": d.environment,
+        "version": d.version,
+        "state": state_name(d.state()),
+        "outcome": outcome_name(d.outcome()),
+        "requested_by": d.requested_by,
+        "ci_run_id": d.ci_run_id,
+        "commit": d.commit,
+        "created": timestamp_json(d.created.as_ref()),
+        "started": timestamp_json(d.started.as_ref()),
+        "finished": timestamp_json(d.finished.as_ref()),
+        "hosts": d.hosts.iter().map(host_result_json).collect::<Vec<_>>(),
+        "queue_position": d.queue_position,
+        "last_seq": d.last_seq,
+        "artifacts": artifacts,
+        "check": d.check,
+        "reason": d.reason,
+        "approved_by": d.approved_by,
+        "aborted_by": d.aborted_by,
+        "summary": d.summary,
+        "incident_id": d.incident_id,
+        "vars": parse_json_text(&d.vars_json),
+        "serial": d.serial,
+        "max_fail_percentage": d.max_fail_percentage,
+        "wait_timeout_ms": d.wait_timeout_ms,
+    })
+}
+
+/// JSON text from the wire as a value: null when empty, a string when not JSON.
+fn parse_json_text(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+/// An incident as JSON, every field.
+pub fn incident_json(i: &pb::Incident) -> Value {
+    json!({
+        "id": i.id,
+        "environment": i.environment,
+        "deployment_id": i.deployment_id,
+        "severity": severity_name(i.severity()),
+        "state": incident_state_name(i.state()),
+        "summary": i.summary,
+        "hosts": i.hosts,
+        "opened": timestamp_json(i.opened.as_ref()),
+        "resolved": timestamp_json(i.resolved.as_ref()),
+        "resolution": i.resolution,
+        "acknowledged_by": i.acknowledged_by,
+        "resolved_by": i.resolved_by,
+    })
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+
+/// Per-host states counted: `5 succeeded`, `2 rolled_back, 3 pending`, or `-` with no hosts.
+pub fn hosts_summary(hosts: &[pb::HostResult]) -> String {
+    use pb::HostState as S;
+    const ORDER: [S; 8] = [
+        S::Succeeded,
+        S::RolledBack,
+        S::RollbackFailed,
+        S::Failed,
+        S::Unreachable,
+        S::Running,
+        S::Pending,
+        S::Unspecified,
+    ];
+    let parts: Vec<String> = ORDER
+        .iter()
+        .filter_map(|s| {
+            let n = hosts.iter().filter(|h| h.state() == *s).count();
+            (n > 0).then(|| format!("{n} {}", host_state_name(*s)))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The outcome when finished, else the state (`queued #2` for a queued one).
+fn outcome_or_state(d: &pb::Deployment) -> String {
+    match d.state() {
+        pb::DeploymentState::Finished => outcome_name(d.outcome()),
+        pb::DeploymentState::Queued if d.queue_position > 0 => {
+            format!("queued #{}", d.queue_position)
+        }
+        s => state_name(s),
+    }
+}
+
+/// How long a deployment took (or has been running, marked `…`), from lock to end.
+fn duration_of(d: &pb::Deployment, now: chrono::DateTime<chrono::Utc>) -> String {
+    let from = timestamp(d.started.as_ref()).or_else(|| timestamp(d.created.as_ref()));
+    let to = timestamp(d.finished.as_ref());
+    match (from, to) {
+        (Some(a), Some(b)) => duration_text((b - a).to_std().unwrap_or_default()),
+        (Some(a), None) if d.state() != pb::DeploymentState::Finished && d.started.is_some() => {
+            format!("{}…", duration_text((now - a).to_std().unwrap_or_default()))
+        }
+        _ => "-".to_string(),
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn short_commit(c: &str) -> String {
+    or_dash(&c.chars().take(12).collect::<String>())
+}
+
+/// For each environment: its running, awaiting-approval, rescuing and queued deployments (queued
+/// ones by position), then its last finished one. `deployments` is newest first.
+pub fn status_selection(deployments: &[pb::Deployment]) -> Vec<&pb::Deployment> {
+    let mut by_env: BTreeMap<&str, Vec<&pb::Deployment>> = BTreeMap::new();
+    for d in deployments {
+        by_env.entry(d.environment.as_str()).or_default().push(d);
+    }
+    let mut out = Vec::new();
+    for (_, deps) in by_env {
+        let mut active: Vec<&pb::Deployment> = deps
+            .iter()
+            .copied()
+            .filter(|d| d.state() != pb::DeploymentState::Finished)
+            .collect();
+        // Not queued first (in list order), then the queue by position.
+        active.sort_by_key(|d| {
+            if d.state() == pb::DeploymentState::Queued {
+                (1, d.queue_position)
+            } else {
+                (0, 0)
+            }
+        });
+        out.extend(active);
+        if let Some(last) = deps
+            .iter()
+            .find(|d| d.state() == pb::DeploymentState::Finished)
+        {
+            out.push(last);
+        }
+    }
+    out
+}
+
+/// The `status` table of a selection from [`status_selection`].
+pub fn render_status<W: Write>(out: &mut W, selection: &[&pb::Deployment]) -> std::io::Result<()> {
+    if selection.is_empty() {
+        return writeln!(out, "no deployments");
+    }
+    let mut rows = vec![
+        [
+            "ENV", "STATE", "ID", "KIND", "VERSION", "SINCE", "BY", "HOSTS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for d in selection {
+        let (label, since) = match d.state() {
+            pb::DeploymentState::Finished => (
+                format!("last: {}", outcome_name(d.outcome())),
+                d.finished.as_ref(),
+            ),
+            pb::DeploymentState::Queued => (outcome_or_state(d), d.created.as_ref()),
+            s => (state_name(s), d.started.as_ref().or(d.created.as_ref())),
+        };
+        rows.push(vec![
+            d.environment.clone(),
+            label,
+            d.id.clone(),
+            kind_name(d.kind()),
+            d.version.clone(),
+            timestamp_text(since),
+            or_dash(&d.requested_by),
+            hosts_summary(&d.hosts),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
+/// The `history` table, newest first.
+pub fn render_history<W: Write>(
+    out: &mut W,
+    deployments: &[pb::Deployment],
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::io::Result<()> {
+    if deployments.is_empty() {
+        return writeln!(out, "no deployments");
+    }
+    let mut rows = vec![
+        [
+            "ID", "KIND", "VERSION", "OUTCOME", "BY", "CI RUN", "COMMIT", "CREATED", "DURATION",
+            "HOSTS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for d in deployments {
+        rows.push(vec![
+            d.id.clone(),
+            kind_name(d.kind()),
+            d.version.clone(),
+            outcome_or_state(d),
+            or_dash(&d.requested_by),
+            or_dash(&d.ci_run_id),
+            short_commit(&d.commit),
+            timestamp_text(d.created.as_ref()),
+            duration_of(d, now),
+            hosts_summary(&d.hosts),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
+/// `deployment show`: the fields, then the host table.
+pub fn render_deployment<W: Write>(
+    out: &mut W,
+    d: &pb::Deployment,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "deployment {}: {} {} to {}",
+        d.id,
+        kind_name(d.kind()),
+        d.version,
+        d.environment
+    )?;
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut field = |k: &str, v: String| {
+        if !v.is_empty() {
+            rows.push(vec![format!("  {k}:"), v]);
+        }
+    };
+    field("state", outcome_or_state(d));
+    field("summary", d.summary.clone());
+    field("requested by", d.requested_by.clone());
+    field("ci run", d.ci_run_id.clone());
+    field("commit", d.commit.clone());
+    field("created", timestamp_text(d.created.as_ref()));
+    if d.started.is_some() {
+        field("started", timestamp_text(d.started.as_ref()));
+    }
+    if d.finished.is_some() {
+        field("finished", timestamp_text(d.finished.as_ref()));
+    }
+    field("duration", duration_of(d, now));
+    if d.check {
+        field("check mode", "yes".into());
+    }
+    let artifacts: BTreeMap<&String, &String> = d.artifacts.iter().collect();
+    for (name, sha) in artifacts {
+        field("artifact", format!("{name} sha256 {sha}"));
+    }
+    if !d.serial.is_empty() {
+        field("serial", d.serial.join(" "));
+    }
+    if let Some(m) = d.max_fail_percentage {
+        field("max fail", format!("{m}%"));
+    }
+    if d.wait_timeout_ms > 0 {
+        field(
+            "wait timeout",
+            duration_text(Duration::from_millis(d.wait_timeout_ms)),
+        );
+    }
+    // Names only: values may be secrets.
+    if let Value::Object(vars) = parse_json_text(&d.vars_json) {
+        field("vars", vars.keys().cloned().collect::<Vec<_>>().join(", "));
+    }
+    field("reason", d.reason.clone());
+    field("approved by", d.approved_by.clone());
+    field("aborted by", d.aborted_by.clone());
+    field("incident", d.incident_id.clone());
+    field("last seq", d.last_seq.to_string());
+    write_table(out, &rows)?;
+    if d.hosts.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    let mut rows = vec![
+        [
+            "HOST",
+            "WAVE",
+            "STATE",
+            "FROM → TO",
+            "TXID",
+            "RESCUE TXID",
+            "FORENSICS",
+            "MESSAGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for h in &d.hosts {
+        rows.push(vec![
+            h.host.clone(),
+            (h.wave + 1).to_string(),
+            host_state_name(h.state()),
+            version_change(&h.from_version, &h.to_version),
+            or_dash(&h.txid),
+            or_dash(&h.rescue_txid),
+            or_dash(&h.forensics_id),
+            h.message.clone(),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
+/// The `incidents` table.
+pub fn render_incidents<W: Write>(out: &mut W, incidents: &[pb::Incident]) -> std::io::Result<()> {
+    if incidents.is_empty() {
+        return writeln!(out, "no incidents");
+    }
+    let mut rows = vec![
+        [
+            "ID",
+            "SEVERITY",
+            "STATE",
+            "ENV",
+            "DEPLOYMENT",
+            "OPENED",
+            "HOSTS",
+            "SUMMARY",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in incidents {
+        rows.push(vec![
+            i.id.clone(),
+            severity_name(i.severity()),
+            incident_state_name(i.state()),
+            i.environment.clone(),
+            i.deployment_id.clone(),
+            timestamp_text(i.opened.as_ref()),
+            or_dash(&i.hosts.join(",")),
+            i.summary.clone(),
+        ]);
+    }
+    write_table(out, &rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+/// Resolves the controller, connects, and runs `body` on a current-thread runtime.
+fn with_client<F, Fut>(args: &ControllerArgs, body: F) -> i32
+where
+    F: FnOnce(Controller, Client) -> Fut,
+    Fut: Future<Output = Result<i32, CliError>>,
+{
+    let ctl = match Controller::from_args(args) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    block_on(async move {
+        let client = ctl.connect().await?;
+        body(ctl, client).await
+    })
+}
+
+/// `rampart status`: active and last finished deployments per environment.
+pub fn status(args: StatusArgs) -> i32 {
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let resp = c
+            .list_deployments(pb::ListDeploymentsRequest {
+                environment: args.env.clone().unwrap_or_default(),
+                states: Vec::new(),
+                limit: 20,
+            })
+            .await
+            .map_err(|s| ctl.error("list deployments", &s))?
+            .into_inner();
+        let sel = status_selection(&resp.deployments);
+        if json {
+            print_json(&Value::Array(
+                sel.iter().map(|d| deployment_json(d)).collect(),
+            ));
+        } else {
+            let _ = render_status(&mut std::io::stdout().lock(), &sel);
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `rampart history`: an environment's deployments, newest first.
+pub fn history(args: HistoryArgs) -> i32 {
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let resp = c
+            .list_deployments(pb::ListDeploymentsRequest {
+                environment: args.env.clone(),
+                states: Vec::new(),
+                limit: args.limit,
+            })
+            .await
+            .map_err(|s| ctl.error(&format!("list deployments of {}", args.env), &s))?
+            .into_inner();
+        if json {
+            print_json(&Value::Array(
+                resp.deployments.iter().map(deployment_json).collect(),
+            ));
+        } else {
+            let _ = render_history(
+                &mut std::io::stdout().lock(),
+                &resp.deployments,
+                chrono::Utc::now(),
+            );
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `rampart deployment ...`.
+pub fn deployment(cmd: DeploymentCommand) -> i32 {
+    match cmd {
+        DeploymentCommand::Show(args) => deployment_show(args),
+    }
+}
+
+/// `rampart deployment show`: one deployment with its per-host results.
+pub fn deployment_show(args: ShowArgs) -> i32 {
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let d = c
+            .get_deployment(pb::GetDeploymentRequest {
+                deployment_id: args.id.clone(),
+            })
+            .await
+            .map_err(|s| ctl.error(&format!("show deployment {}", args.id), &s))?
+            .into_inner();
+        if json {
+            print_json(&deployment_json(&d));
+        } else {
+            let _ = render_deployment(&mut std::io::stdout().lock(), &d, chrono::Utc::now());
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `rampart approve`: approves a deployment waiting for approval; prints its new state.
+pub fn approve(args: ApproveArgs) -> i32 {
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let resp = c
+            .approve(pb::ApproveRequest {
+                deployment_id: args.deployment.clone(),
+                comment: args.comment.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| ctl.error(&format!("approve {}", args.deployment), &s))?
+            .into_inner();
+        let d = resp.deployment.unwrap_or_default();
+        if json {
+            print_json(&deployment_json(&d));
+        } else {
+            println!(
+                "approved {}: {} (follow it with `rampart watch {}`)",
+                args.deployment,
+                outcome_or_state(&d),
+                args.deployment
+            );
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `rampart abort`: aborts a deployment; prints its new state.
+pub fn abort(args: AbortArgs) -> i32 {
+    if args.reason.trim().is_empty() {
+        return fail(CliError::usage("--reason must say why"));
+    }
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let resp = c
+            .abort(pb::AbortRequest {
+                deployment_id: args.deployment.clone(),
+                reason: args.reason.clone(),
+            })
+            .await
+            .map_err(|s| ctl.error(&format!("abort {}", args.deployment), &s))?
+            .into_inner();
+        let d = resp.deployment.unwrap_or_default();
+        if json {
+            print_json(&deployment_json(&d));
+        } else if d.state() == pb::DeploymentState::Finished {
+            println!("aborted {}: {}", args.deployment, outcome_or_state(&d));
+        } else {
+            println!(
+                "aborting {}: {}; the hosts it changed are rolled back: follow it with \
+                 `rampart watch {}`",
+                args.deployment,
+                outcome_or_state(&d),
+                args.deployment
+            );
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `rampart forensics ...`.
+pub fn forensics(cmd: ForensicsCommand) -> i32 {
+    match cmd {
+        ForensicsCommand::Get(args) => forensics_get(args),
+    }
+}
+
+/// `FILE.partial` next to `FILE`.
+fn partial_path(output: &std::path::Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// `rampart forensics get`: streams a host's forensics bundle into FILE.partial, then renames
+/// it to FILE.
+pub fn forensics_get(args: ForensicsGetArgs) -> i32 {
+    if args.output.exists() && !args.force {
+        return fail(CliError::usage(format!(
+            "{} exists; pass --force to replace it",
+            args.output.display()
+        )));
+    }
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let what = format!("get the forensics of {} in {}", args.host, args.deployment);
+        let mut stream = c
+            .get_forensics(pb::GetDeploymentForensicsRequest {
+                deployment_id: args.deployment.clone(),
+                host: args.host.clone(),
+            })
+            .await
+            .map_err(|s| ctl.error(&what, &s))?
+            .into_inner();
+        let partial = partial_path(&args.output);
+        let result = async {
+            let mut f = tokio::fs::File::create(&partial).await.map_err(|e| {
+                CliError::usage(format!("cannot create {}: {e}", partial.display()))
+            })?;
+            let write_err =
+                |e: std::io::Error| CliError::usage(format!("writing {}: {e}", partial.display()));
+            let mut size = 0u64;
+            while let Some(chunk) = stream.message().await.map_err(|s| ctl.error(&what, &s))? {
+                f.write_all(&chunk.data).await.map_err(write_err)?;
+                size += chunk.data.len() as u64;
+            }
+            f.flush().await.map_err(write_err)?;
+            f.sync_all().await.map_err(write_err)?;
+            drop(f);
+            tokio::fs::rename(&partial, &args.output)
+                .await
+                .map_err(|e| {
+                    CliError::usage(format!(
+                        "cannot rename {} to {}: {e}",
+                        partial.display(),
+                        args.output.display()
+                    ))
+                })?;
+            Ok::<u64, CliError>(size)
+        }
+        .await;
+        let size = match result {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(e);
+            }
+        };
+        if json {
+            print_json(&json!({"path": args.output.display().to_string(), "size": size}));
+        } else {
+            println!(
+                "wrote {} ({size} bytes) to {}",
+                size_text(size),
+                args.output.display()
+            );
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+/// `rampart incidents [resolve]`.
+pub fn incidents(args: IncidentsArgs) -> i32 {
+    match args.command {
+        Some(IncidentsCommand::Resolve(r)) => incident_resolve(r),
+        None => {
+            let json = args.controller.json;
+            with_client(&args.controller, |ctl, mut c| async move {
+                let resp = c
+                    .list_incidents(pb::ListIncidentsRequest {
+                        environment: args.env.clone().unwrap_or_default(),
+                        states: Vec::new(),
+                        limit: 0,
+                    })
+                    .await
+                    .map_err(|s| ctl.error("list incidents", &s))?
+                    .into_inner();
+                if json {
+                    print_json(&Value::Array(
+                        resp.incidents.iter().map(incident_json).collect(),
+                    ));
+                } else {
+                    let _ = render_incidents(&mut std::io::stdout().lock(), &resp.incidents);
+                }
+                Ok(EXIT_OK)
+            })
+        }
+    }
+}
+
+/// `rampart incidents resolve`: acknowledges or resolves an incident.
+pub fn incident_resolve(args: ResolveArgs) -> i32 {
+    if args.note.trim().is_empty() {
+        return fail(CliError::usage("--note must say what was done"));
+    }
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let i = c
+            .resolve_incident(pb::ResolveIncidentRequest {
+                incident_id: args.id.clone(),
+                note: args.note.clone(),
+                acknowledge_only: args.ack,
+            })
+            .await
+            .map_err(|s| ctl.error(&format!("resolve incident {}", args.id), &s))?
+            .into_inner();
+        if json {
+            print_json(&incident_json(&i));
+        } else {
+            let by = if i.state() == pb::IncidentState::Resolved {
+                &i.resolved_by
+            } else {
+                &i.acknowledged_by
+            };
+            println!(
+                "incident {}: {}{}",
+                i.id,
+                incident_state_name(i.state()),
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {by}")
+                }
+            );
+        }
+        Ok(EXIT_OK)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        })
+    }
+
+    fn host(name: &str, state: pb::HostState) -> pb::HostResult {
+        pb::HostResult {
+            host: name.into(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn dep(id: &str, env: &str, state: pb::DeploymentState) -> pb::Deployment {
+        pb::Deployment {
+            id: id.into(),
+            environment: env.into(),
+            kind: pb::DeploymentKind::Deploy as i32,
+            version: "2.4.1".into(),
+            state: state as i32,
+            created: ts(1_700_000_000),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deployment_json_has_every_field() {
+        let mut d = dep("d-1", "production", pb::DeploymentState::Finished);
+        d.outcome = pb::DeploymentOutcome::RolledBack as i32;
+        d.started = ts(1_700_000_010);
+        d.finished = ts(1_700_000_100);
+        d.artifacts.insert("backend".into(), "ab".repeat(32));
+        d.hosts = vec![pb::HostResult {
+            host: "web1".into(),
+            state: pb::HostState::RolledBack as i32,
+            outcome: pb::Outcome::RolledBack as i32,
+            state_capture_json: r#"{"versions":{"backend":"2.3.0"}}"#.into(),
+            ..Default::default()
+        }];
+        let v = deployment_json(&d);
+        assert_eq!(v["kind"], "deploy");
+        assert_eq!(v["state"], "finished");
+        assert_eq!(v["outcome"], "rolled_back");
+        assert_eq!(v["created"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["artifacts"]["backend"], "ab".repeat(32));
+        assert_eq!(v["hosts"][0]["state"], "rolled_back");
+        assert_eq!(v["hosts"][0]["outcome"], "rolled_back");
+        assert_eq!(
+            v["hosts"][0]["state_capture"]["versions"]["backend"],
+            "2.3.0"
+        );
+        assert_eq!(v["hosts"][0]["started"], Value::Null);
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.len(), 26, "one key per Deployment field");
+        assert_eq!(v["vars"], Value::Null);
+        assert_eq!(v["max_fail_percentage"], Value::Null);
+    }
+
+    #[test]
+    fn hosts_summaries() {
+        assert_eq!(
+            hosts_summary(&[
+                host("a", pb::HostState::Pending),
+                host("b", pb::HostState::RolledBack),
+                host("c", pb::HostState::RolledBack),
+                host("d", pb::HostState::Pending),
+                host("e", pb::HostState::Pending),
+            ]),
+            "2 rolled_back, 3 pending"
+        );
+        assert_eq!(hosts_summary(&[]), "-");
+    }
+
+    #[test]
+    fn status_shows_active_then_last_finished_per_environment() {
+        let mut q2 = dep("d-5", "production", pb::DeploymentState::Queued);
+        q2.queue_position = 2;
+        let mut q1 = dep("d-4", "production", pb::DeploymentState::Queued);
+        q1.queue_position = 1;
+        let running = dep("d-3", "production", pb::DeploymentState::Running);
+        let mut last = dep("d-2", "production", pb::DeploymentState::Finished);
+        last.outcome = pb::DeploymentOutcome::Succeeded as i32;
+        let older = dep("d-1", "production", pb::DeploymentState::Finished);
+        let staging = dep("d-9", "staging", pb::DeploymentState::Finished);
+        let list = vec![q2, q1, running, last, older, staging];
+        let sel = status_selection(&list);
+        let ids: Vec<&str> = sel.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["d-3", "d-4", "d-5", "d-2", "d-9"]);
+        let mut out = Vec::new();
+        render_status(&mut out, &sel).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("queued #1"), "{text}");
+        assert!(text.contains("last: succeeded"), "{text}");
+    }
+
+    #[test]
+    fn history_and_show_render() {
+        let mut d = dep("d-2", "production", pb::DeploymentState::Finished);
+        d.outcome = pb::DeploymentOutcome::RolledBack as i32;
+        d.started = ts(1_700_000_000);
+        d.finished = ts(1_700_000_185);
+        d.commit = "0123456789abcdef".into();
+        d.vars_json = r#"{"db_password":"hunter2","feature":"x"}"#.into();
+        d.serial = vec!["1".into(), "50%".into()];
+        d.hosts = vec![pb::HostResult {
+            host: "web1".into(),
+            state: pb::HostState::RolledBack as i32,
+            from_version: "2.3.0".into(),
+            to_version: "2.3.0".into(),
+            txid: "t-1".into(),
+            rescue_txid: "t-2".into(),
+            forensics_id: "2.4.1-20231114".into(),
+            message: "health check failed".into(),
+            ..Default::default()
+        }];
+        let now = chrono::Utc::now();
+        let mut out = Vec::new();
+        render_history(&mut out, std::slice::from_ref(&d), now).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("rolled_back"), "{row}");
+        assert!(row.contains("0123456789ab "), "{row}");
+        assert!(row.contains("3m05s"), "{row}");
+        assert!(row.contains("1 rolled_back"), "{row}");
+        let mut out = Vec::new();
+        render_deployment(&mut out, &d, now).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("deployment d-2: deploy 2.4.1 to production\n"),
+            "{text}"
+        );
+        assert!(text.contains("t-2"), "{text}");
+        assert!(text.contains("2.4.1-20231114"), "{text}");
+        assert!(text.contains("health check failed"), "{text}");
+        assert!(text.contains("db_password, feature"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("1 50%"), "{text}");
+    }
+
+    #[test]
+    fn incidents_json_and_table() {
+        let i = pb::Incident {
+            id: "i-1".into(),
+            environment: "production".into(),
+            deployment_id: "d-2".into(),
+            severity: pb::IncidentSeverity::Critical as i32,
+            state: pb::IncidentState::Open as i32,
+            summary: "rollback failed on web2".into(),
+            hosts: vec!["web2".into()],
+            opened: ts(1_700_000_000),
+            ..Default::default()
+        };
+        let v = incident_json(&i);
+        assert_eq!(v["severity"], "critical");
+        assert_eq!(v["state"], "open");
+        assert_eq!(v["resolved"], Value::Null);
+        let mut out = Vec::new();
+        render_incidents(&mut out, &[i]).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("critical  open"));
+    }
+
+    #[test]
+    fn forensics_get_writes_through_a_partial_file() {
+        use crate::client::mock;
+        let (url, _) = mock::start();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("web1.tar.gz");
+        let mut args = ForensicsGetArgs {
+            deployment: "d-1".into(),
+            host: "web1".into(),
+            output: out.clone(),
+            force: false,
+            controller: mock::args(&url, dir.path(), mock::TOKEN),
+        };
+        assert_eq!(forensics_get(args.clone()), 0);
+        assert_eq!(std::fs::read(&out).unwrap(), b"abcdef");
+        assert!(!partial_path(&out).exists());
+        // An existing file is kept without --force.
+        std::fs::write(&out, b"keep").unwrap();
+        assert_eq!(forensics_get(args.clone()), 2);
+        assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+        args.force = true;
+        assert_eq!(forensics_get(args.clone()), 0);
+        assert_eq!(std::fs::read(&out).unwrap(), b"abcdef");
+        // No bundle: exit 2 and no file at all.
+        let other = dir.path().join("web9.tar.gz");
+        args.host = "web9".into();
+        args.output = other.clone();
+        assert_eq!(forensics_get(args.clone()), 2);
+        assert!(!other.exists() && !partial_path(&other).exists());
+        // A refused token: exit 3.
+        args.controller = mock::args(&url, dir.path(), "wrong");
+        assert_eq!(
+            status(StatusArgs {
+                env: None,
+                controller: args.controller.clone()
+            }),
+            3
+        );
+        args.controller = mock::args(&url, dir.path(), mock::TOKEN);
+        assert_eq!(
+            status(StatusArgs {
+                env: None,
+                controller: args.controller
+            }),
+            0
+        );
+    }
+
+    #[test]
+    fn partial_file_sits_next_to_the_output() {
+        assert_eq!(
+            partial_path(std::path::Path::new("/tmp/web2.tar.gz")),
+            PathBuf::from("/tmp/web2.tar.gz.partial")
+        );
+    }
+}

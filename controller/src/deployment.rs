@@ -1,0 +1,1563 @@
+//! One deployment from the queue to its last event: the environment lock, the waves, every
+//! host's transaction, the failure threshold, the fleet rescue and the verdict.
+//!
+//! A [`Runner`] is the only writer of its deployment. Host transactions run as tasks that send
+//! their agents' events and their ends to the runner over a channel; the runner stores each
+//! event (then wakes the watchers) and the deployment's record, so a controller that restarts
+//! finds everything it needs in the store:
+//! - host transaction ids are derived from the deployment id and the host name, so a resumed
+//!   runner re-attaches (`Run` answers ALREADY_EXISTS, then `Watch` from the last stored agent
+//!   event) and never runs a host's transaction twice;
+//! - which waves started and finished, and whether the fleet rescue began, are read back from
+//!   the stored events.
+//!
+//! Rules (also in README.md):
+//! - a wave aborts the deployment when its failed share (unreachable hosts included) is
+//!   strictly over `max_fail_percentage`, or, without one, when every host of it failed;
+//! - the environment must end on one version: a rollout that finishes with failed hosts (under
+//!   the threshold) is rescued too;
+//! - the fleet rescue rolls every host this deployment changed back to the version its state
+//!   capture recorded, with the rollback playbook; a host its own rescue already restored is not
+//!   touched again; an unreachable host is awaited (its journal restores it) for `rescue_wait`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rampart_proto::v1 as pb;
+use rampart_proto::v1::deployment_event::Kind;
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::agents::{self, Agents, Start, TxEnd};
+use crate::config::{ControllerConfig, Environment, PlaybookText};
+use crate::rollout::{self, Verdict};
+use crate::store::{LockAttempt, Store, StoreError, StoreResult};
+
+use pb::{DeploymentOutcome as DO, DeploymentState as DS, HostState as HS};
+
+/// What a person asked of a running deployment.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// (approver, comment).
+    pub approved: Option<(String, String)>,
+    /// (who, reason).
+    pub abort: Option<(String, String)>,
+}
+
+/// A deployment being run by this controller: watchers wait on `seq`, people write `control`.
+#[derive(Debug)]
+pub struct Live {
+    /// The last stored event's seq.
+    pub seq: watch::Sender<u64>,
+    /// Approval and abort requests.
+    pub control: watch::Sender<Control>,
+}
+
+/// The controller: configuration, store, agent channels and the deployments it runs.
+#[derive(Debug)]
+pub struct Controller {
+    /// Configuration.
+    pub cfg: Arc<ControllerConfig>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Agent channels.
+    pub agents: Arc<Agents>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+}
+
+/// A store call failed.
+pub type DbError = StoreError;
+
+/// Now as a protobuf timestamp.
+pub fn now_ts() -> prost_types::Timestamp {
+    SystemTime::now().into()
+}
+
+fn ts_to_system(t: &prost_types::Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(t.seconds.max(0) as u64)
+        + Duration::from_nanos(t.nanos.max(0) as u64)
+}
+
+/// A new deployment id: `d-<UTC time>-<random>`.
+pub fn new_deployment_id() -> String {
+    rampart_agent::transaction::new_txid().replacen("tx-", "d-", 1)
+}
+
+/// The transaction id of a host's part in a deployment (`rescue`: its fleet-rescue rollback):
+/// derived, so a controller that takes over finds it without having stored it.
+pub fn host_txid(deployment: &str, host: &str, rescue: bool) -> String {
+    let clean: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let suffix = if rescue { ".rescue" } else { "" };
+    let t = format!("{deployment}.{clean}{suffix}");
+    if t.len() <= 64 && clean == host {
+        return t;
+    }
+    let h = crate::config::hash_token(host);
+    format!("{deployment}.{}{suffix}", &h[..12])
+}
+
+impl Controller {
+    /// A controller over a store.
+    pub fn new(cfg: Arc<ControllerConfig>, store: Arc<dyn Store>, agents: Agents) -> Arc<Self> {
+        Arc::new(Controller {
+            cfg,
+            store,
+            agents: Arc::new(agents),
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs a store call on the blocking pool.
+    pub async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let s = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*s))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// The live handle of a deployment this controller runs.
+    pub fn live(&self, id: &str) -> Option<Arc<Live>> {
+        self.live.lock().expect("live map").get(id).cloned()
+    }
+
+    /// Starts running a stored deployment (new, or taken over) in the background.
+    pub fn spawn(self: &Arc<Self>, d: pb::Deployment, resumed: bool) {
+        let ctl = self.clone();
+        let live = Arc::new(Live {
+            seq: watch::channel(d.last_seq).0,
+            control: watch::channel(Control::default()).0,
+        });
+        self.live
+            .lock()
+            .expect("live map")
+            .insert(d.id.clone(), live.clone());
+        tokio::spawn(async move {
+            let id = d.id.clone();
+            let Some(env) = ctl.cfg.environments.get(&d.environment).cloned() else {
+                tracing::error!(deployment = %id, env = %d.environment, "environment no longer configured; leaving the deployment as stored");
+                ctl.live.lock().expect("live map").remove(&id);
+                return;
+            };
+            let runner = Runner::new(ctl.clone(), env, d, live, resumed);
+            match runner.await {
+                Ok(mut r) => {
+                    if let Err(e) = r.run().await {
+                        tracing::error!(deployment = %id, "deployment stopped: {e}; a restarted controller takes it over");
+                    }
+                }
+                Err(e) => tracing::error!(deployment = %id, "cannot resume: {e}"),
+            }
+            ctl.live.lock().expect("live map").remove(&id);
+        });
+    }
+
+    /// Takes over the deployments of controllers that died (their heartbeat is older than
+    /// `stale`); returns how many.
+    pub async fn adopt_orphans(self: &Arc<Self>, stale: Duration) -> StoreResult<usize> {
+        let me = self.cfg.instance.clone();
+        let orphans = self.db(move |s| s.orphaned(&me, stale)).await?;
+        let mut n = 0;
+        for d in orphans {
+            if self.live(&d.id).is_some() {
+                continue;
+            }
+            // Running deployments are taken only with their environment's lock: with a shared
+            // store, the lock says whether their controller is really gone.
+            if matches!(d.state(), DS::Running | DS::Rescuing | DS::AwaitingApproval) {
+                let (env, id, me) = (
+                    d.environment.clone(),
+                    d.id.clone(),
+                    self.cfg.instance.clone(),
+                );
+                match self.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
+                    LockAttempt::Acquired { .. } => {}
+                    LockAttempt::Held { .. } => continue,
+                }
+            }
+            let (id, me) = (d.id.clone(), self.cfg.instance.clone());
+            self.db(move |s| s.set_owner(&id, &me)).await?;
+            tracing::warn!(deployment = %d.id, state = ?d.state(), "taking over a deployment whose controller died");
+            self.spawn(d, true);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// How a host's job ended.
+#[derive(Debug, Clone)]
+struct HostDone {
+    state: HS,
+    outcome: pb::Outcome,
+    message: String,
+    forensics_id: String,
+    to_version: String,
+    /// The job never reached the agent's transaction (nothing on the host changed).
+    untouched: bool,
+}
+
+/// Messages from host jobs to the runner.
+#[derive(Debug)]
+enum Msg {
+    Captured {
+        idx: usize,
+        json: String,
+    },
+    Started {
+        idx: usize,
+        txid: String,
+        rescue: bool,
+    },
+    Event {
+        idx: usize,
+        rescue: bool,
+        ev: pb::TransactionEvent,
+    },
+    Done {
+        idx: usize,
+        rescue: bool,
+        done: HostDone,
+    },
+}
+
+/// What a job does on its host.
+#[derive(Debug, Clone)]
+struct Job {
+    idx: usize,
+    host: String,
+    addr: String,
+    playbook: PlaybookText,
+    vars: Value,
+    txid: String,
+    check: bool,
+    /// Agent seq to re-attach from (events already stored).
+    from_seq: u64,
+    /// Components to capture first (empty: no capture).
+    capture: Vec<String>,
+    /// Artifacts to deliver first.
+    artifacts: Vec<String>,
+    rescue: bool,
+    /// For a deploy job: the version it puts on the host (rollback-kind: the target).
+    version: String,
+    from_version: String,
+    /// A fleet-rescue job of an unreachable host: first await its deploy transaction.
+    await_txid: Option<(String, u64)>,
+    unreachable_after: Duration,
+    /// Fleet rescue: how long an unreachable host is awaited.
+    rescue_wait: Duration,
+    deadline: Duration,
+}
+
+/// The runner of one deployment.
+struct Runner {
+    ctl: Arc<Controller>,
+    env: Environment,
+    d: pb::Deployment,
+    seq: u64,
+    live: Arc<Live>,
+    control: watch::Receiver<Control>,
+    dirty: bool,
+    last_save: Instant,
+    resumed: bool,
+    planned: bool,
+    lock_recorded: bool,
+    wave_started: BTreeSet<u32>,
+    wave_finished: BTreeSet<u32>,
+    rescue_started: bool,
+    abort_recorded: bool,
+    approved_recorded: bool,
+    /// Next agent seq per host transaction, from the stored events.
+    host_seq: HashMap<String, u64>,
+    /// First failure seen per host (task name and message).
+    failure: HashMap<usize, String>,
+}
+
+impl Runner {
+    async fn new(
+        ctl: Arc<Controller>,
+        env: Environment,
+        d: pb::Deployment,
+        live: Arc<Live>,
+        resumed: bool,
+    ) -> StoreResult<Runner> {
+        let control = live.control.subscribe();
+        let mut r = Runner {
+            ctl: ctl.clone(),
+            env,
+            seq: 0,
+            live,
+            control,
+            dirty: false,
+            last_save: Instant::now(),
+            resumed,
+            planned: false,
+            lock_recorded: false,
+            wave_started: BTreeSet::new(),
+            wave_finished: BTreeSet::new(),
+            rescue_started: false,
+            abort_recorded: false,
+            approved_recorded: false,
+            host_seq: HashMap::new(),
+            failure: HashMap::new(),
+            d,
+        };
+        if resumed {
+            let id = r.d.id.clone();
+            let events = ctl.db(move |s| s.events(&id, 0, 0)).await?;
+            for ev in &events {
+                r.seq = ev.seq + 1;
+                match &ev.kind {
+                    Some(Kind::Planned(_)) => r.planned = true,
+                    Some(Kind::WaveStarted(w)) => {
+                        r.wave_started.insert(w.index);
+                    }
+                    Some(Kind::WaveFinished(w)) => {
+                        r.wave_finished.insert(w.index);
+                    }
+                    Some(Kind::FleetRescueStarted(_)) => r.rescue_started = true,
+                    Some(Kind::AbortRequested(_)) => r.abort_recorded = true,
+                    Some(Kind::Approved(_)) => r.approved_recorded = true,
+                    Some(Kind::HostEvent(h)) => {
+                        if let Some(e) = &h.event {
+                            let next = r.host_seq.entry(e.txid.clone()).or_insert(0);
+                            *next = (*next).max(e.seq + 1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !r.d.aborted_by.is_empty() {
+                r.live.control.send_modify(|c| {
+                    c.abort = Some((r.d.aborted_by.clone(), r.d.reason.clone()));
+                });
+            }
+            if !r.d.approved_by.is_empty() {
+                r.live.control.send_modify(|c| {
+                    c.approved = Some((r.d.approved_by.clone(), String::new()));
+                });
+            }
+        }
+        Ok(r)
+    }
+
+    // ---- events and the record ----
+
+    async fn emit(&mut self, kind: Kind) -> StoreResult<()> {
+        self.emit_many(vec![kind]).await
+    }
+
+    async fn emit_many(&mut self, kinds: Vec<Kind>) -> StoreResult<()> {
+        if kinds.is_empty() {
+            return Ok(());
+        }
+        let mut evs = Vec::with_capacity(kinds.len());
+        for k in kinds {
+            evs.push(pb::DeploymentEvent {
+                seq: self.seq,
+                deployment_id: self.d.id.clone(),
+                time: Some(now_ts()),
+                kind: Some(k),
+            });
+            self.seq += 1;
+        }
+        let last = self.seq - 1;
+        self.ctl
+            .db(move |s| {
+                for e in &evs {
+                    match s.append_event(e) {
+                        // Stored before a crash: the same seq carries the same event.
+                        Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        self.d.last_seq = last;
+        self.dirty = true;
+        self.live.seq.send_replace(last);
+        Ok(())
+    }
+
+    async fn save(&mut self) -> StoreResult<()> {
+        let d = self.d.clone();
+        self.ctl.db(move |s| s.save_deployment(&d)).await?;
+        self.dirty = false;
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
+    async fn save_soon(&mut self) -> StoreResult<()> {
+        if self.dirty && self.last_save.elapsed() >= Duration::from_millis(250) {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    fn aborted(&self) -> Option<(String, String)> {
+        self.control.borrow().abort.clone()
+    }
+
+    async fn record_abort(&mut self) -> StoreResult<()> {
+        if self.abort_recorded {
+            return Ok(());
+        }
+        if let Some((by, reason)) = self.aborted() {
+            self.abort_recorded = true;
+            self.d.aborted_by = by.clone();
+            self.d.reason = reason.clone();
+            self.emit(Kind::AbortRequested(pb::AbortRequested {
+                aborted_by: by,
+                reason,
+            }))
+            .await?;
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    // ---- the life of a deployment ----
+
+    async fn run(&mut self) -> StoreResult<()> {
+        if self.d.state() == DS::Finished {
+            return Ok(());
+        }
+        let reclaimed = if self.d.state() == DS::Queued {
+            match self.queue().await? {
+                Ok(r) => r,
+                Err((outcome, summary)) => return self.finish(outcome, summary).await,
+            }
+        } else {
+            // Taken over: the lock is ours again (adopt_orphans or a restart of a SQLite
+            // controller, whose previous instance is dead).
+            let (env, id, me) = (
+                self.d.environment.clone(),
+                self.d.id.clone(),
+                self.ctl.cfg.instance.clone(),
+            );
+            match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
+                LockAttempt::Acquired { reclaimed_from } => reclaimed_from,
+                LockAttempt::Held {
+                    deployment_id,
+                    instance,
+                } => {
+                    tracing::error!(deployment = %self.d.id, holder = %deployment_id, %instance, "the environment lock is held by another deployment; not resuming");
+                    return Ok(());
+                }
+            }
+        };
+        if !self.lock_recorded && (self.d.started.is_none() || reclaimed.is_some()) {
+            let waited = self
+                .d
+                .created
+                .as_ref()
+                .and_then(|c| SystemTime::now().duration_since(ts_to_system(c)).ok())
+                .unwrap_or_default();
+            if self.d.started.is_none() {
+                self.d.started = Some(now_ts());
+            }
+            self.lock_recorded = true;
+            self.emit(Kind::LockAcquired(pb::LockAcquired {
+                waited_ms: waited.as_millis() as u64,
+                controller: self.ctl.cfg.instance.clone(),
+                reclaimed_from: reclaimed.unwrap_or_default(),
+            }))
+            .await?;
+        }
+        if self.resumed {
+            let hosts: Vec<String> = self
+                .d
+                .hosts
+                .iter()
+                .filter(|h| h.state() == HS::Running)
+                .map(|h| h.host.clone())
+                .collect();
+            self.emit(Kind::Resumed(pb::DeploymentResumed {
+                controller: self.ctl.cfg.instance.clone(),
+                hosts,
+            }))
+            .await?;
+        }
+        let waves = self.plan().await?;
+        if self.d.state() != DS::Rescuing {
+            if let Err((outcome, summary)) = self.approval().await? {
+                return self.finish(outcome, summary).await;
+            }
+            self.d.state = DS::Running as i32;
+            self.save().await?;
+            let reason = self.waves(&waves).await?;
+            let failed_hosts: Vec<&pb::HostResult> = self
+                .d
+                .hosts
+                .iter()
+                .filter(|h| !matches!(h.state(), HS::Succeeded | HS::Pending))
+                .collect();
+            let reason = match reason {
+                Some(r) => Some(r),
+                None if !failed_hosts.is_empty() => Some(format!(
+                    "{} host(s) failed within the failure threshold ({}); the environment must end on one version",
+                    failed_hosts.len(),
+                    failed_hosts
+                        .iter()
+                        .map(|h| h.host.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                None => None,
+            };
+            match reason {
+                None => {
+                    let outcome = if self.d.check {
+                        DO::CheckOnly
+                    } else {
+                        DO::Succeeded
+                    };
+                    let summary = format!("{} host(s) on {}", self.d.hosts.len(), self.d.version);
+                    return self.finish(outcome, summary).await;
+                }
+                Some(reason) if self.d.check => {
+                    return self.finish(DO::Failed, reason).await;
+                }
+                Some(reason) => {
+                    self.d.state = DS::Rescuing as i32;
+                    self.d.summary = reason;
+                    self.save().await?;
+                }
+            }
+        }
+        self.rescue().await
+    }
+
+    /// Waits for the lock in FIFO order. `Err` = finished without running.
+    #[allow(clippy::type_complexity)]
+    async fn queue(&mut self) -> StoreResult<Result<Option<String>, (DO, String)>> {
+        let created = self
+            .d
+            .created
+            .as_ref()
+            .map(ts_to_system)
+            .unwrap_or_else(SystemTime::now);
+        let wait = Duration::from_millis(self.d.wait_timeout_ms);
+        let deadline = Instant::now()
+            + (created + wait)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        let mut last_pos = 0u32;
+        let mut holder = String::new();
+        let max_polls = wait.as_millis() as u64 / 100 + 2;
+        for _ in 0..max_polls {
+            if let Some((by, reason)) = self.aborted() {
+                self.record_abort().await?;
+                return Ok(Err((
+                    DO::Aborted,
+                    format!("aborted while queued by {by}: {reason}"),
+                )));
+            }
+            let (env, id, me) = (
+                self.d.environment.clone(),
+                self.d.id.clone(),
+                self.ctl.cfg.instance.clone(),
+            );
+            let (e2, i2) = (env.clone(), id.clone());
+            let pos = self.ctl.db(move |s| s.queue_position(&e2, &i2)).await?;
+            if pos <= 1 {
+                match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
+                    LockAttempt::Acquired { reclaimed_from } => return Ok(Ok(reclaimed_from)),
+                    LockAttempt::Held { deployment_id, .. } => holder = deployment_id,
+                }
+            } else if holder.is_empty() {
+                let env = self.d.environment.clone();
+                let running = self
+                    .ctl
+                    .db(move |s| {
+                        s.list_deployments(
+                            Some(&env),
+                            &[DS::Running, DS::AwaitingApproval, DS::Rescuing],
+                            1,
+                        )
+                    })
+                    .await?;
+                holder = running.first().map(|d| d.id.clone()).unwrap_or_default();
+            }
+            if pos != last_pos {
+                last_pos = pos;
+                self.emit(Kind::Queued(pb::DeploymentQueued {
+                    position: pos.max(1),
+                    holder_deployment_id: holder.clone(),
+                }))
+                .await?;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            let nap = Duration::from_millis(100).min(deadline - Instant::now());
+            let _ = tokio::time::timeout(nap, self.control.changed()).await;
+        }
+        Ok(Err((
+            DO::LockTimeout,
+            format!(
+                "waited {:.0}s for the environment lock{}; nothing was touched",
+                wait.as_secs_f64(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" held by {holder}")
+                }
+            ),
+        )))
+    }
+
+    /// Cuts the hosts into waves (once) and returns each wave's host indexes.
+    async fn plan(&mut self) -> StoreResult<Vec<Vec<usize>>> {
+        let serial = if self.d.serial.is_empty() {
+            self.env.serial.clone()
+        } else {
+            let v = Value::Array(self.d.serial.iter().map(|s| json!(s)).collect());
+            rollout::parse_serial(&v).unwrap_or_else(|_| self.env.serial.clone())
+        };
+        let max_fail = self.max_fail();
+        let sizes = rollout::waves(self.env.hosts.len(), &serial);
+        let mut waves = Vec::new();
+        let mut i = 0;
+        for (w, n) in sizes.iter().enumerate() {
+            waves.push((i..i + n).collect::<Vec<_>>());
+            for idx in i..i + n {
+                if self.d.hosts.len() <= idx {
+                    self.d.hosts.push(pb::HostResult {
+                        host: self.env.hosts[idx].clone(),
+                        state: HS::Pending as i32,
+                        wave: w as u32,
+                        ..Default::default()
+                    });
+                }
+            }
+            i += n;
+        }
+        if !self.planned {
+            self.planned = true;
+            let plan = pb::RolloutPlanned {
+                waves: waves
+                    .iter()
+                    .map(|w| pb::WavePlan {
+                        hosts: w.iter().map(|&i| self.env.hosts[i].clone()).collect(),
+                    })
+                    .collect(),
+                max_fail_percentage: max_fail.map(|m| m.round() as u32),
+                bake_ms: self.env.bake.as_millis() as u64,
+            };
+            self.emit(Kind::Planned(plan)).await?;
+            self.save().await?;
+        }
+        Ok(waves)
+    }
+
+    fn max_fail(&self) -> Option<f64> {
+        self.d
+            .max_fail_percentage
+            .map(f64::from)
+            .or(self.env.max_fail_percentage)
+    }
+
+    /// Waits for `Approve` when the environment asks for it. `Err` = finished.
+    async fn approval(&mut self) -> StoreResult<Result<(), (DO, String)>> {
+        if !self.env.require_approval || self.d.check {
+            return Ok(Ok(()));
+        }
+        let wait = self.env.wait_timeout;
+        let deadline = Instant::now() + wait;
+        if self.d.approved_by.is_empty() && self.d.state() != DS::AwaitingApproval {
+            self.d.state = DS::AwaitingApproval as i32;
+            self.emit(Kind::AwaitingApproval(pb::AwaitingApproval {
+                host_count: self.d.hosts.len() as u32,
+            }))
+            .await?;
+            self.save().await?;
+        }
+        for _ in 0..(wait.as_secs() * 10 + 2) {
+            if let Some((by, reason)) = self.aborted() {
+                self.record_abort().await?;
+                return Ok(Err((
+                    DO::Aborted,
+                    format!("aborted before its first wave by {by}: {reason}"),
+                )));
+            }
+            let approved = self.control.borrow().approved.clone();
+            if let Some((by, comment)) = approved {
+                if !self.approved_recorded {
+                    self.approved_recorded = true;
+                    self.d.approved_by = by.clone();
+                    self.emit(Kind::Approved(pb::Approved {
+                        approved_by: by,
+                        comment,
+                    }))
+                    .await?;
+                    self.save().await?;
+                }
+                return Ok(Ok(()));
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.control.changed()).await;
+        }
+        Ok(Err((
+            DO::Aborted,
+            format!(
+                "not approved within {:.0}s; nothing was touched",
+                wait.as_secs_f64()
+            ),
+        )))
+    }
+
+    /// Runs the waves; returns why the deployment aborts, if it does.
+    async fn waves(&mut self, waves: &[Vec<usize>]) -> StoreResult<Option<String>> {
+        let count = waves.len() as u32;
+        for (w, hosts) in waves.iter().enumerate() {
+            let w32 = w as u32;
+            if let Some((by, reason)) = self.aborted() {
+                self.record_abort().await?;
+                return Ok(Some(format!("aborted by {by}: {reason}")));
+            }
+            let pending: Vec<usize> = hosts
+                .iter()
+                .copied()
+                .filter(|&i| matches!(self.d.hosts[i].state(), HS::Pending | HS::Running))
+                .collect();
+            if pending.is_empty() && self.wave_finished.contains(&w32) {
+                // Finished before a takeover: its verdict is recomputed below only if needed.
+                if let Some(r) = self.verdict(hosts) {
+                    return Ok(Some(format!("wave {}: {r}", w + 1)));
+                }
+                continue;
+            }
+            if !self.wave_started.contains(&w32) {
+                self.wave_started.insert(w32);
+                self.emit(Kind::WaveStarted(pb::WaveStarted {
+                    index: w32,
+                    wave_count: count,
+                    hosts: hosts
+                        .iter()
+                        .map(|&i| self.d.hosts[i].host.clone())
+                        .collect(),
+                }))
+                .await?;
+            }
+            let jobs: Vec<Job> = pending.iter().map(|&i| self.deploy_job(i)).collect();
+            self.drive(jobs).await?;
+            let (ok, failed, unreachable) = self.counts(hosts);
+            let reason = self.verdict(hosts);
+            if !self.wave_finished.contains(&w32) {
+                self.wave_finished.insert(w32);
+                let size = hosts.len().max(1) as f64;
+                self.emit(Kind::WaveFinished(pb::WaveFinished {
+                    index: w32,
+                    succeeded: ok as u32,
+                    failed: failed as u32,
+                    unreachable: unreachable as u32,
+                    failed_percentage: (failed + unreachable) as f64 * 100.0 / size,
+                    aborts: reason.is_some(),
+                }))
+                .await?;
+                self.save().await?;
+            }
+            if let Some(r) = reason {
+                return Ok(Some(format!("wave {}: {r}", w + 1)));
+            }
+            if w + 1 < waves.len() && !self.env.bake.is_zero() {
+                self.emit(Kind::BakeStarted(pb::BakeStarted {
+                    after_wave: w32,
+                    duration_ms: self.env.bake.as_millis() as u64,
+                }))
+                .await?;
+                let until = Instant::now() + self.env.bake;
+                for _ in 0..(self.env.bake.as_millis() / 100 + 2) {
+                    if self.aborted().is_some() || Instant::now() >= until {
+                        break;
+                    }
+                    let nap = Duration::from_millis(100).min(until - Instant::now());
+                    let _ = tokio::time::timeout(nap, self.control.changed()).await;
+                }
+            }
+        }
+        if let Some((by, reason)) = self.aborted() {
+            self.record_abort().await?;
+            return Ok(Some(format!("aborted by {by}: {reason}")));
+        }
+        Ok(None)
+    }
+
+    fn counts(&self, hosts: &[usize]) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for &i in hosts {
+            match self.d.hosts[i].state() {
+                HS::Succeeded => c.0 += 1,
+                HS::Unreachable => c.2 += 1,
+                HS::Pending | HS::Running | HS::Unspecified => {}
+                _ => c.1 += 1,
+            }
+        }
+        c
+    }
+
+    fn verdict(&self, hosts: &[usize]) -> Option<String> {
+        let (_, failed, unreachable) = self.counts(hosts);
+        match rollout::wave_verdict(hosts.len(), failed, unreachable, self.max_fail()) {
+            Verdict::Continue => None,
+            Verdict::Abort(r) => Some(r),
+        }
+    }
+
+    fn base_vars(&self, idx: usize) -> Map<String, Value> {
+        let host = &self.d.hosts[idx].host;
+        let mut vars = self.env.host_vars.get(host).cloned().unwrap_or_default();
+        if let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(&self.d.vars_json) {
+            vars.extend(extra);
+        }
+        vars
+    }
+
+    fn components(vars: &Map<String, Value>) -> Vec<String> {
+        vars.get("components")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn deploy_job(&self, idx: usize) -> Job {
+        let h = &self.d.hosts[idx];
+        let mut vars = self.base_vars(idx);
+        let components = Self::components(&vars);
+        let rollback_kind = self.d.kind() == pb::DeploymentKind::Rollback;
+        let playbook = if rollback_kind {
+            vars.insert("rollback_version".into(), json!(self.d.version));
+            vars.insert(
+                "rollback_reason".into(),
+                json!(format!(
+                    "rollback {} requested by {}: {}",
+                    self.d.id, self.d.requested_by, self.d.reason
+                )),
+            );
+            self.env.rollback_playbook.clone()
+        } else {
+            vars.insert("target_version".into(), json!(self.d.version));
+            if let Some(Value::Array(cs)) = vars.get_mut("components") {
+                for c in cs {
+                    let name = c
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    if let (Some(sha), Some(obj)) = (self.d.artifacts.get(&name), c.as_object_mut())
+                    {
+                        obj.insert("artifact".into(), json!(format!("sha256:{sha}")));
+                        obj.insert("sha256".into(), json!(sha));
+                    }
+                }
+            }
+            self.env.playbook.clone()
+        };
+        let txid = host_txid(&self.d.id, &h.host, false);
+        Job {
+            idx,
+            host: h.host.clone(),
+            addr: self.env.agent_addr(&h.host),
+            playbook,
+            vars: Value::Object(vars),
+            from_seq: self.host_seq.get(&txid).copied().unwrap_or(0),
+            txid,
+            check: self.d.check,
+            capture: if h.state_capture_json.is_empty() {
+                if components.is_empty() {
+                    vec![String::new()]
+                } else {
+                    components
+                }
+            } else {
+                Vec::new()
+            },
+            artifacts: if rollback_kind {
+                Vec::new()
+            } else {
+                self.d.artifacts.values().cloned().collect()
+            },
+            rescue: false,
+            version: self.d.version.clone(),
+            from_version: h.from_version.clone(),
+            await_txid: None,
+            unreachable_after: self.env.unreachable_after,
+            rescue_wait: self.env.rescue_wait,
+            deadline: self.env.host_deadline,
+        }
+    }
+
+    fn rescue_job(&self, idx: usize, reason: &str) -> Job {
+        let h = &self.d.hosts[idx];
+        let mut vars = self.base_vars(idx);
+        vars.insert("rollback_version".into(), json!(h.from_version));
+        vars.insert(
+            "rollback_reason".into(),
+            json!(format!("fleet rescue of {}: {reason}", self.d.id)),
+        );
+        let txid = host_txid(&self.d.id, &h.host, true);
+        let deploy_txid = host_txid(&self.d.id, &h.host, false);
+        Job {
+            idx,
+            host: h.host.clone(),
+            addr: self.env.agent_addr(&h.host),
+            playbook: self.env.rollback_playbook.clone(),
+            vars: Value::Object(vars),
+            from_seq: self.host_seq.get(&txid).copied().unwrap_or(0),
+            txid,
+            check: false,
+            capture: Vec::new(),
+            artifacts: Vec::new(),
+            rescue: true,
+            version: h.from_version.clone(),
+            from_version: h.from_version.clone(),
+            await_txid: (h.state() == HS::Unreachable && h.rescue_txid.is_empty()).then(|| {
+                let from = self.host_seq.get(&deploy_txid).copied().unwrap_or(0);
+                (deploy_txid, from)
+            }),
+            unreachable_after: self.env.unreachable_after,
+            rescue_wait: self.env.rescue_wait,
+            deadline: self.env.host_deadline,
+        }
+    }
+
+    /// Runs jobs concurrently and applies what they report, until all are done.
+    async fn drive(&mut self, jobs: Vec<Job>) -> StoreResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+        let mut left = jobs.len();
+        for job in jobs {
+            let (ctl, tx) = (self.ctl.clone(), tx.clone());
+            tokio::spawn(async move { run_job(ctl, job, tx).await });
+        }
+        drop(tx);
+        let mut batch = Vec::new();
+        while left > 0 {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                _ = self.control.changed() => {
+                    self.record_abort().await?;
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut kinds = Vec::new();
+            let mut must_save = false;
+            for m in batch.drain(..) {
+                match m {
+                    Msg::Captured { idx, json } => {
+                        let h = &mut self.d.hosts[idx];
+                        h.from_version = first_version(&json);
+                        h.state_capture_json = json;
+                        self.dirty = true;
+                    }
+                    Msg::Started { idx, txid, rescue } => {
+                        let h = &mut self.d.hosts[idx];
+                        h.state = HS::Running as i32;
+                        if rescue {
+                            h.rescue_txid = txid;
+                        } else {
+                            h.txid = txid;
+                        }
+                        if h.started.is_none() {
+                            h.started = Some(now_ts());
+                        }
+                        must_save = true;
+                    }
+                    Msg::Event { idx, rescue, ev } => {
+                        self.note_failure(idx, &ev);
+                        let next = self.host_seq.entry(ev.txid.clone()).or_insert(0);
+                        *next = (*next).max(ev.seq + 1);
+                        kinds.push(Kind::HostEvent(pb::HostEvent {
+                            host: self.d.hosts[idx].host.clone(),
+                            fleet_rescue: rescue,
+                            event: Some(ev),
+                        }));
+                    }
+                    Msg::Done { idx, rescue, done } => {
+                        left -= 1;
+                        let msg = if done.message.is_empty() {
+                            self.failure.get(&idx).cloned().unwrap_or_default()
+                        } else {
+                            done.message.clone()
+                        };
+                        let h = &mut self.d.hosts[idx];
+                        h.state = done.state as i32;
+                        h.outcome = done.outcome as i32;
+                        h.message = if done.state == HS::Succeeded
+                            || (rescue && done.state == HS::RolledBack)
+                        {
+                            if rescue {
+                                "rolled back by the fleet rescue".into()
+                            } else {
+                                String::new()
+                            }
+                        } else {
+                            msg
+                        };
+                        if !done.forensics_id.is_empty() {
+                            h.forensics_id = done.forensics_id.clone();
+                        }
+                        if !done.to_version.is_empty() || done.state != HS::Unreachable {
+                            h.to_version = done.to_version.clone();
+                        }
+                        if done.untouched && !rescue {
+                            h.txid.clear();
+                        }
+                        h.finished = Some(now_ts());
+                        kinds.push(Kind::HostFinished(pb::HostFinished {
+                            host: h.host.clone(),
+                            state: h.state,
+                            outcome: h.outcome,
+                            message: h.message.clone(),
+                            txid: if rescue {
+                                h.rescue_txid.clone()
+                            } else {
+                                h.txid.clone()
+                            },
+                            fleet_rescue: rescue,
+                            forensics_id: h.forensics_id.clone(),
+                        }));
+                        must_save = true;
+                    }
+                }
+            }
+            self.emit_many(kinds).await?;
+            if must_save {
+                self.save().await?;
+            } else {
+                self.save_soon().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn note_failure(&mut self, idx: usize, ev: &pb::TransactionEvent) {
+        if self.failure.contains_key(&idx) {
+            return;
+        }
+        if let Some(pb::transaction_event::Kind::TaskFinished(t)) = &ev.kind
+            && t.status() == pb::TaskStatus::Failed
+        {
+            let msg = serde_json::from_str::<Value>(&t.result_json)
+                .ok()
+                .and_then(|v| v.get("msg").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
+            let mut line = format!("TASK [{}] failed: {msg}", t.name);
+            if line.len() > 400 {
+                let mut cut = 400;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push('…');
+            }
+            self.failure.insert(idx, line);
+        }
+    }
+
+    /// The fleet rescue: every host this deployment changed goes back to its captured version.
+    async fn rescue(&mut self) -> StoreResult<()> {
+        let reason = self.d.summary.clone();
+        let targets: Vec<usize> = (0..self.d.hosts.len())
+            .filter(|&i| {
+                let h = &self.d.hosts[i];
+                if !h.rescue_txid.is_empty() {
+                    // Its rescue rollback started before a takeover: finish following it.
+                    return h.state() == HS::Running;
+                }
+                !h.txid.is_empty()
+                    && matches!(
+                        h.state(),
+                        HS::Succeeded
+                            | HS::Failed
+                            | HS::RollbackFailed
+                            | HS::Unreachable
+                            | HS::Running
+                    )
+            })
+            .collect();
+        if !self.rescue_started {
+            self.rescue_started = true;
+            let hosts = targets
+                .iter()
+                .map(|&i| self.d.hosts[i].host.clone())
+                .collect();
+            self.emit(Kind::FleetRescueStarted(pb::FleetRescueStarted {
+                hosts,
+                reason: reason.clone(),
+            }))
+            .await?;
+            self.save().await?;
+        }
+        let mut jobs = Vec::new();
+        for &i in &targets {
+            let h = &self.d.hosts[i];
+            if h.from_version.is_empty() && h.state() != HS::Unreachable {
+                let host = &mut self.d.hosts[i];
+                host.state = HS::RollbackFailed as i32;
+                host.message = "no version ran before this deployment (its state capture has none): nothing to roll back to".into();
+                continue;
+            }
+            jobs.push(self.rescue_job(i, &reason));
+        }
+        self.drive(jobs).await?;
+        let bad: Vec<String> = self
+            .d
+            .hosts
+            .iter()
+            .filter(|h| {
+                matches!(
+                    h.state(),
+                    HS::RollbackFailed | HS::Unreachable | HS::Failed | HS::Running
+                )
+            })
+            .map(|h| {
+                format!(
+                    "{} ({})",
+                    h.host,
+                    if h.message.is_empty() {
+                        "unknown"
+                    } else {
+                        &h.message
+                    }
+                )
+            })
+            .collect();
+        if bad.is_empty() {
+            let summary = format!("{reason}; every changed host rolled back and verified");
+            self.finish(DO::RolledBack, summary).await
+        } else {
+            let summary = format!(
+                "CRITICAL: rollback failed on {}: {}",
+                bad.len(),
+                bad.join("; ")
+            );
+            self.finish(DO::RollbackFailed, summary).await
+        }
+    }
+
+    async fn finish(&mut self, outcome: DO, summary: String) -> StoreResult<()> {
+        self.d.state = DS::Finished as i32;
+        self.d.outcome = outcome as i32;
+        self.d.summary = summary.clone();
+        self.d.finished = Some(now_ts());
+        let env_version = match outcome {
+            DO::Succeeded => self.d.version.clone(),
+            _ => {
+                let vs: BTreeSet<&str> = self
+                    .d
+                    .hosts
+                    .iter()
+                    .filter(|h| !h.state_capture_json.is_empty())
+                    .map(|h| {
+                        if h.to_version.is_empty() {
+                            h.from_version.as_str()
+                        } else {
+                            h.to_version.as_str()
+                        }
+                    })
+                    .collect();
+                if outcome == DO::RollbackFailed || vs.len() != 1 {
+                    String::new()
+                } else {
+                    vs.into_iter().next().unwrap_or("").to_string()
+                }
+            }
+        };
+        if matches!(outcome, DO::RolledBack | DO::RollbackFailed) {
+            let severity = if outcome == DO::RollbackFailed {
+                pb::IncidentSeverity::Critical
+            } else {
+                pb::IncidentSeverity::Error
+            };
+            let hosts: Vec<String> = self
+                .d
+                .hosts
+                .iter()
+                .filter(|h| !matches!(h.state(), HS::Succeeded | HS::Pending))
+                .map(|h| h.host.clone())
+                .collect();
+            let inc = pb::Incident {
+                id: format!("inc-{}", self.d.id.trim_start_matches("d-")),
+                environment: self.d.environment.clone(),
+                deployment_id: self.d.id.clone(),
+                severity: severity as i32,
+                state: pb::IncidentState::Open as i32,
+                summary: summary.clone(),
+                hosts,
+                opened: Some(now_ts()),
+                ..Default::default()
+            };
+            let i2 = inc.clone();
+            match self.ctl.db(move |s| s.insert_incident(&i2)).await {
+                Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+            self.d.incident_id = inc.id;
+        }
+        // The record names the seq its last event will have, so a watcher that sees it finished
+        // still waits for that event.
+        self.d.last_seq = self.seq;
+        self.save().await?;
+        self.emit(Kind::Finished(pb::DeploymentFinished {
+            outcome: outcome as i32,
+            environment: self.d.environment.clone(),
+            environment_version: env_version,
+            hosts: self.d.hosts.clone(),
+            summary,
+            incident_id: self.d.incident_id.clone(),
+        }))
+        .await?;
+        self.save().await?;
+        let (env, id) = (self.d.environment.clone(), self.d.id.clone());
+        self.ctl.db(move |s| s.unlock_env(&env, &id)).await?;
+        tracing::info!(deployment = %self.d.id, outcome = ?outcome, "deployment finished");
+        Ok(())
+    }
+}
+
+fn first_version(capture_json: &str) -> String {
+    let v: Value = serde_json::from_str(capture_json).unwrap_or(Value::Null);
+    let Some(vs) = v.get("versions").and_then(Value::as_object) else {
+        return String::new();
+    };
+    vs.iter()
+        .filter(|(k, _)| k.as_str() != "database")
+        .find_map(|(_, v)| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// One host's job: capture, deliver artifacts, run (or re-attach), and report.
+async fn run_job(ctl: Arc<Controller>, job: Job, tx: mpsc::Sender<Msg>) {
+    let done = job_inner(&ctl, &job, &tx).await;
+    let _ = tx
+        .send(Msg::Done {
+            idx: job.idx,
+            rescue: job.rescue,
+            done,
+        })
+        .await;
+}
+
+async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> HostDone {
+    let agents: &Agents = &ctl.agents;
+    tracing::debug!(host = %job.host, addr = %job.addr, txid = %job.txid, rescue = job.rescue, "host job");
+    let started = Instant::now();
+    let deadline = started + job.deadline;
+    let fail = |state: HS, message: String, untouched: bool| HostDone {
+        state,
+        outcome: pb::Outcome::Unspecified,
+        message,
+        forensics_id: String::new(),
+        to_version: String::new(),
+        untouched,
+    };
+    // A fleet rescue of an unreachable host first learns how its own transaction ended.
+    if let Some((deploy_txid, from)) = &job.await_txid {
+        let end = follow_forwarding(
+            agents,
+            job,
+            deploy_txid,
+            Start::Watch(*from),
+            job.rescue_wait.max(job.unreachable_after),
+            deadline,
+            tx,
+            false,
+        )
+        .await;
+        match end {
+            TxEnd::Finished(pb::Outcome::RolledBack) => {
+                return HostDone {
+                    state: HS::RolledBack,
+                    outcome: pb::Outcome::RolledBack,
+                    message: "came back and its own journal rolled it back".into(),
+                    forensics_id: forensics(agents, &job.addr, deploy_txid).await,
+                    to_version: job.from_version.clone(),
+                    untouched: false,
+                };
+            }
+            TxEnd::Finished(_) => {} // it changed the host: roll it back below
+            TxEnd::Unreachable(e) | TxEnd::Refused(e) => {
+                return fail(
+                    HS::RollbackFailed,
+                    format!("unreachable during the fleet rescue: {e}"),
+                    false,
+                );
+            }
+        }
+        if job.from_version.is_empty() {
+            return fail(
+                HS::RollbackFailed,
+                "no version ran before this deployment: nothing to roll back to".into(),
+                false,
+            );
+        }
+    }
+    let mut client = match agents.client_within(&job.addr, job.unreachable_after).await {
+        Ok(c) => c,
+        Err(e) => {
+            let state = if job.rescue {
+                HS::RollbackFailed
+            } else {
+                HS::Unreachable
+            };
+            return fail(state, e, true);
+        }
+    };
+    if !job.capture.is_empty() {
+        let components: Vec<String> = job
+            .capture
+            .iter()
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect();
+        match client
+            .capture_state(pb::CaptureStateRequest { components })
+            .await
+        {
+            Ok(r) => {
+                let _ = tx
+                    .send(Msg::Captured {
+                        idx: job.idx,
+                        json: r.into_inner().state_json,
+                    })
+                    .await;
+            }
+            Err(s) => {
+                let state = if agents::is_transport(&s) {
+                    HS::Unreachable
+                } else {
+                    HS::Failed
+                };
+                agents.forget(&job.addr);
+                return fail(
+                    state,
+                    format!("state capture on {}: {}", job.addr, s.message()),
+                    true,
+                );
+            }
+        }
+    }
+    for sha in &job.artifacts {
+        if let Err(e) = agents::ensure_artifact(&mut client, &ctl.cfg.state_dir, sha).await {
+            agents.forget(&job.addr);
+            return fail(
+                HS::Failed,
+                format!("artifact delivery to {}: {e}", job.addr),
+                true,
+            );
+        }
+    }
+    let _ = tx
+        .send(Msg::Started {
+            idx: job.idx,
+            txid: job.txid.clone(),
+            rescue: job.rescue,
+        })
+        .await;
+    let req = pb::RunRequest {
+        playbook: job.playbook.text.clone(),
+        playbook_name: job.playbook.name.clone(),
+        vars_json: job.vars.to_string(),
+        check: job.check,
+        txid: job.txid.clone(),
+        lock_timeout_ms: 0,
+    };
+    let start = if job.from_seq > 0 {
+        Start::Watch(job.from_seq)
+    } else {
+        Start::Run(req.clone())
+    };
+    let mut end = follow_forwarding(
+        agents,
+        job,
+        &job.txid,
+        start,
+        job.unreachable_after,
+        deadline,
+        tx,
+        job.rescue,
+    )
+    .await;
+    if let TxEnd::Refused(m) = &end
+        && job.from_seq > 0
+        && m.contains("has no transaction")
+    {
+        // Events were stored but the agent lost the transaction's journal: never re-run it.
+        end = TxEnd::Refused(m.clone());
+    }
+    let fid = |o: pb::Outcome| {
+        matches!(
+            o,
+            pb::Outcome::RolledBack | pb::Outcome::RollbackFailed | pb::Outcome::Failed
+        )
+    };
+    match end {
+        TxEnd::Finished(o) => {
+            let forensics_id = if fid(o) {
+                forensics(agents, &job.addr, &job.txid).await
+            } else {
+                String::new()
+            };
+            let (state, to) = match (job.rescue, o) {
+                (false, pb::Outcome::Succeeded | pb::Outcome::CheckOnly) => (
+                    HS::Succeeded,
+                    if job.check {
+                        job.from_version.clone()
+                    } else {
+                        job.version.clone()
+                    },
+                ),
+                (false, pb::Outcome::RolledBack) => (HS::RolledBack, job.from_version.clone()),
+                (false, pb::Outcome::RollbackFailed) => (HS::RollbackFailed, String::new()),
+                (false, _) => (HS::Failed, String::new()),
+                (true, pb::Outcome::Succeeded) => (HS::RolledBack, job.from_version.clone()),
+                (true, _) => (HS::RollbackFailed, String::new()),
+            };
+            HostDone {
+                state,
+                outcome: o,
+                message: if job.rescue && state == HS::RollbackFailed {
+                    format!(
+                        "the fleet-rescue rollback to {} ended {:?}",
+                        job.from_version, o
+                    )
+                } else {
+                    String::new()
+                },
+                forensics_id,
+                to_version: to,
+                untouched: false,
+            }
+        }
+        TxEnd::Unreachable(e) => fail(
+            if job.rescue {
+                HS::RollbackFailed
+            } else {
+                HS::Unreachable
+            },
+            e,
+            false,
+        ),
+        TxEnd::Refused(e) => fail(
+            if job.rescue {
+                HS::RollbackFailed
+            } else {
+                HS::Failed
+            },
+            format!("the agent refused the transaction: {e}"),
+            !job.rescue,
+        ),
+    }
+}
+
+async fn forensics(agents: &Agents, addr: &str, txid: &str) -> String {
+    match agents.client(addr).await {
+        Ok(mut c) => agents::forensics_of(&mut c, txid).await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// `agents::follow`, forwarding every event to the runner.
+#[allow(clippy::too_many_arguments)]
+async fn follow_forwarding(
+    agents: &Agents,
+    job: &Job,
+    txid: &str,
+    start: Start,
+    unreachable_after: Duration,
+    deadline: Instant,
+    tx: &mpsc::Sender<Msg>,
+    rescue: bool,
+) -> TxEnd {
+    let (etx, mut erx) = mpsc::channel::<pb::TransactionEvent>(256);
+    let fut = agents::follow(
+        agents,
+        &job.addr,
+        txid,
+        start,
+        unreachable_after,
+        deadline,
+        &etx,
+    );
+    tokio::pin!(fut);
+    let end = loop {
+        tokio::select! {
+            end = &mut fut => break end,
+            Some(ev) = erx.recv() => {
+                let _ = tx.send(Msg::Event { idx: job.idx, rescue, ev }).await;
+            }
+        }
+    };
+    while let Ok(ev) = erx.try_recv() {
+        let _ = tx
+            .send(Msg::Event {
+                idx: job.idx,
+                rescue,
+                ev,
+            })
+            .await;
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_txids_are_valid_and_stable() {
+        let d = "d-20261127T141500Z-0123abcd";
+        assert_eq!(host_txid(d, "web1", false), format!("{d}.web1"));
+        assert_eq!(host_txid(d, "web1", true), format!("{d}.web1.rescue"));
+        let odd = host_txid(d, "web 1:22", false);
+        assert!(
+            odd.len() <= 64 && !odd.contains(' ') && !odd.contains(':'),
+            "{odd}"
+        );
+        assert_eq!(odd, host_txid(d, "web 1:22", false));
+        let long = host_txid(d, &"x".repeat(60), true);
+        assert!(long.len() <= 64, "{long}");
+    }
+
+    #[test]
+    fn first_version_skips_the_database() {
+        assert_eq!(
+            first_version(r#"{"versions":{"database":"3","app":"1.0.0"}}"#),
+            "1.0.0"
+        );
+        assert_eq!(first_version(r#"{"versions":{"app":null}}"#), "");
+        assert_eq!(first_version("nope"), "");
+    }
+}

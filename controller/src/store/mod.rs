@@ -1,0 +1,120 @@
+//! The controller's store: deployments, their event logs, the environment locks and queue order,
+//! incidents, and which controller instance owns what. One trait, two backends:
+//! - [`sqlite::SqliteStore`]: an embedded file (the default); one controller per file, enforced
+//!   with an exclusive `flock` on `<file>.lock`;
+//! - [`postgres::PostgresStore`]: shared by several controllers; an environment's lock is a
+//!   PostgreSQL session advisory lock held on a dedicated connection, so it is released by the
+//!   server when the controller holding it dies.
+//!
+//! The trait is synchronous: the controller calls it from `spawn_blocking` (the PostgreSQL client
+//! is the blocking `postgres` crate). Deployments, events and incidents are stored as their
+//! protobuf encodings beside the few columns queries need, so the record of a deployment is
+//! exactly what `GetDeployment` returns.
+
+use std::time::Duration;
+
+use rampart_proto::v1 as pb;
+
+pub mod postgres;
+pub mod sqlite;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or failed (gRPC UNAVAILABLE).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A row with that id exists already (gRPC ALREADY_EXISTS).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt store record: {0}")]
+    Corrupt(String),
+}
+
+/// Result of store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The outcome of one attempt at an environment's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockAttempt {
+    /// The deployment holds the lock now (or already held it).
+    Acquired {
+        /// The instance that held it before and died without releasing it; the caller records it.
+        reclaimed_from: Option<String>,
+    },
+    /// Another deployment holds it.
+    Held {
+        /// The holding deployment.
+        deployment_id: String,
+        /// The controller instance running it.
+        instance: String,
+    },
+}
+
+/// Everything the controller keeps. Implementations are safe to share between threads.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A short description for logs, e.g. `sqlite:/var/lib/rampart-controller/controller.db`
+    /// (never a password).
+    fn describe(&self) -> String;
+
+    /// Records that `instance` is alive now (insert or update its heartbeat).
+    fn heartbeat(&self, instance: &str) -> StoreResult<()>;
+
+    /// Stores a new deployment owned by `owner`. Its queue order is the insertion order.
+    /// `AlreadyExists` when the id is taken.
+    fn insert_deployment(&self, d: &pb::Deployment, owner: &str) -> StoreResult<()>;
+    /// Replaces a stored deployment's record (same id); its state column follows `d.state`.
+    fn save_deployment(&self, d: &pb::Deployment) -> StoreResult<()>;
+    /// One deployment.
+    fn get_deployment(&self, id: &str) -> StoreResult<Option<pb::Deployment>>;
+    /// Deployments, newest first (by insertion order), filtered by environment (`None`: all) and
+    /// by state (empty: all), at most `limit` (0: no limit).
+    fn list_deployments(
+        &self,
+        environment: Option<&str>,
+        states: &[pb::DeploymentState],
+        limit: u32,
+    ) -> StoreResult<Vec<pb::Deployment>>;
+    /// Position of a deployment among the environment's `QUEUED` deployments in insertion order,
+    /// 1 for the oldest; 0 when it is not queued.
+    fn queue_position(&self, environment: &str, id: &str) -> StoreResult<u32>;
+    /// Makes `instance` the owner of a deployment (when a controller adopts it).
+    fn set_owner(&self, id: &str, instance: &str) -> StoreResult<()>;
+    /// Deployments not finished whose owner is not `instance` and whose owner's heartbeat is
+    /// older than `stale` (or who never sent one): the work of controllers that died.
+    fn orphaned(&self, instance: &str, stale: Duration) -> StoreResult<Vec<pb::Deployment>>;
+
+    /// Appends one event; `AlreadyExists` when (deployment, seq) is stored already.
+    fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()>;
+    /// A deployment's events with `seq >= from_seq`, in order, at most `limit` (0: all).
+    fn events(&self, id: &str, from_seq: u64, limit: u32) -> StoreResult<Vec<pb::DeploymentEvent>>;
+    /// The highest stored seq of a deployment, `None` when it has no event.
+    fn last_seq(&self, id: &str) -> StoreResult<Option<u64>>;
+
+    /// Tries once to take the environment's lock for `deployment_id`, run by `instance`.
+    /// Taking it again for the deployment that holds it returns `Acquired`. A lock whose holder
+    /// died is taken over and the dead instance returned in `reclaimed_from`.
+    fn try_lock_env(
+        &self,
+        environment: &str,
+        deployment_id: &str,
+        instance: &str,
+    ) -> StoreResult<LockAttempt>;
+    /// Releases the environment's lock if `deployment_id` holds it (a no-op otherwise).
+    fn unlock_env(&self, environment: &str, deployment_id: &str) -> StoreResult<()>;
+
+    /// Stores a new incident; `AlreadyExists` when the id is taken.
+    fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()>;
+    /// Replaces a stored incident's record.
+    fn save_incident(&self, i: &pb::Incident) -> StoreResult<()>;
+    /// One incident.
+    fn get_incident(&self, id: &str) -> StoreResult<Option<pb::Incident>>;
+    /// Incidents, newest first, filtered like `list_deployments`.
+    fn list_incidents(
+        &self,
+        environment: Option<&str>,
+        states: &[pb::IncidentState],
+        limit: u32,
+    ) -> StoreResult<Vec<pb::Incident>>;
+}

@@ -1,0 +1,947 @@
+//! The embedded store: one SQLite file, one controller.
+//!
+//! The file is opened once, behind a mutex, in WAL mode (`synchronous=NORMAL`, a 5 s busy
+//! timeout, foreign keys on). A controller takes an exclusive `flock` on `<file>.lock` for as
+//! long as the store lives, so a second controller on the same file is refused at start instead
+//! of corrupting the queue; that is also why an environment lock row naming another instance can
+//! only be left over from a controller that died, and is taken over.
+//!
+//! The schema is versioned with `PRAGMA user_version` (1 today).
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use prost::Message;
+use rampart_proto::v1 as pb;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
+
+use super::{LockAttempt, Store, StoreError, StoreResult};
+
+/// The schema version this code writes and reads (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for a busy database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The tables of schema version 1.
+const SCHEMA_V1: &str = "
+CREATE TABLE instances (
+    instance TEXT PRIMARY KEY,
+    heartbeat_ms INTEGER
+);
+CREATE TABLE deployments (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    environment TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX deployments_env_state_ord ON deployments (environment, state, ord);
+CREATE TABLE events (
+    deployment_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (deployment_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE env_locks (
+    environment TEXT PRIMARY KEY,
+    deployment_id TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    since_ms INTEGER
+);
+CREATE TABLE incidents (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    environment TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+";
+
+/// The SQLite store. Dropping it closes the database and releases `<file>.lock`.
+#[derive(Debug)]
+pub struct SqliteStore {
+    /// The database file.
+    path: PathBuf,
+    /// The one connection (declared before `_lock`, so it closes before the lock is released).
+    conn: Mutex<Connection>,
+    /// The exclusive `flock` on `<file>.lock`, held for the store's life.
+    _lock: Flock<File>,
+}
+
+/// `<path>.lock`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Maps an SQLite error to `Unavailable`, saying what was being done.
+fn failed(context: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("sqlite: {context}: {e}"))
+}
+
+/// Whether an error is a violated PRIMARY KEY or UNIQUE constraint.
+fn is_duplicate(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+/// Decodes a stored protobuf record, naming what it is in the error.
+pub(crate) fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> StoreResult<M> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// `limit` as SQL's LIMIT value (`-1`: none).
+fn sql_limit(limit: u32) -> i64 {
+    if limit == 0 { -1 } else { i64::from(limit) }
+}
+
+/// Takes the exclusive lock on `<path>.lock`, creating the file.
+fn take_file_lock(path: &Path) -> StoreResult<Flock<File>> {
+    let lock = lock_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot open lock file {}: {e}", lock.display()))
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(flock) => Ok(flock),
+        Err((_, Errno::EWOULDBLOCK)) => Err(StoreError::Unavailable(format!(
+            "another rampart-controller uses {} (lock {} held); stop it, or use a PostgreSQL store for several controllers",
+            path.display(),
+            lock.display()
+        ))),
+        Err((_, errno)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {errno}",
+            lock.display()
+        ))),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it when missing) the store at `path`, taking `<path>.lock` exclusively
+    /// and creating or checking the schema. `Unavailable` when another controller holds the
+    /// lock, the file cannot be opened, or its schema is newer than this controller's.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let lock = take_file_lock(path)?;
+        let what = format!("opening {}", path.display());
+        let mut conn = Connection::open(path).map_err(failed(&what))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(failed(&what))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(failed("setting journal_mode=WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "sqlite: {} refused WAL mode (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(failed("setting synchronous=NORMAL"))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(failed("enabling foreign keys"))?;
+        migrate(&mut conn, path)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            _lock: lock,
+        })
+    }
+
+    /// The connection (a panic elsewhere does not make the store unusable: an open transaction
+    /// was rolled back when it was dropped).
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a query returning records and decodes them.
+    fn records<M: Message + Default>(
+        &self,
+        sql: &str,
+        params: &[Value],
+        what: &str,
+    ) -> StoreResult<Vec<M>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql).map_err(failed(what))?;
+        let rows = stmt
+            .query_map(params_from_iter(params.iter()), |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(failed(what))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, bytes) = row.map_err(failed(what))?;
+            out.push(decode(&bytes, &id)?);
+        }
+        Ok(out)
+    }
+
+    /// `SELECT id, record FROM <table>` filtered by environment and states, newest first.
+    fn list<M: Message + Default>(
+        &self,
+        table: &str,
+        environment: Option<&str>,
+        states: &[i32],
+        limit: u32,
+    ) -> StoreResult<Vec<M>> {
+        let mut sql = format!("SELECT id, record FROM {table} WHERE 1 = 1");
+        let mut params: Vec<Value> = Vec::new();
+        if let Some(env) = environment {
+            sql.push_str(" AND environment = ?");
+            params.push(Value::Text(env.to_owned()));
+        }
+        if !states.is_empty() {
+            sql.push_str(" AND state IN (");
+            sql.push_str(&vec!["?"; states.len()].join(", "));
+            sql.push(')');
+            params.extend(states.iter().map(|s| Value::Integer(i64::from(*s))));
+        }
+        sql.push_str(" ORDER BY ord DESC LIMIT ?");
+        params.push(Value::Integer(sql_limit(limit)));
+        self.records(&sql, &params, &format!("listing {table}"))
+    }
+
+    /// One record by id from `table`.
+    fn get<M: Message + Default>(&self, table: &str, id: &str) -> StoreResult<Option<M>> {
+        let what = format!("reading {id} from {table}");
+        let bytes: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                &format!("SELECT record FROM {table} WHERE id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(failed(&what))?;
+        bytes.map(|b| decode(&b, id)).transpose()
+    }
+}
+
+/// Creates the schema in a new file, or checks an existing file's version.
+fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(failed("reading user_version"))?;
+    match version {
+        0 => {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Exclusive)
+                .map_err(failed("starting the schema transaction"))?;
+            tx.execute_batch(SCHEMA_V1)
+                .map_err(failed("creating the tables"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(failed("setting user_version"))?;
+            tx.commit().map_err(failed("committing the schema"))
+        }
+        SCHEMA_VERSION => Ok(()),
+        other => Err(StoreError::Unavailable(format!(
+            "sqlite: {} has schema version {other}, newer than this controller's ({SCHEMA_VERSION}); upgrade rampart-controller",
+            path.display()
+        ))),
+    }
+}
+
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    fn heartbeat(&self, instance: &str) -> StoreResult<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO instances (instance, heartbeat_ms) VALUES (?1, ?2)
+                 ON CONFLICT (instance) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                params![instance, now_ms()],
+            )
+            .map(drop)
+            .map_err(failed("recording a heartbeat"))
+    }
+
+    fn insert_deployment(&self, d: &pb::Deployment, owner: &str) -> StoreResult<()> {
+        match self.conn().execute(
+            "INSERT INTO deployments (id, environment, state, owner, record)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![d.id, d.environment, d.state, owner, d.encode_to_vec()],
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => Err(StoreError::AlreadyExists(format!(
+                "deployment {} exists already",
+                d.id
+            ))),
+            Err(e) => Err(failed(&format!("inserting deployment {}", d.id))(e)),
+        }
+    }
+
+    fn save_deployment(&self, d: &pb::Deployment) -> StoreResult<()> {
+        let what = format!("saving deployment {}", d.id);
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE deployments SET environment = ?2, state = ?3, record = ?4 WHERE id = ?1",
+                params![d.id, d.environment, d.state, d.encode_to_vec()],
+            )
+            .map_err(failed(&what))?;
+        if n == 0 {
+            return Err(StoreError::Unavailable(format!(
+                "sqlite: {what}: no such deployment"
+            )));
+        }
+        Ok(())
+    }
+
+    fn get_deployment(&self, id: &str) -> StoreResult<Option<pb::Deployment>> {
+        self.get("deployments", id)
+    }
+
+    fn list_deployments(
+        &self,
+        environment: Option<&str>,
+        states: &[pb::DeploymentState],
+        limit: u32,
+    ) -> StoreResult<Vec<pb::Deployment>> {
+        let states: Vec<i32> = states.iter().map(|s| *s as i32).collect();
+        self.list("deployments", environment, &states, limit)
+    }
+
+    fn queue_position(&self, environment: &str, id: &str) -> StoreResult<u32> {
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM deployments
+                 WHERE environment = ?1 AND state = ?3 AND ord <= (
+                     SELECT ord FROM deployments WHERE id = ?2 AND environment = ?1 AND state = ?3
+                 )",
+                params![environment, id, pb::DeploymentState::Queued as i32],
+                |r| r.get(0),
+            )
+            .map_err(failed(&format!("reading the queue position of {id}")))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    fn set_owner(&self, id: &str, instance: &str) -> StoreResult<()> {
+        let what = format!("setting the owner of deployment {id}");
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE deployments SET owner = ?2 WHERE id = ?1",
+                params![id, instance],
+            )
+            .map_err(failed(&what))?;
+        if n == 0 {
+            return Err(StoreError::Unavailable(format!(
+                "sqlite: {what}: no such deployment"
+            )));
+        }
+        Ok(())
+    }
+
+    fn orphaned(&self, instance: &str, stale: Duration) -> StoreResult<Vec<pb::Deployment>> {
+        let stale_ms = i64::try_from(stale.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(stale_ms);
+        self.records(
+            "SELECT d.id, d.record FROM deployments d
+             LEFT JOIN instances i ON i.instance = d.owner
+             WHERE d.state <> ?1 AND d.owner <> ?2
+               AND (i.heartbeat_ms IS NULL OR i.heartbeat_ms < ?3)
+             ORDER BY d.ord",
+            &[
+                Value::Integer(i64::from(pb::DeploymentState::Finished as i32)),
+                Value::Text(instance.to_owned()),
+                Value::Integer(cutoff),
+            ],
+            "listing orphaned deployments",
+        )
+    }
+
+    fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
+        let seq = i64::try_from(ev.seq).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "sqlite: event seq {} of {} is out of range",
+                ev.seq, ev.deployment_id
+            ))
+        })?;
+        match self.conn().execute(
+            "INSERT INTO events (deployment_id, seq, record) VALUES (?1, ?2, ?3)",
+            params![ev.deployment_id, seq, ev.encode_to_vec()],
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => Err(StoreError::AlreadyExists(format!(
+                "event {} of deployment {} exists already",
+                ev.seq, ev.deployment_id
+            ))),
+            Err(e) => Err(failed(&format!(
+                "appending event {} of {}",
+                ev.seq, ev.deployment_id
+            ))(e)),
+        }
+    }
+
+    fn events(&self, id: &str, from_seq: u64, limit: u32) -> StoreResult<Vec<pb::DeploymentEvent>> {
+        let Ok(from) = i64::try_from(from_seq) else {
+            return Ok(Vec::new());
+        };
+        let what = format!("reading the events of {id}");
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, record FROM events WHERE deployment_id = ?1 AND seq >= ?2
+                 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(failed(&what))?;
+        let rows = stmt
+            .query_map(params![id, from, sql_limit(limit)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(failed(&what))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, bytes) = row.map_err(failed(&what))?;
+            out.push(decode(&bytes, &format!("event {seq} of {id}"))?);
+        }
+        Ok(out)
+    }
+
+    fn last_seq(&self, id: &str) -> StoreResult<Option<u64>> {
+        let max: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT MAX(seq) FROM events WHERE deployment_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(failed(&format!("reading the last seq of {id}")))?;
+        Ok(max.map(|m| u64::try_from(m).unwrap_or(0)))
+    }
+
+    fn try_lock_env(
+        &self,
+        environment: &str,
+        deployment_id: &str,
+        instance: &str,
+    ) -> StoreResult<LockAttempt> {
+        let what = format!("locking environment {environment}");
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed(&what))?;
+        let row: Option<(String, String)> = tx
+            .query_row(
+                "SELECT deployment_id, instance FROM env_locks WHERE environment = ?1",
+                [environment],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(failed(&what))?;
+        let attempt = match row {
+            None => {
+                tx.execute(
+                    "INSERT INTO env_locks (environment, deployment_id, instance, since_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![environment, deployment_id, instance, now_ms()],
+                )
+                .map_err(failed(&what))?;
+                LockAttempt::Acquired {
+                    reclaimed_from: None,
+                }
+            }
+            Some((holder, old)) if holder == deployment_id => {
+                if old == instance {
+                    LockAttempt::Acquired {
+                        reclaimed_from: None,
+                    }
+                } else {
+                    tx.execute(
+                        "UPDATE env_locks SET instance = ?2 WHERE environment = ?1",
+                        params![environment, instance],
+                    )
+                    .map_err(failed(&what))?;
+                    LockAttempt::Acquired {
+                        reclaimed_from: Some(old),
+                    }
+                }
+            }
+            // The flock makes this the only live controller on the file: a row of another
+            // instance was left by a controller that died.
+            Some((_, old)) if old != instance => {
+                tx.execute(
+                    "UPDATE env_locks SET deployment_id = ?2, instance = ?3, since_ms = ?4
+                     WHERE environment = ?1",
+                    params![environment, deployment_id, instance, now_ms()],
+                )
+                .map_err(failed(&what))?;
+                LockAttempt::Acquired {
+                    reclaimed_from: Some(old),
+                }
+            }
+            Some((holder, old)) => LockAttempt::Held {
+                deployment_id: holder,
+                instance: old,
+            },
+        };
+        tx.commit().map_err(failed(&what))?;
+        Ok(attempt)
+    }
+
+    fn unlock_env(&self, environment: &str, deployment_id: &str) -> StoreResult<()> {
+        self.conn()
+            .execute(
+                "DELETE FROM env_locks WHERE environment = ?1 AND deployment_id = ?2",
+                params![environment, deployment_id],
+            )
+            .map(drop)
+            .map_err(failed(&format!("unlocking environment {environment}")))
+    }
+
+    fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()> {
+        match self.conn().execute(
+            "INSERT INTO incidents (id, environment, state, record) VALUES (?1, ?2, ?3, ?4)",
+            params![i.id, i.environment, i.state, i.encode_to_vec()],
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => Err(StoreError::AlreadyExists(format!(
+                "incident {} exists already",
+                i.id
+            ))),
+            Err(e) => Err(failed(&format!("inserting incident {}", i.id))(e)),
+        }
+    }
+
+    fn save_incident(&self, i: &pb::Incident) -> StoreResult<()> {
+        let what = format!("saving incident {}", i.id);
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE incidents SET environment = ?2, state = ?3, record = ?4 WHERE id = ?1",
+                params![i.id, i.environment, i.state, i.encode_to_vec()],
+            )
+            .map_err(failed(&what))?;
+        if n == 0 {
+            return Err(StoreError::Unavailable(format!(
+                "sqlite: {what}: no such incident"
+            )));
+        }
+        Ok(())
+    }
+
+    fn get_incident(&self, id: &str) -> StoreResult<Option<pb::Incident>> {
+        self.get("incidents", id)
+    }
+
+    fn list_incidents(
+        &self,
+        environment: Option<&str>,
+        states: &[pb::IncidentState],
+        limit: u32,
+    ) -> StoreResult<Vec<pb::Incident>> {
+        let states: Vec<i32> = states.iter().map(|s| *s as i32).collect();
+        self.list("incidents", environment, &states, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("controller.db")).unwrap();
+        (dir, store)
+    }
+
+    fn deployment(id: &str, env: &str, state: pb::DeploymentState) -> pb::Deployment {
+        pb::Deployment {
+            id: id.into(),
+            environment: env.into(),
+            version: "1.2.3".into(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn event(id: &str, seq: u64) -> pb::DeploymentEvent {
+        pb::DeploymentEvent {
+            seq,
+            deployment_id: id.into(),
+            time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + seq as i64,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn incident(id: &str, env: &str, state: pb::IncidentState) -> pb::Incident {
+        pb::Incident {
+            id: id.into(),
+            environment: env.into(),
+            deployment_id: "d1".into(),
+            state: state as i32,
+            summary: format!("{id} summary"),
+            hosts: vec!["web1".into()],
+            ..Default::default()
+        }
+    }
+
+    fn ids<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
+        items.iter().map(|t| id(t).to_owned()).collect()
+    }
+
+    #[test]
+    fn deployments_round_trip() {
+        let (_dir, s) = open();
+        let mut d1 = deployment("d1", "prod", pb::DeploymentState::Queued);
+        d1.hosts.push(pb::HostResult {
+            host: "web1".into(),
+            ..Default::default()
+        });
+        s.insert_deployment(&d1, "i1").unwrap();
+        s.insert_deployment(
+            &deployment("d2", "staging", pb::DeploymentState::Running),
+            "i1",
+        )
+        .unwrap();
+        assert_eq!(s.get_deployment("d1").unwrap(), Some(d1.clone()));
+        assert_eq!(s.get_deployment("nope").unwrap(), None);
+        match s.insert_deployment(&d1, "i1") {
+            Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+
+        d1.state = pb::DeploymentState::Finished as i32;
+        d1.outcome = pb::DeploymentOutcome::Succeeded as i32;
+        s.save_deployment(&d1).unwrap();
+        assert_eq!(s.get_deployment("d1").unwrap(), Some(d1.clone()));
+        assert!(matches!(
+            s.save_deployment(&deployment("ghost", "prod", pb::DeploymentState::Queued)),
+            Err(StoreError::Unavailable(_))
+        ));
+
+        let all = s.list_deployments(None, &[], 0).unwrap();
+        assert_eq!(ids(&all, |d| &d.id), ["d2", "d1"]);
+        let prod = s.list_deployments(Some("prod"), &[], 0).unwrap();
+        assert_eq!(ids(&prod, |d| &d.id), ["d1"]);
+        let finished = s
+            .list_deployments(None, &[pb::DeploymentState::Finished], 0)
+            .unwrap();
+        assert_eq!(ids(&finished, |d| &d.id), ["d1"]);
+        let two = s
+            .list_deployments(
+                None,
+                &[pb::DeploymentState::Finished, pb::DeploymentState::Running],
+                0,
+            )
+            .unwrap();
+        assert_eq!(ids(&two, |d| &d.id), ["d2", "d1"]);
+        assert_eq!(
+            ids(&s.list_deployments(None, &[], 1).unwrap(), |d| &d.id),
+            ["d2"]
+        );
+        assert!(
+            s.list_deployments(Some("prod"), &[pb::DeploymentState::Running], 0)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(s.describe(), format!("sqlite:{}", s.path.display()));
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_second_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        let first = SqliteStore::open(&path).unwrap();
+        first
+            .insert_deployment(&deployment("d1", "prod", pb::DeploymentState::Queued), "i1")
+            .unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::Unavailable(m)) => assert_eq!(
+                m,
+                format!(
+                    "another rampart-controller uses {} (lock {}.lock held); stop it, or use a PostgreSQL store for several controllers",
+                    path.display(),
+                    path.display()
+                )
+            ),
+            other => panic!("second open: {other:?}"),
+        }
+        drop(first);
+        let second = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            second.get_deployment("d1").unwrap().map(|d| d.id),
+            Some("d1".to_string())
+        );
+        let version: i64 = second
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mode: String = second
+            .conn()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 7)
+            .unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("schema version 7"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupt_record_names_the_id() {
+        let (_dir, s) = open();
+        s.insert_deployment(&deployment("d1", "prod", pb::DeploymentState::Queued), "i1")
+            .unwrap();
+        s.conn()
+            .execute(
+                "UPDATE deployments SET record = X'FFFFFFFF' WHERE id = 'd1'",
+                [],
+            )
+            .unwrap();
+        match s.get_deployment("d1") {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains("d1"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn queue_positions() {
+        let (_dir, s) = open();
+        use pb::DeploymentState::{Queued, Running};
+        s.insert_deployment(&deployment("p-run", "prod", Running), "i1")
+            .unwrap();
+        s.insert_deployment(&deployment("p1", "prod", Queued), "i1")
+            .unwrap();
+        s.insert_deployment(&deployment("s1", "staging", Queued), "i1")
+            .unwrap();
+        s.insert_deployment(&deployment("p2", "prod", Queued), "i1")
+            .unwrap();
+        assert_eq!(s.queue_position("prod", "p1").unwrap(), 1);
+        assert_eq!(s.queue_position("prod", "p2").unwrap(), 2);
+        assert_eq!(s.queue_position("staging", "s1").unwrap(), 1);
+        assert_eq!(s.queue_position("prod", "p-run").unwrap(), 0);
+        assert_eq!(s.queue_position("prod", "s1").unwrap(), 0);
+        assert_eq!(s.queue_position("prod", "nope").unwrap(), 0);
+        // p1 leaves the queue: p2 moves up.
+        s.save_deployment(&deployment("p1", "prod", Running))
+            .unwrap();
+        assert_eq!(s.queue_position("prod", "p1").unwrap(), 0);
+        assert_eq!(s.queue_position("prod", "p2").unwrap(), 1);
+    }
+
+    #[test]
+    fn env_lock_semantics() {
+        let (_dir, s) = open();
+        let acquired = |from: Option<&str>| LockAttempt::Acquired {
+            reclaimed_from: from.map(str::to_owned),
+        };
+        assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+        // The holder again.
+        assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+        // Another deployment of the same (live) instance waits.
+        assert_eq!(
+            s.try_lock_env("prod", "d2", "i1").unwrap(),
+            LockAttempt::Held {
+                deployment_id: "d1".into(),
+                instance: "i1".into()
+            }
+        );
+        // Another environment is independent.
+        assert_eq!(
+            s.try_lock_env("staging", "d3", "i1").unwrap(),
+            acquired(None)
+        );
+        // Unlock by a non-holder: nothing changes.
+        s.unlock_env("prod", "d2").unwrap();
+        assert!(matches!(
+            s.try_lock_env("prod", "d2", "i1").unwrap(),
+            LockAttempt::Held { .. }
+        ));
+        // A new controller instance (i1 died): it takes the lock over.
+        assert_eq!(
+            s.try_lock_env("prod", "d2", "i2").unwrap(),
+            acquired(Some("i1"))
+        );
+        assert_eq!(
+            s.try_lock_env("prod", "d1", "i2").unwrap(),
+            LockAttempt::Held {
+                deployment_id: "d2".into(),
+                instance: "i2".into()
+            }
+        );
+        // The holding deployment adopted by another instance.
+        assert_eq!(
+            s.try_lock_env("prod", "d2", "i3").unwrap(),
+            acquired(Some("i2"))
+        );
+        assert_eq!(s.try_lock_env("prod", "d2", "i3").unwrap(), acquired(None));
+        // Unlock by the holder frees it.
+        s.unlock_env("prod", "d2").unwrap();
+        assert_eq!(s.try_lock_env("prod", "d1", "i3").unwrap(), acquired(None));
+        s.unlock_env("prod", "d1").unwrap();
+        s.unlock_env("prod", "d1").unwrap();
+    }
+
+    #[test]
+    fn orphaned_deployments() {
+        let (_dir, s) = open();
+        use pb::DeploymentState::{Finished, Queued, Running};
+        s.insert_deployment(&deployment("dead-1", "prod", Running), "dead")
+            .unwrap();
+        s.insert_deployment(&deployment("live-1", "prod", Running), "live")
+            .unwrap();
+        s.insert_deployment(&deployment("mine", "prod", Running), "me")
+            .unwrap();
+        s.insert_deployment(&deployment("dead-done", "prod", Finished), "dead")
+            .unwrap();
+        s.insert_deployment(&deployment("never", "prod", Queued), "silent")
+            .unwrap();
+        s.insert_deployment(&deployment("dead-2", "staging", Queued), "dead")
+            .unwrap();
+        s.heartbeat("live").unwrap();
+        s.heartbeat("me").unwrap();
+        // A heartbeat a minute old.
+        s.conn()
+            .execute(
+                "INSERT INTO instances (instance, heartbeat_ms) VALUES ('dead', ?1)",
+                [now_ms() - 60_000],
+            )
+            .unwrap();
+        let stale = Duration::from_secs(30);
+        let orphans = s.orphaned("me", stale).unwrap();
+        assert_eq!(ids(&orphans, |d| &d.id), ["dead-1", "never", "dead-2"]);
+        // The dead instance comes back: its work is its own again.
+        s.heartbeat("dead").unwrap();
+        assert_eq!(ids(&s.orphaned("me", stale).unwrap(), |d| &d.id), ["never"]);
+        // Adopted.
+        s.set_owner("never", "me").unwrap();
+        assert!(s.orphaned("me", stale).unwrap().is_empty());
+        assert!(matches!(
+            s.set_owner("ghost", "me"),
+            Err(StoreError::Unavailable(_))
+        ));
+        // With no tolerance at all, every other owner's work looks orphaned once time moves.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            ids(&s.orphaned("me", Duration::ZERO).unwrap(), |d| &d.id),
+            ["dead-1", "live-1", "dead-2"]
+        );
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let (_dir, s) = open();
+        assert_eq!(s.last_seq("d1").unwrap(), None);
+        for seq in 0..5 {
+            s.append_event(&event("d1", seq)).unwrap();
+        }
+        s.append_event(&event("d2", 0)).unwrap();
+        assert_eq!(s.last_seq("d1").unwrap(), Some(4));
+        assert_eq!(s.last_seq("d2").unwrap(), Some(0));
+        let all = s.events("d1", 0, 0).unwrap();
+        assert_eq!(all, (0..5).map(|q| event("d1", q)).collect::<Vec<_>>());
+        let seqs = |v: Vec<pb::DeploymentEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.events("d1", 2, 0).unwrap()), [2, 3, 4]);
+        assert_eq!(seqs(s.events("d1", 1, 2).unwrap()), [1, 2]);
+        assert_eq!(seqs(s.events("d1", 9, 0).unwrap()), Vec::<u64>::new());
+        assert_eq!(
+            seqs(s.events("d1", u64::MAX, 0).unwrap()),
+            Vec::<u64>::new()
+        );
+        assert_eq!(seqs(s.events("d2", 0, 0).unwrap()), [0]);
+        match s.append_event(&event("d1", 3)) {
+            Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn incidents_round_trip_and_filters() {
+        let (_dir, s) = open();
+        use pb::IncidentState::{Acknowledged, Open, Resolved};
+        let mut i1 = incident("i1", "prod", Open);
+        s.insert_incident(&i1).unwrap();
+        s.insert_incident(&incident("i2", "staging", Open)).unwrap();
+        s.insert_incident(&incident("i3", "prod", Resolved))
+            .unwrap();
+        assert!(matches!(
+            s.insert_incident(&i1),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert_eq!(s.get_incident("i1").unwrap(), Some(i1.clone()));
+        assert_eq!(s.get_incident("nope").unwrap(), None);
+        i1.state = Acknowledged as i32;
+        i1.acknowledged_by = "ops".into();
+        s.save_incident(&i1).unwrap();
+        assert_eq!(s.get_incident("i1").unwrap(), Some(i1));
+        assert!(matches!(
+            s.save_incident(&incident("ghost", "prod", Open)),
+            Err(StoreError::Unavailable(_))
+        ));
+        let list = |env: Option<&str>, states: &[pb::IncidentState], limit| {
+            ids(&s.list_incidents(env, states, limit).unwrap(), |i| &i.id)
+        };
+        assert_eq!(list(None, &[], 0), ["i3", "i2", "i1"]);
+        assert_eq!(list(Some("prod"), &[], 0), ["i3", "i1"]);
+        assert_eq!(list(None, &[Open], 0), ["i2"]);
+        assert_eq!(list(None, &[Open, Acknowledged], 0), ["i2", "i1"]);
+        assert_eq!(list(Some("prod"), &[Resolved], 0), ["i3"]);
+        assert_eq!(list(None, &[], 2), ["i3", "i2"]);
+        assert!(list(Some("dev"), &[], 0).is_empty());
+    }
+
+    #[test]
+    fn heartbeat_updates() {
+        let (_dir, s) = open();
+        s.heartbeat("i1").unwrap();
+        let first: i64 = s
+            .conn()
+            .query_row(
+                "SELECT heartbeat_ms FROM instances WHERE instance = 'i1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        s.heartbeat("i1").unwrap();
+        let (n, second): (i64, i64) = s
+            .conn()
+            .query_row(
+                "SELECT COUNT(*), MAX(heartbeat_ms) FROM instances",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(second > first, "{second} > {first}");
+    }
+}

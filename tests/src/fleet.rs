@@ -1,0 +1,425 @@
+//! A fleet on 127.0.0.1: a real `rampart-controller` and N real `rampart-agent` processes, each
+//! agent with its own state dir and its own sample-app host (port, public path, pid file), all
+//! talking mutual TLS with certificates from `rampart certs init`, and the `rampart` CLI pointed
+//! at the controller with a bearer token.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::deploy::{Scenario, package_sample_app};
+use crate::{AgentProc, CliRun, bin, rampart};
+
+/// The bearer token the fleet's CLI uses.
+pub const TOKEN: &str = "fleet-test-token";
+
+/// One host: its sample-app scenario and its agent.
+#[derive(Debug)]
+pub struct Host {
+    /// Inventory name (`h1`, `h2`, ...).
+    pub name: String,
+    /// The host's files and app.
+    pub scenario: Scenario,
+    /// Its agent, when running.
+    pub agent: Option<AgentProc>,
+    /// The agent's address (fixed across restarts).
+    pub listen: String,
+}
+
+/// A `rampart-controller` process.
+#[derive(Debug)]
+pub struct ControllerProc {
+    child: Option<Child>,
+    /// Where it serves.
+    pub addr: String,
+}
+
+impl ControllerProc {
+    /// Starts a controller with `config`; waits until it serves.
+    pub fn start(config: &Path) -> ControllerProc {
+        let mut child = Command::new(bin("rampart-controller"))
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RAMPART_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rampart-controller");
+        let stdout = child.stdout.take().expect("controller stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!("rampart-controller did not start serving within 60 s (exit: {status:?})");
+        };
+        ControllerProc {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILLs it and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Scratch dir: certificates, config, inventory, token, the controller's state.
+    pub dir: tempfile::TempDir,
+    /// The sample app's tarballs.
+    pub dist: PathBuf,
+    /// The hosts, in inventory order.
+    pub hosts: Vec<Host>,
+    /// The controller, when running.
+    pub controller: Option<ControllerProc>,
+    /// Its configuration file.
+    pub config: PathBuf,
+}
+
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", crate::deploy::free_port())
+}
+
+impl Fleet {
+    /// Starts `n` agents and a controller whose one environment, `prod`, has them all.
+    /// `env_toml` is added to `[environments.prod]` (e.g. `serial = [1, "50%", "100%"]`);
+    /// `host_vars` may change each host's inventory variables (index from 0).
+    pub fn start(n: usize, env_toml: &str, host_vars: impl Fn(usize, &mut Value)) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let dist = dir.path().join("dist");
+        package_sample_app(&dist);
+        Self::start_with_dist(dir, dist, n, env_toml, "", host_vars)
+    }
+
+    /// As [`Fleet::start`], with tarballs packaged once elsewhere and extra top-level TOML
+    /// (e.g. a `[store]` section).
+    pub fn start_with_dist(
+        dir: tempfile::TempDir,
+        dist: PathBuf,
+        n: usize,
+        env_toml: &str,
+        top_toml: &str,
+        host_vars: impl Fn(usize, &mut Value),
+    ) -> Fleet {
+        let certs = dir.path().join("certs");
+        let mut args = vec!["certs", "init", certs.to_str().unwrap()];
+        let names: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+        for name in &names {
+            args.push("--agent");
+            args.push(name);
+        }
+        let r = rampart(&args);
+        assert_eq!(r.code, 0, "certs init: {}", r.stderr);
+        let mut hosts = Vec::new();
+        let mut inventory = String::from("all:\n  hosts:\n");
+        for (i, name) in names.iter().enumerate() {
+            let scenario = Scenario::with_dist(&dist);
+            let listen = free_addr();
+            let mut vars = scenario.vars_with("0.0.0", "sha256:none", "none");
+            vars.as_object_mut().unwrap().remove("target_version");
+            vars["rampart_agent"] = Value::String(listen.clone());
+            host_vars(i, &mut vars);
+            inventory.push_str(&format!("    {name}: {vars}\n"));
+            let mut host = Host {
+                name: name.clone(),
+                scenario,
+                agent: None,
+                listen,
+            };
+            host.agent = Some(start_agent(&host, &certs));
+            hosts.push(host);
+        }
+        std::fs::write(dir.path().join("inventory.yml"), inventory).unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let hash = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(TOKEN.as_bytes());
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let c = |f: &str| certs.join(f).display().to_string();
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{listen}\"\nstate_dir = \"{state}\"\n{top_toml}\n\
+                 [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+                 [agent_tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca = [\"{ca}\"]\n\
+                 [[tokens]]\nname = \"ci\"\nsha256 = \"{hash}\"\n\
+                 [environments.prod]\ninventory = \"inventory.yml\"\nunreachable_after_seconds = 4\n\
+                 rescue_wait_seconds = 60\nwait_timeout_seconds = 120\n{env_toml}\n",
+                listen = free_addr(),
+                state = dir.path().join("controller").display(),
+                cert = c("controller.pem"),
+                key = c("controller.key"),
+                ca = c("ca.pem"),
+            ),
+        )
+        .unwrap();
+        let controller = Some(ControllerProc::start(&config));
+        Fleet {
+            dir,
+            dist,
+            hosts,
+            controller,
+            config,
+        }
+    }
+
+    /// The certificates directory.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// Runs `rampart ARGS… --controller … --ca … --token-file …`.
+    pub fn cli(&self, args: &[&str]) -> CliRun {
+        let addr = format!(
+            "https://{}",
+            self.controller.as_ref().expect("controller running").addr
+        );
+        let ca = self.certs().join("ca.pem");
+        let token = self.dir.path().join("token");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&[
+            "--controller",
+            &addr,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        rampart(&all)
+    }
+
+    /// The `--artifact app=…` argument of a packaged version.
+    pub fn artifact_arg(&self, version: &str) -> String {
+        format!(
+            "app={}",
+            self.dist
+                .join(format!("sample-app-{version}.tar.gz"))
+                .display()
+        )
+    }
+
+    /// `rampart deploy --env prod --version V --artifact app=… --json [extra…]`.
+    pub fn deploy(&self, version: &str, extra: &[&str]) -> CliRun {
+        let art = self.artifact_arg(version);
+        let mut args = vec![
+            "deploy",
+            "--env",
+            "prod",
+            "--version",
+            version,
+            "--artifact",
+            &art,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    /// The version each host's app serves (None: not answering).
+    pub fn serving(&self) -> Vec<Option<String>> {
+        self.hosts.iter().map(|h| h.scenario.serving()).collect()
+    }
+
+    /// SIGKILLs host `i`'s agent.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut a) = self.hosts[i].agent.take() {
+            a.kill9();
+        }
+    }
+
+    /// Starts host `i`'s agent again on its address (it finishes interrupted transactions first).
+    pub fn restart_agent(&mut self, i: usize) {
+        let certs = self.certs();
+        let a = start_agent(&self.hosts[i], &certs);
+        self.hosts[i].agent = Some(a);
+    }
+
+    /// SIGKILLs the controller.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill9();
+        }
+    }
+
+    /// Starts the controller again with the same configuration.
+    pub fn restart_controller(&mut self) {
+        self.controller = Some(ControllerProc::start(&self.config));
+    }
+}
+
+fn start_agent(host: &Host, certs: &Path) -> AgentProc {
+    let c = |f: String| certs.join(f).display().to_string();
+    let cert = c(format!("agent-{}.pem", host.name));
+    let key = c(format!("agent-{}.key", host.name));
+    let ca = c("ca.pem".into());
+    let forensics = host.scenario.path().join("forensics").display().to_string();
+    AgentProc::start_tls_on(
+        &host.scenario.state,
+        &host.listen,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca,
+            "--forensics-dir",
+            &forensics,
+        ],
+    )
+}
+
+/// The JSON lines of a CLI run whose `type` is `kind`.
+pub fn events_of(run: &CliRun, kind: &str) -> Vec<Value> {
+    run.json()
+        .into_iter()
+        .filter(|v| v["type"] == kind)
+        .collect()
+}
+
+/// A `rampart` command running in the background, its JSON lines read as they come.
+#[derive(Debug)]
+pub struct LiveCli {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    /// Every JSON line seen so far.
+    pub seen: Vec<Value>,
+}
+
+impl Fleet {
+    /// Starts `rampart ARGS… --controller … --ca … --token-file …` in the background.
+    pub fn spawn_cli(&self, args: &[&str]) -> LiveCli {
+        let addr = format!(
+            "https://{}",
+            self.controller.as_ref().expect("controller running").addr
+        );
+        let ca = self.certs().join("ca.pem");
+        let token = self.dir.path().join("token");
+        let mut child = Command::new(bin("rampart"))
+            .args(args)
+            .args(["--controller", &addr, "--ca"])
+            .arg(&ca)
+            .arg("--token-file")
+            .arg(&token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rampart");
+        let stdout = child.stdout.take().expect("rampart stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        LiveCli {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl LiveCli {
+    /// Waits (at most `timeout`) for a JSON line matching `pred`; panics naming `what`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("no `{what}` within {timeout:?}; seen: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the command to exit (at most `timeout`); its exit code and every JSON line.
+    pub fn finish(mut self, timeout: Duration) -> (i32, Vec<Value>) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait rampart") {
+                // The reader thread ends with the pipe.
+                while let Ok(v) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(v);
+                }
+                return (status.code().unwrap_or(-1), std::mem::take(&mut self.seen));
+            }
+            while let Ok(v) = self.lines.try_recv() {
+                self.seen.push(v);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "rampart did not exit within {timeout:?}; seen: {:#?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LiveCli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,360 @@
+//! The controller end to end: a real `rampart-controller`, real agents (one process and state
+//! dir per host), mutual TLS from `rampart certs init`, the `rampart` CLI with a bearer token,
+//! and the sample app on every host.
+
+use std::time::Duration;
+
+use rampart_tests::fleet::{Fleet, events_of};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// Host `i` of a fleet serves nothing on its port once 2.0.0 is its release: its start command
+/// moves that version to another port, so the health suite fails on that host only.
+fn break_v2_on(vars: &mut Value, other_port: u16) {
+    let start = vars["components"][0]["service"]["start"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (prefix, rest) = start.split_once("SAMPLE_APP_LISTEN=127.0.0.1:").unwrap();
+    let (port, tail) = rest.split_once(' ').unwrap();
+    let app = vars["components"][0]["path"].as_str().unwrap().to_string();
+    vars["components"][0]["service"]["start"] = Value::String(format!(
+        "{prefix}p={port}; grep -qx 2.0.0 {app}/version.txt && p={other_port}; SAMPLE_APP_LISTEN=127.0.0.1:$p {tail}"
+    ));
+}
+
+fn finished(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "finished")
+        .cloned()
+        .unwrap_or_else(|| panic!("no finished event in {lines:#?}"))
+}
+
+fn host_states(fin: &Value) -> Vec<(String, String)> {
+    fin["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_string(),
+                h["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn waves_deploy_then_a_failure_in_wave_two_rolls_back_waves_one_and_two() {
+    let other = rampart_tests::deploy::free_port();
+    let fleet = Fleet::start(
+        5,
+        "serial = [1, \"50%\", \"100%\"]\nmax_fail_percentage = 0\n",
+        |i, vars| {
+            if i == 1 {
+                break_v2_on(vars, other);
+            }
+        },
+    );
+
+    // 1.0.0 everywhere, in waves of 1, 2 and 2.
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    let plan = events_of(&r, "planned");
+    assert_eq!(plan.len(), 1, "{}", r.stdout);
+    let waves: Vec<Vec<String>> = plan[0]["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            w.as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        waves,
+        vec![vec!["h1"], vec!["h2", "h3"], vec!["h4", "h5"]],
+        "{}",
+        r.stdout
+    );
+    assert_eq!(events_of(&r, "wave_started").len(), 3);
+    let fin = finished(&r.json());
+    assert_eq!(fin["outcome"], "succeeded", "{fin:#}");
+    assert_eq!(fin["environment_version"], "1.0.0", "{fin:#}");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 5]);
+
+    // 2.0.0 fails its health checks on h2 (wave 2): waves 1 and 2 go back to 1.0.0, wave 3 is
+    // never touched.
+    let r = fleet.deploy("2.0.0", &[]);
+    assert_eq!(r.code, 1, "deploy 2.0.0: {}\n{}", r.stdout, r.stderr);
+    let lines = r.json();
+    let fin = finished(&lines);
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    assert_eq!(fin["environment_version"], "1.0.0", "{fin:#}");
+    let states = host_states(&fin);
+    let state = |h: &str| states.iter().find(|(n, _)| n == h).unwrap().1.clone();
+    for h in ["h1", "h2", "h3"] {
+        assert_eq!(state(h), "rolled_back", "{h}: {fin:#}");
+    }
+    for h in ["h4", "h5"] {
+        assert_eq!(state(h), "pending", "{h}: {fin:#}");
+    }
+    assert_eq!(
+        events_of(&r, "wave_started").len(),
+        2,
+        "wave 3 must not start"
+    );
+    let rescue = events_of(&r, "fleet_rescue_started");
+    assert_eq!(rescue.len(), 1, "{}", r.stdout);
+    // h2 rolled itself back (its own rescue); h1 and h3 succeeded and are rolled back by the fleet.
+    let mut rescued: Vec<String> = rescue[0]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    rescued.sort();
+    assert_eq!(rescued, ["h1", "h3"], "{}", r.stdout);
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 5]);
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        assert_eq!(h.scenario.current().as_deref(), Some("1.0.0"), "h{}", i + 1);
+        let app = h.scenario.state.join("apps/app");
+        let staged = ["releases", "failed"].iter().any(|d| {
+            std::fs::read_dir(app.join(d)).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("2.0.0"))
+            })
+        });
+        assert_eq!(
+            staged,
+            i < 3,
+            "h{}: 2.0.0 staged only where the rollout went",
+            i + 1
+        );
+    }
+    // h2's forensics bundle is recorded and fetched through the controller.
+    let id = fin["deployment_id"]
+        .as_str()
+        .unwrap_or_else(|| lines[0]["deployment_id"].as_str().unwrap())
+        .to_string();
+    let out = fleet.dir.path().join("h2-bundle.tar.gz");
+    let g = fleet.cli(&["forensics", "get", &id, "h2", "-o", out.to_str().unwrap()]);
+    assert_eq!(g.code, 0, "forensics get: {}\n{}", g.stdout, g.stderr);
+    let tgz = std::fs::read(&out).unwrap();
+    assert!(
+        tgz.len() > 100 && tgz[0] == 0x1f && tgz[1] == 0x8b,
+        "not a gzip bundle"
+    );
+
+    // History names who asked and how each deployment ended.
+    let h = fleet.cli(&["history", "--env", "prod", "--json"]);
+    assert_eq!(h.code, 0, "history: {}\n{}", h.stdout, h.stderr);
+    let hist: Value = serde_json::from_str(&h.stdout).unwrap();
+    let hist = hist.as_array().unwrap();
+    assert_eq!(hist.len(), 2, "{hist:#?}");
+    assert_eq!(hist[0]["version"], "2.0.0");
+    assert_eq!(hist[0]["outcome"], "rolled_back");
+    assert_eq!(hist[0]["requested_by"], "ci");
+    assert_eq!(hist[1]["outcome"], "succeeded");
+}
+
+#[test]
+fn an_agent_killed_mid_deploy_is_unreachable_then_its_journal_restores_it() {
+    let mut fleet = Fleet::start(2, "max_fail_percentage = 0\n", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+
+    let art = fleet.artifact_arg("2.0.0");
+    let mut live = fleet.spawn_cli(&[
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        "2.0.0",
+        "--artifact",
+        &art,
+        "--json",
+    ]);
+    // Once h1 has staged 2.0.0, its agent dies mid-transaction.
+    live.wait_for("h1 staged 2.0.0", LONG, |v| {
+        v["type"] == "host_event"
+            && v["host"] == "h1"
+            && v["event"]["type"] == "task_finished"
+            && v["event"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("stage"))
+    });
+    fleet.kill_agent(0);
+    let un = live.wait_for("h1 unreachable", LONG, |v| {
+        v["type"] == "host_finished" && v["host"] == "h1"
+    });
+    assert_eq!(un["state"], "unreachable", "{un:#}");
+    // The agent comes back: its journal rolls h1 back; the controller learns it in the rescue.
+    fleet.restart_agent(0);
+    let (code, lines) = live.finish(LONG);
+    let fin = finished(&lines);
+    assert_eq!(code, 1, "{fin:#}");
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    let states = host_states(&fin);
+    assert_eq!(
+        states,
+        [
+            ("h1".to_string(), "rolled_back".to_string()),
+            ("h2".to_string(), "rolled_back".to_string())
+        ],
+        "{fin:#}"
+    );
+    // The verdict matches the hosts.
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 2]);
+    for h in &fleet.hosts {
+        assert_eq!(h.scenario.current().as_deref(), Some("1.0.0"));
+    }
+}
+
+#[test]
+fn a_controller_killed_mid_rollout_resumes_and_runs_no_transaction_twice() {
+    let mut fleet = Fleet::start(3, "serial = 1\n", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+
+    let art = fleet.artifact_arg("2.0.0");
+    let mut live = fleet.spawn_cli(&[
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        "2.0.0",
+        "--artifact",
+        &art,
+        "--json",
+        "--reconnect-timeout",
+        "120",
+    ]);
+    live.wait_for("wave 2 started", LONG, |v| {
+        v["type"] == "wave_started" && v["index"] == 1
+    });
+    fleet.kill_controller();
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.restart_controller();
+    // The CLI re-attaches by itself (same address) and sees the deployment to its end.
+    let (code, lines) = live.finish(LONG);
+    let fin = finished(&lines);
+    assert_eq!(code, 0, "{fin:#}");
+    assert_eq!(fin["outcome"], "succeeded", "{fin:#}");
+    assert!(
+        lines.iter().any(|v| v["type"] == "resumed"),
+        "the restarted controller announces the takeover"
+    );
+    let mut seqs: Vec<u64> = lines.iter().filter_map(|v| v["seq"].as_u64()).collect();
+    let n = seqs.len();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "no event printed twice");
+    assert_eq!(fleet.serving(), vec![Some("2.0.0".to_string()); 3]);
+    // One deploy transaction of 2.0.0 per host, never two.
+    for h in &fleet.hosts {
+        let runs = rampart_tests::read_journals(&h.scenario.state)
+            .into_iter()
+            .filter(|(p, _)| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .contains(fin["deployment_id"].as_str().unwrap_or("d-"))
+            })
+            .count();
+        assert_eq!(runs, 1, "{}: transactions of this deployment", h.name);
+    }
+}
+
+#[test]
+fn deploys_queue_in_order_wait_for_approval_time_out_and_refuse_bad_tokens() {
+    let fleet = Fleet::start(1, "require_approval = true\n", |_, _| {});
+    let art = fleet.artifact_arg("1.0.0");
+    let deploy_args = |extra: &'static [&'static str]| {
+        let mut a = vec![
+            "deploy".to_string(),
+            "--env".into(),
+            "prod".into(),
+            "--version".into(),
+            "1.0.0".into(),
+            "--artifact".into(),
+            art.clone(),
+            "--json".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let a_args = deploy_args(&[]);
+    let mut a = fleet.spawn_cli(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let waiting = a.wait_for("A awaits approval", LONG, |v| {
+        v["type"] == "awaiting_approval"
+    });
+    let a_id = waiting["deployment_id"].as_str().unwrap().to_string();
+
+    let b_args = deploy_args(&[]);
+    let mut b = fleet.spawn_cli(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let q = b.wait_for("B queued", LONG, |v| v["type"] == "queued");
+    assert_eq!(q["position"], 1, "{q:#}");
+    assert_eq!(q["holder_deployment_id"], a_id.as_str(), "{q:#}");
+    let b_id = q["deployment_id"].as_str().unwrap().to_string();
+
+    // C gives up after 1 s in the queue: exit 5, nothing touched.
+    let c = fleet.cli(
+        &deploy_args(&["--wait-timeout", "1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(c.code, 5, "C: {}\n{}", c.stdout, c.stderr);
+    assert_eq!(finished(&c.json())["outcome"], "lock_timeout");
+
+    // `status` shows A holding the environment and B first in line.
+    let s = fleet.cli(&["status", "--env", "prod", "--json"]);
+    assert_eq!(s.code, 0, "status: {}\n{}", s.stdout, s.stderr);
+    let list: Value = serde_json::from_str(&s.stdout).unwrap();
+    let find = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in status: {list:#}"))
+    };
+    assert_eq!(find(&a_id)["state"], "awaiting_approval");
+    assert_eq!(find(&b_id)["state"], "queued");
+    assert_eq!(find(&b_id)["queue_position"], 1);
+
+    // A bad token is refused with exit 3.
+    std::fs::write(fleet.dir.path().join("bad-token"), "nope\n").unwrap();
+    let bad = rampart_tests::rampart(&[
+        "status",
+        "--controller",
+        &format!("https://{}", fleet.controller.as_ref().unwrap().addr),
+        "--ca",
+        fleet.certs().join("ca.pem").to_str().unwrap(),
+        "--token-file",
+        fleet.dir.path().join("bad-token").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.code, 3, "bad token: {}\n{}", bad.stdout, bad.stderr);
+
+    // Approving A runs it; B then holds the lock and is aborted before it touches anything.
+    let ap = fleet.cli(&["approve", &a_id, "--comment", "looks good"]);
+    assert_eq!(ap.code, 0, "approve: {}\n{}", ap.stdout, ap.stderr);
+    let (code, lines) = a.finish(LONG);
+    assert_eq!(code, 0, "A: {lines:#?}");
+    assert_eq!(finished(&lines)["outcome"], "succeeded");
+    b.wait_for("B awaits approval", LONG, |v| {
+        v["type"] == "awaiting_approval"
+    });
+    let ab = fleet.cli(&["abort", &b_id, "--reason", "superseded"]);
+    assert_eq!(ab.code, 0, "abort: {}\n{}", ab.stdout, ab.stderr);
+    let (code, lines) = b.finish(LONG);
+    assert_eq!(finished(&lines)["outcome"], "aborted", "{lines:#?}");
+    assert_eq!(code, 1);
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
+}
