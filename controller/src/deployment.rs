@@ -135,7 +135,17 @@ impl Controller {
     }
 
     /// Starts running a stored deployment (new, or taken over) in the background.
-    pub fn spawn(self: &Arc<Self>, d: pb::Deployment, resumed: bool) {
+    pub fn spawn(self: &Arc<Self>, d: pb::Deployment) {
+        self.start_runner(d, false, None);
+    }
+
+    /// Takes over a stored deployment whose controller died (`reclaimed`: the instance whose
+    /// environment lock was taken over, recorded in the events).
+    pub fn spawn_resumed(self: &Arc<Self>, d: pb::Deployment, reclaimed: Option<String>) {
+        self.start_runner(d, true, reclaimed);
+    }
+
+    fn start_runner(self: &Arc<Self>, d: pb::Deployment, resumed: bool, reclaimed: Option<String>) {
         let ctl = self.clone();
         let live = Arc::new(Live {
             seq: watch::channel(d.last_seq).0,
@@ -155,6 +165,7 @@ impl Controller {
             let runner = Runner::new(ctl.clone(), env, d, live, resumed);
             match runner.await {
                 Ok(mut r) => {
+                    r.reclaimed = reclaimed;
                     if let Err(e) = r.run().await {
                         tracing::error!(deployment = %id, "deployment stopped: {e}; a restarted controller takes it over");
                     }
@@ -177,6 +188,7 @@ impl Controller {
             }
             // Running deployments are taken only with their environment's lock: with a shared
             // store, the lock says whether their controller is really gone.
+            let mut reclaimed = None;
             if matches!(d.state(), DS::Running | DS::Rescuing | DS::AwaitingApproval) {
                 let (env, id, me) = (
                     d.environment.clone(),
@@ -184,14 +196,20 @@ impl Controller {
                     self.cfg.instance.clone(),
                 );
                 match self.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
-                    LockAttempt::Acquired { .. } => {}
-                    LockAttempt::Held { .. } => continue,
+                    LockAttempt::Acquired { reclaimed_from } => reclaimed = reclaimed_from,
+                    LockAttempt::Held {
+                        deployment_id,
+                        instance,
+                    } => {
+                        tracing::debug!(deployment = %d.id, holder = %deployment_id, %instance, "orphan candidate's environment is still locked");
+                        continue;
+                    }
                 }
             }
             let (id, me) = (d.id.clone(), self.cfg.instance.clone());
             self.db(move |s| s.set_owner(&id, &me)).await?;
             tracing::warn!(deployment = %d.id, state = ?d.state(), "taking over a deployment whose controller died");
-            self.spawn(d, true);
+            self.spawn_resumed(d, reclaimed);
             n += 1;
         }
         Ok(n)
@@ -284,6 +302,8 @@ struct Runner {
     host_seq: HashMap<String, u64>,
     /// First failure seen per host (task name and message).
     failure: HashMap<usize, String>,
+    /// The dead instance whose lock this runner took over, when it did.
+    reclaimed: Option<String>,
 }
 
 impl Runner {
@@ -313,6 +333,7 @@ impl Runner {
             approved_recorded: false,
             host_seq: HashMap::new(),
             failure: HashMap::new(),
+            reclaimed: None,
             d,
         };
         if resumed {
@@ -450,7 +471,9 @@ impl Runner {
                 self.ctl.cfg.instance.clone(),
             );
             match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
-                LockAttempt::Acquired { reclaimed_from } => reclaimed_from,
+                LockAttempt::Acquired { reclaimed_from } => {
+                    reclaimed_from.or(self.reclaimed.take())
+                }
                 LockAttempt::Held {
                     deployment_id,
                     instance,
@@ -574,24 +597,31 @@ impl Runner {
             );
             let (e2, i2) = (env.clone(), id.clone());
             let pos = self.ctl.db(move |s| s.queue_position(&e2, &i2)).await?;
-            if pos <= 1 {
-                match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
-                    LockAttempt::Acquired { reclaimed_from } => return Ok(Ok(reclaimed_from)),
-                    LockAttempt::Held { deployment_id, .. } => holder = deployment_id,
+            // The deployment in front: one that holds the environment, or held it and lost its
+            // controller (a shared store): its takeover comes first, the queue waits for it.
+            let (e3, i3) = (env.clone(), id.clone());
+            let active = self
+                .ctl
+                .db(move |s| {
+                    let list = s.list_deployments(
+                        Some(&e3),
+                        &[DS::Running, DS::AwaitingApproval, DS::Rescuing],
+                        0,
+                    )?;
+                    Ok(list.into_iter().find(|d| d.id != i3).map(|d| d.id))
+                })
+                .await?;
+            match active {
+                Some(a) => holder = a,
+                None if pos <= 1 => {
+                    match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
+                        LockAttempt::Acquired { reclaimed_from } => {
+                            return Ok(Ok(reclaimed_from));
+                        }
+                        LockAttempt::Held { deployment_id, .. } => holder = deployment_id,
+                    }
                 }
-            } else if holder.is_empty() {
-                let env = self.d.environment.clone();
-                let running = self
-                    .ctl
-                    .db(move |s| {
-                        s.list_deployments(
-                            Some(&env),
-                            &[DS::Running, DS::AwaitingApproval, DS::Rescuing],
-                            1,
-                        )
-                    })
-                    .await?;
-                holder = running.first().map(|d| d.id.clone()).unwrap_or_default();
+                None => {}
             }
             if pos != last_pos {
                 last_pos = pos;
@@ -1137,10 +1167,12 @@ impl Runner {
             .hosts
             .iter()
             .filter(|h| {
-                matches!(
-                    h.state(),
-                    HS::RollbackFailed | HS::Unreachable | HS::Failed | HS::Running
-                )
+                match h.state() {
+                    HS::RollbackFailed | HS::Running => true,
+                    // Never reached by this deployment: it still runs what it ran.
+                    HS::Unreachable | HS::Failed => !h.txid.is_empty(),
+                    _ => false,
+                }
             })
             .map(|h| {
                 format!(
@@ -1335,6 +1367,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
             return fail(state, e, true);
         }
     };
+    let mut from_version = job.from_version.clone();
     if !job.capture.is_empty() {
         let components: Vec<String> = job
             .capture
@@ -1347,12 +1380,9 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
             .await
         {
             Ok(r) => {
-                let _ = tx
-                    .send(Msg::Captured {
-                        idx: job.idx,
-                        json: r.into_inner().state_json,
-                    })
-                    .await;
+                let json = r.into_inner().state_json;
+                from_version = first_version(&json);
+                let _ = tx.send(Msg::Captured { idx: job.idx, json }).await;
             }
             Err(s) => {
                 let state = if agents::is_transport(&s) {
@@ -1434,12 +1464,12 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
                 (false, pb::Outcome::Succeeded | pb::Outcome::CheckOnly) => (
                     HS::Succeeded,
                     if job.check {
-                        job.from_version.clone()
+                        from_version.clone()
                     } else {
                         job.version.clone()
                     },
                 ),
-                (false, pb::Outcome::RolledBack) => (HS::RolledBack, job.from_version.clone()),
+                (false, pb::Outcome::RolledBack) => (HS::RolledBack, from_version.clone()),
                 (false, pb::Outcome::RollbackFailed) => (HS::RollbackFailed, String::new()),
                 (false, _) => (HS::Failed, String::new()),
                 (true, pb::Outcome::Succeeded) => (HS::RolledBack, job.from_version.clone()),

@@ -152,7 +152,7 @@ impl Service {
             })?;
         tracing::info!(deployment = %d.id, env = %d.environment, version = %d.version, by = %d.requested_by, "deployment requested");
         let id = d.id.clone();
-        self.ctl.spawn(d, false);
+        self.ctl.spawn(d);
         Ok(Response::new(self.watch_stream(id, 0)))
     }
 
