@@ -804,11 +804,18 @@ impl<W: Write, E: Write> Renderer<W, E> {
             Some(Kind::FleetRescueStarted(f)) => {
                 self.phase = format!("FLEET RESCUE ({} hosts)", f.hosts.len());
                 self.activity.clear();
-                out.push(format!(
-                    "FLEET RESCUE: rolling back {}: {}",
-                    f.hosts.join(" "),
-                    f.reason
-                ));
+                out.push(if f.hosts.is_empty() {
+                    format!(
+                        "FLEET RESCUE: {}; no host needs the fleet's rollback (every host it changed rolled itself back)",
+                        f.reason
+                    )
+                } else {
+                    format!(
+                        "FLEET RESCUE: rolling back {}: {}",
+                        f.hosts.join(" "),
+                        f.reason
+                    )
+                });
             }
             Some(Kind::Resumed(r)) => {
                 let mut s = format!("resumed by controller {}", r.controller);
@@ -908,7 +915,8 @@ impl<W: Write, E: Write> Renderer<W, E> {
         for h in hosts {
             rows.push(vec![
                 h.host.clone(),
-                host_state_name(h.state()),
+                // The table is printed once the deployment is over.
+                super::host_state_label(h.state(), true),
                 version_change(&h.from_version, &h.to_version),
                 h.message.clone(),
             ]);
@@ -1139,7 +1147,11 @@ fn prepare_deploy(
         check: args.check,
         serial: args.serial.clone(),
         max_fail_percentage: args.max_fail_percentage,
-        deployment_id: args.deployment_id.clone().unwrap_or_default(),
+        // Chosen here, so a stream lost before its first event can still be re-attached.
+        deployment_id: args
+            .deployment_id
+            .clone()
+            .unwrap_or_else(crate::deployment::new_deployment_id),
     };
     Ok(DeployPlan {
         ctl,
@@ -1223,7 +1235,11 @@ pub fn rollback(args: RollbackArgs) -> i32 {
             .or_else(|| first_env(&CI_RUN_ID_VARS, &env_var))
             .unwrap_or_default(),
         wait_timeout_ms: args.wait_timeout.saturating_mul(1000),
-        deployment_id: args.deployment_id.clone().unwrap_or_default(),
+        // Chosen here, so a stream lost before its first event can still be re-attached.
+        deployment_id: args
+            .deployment_id
+            .clone()
+            .unwrap_or_else(crate::deployment::new_deployment_id),
     };
     block_on(async move {
         let mut client = ctl.connect().await?;
@@ -1700,7 +1716,7 @@ production runs 1.9.0
 HOST  STATE        FROM → TO  MESSAGE
 web1  rolled_back  1.9.0
 web2  rolled_back  1.9.0      http check failed
-web3  pending      1.9.0 → -
+web3  untouched    1.9.0 → -
 ";
         assert_eq!(text, expected);
         // Plain text never draws a status line.
@@ -1773,7 +1789,8 @@ web3  pending      1.9.0 → -
             wait_timeout: 600,
             ci_run_id: Some("ci-7".into()),
             commit: None,
-            deployment_id: None,
+            // The fake controller names its deployment d-1.
+            deployment_id: Some("d-1".into()),
             reconnect_timeout: 5,
             controller: mock::args(&url, dir.path(), mock::TOKEN),
         };

@@ -416,6 +416,16 @@ pub fn host_state_name(s: pb::HostState) -> String {
     enum_name(s.as_str_name(), "HOST_STATE_")
 }
 
+/// A host's state as people read it: in a finished deployment, a host still `pending` was
+/// never touched.
+pub fn host_state_label(s: pb::HostState, deployment_finished: bool) -> String {
+    if deployment_finished && s == pb::HostState::Pending {
+        "untouched".to_string()
+    } else {
+        host_state_name(s)
+    }
+}
+
 /// The agent's transaction outcome: `succeeded`, `rolled_back`, ...
 pub fn agent_outcome_name(o: pb::Outcome) -> String {
     enum_name(o.as_str_name(), "OUTCOME_")

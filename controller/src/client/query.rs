@@ -520,7 +520,7 @@ pub fn render_deployment<W: Write>(
         rows.push(vec![
             h.host.clone(),
             (h.wave + 1).to_string(),
-            host_state_name(h.state()),
+            super::host_state_label(h.state(), d.state() == pb::DeploymentState::Finished),
             version_change(&h.from_version, &h.to_version),
             or_dash(&h.txid),
             or_dash(&h.rescue_txid),
