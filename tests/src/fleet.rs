@@ -270,6 +270,37 @@ impl Fleet {
         self.hosts[i].agent = Some(a);
     }
 
+    /// Restarts host `i`'s agent with other certificate files (`cas`: the CAs it trusts to
+    /// sign the controller's certificate).
+    pub fn restart_agent_with(&mut self, i: usize, cert: &Path, key: &Path, cas: &[PathBuf]) {
+        self.kill_agent(i);
+        let host = &self.hosts[i];
+        let forensics = host.scenario.path().join("forensics").display().to_string();
+        let mut args = vec![
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+            "--forensics-dir".into(),
+            forensics,
+        ];
+        for ca in cas {
+            args.push("--tls-ca".into());
+            args.push(ca.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let a = AgentProc::start_tls_on(&host.scenario.state, &host.listen, &args);
+        self.hosts[i].agent = Some(a);
+    }
+
+    /// Replaces `from` with `to` in the controller's configuration (takes effect at the next
+    /// [`Fleet::restart_controller`]).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "{from:?} not in {text}");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
     /// SIGKILLs the controller.
     pub fn kill_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {

@@ -358,3 +358,188 @@ fn deploys_queue_in_order_wait_for_approval_time_out_and_refuse_bad_tokens() {
     assert_eq!(code, 1);
     assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
 }
+
+#[test]
+fn rollback_returns_the_environment_to_the_previous_version() {
+    let fleet = Fleet::start(2, "", |_, _| {});
+    for v in ["1.0.0", "2.0.0"] {
+        let r = fleet.deploy(v, &[]);
+        assert_eq!(r.code, 0, "deploy {v}: {}\n{}", r.stdout, r.stderr);
+    }
+    // No --to: the version before the current one, from history.
+    let r = fleet.cli(&[
+        "rollback",
+        "--env",
+        "prod",
+        "--reason",
+        "2.0.0 leaks memory",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "rollback: {}\n{}", r.stdout, r.stderr);
+    let fin = finished(&r.json());
+    assert_eq!(fin["outcome"], "succeeded", "{fin:#}");
+    assert_eq!(fin["environment_version"], "1.0.0", "{fin:#}");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 2]);
+    let h = fleet.cli(&["history", "--env", "prod", "--json"]);
+    let hist: Value = serde_json::from_str(&h.stdout).unwrap();
+    assert_eq!(hist[0]["kind"], "rollback", "{hist:#}");
+    assert_eq!(hist[0]["reason"], "2.0.0 leaks memory", "{hist:#}");
+    // A reason is required; an unknown environment is a usage error; nothing runs.
+    let r = fleet.cli(&["rollback", "--env", "nope", "--reason", "x"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+}
+
+#[test]
+fn the_controller_refuses_an_agent_from_another_ca_and_trusts_two_during_a_rotation() {
+    let mut fleet = Fleet::start(2, "max_fail_percentage = 0\n", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+
+    // h2's agent now presents a certificate from a second CA (it still trusts the first to
+    // sign the controller's certificate).
+    let certs2 = fleet.dir.path().join("certs2");
+    let c = rampart_tests::rampart(&["certs", "init", certs2.to_str().unwrap(), "--agent", "h2"]);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let ca1 = fleet.certs().join("ca.pem");
+    fleet.restart_agent_with(
+        1,
+        &certs2.join("agent-h2.pem"),
+        &certs2.join("agent-h2.key"),
+        std::slice::from_ref(&ca1),
+    );
+    let r = fleet.deploy("2.0.0", &[]);
+    assert_eq!(r.code, 1, "deploy 2.0.0: {}\n{}", r.stdout, r.stderr);
+    let fin = finished(&r.json());
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    let h2 = fin["hosts"][1].clone();
+    assert_eq!(h2["state"], "unreachable", "{fin:#}");
+    assert!(
+        h2["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "the refusal names the certificate: {h2:#}"
+    );
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 2]);
+
+    // Rotation: the controller trusts both CAs; every agent is accepted.
+    fleet.edit_config(
+        &format!("ca = [\"{}\"]", ca1.display()),
+        &format!(
+            "ca = [\"{}\", \"{}\"]",
+            ca1.display(),
+            certs2.join("ca.pem").display()
+        ),
+    );
+    fleet.kill_controller();
+    fleet.restart_controller();
+    let r = fleet.deploy("2.0.0", &[]);
+    assert_eq!(
+        r.code, 0,
+        "deploy 2.0.0 after the rotation: {}\n{}",
+        r.stdout, r.stderr
+    );
+    assert_eq!(fleet.serving(), vec![Some("2.0.0".to_string()); 2]);
+}
+
+#[test]
+fn two_controllers_on_one_postgresql_store_never_run_one_environment_at_once() {
+    let pg = rampart_tests::pg::Pg::start();
+    pg.create_db("rampart");
+    let url = format!(
+        "postgresql://postgres:{}@127.0.0.1:{}/rampart",
+        rampart_tests::pg::PASSWORD,
+        pg.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dist = dir.path().join("dist");
+    rampart_tests::deploy::package_sample_app(&dist);
+    let mut one = Fleet::start_with_dist(
+        dir,
+        dist,
+        1,
+        "require_approval = true\n",
+        &format!("instance = \"one\"\n[store]\nurl = \"{url}\"\n"),
+        |_, _| {},
+    );
+    // A second controller: same store and environment, its own address and instance name.
+    let text = std::fs::read_to_string(&one.config).unwrap();
+    let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
+    let other = format!(
+        "listen = \"127.0.0.1:{}\"",
+        rampart_tests::deploy::free_port()
+    );
+    let config2 = one.dir.path().join("controller2.toml");
+    std::fs::write(
+        &config2,
+        text.replace(listen, &other)
+            .replace("instance = \"one\"", "instance = \"two\""),
+    )
+    .unwrap();
+    let two = rampart_tests::fleet::ControllerProc::start(&config2);
+
+    let art = one.artifact_arg("1.0.0");
+    let args = [
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        "1.0.0",
+        "--artifact",
+        &art,
+        "--json",
+    ];
+    let mut a = one.spawn_cli(&args);
+    let w = a.wait_for("A awaits approval on one", LONG, |v| {
+        v["type"] == "awaiting_approval"
+    });
+    let a_id = w["deployment_id"].as_str().unwrap().to_string();
+    drop(a);
+    // B asks the other controller: it queues behind A.
+    let ctl_one = one.controller.take().unwrap();
+    one.controller = Some(two);
+    let mut b = one.spawn_cli(&args);
+    let q = b.wait_for("B queued on two", LONG, |v| v["type"] == "queued");
+    assert_eq!(q["holder_deployment_id"], a_id.as_str(), "{q:#}");
+    let b_id = q["deployment_id"].as_str().unwrap().to_string();
+
+    // Controller one dies holding the lock: two takes A over (recording the reclaim) and
+    // B keeps waiting behind it.
+    let mut ctl_one = ctl_one;
+    ctl_one.kill9();
+    let mut watch = one.spawn_cli(&["watch", &a_id, "--json"]);
+    let lock = watch.wait_for("A's lock reclaimed by two", LONG, |v| {
+        v["type"] == "lock_acquired" && v["reclaimed_from"] == "one"
+    });
+    assert_eq!(lock["controller"], "two", "{lock:#}");
+    let s = one.cli(&["status", "--env", "prod", "--json"]);
+    let list: Value = serde_json::from_str(&s.stdout).unwrap();
+    let state_of = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .map(|d| d["state"].clone())
+    };
+    assert_eq!(
+        state_of(&a_id),
+        Some(Value::from("awaiting_approval")),
+        "{list:#}"
+    );
+    assert_eq!(state_of(&b_id), Some(Value::from("queued")), "{list:#}");
+
+    let ap = one.cli(&["approve", &a_id]);
+    assert_eq!(ap.code, 0, "approve: {}\n{}", ap.stdout, ap.stderr);
+    let (code, lines) = watch.finish(LONG);
+    assert_eq!(code, 0, "{lines:#?}");
+    assert_eq!(one.serving(), vec![Some("1.0.0".to_string())]);
+    b.wait_for("B holds the lock after A", LONG, |v| {
+        v["type"] == "awaiting_approval"
+    });
+    let ab = one.cli(&["abort", &b_id, "--reason", "test over"]);
+    assert_eq!(ab.code, 0, "abort: {}\n{}", ab.stdout, ab.stderr);
+    let (_, lines) = b.finish(LONG);
+    assert_eq!(finished(&lines)["outcome"], "aborted");
+}
