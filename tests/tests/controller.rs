@@ -543,3 +543,43 @@ fn two_controllers_on_one_postgresql_store_never_run_one_environment_at_once() {
     let (_, lines) = b.finish(LONG);
     assert_eq!(finished(&lines)["outcome"], "aborted");
 }
+
+#[test]
+fn waves_bake_and_a_rolled_back_deploy_opens_an_incident_a_person_resolves() {
+    let fleet = Fleet::start(2, "serial = 1\nbake_seconds = 1\n", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    let bake = events_of(&r, "bake_started");
+    assert_eq!(bake.len(), 1, "one pause between two waves: {}", r.stdout);
+    assert_eq!(bake[0]["duration_ms"], 1000);
+
+    // The broken 3.0.0 is rolled back on h1 (wave 1 aborts: its only host failed) and opens an
+    // incident, which a person resolves with a note.
+    let r = fleet.deploy("3.0.0", &[]);
+    assert_eq!(r.code, 1, "deploy 3.0.0: {}\n{}", r.stdout, r.stderr);
+    let fin = finished(&r.json());
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    let inc_id = fin["incident_id"].as_str().unwrap().to_string();
+    assert!(!inc_id.is_empty(), "{fin:#}");
+    let l = fleet.cli(&["incidents", "--env", "prod", "--json"]);
+    assert_eq!(l.code, 0, "{}\n{}", l.stdout, l.stderr);
+    let list: Value = serde_json::from_str(&l.stdout).unwrap();
+    assert_eq!(list[0]["id"], inc_id.as_str(), "{list:#}");
+    assert_eq!(list[0]["severity"], "error", "{list:#}");
+    assert_eq!(list[0]["state"], "open", "{list:#}");
+    assert_eq!(list[0]["hosts"], serde_json::json!(["h1"]), "{list:#}");
+    let res = fleet.cli(&[
+        "incidents",
+        "resolve",
+        &inc_id,
+        "--note",
+        "3.0.0 health file fixed",
+        "--json",
+    ]);
+    assert_eq!(res.code, 0, "{}\n{}", res.stdout, res.stderr);
+    let l = fleet.cli(&["incidents", "--env", "prod", "--json"]);
+    let list: Value = serde_json::from_str(&l.stdout).unwrap();
+    assert_eq!(list[0]["state"], "resolved", "{list:#}");
+    assert_eq!(list[0]["resolved_by"], "ci", "{list:#}");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 2]);
+}
