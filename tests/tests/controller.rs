@@ -545,13 +545,23 @@ fn two_controllers_on_one_postgresql_store_never_run_one_environment_at_once() {
 }
 
 #[test]
-fn waves_bake_and_a_rolled_back_deploy_opens_an_incident_a_person_resolves() {
+fn check_mode_changes_nothing_waves_bake_and_a_rolled_back_deploy_opens_an_incident() {
     let fleet = Fleet::start(2, "serial = 1\nbake_seconds = 1\n", |_, _| {});
     let r = fleet.deploy("1.0.0", &[]);
     assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
     let bake = events_of(&r, "bake_started");
     assert_eq!(bake.len(), 1, "one pause between two waves: {}", r.stdout);
     assert_eq!(bake[0]["duration_ms"], 1000);
+
+    // Check mode: every host's transaction runs in check mode; nothing changes.
+    let r = fleet.deploy("2.0.0", &["--check"]);
+    assert_eq!(r.code, 0, "check 2.0.0: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(finished(&r.json())["outcome"], "check_only");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 2]);
+    for h in &fleet.hosts {
+        assert!(!h.scenario.state.join("apps/app/releases/2.0.0").exists());
+        assert_eq!(h.scenario.current().as_deref(), Some("1.0.0"));
+    }
 
     // The broken 3.0.0 is rolled back on h1 (wave 1 aborts: its only host failed) and opens an
     // incident, which a person resolves with a note.

@@ -625,6 +625,19 @@ fn switch(
     let state_name = if activate { "active" } else { "restored" };
     let version = required_version(args, state_name)?;
     let release = app.release(version);
+    if !release.is_dir() && ctx.check && activate {
+        // Check mode staged nothing: predict the switch a real run makes after staging.
+        let mut r = result(app, Some(version), true);
+        r.insert("previous".into(), json!(app.current_version()));
+        r.insert(
+            "msg".into(),
+            json!(format!(
+                "would activate {version} of {} once staged (check mode staged nothing)",
+                app.name
+            )),
+        );
+        return Ok(r);
+    }
     if !release.is_dir() {
         return Err(format!(
             "release {version} of {} is not staged ({} is missing)",
@@ -1151,6 +1164,12 @@ mod tests {
         );
         assert!(changed(&r));
         assert!(h.tree().is_empty(), "{:?}", h.tree());
+        // Activating what check mode did not stage predicts the switch; a restore does not.
+        let r = h.run(json!({"state": "active", "version": "v1"}), true);
+        assert!(changed(&r), "{r:?}");
+        assert!(h.tree().is_empty(), "{:?}", h.tree());
+        let r = h.run(json!({"state": "restored", "version": "v1"}), true);
+        assert_eq!(r.get("failed"), Some(&json!(true)), "{r:?}");
         h.stage("v1");
         let before = h.tree();
         let public = h.public().display().to_string();
