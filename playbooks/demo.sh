@@ -177,7 +177,7 @@ done
             name: sample-app
             log_file: "$d/app.log"
             start: "SAMPLE_APP_LISTEN=127.0.0.1:$port nohup $d/opt/app/start.sh > $d/app.log 2>&1 & echo \$! > $pid"
-            stop: "if [ -f $pid ]; then p=\$(cat $pid); kill \$p 2>/dev/null; for i in \$(seq 50); do { kill -0 \$p 2>/dev/null && ! grep -qs '^State:.*Z' /proc/\$p/status; } || break; sleep 0.1; done; rm -f $pid; fi"
+            stop: "if [ -f $pid ]; then p=\$(cat $pid); kill \$p 2>/dev/null; for sig in TERM KILL; do [ \$sig = KILL ] && kill -9 \$p 2>/dev/null; for i in \$(seq 100); do live=0; for s in /proc/\$p/task/*/status; do [ -e \$s ] && ! grep -qs '^State:.*Z' \$s && live=1; done; [ \$live = 0 ] && break; sleep 0.1; done; [ \$live = 0 ] && break; done; rm -f $pid; fi"
             status: "test -f $pid && p=\$(cat $pid) && kill -0 \$p 2>/dev/null && ! grep -qs '^State:.*Z' /proc/\$p/status"
 EOF
     if [ -n "$db_port" ]; then

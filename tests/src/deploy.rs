@@ -194,11 +194,18 @@ impl Scenario {
                         "SAMPLE_APP_LISTEN=127.0.0.1:{port} nohup {app}/start.sh > {log} 2>&1 & echo $! > {pid}",
                         port = self.port, app = app.display(), log = log.display(), pid = pid.display()
                     ),
-                    // A zombie counts as stopped: the app is reparented when its start
-                    // command's shell exits, and PID 1 may reap it only later.
+                    // Stopped when every thread is gone or a zombie (a task releases its
+                    // files before it turns zombie; the leader alone turning zombie is not
+                    // enough: its other threads may still hold the listening socket); after
+                    // 10 s, SIGKILL and wait again. A zombie counts as stopped: the app is
+                    // reparented when its start command's shell exits, and PID 1 may reap it
+                    // only later.
                     "stop": format!(
                         "if [ -f {pid} ]; then p=$(cat {pid}); kill $p 2>/dev/null; \
-                         for i in $(seq 50); do {{ kill -0 $p 2>/dev/null && ! grep -qs '^State:.*Z' /proc/$p/status; }} || break; sleep 0.1; done; rm -f {pid}; fi",
+                         for sig in TERM KILL; do [ $sig = KILL ] && kill -9 $p 2>/dev/null; \
+                         for i in $(seq 100); do live=0; for s in /proc/$p/task/*/status; do \
+                         [ -e \"$s\" ] && ! grep -qs '^State:.*Z' \"$s\" && live=1; done; \
+                         [ $live = 0 ] && break; sleep 0.1; done; [ $live = 0 ] && break; done; rm -f {pid}; fi",
                         pid = pid.display()
                     ),
                     "status": format!(

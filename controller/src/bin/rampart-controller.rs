@@ -129,6 +129,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
+        // Store calls run here; a few threads are plenty, and each one more costs a malloc
+        // arena (memory that grows with every deployment).
+        .max_blocking_threads(8)
         .build()?;
     rt.block_on(async move {
         let ctl = Controller::new(cfg.clone(), store, agents);
