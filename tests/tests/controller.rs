@@ -593,3 +593,45 @@ fn check_mode_changes_nothing_waves_bake_and_a_rolled_back_deploy_opens_an_incid
     assert_eq!(list[0]["resolved_by"], "ci", "{list:#}");
     assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 2]);
 }
+
+#[test]
+fn a_frozen_agent_misses_its_heartbeat_is_unreachable_and_rolled_back_when_it_thaws() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let fleet = Fleet::start(1, "", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    let pid = Pid::from_raw(fleet.hosts[0].agent.as_ref().unwrap().pid() as i32);
+
+    let art = fleet.artifact_arg("2.0.0");
+    let mut live = fleet.spawn_cli(&[
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        "2.0.0",
+        "--artifact",
+        &art,
+        "--json",
+    ]);
+    live.wait_for("h1 staged 2.0.0", LONG, |v| {
+        v["type"] == "host_event"
+            && v["event"]["type"] == "task_finished"
+            && v["event"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("stage"))
+    });
+    // Frozen, not dead: its sockets stay open, only the HTTP/2 keepalive notices.
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let un = live.wait_for("h1 unreachable", LONG, |v| v["type"] == "host_finished");
+    let thawed = kill(pid, Signal::SIGCONT);
+    assert_eq!(un["state"], "unreachable", "{un:#}");
+    thawed.unwrap();
+    // Thawed, it finishes its transaction; the fleet rescue learns how and rolls it back.
+    let (code, lines) = live.finish(LONG);
+    let fin = finished(&lines);
+    assert_eq!(code, 1, "{fin:#}");
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    assert_eq!(fin["hosts"][0]["state"], "rolled_back", "{fin:#}");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
+}
