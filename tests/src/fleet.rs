@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::deploy::{Scenario, package_sample_app};
-use crate::{AgentProc, CliRun, bin, rampart};
+use crate::{AgentProc, CliRun, bin, rampart, wait_listening};
 
 /// The bearer token the fleet's CLI uses.
 pub const TOKEN: &str = "fleet-test-token";
@@ -55,20 +55,7 @@ impl ControllerProc {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn rampart-controller");
-        let stdout = child.stdout.take().expect("controller stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let status = child.wait().ok();
-            panic!("rampart-controller did not start serving within 60 s (exit: {status:?})");
-        };
+        let addr = wait_listening(&mut child, "rampart-controller", Duration::from_secs(60));
         ControllerProc {
             child: Some(child),
             addr,

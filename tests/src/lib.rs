@@ -90,25 +90,7 @@ impl AgentProc {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn rampart-agent");
-        let stdout = child.stdout.take().expect("agent stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(AGENT_START_TIMEOUT) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                panic!(
-                    "rampart-agent did not start serving within {AGENT_START_TIMEOUT:?} (exit: {status:?})"
-                );
-            }
-        };
+        let addr = wait_listening(&mut child, "rampart-agent", AGENT_START_TIMEOUT);
         AgentProc {
             child: Some(child),
             addr,
@@ -145,6 +127,29 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Waits for the `listening on ADDR` line a server started with a piped stdout prints once it
+/// serves, and returns ADDR; kills it and panics naming `what` after `timeout`. The rest of its
+/// stdout is drained by a thread.
+pub fn wait_listening(child: &mut Child, what: &str, timeout: Duration) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            panic!("{what} did not start serving within {timeout:?} (exit: {status:?})");
+        }
     }
 }
 
