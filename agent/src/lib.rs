@@ -14,7 +14,9 @@
 //! - [`lock`]: the host lock (flock + holder record);
 //! - [`transaction`]: one transaction from request to history, and start-up recovery;
 //! - [`server`]: the gRPC adapter (`rampart.v1.Agent` and `grpc.health.v1`);
-//! - [`config`]: the agent's TOML configuration.
+//! - [`config`]: the agent's TOML configuration;
+//! - [`tls`]: PEM files into mutual-TLS configs (agent, controller and CLI alike);
+//! - [`logging`]: the servers' log setup.
 
 pub mod artifacts;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod extract;
 pub mod health;
 pub mod journal;
 pub mod lock;
+pub mod logging;
 pub mod migrate;
 pub mod modules;
 pub mod playbook;

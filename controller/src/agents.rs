@@ -291,7 +291,7 @@ pub async fn follow(
             }
             Err(s) => {
                 agents.forget(addr);
-                match wait_reachable(agents, addr, txid, next_seq, unreachable_after).await {
+                match wait_reachable(agents, addr, txid, unreachable_after).await {
                     Ok(()) => continue,
                     Err(()) => {
                         return TxEnd::Unreachable(format!(
@@ -326,7 +326,7 @@ pub async fn follow(
                 }
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     agents.forget(addr);
-                    match wait_reachable(agents, addr, txid, next_seq, unreachable_after).await {
+                    match wait_reachable(agents, addr, txid, unreachable_after).await {
                         Ok(()) => break,
                         Err(()) => {
                             return TxEnd::Unreachable(format!(
@@ -393,7 +393,6 @@ async fn wait_reachable(
     agents: &Agents,
     addr: &str,
     txid: &str,
-    _from_seq: u64,
     within: Duration,
 ) -> Result<(), ()> {
     let deadline = Instant::now() + within;

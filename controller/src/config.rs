@@ -233,6 +233,18 @@ impl Environment {
     }
 }
 
+/// The names of the `components` a host's variables list (`[{name: …}, …]`), in order.
+pub fn component_names(vars: &Map<String, Value>) -> Vec<String> {
+    vars.get("components")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn value_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -526,7 +538,6 @@ fn environment(
             Err(format!("{what} must be a number of seconds ≥ 0, got {s}"))
         }
     };
-    let _ = name;
     Ok(Environment {
         name: name.to_string(),
         inventory_path,

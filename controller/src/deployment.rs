@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::agents::{self, Agents, Start, TxEnd};
-use crate::config::{ControllerConfig, Environment, PlaybookText};
+use crate::config::{ControllerConfig, Environment, PlaybookText, component_names};
 use crate::rollout::{self, Verdict};
 use crate::store::{LockAttempt, Store, StoreError, StoreResult};
 
@@ -860,21 +860,10 @@ impl Runner {
         vars
     }
 
-    fn components(vars: &Map<String, Value>) -> Vec<String> {
-        vars.get("components")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     fn deploy_job(&self, idx: usize) -> Job {
         let h = &self.d.hosts[idx];
         let mut vars = self.base_vars(idx);
-        let components = Self::components(&vars);
+        let components = component_names(&vars);
         let rollback_kind = self.d.kind() == pb::DeploymentKind::Rollback;
         let playbook = if rollback_kind {
             vars.insert("rollback_version".into(), json!(self.d.version));
@@ -1430,7 +1419,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
     } else {
         Start::Run(req.clone())
     };
-    let mut end = follow_forwarding(
+    let end = follow_forwarding(
         agents,
         job,
         &job.txid,
@@ -1441,13 +1430,6 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         job.rescue,
     )
     .await;
-    if let TxEnd::Refused(m) = &end
-        && job.from_seq > 0
-        && m.contains("has no transaction")
-    {
-        // Events were stored but the agent lost the transaction's journal: never re-run it.
-        end = TxEnd::Refused(m.clone());
-    }
     let fid = |o: pb::Outcome| {
         matches!(
             o,

@@ -18,7 +18,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::config::ControllerConfig;
+use crate::config::{ControllerConfig, component_names};
 use crate::deployment::{Controller, new_deployment_id, now_ts};
 use crate::rollout;
 use crate::store::StoreError;
@@ -369,15 +369,7 @@ impl ControllerApi for Service {
         }
         // Every host must know every component the request names.
         for host in &env.hosts {
-            let names: Vec<String> = env.host_vars[host]
-                .get("components")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let names = component_names(&env.host_vars[host]);
             if let Some(c) = r.artifacts.keys().find(|c| !names.contains(c)) {
                 return Err(Status::invalid_argument(format!(
                     "host {host} of {} has no component {c:?} (its components: {}); check the inventory's `components`",
