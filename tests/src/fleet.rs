@@ -221,21 +221,35 @@ impl Fleet {
         )
     }
 
-    /// `rampart deploy --env prod --version V --artifact app=… --json [extra…]`.
-    pub fn deploy(&self, version: &str, extra: &[&str]) -> CliRun {
-        let art = self.artifact_arg(version);
-        let mut args = vec![
+    /// `deploy --env prod --version V --artifact app=… --json [extra…]`.
+    pub fn deploy_args(&self, version: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
             "deploy",
             "--env",
             "prod",
             "--version",
             version,
             "--artifact",
-            &art,
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        self.cli(&args)
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(self.artifact_arg(version));
+        args.push("--json".into());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// `rampart deploy --env prod --version V --artifact app=… --json [extra…]`, to its end.
+    pub fn deploy(&self, version: &str, extra: &[&str]) -> CliRun {
+        let args = self.deploy_args(version, extra);
+        self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The same deploy in the background, its JSON lines read as they come.
+    pub fn spawn_deploy(&self, version: &str, extra: &[&str]) -> LiveCli {
+        let args = self.deploy_args(version, extra);
+        self.spawn_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// The version each host's app serves (None: not answering).

@@ -24,6 +24,16 @@ fn break_v2_on(vars: &mut Value, other_port: u16) {
     ));
 }
 
+/// Whether a JSON line says `host` finished its staging task.
+fn staged(v: &Value, host: &str) -> bool {
+    v["type"] == "host_event"
+        && v["host"] == host
+        && v["event"]["type"] == "task_finished"
+        && v["event"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("stage"))
+}
+
 fn finished(lines: &[Value]) -> Value {
     lines
         .iter()
@@ -170,26 +180,9 @@ fn an_agent_killed_mid_deploy_is_unreachable_then_its_journal_restores_it() {
     let r = fleet.deploy("1.0.0", &[]);
     assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
 
-    let art = fleet.artifact_arg("2.0.0");
-    let mut live = fleet.spawn_cli(&[
-        "deploy",
-        "--env",
-        "prod",
-        "--version",
-        "2.0.0",
-        "--artifact",
-        &art,
-        "--json",
-    ]);
+    let mut live = fleet.spawn_deploy("2.0.0", &[]);
     // Once h1 has staged 2.0.0, its agent dies mid-transaction.
-    live.wait_for("h1 staged 2.0.0", LONG, |v| {
-        v["type"] == "host_event"
-            && v["host"] == "h1"
-            && v["event"]["type"] == "task_finished"
-            && v["event"]["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("stage"))
-    });
+    live.wait_for("h1 staged 2.0.0", LONG, |v| staged(v, "h1"));
     fleet.kill_agent(0);
     let un = live.wait_for("h1 unreachable", LONG, |v| {
         v["type"] == "host_finished" && v["host"] == "h1"
@@ -223,19 +216,7 @@ fn a_controller_killed_mid_rollout_resumes_and_runs_no_transaction_twice() {
     let r = fleet.deploy("1.0.0", &[]);
     assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
 
-    let art = fleet.artifact_arg("2.0.0");
-    let mut live = fleet.spawn_cli(&[
-        "deploy",
-        "--env",
-        "prod",
-        "--version",
-        "2.0.0",
-        "--artifact",
-        &art,
-        "--json",
-        "--reconnect-timeout",
-        "120",
-    ]);
+    let mut live = fleet.spawn_deploy("2.0.0", &["--reconnect-timeout", "120"]);
     live.wait_for("wave 2 started", LONG, |v| {
         v["type"] == "wave_started" && v["index"] == 1
     });
@@ -274,42 +255,20 @@ fn a_controller_killed_mid_rollout_resumes_and_runs_no_transaction_twice() {
 #[test]
 fn deploys_queue_in_order_wait_for_approval_time_out_and_refuse_bad_tokens() {
     let fleet = Fleet::start(1, "require_approval = true\n", |_, _| {});
-    let art = fleet.artifact_arg("1.0.0");
-    let deploy_args = |extra: &'static [&'static str]| {
-        let mut a = vec![
-            "deploy".to_string(),
-            "--env".into(),
-            "prod".into(),
-            "--version".into(),
-            "1.0.0".into(),
-            "--artifact".into(),
-            art.clone(),
-            "--json".into(),
-        ];
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
-    let a_args = deploy_args(&[]);
-    let mut a = fleet.spawn_cli(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut a = fleet.spawn_deploy("1.0.0", &[]);
     let waiting = a.wait_for("A awaits approval", LONG, |v| {
         v["type"] == "awaiting_approval"
     });
     let a_id = waiting["deployment_id"].as_str().unwrap().to_string();
 
-    let b_args = deploy_args(&[]);
-    let mut b = fleet.spawn_cli(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut b = fleet.spawn_deploy("1.0.0", &[]);
     let q = b.wait_for("B queued", LONG, |v| v["type"] == "queued");
     assert_eq!(q["position"], 1, "{q:#}");
     assert_eq!(q["holder_deployment_id"], a_id.as_str(), "{q:#}");
     let b_id = q["deployment_id"].as_str().unwrap().to_string();
 
     // C gives up after 1 s in the queue: exit 5, nothing touched.
-    let c = fleet.cli(
-        &deploy_args(&["--wait-timeout", "1"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let c = fleet.deploy("1.0.0", &["--wait-timeout", "1"]);
     assert_eq!(c.code, 5, "C: {}\n{}", c.stdout, c.stderr);
     assert_eq!(finished(&c.json())["outcome"], "lock_timeout");
 
@@ -480,18 +439,7 @@ fn two_controllers_on_one_postgresql_store_never_run_one_environment_at_once() {
     .unwrap();
     let two = rampart_tests::fleet::ControllerProc::start(&config2);
 
-    let art = one.artifact_arg("1.0.0");
-    let args = [
-        "deploy",
-        "--env",
-        "prod",
-        "--version",
-        "1.0.0",
-        "--artifact",
-        &art,
-        "--json",
-    ];
-    let mut a = one.spawn_cli(&args);
+    let mut a = one.spawn_deploy("1.0.0", &[]);
     let w = a.wait_for("A awaits approval on one", LONG, |v| {
         v["type"] == "awaiting_approval"
     });
@@ -500,7 +448,7 @@ fn two_controllers_on_one_postgresql_store_never_run_one_environment_at_once() {
     // B asks the other controller: it queues behind A.
     let ctl_one = one.controller.take().unwrap();
     one.controller = Some(two);
-    let mut b = one.spawn_cli(&args);
+    let mut b = one.spawn_deploy("1.0.0", &[]);
     let q = b.wait_for("B queued on two", LONG, |v| v["type"] == "queued");
     assert_eq!(q["holder_deployment_id"], a_id.as_str(), "{q:#}");
     let b_id = q["deployment_id"].as_str().unwrap().to_string();
@@ -603,24 +551,8 @@ fn a_frozen_agent_misses_its_heartbeat_is_unreachable_and_rolled_back_when_it_th
     assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
     let pid = Pid::from_raw(fleet.hosts[0].agent.as_ref().unwrap().pid() as i32);
 
-    let art = fleet.artifact_arg("2.0.0");
-    let mut live = fleet.spawn_cli(&[
-        "deploy",
-        "--env",
-        "prod",
-        "--version",
-        "2.0.0",
-        "--artifact",
-        &art,
-        "--json",
-    ]);
-    live.wait_for("h1 staged 2.0.0", LONG, |v| {
-        v["type"] == "host_event"
-            && v["event"]["type"] == "task_finished"
-            && v["event"]["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("stage"))
-    });
+    let mut live = fleet.spawn_deploy("2.0.0", &[]);
+    live.wait_for("h1 staged 2.0.0", LONG, |v| staged(v, "h1"));
     // Frozen, not dead: its sockets stay open, only the HTTP/2 keepalive notices.
     kill(pid, Signal::SIGSTOP).unwrap();
     let un = live.wait_for("h1 unreachable", LONG, |v| v["type"] == "host_finished");
