@@ -188,27 +188,28 @@ impl Service {
                 if got > 0 {
                     continue;
                 }
-                let i2 = id.clone();
-                match ctl.db(move |s| s.get_deployment(&i2)).await {
-                    Ok(Some(d)) if d.state() == DS::Finished && d.last_seq < next => return,
-                    Ok(None) => {
-                        let _ = tx
-                            .send(Err(Status::not_found(format!("no deployment {id}"))))
-                            .await;
-                        return;
+                // Caught up. This controller runs it: wait for its next event (the last one,
+                // `finished`, ends the stream above).
+                if let Some(live) = ctl.live(&id) {
+                    let mut rx = live.seq.subscribe();
+                    if *rx.borrow() < next {
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
                     }
-                    _ => {}
-                }
-                match ctl.live(&id) {
-                    Some(live) => {
-                        let mut rx = live.seq.subscribe();
-                        if *rx.borrow() < next {
-                            let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed())
+                } else {
+                    // Finished, run by another controller (shared store), or between runners:
+                    // the record says whether more can come.
+                    let i2 = id.clone();
+                    match ctl.db(move |s| s.get_deployment(&i2)).await {
+                        Ok(Some(d)) if d.state() == DS::Finished && d.last_seq < next => return,
+                        Ok(None) => {
+                            let _ = tx
+                                .send(Err(Status::not_found(format!("no deployment {id}"))))
                                 .await;
+                            return;
                         }
+                        _ => tokio::time::sleep(Duration::from_millis(250)).await,
                     }
-                    // Run by another controller (shared store), or between runners: poll.
-                    None => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
                 if tx.is_closed() {
                     return;
