@@ -20,12 +20,25 @@ pub fn rollback_playbook() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; good enough for one test's app).
+///
+/// Taken below the kernel's ephemeral range (32768–60999 here): a port the kernel hands out
+/// with `bind(0)` may be given again to any outgoing connection (an agent's gRPC client, curl)
+/// before the app that was meant to listen on it binds it. That is the likeliest cause of one
+/// CI-like run where a deploy's first start never came up (its log was gone to confirm). Ports come from a counter per test process, so the tests of
+/// one binary (threads) never pick the same one, and each is checked free.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN)
 }
 
 /// GET with curl (bounded by 5 s); the body when the answer is 2xx.
