@@ -28,7 +28,6 @@ pub mod health;
 pub mod journal;
 pub mod lock;
 pub mod logging;
-pub mod migrate;
 pub mod modules;
 pub mod playbook;
 pub mod recovery;

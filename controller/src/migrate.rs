@@ -9,11 +9,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rampart_agent::migrate::MigrateError;
-use rampart_agent::migrate::config::{self, Config, Sources};
-use rampart_agent::migrate::plan::{Entry, Info};
-use rampart_agent::migrate::run::{Progress, Runner};
-use rampart_agent::migrate::version::Version;
+use rampart_migrate::MigrateError;
+use rampart_migrate::config::{self, Config, Sources};
+use rampart_migrate::plan::{Entry, Info};
+use rampart_migrate::run::{Progress, Runner};
+use rampart_migrate::version::Version;
 use serde_json::{Value, json};
 
 /// Exit code: the command failed.

@@ -246,7 +246,7 @@ fn checksums_match_the_committed_java_output_and_java_itself() {
     for (script, sum) in java_checksums() {
         let bytes = std::fs::read(fixtures().join("ok").join(&script)).unwrap();
         assert_eq!(
-            rampart_agent::migrate::checksum::of_bytes(&bytes).unwrap(),
+            rampart_migrate::checksum::of_bytes(&bytes).unwrap(),
             sum,
             "{script}"
         );
@@ -331,7 +331,7 @@ fn a_history_written_by_flyway_validates_and_migrates_onward_and_a_changed_scrip
     let mut bytes = std::fs::read(&v11).unwrap();
     bytes.push(b' ');
     std::fs::write(&v11, &bytes).unwrap();
-    let changed = rampart_agent::migrate::checksum::of_bytes(&bytes).unwrap();
+    let changed = rampart_migrate::checksum::of_bytes(&bytes).unwrap();
     let bad = migrate(&pg, "legacy", "validate", dir.path(), &[ph]);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     let msg = text(&bad);
@@ -673,7 +673,7 @@ fn commands_and_settings_flyway_users_rely_on() {
     assert_eq!(
         pg.psql("existing", "SELECT installed_rank || '|' || version || '|' || type || '|' || description || '|' || script || '|' || coalesce(checksum::text, 'null') FROM flyway_schema_history ORDER BY 1"),
         "1|1|BASELINE|<< Flyway Baseline >>|<< Flyway Baseline >>|null\n2|2|SQL|two|V2__two.sql|".to_string()
-            + &rampart_agent::migrate::checksum::of_bytes(b"CREATE TABLE two (a INT);\n").unwrap().to_string()
+            + &rampart_migrate::checksum::of_bytes(b"CREATE TABLE two (a INT);\n").unwrap().to_string()
     );
     // `baseline` on a fresh database, at a chosen version.
     pg.create_db("based");

@@ -272,8 +272,8 @@ fn postgres(p: &Value, timeout: Duration) -> Probe {
     let Some(url) = s(p, "url") else {
         return Probe::fail(Value::Null, "postgres check without a url");
     };
-    let shown = crate::migrate::config::redact_url(url);
-    let parsed = match crate::migrate::config::parse_jdbc_url(url) {
+    let shown = rampart_migrate::config::redact_url(url);
+    let parsed = match rampart_migrate::config::parse_jdbc_url(url) {
         Ok(u) => u,
         Err(e) => return Probe::fail(Value::Null, e.to_string()),
     };
@@ -298,13 +298,13 @@ fn postgres(p: &Value, timeout: Duration) -> Probe {
     let mut client = match config.connect(postgres::NoTls) {
         Ok(c) => c,
         Err(e) => {
-            let msg = crate::migrate::error::db_message(&e);
+            let msg = rampart_migrate::error::db_message(&e);
             return Probe::fail(Value::Null, format!("cannot connect to {shown}: {msg}"))
                 .with(json!({"error": msg}));
         }
     };
     let fail = |what: &str, e: postgres::Error| {
-        let msg = crate::migrate::error::db_message(&e);
+        let msg = rampart_migrate::error::db_message(&e);
         Probe::fail(Value::Null, format!("{what}: {msg}")).with(json!({"error": msg}))
     };
     if let Err(e) = client.simple_query("SELECT 1") {
@@ -315,14 +315,14 @@ fn postgres(p: &Value, timeout: Duration) -> Probe {
         let want = want
             .as_str()
             .map_or_else(|| want.to_string(), str::to_string);
-        let mut cfg = crate::migrate::config::Config {
+        let mut cfg = rampart_migrate::config::Config {
             url: Some(url.to_string()),
             user: Some(user.clone()),
             password: s(p, "password").map(str::to_string),
             ..Default::default()
         };
         cfg.schemas = vec![schema.to_string()];
-        return match crate::migrate::run::schema_version(&cfg) {
+        return match rampart_migrate::run::schema_version(&cfg) {
             Ok(found) if found.as_deref() == Some(want.as_str()) => {
                 Probe::pass(json!(found), format!("schema version is {want}"))
             }

@@ -94,7 +94,7 @@ fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         let version = super::migrate::configuration(database, ctx)
             .map_err(|e| e.to_string())
             .and_then(|config| {
-                crate::migrate::run::schema_version(&config).map_err(|e| e.to_string())
+                rampart_migrate::run::schema_version(&config).map_err(|e| e.to_string())
             });
         match version {
             Ok(v) => state["versions"]["database"] = json!(v),

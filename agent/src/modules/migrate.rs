@@ -27,10 +27,10 @@ use super::{
     ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str,
     failed, ok,
 };
-use crate::migrate::MigrateError;
-use crate::migrate::config::{self, Sources};
-use crate::migrate::restore::{self, RestorePoint, Strategy};
-use crate::migrate::run::{Classified, Progress, Runner};
+use rampart_migrate::MigrateError;
+use rampart_migrate::config::{self, Sources};
+use rampart_migrate::restore::{self, RestorePoint, Strategy};
+use rampart_migrate::run::{Classified, Progress, Runner};
 
 /// `migrate`.
 pub static MIGRATE: ModuleSpec = ModuleSpec {

@@ -25,9 +25,9 @@ use std::time::Duration;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use prost::Message;
-use rampart_agent::migrate::config::{Config as MigrateConfig, PgUrl, parse_jdbc_url};
-use rampart_agent::migrate::error::db_message;
-use rampart_agent::migrate::run::Runner;
+use rampart_migrate::config::{Config as MigrateConfig, PgUrl, parse_jdbc_url};
+use rampart_migrate::error::db_message;
+use rampart_migrate::run::Runner;
 use rampart_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -147,11 +147,11 @@ fn parse_url(url: &str) -> StoreResult<Target> {
     if !lower.starts_with("postgresql://") && !lower.starts_with("postgres://") {
         return Err(StoreError::Unavailable(format!(
             "store URL {} is not a postgresql:// URL",
-            rampart_agent::migrate::config::redact_url(url)
+            rampart_migrate::config::redact_url(url)
         )));
     }
     let parsed = parse_jdbc_url(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let shown = rampart_agent::migrate::config::redact_url(url);
+    let shown = rampart_migrate::config::redact_url(url);
     if parsed.current_schema.is_some() {
         return Err(StoreError::Unavailable(format!(
             "store URL {shown}: currentSchema is not supported (the store always uses schema {SCHEMA})"
@@ -261,7 +261,7 @@ fn migrate_schema(target: &Target, shown: &str) -> StoreResult<()> {
         locations: vec![dir.path().to_path_buf()],
         ..MigrateConfig::default()
     };
-    let fail = |e: rampart_agent::migrate::MigrateError| {
+    let fail = |e: rampart_migrate::MigrateError| {
         StoreError::Unavailable(format!("migrating the store schema in {shown}: {e}"))
     };
     let mut runner = Runner::open(&config).map_err(fail)?;

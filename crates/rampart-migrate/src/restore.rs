@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use super::db;
-use super::error::MigrateError;
-use super::run::Runner;
-use super::version::Version;
+use crate::db;
+use crate::error::MigrateError;
+use crate::run::Runner;
+use crate::version::Version;
 
 /// How a deploy can bring its database back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -207,7 +207,7 @@ pub fn take(
                         let sessions = other_sessions(admin, &database).unwrap_or_default();
                         return Err(MigrateError::RestorePoint(format!(
                             "copying database {database} to {copy}: {}{}",
-                            super::error::db_message(&e),
+                            crate::error::db_message(&e),
                             if sessions.is_empty() {
                                 String::new()
                             } else {

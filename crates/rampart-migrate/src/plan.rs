@@ -1,15 +1,15 @@
 //! Pure planning: applied history rows + scripts on disk → each migration's state, the
 //! problems `validate` reports, and what `migrate` or `undo` would run.
 //!
-//! Nothing here touches a database; [`super::run`] reads the rows, calls these functions and
+//! Nothing here touches a database; [`crate::run`] reads the rows, calls these functions and
 //! carries out the result one migration at a time. The states and their names are Flyway's
 //! (`info`'s State column).
 
 use std::collections::HashMap;
 use std::fmt;
 
-use super::resolve::{Found, Kind, Script};
-use super::version::Version;
+use crate::resolve::{Found, Kind, Script};
+use crate::version::Version;
 
 /// One row of `flyway_schema_history`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -663,7 +663,7 @@ pub fn undo(found: &Found, info: &Info, target: Option<&Version>) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::checksum;
+    use crate::checksum;
     use std::path::PathBuf;
 
     fn script(kind: Kind, version: Option<&str>, description: &str, text: &str) -> Script {

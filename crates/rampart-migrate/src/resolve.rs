@@ -5,13 +5,13 @@
 //! (`/` separators, as Flyway stores it), its raw text and its checksum; plus the names that
 //! look like migrations but are not valid, which are reported and skipped as Flyway does.
 //! Placeholder replacement and statement splitting happen later, once the run's values are
-//! known ([`super::plan`] and [`super::run`]).
+//! known ([`crate::plan`] and [`crate::run`]).
 
 use std::path::{Path, PathBuf};
 
-use super::checksum;
-use super::error::MigrateError;
-use super::version::Version;
+use crate::checksum;
+use crate::error::MigrateError;
+use crate::version::Version;
 
 /// What a migration file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -3,7 +3,7 @@
 //!
 //! A [`Runner`] is opened from a [`Config`]: it scans the locations (file errors come before
 //! any connection), connects, works out the schemas, the history table and the placeholder
-//! values, and then each command reads the history, asks [`super::plan`] what to do and does
+//! values, and then each command reads the history, asks [`crate::plan`] what to do and does
 //! it. `migrate` applies one migration per transaction under Flyway's advisory lock, with the
 //! history row in the same transaction, so a failure leaves no row and Flyway and Rampart
 //! never run at the same time against one history.
@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use postgres::{Client, GenericClient};
 
-use super::config::{Config, PgUrl, parse_jdbc_url, redact_url};
-use super::db;
-use super::error::MigrateError;
-use super::placeholders::Placeholders;
-use super::plan::{self, AppliedRow, Info, Settings, Step, Target};
-use super::resolve::{self, Callback, Event, Found, Kind, Naming, Script};
-use super::sql::{self, Statement};
-use super::version::Version;
+use crate::config::{Config, PgUrl, parse_jdbc_url, redact_url};
+use crate::db;
+use crate::error::MigrateError;
+use crate::placeholders::Placeholders;
+use crate::plan::{self, AppliedRow, Info, Settings, Step, Target};
+use crate::resolve::{self, Callback, Event, Found, Kind, Naming, Script};
+use crate::sql::{self, Statement};
+use crate::version::Version;
 
 /// What happened to one migration during a run, for progress output.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -249,7 +249,7 @@ impl Runner {
         // Repeatables are checksummed after replacement; the raw checksum stays acceptable.
         for script in &mut found.repeatable {
             let replaced = replaced_text(&placeholders, script)?;
-            let checksum = super::checksum::of_text(&replaced);
+            let checksum = crate::checksum::of_text(&replaced);
             if checksum != script.checksum {
                 script.equivalent_checksum = Some(script.checksum);
                 script.checksum = checksum;
@@ -1329,7 +1329,7 @@ fn run_statements(
             .map_err(|e| MigrateError::Apply {
                 script: script.to_string(),
                 line: statement.line,
-                message: super::error::db_message(&e),
+                message: crate::error::db_message(&e),
                 applied: Vec::new(),
                 failed_row: false,
             })?;

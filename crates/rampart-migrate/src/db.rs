@@ -1,14 +1,14 @@
 //! The PostgreSQL side of the runner: connecting, the history table exactly as Flyway creates
 //! it, Flyway's advisory lock, reading and writing rows. Thin on purpose: every decision is in
-//! [`super::plan`]; these functions only carry SQL.
+//! [`crate::plan`]; these functions only carry SQL.
 
 use std::time::Duration;
 
 use postgres::{Client, GenericClient, NoTls};
 
-use super::config::PgUrl;
-use super::error::{MigrateError, db_message};
-use super::plan::AppliedRow;
+use crate::config::PgUrl;
+use crate::error::{MigrateError, db_message};
+use crate::plan::AppliedRow;
 
 /// Flyway's lock namespace: "Flyway" in ASCII, added to the table name's Java hash code.
 const LOCK_BASE: i64 = 0x466C_7977_6179;

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::config::ConfigError;
-use super::sql::SplitError;
+use crate::config::ConfigError;
+use crate::sql::SplitError;
 
 /// A migration run's failure.
 #[derive(Debug, thiserror::Error)]
