@@ -65,12 +65,7 @@ pub fn now_rfc3339() -> String {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
-    let d = File::open(dir).map_err(|source| JournalError::Io {
-        op: "open directory",
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    d.sync_all().map_err(|source| JournalError::Io {
+    rampart_host::durable::fsync_dir(dir).map_err(|source| JournalError::Io {
         op: "fsync directory",
         path: dir.to_path_buf(),
         source,

@@ -4,8 +4,6 @@
 //! - [`yaml`]: untrusted YAML into a tree that remembers positions (Ansible's YAML 1.1 scalars);
 //! - [`playbook`]: plays, tasks, blocks; the whole document validated before anything runs;
 //! - [`template`]: Jinja2 templating (`{{ }}`, `when:`) with Ansible's filters;
-//! - [`artifacts`]: the content-addressed artifact cache (`artifacts/sha256/<hex>`), verified uploads;
-//! - [`extract`]: one-pass verify + decompress + safe untar of a release archive;
 //! - [`modules`]: `command`, `shell`, `copy`, `file`, ... with Ansible's arguments and results;
 //! - [`engine`]: block/rescue/always execution, `loop`, `until`, `failed_when`, check mode;
 //! - [`event`]: the records a transaction produces (journal lines, streamed events);
@@ -18,12 +16,10 @@
 //! - [`tls`]: PEM files into mutual-TLS configs (agent, controller and CLI alike);
 //! - [`logging`]: the servers' log setup.
 
-pub mod artifacts;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
-pub mod extract;
 pub mod health;
 pub mod journal;
 pub mod lock;

@@ -22,12 +22,12 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::artifacts;
 use crate::error::{JournalError, LockError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record, Section, TaskStatus};
 use crate::modules::forensics;
 use crate::template::Templar;
 use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
+use rampart_host::cas as artifacts;
 
 /// Events buffered per watcher before the sender waits for the client.
 const STREAM_BUFFER: usize = 256;

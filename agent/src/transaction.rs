@@ -53,13 +53,7 @@ impl HostConfig {
     }
 }
 
-/// This machine's hostname.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_string())
-}
+pub use rampart_host::facts::hostname;
 
 /// A request to run a playbook.
 #[derive(Debug, Clone)]
@@ -330,7 +324,7 @@ pub fn recover_all(
     on_entry: &mut dyn FnMut(&Entry),
 ) -> Result<Vec<TxSummary>, TxError> {
     let mut done = Vec::new();
-    for stale in crate::artifacts::remove_stale_uploads(&host.state_dir) {
+    for stale in rampart_host::cas::remove_stale_uploads(&host.state_dir) {
         tracing::warn!(path = %stale.display(), "removed the partial upload of a process that is gone");
     }
     for txid in journal::unfinished(&host.state_dir)? {

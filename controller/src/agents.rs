@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rampart_agent::artifacts;
 use rampart_agent::tls::TlsFiles;
+use rampart_host::cas as artifacts;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
 use tokio::sync::mpsc;

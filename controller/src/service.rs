@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_agent::artifacts;
+use rampart_host::cas as artifacts;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::controller_server::{Controller as ControllerApi, ControllerServer};
 use serde_json::Value;

@@ -17,11 +17,11 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Map, Value, json};
 
-use super::files::write_atomic;
 use super::{
     ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_str, failed,
 };
 use crate::event::{Outcome, Record};
+use rampart_host::durable::write_atomic;
 
 /// Default directory of state captures.
 pub const DEFAULT_DEST_DIR: &str = "/var/backups/deployment-state";
@@ -71,7 +71,7 @@ pub fn capture(state_dir: &Path, components: &[String], services: &[String], txi
     }
     json!({
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "host": crate::transaction::hostname(),
+        "host": rampart_host::facts::hostname(),
         "txid": txid,
         "versions": versions,
         "services": units,

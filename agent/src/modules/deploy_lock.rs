@@ -8,19 +8,18 @@
 //! its block or rescue) is `ok` and records its new pid. Reversal: `state: released`, which only
 //! ever removes this transaction's own lock.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::files::write_atomic;
 use super::{
     ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_str,
     failed,
 };
+use rampart_host::durable::write_atomic;
 
 /// `deploy_lock`.
 pub static DEPLOY_LOCK: ModuleSpec = ModuleSpec {
@@ -246,21 +245,7 @@ fn to_bytes(h: &LockHolder) -> Vec<u8> {
 }
 
 fn create_exclusive(path: &Path, h: &LockHolder) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(&to_bytes(h))?;
-    f.sync_all()?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    rampart_host::durable::create_new(path, &to_bytes(h), 0o600)
 }
 
 #[cfg(test)]

@@ -24,17 +24,16 @@
 //! Ansible's `trim_blocks` by removing the newline after each block tag and comment before
 //! rendering (so error line numbers may be lower than in the file).
 
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use minijinja::value::Value as MjValue;
 use nix::unistd::{AccessFlags, Gid, Group, Uid, User};
+use rampart_host::digest::{digest_file, sha256_hex};
+use rampart_host::durable::{parent_dir, temp_path, write_atomic};
 use serde_json::{Map, Value, json};
-use sha2::Digest;
 
 use super::{
     ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str,
@@ -129,132 +128,6 @@ pub static STAT: ModuleSpec = ModuleSpec {
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `dest` atomically: a temporary file `.<file>.rampart-tmp-<pid>-<n>` in
-/// `dest`'s directory is written, fsynced, given its mode and renamed over `dest`, then the
-/// directory is fsynced. A crash leaves the old or the new content, never a mix.
-///
-/// `mode` is the final mode; without it an existing file's mode is kept and a new file gets the
-/// default mode (0666 minus the umask). Replacing an existing file keeps its owner and group when
-/// the agent may set them. A symlink at `dest` is replaced by the file.
-pub fn write_atomic(dest: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
-    let name = dest.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} does not name a file", dest.display()),
-        )
-    })?;
-    let dir = parent_dir(dest);
-    let existing = fs::metadata(dest).ok().filter(fs::Metadata::is_file);
-    let final_mode = mode.or_else(|| existing.as_ref().map(|m| m.mode() & 0o7777));
-    // With a known final mode, start private and set the mode once the content is in place.
-    let create_mode = if final_mode.is_some() { 0o600 } else { 0o666 };
-    let (tmp, file) = create_temp(&dir, name, create_mode)?;
-    let result = finish_temp(file, existing.as_ref(), bytes, final_mode)
-        .and_then(|()| fs::rename(&tmp, dest));
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(&dir)?.sync_all()
-}
-
-fn finish_temp(
-    mut file: File,
-    existing: Option<&fs::Metadata>,
-    bytes: &[u8],
-    mode: Option<u32>,
-) -> io::Result<()> {
-    if let Some(meta) = existing {
-        let own = file.metadata()?;
-        if own.uid() != meta.uid() || own.gid() != meta.gid() {
-            // Keeping the owner needs privileges; without them the agent's own owner stays.
-            let _ = nix::unistd::fchown(
-                &file,
-                Some(Uid::from_raw(meta.uid())),
-                Some(Gid::from_raw(meta.gid())),
-            );
-        }
-    }
-    file.write_all(bytes)?;
-    if let Some(m) = mode {
-        file.set_permissions(Permissions::from_mode(m))?;
-    }
-    file.sync_all()
-}
-
-/// Creates a new temporary file next to a file named `name` in `dir`.
-fn create_temp(dir: &Path, name: &std::ffi::OsStr, mode: u32) -> io::Result<(PathBuf, File)> {
-    let mut last = None;
-    for _ in 0..100 {
-        let tmp = temp_path(dir, name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-        {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("could not create a temporary file")))
-}
-
-/// `<dir>/.<name>.rampart-tmp-<pid>-<n>`.
-fn temp_path(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp = OsString::from(".");
-    tmp.push(name);
-    tmp.push(format!(".rampart-tmp-{}-{n}", std::process::id()));
-    dir.join(tmp)
-}
-
-/// The directory holding `path` (`.` for a bare name).
-pub fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// SHA-256 of `bytes`, as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&sha2::Sha256::digest(bytes))
-}
-
-/// SHA-256 of a file, as lowercase hex, read in 64 KiB chunks.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    digest_file::<sha2::Sha256>(path)
-}
-
-fn digest_file<D: Digest>(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = D::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
 
 /// Whether the regular file at `path` holds exactly `bytes` (compared in 64 KiB chunks).
 fn same_content(path: &Path, bytes: &[u8]) -> bool {
@@ -1450,47 +1323,6 @@ mod tests {
         assert_eq!(sym("u+s,o+t", 0o755, false), 0o5755);
         assert_eq!(sym("u=rwx,g-rwx+r", 0o777, false), 0o747);
         assert_eq!(sym("o=", 0o777, false), 0o770);
-    }
-
-    // ----- write_atomic -----
-
-    #[test]
-    fn write_atomic_sets_keeps_and_defaults_modes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        write_atomic(&p, b"one", Some(0o600)).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"one");
-        assert_eq!(mode_of(&p), 0o600);
-        // No mode: the existing file's mode is kept.
-        write_atomic(&p, b"two", None).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(mode_of(&p), 0o600);
-        // A new file without a mode gets the default.
-        let q = dir.path().join("g");
-        write_atomic(&q, b"", None).unwrap();
-        assert_eq!(mode_of(&q), 0o666 & !current_umask());
-        // A symlink is replaced by the file.
-        let l = dir.path().join("l");
-        symlink(&p, &l).unwrap();
-        write_atomic(&l, b"three", None).unwrap();
-        assert!(fs::symlink_metadata(&l).unwrap().is_file());
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        no_temp_files(dir.path());
-        let missing = dir.path().join("nope/f");
-        assert!(write_atomic(&missing, b"x", None).is_err());
-    }
-
-    #[test]
-    fn sha256_of_a_file_streams_and_matches() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("big");
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        fs::write(&p, &data).unwrap();
-        assert_eq!(sha256_file(&p).unwrap(), sha256_hex(&data));
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 
     // ----- file -----

@@ -38,8 +38,8 @@ use super::{
     ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_i64, arg_str,
     failed,
 };
-use crate::artifacts;
 use crate::modules::release::{RELEASE_META, VERSION_FILE};
+use rampart_host::cas as artifacts;
 
 /// Default directory of forensics bundles.
 pub const DEFAULT_DEST_DIR: &str = "/var/backups/deployment-forensics";
@@ -162,7 +162,7 @@ fn run_forensics(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult
     let metadata = json!({
         "id": id,
         "txid": ctx.txid,
-        "host": crate::transaction::hostname(),
+        "host": rampart_host::facts::hostname(),
         "failed_version": failed_version,
         "restored_version": arg_str(args, "restored_version"),
         "components": components,
@@ -184,7 +184,7 @@ fn run_forensics(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult
     if let Some(h) = args.get("health").filter(|h| !h.is_null()) {
         bundle.push(("health.json".into(), pretty(h)));
     }
-    if let Err(e) = write_bundle(&dest_dir, &id, &bundle) {
+    if let Err(e) = rampart_host::durable::write_dir_atomic(&dest_dir, &id, &bundle) {
         return failed(format!(
             "cannot write forensics bundle {}: {e}",
             path.display()
@@ -423,7 +423,7 @@ fn sha256_reader(mut r: impl Read) -> io::Result<(String, u64)> {
     loop {
         let n = r.read(&mut buf)?;
         if n == 0 {
-            return Ok((artifacts::hex(&h.finalize()), size));
+            return Ok((rampart_host::digest::hex(&h.finalize()), size));
         }
         size += n as u64;
         h.update(&buf[..n]);
@@ -433,7 +433,9 @@ fn sha256_reader(mut r: impl Read) -> io::Result<(String, u64)> {
 /// The regular files and symlinks of an artifact (gzip or plain tar), by normalized path, and
 /// the artifact's sha256, both from one read of the file.
 pub(crate) fn tar_entries(artifact: &Path) -> io::Result<(BTreeMap<String, FileEntry>, String)> {
-    let mut src = io::BufReader::new(crate::extract::HashingReader::new(File::open(artifact)?));
+    let mut src = io::BufReader::new(rampart_host::extract::HashingReader::new(File::open(
+        artifact,
+    )?));
     let gz = io::BufRead::fill_buf(&mut src)?.starts_with(&[0x1f, 0x8b]);
     let entries = if gz {
         entries_of(flate2::bufread::GzDecoder::new(&mut src))?
@@ -468,7 +470,7 @@ fn entries_of(reader: impl Read) -> io::Result<BTreeMap<String, FileEntry>> {
                 mode: 0,
             }
         } else if kind.is_file() || kind.is_contiguous() {
-            let mode = entry.header().mode().unwrap_or(0o644) & crate::extract::MODE_MASK;
+            let mode = entry.header().mode().unwrap_or(0o644) & rampart_host::extract::MODE_MASK;
             let (digest, size) = sha256_reader(&mut entry)?;
             FileEntry {
                 kind: "file",
@@ -528,37 +530,6 @@ pub(crate) fn disk_entries(root: &Path) -> io::Result<BTreeMap<String, FileEntry
         }
     }
     Ok(out)
-}
-
-/// Writes `files` into `<dest_dir>/.<id>.tmp-<pid>`, fsyncs them, renames it to `<dest_dir>/<id>`
-/// and fsyncs `dest_dir`. On error nothing is left under either name.
-fn write_bundle(dest_dir: &Path, id: &str, files: &[(PathBuf, Vec<u8>)]) -> io::Result<()> {
-    fs::create_dir_all(dest_dir)?;
-    let tmp = dest_dir.join(format!(".{id}.tmp-{}", std::process::id()));
-    let fin = dest_dir.join(id);
-    let result = (|| {
-        fs::create_dir(&tmp)?;
-        let mut dirs = vec![tmp.clone()];
-        for (rel, bytes) in files {
-            let p = tmp.join(rel);
-            if let Some(parent) = p.parent().filter(|d| !d.exists()) {
-                fs::create_dir_all(parent)?;
-                dirs.push(parent.to_path_buf());
-            }
-            let mut f = File::create(&p)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-        }
-        for d in dirs.iter().rev() {
-            File::open(d)?.sync_all()?;
-        }
-        fs::rename(&tmp, &fin)?;
-        File::open(dest_dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result
 }
 
 /// The bundles to remove: beyond the newest `keep`, or recorded more than `max_age_days` before
@@ -698,7 +669,7 @@ mod tests {
             ("./app.jar", b"jar v2"),
             ("./conf/app.yml", b"port: 8080\n"),
         ]);
-        let digest = crate::modules::files::sha256_hex(&art);
+        let digest = rampart_host::digest::sha256_hex(&art);
         if cache_artifact {
             let cache = state.join("artifacts/sha256");
             fs::create_dir_all(&cache).unwrap();

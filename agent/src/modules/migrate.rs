@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use super::files::write_atomic;
 use super::{
     ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str,
     failed, ok,
 };
+use rampart_host::durable::write_atomic;
 use rampart_migrate::MigrateError;
 use rampart_migrate::config::{self, Sources};
 use rampart_migrate::restore::{self, RestorePoint, Strategy};

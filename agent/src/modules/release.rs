@@ -19,7 +19,7 @@
 //! `failed` and `msg` on error. Credentials in a URL are masked in results and messages.
 //!
 //! - `staged`: the artifact is verified, decompressed and extracted in one pass
-//!   ([`crate::extract`]) into `apps/<component>/.staging-<version>-<txid>`, which is renamed to
+//!   ([`rampart_host::extract`]) into `apps/<component>/.staging-<version>-<txid>`, which is renamed to
 //!   `releases/<version>` only when complete. A local or downloaded artifact is copied into the
 //!   cache while it is read and published there only when its digest matched; an artifact
 //!   already cached is not read or downloaded again (rustls with ring; connect timeout 10 s, at
@@ -52,20 +52,19 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::files::write_atomic;
 use super::{
     ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64,
     arg_str, failed,
 };
-use crate::artifacts::{self, Upload};
-use crate::extract::{self, Limits};
+use rampart_host::cas::{self as artifacts, Upload};
+use rampart_host::durable::{self, write_atomic};
+use rampart_host::extract::{self, Limits};
 
 /// Releases kept by `state: pruned` when `keep` is not given.
 pub const DEFAULT_KEEP: i64 = 3;
@@ -578,27 +577,13 @@ fn staged(
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), String> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("cannot fsync {}: {e}", dir.display()))
+    durable::fsync_dir(dir).map_err(|e| format!("cannot fsync {}: {e}", dir.display()))
 }
 
-/// Points the symlink `link` at `target` by renaming a temp symlink over it, then fsyncs its
-/// directory.
-fn replace_symlink(link: &Path, target: &Path, txid: &str) -> Result<(), String> {
-    let dir = link.parent().unwrap_or(Path::new("."));
-    let name = link
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.rampart-tmp-{txid}-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    symlink(target, &tmp).map_err(|e| format!("cannot create symlink {}: {e}", tmp.display()))?;
-    if let Err(e) = fs::rename(&tmp, link) {
-        let _ = fs::remove_file(&tmp);
-        return Err(format!("cannot switch {}: {e}", link.display()));
-    }
-    fsync_dir(dir)
+/// Points the symlink `link` at `target` in one step ([`durable::swap_symlink`]).
+fn replace_symlink(link: &Path, target: &Path) -> Result<(), String> {
+    durable::swap_symlink(link, target)
+        .map_err(|e| format!("cannot switch {}: {e}", link.display()))
 }
 
 /// What the public path needs.
@@ -661,7 +646,7 @@ fn switch(
         return Ok(r);
     }
     if switch_current {
-        replace_symlink(&current, &Path::new("releases").join(version), ctx.txid)?;
+        replace_symlink(&current, &Path::new("releases").join(version))?;
         let mut state = app.load_state()?;
         state.previous = before.clone();
         state.current = Some(version.to_string());
@@ -675,7 +660,7 @@ fn switch(
             fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        replace_symlink(p, &current, ctx.txid)?;
+        replace_symlink(p, &current)?;
     }
     Ok(r)
 }
@@ -972,9 +957,9 @@ mod tests {
     use minijinja::value::Value as MjValue;
 
     use super::*;
-    use crate::extract::tests::{E, targz};
-    use crate::modules::files::sha256_hex;
     use crate::template::{Layer, Scope, Templar};
+    use rampart_host::digest::sha256_hex;
+    use rampart_host::extract::test_archive::{E, targz};
 
     struct Host {
         dir: tempfile::TempDir,

@@ -220,7 +220,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
         h.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((rampart_agent::artifacts::hex(&h.finalize()), size))
+    Ok((rampart_host::digest::hex(&h.finalize()), size))
 }
 
 /// The first characters of a digest, for people.
@@ -1846,7 +1846,7 @@ web3  untouched    1.9.0 → -
         }
         {
             let seen = seen.lock().unwrap();
-            let sha = rampart_agent::artifacts::hex(&Sha256::digest(&data));
+            let sha = rampart_host::digest::hex(&Sha256::digest(&data));
             assert_eq!(seen.store[&sha], data);
             assert_eq!(seen.uploads.len(), 2);
             assert_eq!(

@@ -1080,7 +1080,7 @@ pub(crate) mod mock {
                 }
                 data.extend_from_slice(&m.data);
             }
-            let sha = rampart_agent::artifacts::hex(&Sha256::digest(&data));
+            let sha = rampart_host::digest::hex(&Sha256::digest(&data));
             if sha != head.sha256 || data.len() as u64 != head.size {
                 return Err(Status::data_loss("digest or size mismatch"));
             }

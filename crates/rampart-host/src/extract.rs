@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
-use crate::artifacts::hex;
+use crate::digest::hex;
 
 /// Default limit on the uncompressed bytes of all entries: 2 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -40,7 +40,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 
 /// Bits kept from an entry's mode: permissions only, never setuid, setgid or sticky.
-pub(crate) const MODE_MASK: u32 = 0o777;
+pub const MODE_MASK: u32 = 0o777;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Limits an archive must stay within.
@@ -616,16 +616,17 @@ fn safe_symlink_target(raw: &[u8], depth: usize) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::modules::files::sha256_hex;
+/// Test archives with raw headers, for this crate's tests and its users' (feature `test-util`).
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_archive {
     use flate2::Compression;
     use flate2::write::GzEncoder;
-    use tar::{Builder, Header};
+    use tar::{Builder, EntryType, Header};
 
     /// An entry of a test archive.
-    pub(crate) enum E<'a> {
+    #[derive(Debug)]
+    #[allow(missing_docs)]
+    pub enum E<'a> {
         File(&'a str, &'a [u8], u32),
         Dir(&'a str),
         Symlink(&'a str, &'a str),
@@ -634,7 +635,7 @@ pub(crate) mod tests {
     }
 
     /// Builds a `.tar.gz` with raw headers (names written literally, no checks).
-    pub(crate) fn targz(entries: &[E<'_>]) -> Vec<u8> {
+    pub fn targz(entries: &[E<'_>]) -> Vec<u8> {
         let mut b = Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
         for e in entries {
             let mut h = Header::new_gnu();
@@ -666,6 +667,14 @@ pub(crate) mod tests {
         field.fill(0);
         field[..bytes.len()].copy_from_slice(bytes);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_archive::{E, targz};
+    use super::*;
+    use crate::digest::sha256_hex;
+    use tar::{Builder, Header};
 
     fn run(data: &[u8], limits: Limits) -> (tempfile::TempDir, Result<Extracted, ExtractError>) {
         let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::modules::files::sha256_file;
+use crate::digest::{hex, sha256_file};
+use crate::durable;
 
 /// Directory under the state directory that holds the cache.
 pub const ARTIFACTS_DIR: &str = "artifacts";
@@ -247,11 +248,7 @@ impl Upload {
         }
         file.sync_all().map_err(io_err("fsync", &self.tmp))?;
         drop(file);
-        fs::rename(&self.tmp, &dest).map_err(io_err("rename into place", &dest))?;
-        let dir = dest.parent().unwrap_or(&self.state_dir);
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync", dir))?;
+        durable::rename_into_place(&self.tmp, &dest).map_err(io_err("rename into place", &dest))?;
         Ok(Cached {
             sha256: actual,
             size: self.size,
@@ -311,19 +308,10 @@ pub fn import_file(state_dir: &Path, path: &Path, expected: &str) -> Result<Cach
     })
 }
 
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modules::files::sha256_hex;
+    use crate::digest::sha256_hex;
 
     fn listing(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();

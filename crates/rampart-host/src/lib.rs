@@ -1,0 +1,17 @@
+//! What touches the machine and is shared by the agent, the controller and the CLI.
+//!
+//! Layout, one concept per module:
+//! - [`durable`]: crash-safe writes (temp → fsync → rename → fsync the directory), symlink swaps,
+//!   create-once records and whole directories;
+//! - [`digest`]: SHA-256 of bytes and files, lowercase hex;
+//! - [`facts`]: the host's name;
+//! - [`cas`]: the content-addressed artifact store (`artifacts/sha256/<hex>`), verified uploads;
+//! - [`extract`]: one-pass verify + decompress + safe untar of a release archive.
+
+#![forbid(unsafe_code)]
+
+pub mod cas;
+pub mod digest;
+pub mod durable;
+pub mod extract;
+pub mod facts;
