@@ -19,8 +19,9 @@ use serde_json::{Map, Value, json};
 use crate::error::JournalError;
 use crate::event::{Outcome, Recap, Record, Section, TaskStatus};
 use crate::modules::{self, ArgKind, CheckMode, ModuleCtx};
-use crate::playbook::{Action, Playbook, Task, TaskKind, outermost_cleanup_section};
-use crate::template::{Layer, Scope, Templar, from_json};
+use rampart_playbook::model::outermost_cleanup_section;
+use rampart_playbook::template::{Layer, Scope, Templar, from_json};
+use rampart_playbook::{Action, Playbook, Task, TaskKind};
 
 /// Default `delay:` between `until` attempts, in seconds (Ansible's).
 pub const DEFAULT_DELAY_SECS: f64 = 5.0;
@@ -669,7 +670,15 @@ impl<'a> Engine<'a> {
                         txid: &self.opts.txid,
                         progress: Some(modules::Progress(&progress)),
                     };
-                    let result = (action.module.run)(&args, &ctx);
+                    let result = match modules::for_schema(action.module) {
+                        Some(module) => (module.run)(&args, &ctx),
+                        // Unreachable while every built-in schema has a run function (a unit
+                        // test in `modules` holds them together); failing the task is safer.
+                        None => modules::failed(format!(
+                            "module `{}` has no implementation in this agent",
+                            action.module.name
+                        )),
+                    };
                     if let Some(e) = journal_error.into_inner() {
                         return Err(e);
                     }

@@ -7,28 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Where a task sits in its enclosing block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Section {
-    /// A play's `tasks` or a `block` list.
-    Block,
-    /// A `rescue` list.
-    Rescue,
-    /// An `always` list.
-    Always,
-}
-
-impl Section {
-    /// The lowercase name used in journals and JSON output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Section::Block => "block",
-            Section::Rescue => "rescue",
-            Section::Always => "always",
-        }
-    }
-}
+pub use rampart_playbook::Section;
 
 /// How one task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,6 @@
 //! Rampart's host agent: runs an Ansible-style playbook on this host as one transaction.
 //!
 //! Layout, one concept per module:
-//! - [`yaml`]: untrusted YAML into a tree that remembers positions (Ansible's YAML 1.1 scalars);
-//! - [`playbook`]: plays, tasks, blocks; the whole document validated before anything runs;
-//! - [`template`]: Jinja2 templating (`{{ }}`, `when:`) with Ansible's filters;
 //! - [`modules`]: `command`, `shell`, `copy`, `file`, ... with Ansible's arguments and results;
 //! - [`engine`]: block/rescue/always execution, `loop`, `until`, `failed_when`, check mode;
 //! - [`event`]: the records a transaction produces (journal lines, streamed events);
@@ -25,10 +22,7 @@ pub mod journal;
 pub mod lock;
 pub mod logging;
 pub mod modules;
-pub mod playbook;
 pub mod recovery;
 pub mod server;
-pub mod template;
 pub mod tls;
 pub mod transaction;
-pub mod yaml;

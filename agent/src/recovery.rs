@@ -13,7 +13,7 @@
 
 use crate::engine::{Replay, ReplayItem};
 use crate::event::{Entry, Record};
-use crate::playbook::{outermost_cleanup_section, section_of};
+use rampart_playbook::model::{outermost_cleanup_section, section_of};
 
 /// What recovery will do, ready to be journaled.
 #[derive(Debug, Clone, PartialEq)]

@@ -25,9 +25,9 @@ use tonic::{Request, Response, Status};
 use crate::error::{JournalError, LockError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record, Section, TaskStatus};
 use crate::modules::forensics;
-use crate::template::Templar;
 use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
 use rampart_host::cas as artifacts;
+use rampart_playbook::template::Templar;
 
 /// Events buffered per watcher before the sender waits for the client.
 const STREAM_BUFFER: usize = 256;

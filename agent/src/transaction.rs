@@ -16,9 +16,9 @@ use crate::error::{JournalError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record};
 use crate::journal::{self, Durability, Journal};
 use crate::lock::HostLock;
-use crate::playbook::{self, Playbook};
 use crate::recovery;
-use crate::template::Templar;
+use rampart_playbook::Playbook;
+use rampart_playbook::template::Templar;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/rampart";
@@ -166,7 +166,7 @@ pub fn check_txid(txid: &str) -> Result<(), TxError> {
 /// Validates the request, takes the host lock and writes the `Begin` record. Nothing on the host
 /// changes if this fails.
 pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<Prepared, TxError> {
-    let playbook = playbook::load(&req.playbook_name, &req.playbook, templar)?;
+    let playbook = rampart_playbook::load(&req.playbook_name, &req.playbook, templar)?;
     let txid = match req.txid {
         Some(t) => {
             check_txid(&t)?;
@@ -301,7 +301,7 @@ pub fn prepare_recovery(
         drop(lock);
         return Ok(None);
     }
-    let playbook = playbook::load(playbook_name, text, templar)?;
+    let playbook = rampart_playbook::load(playbook_name, text, templar)?;
     let rec = journal.append(plan.record)?;
     Ok(Some(Prepared {
         txid: txid.to_string(),

@@ -46,8 +46,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rampart_agent::template::Templar;
 use rampart_agent::tls::TlsFiles;
+use rampart_playbook::template::Templar;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -488,9 +488,9 @@ fn environment(
         abs,
     )?;
     let templar = Templar::new();
-    let book = rampart_agent::playbook::load(&playbook.name, &playbook.text, &templar)
+    let book = rampart_playbook::load(&playbook.name, &playbook.text, &templar)
         .map_err(|err| format!("playbook: {err}"))?;
-    rampart_agent::playbook::load(&rollback_playbook.name, &rollback_playbook.text, &templar)
+    rampart_playbook::load(&rollback_playbook.name, &rollback_playbook.text, &templar)
         .map_err(|err| format!("rollback playbook: {err}"))?;
     let play = book.plays.first();
     let pattern = e

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rampart_agent::health::{self, CheckResult, Status, Suite, Summary};
-use rampart_agent::template::Templar;
+use rampart_playbook::template::Templar;
 use serde_json::{Map, Value, json};
 
 /// Exit code: a critical check failed.

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rampart_agent::yaml::{self, Yaml};
+use rampart_playbook::yaml::{self, Yaml};
 use serde_json::{Map, Value};
 
 /// A parsed inventory.

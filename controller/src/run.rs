@@ -16,9 +16,9 @@ use rampart_agent::error::{LockError, TxError};
 use rampart_agent::event::{Entry, Record};
 use rampart_agent::journal::Durability;
 use rampart_agent::server;
-use rampart_agent::template::Templar;
 use rampart_agent::tls::{self, TlsFiles};
 use rampart_agent::transaction::{self, HostConfig, TxRequest, TxSummary};
+use rampart_playbook::template::Templar;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
 use serde_json::{Map, Value};
@@ -268,7 +268,7 @@ async fn run_agent(
     text: String,
 ) -> Result<i32, CliError> {
     // Refuse a bad playbook here, with the same checks the agent makes, before any network.
-    rampart_agent::playbook::load(&name, &text, &Templar::new())
+    rampart_playbook::load(&name, &text, &Templar::new())
         .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
     let mut client = connect(agent).await?;
     // The client picks the txid, so it can re-attach even if the agent dies before the first

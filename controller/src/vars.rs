@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use rampart_agent::yaml::{self, Limits};
+use rampart_playbook::yaml::{self, Limits};
 use serde_json::{Map, Value};
 
 /// Merges every `-e` argument into one object; the error says which argument and why.

@@ -17,9 +17,9 @@ use clap::Parser;
 use rampart_agent::config::AgentConfig;
 use rampart_agent::journal::Durability;
 use rampart_agent::server::{self, AgentService};
-use rampart_agent::template::Templar;
 use rampart_agent::tls::{self, TlsFiles};
 use rampart_agent::transaction::{self, HostConfig};
+use rampart_playbook::template::Templar;
 
 /// Rampart's host agent: runs playbooks as crash-safe transactions for the controller.
 ///

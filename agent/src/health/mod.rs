@@ -23,7 +23,7 @@ use minijinja::value::Value as MjValue;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::template::{Templar, from_json};
+use rampart_playbook::template::{Templar, from_json};
 
 /// Attempts of a critical check unless it says otherwise (the production runbook's 3).
 pub const DEFAULT_CRITICAL_ATTEMPTS: u32 = 3;
@@ -270,8 +270,8 @@ impl Suite {
 
     /// Reads a suite from YAML text.
     pub fn from_yaml(text: &str) -> Result<Suite, String> {
-        let docs =
-            crate::yaml::parse(text, &crate::yaml::Limits::default()).map_err(|e| e.to_string())?;
+        let docs = rampart_playbook::yaml::parse(text, &rampart_playbook::yaml::Limits::default())
+            .map_err(|e| e.to_string())?;
         let doc = docs.first().ok_or("the health suite file is empty")?;
         Suite::from_value(&doc.to_json())
     }
@@ -349,10 +349,10 @@ impl Check {
         };
         let policy = [pick("attempts"), pick("delay"), pick("timeout")];
         // Literal values are checked now; templated ones when the check runs.
-        if !policy
-            .iter()
-            .any(|v| v.as_str().is_some_and(crate::template::is_template))
-        {
+        if !policy.iter().any(|v| {
+            v.as_str()
+                .is_some_and(rampart_playbook::template::is_template)
+        }) {
             resolve_policy(&policy, severity, &name)?;
         }
         let depends_on = match obj.get("depends_on") {
@@ -510,7 +510,8 @@ pub fn scope(
         });
         let mut changed = false;
         for (k, v) in defaults.clone() {
-            if v.as_str().is_some_and(crate::template::is_template)
+            if v.as_str()
+                .is_some_and(rampart_playbook::template::is_template)
                 && let Ok(rendered) = templar.render_value(&v, &current)
                 && rendered != v
             {

@@ -17,9 +17,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_str, failed,
-};
+use rampart_playbook::modules::capture_state as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_str, failed};
 use crate::event::{Outcome, Record};
 use rampart_host::durable::write_atomic;
 
@@ -29,18 +29,7 @@ const RECENT_DEPLOYMENTS: usize = 3;
 
 /// `capture_state`.
 pub static CAPTURE_STATE: ModuleSpec = ModuleSpec {
-    name: "capture_state",
-    args: &[
-        ArgSpec::opt("components", ArgKind::List),
-        ArgSpec::opt("services", ArgKind::List),
-        ArgSpec::opt("dest_dir", ArgKind::Str),
-        ArgSpec::opt("database", ArgKind::Any),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::CAPTURE_STATE,
     run: run_capture,
 };
 

@@ -5,20 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_f64,
-    arg_str, failed, ok,
-};
+use rampart_playbook::modules::control as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_f64, arg_str, failed, ok};
 
 /// `fail`: fails the task with `msg`.
 pub static FAIL: ModuleSpec = ModuleSpec {
-    name: "fail",
-    args: &[ArgSpec::opt("msg", ArgKind::Any)],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::FAIL,
     run: run_fail,
 };
 
@@ -36,18 +29,7 @@ fn run_fail(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
 
 /// `assert`: fails unless every expression in `that` holds.
 pub static ASSERT: ModuleSpec = ModuleSpec {
-    name: "assert",
-    args: &[
-        ArgSpec::req("that", ArgKind::Expr),
-        ArgSpec::opt("fail_msg", ArgKind::Any).aliases(&["msg"]),
-        ArgSpec::opt("success_msg", ArgKind::Any),
-        ArgSpec::opt("quiet", ArgKind::Bool),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::ASSERT,
     run: run_assert,
 };
 
@@ -96,17 +78,7 @@ fn run_assert(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
 
 /// `debug`: prints `msg`, or the value of the variable `var`.
 pub static DEBUG: ModuleSpec = ModuleSpec {
-    name: "debug",
-    args: &[
-        ArgSpec::opt("msg", ArgKind::Any),
-        ArgSpec::opt("var", ArgKind::Expr),
-        ArgSpec::opt("verbosity", ArgKind::Int),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[("msg", "var")],
-    check_mode: CheckMode::Supported,
+    schema: &schema::DEBUG,
     run: run_debug,
 };
 
@@ -131,13 +103,7 @@ fn run_debug(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
 
 /// `set_fact`: sets host variables that later tasks see (and that survive into rescue).
 pub static SET_FACT: ModuleSpec = ModuleSpec {
-    name: "set_fact",
-    args: &[ArgSpec::opt("cacheable", ArgKind::Bool)],
-    free_form: FreeForm::KeyValue,
-    any_args: true,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::SET_FACT,
     run: run_set_fact,
 };
 
@@ -162,16 +128,7 @@ fn run_set_fact(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult
 
 /// `pause`: waits `seconds` (or `minutes`). Prompts are not supported: nobody answers them.
 pub static PAUSE: ModuleSpec = ModuleSpec {
-    name: "pause",
-    args: &[
-        ArgSpec::opt("seconds", ArgKind::Num),
-        ArgSpec::opt("minutes", ArgKind::Num),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[&["seconds", "minutes"]],
-    exclusive: &[("seconds", "minutes")],
-    check_mode: CheckMode::Supported,
+    schema: &schema::PAUSE,
     run: run_pause,
 };
 

@@ -15,25 +15,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_str,
-    failed,
-};
+use rampart_playbook::modules::deploy_lock as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_str, failed};
 use rampart_host::durable::write_atomic;
 
 /// `deploy_lock`.
 pub static DEPLOY_LOCK: ModuleSpec = ModuleSpec {
-    name: "deploy_lock",
-    args: &[
-        ArgSpec::req("state", ArgKind::Str).choices(&["acquired", "released"]),
-        ArgSpec::opt("name", ArgKind::Str),
-        ArgSpec::opt("timeout", ArgKind::Num),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::DEPLOY_LOCK,
     run: run_lock,
 };
 

@@ -35,93 +35,34 @@ use rampart_host::digest::{digest_file, sha256_hex};
 use rampart_host::durable::{parent_dir, temp_path, write_atomic};
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str,
-    failed, ok,
-};
+use rampart_playbook::modules::files as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str, failed, ok};
 
 /// Size of the chunks files are read in when hashing or comparing them.
 const CHUNK: usize = 64 * 1024;
 
 /// `file`: manages a path's kind (file, directory, symlink, absent) and mode.
 pub static FILE: ModuleSpec = ModuleSpec {
-    name: "file",
-    args: &[
-        ArgSpec::req("path", ArgKind::Str).aliases(&["dest", "name"]),
-        ArgSpec::opt("state", ArgKind::Str).choices(&[
-            "file",
-            "directory",
-            "absent",
-            "touch",
-            "link",
-        ]),
-        ArgSpec::opt("src", ArgKind::Str),
-        ArgSpec::opt("mode", ArgKind::Any),
-        ArgSpec::opt("force", ArgKind::Bool),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::FILE,
     run: run_file,
 };
 
 /// `copy`: writes `content` or the `src` file to `dest`, atomically.
 pub static COPY: ModuleSpec = ModuleSpec {
-    name: "copy",
-    args: &[
-        ArgSpec::req("dest", ArgKind::Str),
-        // Any, not Str: Ansible writes a mapping or list given as content as JSON.
-        ArgSpec::opt("content", ArgKind::Any),
-        ArgSpec::opt("src", ArgKind::Str),
-        ArgSpec::opt("mode", ArgKind::Any),
-        ArgSpec::opt("force", ArgKind::Bool),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[&["content", "src"]],
-    exclusive: &[("content", "src")],
-    check_mode: CheckMode::Supported,
+    schema: &schema::COPY,
     run: run_copy,
 };
 
 /// `template`: renders the Jinja2 file `src` with the task's variables and writes it to `dest`.
 pub static TEMPLATE: ModuleSpec = ModuleSpec {
-    name: "template",
-    args: &[
-        ArgSpec::req("src", ArgKind::Str),
-        ArgSpec::req("dest", ArgKind::Str),
-        ArgSpec::opt("mode", ArgKind::Any),
-        ArgSpec::opt("force", ArgKind::Bool),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::TEMPLATE,
     run: run_template,
 };
 
 /// `stat`: reports a path's metadata; never changes anything.
 pub static STAT: ModuleSpec = ModuleSpec {
-    name: "stat",
-    args: &[
-        ArgSpec::req("path", ArgKind::Str).aliases(&["dest", "name"]),
-        ArgSpec::opt("get_checksum", ArgKind::Bool),
-        ArgSpec::opt("follow", ArgKind::Bool),
-        ArgSpec::opt("checksum_algorithm", ArgKind::Str)
-            .aliases(&["checksum", "checksum_algo"])
-            .choices(&["sha224", "sha256", "sha384", "sha512"]),
-        // Accepted for compatibility and ignored (no MIME type or file attributes are reported).
-        ArgSpec::opt("get_mime", ArgKind::Bool).aliases(&["mime", "mime_type", "mime-type"]),
-        ArgSpec::opt("get_attributes", ArgKind::Bool).aliases(&["attr", "attributes"]),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::STAT,
     run: run_stat,
 };
 

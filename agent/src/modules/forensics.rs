@@ -34,10 +34,9 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use sha2::Digest;
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_i64, arg_str,
-    failed,
-};
+use rampart_playbook::modules::forensics as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_i64, arg_str, failed};
 use crate::modules::release::{RELEASE_META, VERSION_FILE};
 use rampart_host::cas as artifacts;
 
@@ -58,25 +57,7 @@ const TS_FORMAT: &str = "%Y%m%dT%H%M%S%.6fZ";
 
 /// `forensics`.
 pub static FORENSICS: ModuleSpec = ModuleSpec {
-    name: "forensics",
-    args: &[
-        ArgSpec::req("failed_version", ArgKind::Str),
-        ArgSpec::opt("restored_version", ArgKind::Str),
-        ArgSpec::opt("components", ArgKind::List),
-        ArgSpec::opt("services", ArgKind::List),
-        ArgSpec::opt("dest_dir", ArgKind::Str),
-        ArgSpec::opt("failed_task", ArgKind::Any),
-        ArgSpec::opt("failed_result", ArgKind::Any),
-        ArgSpec::opt("state", ArgKind::Any),
-        ArgSpec::opt("health", ArgKind::Any),
-        ArgSpec::opt("keep", ArgKind::Int),
-        ArgSpec::opt("max_age_days", ArgKind::Int),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::FORENSICS,
     run: run_forensics,
 };
 

@@ -14,29 +14,14 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64,
-    arg_str, failed,
-};
+use rampart_playbook::modules::health as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed};
 use crate::health::{self, Suite};
 
 /// `health`.
 pub static HEALTH: ModuleSpec = ModuleSpec {
-    name: "health",
-    args: &[
-        ArgSpec::opt("suite", ArgKind::Str),
-        // Not templated by the engine: each check is rendered when it runs, so a check skipped
-        // by its `when` may name variables that are not defined.
-        ArgSpec::opt("checks", ArgKind::Expr),
-        ArgSpec::opt("vars", ArgKind::Map),
-        ArgSpec::opt("parallelism", ArgKind::Int),
-        ArgSpec::opt("deadline", ArgKind::Num),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[&["suite", "checks"]],
-    exclusive: &[("suite", "checks")],
-    check_mode: CheckMode::Skip,
+    schema: &schema::HEALTH,
     run: run_health,
 };
 

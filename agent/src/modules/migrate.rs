@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str,
-    failed, ok,
-};
+use rampart_playbook::modules::migrate as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str, failed, ok};
 use rampart_host::durable::write_atomic;
 use rampart_migrate::MigrateError;
 use rampart_migrate::config::{self, Sources};
@@ -34,35 +33,7 @@ use rampart_migrate::run::{Classified, Progress, Runner};
 
 /// `migrate`.
 pub static MIGRATE: ModuleSpec = ModuleSpec {
-    name: "migrate",
-    args: &[
-        ArgSpec::opt("state", ArgKind::Str).choices(&[
-            "validated",
-            "applied",
-            "restored",
-            "released",
-        ]),
-        ArgSpec::opt("url", ArgKind::Str),
-        ArgSpec::opt("user", ArgKind::Str),
-        ArgSpec::opt("password", ArgKind::Str),
-        ArgSpec::opt("locations", ArgKind::List),
-        ArgSpec::opt("schemas", ArgKind::List),
-        ArgSpec::opt("table", ArgKind::Str),
-        ArgSpec::opt("target", ArgKind::Str),
-        ArgSpec::opt("placeholders", ArgKind::Map),
-        ArgSpec::opt("baseline_on_migrate", ArgKind::Bool),
-        ArgSpec::opt("out_of_order", ArgKind::Bool),
-        ArgSpec::opt("mixed", ArgKind::Bool),
-        ArgSpec::opt("config_files", ArgKind::List),
-        ArgSpec::opt("restore_point", ArgKind::Str).choices(&["undo", "dump", "template", "none"]),
-        ArgSpec::opt("keep_restore_point", ArgKind::Bool),
-        ArgSpec::opt("maintenance_db", ArgKind::Str),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::MIGRATE,
     run: run_migrate,
 };
 

@@ -58,10 +58,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64,
-    arg_str, failed,
-};
+use rampart_playbook::modules::release as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed};
 use rampart_host::cas::{self as artifacts, Upload};
 use rampart_host::durable::{self, write_atomic};
 use rampart_host::extract::{self, Limits};
@@ -77,27 +76,7 @@ pub const VERSION_FILE: &str = "version.txt";
 
 /// `release`: stages, activates, restores and prunes a component's releases.
 pub static RELEASE: ModuleSpec = ModuleSpec {
-    name: "release",
-    args: &[
-        ArgSpec::req("component", ArgKind::Str),
-        ArgSpec::opt("version", ArgKind::Str),
-        ArgSpec::opt("artifact", ArgKind::Str),
-        ArgSpec::opt("sha256", ArgKind::Str),
-        ArgSpec::opt("path", ArgKind::Str),
-        ArgSpec::req("state", ArgKind::Str).choices(&[
-            "staged", "active", "restored", "pruned", "failed", "verified",
-        ]),
-        ArgSpec::opt("keep", ArgKind::Int),
-        ArgSpec::opt("max_bytes", ArgKind::Int),
-        ArgSpec::opt("max_entries", ArgKind::Int),
-        ArgSpec::opt("timeout", ArgKind::Num),
-        ArgSpec::opt("ca_file", ArgKind::Str),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::RELEASE,
     run: run_release,
 };
 
@@ -957,9 +936,9 @@ mod tests {
     use minijinja::value::Value as MjValue;
 
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
     use rampart_host::digest::sha256_hex;
     use rampart_host::extract::test_archive::{E, targz};
+    use rampart_playbook::template::{Layer, Scope, Templar};
 
     struct Host {
         dir: tempfile::TempDir,

@@ -41,29 +41,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_str,
-    failed, ok,
-};
+use rampart_playbook::modules::service as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_str, failed, ok};
 
 /// `service`.
 pub static SERVICE: ModuleSpec = ModuleSpec {
-    name: "service",
-    args: &[
-        ArgSpec::req("name", ArgKind::Str),
-        ArgSpec::req("state", ArgKind::Str).choices(&["started", "stopped", "restarted"]),
-        ArgSpec::opt("manager", ArgKind::Str).choices(&["systemd", "command"]),
-        ArgSpec::opt("timeout", ArgKind::Num),
-        ArgSpec::opt("start", ArgKind::Str),
-        ArgSpec::opt("stop", ArgKind::Str),
-        ArgSpec::opt("status", ArgKind::Str),
-        ArgSpec::opt("systemctl_prefix", ArgKind::List),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[],
-    exclusive: &[],
-    check_mode: CheckMode::Supported,
+    schema: &schema::SERVICE,
     run: run_service,
 };
 
@@ -678,7 +662,7 @@ fn command_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::{Layer, Scope, Templar};
+    use rampart_playbook::template::{Layer, Scope, Templar};
     use std::path::Path;
     use std::sync::Arc;
 

@@ -24,34 +24,16 @@ use std::time::{Duration, Instant};
 use regex::bytes::{Regex, RegexBuilder};
 use serde_json::{Map, Value, json};
 
-use super::{
-    ArgKind, ArgSpec, CheckMode, FreeForm, ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64,
-    arg_str, failed, ok,
-};
+use rampart_playbook::modules::wait_for as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed, ok};
 
 /// The shortest pause between checks, so `sleep: 0` does not spin.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 
 /// `wait_for`: waits for a port or a file.
 pub static WAIT_FOR: ModuleSpec = ModuleSpec {
-    name: "wait_for",
-    args: &[
-        ArgSpec::opt("host", ArgKind::Str),
-        ArgSpec::opt("port", ArgKind::Int),
-        ArgSpec::opt("path", ArgKind::Str),
-        ArgSpec::opt("state", ArgKind::Str).choices(&["started", "stopped", "present", "absent"]),
-        ArgSpec::opt("timeout", ArgKind::Num),
-        ArgSpec::opt("delay", ArgKind::Num),
-        ArgSpec::opt("sleep", ArgKind::Num),
-        ArgSpec::opt("connect_timeout", ArgKind::Num),
-        ArgSpec::opt("search_regex", ArgKind::Str),
-        ArgSpec::opt("msg", ArgKind::Str),
-    ],
-    free_form: FreeForm::KeyValue,
-    any_args: false,
-    one_of: &[&["port", "path"]],
-    exclusive: &[("port", "path")],
-    check_mode: CheckMode::Supported,
+    schema: &schema::WAIT_FOR,
     run: run_wait_for,
 };
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::error::PlaybookError;
-use crate::modules::{self, ArgKind, FreeForm, ModuleSpec};
+use crate::model::{Action, Block, Play, Playbook, Task, TaskKind};
+use crate::modules;
+use crate::schema::{self, ArgKind, FreeForm, ModuleSchema};
 use crate::template::{Templar, is_template};
 use crate::yaml::{self, Limits, Mark, Node, Yaml, YamlError};
 
@@ -54,121 +56,6 @@ const BLOCK_KEYS: &[&str] = &[
     "no_log",
 ];
 const LOOP_CONTROL_KEYS: &[&str] = &["loop_var", "index_var", "label"];
-
-/// A whole playbook.
-#[derive(Debug, Clone)]
-pub struct Playbook {
-    /// Its name in messages (the file's path).
-    pub name: String,
-    /// The plays, in order.
-    pub plays: Vec<Play>,
-}
-
-/// One play.
-#[derive(Debug, Clone)]
-pub struct Play {
-    /// Its position.
-    pub index: usize,
-    /// Its name (its hosts pattern when it has none).
-    pub name: String,
-    /// Its `hosts` pattern. The agent runs the play on its own host whatever it says; the
-    /// controller uses it to pick hosts.
-    pub hosts: String,
-    /// `vars:`, templated when used.
-    pub vars: Arc<Map<String, Value>>,
-    /// `serial:` as written (number, percentage or list), for the controller.
-    pub serial: Option<Value>,
-    /// `max_fail_percentage:`, for the controller.
-    pub max_fail_percentage: Option<f64>,
-    /// `gather_facts:` (Rampart gathers facts only when this is true).
-    pub gather_facts: bool,
-    /// The tasks.
-    pub tasks: Vec<Task>,
-    /// Where it starts.
-    pub mark: Mark,
-}
-
-/// One task or block.
-#[derive(Debug, Clone)]
-pub struct Task {
-    /// Stable position in the playbook.
-    pub path: String,
-    /// `name:` as written (may hold a template).
-    pub name: Option<String>,
-    /// Where it starts.
-    pub mark: Mark,
-    /// `when:` conditions, all of which must hold.
-    pub when: Vec<Value>,
-    /// `vars:`, templated when used.
-    pub vars: Option<Arc<Map<String, Value>>>,
-    /// `ignore_errors:` (a boolean or a template).
-    pub ignore_errors: Option<Value>,
-    /// `no_log:` (a boolean or a template).
-    pub no_log: Option<Value>,
-    /// `check_mode:` (a boolean or a template).
-    pub check_mode: Option<Value>,
-    /// A module call or a block.
-    pub kind: TaskKind,
-}
-
-/// What a task does.
-#[derive(Debug, Clone)]
-pub enum TaskKind {
-    /// Runs a module.
-    Action(Box<Action>),
-    /// Groups tasks with `rescue` and `always`.
-    Block(Block),
-}
-
-/// A module call and the keywords that only module calls take.
-#[derive(Debug, Clone)]
-pub struct Action {
-    /// The module.
-    pub module: &'static ModuleSpec,
-    /// The module's name as written (`ansible.builtin.command`).
-    pub action: String,
-    /// Arguments as written (canonical names; `_raw_params` for free-form text).
-    pub args: Map<String, Value>,
-    /// `register:`.
-    pub register: Option<String>,
-    /// `loop:` (a list or a template giving one).
-    pub loop_items: Option<Value>,
-    /// `loop_control.loop_var` (default `item`).
-    pub loop_var: String,
-    /// `loop_control.index_var`.
-    pub index_var: Option<String>,
-    /// `until:` conditions.
-    pub until: Vec<Value>,
-    /// `retries:` (default 3 when `until` is given).
-    pub retries: Option<Value>,
-    /// `delay:` seconds (default 5).
-    pub delay: Option<Value>,
-    /// `failed_when:` conditions, replacing the module's own failure test.
-    pub failed_when: Option<Vec<Value>>,
-    /// `changed_when:` conditions, replacing the module's own change test.
-    pub changed_when: Option<Vec<Value>>,
-}
-
-/// `block` / `rescue` / `always`.
-#[derive(Debug, Clone)]
-pub struct Block {
-    /// Tasks tried first.
-    pub block: Vec<Task>,
-    /// Tasks run when a `block` task failed.
-    pub rescue: Vec<Task>,
-    /// Tasks run whatever happened.
-    pub always: Vec<Task>,
-}
-
-impl Task {
-    /// The module's name, or `block`.
-    pub fn action_name(&self) -> &str {
-        match &self.kind {
-            TaskKind::Action(a) => &a.action,
-            TaskKind::Block(_) => "block",
-        }
-    }
-}
 
 struct Loader<'a> {
     file: &'a str,
@@ -251,7 +138,7 @@ impl Loader<'_> {
                 self.check_template(y, s)?;
                 Ok(Value::String(s.clone()))
             }
-            _ => modules::parse_bool(&y.to_json())
+            _ => schema::parse_bool(&y.to_json())
                 .map(Value::Bool)
                 .ok_or_else(|| {
                     self.err(
@@ -486,7 +373,7 @@ impl Loader<'_> {
             return Ok(task);
         }
         // A module call: exactly one key names a module.
-        let mut module: Option<(&'static ModuleSpec, &str, &Yaml, &Yaml)> = None;
+        let mut module: Option<(&'static ModuleSchema, &str, &Yaml, &Yaml)> = None;
         let mut extra_args: Option<&Yaml> = None;
         let mut action = Action {
             module: &modules::control::DEBUG,
@@ -578,7 +465,7 @@ impl Loader<'_> {
                             k.mark,
                             format!(
                                 "unknown module or task keyword `{other}`; modules: {}; task keywords: {}",
-                                modules::MODULES.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+                                modules::BUILTIN.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
                                 TASK_KEYS.join(", ")
                             ),
                         ));
@@ -608,7 +495,12 @@ impl Loader<'_> {
         Ok(task)
     }
 
-    fn arg_name(&self, spec: &ModuleSpec, name: &str, mark: Mark) -> Result<String, PlaybookError> {
+    fn arg_name(
+        &self,
+        spec: &ModuleSchema,
+        name: &str,
+        mark: Mark,
+    ) -> Result<String, PlaybookError> {
         if let Some(a) = spec.arg(name) {
             return Ok(a.name.to_string());
         }
@@ -634,7 +526,7 @@ impl Loader<'_> {
 
     fn check_arg_value(
         &self,
-        spec: &ModuleSpec,
+        spec: &ModuleSchema,
         name: &str,
         v: &Yaml,
     ) -> Result<(), PlaybookError> {
@@ -656,7 +548,7 @@ impl Loader<'_> {
         if let Some(arg) = spec.arg(name)
             && !contains_template(v)
         {
-            modules::coerce(arg, v.to_json())
+            schema::coerce(arg, v.to_json())
                 .map_err(|m| self.err(v.mark, format!("{}: {m}", spec.name)))?;
         }
         Ok(())
@@ -664,7 +556,7 @@ impl Loader<'_> {
 
     fn args(
         &self,
-        spec: &ModuleSpec,
+        spec: &ModuleSchema,
         y: &Yaml,
         task_mark: Mark,
     ) -> Result<Map<String, Value>, PlaybookError> {
@@ -683,7 +575,7 @@ impl Loader<'_> {
                 self.check_template(y, text)?;
                 match spec.free_form {
                     FreeForm::Command => {
-                        let (pairs, rest) = modules::split_key_values(text, |k| {
+                        let (pairs, rest) = schema::split_key_values(text, |k| {
                             spec.arg(k)
                                 .is_some_and(|a| !matches!(a.name, "_raw_params" | "cmd" | "argv"))
                         });
@@ -696,7 +588,7 @@ impl Loader<'_> {
                         }
                     }
                     FreeForm::KeyValue => {
-                        let (pairs, rest) = modules::split_key_values(text, |_| true);
+                        let (pairs, rest) = schema::split_key_values(text, |_| true);
                         if !rest.is_empty() {
                             return Err(self.err(
                                 y.mark,
@@ -715,7 +607,7 @@ impl Loader<'_> {
                             } else if !is_template(&v)
                                 && let Some(arg) = spec.arg(&canonical)
                             {
-                                modules::coerce(arg, Value::String(v.clone()))
+                                schema::coerce(arg, Value::String(v.clone()))
                                     .map_err(|m| self.err(y.mark, format!("{}: {m}", spec.name)))?;
                             }
                             out.insert(canonical, Value::String(v));
@@ -739,7 +631,7 @@ impl Loader<'_> {
 
     fn check_args(
         &self,
-        spec: &ModuleSpec,
+        spec: &ModuleSchema,
         args: &Map<String, Value>,
         mark: Mark,
     ) -> Result<(), PlaybookError> {
@@ -873,25 +765,6 @@ fn yaml_error(file: &str, e: &YamlError) -> PlaybookError {
     }
 }
 
-/// The outermost `rescue` or `always` section containing a task path, as a path prefix
-/// (`0.2.rescue`), if any. Recovery reruns that whole section.
-pub fn outermost_cleanup_section(path: &str) -> Option<String> {
-    let segs: Vec<&str> = path.split('.').collect();
-    segs.iter()
-        .position(|s| *s == "rescue" || *s == "always")
-        .map(|i| segs[..=i].join("."))
-}
-
-/// The section a task path runs in.
-pub fn section_of(path: &str) -> crate::event::Section {
-    use crate::event::Section;
-    match path.split('.').rev().nth(1) {
-        Some("rescue") => Section::Rescue,
-        Some("always") => Section::Always,
-        _ => Section::Block,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -918,12 +791,18 @@ mod tests {
         };
         assert_eq!(a.args["state"], "absent");
         assert_eq!(
-            outermost_cleanup_section("0.0.rescue.0"),
+            crate::model::outermost_cleanup_section("0.0.rescue.0"),
             Some("0.0.rescue".into())
         );
-        assert_eq!(outermost_cleanup_section("0.0.block.1"), None);
-        assert_eq!(section_of("0.0.rescue.0"), crate::event::Section::Rescue);
-        assert_eq!(section_of("0.3"), crate::event::Section::Block);
+        assert_eq!(crate::model::outermost_cleanup_section("0.0.block.1"), None);
+        assert_eq!(
+            crate::model::section_of("0.0.rescue.0"),
+            crate::model::Section::Rescue
+        );
+        assert_eq!(
+            crate::model::section_of("0.3"),
+            crate::model::Section::Block
+        );
     }
 
     #[test]

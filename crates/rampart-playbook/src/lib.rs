@@ -1,0 +1,30 @@
+//! The playbook language, pure: what a playbook says and whether it can run, with no I/O
+//! beyond the text it is given. Used by the agent (which runs it), the controller (which
+//! validates environments' playbooks and reads `serial`) and the CLI.
+//!
+//! Layout, one concept per module:
+//! - [`yaml`]: untrusted YAML into a tree that remembers positions (Ansible's YAML 1.1 scalars),
+//!   with size and depth limits;
+//! - [`template`]: Jinja2 templating (`{{ }}`, `when:`) with Ansible's filters and semantics;
+//! - [`model`]: plays, tasks, blocks, actions, sections and task paths;
+//! - [`load`]: the loader, which validates the whole document before anything runs;
+//! - [`schema`]: what a module takes (argument kinds, free form, check mode) and Ansible's
+//!   argument coercions;
+//! - [`modules`]: the built-in modules' schemas;
+//! - [`serial`]: Ansible's `serial` arithmetic (waves);
+//! - [`error`]: [`PlaybookError`], with `file:line:column`.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod modules;
+pub mod schema;
+pub mod serial;
+pub mod template;
+pub mod yaml;
+
+pub use error::PlaybookError;
+pub use load::load;
+pub use model::{Action, Block, Play, Playbook, Section, Task, TaskKind};
