@@ -17,7 +17,6 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
-pub mod health;
 pub mod journal;
 pub mod lock;
 pub mod logging;

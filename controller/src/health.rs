@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use rampart_agent::health::{self, CheckResult, Status, Suite, Summary};
+use rampart_health::{self as health, CheckResult, Status, Suite, Summary};
 use rampart_playbook::template::Templar;
 use serde_json::{Map, Value, json};
 
@@ -38,7 +38,7 @@ pub struct HealthOptions<'a> {
 pub fn main(opts: HealthOptions<'_>) -> i32 {
     let builtin = opts.suite == Path::new("production") && !opts.suite.exists();
     let text = match std::fs::read_to_string(opts.suite) {
-        _ if builtin => rampart_agent::modules::health::PRODUCTION_SUITE.to_string(),
+        _ if builtin => rampart_health::PRODUCTION_SUITE.to_string(),
         Ok(t) => t,
         Err(e) => {
             eprintln!("rampart health: cannot read {}: {e}", opts.suite.display());

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use rampart_playbook::modules::health as schema;
 
 use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed};
-use crate::health::{self, Suite};
+use rampart_health::{self as health, Suite};
 
 /// `health`.
 pub static HEALTH: ModuleSpec = ModuleSpec {
@@ -25,9 +25,7 @@ pub static HEALTH: ModuleSpec = ModuleSpec {
     run: run_health,
 };
 
-/// The shipped production suite, built in so agents (which get playbooks without their
-/// directory) have it too.
-pub const PRODUCTION_SUITE: &str = include_str!("../../../playbooks/health/production.yml");
+pub use rampart_health::PRODUCTION_SUITE;
 
 fn load(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<Suite, String> {
     if let Some(name) = arg_str(args, "suite") {

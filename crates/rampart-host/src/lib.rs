@@ -6,7 +6,8 @@
 //! - [`digest`]: SHA-256 of bytes and files, lowercase hex;
 //! - [`facts`]: the host's name;
 //! - [`cas`]: the content-addressed artifact store (`artifacts/sha256/<hex>`), verified uploads;
-//! - [`extract`]: one-pass verify + decompress + safe untar of a release archive.
+//! - [`extract`]: one-pass verify + decompress + safe untar of a release archive;
+//! - `testing` (feature `test-util`): an HTTPS server with a throwaway CA, for tests.
 
 #![forbid(unsafe_code)]
 
@@ -15,3 +16,5 @@ pub mod digest;
 pub mod durable;
 pub mod extract;
 pub mod facts;
+#[cfg(feature = "test-util")]
+pub mod testing;

@@ -544,14 +544,14 @@ fn run_bounded(
 }
 
 fn systemd(p: &Value, timeout: Duration) -> Probe {
-    let mut units = crate::modules::arg_strings(p.get("units"));
+    let mut units = rampart_playbook::schema::arg_strings(p.get("units"));
     if let Some(unit) = s(p, "unit") {
         units.insert(0, unit.to_string());
     }
     if units.is_empty() {
         return Probe::fail(Value::Null, "systemd check without a unit");
     }
-    let prefix: Vec<String> = crate::modules::arg_strings(p.get("systemctl_prefix"));
+    let prefix: Vec<String> = rampart_playbook::schema::arg_strings(p.get("systemctl_prefix"));
     let build = |program: &str, args: &[&str]| {
         let mut argv: Vec<String> = prefix.clone();
         argv.push(program.to_string());
@@ -833,7 +833,7 @@ fn grpc(p: &Value, timeout: Duration) -> Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modules::testing::HttpsServer;
+    use rampart_host::testing::HttpsServer;
 
     #[test]
     fn https_checks_verify_the_certificate_unless_told_not_to() {

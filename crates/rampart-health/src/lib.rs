@@ -25,6 +25,10 @@ use serde_json::{Map, Value};
 
 use rampart_playbook::template::{Templar, from_json};
 
+/// The shipped production suite (`playbooks/health/production.yml`), built in so agents (which
+/// get playbooks without their directory) and the CLI have it too.
+pub const PRODUCTION_SUITE: &str = include_str!("../../../playbooks/health/production.yml");
+
 /// Attempts of a critical check unless it says otherwise (the production runbook's 3).
 pub const DEFAULT_CRITICAL_ATTEMPTS: u32 = 3;
 /// Attempts of warning and optional checks unless they say otherwise.
