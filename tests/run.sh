@@ -2,6 +2,8 @@
 # Runs every test of the workspace: unit tests, and end-to-end tests that start real
 # rampart-agent processes on 127.0.0.1 and SIGKILL them, throwaway PostgreSQL clusters and a
 # sandboxed systemd. Installs what the tests drive (Debian packages) when it is missing.
+# The end-to-end tests are one test target, `tests/e2e/` (a module per scenario); run one
+# module with `cargo test -p rampart-tests --test e2e semantics::`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Tools the end-to-end tests drive: curl (health checks), openssl (a test CA for https

@@ -25,7 +25,7 @@ pub fn rollback_playbook() -> PathBuf {
 /// with `bind(0)` may be given again to any outgoing connection (an agent's gRPC client, curl)
 /// before the app that was meant to listen on it binds it. That is the likeliest cause of one
 /// CI-like run where a deploy's first start never came up (its log was gone to confirm). Ports come from a counter per test process, so the tests of
-/// one binary (threads) never pick the same one, and each is checked free.
+/// one binary (threads; all of `tests/e2e` is one) never pick the same one, and each is checked free.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;

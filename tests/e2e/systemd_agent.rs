@@ -35,7 +35,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A directory on the host's own filesystem, visible inside the sandbox.
 const SHARED_ROOT: &str = "/var/lib/rampart-tests";
 
-/// The crash playbook of `crash.rs`: a failing block, a rescue that restores, an always.
+/// The crash playbook of the `crash` module: a failing block, a rescue that restores, an always.
 const PLAYBOOK: &str = include_str!("../fixtures/ok/crash-deploy.yml");
 
 fn free_port() -> u16 {

@@ -1,0 +1,39 @@
+//! The end-to-end tests of Rampart as one test target (`e2e`), one module per scenario: real
+//! `rampart-agent` and `rampart-controller` processes over gRPC on 127.0.0.1, `rampart run
+//! --local`, throwaway PostgreSQL clusters, a real redis-server and a sandboxed systemd. The
+//! helpers they share are the `rampart_tests` library (`tests/src/`).
+//!
+//! One binary instead of one per file: the tests crate links tonic, rampart-agent and
+//! rampart-controller once. All modules' tests run as threads of one process, so shared state
+//! must be per test (temp dirs, ports from `rampart_tests::deploy::free_port`'s counter).
+//!
+//! The binaries the tests run must be built first (`cargo build --workspace --bins`;
+//! `tests/run.sh` does it). Then, for example:
+//!
+//! - everything: `cargo test -p rampart-tests --test e2e`
+//! - one module: `cargo test -p rampart-tests --test e2e controller::`
+//! - one test: `cargo test -p rampart-tests --test e2e -- --exact semantics::<test name>`
+//! - list them: `cargo test -p rampart-tests --test e2e -- --list`
+
+mod artifacts_rpc;
+mod bad_input;
+mod certs;
+mod controller;
+mod controller_store;
+mod crash;
+mod crash_deploy;
+mod deploy_database;
+mod forensics;
+mod grpc_contract;
+mod health;
+mod migrate_restore;
+mod migrations;
+mod mtls;
+mod release_safety;
+mod rollback_playbook;
+mod sample_app;
+mod semantics;
+mod systemd_agent;
+mod systemd_deploy;
+mod systemd_service;
+mod transactional_deploy;
