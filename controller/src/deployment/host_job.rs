@@ -12,15 +12,14 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::Controller;
+use super::state::HostState;
 use crate::agents::{self, Agents, Start, TxEnd};
 use crate::config::PlaybookText;
-
-use pb::HostState as HS;
 
 /// How a host's job ended.
 #[derive(Debug, Clone)]
 pub(super) struct HostDone {
-    pub(super) state: HS,
+    pub(super) state: HostState,
     pub(super) outcome: pb::Outcome,
     pub(super) message: String,
     pub(super) forensics_id: String,
@@ -93,6 +92,7 @@ pub(super) fn first_version(capture_json: &str) -> String {
 }
 
 /// One host's job: capture, deliver artifacts, run (or re-attach), and report.
+#[tracing::instrument(skip_all, fields(host = %job.host, txid = %job.txid))]
 pub(super) async fn run_job(ctl: Arc<Controller>, job: Job, tx: mpsc::Sender<Msg>) {
     let done = job_inner(&ctl, &job, &tx).await;
     let _ = tx
@@ -109,7 +109,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
     tracing::debug!(host = %job.host, addr = %job.addr, txid = %job.txid, rescue = job.rescue, "host job");
     let started = Instant::now();
     let deadline = started + job.deadline;
-    let fail = |state: HS, message: String, untouched: bool| HostDone {
+    let fail = |state: HostState, message: String, untouched: bool| HostDone {
         state,
         outcome: pb::Outcome::Unspecified,
         message,
@@ -133,7 +133,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         match end {
             TxEnd::Finished(pb::Outcome::RolledBack) => {
                 return HostDone {
-                    state: HS::RolledBack,
+                    state: HostState::RolledBack,
                     outcome: pb::Outcome::RolledBack,
                     message: "came back and its own journal rolled it back".into(),
                     forensics_id: forensics(agents, &job.addr, deploy_txid).await,
@@ -144,7 +144,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
             TxEnd::Finished(_) => {} // it changed the host: roll it back below
             TxEnd::Unreachable(e) | TxEnd::Refused(e) => {
                 return fail(
-                    HS::RollbackFailed,
+                    HostState::RollbackFailed,
                     format!("unreachable during the fleet rescue: {e}"),
                     false,
                 );
@@ -152,7 +152,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         }
         if job.from_version.is_empty() {
             return fail(
-                HS::RollbackFailed,
+                HostState::RollbackFailed,
                 "no version ran before this deployment: nothing to roll back to".into(),
                 false,
             );
@@ -162,9 +162,9 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         Ok(c) => c,
         Err(e) => {
             let state = if job.rescue {
-                HS::RollbackFailed
+                HostState::RollbackFailed
             } else {
-                HS::Unreachable
+                HostState::Unreachable
             };
             return fail(state, e, true);
         }
@@ -188,9 +188,9 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
             }
             Err(s) => {
                 let state = if agents::is_transport(&s) {
-                    HS::Unreachable
+                    HostState::Unreachable
                 } else {
-                    HS::Failed
+                    HostState::Failed
                 };
                 agents.forget(&job.addr);
                 return fail(
@@ -206,7 +206,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         {
             agents.forget(&job.addr);
             return fail(
-                HS::Failed,
+                HostState::Failed,
                 format!("artifact delivery to {}: {e}", job.addr),
                 true,
             );
@@ -258,23 +258,23 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
             };
             let (state, to) = match (job.rescue, o) {
                 (false, pb::Outcome::Succeeded | pb::Outcome::CheckOnly) => (
-                    HS::Succeeded,
+                    HostState::Succeeded,
                     if job.check {
                         from_version.clone()
                     } else {
                         job.version.clone()
                     },
                 ),
-                (false, pb::Outcome::RolledBack) => (HS::RolledBack, from_version.clone()),
-                (false, pb::Outcome::RollbackFailed) => (HS::RollbackFailed, String::new()),
-                (false, _) => (HS::Failed, String::new()),
-                (true, pb::Outcome::Succeeded) => (HS::RolledBack, job.from_version.clone()),
-                (true, _) => (HS::RollbackFailed, String::new()),
+                (false, pb::Outcome::RolledBack) => (HostState::RolledBack, from_version.clone()),
+                (false, pb::Outcome::RollbackFailed) => (HostState::RollbackFailed, String::new()),
+                (false, _) => (HostState::Failed, String::new()),
+                (true, pb::Outcome::Succeeded) => (HostState::RolledBack, job.from_version.clone()),
+                (true, _) => (HostState::RollbackFailed, String::new()),
             };
             HostDone {
                 state,
                 outcome: o,
-                message: if job.rescue && state == HS::RollbackFailed {
+                message: if job.rescue && state == HostState::RollbackFailed {
                     format!(
                         "the fleet-rescue rollback to {} ended {:?}",
                         job.from_version, o
@@ -289,18 +289,18 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         }
         TxEnd::Unreachable(e) => fail(
             if job.rescue {
-                HS::RollbackFailed
+                HostState::RollbackFailed
             } else {
-                HS::Unreachable
+                HostState::Unreachable
             },
             e,
             false,
         ),
         TxEnd::Refused(e) => fail(
             if job.rescue {
-                HS::RollbackFailed
+                HostState::RollbackFailed
             } else {
-                HS::Failed
+                HostState::Failed
             },
             format!("the agent refused the transaction: {e}"),
             !job.rescue,

@@ -21,10 +21,12 @@
 //!   touched again; an unreachable host is awaited (its journal restores it) for `rescue_wait`.
 //!
 //! Files: this one holds the [`Controller`] (spawning and taking over runners) and the ids;
-//! `runner.rs` the runner of one deployment; `host_job.rs` one host's job.
+//! `runner.rs` the runner of one deployment; `host_job.rs` one host's job; `state.rs` the
+//! deployment's and the hosts' states and their transitions.
 
 mod host_job;
 mod runner;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -14,8 +14,12 @@ use rampart_proto::v1 as pb;
 use rampart_proto::v1::deployment_event::Kind;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::host_job::{Job, Msg, first_version, run_job};
+use super::state::{
+    HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
+};
 use super::{Control, Controller, Live, host_txid, now_ts, ts_to_system};
 use crate::config::{Environment, component_names};
 use crate::rollout::{self, Verdict};
@@ -23,10 +27,30 @@ use crate::store::{LockAttempt, StoreError, StoreResult};
 
 use pb::{DeploymentOutcome as DO, DeploymentState as DS, HostState as HS};
 
+/// Why a runner stops before its deployment finished; a restarted controller takes it over.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RunError {
+    /// A store call failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A state machine refused a transition: a bug of the runner, reported as internal.
+    #[error("internal error: {0}")]
+    Transition(#[from] IllegalTransition),
+    /// The stored record holds a state the machines do not know.
+    #[error("internal error: {0}")]
+    State(#[from] UnknownState),
+}
+
+/// Result of the runner's steps.
+type RunResult<T> = Result<T, RunError>;
+
 /// The runner of one deployment.
 pub(super) struct Runner {
     ctl: Arc<Controller>,
     env: Environment,
+    /// The deployment's state; `d.state` and `d.outcome` are its projection, written only by
+    /// [`Runner::advance`].
+    phase: Phase,
     d: pb::Deployment,
     seq: u64,
     live: Arc<Live>,
@@ -56,10 +80,11 @@ impl Runner {
         d: pb::Deployment,
         live: Arc<Live>,
         resumed: bool,
-    ) -> StoreResult<Runner> {
+    ) -> RunResult<Runner> {
         let control = live.control.subscribe();
         let mut r = Runner {
             ctl: ctl.clone(),
+            phase: Phase::from_record(&d)?,
             env,
             seq: 0,
             live,
@@ -194,13 +219,44 @@ impl Runner {
         Ok(())
     }
 
+    // ---- states ----
+
+    /// Moves the deployment through its machine and writes the projection into the record. A
+    /// refused transition is logged and stops the runner like a failed store call.
+    fn advance(&mut self, event: PhaseEvent) -> RunResult<()> {
+        let next = self.phase.next(event).inspect_err(|e| {
+            tracing::error!(deployment = %self.d.id, "{e}");
+        })?;
+        self.phase = next;
+        self.d.state = next.state() as i32;
+        if let Some(o) = next.outcome() {
+            self.d.outcome = o as i32;
+        }
+        Ok(())
+    }
+
+    /// Moves a host through its machine and writes its new state into the record; refusals are
+    /// handled as in [`Runner::advance`].
+    fn host_event(&mut self, idx: usize, event: HostEvent) -> RunResult<()> {
+        let h = &mut self.d.hosts[idx];
+        let next = HostState::try_from(h.state())
+            .map_err(RunError::from)
+            .and_then(|from| from.next(event).map_err(RunError::from))
+            .inspect_err(|e| {
+                tracing::error!(deployment = %self.d.id, host = %h.host, "{e}");
+            })?;
+        h.state = HS::from(next) as i32;
+        Ok(())
+    }
+
     // ---- the life of a deployment ----
 
-    pub(super) async fn run(&mut self) -> StoreResult<()> {
-        if self.d.state() == DS::Finished {
+    #[tracing::instrument(skip_all, fields(deployment = %self.d.id))]
+    pub(super) async fn run(&mut self) -> RunResult<()> {
+        if matches!(self.phase, Phase::Finished(_)) {
             return Ok(());
         }
-        let reclaimed = if self.d.state() == DS::Queued {
+        let reclaimed = if self.phase == Phase::Queued {
             match self.queue().await? {
                 Ok(r) => r,
                 Err((outcome, summary)) => return self.finish(outcome, summary).await,
@@ -259,11 +315,11 @@ impl Runner {
             .await?;
         }
         let waves = self.plan().await?;
-        if self.d.state() != DS::Rescuing {
+        if self.phase != Phase::Rescuing {
             if let Err((outcome, summary)) = self.approval().await? {
                 return self.finish(outcome, summary).await;
             }
-            self.d.state = DS::Running as i32;
+            self.advance(PhaseEvent::StartWaves)?;
             self.save().await?;
             let reason = self.waves(&waves).await?;
             let failed_hosts: Vec<&pb::HostResult> = self
@@ -288,18 +344,18 @@ impl Runner {
             match reason {
                 None => {
                     let outcome = if self.d.check {
-                        DO::CheckOnly
+                        Outcome::CheckOnly
                     } else {
-                        DO::Succeeded
+                        Outcome::Succeeded
                     };
                     let summary = format!("{} host(s) on {}", self.d.hosts.len(), self.d.version);
                     return self.finish(outcome, summary).await;
                 }
                 Some(reason) if self.d.check => {
-                    return self.finish(DO::Failed, reason).await;
+                    return self.finish(Outcome::Failed, reason).await;
                 }
                 Some(reason) => {
-                    self.d.state = DS::Rescuing as i32;
+                    self.advance(PhaseEvent::StartRescue)?;
                     self.d.summary = reason;
                     self.save().await?;
                 }
@@ -310,7 +366,7 @@ impl Runner {
 
     /// Waits for the lock in FIFO order. `Err` = finished without running.
     #[allow(clippy::type_complexity)]
-    async fn queue(&mut self) -> StoreResult<Result<Option<String>, (DO, String)>> {
+    async fn queue(&mut self) -> StoreResult<Result<Option<String>, (Outcome, String)>> {
         let created = self
             .d
             .created
@@ -329,7 +385,7 @@ impl Runner {
             if let Some((by, reason)) = self.aborted() {
                 self.record_abort().await?;
                 return Ok(Err((
-                    DO::Aborted,
+                    Outcome::Aborted,
                     format!("aborted while queued by {by}: {reason}"),
                 )));
             }
@@ -381,7 +437,7 @@ impl Runner {
             let _ = tokio::time::timeout(nap, self.control.changed()).await;
         }
         Ok(Err((
-            DO::LockTimeout,
+            Outcome::LockTimeout,
             format!(
                 "waited {:.0}s for the environment lock{}; nothing was touched",
                 wait.as_secs_f64(),
@@ -412,7 +468,7 @@ impl Runner {
                 if self.d.hosts.len() <= idx {
                     self.d.hosts.push(pb::HostResult {
                         host: self.env.hosts[idx].clone(),
-                        state: HS::Pending as i32,
+                        state: HS::from(HostState::Pending) as i32,
                         wave: w as u32,
                         ..Default::default()
                     });
@@ -446,14 +502,14 @@ impl Runner {
     }
 
     /// Waits for `Approve` when the environment asks for it. `Err` = finished.
-    async fn approval(&mut self) -> StoreResult<Result<(), (DO, String)>> {
+    async fn approval(&mut self) -> RunResult<Result<(), (Outcome, String)>> {
         if !self.env.require_approval || self.d.check {
             return Ok(Ok(()));
         }
         let wait = self.env.wait_timeout;
         let deadline = Instant::now() + wait;
-        if self.d.approved_by.is_empty() && self.d.state() != DS::AwaitingApproval {
-            self.d.state = DS::AwaitingApproval as i32;
+        if self.d.approved_by.is_empty() && self.phase != Phase::AwaitingApproval {
+            self.advance(PhaseEvent::AwaitApproval)?;
             self.emit(Kind::AwaitingApproval(pb::AwaitingApproval {
                 host_count: self.d.hosts.len() as u32,
             }))
@@ -464,7 +520,7 @@ impl Runner {
             if let Some((by, reason)) = self.aborted() {
                 self.record_abort().await?;
                 return Ok(Err((
-                    DO::Aborted,
+                    Outcome::Aborted,
                     format!("aborted before its first wave by {by}: {reason}"),
                 )));
             }
@@ -488,7 +544,7 @@ impl Runner {
             let _ = tokio::time::timeout(Duration::from_millis(100), self.control.changed()).await;
         }
         Ok(Err((
-            DO::Aborted,
+            Outcome::Aborted,
             format!(
                 "not approved within {:.0}s; nothing was touched",
                 wait.as_secs_f64()
@@ -497,7 +553,7 @@ impl Runner {
     }
 
     /// Runs the waves; returns why the deployment aborts, if it does.
-    async fn waves(&mut self, waves: &[Vec<usize>]) -> StoreResult<Option<String>> {
+    async fn waves(&mut self, waves: &[Vec<usize>]) -> RunResult<Option<String>> {
         let count = waves.len() as u32;
         for (w, hosts) in waves.iter().enumerate() {
             let w32 = w as u32;
@@ -705,7 +761,7 @@ impl Runner {
     }
 
     /// Runs jobs concurrently and applies what they report, until all are done.
-    async fn drive(&mut self, jobs: Vec<Job>) -> StoreResult<()> {
+    async fn drive(&mut self, jobs: Vec<Job>) -> RunResult<()> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -713,7 +769,8 @@ impl Runner {
         let mut left = jobs.len();
         for job in jobs {
             let (ctl, tx) = (self.ctl.clone(), tx.clone());
-            tokio::spawn(async move { run_job(ctl, job, tx).await });
+            // In the runner's span, so that the job's logs name the deployment.
+            tokio::spawn(run_job(ctl, job, tx).in_current_span());
         }
         drop(tx);
         let mut batch = Vec::new();
@@ -744,8 +801,13 @@ impl Runner {
                         self.dirty = true;
                     }
                     Msg::Started { idx, txid, rescue } => {
+                        let event = if rescue {
+                            HostEvent::RescueStarted
+                        } else {
+                            HostEvent::Started
+                        };
+                        self.host_event(idx, event)?;
                         let h = &mut self.d.hosts[idx];
-                        h.state = HS::Running as i32;
                         if rescue {
                             h.rescue_txid = txid;
                         } else {
@@ -773,11 +835,16 @@ impl Runner {
                         } else {
                             done.message.clone()
                         };
+                        let event = if rescue {
+                            HostEvent::RescueEnded(done.state)
+                        } else {
+                            HostEvent::Ended(done.state)
+                        };
+                        self.host_event(idx, event)?;
                         let h = &mut self.d.hosts[idx];
-                        h.state = done.state as i32;
                         h.outcome = done.outcome as i32;
-                        h.message = if done.state == HS::Succeeded
-                            || (rescue && done.state == HS::RolledBack)
+                        h.message = if done.state == HostState::Succeeded
+                            || (rescue && done.state == HostState::RolledBack)
                         {
                             if rescue {
                                 "rolled back by the fleet rescue".into()
@@ -790,7 +857,7 @@ impl Runner {
                         if !done.forensics_id.is_empty() {
                             h.forensics_id = done.forensics_id.clone();
                         }
-                        if !done.to_version.is_empty() || done.state != HS::Unreachable {
+                        if !done.to_version.is_empty() || done.state != HostState::Unreachable {
                             h.to_version = done.to_version.clone();
                         }
                         if done.untouched && !rescue {
@@ -849,7 +916,7 @@ impl Runner {
     }
 
     /// The fleet rescue: every host this deployment changed goes back to its captured version.
-    async fn rescue(&mut self) -> StoreResult<()> {
+    async fn rescue(&mut self) -> RunResult<()> {
         let reason = self.d.summary.clone();
         let targets: Vec<usize> = (0..self.d.hosts.len())
             .filter(|&i| {
@@ -886,9 +953,8 @@ impl Runner {
         for &i in &targets {
             let h = &self.d.hosts[i];
             if h.from_version.is_empty() && h.state() != HS::Unreachable {
-                let host = &mut self.d.hosts[i];
-                host.state = HS::RollbackFailed as i32;
-                host.message = "no version ran before this deployment (its state capture has none): nothing to roll back to".into();
+                self.host_event(i, HostEvent::NothingToRollBackTo)?;
+                self.d.hosts[i].message = "no version ran before this deployment (its state capture has none): nothing to roll back to".into();
                 continue;
             }
             jobs.push(self.rescue_job(i, &reason));
@@ -920,20 +986,20 @@ impl Runner {
             .collect();
         if bad.is_empty() {
             let summary = format!("{reason}; every changed host rolled back and verified");
-            self.finish(DO::RolledBack, summary).await
+            self.finish(Outcome::RolledBack, summary).await
         } else {
             let summary = format!(
                 "CRITICAL: rollback failed on {}: {}",
                 bad.len(),
                 bad.join("; ")
             );
-            self.finish(DO::RollbackFailed, summary).await
+            self.finish(Outcome::RollbackFailed, summary).await
         }
     }
 
-    async fn finish(&mut self, outcome: DO, summary: String) -> StoreResult<()> {
-        self.d.state = DS::Finished as i32;
-        self.d.outcome = outcome as i32;
+    async fn finish(&mut self, outcome: Outcome, summary: String) -> RunResult<()> {
+        self.advance(PhaseEvent::Finish(outcome))?;
+        let outcome = DO::from(outcome);
         self.d.summary = summary.clone();
         self.d.finished = Some(now_ts());
         let env_version = match outcome {
@@ -986,7 +1052,7 @@ impl Runner {
             let i2 = inc.clone();
             match self.ctl.db(move |s| s.insert_incident(&i2)).await {
                 Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
             self.d.incident_id = inc.id;
         }
