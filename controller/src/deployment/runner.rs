@@ -1,289 +1,56 @@
-//! One deployment from the queue to its last event: the environment lock, the waves, every
-//! host's transaction, the failure threshold, the fleet rescue and the verdict.
+//! The runner of one deployment: the queue, the environment lock, the approval, the waves, the
+//! failure threshold, the fleet rescue, the verdict, and the only writer of the deployment's
+//! record and events.
 //!
-//! A [`Runner`] is the only writer of its deployment. Host transactions run as tasks that send
-//! their agents' events and their ends to the runner over a channel; the runner stores each
-//! event (then wakes the watchers) and the deployment's record, so a controller that restarts
-//! finds everything it needs in the store:
-//! - host transaction ids are derived from the deployment id and the host name, so a resumed
-//!   runner re-attaches (`Run` answers ALREADY_EXISTS, then `Watch` from the last stored agent
-//!   event) and never runs a host's transaction twice;
-//! - which waves started and finished, and whether the fleet rescue began, are read back from
-//!   the stored events.
-//!
-//! Rules (also in README.md):
-//! - a wave aborts the deployment when its failed share (unreachable hosts included) is
-//!   strictly over `max_fail_percentage`, or, without one, when every host of it failed;
-//! - the environment must end on one version: a rollout that finishes with failed hosts (under
-//!   the threshold) is rescued too;
-//! - the fleet rescue rolls every host this deployment changed back to the version its state
-//!   capture recorded, with the rollback playbook; a host its own rescue already restored is not
-//!   touched again; an unreachable host is awaited (its journal restores it) for `rescue_wait`.
+//! Inputs: the stored deployment (new or taken over), its environment and the people's
+//! [`Control`] requests; host jobs' [`Msg`]s. Outputs: the stored events and record, the
+//! watchers' wake-ups, the environment lock and incidents.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::deployment_event::Kind;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
-use crate::agents::{self, Agents, Start, TxEnd};
-use crate::config::{ControllerConfig, Environment, PlaybookText, component_names};
+use super::host_job::{Job, Msg, first_version, run_job};
+use super::state::{
+    HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
+};
+use super::{Control, Controller, Live, host_txid, now_ts, ts_to_system};
+use crate::config::{Environment, component_names};
 use crate::rollout::{self, Verdict};
-use crate::store::{LockAttempt, Store, StoreError, StoreResult};
+use crate::store::{LockAttempt, StoreError, StoreResult};
 
 use pb::{DeploymentOutcome as DO, DeploymentState as DS, HostState as HS};
 
-/// What a person asked of a running deployment.
-#[derive(Debug, Clone, Default)]
-pub struct Control {
-    /// (approver, comment).
-    pub approved: Option<(String, String)>,
-    /// (who, reason).
-    pub abort: Option<(String, String)>,
+/// Why a runner stops before its deployment finished; a restarted controller takes it over.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RunError {
+    /// A store call failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A state machine refused a transition: a bug of the runner, reported as internal.
+    #[error("internal error: {0}")]
+    Transition(#[from] IllegalTransition),
+    /// The stored record holds a state the machines do not know.
+    #[error("internal error: {0}")]
+    State(#[from] UnknownState),
 }
 
-/// A deployment being run by this controller: watchers wait on `seq`, people write `control`.
-#[derive(Debug)]
-pub struct Live {
-    /// The last stored event's seq.
-    pub seq: watch::Sender<u64>,
-    /// Approval and abort requests.
-    pub control: watch::Sender<Control>,
-}
-
-/// The controller: configuration, store, agent channels and the deployments it runs.
-#[derive(Debug)]
-pub struct Controller {
-    /// Configuration.
-    pub cfg: Arc<ControllerConfig>,
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Agent channels.
-    pub agents: Arc<Agents>,
-    live: Mutex<HashMap<String, Arc<Live>>>,
-}
-
-/// A store call failed.
-pub type DbError = StoreError;
-
-/// Now as a protobuf timestamp.
-pub fn now_ts() -> prost_types::Timestamp {
-    SystemTime::now().into()
-}
-
-fn ts_to_system(t: &prost_types::Timestamp) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        + Duration::from_secs(t.seconds.max(0) as u64)
-        + Duration::from_nanos(t.nanos.max(0) as u64)
-}
-
-/// A new deployment id: `d-<UTC time>-<random>`.
-pub fn new_deployment_id() -> String {
-    rampart_agent::transaction::new_txid().replacen("tx-", "d-", 1)
-}
-
-/// The transaction id of a host's part in a deployment (`rescue`: its fleet-rescue rollback):
-/// derived, so a controller that takes over finds it without having stored it.
-pub fn host_txid(deployment: &str, host: &str, rescue: bool) -> String {
-    let clean: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let suffix = if rescue { ".rescue" } else { "" };
-    let t = format!("{deployment}.{clean}{suffix}");
-    if t.len() <= 64 && clean == host {
-        return t;
-    }
-    let h = crate::config::hash_token(host);
-    format!("{deployment}.{}{suffix}", &h[..12])
-}
-
-impl Controller {
-    /// A controller over a store.
-    pub fn new(cfg: Arc<ControllerConfig>, store: Arc<dyn Store>, agents: Agents) -> Arc<Self> {
-        Arc::new(Controller {
-            cfg,
-            store,
-            agents: Arc::new(agents),
-            live: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Runs a store call on the blocking pool.
-    pub async fn db<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
-    ) -> StoreResult<T> {
-        let s = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&*s))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
-    }
-
-    /// The live handle of a deployment this controller runs.
-    pub fn live(&self, id: &str) -> Option<Arc<Live>> {
-        self.live.lock().expect("live map").get(id).cloned()
-    }
-
-    /// Starts running a stored deployment (new, or taken over) in the background.
-    pub fn spawn(self: &Arc<Self>, d: pb::Deployment) {
-        self.start_runner(d, false, None);
-    }
-
-    /// Takes over a stored deployment whose controller died (`reclaimed`: the instance whose
-    /// environment lock was taken over, recorded in the events).
-    pub fn spawn_resumed(self: &Arc<Self>, d: pb::Deployment, reclaimed: Option<String>) {
-        self.start_runner(d, true, reclaimed);
-    }
-
-    fn start_runner(self: &Arc<Self>, d: pb::Deployment, resumed: bool, reclaimed: Option<String>) {
-        let ctl = self.clone();
-        let live = Arc::new(Live {
-            seq: watch::channel(d.last_seq).0,
-            control: watch::channel(Control::default()).0,
-        });
-        self.live
-            .lock()
-            .expect("live map")
-            .insert(d.id.clone(), live.clone());
-        tokio::spawn(async move {
-            let id = d.id.clone();
-            let Some(env) = ctl.cfg.environments.get(&d.environment).cloned() else {
-                tracing::error!(deployment = %id, env = %d.environment, "environment no longer configured; leaving the deployment as stored");
-                ctl.live.lock().expect("live map").remove(&id);
-                return;
-            };
-            let runner = Runner::new(ctl.clone(), env, d, live, resumed);
-            match runner.await {
-                Ok(mut r) => {
-                    r.reclaimed = reclaimed;
-                    if let Err(e) = r.run().await {
-                        tracing::error!(deployment = %id, "deployment stopped: {e}; a restarted controller takes it over");
-                    }
-                }
-                Err(e) => tracing::error!(deployment = %id, "cannot resume: {e}"),
-            }
-            ctl.live.lock().expect("live map").remove(&id);
-        });
-    }
-
-    /// Takes over the deployments of controllers that died (their heartbeat is older than
-    /// `stale`); returns how many.
-    pub async fn adopt_orphans(self: &Arc<Self>, stale: Duration) -> StoreResult<usize> {
-        let me = self.cfg.instance.clone();
-        let orphans = self.db(move |s| s.orphaned(&me, stale)).await?;
-        let mut n = 0;
-        for d in orphans {
-            if self.live(&d.id).is_some() {
-                continue;
-            }
-            // Running deployments are taken only with their environment's lock: with a shared
-            // store, the lock says whether their controller is really gone.
-            let mut reclaimed = None;
-            if matches!(d.state(), DS::Running | DS::Rescuing | DS::AwaitingApproval) {
-                let (env, id, me) = (
-                    d.environment.clone(),
-                    d.id.clone(),
-                    self.cfg.instance.clone(),
-                );
-                match self.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
-                    LockAttempt::Acquired { reclaimed_from } => reclaimed = reclaimed_from,
-                    LockAttempt::Held {
-                        deployment_id,
-                        instance,
-                    } => {
-                        tracing::debug!(deployment = %d.id, holder = %deployment_id, %instance, "orphan candidate's environment is still locked");
-                        continue;
-                    }
-                }
-            }
-            let (id, me) = (d.id.clone(), self.cfg.instance.clone());
-            self.db(move |s| s.set_owner(&id, &me)).await?;
-            tracing::warn!(deployment = %d.id, state = ?d.state(), "taking over a deployment whose controller died");
-            self.spawn_resumed(d, reclaimed);
-            n += 1;
-        }
-        Ok(n)
-    }
-}
-
-/// How a host's job ended.
-#[derive(Debug, Clone)]
-struct HostDone {
-    state: HS,
-    outcome: pb::Outcome,
-    message: String,
-    forensics_id: String,
-    to_version: String,
-    /// The job never reached the agent's transaction (nothing on the host changed).
-    untouched: bool,
-}
-
-/// Messages from host jobs to the runner.
-#[derive(Debug)]
-enum Msg {
-    Captured {
-        idx: usize,
-        json: String,
-    },
-    Started {
-        idx: usize,
-        txid: String,
-        rescue: bool,
-    },
-    Event {
-        idx: usize,
-        rescue: bool,
-        ev: pb::TransactionEvent,
-    },
-    Done {
-        idx: usize,
-        rescue: bool,
-        done: HostDone,
-    },
-}
-
-/// What a job does on its host.
-#[derive(Debug, Clone)]
-struct Job {
-    idx: usize,
-    host: String,
-    addr: String,
-    playbook: PlaybookText,
-    vars: Value,
-    txid: String,
-    check: bool,
-    /// Agent seq to re-attach from (events already stored).
-    from_seq: u64,
-    /// Components to capture first (empty: no capture).
-    capture: Vec<String>,
-    /// Artifacts to deliver first.
-    artifacts: Vec<String>,
-    rescue: bool,
-    /// For a deploy job: the version it puts on the host (rollback-kind: the target).
-    version: String,
-    from_version: String,
-    /// A fleet-rescue job of an unreachable host: first await its deploy transaction.
-    await_txid: Option<(String, u64)>,
-    unreachable_after: Duration,
-    /// Fleet rescue: how long an unreachable host is awaited.
-    rescue_wait: Duration,
-    deadline: Duration,
-}
+/// Result of the runner's steps.
+type RunResult<T> = Result<T, RunError>;
 
 /// The runner of one deployment.
-struct Runner {
+pub(super) struct Runner {
     ctl: Arc<Controller>,
     env: Environment,
+    /// The deployment's state; `d.state` and `d.outcome` are its projection, written only by
+    /// [`Runner::advance`].
+    phase: Phase,
     d: pb::Deployment,
     seq: u64,
     live: Arc<Live>,
@@ -303,20 +70,21 @@ struct Runner {
     /// First failure seen per host (task name and message).
     failure: HashMap<usize, String>,
     /// The dead instance whose lock this runner took over, when it did.
-    reclaimed: Option<String>,
+    pub(super) reclaimed: Option<String>,
 }
 
 impl Runner {
-    async fn new(
+    pub(super) async fn new(
         ctl: Arc<Controller>,
         env: Environment,
         d: pb::Deployment,
         live: Arc<Live>,
         resumed: bool,
-    ) -> StoreResult<Runner> {
+    ) -> RunResult<Runner> {
         let control = live.control.subscribe();
         let mut r = Runner {
             ctl: ctl.clone(),
+            phase: Phase::from_record(&d)?,
             env,
             seq: 0,
             live,
@@ -451,13 +219,44 @@ impl Runner {
         Ok(())
     }
 
+    // ---- states ----
+
+    /// Moves the deployment through its machine and writes the projection into the record. A
+    /// refused transition is logged and stops the runner like a failed store call.
+    fn advance(&mut self, event: PhaseEvent) -> RunResult<()> {
+        let next = self.phase.next(event).inspect_err(|e| {
+            tracing::error!(deployment = %self.d.id, "{e}");
+        })?;
+        self.phase = next;
+        self.d.state = next.state() as i32;
+        if let Some(o) = next.outcome() {
+            self.d.outcome = o as i32;
+        }
+        Ok(())
+    }
+
+    /// Moves a host through its machine and writes its new state into the record; refusals are
+    /// handled as in [`Runner::advance`].
+    fn host_event(&mut self, idx: usize, event: HostEvent) -> RunResult<()> {
+        let h = &mut self.d.hosts[idx];
+        let next = HostState::try_from(h.state())
+            .map_err(RunError::from)
+            .and_then(|from| from.next(event).map_err(RunError::from))
+            .inspect_err(|e| {
+                tracing::error!(deployment = %self.d.id, host = %h.host, "{e}");
+            })?;
+        h.state = HS::from(next) as i32;
+        Ok(())
+    }
+
     // ---- the life of a deployment ----
 
-    async fn run(&mut self) -> StoreResult<()> {
-        if self.d.state() == DS::Finished {
+    #[tracing::instrument(skip_all, fields(deployment = %self.d.id))]
+    pub(super) async fn run(&mut self) -> RunResult<()> {
+        if matches!(self.phase, Phase::Finished(_)) {
             return Ok(());
         }
-        let reclaimed = if self.d.state() == DS::Queued {
+        let reclaimed = if self.phase == Phase::Queued {
             match self.queue().await? {
                 Ok(r) => r,
                 Err((outcome, summary)) => return self.finish(outcome, summary).await,
@@ -516,11 +315,11 @@ impl Runner {
             .await?;
         }
         let waves = self.plan().await?;
-        if self.d.state() != DS::Rescuing {
+        if self.phase != Phase::Rescuing {
             if let Err((outcome, summary)) = self.approval().await? {
                 return self.finish(outcome, summary).await;
             }
-            self.d.state = DS::Running as i32;
+            self.advance(PhaseEvent::StartWaves)?;
             self.save().await?;
             let reason = self.waves(&waves).await?;
             let failed_hosts: Vec<&pb::HostResult> = self
@@ -545,18 +344,18 @@ impl Runner {
             match reason {
                 None => {
                     let outcome = if self.d.check {
-                        DO::CheckOnly
+                        Outcome::CheckOnly
                     } else {
-                        DO::Succeeded
+                        Outcome::Succeeded
                     };
                     let summary = format!("{} host(s) on {}", self.d.hosts.len(), self.d.version);
                     return self.finish(outcome, summary).await;
                 }
                 Some(reason) if self.d.check => {
-                    return self.finish(DO::Failed, reason).await;
+                    return self.finish(Outcome::Failed, reason).await;
                 }
                 Some(reason) => {
-                    self.d.state = DS::Rescuing as i32;
+                    self.advance(PhaseEvent::StartRescue)?;
                     self.d.summary = reason;
                     self.save().await?;
                 }
@@ -567,7 +366,7 @@ impl Runner {
 
     /// Waits for the lock in FIFO order. `Err` = finished without running.
     #[allow(clippy::type_complexity)]
-    async fn queue(&mut self) -> StoreResult<Result<Option<String>, (DO, String)>> {
+    async fn queue(&mut self) -> StoreResult<Result<Option<String>, (Outcome, String)>> {
         let created = self
             .d
             .created
@@ -586,7 +385,7 @@ impl Runner {
             if let Some((by, reason)) = self.aborted() {
                 self.record_abort().await?;
                 return Ok(Err((
-                    DO::Aborted,
+                    Outcome::Aborted,
                     format!("aborted while queued by {by}: {reason}"),
                 )));
             }
@@ -638,7 +437,7 @@ impl Runner {
             let _ = tokio::time::timeout(nap, self.control.changed()).await;
         }
         Ok(Err((
-            DO::LockTimeout,
+            Outcome::LockTimeout,
             format!(
                 "waited {:.0}s for the environment lock{}; nothing was touched",
                 wait.as_secs_f64(),
@@ -669,7 +468,7 @@ impl Runner {
                 if self.d.hosts.len() <= idx {
                     self.d.hosts.push(pb::HostResult {
                         host: self.env.hosts[idx].clone(),
-                        state: HS::Pending as i32,
+                        state: HS::from(HostState::Pending) as i32,
                         wave: w as u32,
                         ..Default::default()
                     });
@@ -703,14 +502,14 @@ impl Runner {
     }
 
     /// Waits for `Approve` when the environment asks for it. `Err` = finished.
-    async fn approval(&mut self) -> StoreResult<Result<(), (DO, String)>> {
+    async fn approval(&mut self) -> RunResult<Result<(), (Outcome, String)>> {
         if !self.env.require_approval || self.d.check {
             return Ok(Ok(()));
         }
         let wait = self.env.wait_timeout;
         let deadline = Instant::now() + wait;
-        if self.d.approved_by.is_empty() && self.d.state() != DS::AwaitingApproval {
-            self.d.state = DS::AwaitingApproval as i32;
+        if self.d.approved_by.is_empty() && self.phase != Phase::AwaitingApproval {
+            self.advance(PhaseEvent::AwaitApproval)?;
             self.emit(Kind::AwaitingApproval(pb::AwaitingApproval {
                 host_count: self.d.hosts.len() as u32,
             }))
@@ -721,7 +520,7 @@ impl Runner {
             if let Some((by, reason)) = self.aborted() {
                 self.record_abort().await?;
                 return Ok(Err((
-                    DO::Aborted,
+                    Outcome::Aborted,
                     format!("aborted before its first wave by {by}: {reason}"),
                 )));
             }
@@ -745,7 +544,7 @@ impl Runner {
             let _ = tokio::time::timeout(Duration::from_millis(100), self.control.changed()).await;
         }
         Ok(Err((
-            DO::Aborted,
+            Outcome::Aborted,
             format!(
                 "not approved within {:.0}s; nothing was touched",
                 wait.as_secs_f64()
@@ -754,7 +553,7 @@ impl Runner {
     }
 
     /// Runs the waves; returns why the deployment aborts, if it does.
-    async fn waves(&mut self, waves: &[Vec<usize>]) -> StoreResult<Option<String>> {
+    async fn waves(&mut self, waves: &[Vec<usize>]) -> RunResult<Option<String>> {
         let count = waves.len() as u32;
         for (w, hosts) in waves.iter().enumerate() {
             let w32 = w as u32;
@@ -962,7 +761,7 @@ impl Runner {
     }
 
     /// Runs jobs concurrently and applies what they report, until all are done.
-    async fn drive(&mut self, jobs: Vec<Job>) -> StoreResult<()> {
+    async fn drive(&mut self, jobs: Vec<Job>) -> RunResult<()> {
         if jobs.is_empty() {
             return Ok(());
         }
@@ -970,7 +769,8 @@ impl Runner {
         let mut left = jobs.len();
         for job in jobs {
             let (ctl, tx) = (self.ctl.clone(), tx.clone());
-            tokio::spawn(async move { run_job(ctl, job, tx).await });
+            // In the runner's span, so that the job's logs name the deployment.
+            tokio::spawn(run_job(ctl, job, tx).in_current_span());
         }
         drop(tx);
         let mut batch = Vec::new();
@@ -1001,8 +801,13 @@ impl Runner {
                         self.dirty = true;
                     }
                     Msg::Started { idx, txid, rescue } => {
+                        let event = if rescue {
+                            HostEvent::RescueStarted
+                        } else {
+                            HostEvent::Started
+                        };
+                        self.host_event(idx, event)?;
                         let h = &mut self.d.hosts[idx];
-                        h.state = HS::Running as i32;
                         if rescue {
                             h.rescue_txid = txid;
                         } else {
@@ -1030,11 +835,16 @@ impl Runner {
                         } else {
                             done.message.clone()
                         };
+                        let event = if rescue {
+                            HostEvent::RescueEnded(done.state)
+                        } else {
+                            HostEvent::Ended(done.state)
+                        };
+                        self.host_event(idx, event)?;
                         let h = &mut self.d.hosts[idx];
-                        h.state = done.state as i32;
                         h.outcome = done.outcome as i32;
-                        h.message = if done.state == HS::Succeeded
-                            || (rescue && done.state == HS::RolledBack)
+                        h.message = if done.state == HostState::Succeeded
+                            || (rescue && done.state == HostState::RolledBack)
                         {
                             if rescue {
                                 "rolled back by the fleet rescue".into()
@@ -1047,7 +857,7 @@ impl Runner {
                         if !done.forensics_id.is_empty() {
                             h.forensics_id = done.forensics_id.clone();
                         }
-                        if !done.to_version.is_empty() || done.state != HS::Unreachable {
+                        if !done.to_version.is_empty() || done.state != HostState::Unreachable {
                             h.to_version = done.to_version.clone();
                         }
                         if done.untouched && !rescue {
@@ -1106,7 +916,7 @@ impl Runner {
     }
 
     /// The fleet rescue: every host this deployment changed goes back to its captured version.
-    async fn rescue(&mut self) -> StoreResult<()> {
+    async fn rescue(&mut self) -> RunResult<()> {
         let reason = self.d.summary.clone();
         let targets: Vec<usize> = (0..self.d.hosts.len())
             .filter(|&i| {
@@ -1143,9 +953,8 @@ impl Runner {
         for &i in &targets {
             let h = &self.d.hosts[i];
             if h.from_version.is_empty() && h.state() != HS::Unreachable {
-                let host = &mut self.d.hosts[i];
-                host.state = HS::RollbackFailed as i32;
-                host.message = "no version ran before this deployment (its state capture has none): nothing to roll back to".into();
+                self.host_event(i, HostEvent::NothingToRollBackTo)?;
+                self.d.hosts[i].message = "no version ran before this deployment (its state capture has none): nothing to roll back to".into();
                 continue;
             }
             jobs.push(self.rescue_job(i, &reason));
@@ -1177,20 +986,20 @@ impl Runner {
             .collect();
         if bad.is_empty() {
             let summary = format!("{reason}; every changed host rolled back and verified");
-            self.finish(DO::RolledBack, summary).await
+            self.finish(Outcome::RolledBack, summary).await
         } else {
             let summary = format!(
                 "CRITICAL: rollback failed on {}: {}",
                 bad.len(),
                 bad.join("; ")
             );
-            self.finish(DO::RollbackFailed, summary).await
+            self.finish(Outcome::RollbackFailed, summary).await
         }
     }
 
-    async fn finish(&mut self, outcome: DO, summary: String) -> StoreResult<()> {
-        self.d.state = DS::Finished as i32;
-        self.d.outcome = outcome as i32;
+    async fn finish(&mut self, outcome: Outcome, summary: String) -> RunResult<()> {
+        self.advance(PhaseEvent::Finish(outcome))?;
+        let outcome = DO::from(outcome);
         self.d.summary = summary.clone();
         self.d.finished = Some(now_ts());
         let env_version = match outcome {
@@ -1243,7 +1052,7 @@ impl Runner {
             let i2 = inc.clone();
             match self.ctl.db(move |s| s.insert_incident(&i2)).await {
                 Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
             self.d.incident_id = inc.id;
         }
@@ -1265,312 +1074,5 @@ impl Runner {
         self.ctl.db(move |s| s.unlock_env(&env, &id)).await?;
         tracing::info!(deployment = %self.d.id, outcome = ?outcome, "deployment finished");
         Ok(())
-    }
-}
-
-fn first_version(capture_json: &str) -> String {
-    let v: Value = serde_json::from_str(capture_json).unwrap_or(Value::Null);
-    let Some(vs) = v.get("versions").and_then(Value::as_object) else {
-        return String::new();
-    };
-    vs.iter()
-        .filter(|(k, _)| k.as_str() != "database")
-        .find_map(|(_, v)| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// One host's job: capture, deliver artifacts, run (or re-attach), and report.
-async fn run_job(ctl: Arc<Controller>, job: Job, tx: mpsc::Sender<Msg>) {
-    let done = job_inner(&ctl, &job, &tx).await;
-    let _ = tx
-        .send(Msg::Done {
-            idx: job.idx,
-            rescue: job.rescue,
-            done,
-        })
-        .await;
-}
-
-async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> HostDone {
-    let agents: &Agents = &ctl.agents;
-    tracing::debug!(host = %job.host, addr = %job.addr, txid = %job.txid, rescue = job.rescue, "host job");
-    let started = Instant::now();
-    let deadline = started + job.deadline;
-    let fail = |state: HS, message: String, untouched: bool| HostDone {
-        state,
-        outcome: pb::Outcome::Unspecified,
-        message,
-        forensics_id: String::new(),
-        to_version: String::new(),
-        untouched,
-    };
-    // A fleet rescue of an unreachable host first learns how its own transaction ended.
-    if let Some((deploy_txid, from)) = &job.await_txid {
-        let end = follow_forwarding(
-            agents,
-            job,
-            deploy_txid,
-            Start::Watch(*from),
-            job.rescue_wait.max(job.unreachable_after),
-            deadline,
-            tx,
-            false,
-        )
-        .await;
-        match end {
-            TxEnd::Finished(pb::Outcome::RolledBack) => {
-                return HostDone {
-                    state: HS::RolledBack,
-                    outcome: pb::Outcome::RolledBack,
-                    message: "came back and its own journal rolled it back".into(),
-                    forensics_id: forensics(agents, &job.addr, deploy_txid).await,
-                    to_version: job.from_version.clone(),
-                    untouched: false,
-                };
-            }
-            TxEnd::Finished(_) => {} // it changed the host: roll it back below
-            TxEnd::Unreachable(e) | TxEnd::Refused(e) => {
-                return fail(
-                    HS::RollbackFailed,
-                    format!("unreachable during the fleet rescue: {e}"),
-                    false,
-                );
-            }
-        }
-        if job.from_version.is_empty() {
-            return fail(
-                HS::RollbackFailed,
-                "no version ran before this deployment: nothing to roll back to".into(),
-                false,
-            );
-        }
-    }
-    let mut client = match agents.client_within(&job.addr, job.unreachable_after).await {
-        Ok(c) => c,
-        Err(e) => {
-            let state = if job.rescue {
-                HS::RollbackFailed
-            } else {
-                HS::Unreachable
-            };
-            return fail(state, e, true);
-        }
-    };
-    let mut from_version = job.from_version.clone();
-    if !job.capture.is_empty() {
-        let components: Vec<String> = job
-            .capture
-            .iter()
-            .filter(|c| !c.is_empty())
-            .cloned()
-            .collect();
-        match client
-            .capture_state(pb::CaptureStateRequest { components })
-            .await
-        {
-            Ok(r) => {
-                let json = r.into_inner().state_json;
-                from_version = first_version(&json);
-                let _ = tx.send(Msg::Captured { idx: job.idx, json }).await;
-            }
-            Err(s) => {
-                let state = if agents::is_transport(&s) {
-                    HS::Unreachable
-                } else {
-                    HS::Failed
-                };
-                agents.forget(&job.addr);
-                return fail(
-                    state,
-                    format!("state capture on {}: {}", job.addr, s.message()),
-                    true,
-                );
-            }
-        }
-    }
-    for sha in &job.artifacts {
-        if let Err(e) = agents::ensure_artifact(agents, &mut client, &ctl.cfg.state_dir, sha).await
-        {
-            agents.forget(&job.addr);
-            return fail(
-                HS::Failed,
-                format!("artifact delivery to {}: {e}", job.addr),
-                true,
-            );
-        }
-    }
-    let _ = tx
-        .send(Msg::Started {
-            idx: job.idx,
-            txid: job.txid.clone(),
-            rescue: job.rescue,
-        })
-        .await;
-    let req = pb::RunRequest {
-        playbook: job.playbook.text.clone(),
-        playbook_name: job.playbook.name.clone(),
-        vars_json: job.vars.to_string(),
-        check: job.check,
-        txid: job.txid.clone(),
-        lock_timeout_ms: 0,
-    };
-    let start = if job.from_seq > 0 {
-        Start::Watch(job.from_seq)
-    } else {
-        Start::Run(req.clone())
-    };
-    let end = follow_forwarding(
-        agents,
-        job,
-        &job.txid,
-        start,
-        job.unreachable_after,
-        deadline,
-        tx,
-        job.rescue,
-    )
-    .await;
-    let fid = |o: pb::Outcome| {
-        matches!(
-            o,
-            pb::Outcome::RolledBack | pb::Outcome::RollbackFailed | pb::Outcome::Failed
-        )
-    };
-    match end {
-        TxEnd::Finished(o) => {
-            let forensics_id = if fid(o) {
-                forensics(agents, &job.addr, &job.txid).await
-            } else {
-                String::new()
-            };
-            let (state, to) = match (job.rescue, o) {
-                (false, pb::Outcome::Succeeded | pb::Outcome::CheckOnly) => (
-                    HS::Succeeded,
-                    if job.check {
-                        from_version.clone()
-                    } else {
-                        job.version.clone()
-                    },
-                ),
-                (false, pb::Outcome::RolledBack) => (HS::RolledBack, from_version.clone()),
-                (false, pb::Outcome::RollbackFailed) => (HS::RollbackFailed, String::new()),
-                (false, _) => (HS::Failed, String::new()),
-                (true, pb::Outcome::Succeeded) => (HS::RolledBack, job.from_version.clone()),
-                (true, _) => (HS::RollbackFailed, String::new()),
-            };
-            HostDone {
-                state,
-                outcome: o,
-                message: if job.rescue && state == HS::RollbackFailed {
-                    format!(
-                        "the fleet-rescue rollback to {} ended {:?}",
-                        job.from_version, o
-                    )
-                } else {
-                    String::new()
-                },
-                forensics_id,
-                to_version: to,
-                untouched: false,
-            }
-        }
-        TxEnd::Unreachable(e) => fail(
-            if job.rescue {
-                HS::RollbackFailed
-            } else {
-                HS::Unreachable
-            },
-            e,
-            false,
-        ),
-        TxEnd::Refused(e) => fail(
-            if job.rescue {
-                HS::RollbackFailed
-            } else {
-                HS::Failed
-            },
-            format!("the agent refused the transaction: {e}"),
-            !job.rescue,
-        ),
-    }
-}
-
-async fn forensics(agents: &Agents, addr: &str, txid: &str) -> String {
-    match agents.client(addr).await {
-        Ok(mut c) => agents::forensics_of(&mut c, txid).await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// `agents::follow`, forwarding every event to the runner.
-#[allow(clippy::too_many_arguments)]
-async fn follow_forwarding(
-    agents: &Agents,
-    job: &Job,
-    txid: &str,
-    start: Start,
-    unreachable_after: Duration,
-    deadline: Instant,
-    tx: &mpsc::Sender<Msg>,
-    rescue: bool,
-) -> TxEnd {
-    let (etx, mut erx) = mpsc::channel::<pb::TransactionEvent>(256);
-    let fut = agents::follow(
-        agents,
-        &job.addr,
-        txid,
-        start,
-        unreachable_after,
-        deadline,
-        &etx,
-    );
-    tokio::pin!(fut);
-    let end = loop {
-        tokio::select! {
-            end = &mut fut => break end,
-            Some(ev) = erx.recv() => {
-                let _ = tx.send(Msg::Event { idx: job.idx, rescue, ev }).await;
-            }
-        }
-    };
-    while let Ok(ev) = erx.try_recv() {
-        let _ = tx
-            .send(Msg::Event {
-                idx: job.idx,
-                rescue,
-                ev,
-            })
-            .await;
-    }
-    end
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_txids_are_valid_and_stable() {
-        let d = "d-20261127T141500Z-0123abcd";
-        assert_eq!(host_txid(d, "web1", false), format!("{d}.web1"));
-        assert_eq!(host_txid(d, "web1", true), format!("{d}.web1.rescue"));
-        let odd = host_txid(d, "web 1:22", false);
-        assert!(
-            odd.len() <= 64 && !odd.contains(' ') && !odd.contains(':'),
-            "{odd}"
-        );
-        assert_eq!(odd, host_txid(d, "web 1:22", false));
-        let long = host_txid(d, &"x".repeat(60), true);
-        assert!(long.len() <= 64, "{long}");
-    }
-
-    #[test]
-    fn first_version_skips_the_database() {
-        assert_eq!(
-            first_version(r#"{"versions":{"database":"3","app":"1.0.0"}}"#),
-            "1.0.0"
-        );
-        assert_eq!(first_version(r#"{"versions":{"app":null}}"#), "");
-        assert_eq!(first_version("nope"), "");
     }
 }
