@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::tls::TlsFiles;
+use rampart_rpc::tls::TlsFiles;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";

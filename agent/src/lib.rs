@@ -9,9 +9,7 @@
 //! - [`lock`]: the host lock (flock + holder record);
 //! - [`transaction`]: one transaction from request to history, and start-up recovery;
 //! - [`server`]: the gRPC adapter (`rampart.v1.Agent` and `grpc.health.v1`);
-//! - [`config`]: the agent's TOML configuration;
-//! - [`tls`]: PEM files into mutual-TLS configs (agent, controller and CLI alike);
-//! - [`logging`]: the servers' log setup.
+//! - [`config`]: the agent's TOML configuration.
 
 pub mod config;
 pub mod engine;
@@ -19,9 +17,7 @@ pub mod error;
 pub mod event;
 pub mod journal;
 pub mod lock;
-pub mod logging;
 pub mod modules;
 pub mod recovery;
 pub mod server;
-pub mod tls;
 pub mod transaction;

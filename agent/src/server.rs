@@ -807,7 +807,7 @@ pub async fn serve(
 }
 
 /// Serves the agent on `listener` until `shutdown` completes: over TLS when `tls` is given (see
-/// [`crate::tls::server_mutual`]; a client whose handshake fails never reaches a service), else
+/// [`rampart_rpc::tls::server_mutual`]; a client whose handshake fails never reaches a service), else
 /// plaintext.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,

@@ -133,18 +133,7 @@ fn stop_hook(stop_after: Option<u64>, seq: u64) {
     }
 }
 
-/// A fresh txid: UTC time plus 32 random bits.
-pub fn new_txid() -> String {
-    let mut buf = [0u8; 4];
-    let random = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .map(|()| u32::from_le_bytes(buf))
-        .unwrap_or_else(|_| std::process::id() ^ chrono::Utc::now().timestamp_subsec_nanos());
-    format!(
-        "tx-{}-{random:08x}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    )
-}
+pub use rampart_rpc::ids::new_txid;
 
 /// Checks a client-chosen txid: it names files, so only `[A-Za-z0-9._-]`, 1 to 64 long.
 pub fn check_txid(txid: &str) -> Result<(), TxError> {

@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rampart_agent::tls::TlsFiles;
 use rampart_host::cas as artifacts;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
+use rampart_rpc::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -40,7 +40,7 @@ impl Agents {
     /// Channels with mutual TLS from `tls`, or plaintext when `None` (`insecure_dev`).
     pub fn new(tls: Option<&TlsFiles>) -> Result<Agents, String> {
         let tls = match tls {
-            Some(f) => Some(rampart_agent::tls::client_mutual(f)?),
+            Some(f) => Some(rampart_rpc::tls::client_mutual(f)?),
             None => None,
         };
         Ok(Agents {
@@ -106,37 +106,11 @@ impl Agents {
 
 fn wrap(ch: Channel) -> Client {
     AgentClient::new(ch)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(rampart_rpc::MAX_MESSAGE)
+        .max_encoding_message_size(rampart_rpc::MAX_MESSAGE)
 }
 
-/// An error with its sources, in one line (tonic's transport errors hide the cause).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    for _ in 0..8 {
-        let Some(c) = cur else { break };
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// Whether a status means the connection broke (retry) rather than a refusal.
-pub fn is_transport(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Internal
-            | Code::DeadlineExceeded
-    )
-}
+pub use rampart_rpc::{error_chain, is_transport};
 
 /// Puts an artifact of the controller's store on the agent unless it holds it already.
 pub async fn ensure_artifact(

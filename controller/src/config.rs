@@ -46,8 +46,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rampart_agent::tls::TlsFiles;
 use rampart_playbook::template::Templar;
+use rampart_rpc::tls::TlsFiles;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

@@ -16,11 +16,12 @@ use rampart_agent::error::{LockError, TxError};
 use rampart_agent::event::{Entry, Record};
 use rampart_agent::journal::Durability;
 use rampart_agent::server;
-use rampart_agent::tls::{self, TlsFiles};
 use rampart_agent::transaction::{self, HostConfig, TxRequest, TxSummary};
 use rampart_playbook::template::Templar;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
+use rampart_rpc::tls::{self, TlsFiles};
+use rampart_rpc::{error_chain, is_transport as is_transport_error};
 use serde_json::{Map, Value};
 use tonic::Code;
 
@@ -217,21 +218,6 @@ impl AgentAddr {
     }
 }
 
-/// An error and its sources, `: `-separated (tonic's own message is only "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 fn status_error(what: &str, s: &tonic::Status) -> CliError {
     let code = match s.code() {
         Code::FailedPrecondition => EXIT_LOCK,
@@ -257,7 +243,7 @@ async fn connect(agent: &AgentAddr) -> Result<AgentClient<tonic::transport::Chan
     let ch = ep.connect().await.map_err(|e| {
         CliError::usage(format!("cannot reach agent at {addr}: {}", error_chain(&e)))
     })?;
-    Ok(AgentClient::new(ch).max_decoding_message_size(64 << 20))
+    Ok(AgentClient::new(ch).max_decoding_message_size(rampart_rpc::MAX_MESSAGE))
 }
 
 async fn run_agent(
@@ -373,18 +359,6 @@ async fn check_accepted(
         // Any answer (a transaction, NOT_FOUND, ...) means the agent accepted the connection.
         Ok(_) => Ok(()),
     }
-}
-
-/// Whether a status means the connection broke (retry) rather than that the agent refused.
-fn is_transport_error(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Internal
-            | Code::DeadlineExceeded
-    )
 }
 
 /// Calls `Watch(txid, from_seq)` until it succeeds or `timeout` passes (1 s between tries).

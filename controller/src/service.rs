@@ -109,8 +109,8 @@ impl Service {
     pub fn into_server(self) -> AuthenticatedServer<impl Interceptor> {
         let cfg = self.ctl.cfg.clone();
         let server = ControllerServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(rampart_rpc::MAX_MESSAGE)
+            .max_encoding_message_size(rampart_rpc::MAX_MESSAGE);
         tonic::service::interceptor::InterceptedService::new(server, authenticate(cfg))
     }
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rampart_agent::tls::{self, TlsFiles};
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
+use rampart_rpc::tls::{self, TlsFiles};
 use rampart_tests::{AgentProc, CliRun, bin, read_journals, write_file};
 use tonic::Code;
 use tonic::transport::{ClientTlsConfig, Endpoint};

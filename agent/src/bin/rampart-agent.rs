@@ -17,9 +17,9 @@ use clap::Parser;
 use rampart_agent::config::AgentConfig;
 use rampart_agent::journal::Durability;
 use rampart_agent::server::{self, AgentService};
-use rampart_agent::tls::{self, TlsFiles};
 use rampart_agent::transaction::{self, HostConfig};
 use rampart_playbook::template::Templar;
+use rampart_rpc::tls::{self, TlsFiles};
 
 /// Rampart's host agent: runs playbooks as crash-safe transactions for the controller.
 ///
@@ -74,7 +74,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    rampart_agent::logging::init();
+    rampart_rpc::logging::init();
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,14 +176,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             service = service.with_forensics_dir(d);
         }
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            if let Err(e) = rampart_rpc::shutdown_signal().await {
+                tracing::error!(error = %e, "cannot wait for SIGTERM; stopping");
             }
-            tracing::info!("shutting down");
         };
         server::serve_tls(listener, service, shutdown, tls).await?;
         anyhow::Ok(())

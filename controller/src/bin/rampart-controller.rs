@@ -53,7 +53,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    rampart_agent::logging::init();
+    rampart_rpc::logging::init();
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,7 +87,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Load every TLS file now, so a bad path fails at start, not at the first deploy.
     let server_tls = match &cfg.tls {
         Some((cert, key)) if !cfg.insecure_dev => {
-            Some(rampart_agent::tls::server_only(cert, key).map_err(anyhow::Error::msg)?)
+            Some(rampart_rpc::tls::server_only(cert, key).map_err(anyhow::Error::msg)?)
         }
         _ => None,
     };
@@ -162,14 +162,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(%addr, "serving");
         println!("listening on {addr}");
         let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            if let Err(e) = rampart_rpc::shutdown_signal().await {
+                tracing::error!(error = %e, "cannot wait for SIGTERM; stopping");
             }
-            tracing::info!("shutting down; unfinished deployments resume at the next start");
+            tracing::info!("unfinished deployments resume at the next start");
         };
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = server_tls {

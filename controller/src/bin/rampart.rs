@@ -347,7 +347,7 @@ fn main() -> ExitCode {
                 (_, Some(addr)) => Target::Agent {
                     addr,
                     reconnect_timeout: Duration::from_secs(reconnect_timeout),
-                    tls: match rampart_agent::tls::TlsFiles::from_flags(tls_cert, tls_key, tls_ca) {
+                    tls: match rampart_rpc::tls::TlsFiles::from_flags(tls_cert, tls_key, tls_ca) {
                         Ok(t) => t,
                         Err(e) => {
                             eprintln!("rampart: {e}");

@@ -1151,7 +1151,7 @@ fn prepare_deploy(
         deployment_id: args
             .deployment_id
             .clone()
-            .unwrap_or_else(crate::deployment::new_deployment_id),
+            .unwrap_or_else(rampart_rpc::ids::new_deployment_id),
     };
     Ok(DeployPlan {
         ctl,
@@ -1239,7 +1239,7 @@ pub fn rollback(args: RollbackArgs) -> i32 {
         deployment_id: args
             .deployment_id
             .clone()
-            .unwrap_or_else(crate::deployment::new_deployment_id),
+            .unwrap_or_else(rampart_rpc::ids::new_deployment_id),
     };
     block_on(async move {
         let mut client = ctl.connect().await?;

@@ -139,33 +139,7 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// An error and its sources, joined with `: ` (tonic's transport errors say little on their own).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}
-
-/// Whether a status means the connection or stream broke (worth retrying) rather than that the
-/// controller refused the request.
-pub fn is_transport_error(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Internal
-            | Code::DeadlineExceeded
-    )
-}
+pub use rampart_rpc::{error_chain, is_transport as is_transport_error};
 
 /// The exit code of a finished deployment's outcome (DESIGN.md). An unspecified outcome (a
 /// controller newer than this CLI, or a protocol error) is reported as a failure.
@@ -311,7 +285,7 @@ impl Controller {
                          writes it as DIR/ca.pem"
                     ))
                 })?;
-            let tls = rampart_agent::tls::client_ca_only(&[ca]).map_err(CliError::usage)?;
+            let tls = rampart_rpc::tls::client_ca_only(&[ca]).map_err(CliError::usage)?;
             endpoint
                 .tls_config(tls)
                 .map_err(|e| CliError::usage(format!("TLS settings for {url}: {e}")))?
@@ -348,7 +322,7 @@ impl Controller {
             .map_err(|e| CliError::transport(&self.url, &e))?;
         Ok(
             ControllerClient::with_interceptor(channel, self.auth.clone())
-                .max_decoding_message_size(64 << 20),
+                .max_decoding_message_size(rampart_rpc::MAX_MESSAGE),
         )
     }
 
@@ -705,11 +679,9 @@ mod tests {
             force: false,
         })
         .unwrap();
-        let server = rampart_agent::tls::server_only(
-            &tls.join("controller.pem"),
-            &tls.join("controller.key"),
-        )
-        .unwrap();
+        let server =
+            rampart_rpc::tls::server_only(&tls.join("controller.pem"), &tls.join("controller.key"))
+                .unwrap();
         let (url, _) = mock::start_tls(server);
         let mut args = mock::args(&url, dir.path(), mock::TOKEN);
         args.ca = Some(tls.join("ca.pem"));

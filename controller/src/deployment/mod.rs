@@ -88,7 +88,7 @@ fn ts_to_system(t: &prost_types::Timestamp) -> SystemTime {
 
 /// A new deployment id: `d-<UTC time>-<random>`.
 pub fn new_deployment_id() -> String {
-    rampart_agent::transaction::new_txid().replacen("tx-", "d-", 1)
+    rampart_rpc::ids::new_deployment_id()
 }
 
 /// The transaction id of a host's part in a deployment (`rescue`: its fleet-rescue rollback):
