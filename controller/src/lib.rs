@@ -1,27 +1,21 @@
-//! Rampart's controller side: the `rampart` CLI today; the controller service comes with the
-//! controller work.
+//! Rampart's controller: owns environments and deploys a version to every host of one, in
+//! waves, one agent transaction per host, with a fleet rescue that rolls back every host it
+//! changed when the deployment aborts.
 //!
-//! Layout:
-//! - [`output`]: renders transaction events as Ansible-like text or JSON lines;
-//! - [`vars`]: `-e KEY=VALUE`, `-e @FILE`, `-e '{json}'` into one variables object;
-//! - [`certs`]: `rampart certs init`, a quick-start CA and certificates for mutual TLS;
-//! - [`health`]: `rampart health`, a health suite run from the command line;
+//! Layout, one concept per module:
+//! - [`config`]: the controller's TOML configuration, checked whole at start;
 //! - [`inventory`]: Ansible's YAML and INI inventories, hosts, groups and merged variables;
-//! - [`migrate`]: `rampart migrate`, Flyway's commands against Flyway's history table;
 //! - [`rollout`]: waves (`serial`) and failure thresholds (`max_fail_percentage`), pure;
-//! - [`run`]: `rampart run`, in-process (`--local`) or through an agent over gRPC (`--agent`).
+//! - [`deployment`]: one runner per deployment (queue, lock, approval, waves, fleet rescue,
+//!   takeover), its state machine and the per-host jobs;
+//! - [`agents`]: mutual-TLS channels to agents, artifact delivery, following a transaction;
+//! - [`store`]: the deployment record and events, SQLite or PostgreSQL;
+//! - [`service`]: the gRPC API CI calls (`rampart.v1.Controller`) and its bearer tokens.
 
 pub mod agents;
-pub mod certs;
-pub mod client;
 pub mod config;
 pub mod deployment;
-pub mod health;
 pub mod inventory;
-pub mod migrate;
-pub mod output;
 pub mod rollout;
-pub mod run;
 pub mod service;
 pub mod store;
-pub mod vars;

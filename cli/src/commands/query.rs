@@ -1042,7 +1042,7 @@ mod tests {
 
     #[test]
     fn forensics_get_writes_through_a_partial_file() {
-        use crate::client::mock;
+        use crate::commands::mock;
         let (url, _) = mock::start();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("web1.tar.gz");

@@ -1113,7 +1113,7 @@ fn prepare_deploy(
     let vars = crate::vars::parse_extra_vars(&args.extra_vars).map_err(CliError::usage)?;
     if !args.serial.is_empty() {
         let list = Value::Array(args.serial.iter().cloned().map(Value::String).collect());
-        crate::rollout::parse_serial(&list)
+        rampart_playbook::serial::parse_serial(&list)
             .map_err(|e| CliError::usage(format!("--serial: {e}")))?;
     }
     let ctl = Controller::from_args_with(&args.controller, env)?;
@@ -1771,7 +1771,7 @@ web3  untouched    1.9.0 → -
 
     #[test]
     fn deploy_over_the_wire_uploads_once_reattaches_and_exits_with_the_outcome() {
-        use crate::client::mock;
+        use crate::commands::mock;
         let (url, seen) = mock::start();
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("backend-1.0.tar.gz");
@@ -1875,7 +1875,7 @@ web3  untouched    1.9.0 → -
 
     #[test]
     fn watch_over_the_wire() {
-        use crate::client::mock;
+        use crate::commands::mock;
         let (url, _) = mock::start();
         let dir = tempfile::tempdir().unwrap();
         let mut args = WatchArgs {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rampart_agent::journal::Durability;
 use rampart_agent::transaction::DEFAULT_STATE_DIR;
-use rampart_controller::output::Format;
-use rampart_controller::run::{self, RunOptions, Target};
-use rampart_controller::vars::parse_extra_vars;
+use rampart_cli::output::Format;
+use rampart_cli::run::{self, RunOptions, Target};
+use rampart_cli::vars::parse_extra_vars;
 
 /// Rampart: transactional deploys for ordinary Linux servers.
 #[derive(Debug, Parser)]
@@ -132,7 +132,7 @@ enum Command {
         defaults to CI_PIPELINE_ID, GITHUB_RUN_ID or BUILD_ID, --commit to CI_COMMIT_SHA, GITHUB_SHA \
         or GIT_COMMIT."
     )]
-    Deploy(rampart_controller::client::deploy::DeployArgs),
+    Deploy(rampart_cli::commands::deploy::DeployArgs),
     /// Roll an environment back to an earlier version, as a deployment of its own.
     ///
     /// Queued like any deployment, run in waves, and followed until it finishes, with the same
@@ -147,7 +147,7 @@ enum Command {
         rampart rollback --env production --reason 'error rate up after 2.4.1' \\\n      \
         --controller https://deploy.internal:7430 --ca ca.pem --token-file /run/secrets/rampart-token\n  \
         rampart rollback --env production --to 2.3.0 --reason 'INC-1234' --json")]
-    Rollback(rampart_controller::client::deploy::RollbackArgs),
+    Rollback(rampart_cli::commands::deploy::RollbackArgs),
     /// Follow a deployment's events (replaying those already stored) until it finishes.
     ///
     /// Works for running and finished deployments alike, with the same output as
@@ -159,7 +159,7 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         rampart watch d-20250131-120000-ab12\n  \
         rampart watch d-20250131-120000-ab12 --from-seq 120 --json")]
-    Watch(rampart_controller::client::deploy::WatchArgs),
+    Watch(rampart_cli::commands::deploy::WatchArgs),
     /// Show what each environment is doing: running and queued deployments, and the last one.
     ///
     /// Lists the most recent deployments (20) and shows, per environment, the running, awaiting
@@ -169,7 +169,7 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         rampart status\n  \
         rampart status --env production --json")]
-    Status(rampart_controller::client::query::StatusArgs),
+    Status(rampart_cli::commands::query::StatusArgs),
     /// List an environment's deployments, newest first.
     ///
     /// Each with id, kind, version, outcome (or state while unfinished), who asked, CI run,
@@ -179,10 +179,10 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         rampart history --env production\n  \
         rampart history --env production --limit 100 --json")]
-    History(rampart_controller::client::query::HistoryArgs),
+    History(rampart_cli::commands::query::HistoryArgs),
     /// Inspect one deployment (`rampart deployment show ID`).
     #[command(subcommand)]
-    Deployment(rampart_controller::client::query::DeploymentCommand),
+    Deployment(rampart_cli::commands::query::DeploymentCommand),
     /// Approve a deployment that waits for manual approval before its first wave.
     ///
     /// Prints the deployment's state after the approval.
@@ -191,7 +191,7 @@ enum Command {
     /// unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
         rampart approve d-20250131-120000-ab12 --comment 'change CHG-42 approved'")]
-    Approve(rampart_controller::client::query::ApproveArgs),
+    Approve(rampart_cli::commands::query::ApproveArgs),
     /// Abort a deployment.
     ///
     /// A queued or unapproved deployment is dropped without touching any host; a running one
@@ -202,10 +202,10 @@ enum Command {
     /// unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
         rampart abort d-20250131-120000-ab12 --reason 'wrong version'")]
-    Abort(rampart_controller::client::query::AbortArgs),
+    Abort(rampart_cli::commands::query::AbortArgs),
     /// Forensics bundles hosts recorded during deployments (`rampart forensics get`).
     #[command(subcommand)]
-    Forensics(rampart_controller::client::query::ForensicsCommand),
+    Forensics(rampart_cli::commands::query::ForensicsCommand),
     /// List incidents (deployments that need or needed a person), or resolve one.
     ///
     /// Without a subcommand, lists incidents newest first with severity, state, environment,
@@ -219,7 +219,7 @@ enum Command {
         rampart incidents --env production\n  \
         rampart incidents resolve i-42 --note 'web2 restored by hand' --json"
     )]
-    Incidents(rampart_controller::client::query::IncidentsArgs),
+    Incidents(rampart_cli::commands::query::IncidentsArgs),
     /// Certificates for mutual TLS between controller, agents and CI.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -251,7 +251,7 @@ enum CertsCommand {
         #[arg(long = "agent", value_name = "NAME")]
         agents: Vec<String>,
         /// Days the certificates are valid.
-        #[arg(long, default_value_t = rampart_controller::certs::DEFAULT_DAYS)]
+        #[arg(long, default_value_t = rampart_cli::certs::DEFAULT_DAYS)]
         days: u32,
         /// Replace existing files.
         #[arg(long)]
@@ -262,30 +262,30 @@ enum CertsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Migrate { args } => rampart_controller::migrate::main(&args),
-        Command::Deploy(args) => rampart_controller::client::deploy::deploy(args),
-        Command::Rollback(args) => rampart_controller::client::deploy::rollback(args),
-        Command::Watch(args) => rampart_controller::client::deploy::watch(args),
-        Command::Status(args) => rampart_controller::client::query::status(args),
-        Command::History(args) => rampart_controller::client::query::history(args),
-        Command::Deployment(cmd) => rampart_controller::client::query::deployment(cmd),
-        Command::Approve(args) => rampart_controller::client::query::approve(args),
-        Command::Abort(args) => rampart_controller::client::query::abort(args),
-        Command::Forensics(cmd) => rampart_controller::client::query::forensics(cmd),
-        Command::Incidents(args) => rampart_controller::client::query::incidents(args),
+        Command::Migrate { args } => rampart_cli::migrate::main(&args),
+        Command::Deploy(args) => rampart_cli::commands::deploy::deploy(args),
+        Command::Rollback(args) => rampart_cli::commands::deploy::rollback(args),
+        Command::Watch(args) => rampart_cli::commands::deploy::watch(args),
+        Command::Status(args) => rampart_cli::commands::query::status(args),
+        Command::History(args) => rampart_cli::commands::query::history(args),
+        Command::Deployment(cmd) => rampart_cli::commands::query::deployment(cmd),
+        Command::Approve(args) => rampart_cli::commands::query::approve(args),
+        Command::Abort(args) => rampart_cli::commands::query::abort(args),
+        Command::Forensics(cmd) => rampart_cli::commands::query::forensics(cmd),
+        Command::Incidents(args) => rampart_cli::commands::query::incidents(args),
         Command::Certs(CertsCommand::Init {
             dir,
             agents,
             days,
             force,
         }) => {
-            let opts = rampart_controller::certs::InitOptions {
+            let opts = rampart_cli::certs::InitOptions {
                 dir,
                 agents,
                 days,
                 force,
             };
-            match rampart_controller::certs::init(&opts) {
+            match rampart_cli::certs::init(&opts) {
                 Ok(files) => {
                     for f in files {
                         println!("wrote {}", f.display());
@@ -306,18 +306,16 @@ fn main() -> ExitCode {
             sequential,
             deadline,
         } => match parse_extra_vars(&extra_vars) {
-            Ok(vars) => {
-                rampart_controller::health::main(rampart_controller::health::HealthOptions {
-                    suite: &suite,
-                    vars,
-                    json,
-                    parallelism: if sequential { Some(1) } else { parallelism },
-                    deadline,
-                })
-            }
+            Ok(vars) => rampart_cli::health::main(rampart_cli::health::HealthOptions {
+                suite: &suite,
+                vars,
+                json,
+                parallelism: if sequential { Some(1) } else { parallelism },
+                deadline,
+            }),
             Err(e) => {
                 eprintln!("rampart: {e}");
-                rampart_controller::health::EXIT_USAGE
+                rampart_cli::health::EXIT_USAGE
             }
         },
         Command::Run {
