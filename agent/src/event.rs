@@ -65,17 +65,6 @@ impl Outcome {
             Outcome::CheckOnly => "check_only",
         }
     }
-
-    /// The `rampart` CLI's exit code for this outcome (DESIGN.md): 0 ok, 1 rolled back,
-    /// 4 rollback failed, 6 failed with nothing to roll it back.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Outcome::Succeeded | Outcome::CheckOnly => 0,
-            Outcome::RolledBack => 1,
-            Outcome::RollbackFailed => 4,
-            Outcome::Failed => 6,
-        }
-    }
 }
 
 /// Ansible's PLAY RECAP counters for the host.

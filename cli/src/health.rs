@@ -6,6 +6,7 @@
 //! Exit 0 when every critical check passed, 1 when one failed, 2 on bad arguments or a bad
 //! suite (nothing ran).
 
+use crate::exit::Exit;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -13,11 +14,6 @@ use std::time::Duration;
 use rampart_health::{self as health, CheckResult, Status, Suite, Summary};
 use rampart_playbook::template::Templar;
 use serde_json::{Map, Value, json};
-
-/// Exit code: a critical check failed.
-pub const EXIT_FAILED: i32 = 1;
-/// Exit code: bad arguments or suite.
-pub const EXIT_USAGE: i32 = 2;
 
 /// How to run a suite from the command line.
 #[derive(Debug)]
@@ -35,21 +31,21 @@ pub struct HealthOptions<'a> {
 }
 
 /// Runs the suite; returns the exit code.
-pub fn main(opts: HealthOptions<'_>) -> i32 {
+pub fn main(opts: HealthOptions<'_>) -> Exit {
     let builtin = opts.suite == Path::new("production") && !opts.suite.exists();
     let text = match std::fs::read_to_string(opts.suite) {
         _ if builtin => rampart_health::PRODUCTION_SUITE.to_string(),
         Ok(t) => t,
         Err(e) => {
             eprintln!("rampart health: cannot read {}: {e}", opts.suite.display());
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let mut suite = match Suite::from_yaml(&text) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("rampart health: {}: {e}", opts.suite.display());
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     if let Some(p) = opts.parallelism {
@@ -81,7 +77,11 @@ pub fn main(opts: HealthOptions<'_>) -> i32 {
     } else {
         let _ = write!(o, "{}", table(&results, &summary));
     }
-    if summary.passed { 0 } else { EXIT_FAILED }
+    if summary.passed {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    }
 }
 
 fn status_text(s: Status) -> &'static str {

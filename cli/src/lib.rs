@@ -9,12 +9,15 @@
 //! - [`vars`]: `-e KEY=VALUE`, `-e @FILE`, `-e '{json}'` into one variables object;
 //! - [`migrate`]: `rampart migrate`, Flyway's commands against Flyway's history table;
 //! - [`health`]: `rampart health`, a health suite run from the command line;
-//! - [`certs`]: `rampart certs init`, a quick-start CA and certificates for mutual TLS.
+//! - [`certs`]: `rampart certs init`, a quick-start CA and certificates for mutual TLS;
+//! - [`exit`], [`error`]: every exit code in one enum, and the one error type that carries it.
 
 #![forbid(unsafe_code)]
 
 pub mod certs;
 pub mod commands;
+pub mod error;
+pub mod exit;
 pub mod health;
 pub mod migrate;
 pub mod output;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rampart_agent::journal::Durability;
 use rampart_agent::transaction::DEFAULT_STATE_DIR;
+use rampart_cli::exit::Exit;
 use rampart_cli::output::Format;
 use rampart_cli::run::{self, RunOptions, Target};
 use rampart_cli::vars::parse_extra_vars;
@@ -261,7 +262,7 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
+    let exit = match cli.command {
         Command::Migrate { args } => rampart_cli::migrate::main(&args),
         Command::Deploy(args) => rampart_cli::commands::deploy::deploy(args),
         Command::Rollback(args) => rampart_cli::commands::deploy::rollback(args),
@@ -290,11 +291,11 @@ fn main() -> ExitCode {
                     for f in files {
                         println!("wrote {}", f.display());
                     }
-                    0
+                    Exit::Ok
                 }
                 Err(e) => {
                     eprintln!("rampart certs init: {e}");
-                    2
+                    Exit::Usage
                 }
             }
         }
@@ -315,7 +316,7 @@ fn main() -> ExitCode {
             }),
             Err(e) => {
                 eprintln!("rampart: {e}");
-                rampart_cli::health::EXIT_USAGE
+                Exit::Usage
             }
         },
         Command::Run {
@@ -338,7 +339,7 @@ fn main() -> ExitCode {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("rampart: {e}");
-                    return ExitCode::from(run::EXIT_USAGE as u8);
+                    return Exit::Usage.into();
                 }
             };
             let target = match (local, agent) {
@@ -349,7 +350,7 @@ fn main() -> ExitCode {
                         Ok(t) => t,
                         Err(e) => {
                             eprintln!("rampart: {e}");
-                            return ExitCode::from(run::EXIT_USAGE as u8);
+                            return Exit::Usage.into();
                         }
                     },
                 },
@@ -375,10 +376,10 @@ fn main() -> ExitCode {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("rampart: {}", e.message);
-                    e.code
+                    e.exit
                 }
             }
         }
     };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    exit.into()
 }

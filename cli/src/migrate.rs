@@ -6,6 +6,7 @@
 //! `--json` (or Flyway's `-outputType=json`). Exit 0 on success, 1 when the command failed,
 //! 2 when the arguments or configuration are wrong (nothing was done).
 
+use crate::exit::Exit;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -15,11 +16,6 @@ use rampart_migrate::plan::{Entry, Info};
 use rampart_migrate::run::{Progress, Runner};
 use rampart_migrate::version::Version;
 use serde_json::{Value, json};
-
-/// Exit code: the command failed.
-pub const EXIT_FAILED: i32 = 1;
-/// Exit code: bad arguments or configuration.
-pub const EXIT_USAGE: i32 = 2;
 
 /// The help text: what each command does and the flags Flyway users already know.
 pub const HELP: &str = "\
@@ -122,16 +118,16 @@ fn parse(args: &[String]) -> Result<Option<Invocation>, String> {
 }
 
 /// Runs `rampart migrate ARGS...`; returns the exit code.
-pub fn main(args: &[String]) -> i32 {
+pub fn main(args: &[String]) -> Exit {
     let invocation = match parse(args) {
         Ok(Some(inv)) => inv,
         Ok(None) => {
             print!("{HELP}");
-            return 0;
+            return Exit::Ok;
         }
         Err(e) => {
             eprintln!("rampart migrate: {e}\n(see `rampart migrate --help`)");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let json = invocation.json;
@@ -140,7 +136,7 @@ pub fn main(args: &[String]) -> i32 {
             if json {
                 println!("{out}");
             }
-            0
+            Exit::Ok
         }
         Err(e) => {
             if json {
@@ -155,8 +151,8 @@ pub fn main(args: &[String]) -> i32 {
                 MigrateError::Config(_)
                 | MigrateError::NoLocations
                 | MigrateError::NoUrl
-                | MigrateError::BadTarget(_) => EXIT_USAGE,
-                _ => EXIT_FAILED,
+                | MigrateError::BadTarget(_) => Exit::Usage,
+                _ => Exit::Failed,
             }
         }
     }

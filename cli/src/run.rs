@@ -25,12 +25,9 @@ use rampart_rpc::{error_chain, is_transport as is_transport_error};
 use serde_json::{Map, Value};
 use tonic::Code;
 
+use crate::error::CliError;
+use crate::exit::Exit;
 use crate::output::{Format, Renderer};
-
-/// Exit code: usage or configuration error (DESIGN.md).
-pub const EXIT_USAGE: i32 = 2;
-/// Exit code: the host lock was not acquired in time (DESIGN.md).
-pub const EXIT_LOCK: i32 = 5;
 
 /// Where to run.
 #[derive(Debug, Clone)]
@@ -74,28 +71,10 @@ pub struct RunOptions {
     pub txid: Option<String>,
 }
 
-/// A failure before or outside the transaction, with its exit code.
-#[derive(Debug)]
-pub struct CliError {
-    /// Exit code.
-    pub code: i32,
-    /// What went wrong and what to do.
-    pub message: String,
-}
-
-impl CliError {
-    fn usage(message: impl Into<String>) -> Self {
-        CliError {
-            code: EXIT_USAGE,
-            message: message.into(),
-        }
-    }
-}
-
 fn tx_error(e: TxError) -> CliError {
     match &e {
         TxError::Lock(LockError::Busy { .. }) => CliError {
-            code: EXIT_LOCK,
+            exit: Exit::LockTimeout,
             message: e.to_string(),
         },
         TxError::Playbook(p) => CliError::usage(p.to_string()),
@@ -104,7 +83,7 @@ fn tx_error(e: TxError) -> CliError {
 }
 
 /// Runs the playbook; returns the process exit code.
-pub fn run(opts: RunOptions) -> Result<i32, CliError> {
+pub fn run(opts: RunOptions) -> Result<Exit, CliError> {
     let text = std::fs::read_to_string(&opts.playbook).map_err(|e| {
         CliError::usage(format!(
             "cannot read playbook {}: {e}",
@@ -144,7 +123,7 @@ fn run_local(
     durability: Durability,
     name: String,
     text: String,
-) -> Result<i32, CliError> {
+) -> Result<Exit, CliError> {
     let templar = Arc::new(Templar::new());
     let mut host = HostConfig::new(state_dir);
     host.durability = durability;
@@ -174,7 +153,7 @@ fn run_local(
     }
     let summary: TxSummary =
         transaction::execute(&host, &templar, tx, &mut print).map_err(tx_error)?;
-    Ok(summary.outcome.exit_code())
+    Ok(Exit::of_transaction(summary.outcome))
 }
 
 /// An agent's address and how to talk to it.
@@ -219,13 +198,13 @@ impl AgentAddr {
 }
 
 fn status_error(what: &str, s: &tonic::Status) -> CliError {
-    let code = match s.code() {
-        Code::FailedPrecondition => EXIT_LOCK,
-        Code::Unauthenticated | Code::PermissionDenied => 3,
-        _ => EXIT_USAGE,
+    let exit = match s.code() {
+        Code::FailedPrecondition => Exit::LockTimeout,
+        Code::Unauthenticated | Code::PermissionDenied => Exit::Auth,
+        _ => Exit::Usage,
     };
     CliError {
-        code,
+        exit,
         message: format!("{what}: {}", s.message()),
     }
 }
@@ -252,7 +231,7 @@ async fn run_agent(
     reconnect_timeout: Duration,
     name: String,
     text: String,
-) -> Result<i32, CliError> {
+) -> Result<Exit, CliError> {
     // Refuse a bad playbook here, with the same checks the agent makes, before any network.
     rampart_playbook::load(&name, &text, &Templar::new())
         .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
@@ -299,7 +278,7 @@ async fn run_agent(
                 next_seq = entry.seq + 1;
                 let _ = out.entry(&entry);
                 if let Record::End { outcome, .. } = entry.record {
-                    return Ok(outcome.exit_code());
+                    return Ok(Exit::of_transaction(outcome));
                 }
             }
             Ok(None) => {
@@ -319,8 +298,6 @@ async fn run_agent(
     }
 }
 
-/// Exit code: the agent refused this client's TLS certificate (as for `UNAUTHENTICATED`).
-const EXIT_REFUSED: i32 = 3;
 /// The longest wait for the agent's answer to the TLS acceptance check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -336,7 +313,7 @@ async fn check_accepted(
         txid: txid.to_string(),
     });
     let refused = |why: String| CliError {
-        code: EXIT_REFUSED,
+        exit: Exit::Auth,
         message: format!(
             "the agent at {} closed the TLS connection ({why}): it does not accept this client's \
              certificate (--tls-cert must be signed by a CA the agent trusts with its --tls-ca)",
@@ -413,6 +390,6 @@ mod tests {
         assert!(e.message.contains("--tls-cert"), "{}", e.message);
         let e = uri("http://h:7420", tls()).unwrap_err();
         assert!(e.message.contains("https://"), "{}", e.message);
-        assert_eq!(uri("grpc://h:7420", None).unwrap_err().code, EXIT_USAGE);
+        assert_eq!(uri("grpc://h:7420", None).unwrap_err().exit, Exit::Usage);
     }
 }

@@ -11,6 +11,7 @@
 //! when stdout is not a terminal prints one line per meaningful event and a per-host table at
 //! the end; on a terminal the same lines come with a live one-line status on stderr.
 
+use crate::exit::Exit;
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -953,7 +954,7 @@ async fn follow<W: Write, E: Write>(
     mut next_seq: u64,
     r: &mut Renderer<W, E>,
     reconnect_timeout: Duration,
-) -> Result<i32, CliError> {
+) -> Result<Exit, CliError> {
     // When the stream first broke since the last event; re-attaching stops at this plus the
     // reconnect timeout.
     let mut broken_since: Option<Instant> = None;
@@ -1058,7 +1059,7 @@ async fn start_and_follow<W: Write, E: Write>(
     from_seq: u64,
     r: &mut Renderer<W, E>,
     reconnect_timeout: Duration,
-) -> Result<i32, CliError> {
+) -> Result<Exit, CliError> {
     let stream = match started {
         Ok(resp) => resp.into_inner(),
         Err(s) if is_transport_error(&s) => match &id {
@@ -1162,7 +1163,7 @@ fn prepare_deploy(
 
 /// `rampart deploy`: uploads the artifacts, starts the deployment and follows it; returns the
 /// exit code.
-pub fn deploy(args: DeployArgs) -> i32 {
+pub fn deploy(args: DeployArgs) -> Exit {
     let plan = match prepare_deploy(&args, &env_var) {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -1179,7 +1180,7 @@ async fn run_deploy<W: Write, E: Write>(
     plan: DeployPlan,
     r: &mut Renderer<W, E>,
     reconnect_timeout: Duration,
-) -> Result<i32, CliError> {
+) -> Result<Exit, CliError> {
     let DeployPlan {
         ctl,
         artifacts,
@@ -1219,7 +1220,7 @@ async fn run_deploy<W: Write, E: Write>(
 
 /// `rampart rollback`: starts a rollback of an environment and follows it; returns the exit
 /// code.
-pub fn rollback(args: RollbackArgs) -> i32 {
+pub fn rollback(args: RollbackArgs) -> Exit {
     if args.reason.trim().is_empty() {
         return fail(CliError::usage("--reason must say why"));
     }
@@ -1262,7 +1263,7 @@ pub fn rollback(args: RollbackArgs) -> i32 {
 
 /// `rampart watch`: follows a deployment (replaying what already happened) to its end; returns
 /// the exit code of its outcome.
-pub fn watch(args: WatchArgs) -> i32 {
+pub fn watch(args: WatchArgs) -> Exit {
     let ctl = match Controller::from_args(&args.controller) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -1346,7 +1347,7 @@ mod tests {
     #[test]
     fn artifact_specs_are_checked_before_the_network() {
         let e = parse_artifact("backend").unwrap_err();
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert!(e.message.contains("expected NAME=PATH"), "{}", e.message);
         assert!(
             parse_artifact("=x.tgz")
@@ -1361,7 +1362,7 @@ mod tests {
                 .contains("empty path")
         );
         let e = parse_artifact("backend=/nonexistent/backend.tgz").unwrap_err();
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert!(
             e.message.contains("cannot read /nonexistent/backend.tgz"),
             "{}",
@@ -1425,7 +1426,7 @@ mod tests {
         assert_eq!(plan.artifacts[0].sha256.len(), 64);
         let mut bad = args.clone();
         bad.serial = vec!["lots".into()];
-        assert_eq!(prepare_deploy(&bad, &env).unwrap_err().code, 2);
+        assert_eq!(prepare_deploy(&bad, &env).unwrap_err().exit.code(), 2);
         let mut bad = args.clone();
         bad.artifacts = vec!["backend".into()];
         assert!(
@@ -1436,7 +1437,7 @@ mod tests {
         );
         let mut bad = args;
         bad.extra_vars = vec!["novalue".into()];
-        assert_eq!(prepare_deploy(&bad, &env).unwrap_err().code, 2);
+        assert_eq!(prepare_deploy(&bad, &env).unwrap_err().exit.code(), 2);
     }
 
     #[test]
@@ -1819,7 +1820,7 @@ web3  untouched    1.9.0 → -
         };
         for round in 0..2 {
             let (res, out, err) = run(&args);
-            assert_eq!(res.unwrap(), 1, "rolled back exits 1\n{out}\n{err}");
+            assert_eq!(res.unwrap().code(), 1, "rolled back exits 1\n{out}\n{err}");
             if round == 0 {
                 assert!(
                     out.starts_with("uploaded backend (5.0 MiB, sha256 "),
@@ -1869,7 +1870,7 @@ web3  untouched    1.9.0 → -
         args.controller = mock::args(&url, dir.path(), "wrong");
         let (res, _, _) = run(&args);
         let e = res.unwrap_err();
-        assert_eq!(e.code, 3, "{}", e.message);
+        assert_eq!(e.exit.code(), 3, "{}", e.message);
         assert!(e.message.contains("refused the token"), "{}", e.message);
     }
 
@@ -1884,9 +1885,9 @@ web3  untouched    1.9.0 → -
             reconnect_timeout: 5,
             controller: mock::args(&url, dir.path(), mock::TOKEN),
         };
-        assert_eq!(watch(args.clone()), 1);
+        assert_eq!(watch(args.clone()).code(), 1);
         args.deployment = "d-404".into();
-        assert_eq!(watch(args), 2);
+        assert_eq!(watch(args).code(), 2);
         // Nothing listens there: cannot reach the controller.
         let closed = WatchArgs {
             deployment: "d-1".into(),
@@ -1894,7 +1895,7 @@ web3  untouched    1.9.0 → -
             reconnect_timeout: 1,
             controller: mock::args("http://127.0.0.1:1", dir.path(), mock::TOKEN),
         };
-        assert_eq!(watch(closed), 2);
+        assert_eq!(watch(closed).code(), 2);
     }
 
     #[test]

@@ -21,24 +21,9 @@ use std::time::Duration;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::controller_client::ControllerClient;
-use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-
-/// Exit code: deployed and healthy, check mode passed, or the command did what it was asked.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: the deployment failed and was rolled back (verified), failed without changing
-/// anything, or was aborted before touching a host.
-pub const EXIT_FAILED: i32 = 1;
-/// Exit code: usage or configuration error, or the controller cannot be reached.
-pub const EXIT_USAGE: i32 = 2;
-/// Exit code: the controller refused the token (UNAUTHENTICATED or PERMISSION_DENIED).
-pub const EXIT_AUTH: i32 = 3;
-/// Exit code: a rollback failed (CRITICAL: hosts need a person).
-pub const EXIT_ROLLBACK_FAILED: i32 = 4;
-/// Exit code: the deployment lock was not acquired within the wait timeout.
-pub const EXIT_LOCK_TIMEOUT: i32 = 5;
 
 /// The controller URL used when neither `--controller` nor `RAMPART_CONTROLLER` is given.
 pub const DEFAULT_CONTROLLER: &str = "https://127.0.0.1:7430";
@@ -74,83 +59,13 @@ pub struct ControllerArgs {
     pub json: bool,
 }
 
-/// A failure of a controller command, with the process exit code it maps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CliError {
-    /// The process exit code.
-    pub code: i32,
-    /// What went wrong and what to do about it, in one line.
-    pub message: String,
-}
-
-impl CliError {
-    /// A usage or configuration error (exit 2).
-    pub fn usage(message: impl Into<String>) -> Self {
-        CliError {
-            code: EXIT_USAGE,
-            message: message.into(),
-        }
-    }
-
-    /// Maps a gRPC status from the controller at `url` to an exit code and a message; `what`
-    /// says what was attempted, e.g. `deploy to production`.
-    pub fn from_status(what: &str, url: &str, s: &tonic::Status) -> Self {
-        let msg = if s.message().is_empty() {
-            s.code().description().to_string()
-        } else {
-            s.message().to_string()
-        };
-        match s.code() {
-            Code::Unauthenticated | Code::PermissionDenied => CliError {
-                code: EXIT_AUTH,
-                message: format!("the controller refused the token: {msg}; check --token-file"),
-            },
-            Code::NotFound
-            | Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::AlreadyExists => CliError::usage(format!("{what}: {msg}")),
-            Code::Unavailable => {
-                CliError::usage(format!("cannot reach the controller at {url}: {msg}"))
-            }
-            other => CliError::usage(format!("{what}: {other:?}: {msg}")),
-        }
-    }
-
-    /// A connection failure to the controller at `url` (exit 2).
-    pub fn transport(url: &str, e: &(dyn std::error::Error + 'static)) -> Self {
-        let chain = error_chain(e);
-        let hint = if chain.contains("certificate") || chain.contains("UnknownIssuer") {
-            " (is --ca the CA that signed the controller's certificate, and does the URL's host \
-             match a name in it?)"
-        } else {
-            ""
-        };
-        CliError::usage(format!(
-            "cannot reach the controller at {url}: {chain}{hint}"
-        ))
-    }
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for CliError {}
-
+pub use crate::error::CliError;
+pub use crate::exit::Exit;
 pub use rampart_rpc::{error_chain, is_transport as is_transport_error};
 
-/// The exit code of a finished deployment's outcome (DESIGN.md). An unspecified outcome (a
-/// controller newer than this CLI, or a protocol error) is reported as a failure.
-pub fn outcome_exit_code(outcome: pb::DeploymentOutcome) -> i32 {
-    use pb::DeploymentOutcome as O;
-    match outcome {
-        O::Succeeded | O::CheckOnly => EXIT_OK,
-        O::RolledBack | O::Failed | O::Aborted | O::Unspecified => EXIT_FAILED,
-        O::RollbackFailed => EXIT_ROLLBACK_FAILED,
-        O::LockTimeout => EXIT_LOCK_TIMEOUT,
-    }
+/// The exit code of a finished deployment's outcome ([`Exit::of_deployment`]).
+pub fn outcome_exit_code(outcome: pb::DeploymentOutcome) -> Exit {
+    Exit::of_deployment(outcome)
 }
 
 /// Adds `authorization: Bearer <token>` to every request. Its `Debug` never shows the token.
@@ -334,9 +249,9 @@ impl Controller {
 
 /// Runs a command's async body on a current-thread runtime and turns its result into the process
 /// exit code, printing the error on stderr.
-pub fn block_on<F>(fut: F) -> i32
+pub fn block_on<F>(fut: F) -> Exit
 where
-    F: std::future::Future<Output = Result<i32, CliError>>,
+    F: std::future::Future<Output = Result<Exit, CliError>>,
 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -345,22 +260,22 @@ where
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rampart: cannot start the async runtime: {e}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     match rt.block_on(fut) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rampart: {}", e.message);
-            e.code
+            e.exit
         }
     }
 }
 
 /// Reports a failure that happened before the runtime started; returns its exit code.
-pub fn fail(e: CliError) -> i32 {
+pub fn fail(e: CliError) -> Exit {
     eprintln!("rampart: {}", e.message);
-    e.code
+    e.exit
 }
 
 /// The name of a protobuf enum value without its prefix, lowercase: `rolled_back`.
@@ -532,7 +447,7 @@ mod tests {
             (O::LockTimeout, 5),
         ];
         for (outcome, code) in table {
-            assert_eq!(outcome_exit_code(outcome), code, "{outcome:?}");
+            assert_eq!(outcome_exit_code(outcome).code(), code, "{outcome:?}");
         }
     }
 
@@ -544,7 +459,7 @@ mod tests {
             url,
             &tonic::Status::unauthenticated("unknown token"),
         );
-        assert_eq!(e.code, 3);
+        assert_eq!(e.exit.code(), 3);
         assert!(
             e.message.contains("refused the token: unknown token"),
             "{}",
@@ -552,7 +467,7 @@ mod tests {
         );
         assert!(e.message.contains("--token-file"));
         let e = CliError::from_status("deploy", url, &tonic::Status::permission_denied("not prod"));
-        assert_eq!(e.code, 3);
+        assert_eq!(e.exit.code(), 3);
         for s in [
             tonic::Status::not_found("no environment staging"),
             tonic::Status::invalid_argument("bad serial"),
@@ -560,7 +475,7 @@ mod tests {
             tonic::Status::already_exists("d-1 exists"),
         ] {
             let e = CliError::from_status("deploy to production", url, &s);
-            assert_eq!(e.code, 2, "{s:?}");
+            assert_eq!(e.exit.code(), 2, "{s:?}");
             assert!(
                 e.message.starts_with("deploy to production: "),
                 "{}",
@@ -569,13 +484,13 @@ mod tests {
             assert!(e.message.contains(s.message()));
         }
         let e = CliError::from_status("deploy", url, &tonic::Status::unavailable("refused"));
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert_eq!(
             e.message,
             "cannot reach the controller at https://deploy.internal:7430: refused"
         );
         let e = CliError::from_status("deploy", url, &tonic::Status::data_loss("digest"));
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert!(is_transport_error(&tonic::Status::unavailable("x")));
         assert!(!is_transport_error(&tonic::Status::not_found("x")));
     }
@@ -604,13 +519,13 @@ mod tests {
             "abc"
         );
         let e = load_token(None, &env_of(&[])).unwrap_err();
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert!(e.message.contains("--token-file"), "{}", e.message);
         assert!(e.message.contains("RAMPART_TOKEN"), "{}", e.message);
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let e = load_token(Some(&missing), &env_of(&[])).unwrap_err();
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert!(
             e.message.contains("cannot read the token file"),
             "{}",
@@ -633,7 +548,7 @@ mod tests {
             ..ControllerArgs::default()
         };
         let e = Controller::from_args_with(&args, &env_of(&[(ENV_TOKEN, "t")])).unwrap_err();
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert!(e.message.contains("--ca"), "{}", e.message);
         assert!(e.message.contains("rampart certs init"), "{}", e.message);
         assert!(e.message.contains("ca.pem"), "{}", e.message);
@@ -663,7 +578,8 @@ mod tests {
         assert_eq!(
             Controller::from_args_with(&bad, &env_of(&[(ENV_TOKEN, "t")]))
                 .unwrap_err()
-                .code,
+                .exit
+                .code(),
             2
         );
     }
@@ -709,7 +625,7 @@ mod tests {
         args.ca = Some(other.join("ca.pem"));
         let ctl = Controller::from_args_with(&args, &env_of(&[])).unwrap();
         let e = rt.block_on(ctl.connect()).unwrap_err();
-        assert_eq!(e.code, 2);
+        assert_eq!(e.exit.code(), 2);
         assert!(
             e.message.contains("cannot reach the controller"),
             "{}",
@@ -720,7 +636,8 @@ mod tests {
         assert_eq!(
             Controller::from_args_with(&args, &env_of(&[]))
                 .unwrap_err()
-                .code,
+                .exit
+                .code(),
             2
         );
     }

@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::deploy::version_change;
 use super::{
-    CliError, Client, Controller, ControllerArgs, EXIT_OK, agent_outcome_name, block_on,
+    CliError, Client, Controller, ControllerArgs, Exit, agent_outcome_name, block_on,
     duration_text, fail, host_state_name, incident_state_name, kind_name, outcome_name,
     severity_name, size_text, state_name, timestamp, timestamp_json, timestamp_text, write_table,
 };
@@ -569,10 +569,10 @@ pub fn render_incidents<W: Write>(out: &mut W, incidents: &[pb::Incident]) -> st
 // Entry points
 
 /// Resolves the controller, connects, and runs `body` on a current-thread runtime.
-fn with_client<F, Fut>(args: &ControllerArgs, body: F) -> i32
+fn with_client<F, Fut>(args: &ControllerArgs, body: F) -> Exit
 where
     F: FnOnce(Controller, Client) -> Fut,
-    Fut: Future<Output = Result<i32, CliError>>,
+    Fut: Future<Output = Result<Exit, CliError>>,
 {
     let ctl = match Controller::from_args(args) {
         Ok(c) => c,
@@ -585,7 +585,7 @@ where
 }
 
 /// `rampart status`: active and last finished deployments per environment.
-pub fn status(args: StatusArgs) -> i32 {
+pub fn status(args: StatusArgs) -> Exit {
     let json = args.controller.json;
     with_client(&args.controller, |ctl, mut c| async move {
         let resp = c
@@ -605,12 +605,12 @@ pub fn status(args: StatusArgs) -> i32 {
         } else {
             let _ = render_status(&mut std::io::stdout().lock(), &sel);
         }
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
 /// `rampart history`: an environment's deployments, newest first.
-pub fn history(args: HistoryArgs) -> i32 {
+pub fn history(args: HistoryArgs) -> Exit {
     let json = args.controller.json;
     with_client(&args.controller, |ctl, mut c| async move {
         let resp = c
@@ -633,19 +633,19 @@ pub fn history(args: HistoryArgs) -> i32 {
                 chrono::Utc::now(),
             );
         }
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
 /// `rampart deployment ...`.
-pub fn deployment(cmd: DeploymentCommand) -> i32 {
+pub fn deployment(cmd: DeploymentCommand) -> Exit {
     match cmd {
         DeploymentCommand::Show(args) => deployment_show(args),
     }
 }
 
 /// `rampart deployment show`: one deployment with its per-host results.
-pub fn deployment_show(args: ShowArgs) -> i32 {
+pub fn deployment_show(args: ShowArgs) -> Exit {
     let json = args.controller.json;
     with_client(&args.controller, |ctl, mut c| async move {
         let d = c
@@ -660,12 +660,12 @@ pub fn deployment_show(args: ShowArgs) -> i32 {
         } else {
             let _ = render_deployment(&mut std::io::stdout().lock(), &d, chrono::Utc::now());
         }
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
 /// `rampart approve`: approves a deployment waiting for approval; prints its new state.
-pub fn approve(args: ApproveArgs) -> i32 {
+pub fn approve(args: ApproveArgs) -> Exit {
     let json = args.controller.json;
     with_client(&args.controller, |ctl, mut c| async move {
         let resp = c
@@ -687,12 +687,12 @@ pub fn approve(args: ApproveArgs) -> i32 {
                 args.deployment
             );
         }
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
 /// `rampart abort`: aborts a deployment; prints its new state.
-pub fn abort(args: AbortArgs) -> i32 {
+pub fn abort(args: AbortArgs) -> Exit {
     if args.reason.trim().is_empty() {
         return fail(CliError::usage("--reason must say why"));
     }
@@ -720,12 +720,12 @@ pub fn abort(args: AbortArgs) -> i32 {
                 args.deployment
             );
         }
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
 /// `rampart forensics ...`.
-pub fn forensics(cmd: ForensicsCommand) -> i32 {
+pub fn forensics(cmd: ForensicsCommand) -> Exit {
     match cmd {
         ForensicsCommand::Get(args) => forensics_get(args),
     }
@@ -740,7 +740,7 @@ fn partial_path(output: &std::path::Path) -> PathBuf {
 
 /// `rampart forensics get`: streams a host's forensics bundle into FILE.partial, then renames
 /// it to FILE.
-pub fn forensics_get(args: ForensicsGetArgs) -> i32 {
+pub fn forensics_get(args: ForensicsGetArgs) -> Exit {
     if args.output.exists() && !args.force {
         return fail(CliError::usage(format!(
             "{} exists; pass --force to replace it",
@@ -801,12 +801,12 @@ pub fn forensics_get(args: ForensicsGetArgs) -> i32 {
                 args.output.display()
             );
         }
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
 /// `rampart incidents [resolve]`.
-pub fn incidents(args: IncidentsArgs) -> i32 {
+pub fn incidents(args: IncidentsArgs) -> Exit {
     match args.command {
         Some(IncidentsCommand::Resolve(r)) => incident_resolve(r),
         None => {
@@ -828,14 +828,14 @@ pub fn incidents(args: IncidentsArgs) -> i32 {
                 } else {
                     let _ = render_incidents(&mut std::io::stdout().lock(), &resp.incidents);
                 }
-                Ok(EXIT_OK)
+                Ok(Exit::Ok)
             })
         }
     }
 }
 
 /// `rampart incidents resolve`: acknowledges or resolves an incident.
-pub fn incident_resolve(args: ResolveArgs) -> i32 {
+pub fn incident_resolve(args: ResolveArgs) -> Exit {
     if args.note.trim().is_empty() {
         return fail(CliError::usage("--note must say what was done"));
     }
@@ -869,7 +869,7 @@ pub fn incident_resolve(args: ResolveArgs) -> i32 {
                 }
             );
         }
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
@@ -1053,21 +1053,21 @@ mod tests {
             force: false,
             controller: mock::args(&url, dir.path(), mock::TOKEN),
         };
-        assert_eq!(forensics_get(args.clone()), 0);
+        assert_eq!(forensics_get(args.clone()).code(), 0);
         assert_eq!(std::fs::read(&out).unwrap(), b"abcdef");
         assert!(!partial_path(&out).exists());
         // An existing file is kept without --force.
         std::fs::write(&out, b"keep").unwrap();
-        assert_eq!(forensics_get(args.clone()), 2);
+        assert_eq!(forensics_get(args.clone()).code(), 2);
         assert_eq!(std::fs::read(&out).unwrap(), b"keep");
         args.force = true;
-        assert_eq!(forensics_get(args.clone()), 0);
+        assert_eq!(forensics_get(args.clone()).code(), 0);
         assert_eq!(std::fs::read(&out).unwrap(), b"abcdef");
         // No bundle: exit 2 and no file at all.
         let other = dir.path().join("web9.tar.gz");
         args.host = "web9".into();
         args.output = other.clone();
-        assert_eq!(forensics_get(args.clone()), 2);
+        assert_eq!(forensics_get(args.clone()).code(), 2);
         assert!(!other.exists() && !partial_path(&other).exists());
         // A refused token: exit 3.
         args.controller = mock::args(&url, dir.path(), "wrong");
@@ -1075,7 +1075,8 @@ mod tests {
             status(StatusArgs {
                 env: None,
                 controller: args.controller.clone()
-            }),
+            })
+            .code(),
             3
         );
         args.controller = mock::args(&url, dir.path(), mock::TOKEN);
@@ -1083,7 +1084,8 @@ mod tests {
             status(StatusArgs {
                 env: None,
                 controller: args.controller
-            }),
+            })
+            .code(),
             0
         );
     }
