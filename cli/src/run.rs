@@ -20,6 +20,7 @@ use rampart_agent::transaction::{self, HostConfig, TxRequest, TxSummary};
 use rampart_playbook::template::Templar;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
+use rampart_rpc::retry::{self, Attempt, GaveUp};
 use rampart_rpc::tls::{self, TlsFiles};
 use rampart_rpc::{error_chain, is_transport as is_transport_error};
 use serde_json::{Map, Value};
@@ -345,13 +346,7 @@ async fn reattach(
     from_seq: u64,
     timeout: Duration,
 ) -> Result<tonic::Streaming<pb::TransactionEvent>, CliError> {
-    let deadline = Instant::now() + timeout;
-    let max_tries = timeout.as_secs().max(1) + 1;
-    let mut last_err = String::new();
-    for _ in 0..max_tries {
-        if Instant::now() >= deadline {
-            break;
-        }
+    let attempt = || async {
         match connect(agent).await {
             Ok(mut c) => match c
                 .watch(pb::WatchRequest {
@@ -360,13 +355,23 @@ async fn reattach(
                 })
                 .await
             {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) => last_err = s.message().to_string(),
+                Ok(r) => Attempt::Done(r.into_inner()),
+                Err(s) => Attempt::Again(s.message().to_string()),
             },
-            Err(e) => last_err = e.message,
+            Err(e) => Attempt::Again(e.message),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    };
+    let last_err = match retry::until(
+        Instant::now() + timeout,
+        Duration::from_secs(1),
+        true,
+        attempt,
+    )
+    .await
+    {
+        Ok(stream) => return Ok(stream),
+        Err(GaveUp::TimedOut(last) | GaveUp::Stopped(last)) => last,
+    };
     Err(CliError::usage(format!(
         "could not re-attach to transaction {txid} within {}s ({last_err}); it continues on the agent: \
          watch it later with the agent's Watch RPC",

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rampart_host::cas as artifacts;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
+use rampart_rpc::retry::{self, Attempt, GaveUp};
 use rampart_rpc::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -87,20 +88,23 @@ impl Agents {
 
     /// A client, retried (1 s apart) until `within` has passed.
     pub async fn client_within(&self, addr: &str, within: Duration) -> Result<Client, String> {
-        let deadline = Instant::now() + within;
-        let tries = within.as_secs().max(1) + 1;
-        let mut last = String::new();
-        for _ in 0..tries {
+        let attempt = || async {
             match self.client(addr).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = e,
+                Ok(c) => Attempt::Done(c),
+                Err(e) => Attempt::<_, String>::Again(e),
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        match retry::until(
+            Instant::now() + within,
+            Duration::from_secs(1),
+            true,
+            attempt,
+        )
+        .await
+        {
+            Ok(c) => Ok(c),
+            Err(GaveUp::Stopped(last) | GaveUp::TimedOut(last)) => Err(last),
         }
-        Err(last)
     }
 }
 
@@ -340,26 +344,35 @@ async fn lost(
     run_req: &mut Option<pb::RunRequest>,
 ) -> Result<tonic::Streaming<pb::TransactionEvent>, tonic::Status> {
     agents.forget(addr);
-    let deadline = Instant::now() + within;
-    let mut last = tonic::Status::unavailable(format!("agent at {addr} unreachable"));
-    for _ in 0..(within.as_secs() + 2) {
-        if let Ok(mut c) = agents.client(addr).await {
-            match watch(&mut c, txid, from_seq).await {
-                Ok(s) => return Ok(s),
-                Err(s) if s.code() == Code::NotFound => {
-                    // Never journaled: running it now cannot run it twice.
-                    *run_req = req;
-                    return Err(s);
-                }
-                Err(s) => last = s,
-            }
+    let attempt = || async {
+        let Ok(mut c) = agents.client(addr).await else {
+            return Attempt::Again(String::new());
+        };
+        match watch(&mut c, txid, from_seq).await {
+            Ok(s) => Attempt::Done(s),
+            // Never journaled: running it now cannot run it twice.
+            Err(s) if s.code() == Code::NotFound => Attempt::Stop(s),
+            Err(s) => Attempt::Again(s.message().to_string()),
         }
-        if Instant::now() >= deadline {
-            break;
+    };
+    match retry::until(
+        Instant::now() + within,
+        Duration::from_secs(1),
+        true,
+        attempt,
+    )
+    .await
+    {
+        Ok(s) => Ok(s),
+        Err(GaveUp::Stopped(s)) => {
+            *run_req = req;
+            Err(s)
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        Err(GaveUp::TimedOut(last)) if last.is_empty() => Err(tonic::Status::unavailable(format!(
+            "agent at {addr} unreachable"
+        ))),
+        Err(GaveUp::TimedOut(last)) => Err(tonic::Status::unavailable(last)),
     }
-    Err(last)
 }
 
 /// Waits until the agent answers `GetTransaction(txid)` again, for at most `within`.
@@ -369,8 +382,7 @@ async fn wait_reachable(
     txid: &str,
     within: Duration,
 ) -> Result<(), ()> {
-    let deadline = Instant::now() + within;
-    for _ in 0..(within.as_secs() * 4 + 2) {
+    let attempt = || async {
         if let Ok(mut c) = agents.client(addr).await
             && c.get_transaction(pb::GetTransactionRequest {
                 txid: txid.to_string(),
@@ -378,15 +390,19 @@ async fn wait_reachable(
             .await
             .is_ok()
         {
-            return Ok(());
+            return Attempt::Done(());
         }
         agents.forget(addr);
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(())
+        Attempt::<(), ()>::Again(String::new())
+    };
+    retry::until(
+        Instant::now() + within,
+        Duration::from_millis(250),
+        true,
+        attempt,
+    )
+    .await
+    .map_err(|_| ())
 }
 
 /// The forensics bundle a transaction recorded on the agent, if any.

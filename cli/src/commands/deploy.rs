@@ -12,6 +12,7 @@
 //! the end; on a terminal the same lines come with a live one-line status on stderr.
 
 use crate::exit::Exit;
+use rampart_rpc::retry::{self, Attempt, GaveUp};
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -1018,16 +1019,7 @@ async fn reattach(
     deadline: Instant,
     first: bool,
 ) -> Result<tonic::Streaming<pb::DeploymentEvent>, CliError> {
-    let mut last = String::from("timed out");
-    let mut wait = !first;
-    loop {
-        if wait {
-            if Instant::now() + Duration::from_secs(1) > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        wait = true;
+    let attempt = || async {
         match ctl.connect().await {
             Ok(mut c) => match c
                 .watch(pb::WatchDeploymentRequest {
@@ -1036,13 +1028,19 @@ async fn reattach(
                 })
                 .await
             {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(s) if is_transport_error(&s) => last = s.message().to_string(),
-                Err(s) => return Err(ctl.error(&format!("re-attach to deployment {id}"), &s)),
+                Ok(resp) => Attempt::Done(resp.into_inner()),
+                Err(s) if is_transport_error(&s) => Attempt::Again(s.message().to_string()),
+                Err(s) => Attempt::Stop(ctl.error(&format!("re-attach to deployment {id}"), &s)),
             },
-            Err(e) => last = e.message,
+            Err(e) => Attempt::Again(e.message),
         }
-    }
+    };
+    let last = match retry::until(deadline, Duration::from_secs(1), first, attempt).await {
+        Ok(stream) => return Ok(stream),
+        Err(GaveUp::Stopped(e)) => return Err(e),
+        Err(GaveUp::TimedOut(last)) if last.is_empty() => "timed out".to_string(),
+        Err(GaveUp::TimedOut(last)) => last,
+    };
     Err(CliError::usage(format!(
         "could not re-attach to deployment {id} ({last}); it continues on the controller: \
          follow it with `rampart watch {id} --from-seq {from_seq}`"

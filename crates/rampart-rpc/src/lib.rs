@@ -5,6 +5,7 @@
 //! - [`tls`]: PEM files into mutual-TLS configs (agent, controller and CLI alike);
 //! - [`logging`]: the servers' log setup;
 //! - [`ids`]: transaction and deployment ids;
+//! - [`retry`]: the one bounded loop that re-attaches and reconnects;
 //! - this file: the gRPC message limit, the one-line error chain, which statuses mean "the
 //!   connection broke, retry", and the servers' shutdown signal.
 
@@ -12,6 +13,7 @@
 
 pub mod ids;
 pub mod logging;
+pub mod retry;
 pub mod tls;
 
 use tonic::Code;
