@@ -863,3 +863,1092 @@ fn failed_task_info(task: &Task, action: &Action, name: &str) -> Value {
         "vars": task.vars.as_deref().cloned().unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The engine's semantics in-process, through an in-memory [`Sink`]: the same cases
+    //! `tests/e2e/semantics.rs` runs through processes (as observed on ansible-core 2.19, see
+    //! `shared/notes/ansible-semantics.md`), in milliseconds.
+
+    use super::*;
+
+    /// Keeps every record in memory.
+    #[derive(Default)]
+    struct VecSink(Vec<Record>);
+
+    impl Sink for VecSink {
+        fn record(&mut self, record: Record) -> Result<(), JournalError> {
+            self.0.push(record);
+            Ok(())
+        }
+    }
+
+    /// A finished in-process run.
+    struct Run {
+        result: RunResult,
+        records: Vec<Record>,
+    }
+
+    impl Run {
+        /// (path, name, section, status) of every finished task, in order.
+        fn ends(&self) -> Vec<(String, String, &'static str, &'static str)> {
+            self.records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::TaskEnd {
+                        path,
+                        name,
+                        section,
+                        status,
+                        ..
+                    } => Some((
+                        path.clone(),
+                        name.clone(),
+                        section.as_str(),
+                        status.as_str(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// (name, section, status) of every finished task, in order.
+        fn tasks(&self) -> Vec<(String, &'static str, &'static str)> {
+            self.ends()
+                .into_iter()
+                .map(|(_, name, section, status)| (name, section, status))
+                .collect()
+        }
+
+        /// The result of the (first) task named `name`.
+        fn result(&self, name: &str) -> &Value {
+            self.records
+                .iter()
+                .find_map(|r| match r {
+                    Record::TaskEnd {
+                        name: n, result, ..
+                    } if n == name => Some(result),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no task `{name}` finished: {:#?}", self.records))
+        }
+
+        /// ok, changed, failed, skipped, rescued, ignored.
+        fn recap(&self) -> [u32; 6] {
+            let r = self.result.recap;
+            [r.ok, r.changed, r.failed, r.skipped, r.rescued, r.ignored]
+        }
+    }
+
+    fn owned<'a>(want: &[(&'a str, &'a str, &'a str)]) -> Vec<(String, &'a str, &'a str)> {
+        want.iter()
+            .map(|(n, s, st)| (n.to_string(), *s, *st))
+            .collect()
+    }
+
+    fn opts(state: &std::path::Path, check: bool) -> EngineOptions {
+        EngineOptions {
+            check,
+            host: "h01.example.com".into(),
+            txid: "tx-unit".into(),
+            base_dir: None,
+            state_dir: state.to_path_buf(),
+        }
+    }
+
+    /// Runs `text` with extra variables `extra`, in check mode when `check`, replaying `replay`.
+    fn run_replay(text: &str, check: bool, extra: Value, replay: Option<Replay>) -> Run {
+        let templar = Templar::new();
+        let playbook = rampart_playbook::load("unit.yml", text, &templar)
+            .unwrap_or_else(|e| panic!("playbook does not load: {e}\n{text}"));
+        let state = tempfile::tempdir().unwrap();
+        let Value::Object(extra) = extra else {
+            panic!("extra vars must be an object")
+        };
+        let mut sink = VecSink::default();
+        let result = Engine::new(
+            &playbook,
+            Arc::new(templar),
+            opts(state.path(), check),
+            &extra,
+            &mut sink,
+            replay,
+        )
+        .run()
+        .expect("the in-memory sink never fails");
+        Run {
+            result,
+            records: sink.0,
+        }
+    }
+
+    fn run(text: &str) -> Run {
+        run_replay(text, false, json!({}), None)
+    }
+
+    #[test]
+    fn every_task_gets_a_start_then_an_end_record_with_its_path_and_section() {
+        let run = run(r#"
+- name: "play {{ inventory_hostname_short }}"
+  hosts: all
+  tasks:
+    - name: outer
+      block:
+        - name: b1
+          debug: msg=b1
+        - name: b2
+          fail: msg=boom
+        - name: b3 never
+          debug: msg=b3
+      rescue:
+        - name: r1
+          debug: msg=r1
+      always:
+        - name: a1
+          debug: msg=a1
+    - name: "after {{ 1 + 1 }}"
+      debug: msg=after
+"#);
+        let mut got = Vec::new();
+        for r in &run.records {
+            got.push(match r {
+                Record::PlayStart { index, name } => format!("play {index} {name}"),
+                Record::TaskStart {
+                    path,
+                    section,
+                    name,
+                    action,
+                } => format!("start {path} {} {name} {action}", section.as_str()),
+                Record::TaskEnd {
+                    path,
+                    section,
+                    name,
+                    status,
+                    ..
+                } => format!("end {path} {} {name} {}", section.as_str(), status.as_str()),
+                other => panic!("unexpected record {other:?}"),
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "play 0 play h01",
+                "start 0.0.block.0 block b1 debug",
+                "end 0.0.block.0 block b1 ok",
+                "start 0.0.block.1 block b2 fail",
+                "end 0.0.block.1 block b2 failed",
+                "start 0.0.rescue.0 rescue r1 debug",
+                "end 0.0.rescue.0 rescue r1 ok",
+                "start 0.0.always.0 always a1 debug",
+                "end 0.0.always.0 always a1 ok",
+                "start 0.1 block after 2 debug",
+                "end 0.1 block after 2 ok",
+            ]
+        );
+        // The task that failed and the ones that ran after it are journaled as such.
+        let Some(Record::TaskEnd {
+            result,
+            private_result,
+            ..
+        }) = run.records.get(4)
+        else {
+            panic!("record 4 is not b2's end")
+        };
+        assert_eq!(result["msg"], "boom");
+        assert_eq!(private_result, &None);
+    }
+
+    #[test]
+    fn failure_in_block_runs_rescue_then_always_and_the_play_goes_on_rolled_back() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - name: outer
+      block:
+        - name: b1 ok
+          debug: msg=b1
+        - name: b2 fails
+          command: /bin/false
+        - name: b3 never
+          debug: msg=b3
+      rescue:
+        - name: r1 show failed task
+          debug: var=ansible_failed_task
+        - name: r2 show failed result
+          debug: var=ansible_failed_result
+        - name: r3 use them
+          debug: msg="{{ ansible_failed_task.name }} rc={{ ansible_failed_result.rc }}"
+      always:
+        - name: a1
+          debug: msg=always
+    - name: after block
+      debug: msg=after
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("b1 ok", "block", "ok"),
+                ("b2 fails", "block", "failed"),
+                ("r1 show failed task", "rescue", "ok"),
+                ("r2 show failed result", "rescue", "ok"),
+                ("r3 use them", "rescue", "ok"),
+                ("a1", "always", "ok"),
+                ("after block", "block", "ok"),
+            ])
+        );
+        assert_eq!(run.result.outcome, Outcome::RolledBack);
+        // The failed task counts in neither ok nor changed, though its result says changed.
+        assert_eq!(run.recap(), [6, 0, 0, 0, 1, 0]);
+        let t = &run.result("r1 show failed task")["ansible_failed_task"];
+        assert_eq!(t["name"], "b2 fails");
+        assert_eq!(t["action"], "command");
+        assert_eq!(t["_resolved_action"], "ansible.builtin.command");
+        assert_eq!(t["args"]["_raw_params"], "/bin/false");
+        assert_eq!(t["path"], "0.0.block.1");
+        assert_eq!(t["delay"], json!(DEFAULT_DELAY_SECS));
+        let r = &run.result("r2 show failed result")["ansible_failed_result"];
+        assert_eq!(r["failed"], json!(true));
+        assert_eq!(r["rc"], json!(1));
+        assert_eq!(r["changed"], json!(true));
+        assert_eq!(r["msg"], "non-zero return code");
+        assert_eq!(run.result("r3 use them")["msg"], "b2 fails rc=1");
+        assert_eq!(run.result("b2 fails")["cmd"], json!(["/bin/false"]));
+    }
+
+    #[test]
+    fn failure_inside_rescue_skips_the_rest_of_it_runs_always_and_fails_the_rollback() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - block:
+        - name: b fails
+          fail: msg=boom
+      rescue:
+        - name: r fails too
+          fail: msg=rescue-boom
+        - name: r2 never
+          debug: msg=r2
+      always:
+        - name: always runs
+          debug: msg=always-ran
+    - name: after block
+      debug: msg=after
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("b fails", "block", "failed"),
+                ("r fails too", "rescue", "failed"),
+                ("always runs", "always", "ok"),
+            ])
+        );
+        assert_eq!(run.result.outcome, Outcome::RollbackFailed);
+        assert_eq!(run.recap(), [1, 0, 1, 0, 1, 0]);
+        assert_eq!(run.result("b fails")["msg"], "boom");
+        assert_eq!(run.result("r fails too")["msg"], "rescue-boom");
+    }
+
+    #[test]
+    fn failure_without_rescue_runs_always_and_stops_the_host_and_later_plays() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - block:
+        - name: boom
+          fail:
+            msg: "no rescue here"
+      always:
+        - name: cleanup
+          debug: msg=cleanup
+    - name: never
+      debug: msg=never
+- name: second play
+  hosts: all
+  tasks:
+    - name: never either
+      debug: msg=never
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[("boom", "block", "failed"), ("cleanup", "always", "ok")])
+        );
+        assert_eq!(run.result.outcome, Outcome::Failed);
+        assert_eq!(run.recap(), [1, 0, 1, 0, 0, 0]);
+        assert!(
+            !run.records
+                .iter()
+                .any(|r| matches!(r, Record::PlayStart { index: 1, .. })),
+            "the second play started after the host failed"
+        );
+    }
+
+    #[test]
+    fn nested_blocks_rescue_inside_and_propagate_a_failure_without_rescue() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - name: outer
+      block:
+        - name: inner
+          block:
+            - name: inner fails
+              fail: msg=inner-boom
+          rescue:
+            - name: inner rescue
+              debug: msg="inner rescued {{ ansible_failed_task.name }}"
+          always:
+            - name: inner always
+              debug: msg=inner-always
+        - name: outer continues after inner rescued
+          debug: msg=outer-continues
+        - name: inner2 no rescue
+          block:
+            - name: inner2 fails
+              fail: msg=inner2-boom
+          always:
+            - name: inner2 always
+              debug: msg=inner2-always
+        - name: outer never
+          debug: msg=never
+      rescue:
+        - name: outer rescue
+          debug: msg="outer rescued {{ ansible_failed_task.name }} / {{ ansible_failed_result.msg }}"
+      always:
+        - name: outer always
+          debug: msg=outer-always
+    - name: success block
+      block:
+        - debug: msg=ok
+      rescue:
+        - debug: msg=NOT-RUN
+      always:
+        - name: always after success
+          debug: msg=always-after-success
+"#);
+        assert_eq!(
+            run.ends()
+                .into_iter()
+                .map(|(path, name, section, status)| format!("{path} {name} {section} {status}"))
+                .collect::<Vec<_>>(),
+            [
+                "0.0.block.0.block.0 inner fails block failed",
+                "0.0.block.0.rescue.0 inner rescue rescue ok",
+                "0.0.block.0.always.0 inner always always ok",
+                "0.0.block.1 outer continues after inner rescued block ok",
+                "0.0.block.2.block.0 inner2 fails block failed",
+                "0.0.block.2.always.0 inner2 always always ok",
+                "0.0.rescue.0 outer rescue rescue ok",
+                "0.0.always.0 outer always always ok",
+                "0.1.block.0 debug block ok",
+                "0.1.always.0 always after success always ok",
+            ]
+        );
+        assert_eq!(run.result.outcome, Outcome::RolledBack);
+        assert_eq!(run.recap(), [8, 0, 0, 0, 2, 0]);
+        assert_eq!(
+            run.result("inner rescue")["msg"],
+            "inner rescued inner fails"
+        );
+        assert_eq!(
+            run.result("outer rescue")["msg"],
+            "outer rescued inner2 fails / inner2-boom"
+        );
+    }
+
+    #[test]
+    fn when_skips_per_task_and_a_blocks_when_reaches_its_tasks() {
+        let run = run_replay(
+            r#"
+- hosts: all
+  vars:
+    who: world
+  tasks:
+    - name: skipped by when
+      command: /bin/false
+      when: who == 'nobody'
+      register: skipped_r
+    - name: runs by when
+      debug: msg=yes
+      when:
+        - who == 'world'
+        - flag
+    - name: guarded block
+      when: not flag
+      block:
+        - name: in guarded block
+          fail: msg=must-not-run
+    - name: registered the skip
+      assert:
+        that:
+          - skipped_r.skipped
+          - skipped_r.skip_reason == 'Conditional result was False'
+          - skipped_r.false_condition == "who == 'nobody'"
+"#,
+            false,
+            json!({"flag": true}),
+            None,
+        );
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("skipped by when", "block", "skipped"),
+                ("runs by when", "block", "ok"),
+                ("in guarded block", "block", "skipped"),
+                ("registered the skip", "block", "ok"),
+            ])
+        );
+        assert_eq!(run.result.outcome, Outcome::Succeeded);
+        assert_eq!(run.recap(), [2, 0, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn loop_with_loop_var_index_var_per_item_when_and_register() {
+        let run = run(r#"
+- hosts: all
+  vars:
+    greeting: "hello {{ who }}"
+    who: world
+  tasks:
+    - name: loop with when per item
+      command: echo {{ idx }}-{{ thing }}
+      loop: [a, b, c]
+      loop_control:
+        loop_var: thing
+        index_var: idx
+      when: thing != 'b'
+      register: echoed
+      changed_when: false
+    - name: remember
+      set_fact:
+        count: "{{ echoed.results | length }}"
+        outputs: "{{ echoed.results | selectattr('stdout', 'defined') | map(attribute='stdout') | list }}"
+    - name: check it all
+      assert:
+        that:
+          - count | int == 3
+          - outputs == ['0-a', '2-c']
+          - echoed.results[1].skipped
+          - echoed.results[1].thing == 'b'
+          - echoed.results[0].ansible_loop_var == 'thing'
+          - echoed.msg == 'All items completed'
+          - greeting == 'hello world'
+    - name: all items skipped
+      debug: msg="{{ item }}"
+      loop: [1, 2]
+      when: item > 5
+    - name: not a list
+      block:
+        - name: loops over a string
+          debug: msg=x
+          loop: "{{ who }}"
+      rescue:
+        - name: rescued
+          debug: msg="{{ ansible_failed_result.msg }}"
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("loop with when per item", "block", "ok"),
+                ("remember", "block", "ok"),
+                ("check it all", "block", "ok"),
+                ("all items skipped", "block", "skipped"),
+                ("loops over a string", "block", "failed"),
+                ("rescued", "rescue", "ok"),
+            ])
+        );
+        let looped = run.result("loop with when per item");
+        assert_eq!(looped["changed"], json!(false));
+        let results = looped["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[2]["stdout"], "2-c");
+        assert_eq!(results[1]["skipped"], json!(true));
+        assert_eq!(run.result("all items skipped")["msg"], "All items skipped");
+        assert!(
+            run.result("rescued")["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("Invalid data passed to 'loop', it requires a list"),
+            "{}",
+            run.result("rescued")
+        );
+        assert_eq!(run.recap(), [4, 0, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn until_retries_run_retries_plus_one_times_and_report_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_replay(
+            r#"
+- hosts: all
+  tasks:
+    - name: succeeds on 3rd attempt
+      shell: "echo x >> {{ dir }}/cnt; test $(wc -l < {{ dir }}/cnt) -ge 3"
+      register: r
+      until: r.rc == 0
+      retries: 5
+      delay: 0
+    - name: never succeeds
+      shell: "echo x >> {{ dir }}/cnt2; exit 1"
+      register: r2
+      until: r2.rc == 0
+      retries: 2
+      delay: "{{ 0 }}"
+      ignore_errors: true
+    - name: show
+      debug: msg="attempts={{ r.attempts }} attempts2={{ r2.attempts }} failed2={{ r2.failed }}"
+"#,
+            false,
+            json!({"dir": dir.path()}),
+            None,
+        );
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("succeeds on 3rd attempt", "block", "changed"),
+                ("never succeeds", "block", "ignored"),
+                ("show", "block", "ok"),
+            ])
+        );
+        assert_eq!(
+            run.result("show")["msg"],
+            "attempts=3 attempts2=2 failed2=True"
+        );
+        let lines = |f: &str| {
+            std::fs::read_to_string(dir.path().join(f))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(lines("cnt"), 3);
+        assert_eq!(lines("cnt2"), 3, "retries: 2 runs the task three times");
+        // One retry record per run that is followed by another, between the task's start and end.
+        let retries: Vec<(String, u32)> = run
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::TaskRetry {
+                    path, retries_left, ..
+                } => Some((path.clone(), *retries_left)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            retries,
+            [
+                ("0.0".to_string(), 5),
+                ("0.0".to_string(), 4),
+                ("0.1".to_string(), 2),
+                ("0.1".to_string(), 1),
+            ]
+        );
+        let kinds: Vec<&str> = run
+            .records
+            .iter()
+            .skip(1)
+            .take(4)
+            .map(|r| match r {
+                Record::TaskStart { .. } => "start",
+                Record::TaskRetry { .. } => "retry",
+                Record::TaskEnd { .. } => "end",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["start", "retry", "retry", "end"]);
+    }
+
+    #[test]
+    fn ignore_errors_failed_when_and_changed_when() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - name: ignored failure
+      command: /bin/false
+      ignore_errors: true
+      register: r
+    - name: show r
+      debug: msg="r.failed={{ r.failed }} rc={{ r.rc }}"
+    - name: failed_when false on rc!=0
+      command: sh -c 'exit 3'
+      register: r2
+      failed_when: r2.rc not in [0, 3]
+    - name: failed_when true on success
+      command: echo hello
+      register: r3
+      failed_when: "'hello' in r3.stdout"
+      ignore_errors: yes
+    - name: changed_when false
+      command: echo hi
+      changed_when: false
+    - name: ignore_errors inside block - rescue not triggered
+      block:
+        - name: ignored in block
+          command: /bin/false
+          ignore_errors: true
+        - name: block continues
+          debug: msg=block-continues
+      rescue:
+        - name: not run
+          debug: msg=NOT-RUN
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("ignored failure", "block", "ignored"),
+                ("show r", "block", "ok"),
+                ("failed_when false on rc!=0", "block", "changed"),
+                ("failed_when true on success", "block", "ignored"),
+                ("changed_when false", "block", "ok"),
+                ("ignored in block", "block", "ignored"),
+                ("block continues", "block", "ok"),
+            ])
+        );
+        assert_eq!(run.result.outcome, Outcome::Succeeded);
+        assert_eq!(run.recap(), [7, 4, 0, 0, 0, 3]);
+        assert_eq!(run.result("show r")["msg"], "r.failed=True rc=1");
+        let f = run.result("failed_when true on success");
+        assert_eq!(f["failed_when_result"], json!(true));
+        assert_eq!(f["msg"], "");
+        assert_eq!(f["rc"], json!(0));
+        let f = run.result("failed_when false on rc!=0");
+        assert_eq!(f["failed_when_result"], json!(false));
+        assert_eq!(f.get("failed"), None);
+        assert_eq!(f["rc"], json!(3));
+    }
+
+    #[test]
+    fn an_ignore_errors_on_a_block_reaches_its_tasks() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - name: tolerant
+      ignore_errors: true
+      block:
+        - name: fails quietly
+          fail: msg=meh
+        - name: still runs
+          debug: msg=on
+      rescue:
+        - name: not run
+          debug: msg=NOT-RUN
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("fails quietly", "block", "ignored"),
+                ("still runs", "block", "ok"),
+            ])
+        );
+        assert_eq!(run.result.outcome, Outcome::Succeeded);
+        assert_eq!(run.recap(), [2, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn check_mode_skips_commands_unless_check_mode_false_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("check.txt");
+        let marker = dir.path().join("touched");
+        let really = dir.path().join("really");
+        let text = format!(
+            r#"
+- hosts: all
+  tasks:
+    - name: copy content
+      copy: dest={target} content="new content\n"
+    - name: command in check mode (skipped)
+      command: touch {marker}
+      register: skipped_cmd
+    - name: command forced to run in check mode
+      command: touch {really}
+      check_mode: false
+    - name: show
+      debug: msg="check={{{{ ansible_check_mode }}}} skipped={{{{ skipped_cmd.skipped | default(false) }}}}"
+"#,
+            target = target.display(),
+            marker = marker.display(),
+            really = really.display()
+        );
+        let run = run_replay(&text, true, json!({}), None);
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("copy content", "block", "changed"),
+                ("command in check mode (skipped)", "block", "skipped"),
+                ("command forced to run in check mode", "block", "changed"),
+                ("show", "block", "ok"),
+            ])
+        );
+        assert_eq!(run.result.outcome, Outcome::CheckOnly);
+        assert_eq!(run.recap(), [3, 2, 0, 1, 0, 0]);
+        assert!(!target.exists(), "check mode wrote the file");
+        assert!(!marker.exists(), "check mode ran a command");
+        assert!(really.exists(), "check_mode: false did not run the command");
+        assert_eq!(run.result("show")["msg"], "check=True skipped=True");
+        assert_eq!(
+            run.result("command in check mode (skipped)")["msg"],
+            "Command would have run if not in check mode"
+        );
+
+        // The same playbook for real writes the file and runs the command.
+        let run = run_replay(&text, false, json!({}), None);
+        assert_eq!(run.result.outcome, Outcome::Succeeded);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new content\n");
+        assert!(marker.exists());
+    }
+
+    #[test]
+    fn check_mode_true_on_a_task_skips_its_command_in_a_real_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("touched");
+        let run = run(&format!(
+            r#"
+- hosts: all
+  tasks:
+    - name: dry block
+      check_mode: true
+      block:
+        - name: inherited check mode
+          command: touch {marker}
+    - name: real
+      command: "true"
+"#,
+            marker = marker.display()
+        ));
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("inherited check mode", "block", "skipped"),
+                ("real", "block", "changed"),
+            ])
+        );
+        assert!(
+            !marker.exists(),
+            "check_mode: true on the block ran the command"
+        );
+        assert_eq!(run.result.outcome, Outcome::Succeeded);
+    }
+
+    #[test]
+    fn set_fact_is_seen_by_later_tasks_and_in_rescue_and_always() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_replay(
+            r#"
+- hosts: all
+  vars:
+    release: "1.0"
+  tasks:
+    - name: deploy
+      block:
+        - name: remember the previous release
+          set_fact:
+            previous: "{{ release }}"
+            target: "{{ dir }}/current"
+        - name: switch
+          copy:
+            dest: "{{ target }}"
+            content: "2.0\n"
+        - name: health fails
+          fail: msg=unhealthy
+      rescue:
+        - name: roll back
+          copy:
+            dest: "{{ target }}"
+            content: "release {{ previous }}\n"
+        - name: set in rescue
+          set_fact:
+            rolled_back_to: "{{ previous }}"
+      always:
+        - name: seen in always
+          assert:
+            that:
+              - rolled_back_to == '1.0'
+              - ansible_facts is undefined or 'previous' not in ansible_facts
+    - name: seen after the block
+      debug: msg="{{ previous }} {{ rolled_back_to }}"
+"#,
+            false,
+            json!({"dir": dir.path()}),
+            None,
+        );
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("remember the previous release", "block", "ok"),
+                ("switch", "block", "changed"),
+                ("health fails", "block", "failed"),
+                ("roll back", "rescue", "changed"),
+                ("set in rescue", "rescue", "ok"),
+                ("seen in always", "always", "ok"),
+                ("seen after the block", "block", "ok"),
+            ])
+        );
+        assert_eq!(run.result.outcome, Outcome::RolledBack);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("current")).unwrap(),
+            "release 1.0\n"
+        );
+        assert_eq!(run.result("seen after the block")["msg"], "1.0 1.0");
+        assert_eq!(
+            run.result("remember the previous release")["ansible_facts"]["previous"],
+            "1.0"
+        );
+    }
+
+    #[test]
+    fn variable_precedence_extra_over_set_fact_over_task_over_play() {
+        let run = run_replay(
+            r#"
+- hosts: all
+  vars:
+    who: play
+    pinned: play
+    later: play
+  tasks:
+    - name: task vars win over play vars
+      debug: msg="{{ who }}"
+      vars:
+        who: task
+    - name: play vars again
+      debug: msg="{{ who }}"
+    - name: fact
+      set_fact:
+        pinned: fact
+        later: fact
+    - name: extra vars win over facts
+      debug: msg="{{ pinned }} {{ later }} {{ inventory_hostname }} {{ rampart_txid }}"
+"#,
+            false,
+            json!({"pinned": "extra"}),
+            None,
+        );
+        assert_eq!(run.result("task vars win over play vars")["msg"], "task");
+        assert_eq!(run.result("play vars again")["msg"], "play");
+        assert_eq!(
+            run.result("extra vars win over facts")["msg"],
+            "extra fact h01.example.com tx-unit"
+        );
+    }
+
+    #[test]
+    fn no_log_censors_the_record_but_registers_the_real_value() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - name: secret
+      command: echo s3cr3t
+      register: out
+      no_log: true
+    - name: use it
+      assert:
+        that: out.stdout == 's3cr3t'
+    - name: secret failure
+      fail: msg=s3cr3t
+      no_log: true
+      ignore_errors: true
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("secret", "block", "changed"),
+                ("use it", "block", "ok"),
+                ("secret failure", "block", "ignored"),
+            ])
+        );
+        let Some(Record::TaskEnd {
+            result,
+            private_result,
+            ..
+        }) = run.records.get(2)
+        else {
+            panic!("record 2 is not the secret's end")
+        };
+        assert!(!result.to_string().contains("s3cr3t"), "leaked: {result}");
+        assert_eq!(result["censored"], NO_LOG_MSG);
+        assert_eq!(result["changed"], json!(true));
+        assert_eq!(private_result.as_ref().unwrap()["stdout"], "s3cr3t");
+        let failure = run.result("secret failure");
+        assert!(!failure.to_string().contains("s3cr3t"), "leaked: {failure}");
+        assert_eq!(failure["failed"], json!(true));
+    }
+
+    #[test]
+    fn a_replay_skips_finished_tasks_and_fails_the_interrupted_one_into_rescue() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+- hosts: all
+  tasks:
+    - name: deploy
+      block:
+        - name: first
+          command: touch {{ dir }}/first
+          register: first
+        - name: second
+          command: touch {{ dir }}/second
+      rescue:
+        - name: rescue sees the replayed result
+          debug: msg="{{ first.stdout }} / {{ ansible_failed_result.msg }}"
+"#;
+        let replay = Replay {
+            items: VecDeque::from([
+                ReplayItem::Play(0),
+                ReplayItem::Task {
+                    path: "0.0.block.0".into(),
+                    end: Some((
+                        TaskStatus::Changed,
+                        json!({"changed": true, "stdout": "journaled"}),
+                    )),
+                },
+                ReplayItem::Task {
+                    path: "0.0.block.1".into(),
+                    end: None,
+                },
+            ]),
+        };
+        let run = run_replay(text, false, json!({"dir": dir.path()}), Some(replay));
+        assert!(
+            !dir.path().join("first").exists(),
+            "a finished task ran again"
+        );
+        assert!(
+            !dir.path().join("second").exists(),
+            "the interrupted task ran again"
+        );
+        // Nothing is journaled again for the replayed play and the finished task; the
+        // interrupted task gets its end; the rescue runs live.
+        assert!(matches!(
+            run.records.first(),
+            Some(Record::TaskEnd { path, status: TaskStatus::Failed, .. }) if path == "0.0.block.1"
+        ));
+        assert_eq!(
+            run.tasks(),
+            owned(&[
+                ("second", "block", "failed"),
+                ("rescue sees the replayed result", "rescue", "ok"),
+            ])
+        );
+        assert_eq!(run.result("second")["interrupted"], json!(true));
+        assert_eq!(
+            run.result("rescue sees the replayed result")["msg"],
+            "journaled / the agent stopped while this task was running; the transaction was \
+             recovered after a restart"
+        );
+        assert_eq!(run.result.outcome, Outcome::RolledBack);
+        // The replayed task is counted as before.
+        assert_eq!(run.recap(), [2, 1, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_sink_error_stops_the_run_where_it_is() {
+        struct FailAfter(usize, Vec<Record>);
+        impl Sink for FailAfter {
+            fn record(&mut self, record: Record) -> Result<(), JournalError> {
+                if self.1.len() == self.0 {
+                    return Err(JournalError::Corrupt {
+                        path: "unit".into(),
+                        line: self.0,
+                        reason: "disk full".into(),
+                    });
+                }
+                self.1.push(record);
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let playbook = rampart_playbook::load(
+            "unit.yml",
+            &format!(
+                "- hosts: all\n  tasks:\n    - debug: msg=one\n    - command: touch {}\n",
+                marker.display()
+            ),
+            &Templar::new(),
+        )
+        .unwrap();
+        // Records: play start, start, end, then the second task's start fails.
+        let mut sink = FailAfter(3, Vec::new());
+        let err = Engine::new(
+            &playbook,
+            Arc::new(Templar::new()),
+            opts(dir.path(), false),
+            &Map::new(),
+            &mut sink,
+            None,
+        )
+        .run()
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(sink.1.len(), 3);
+        assert!(
+            !marker.exists(),
+            "the task ran though its start was not journaled"
+        );
+    }
+
+    // Known differences from Ansible, found while writing these tests: each test states the
+    // behaviour Ansible shows and fails on the engine as it is. Run with `--ignored`.
+
+    #[test]
+    #[ignore = "engine bug: a failing `always` after a failed rescue reports `failed`, hiding the failed rollback"]
+    fn a_failing_always_after_a_failed_rescue_still_reports_the_failed_rollback() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - block:
+        - fail: msg=b
+      rescue:
+        - fail: msg=r
+      always:
+        - fail: msg=a
+"#);
+        assert_eq!(run.result.outcome, Outcome::RollbackFailed);
+    }
+
+    #[test]
+    #[ignore = "engine bug: set_fact in a loop sets nothing (only a top-level `ansible_facts` is applied)"]
+    fn set_fact_in_a_loop_sets_the_last_items_facts() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - name: sf
+      set_fact:
+        x: "{{ item }}"
+      loop: [1, 2]
+    - name: show
+      debug: msg="{{ x }}"
+"#);
+        assert_eq!(run.result.outcome, Outcome::Succeeded);
+        assert_eq!(run.result("show")["msg"], json!(2));
+    }
+
+    #[test]
+    #[ignore = "engine bug: a `loop` that is not a list fails the task even under ignore_errors"]
+    fn ignore_errors_covers_a_loop_that_is_not_a_list() {
+        let run = run(r#"
+- hosts: all
+  tasks:
+    - name: not a list
+      debug: msg=x
+      loop: "{{ 'str' }}"
+      ignore_errors: true
+    - name: after
+      debug: msg=after
+"#);
+        assert_eq!(
+            run.tasks(),
+            owned(&[("not a list", "block", "ignored"), ("after", "block", "ok")])
+        );
+    }
+
+    #[test]
+    #[ignore = "engine bug: a `check_mode:` that cannot be templated counts as false, so the command runs even under --check"]
+    fn a_check_mode_that_cannot_be_templated_does_not_run_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let text = format!(
+            "- hosts: all\n  tasks:\n    - name: cm\n      command: touch {}\n      check_mode: \"{{{{ typo }}}}\"\n",
+            marker.display()
+        );
+        let run = run_replay(&text, true, json!({}), None);
+        assert!(!marker.exists(), "the command ran in check mode");
+        assert_eq!(run.tasks(), owned(&[("cm", "block", "failed")]));
+    }
+}
