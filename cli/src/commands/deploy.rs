@@ -68,25 +68,33 @@ pub struct DeployArgs {
     /// Abort when a wave's failed share (unreachable included) is strictly greater (0-100).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
     pub max_fail_percentage: Option<u32>,
+    /// The source commit, recorded in history. [default: $CI_COMMIT_SHA, $GITHUB_SHA or
+    /// $GIT_COMMIT]
+    #[arg(long, value_name = "SHA")]
+    pub commit: Option<String>,
+    /// Queueing, who asked, re-attaching.
+    #[command(flatten)]
+    pub follow: FollowArgs,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// What `deploy` and `rollback` share: the queue wait, who asked, the id and re-attaching.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FollowArgs {
     /// Seconds to wait in the environment's queue for the deployment lock (then exit 5).
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub wait_timeout: u64,
     /// The CI run, recorded in history. [default: $CI_PIPELINE_ID, $GITHUB_RUN_ID or $BUILD_ID]
     #[arg(long, value_name = "ID")]
     pub ci_run_id: Option<String>,
-    /// The source commit, recorded in history. [default: $CI_COMMIT_SHA, $GITHUB_SHA or
-    /// $GIT_COMMIT]
-    #[arg(long, value_name = "SHA")]
-    pub commit: Option<String>,
     /// The deployment id to use (default: chosen by the controller).
     #[arg(long, value_name = "ID")]
     pub deployment_id: Option<String>,
     /// Seconds to keep re-attaching when the event stream breaks.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub reconnect_timeout: u64,
-    /// How to reach the controller.
-    #[command(flatten)]
-    pub controller: ControllerArgs,
 }
 
 /// `rampart rollback`.
@@ -102,18 +110,9 @@ pub struct RollbackArgs {
     /// Why, recorded in history and shown in events.
     #[arg(long, value_name = "TEXT", required = true)]
     pub reason: String,
-    /// Seconds to wait in the environment's queue for the deployment lock (then exit 5).
-    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
-    pub wait_timeout: u64,
-    /// The CI run, recorded in history. [default: $CI_PIPELINE_ID, $GITHUB_RUN_ID or $BUILD_ID]
-    #[arg(long, value_name = "ID")]
-    pub ci_run_id: Option<String>,
-    /// The deployment id to use (default: chosen by the controller).
-    #[arg(long, value_name = "ID")]
-    pub deployment_id: Option<String>,
-    /// Seconds to keep re-attaching when the event stream breaks.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub reconnect_timeout: u64,
+    /// Queueing, who asked, re-attaching.
+    #[command(flatten)]
+    pub follow: FollowArgs,
     /// How to reach the controller.
     #[command(flatten)]
     pub controller: ControllerArgs,
@@ -1136,19 +1135,19 @@ fn prepare_deploy(
         } else {
             Value::Object(vars).to_string()
         },
-        ci_run_id: non_empty(args.ci_run_id.clone())
+        ci_run_id: non_empty(args.follow.ci_run_id.clone())
             .or_else(|| first_env(&CI_RUN_ID_VARS, env))
             .unwrap_or_default(),
         commit: non_empty(args.commit.clone())
             .or_else(|| first_env(&COMMIT_VARS, env))
             .unwrap_or_default(),
-        wait_timeout_ms: args.wait_timeout.saturating_mul(1000),
+        wait_timeout_ms: args.follow.wait_timeout.saturating_mul(1000),
         check: args.check,
         serial: args.serial.clone(),
         max_fail_percentage: args.max_fail_percentage,
         // Chosen here, so a stream lost before its first event can still be re-attached.
         deployment_id: args
-            .deployment_id
+            .follow.deployment_id
             .clone()
             .unwrap_or_else(rampart_rpc::ids::new_deployment_id),
     };
@@ -1170,7 +1169,7 @@ pub fn deploy(args: DeployArgs) -> Exit {
     block_on(run_deploy(
         plan,
         &mut r,
-        Duration::from_secs(args.reconnect_timeout),
+        Duration::from_secs(args.follow.reconnect_timeout),
     ))
 }
 
@@ -1230,13 +1229,13 @@ pub fn rollback(args: RollbackArgs) -> Exit {
         environment: args.env.clone(),
         to_version: args.to.clone().unwrap_or_default(),
         reason: args.reason.clone(),
-        ci_run_id: non_empty(args.ci_run_id.clone())
+        ci_run_id: non_empty(args.follow.ci_run_id.clone())
             .or_else(|| first_env(&CI_RUN_ID_VARS, &env_var))
             .unwrap_or_default(),
-        wait_timeout_ms: args.wait_timeout.saturating_mul(1000),
+        wait_timeout_ms: args.follow.wait_timeout.saturating_mul(1000),
         // Chosen here, so a stream lost before its first event can still be re-attached.
         deployment_id: args
-            .deployment_id
+            .follow.deployment_id
             .clone()
             .unwrap_or_else(rampart_rpc::ids::new_deployment_id),
     };
@@ -1253,7 +1252,7 @@ pub fn rollback(args: RollbackArgs) -> Exit {
             id,
             0,
             &mut r,
-            Duration::from_secs(args.reconnect_timeout),
+            Duration::from_secs(args.follow.reconnect_timeout),
         )
         .await
     })
@@ -1399,11 +1398,13 @@ mod tests {
             check: false,
             serial: vec!["1".into(), "50%".into()],
             max_fail_percentage: Some(30),
-            wait_timeout: 600,
-            ci_run_id: None,
             commit: None,
-            deployment_id: None,
-            reconnect_timeout: 60,
+            follow: FollowArgs {
+                wait_timeout: 600,
+                ci_run_id: None,
+                deployment_id: None,
+                reconnect_timeout: 60,
+            },
             controller: ControllerArgs {
                 controller: Some("http://127.0.0.1:1".into()),
                 ..ControllerArgs::default()
@@ -1785,12 +1786,14 @@ web3  untouched    1.9.0 → -
             check: false,
             serial: Vec::new(),
             max_fail_percentage: None,
-            wait_timeout: 600,
-            ci_run_id: Some("ci-7".into()),
             commit: None,
-            // The fake controller names its deployment d-1.
-            deployment_id: Some("d-1".into()),
-            reconnect_timeout: 5,
+            follow: FollowArgs {
+                wait_timeout: 600,
+                ci_run_id: Some("ci-7".into()),
+                // The fake controller names its deployment d-1.
+                deployment_id: Some("d-1".into()),
+                reconnect_timeout: 5,
+            },
             controller: mock::args(&url, dir.path(), mock::TOKEN),
         };
         let no_env = |_: &str| None;

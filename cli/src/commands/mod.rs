@@ -704,8 +704,8 @@ mod tests {
         assert_eq!(d.version, "2.4.1");
         assert_eq!(d.serial, ["1", "50%"]);
         assert_eq!(d.max_fail_percentage, Some(20));
-        assert_eq!(d.wait_timeout, 600);
-        assert_eq!(d.reconnect_timeout, 60);
+        assert_eq!(d.follow.wait_timeout, 600);
+        assert_eq!(d.follow.reconnect_timeout, 60);
         assert!(d.controller.json);
         assert_eq!(d.controller.ca, Some(PathBuf::from("ca.pem")));
         // Required flags.
