@@ -560,48 +560,32 @@ fn section_from_proto(v: i32) -> Section {
     }
 }
 
-fn status_to_proto(s: TaskStatus) -> pb::TaskStatus {
-    match s {
-        TaskStatus::Ok => pb::TaskStatus::Ok,
-        TaskStatus::Changed => pb::TaskStatus::Changed,
-        TaskStatus::Failed => pb::TaskStatus::Failed,
-        TaskStatus::Skipped => pb::TaskStatus::Skipped,
-        TaskStatus::Ignored => pb::TaskStatus::Ignored,
-    }
+/// Writes the two conversions between a domain enum and its protobuf enum (same variant names;
+/// the protobuf's `Unspecified` reads as `None`), so the pair cannot drift apart.
+macro_rules! proto_enum {
+    ($vis:vis fn $to:ident, fn $from:ident: $domain:ident <-> $proto:ident { $($v:ident),+ $(,)? }) => {
+        /// The protobuf form.
+        $vis fn $to(x: $domain) -> pb::$proto {
+            match x {
+                $($domain::$v => pb::$proto::$v,)+
+            }
+        }
+
+        fn $from(v: i32) -> Option<$domain> {
+            Some(match pb::$proto::try_from(v).ok()? {
+                $(pb::$proto::$v => $domain::$v,)+
+                pb::$proto::Unspecified => return None,
+            })
+        }
+    };
 }
 
-fn status_from_proto(v: i32) -> Option<TaskStatus> {
-    Some(match pb::TaskStatus::try_from(v).ok()? {
-        pb::TaskStatus::Ok => TaskStatus::Ok,
-        pb::TaskStatus::Changed => TaskStatus::Changed,
-        pb::TaskStatus::Failed => TaskStatus::Failed,
-        pb::TaskStatus::Skipped => TaskStatus::Skipped,
-        pb::TaskStatus::Ignored => TaskStatus::Ignored,
-        pb::TaskStatus::Unspecified => return None,
-    })
-}
-
-/// The protobuf form of an outcome.
-pub fn outcome_to_proto(o: Outcome) -> pb::Outcome {
-    match o {
-        Outcome::Succeeded => pb::Outcome::Succeeded,
-        Outcome::RolledBack => pb::Outcome::RolledBack,
-        Outcome::RollbackFailed => pb::Outcome::RollbackFailed,
-        Outcome::Failed => pb::Outcome::Failed,
-        Outcome::CheckOnly => pb::Outcome::CheckOnly,
-    }
-}
-
-fn outcome_from_proto(v: i32) -> Option<Outcome> {
-    Some(match pb::Outcome::try_from(v).ok()? {
-        pb::Outcome::Succeeded => Outcome::Succeeded,
-        pb::Outcome::RolledBack => Outcome::RolledBack,
-        pb::Outcome::RollbackFailed => Outcome::RollbackFailed,
-        pb::Outcome::Failed => Outcome::Failed,
-        pb::Outcome::CheckOnly => Outcome::CheckOnly,
-        pb::Outcome::Unspecified => return None,
-    })
-}
+proto_enum!(fn status_to_proto, fn status_from_proto: TaskStatus <-> TaskStatus {
+    Ok, Changed, Failed, Skipped, Ignored,
+});
+proto_enum!(pub fn outcome_to_proto, fn outcome_from_proto: Outcome <-> Outcome {
+    Succeeded, RolledBack, RollbackFailed, Failed, CheckOnly,
+});
 
 fn recap_to_proto(r: Recap) -> pb::Recap {
     pb::Recap {

@@ -1147,7 +1147,8 @@ fn prepare_deploy(
         max_fail_percentage: args.max_fail_percentage,
         // Chosen here, so a stream lost before its first event can still be re-attached.
         deployment_id: args
-            .follow.deployment_id
+            .follow
+            .deployment_id
             .clone()
             .unwrap_or_else(rampart_rpc::ids::new_deployment_id),
     };
@@ -1235,7 +1236,8 @@ pub fn rollback(args: RollbackArgs) -> Exit {
         wait_timeout_ms: args.follow.wait_timeout.saturating_mul(1000),
         // Chosen here, so a stream lost before its first event can still be re-attached.
         deployment_id: args
-            .follow.deployment_id
+            .follow
+            .deployment_id
             .clone()
             .unwrap_or_else(rampart_rpc::ids::new_deployment_id),
     };
