@@ -1,14 +1,17 @@
 //! The controller's PostgreSQL store against a real PostgreSQL 15: the schema migrated with
 //! Rampart's own Flyway-compatible migrator (idempotent, history in
-//! `rampart_controller.flyway_schema_history`), every method's round trip, and what several
+//! `rampart_controller.flyway_schema_history`), the store conformance suite
+//! (`rampart_controller::store::conformance`, which the SQLite store runs too), and what several
 //! controllers sharing one database rely on: environment locks as session advisory locks (held
 //! across stores, released and reclaimed when the holder goes away) and orphans found by
 //! heartbeats on the database's clock.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use rampart_controller::store::conformance::{self, Fixture, acquired, deployment, held, ids};
 use rampart_controller::store::postgres::PostgresStore;
-use rampart_controller::store::{LockAttempt, Store, StoreError};
+use rampart_controller::store::{LockAttempt, Store};
 use rampart_proto::v1 as pb;
 use rampart_tests::pg::{PASSWORD, Pg};
 
@@ -20,59 +23,73 @@ fn url(pg: &Pg, db: &str) -> String {
     )
 }
 
-fn deployment(id: &str, env: &str, state: pb::DeploymentState) -> pb::Deployment {
-    pb::Deployment {
-        id: id.into(),
-        environment: env.into(),
-        version: "2.0.0".into(),
-        state: state as i32,
-        ..Default::default()
+/// A PostgreSQL store for the conformance suite: two controllers' stores on one database of
+/// the test cluster.
+struct PgFixture<'a> {
+    pg: &'a Pg,
+    db: String,
+    /// `None` only while reopening.
+    stores: Option<(PostgresStore, PostgresStore)>,
+}
+
+impl<'a> PgFixture<'a> {
+    /// Creates database `db` and opens two stores on it.
+    fn new(pg: &'a Pg, db: &str) -> PgFixture<'a> {
+        pg.create_db(db);
+        let mut f = PgFixture {
+            pg,
+            db: db.to_owned(),
+            stores: None,
+        };
+        f.reopen();
+        f
+    }
+
+    fn stores(&self) -> &(PostgresStore, PostgresStore) {
+        self.stores.as_ref().expect("the stores are open")
     }
 }
 
-fn event(id: &str, seq: u64) -> pb::DeploymentEvent {
-    pb::DeploymentEvent {
-        seq,
-        deployment_id: id.into(),
-        ..Default::default()
+impl Fixture for PgFixture<'_> {
+    fn store(&self) -> &dyn Store {
+        &self.stores().0
     }
-}
 
-fn incident(id: &str, env: &str, state: pb::IncidentState) -> pb::Incident {
-    pb::Incident {
-        id: id.into(),
-        environment: env.into(),
-        deployment_id: "d1".into(),
-        state: state as i32,
-        summary: "rollback failed on web1".into(),
-        ..Default::default()
+    fn peer(&self) -> &dyn Store {
+        &self.stores().1
     }
-}
 
-fn acquired(from: Option<&str>) -> LockAttempt {
-    LockAttempt::Acquired {
-        reclaimed_from: from.map(str::to_owned),
+    fn backdate_heartbeat(&self, instance: &str, age: Duration) {
+        // By the database's clock, like the store's own heartbeats.
+        self.pg.psql(
+            &self.db,
+            &format!(
+                "INSERT INTO rampart_controller.instances (instance, heartbeat_ms)
+                 VALUES ('{}', (extract(epoch FROM clock_timestamp()) * 1000)::bigint - {})
+                 ON CONFLICT (instance) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms",
+                instance.replace('\'', "''"),
+                age.as_millis()
+            ),
+        );
     }
-}
 
-fn held(deployment_id: &str, instance: &str) -> LockAttempt {
-    LockAttempt::Held {
-        deployment_id: deployment_id.into(),
-        instance: instance.into(),
+    fn reopen(&mut self) {
+        // Dropping the stores ends their sessions, as a controller's death does.
+        self.stores = None;
+        let url = url(self.pg, &self.db);
+        let a = PostgresStore::open(&url).expect("open the store");
+        let b = PostgresStore::open(&url).expect("open the peer store");
+        self.stores = Some((a, b));
     }
-}
-
-fn ids(ds: &[pb::Deployment]) -> Vec<&str> {
-    ds.iter().map(|d| d.id.as_str()).collect()
 }
 
 #[test]
-fn migrates_once_and_round_trips() {
+fn migrates_once() {
     let pg = Pg::start();
     pg.create_db("ctl");
     let a = PostgresStore::open(&url(&pg, "ctl")).expect("first open");
     // A second controller (and a restart) runs the migration again: nothing to do.
-    let b = PostgresStore::open(&url(&pg, "ctl")).expect("second open");
+    let _b = PostgresStore::open(&url(&pg, "ctl")).expect("second open");
     assert_eq!(
         pg.psql(
             "ctl",
@@ -93,107 +110,18 @@ fn migrates_once_and_round_trips() {
     );
     assert!(!a.describe().contains(PASSWORD));
     assert!(!format!("{a:?}").contains(PASSWORD));
+}
 
-    // Deployments: written by one controller, read by the other.
-    use pb::DeploymentState::{Finished, Queued, Running};
-    let mut d1 = deployment("d1", "prod", Queued);
-    d1.hosts.push(pb::HostResult {
-        host: "web1".into(),
-        ..Default::default()
+/// The store conformance suite (the one the SQLite store's unit tests run), each function on
+/// a database of its own in one cluster, written and read through two controllers' stores.
+#[test]
+fn conformance() {
+    let pg = Pg::start();
+    let n = Cell::new(0);
+    conformance::run_all(&|| {
+        n.set(n.get() + 1);
+        Box::new(PgFixture::new(&pg, &format!("conformance{}", n.get())))
     });
-    a.insert_deployment(&d1, "instA").unwrap();
-    b.insert_deployment(&deployment("d2", "prod", Queued), "instB")
-        .unwrap();
-    a.insert_deployment(&deployment("d3", "staging", Queued), "instA")
-        .unwrap();
-    match b.insert_deployment(&d1, "instB") {
-        Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
-        other => panic!("duplicate deployment: {other:?}"),
-    }
-    assert_eq!(b.get_deployment("d1").unwrap(), Some(d1.clone()));
-    assert_eq!(b.get_deployment("nope").unwrap(), None);
-    assert_eq!(b.queue_position("prod", "d1").unwrap(), 1);
-    assert_eq!(b.queue_position("prod", "d2").unwrap(), 2);
-    assert_eq!(b.queue_position("staging", "d3").unwrap(), 1);
-    assert_eq!(b.queue_position("prod", "d3").unwrap(), 0);
-    d1.state = Running as i32;
-    a.save_deployment(&d1).unwrap();
-    assert_eq!(b.get_deployment("d1").unwrap(), Some(d1.clone()));
-    assert_eq!(b.queue_position("prod", "d1").unwrap(), 0);
-    assert_eq!(b.queue_position("prod", "d2").unwrap(), 1);
-    assert!(matches!(
-        a.save_deployment(&deployment("ghost", "prod", Queued)),
-        Err(StoreError::Unavailable(_))
-    ));
-    assert_eq!(
-        ids(&b.list_deployments(None, &[], 0).unwrap()),
-        ["d3", "d2", "d1"]
-    );
-    assert_eq!(
-        ids(&b.list_deployments(Some("prod"), &[], 0).unwrap()),
-        ["d2", "d1"]
-    );
-    assert_eq!(
-        ids(&b.list_deployments(None, &[Running], 0).unwrap()),
-        ["d1"]
-    );
-    assert_eq!(
-        ids(&b.list_deployments(None, &[Running, Queued], 2).unwrap()),
-        ["d3", "d2"]
-    );
-    assert!(b.list_deployments(None, &[Finished], 0).unwrap().is_empty());
-    b.set_owner("d1", "instB").unwrap();
-    assert!(matches!(
-        b.set_owner("ghost", "instB"),
-        Err(StoreError::Unavailable(_))
-    ));
-
-    // Events.
-    assert_eq!(a.last_seq("d1").unwrap(), None);
-    for seq in 0..4 {
-        a.append_event(&event("d1", seq)).unwrap();
-    }
-    match b.append_event(&event("d1", 2)) {
-        Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
-        other => panic!("duplicate event: {other:?}"),
-    }
-    assert_eq!(b.last_seq("d1").unwrap(), Some(3));
-    assert_eq!(
-        b.events("d1", 0, 0).unwrap(),
-        (0..4).map(|s| event("d1", s)).collect::<Vec<_>>()
-    );
-    let seqs = |v: Vec<pb::DeploymentEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(b.events("d1", 1, 2).unwrap()), [1, 2]);
-    assert_eq!(seqs(b.events("d1", 3, 10).unwrap()), [3]);
-    assert!(b.events("d2", 0, 0).unwrap().is_empty());
-
-    // Incidents.
-    use pb::IncidentState::{Acknowledged, Open, Resolved};
-    let mut i1 = incident("i1", "prod", Open);
-    a.insert_incident(&i1).unwrap();
-    a.insert_incident(&incident("i2", "staging", Open)).unwrap();
-    a.insert_incident(&incident("i3", "prod", Resolved))
-        .unwrap();
-    assert!(matches!(
-        b.insert_incident(&i1),
-        Err(StoreError::AlreadyExists(_))
-    ));
-    i1.state = Acknowledged as i32;
-    i1.acknowledged_by = "ops".into();
-    b.save_incident(&i1).unwrap();
-    assert_eq!(a.get_incident("i1").unwrap(), Some(i1));
-    assert_eq!(a.get_incident("nope").unwrap(), None);
-    let list = |env: Option<&str>, states: &[pb::IncidentState], limit| {
-        a.list_incidents(env, states, limit)
-            .unwrap()
-            .into_iter()
-            .map(|i| i.id)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(list(None, &[], 0), ["i3", "i2", "i1"]);
-    assert_eq!(list(Some("prod"), &[], 0), ["i3", "i1"]);
-    assert_eq!(list(None, &[Open, Acknowledged], 0), ["i2", "i1"]);
-    assert_eq!(list(None, &[], 1), ["i3"]);
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //!   PostgreSQL session advisory lock held on a dedicated connection, so it is released by the
 //!   server when the controller holding it dies.
 //!
+//! [`conformance`] is the test suite both backends run: what every store must do.
+//!
 //! The trait is synchronous: the controller calls it from `spawn_blocking` (the PostgreSQL client
 //! is the blocking `postgres` crate). Deployments, events and incidents are stored as their
 //! protobuf encodings beside the few columns queries need, so the record of a deployment is
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use rampart_proto::v1 as pb;
 
+pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
@@ -34,6 +37,32 @@ pub enum StoreError {
 
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Decodes a stored protobuf record, naming what it is in the error.
+fn decode<M: prost::Message + Default>(bytes: &[u8], what: &str) -> StoreResult<M> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// An event's seq as the databases store it (a signed 64-bit integer); `Unavailable`, naming
+/// `backend`, when it does not fit.
+fn event_seq(ev: &pb::DeploymentEvent, backend: &str) -> StoreResult<i64> {
+    i64::try_from(ev.seq).map_err(|_| {
+        StoreError::Unavailable(format!(
+            "{backend}: event seq {} of {} is out of range",
+            ev.seq, ev.deployment_id
+        ))
+    })
+}
+
+/// A stored seq as an event's (a negative one, never written, as 0).
+fn stored_seq(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The outcome of one attempt at an environment's lock.
 #[derive(Debug, Clone, PartialEq, Eq)]

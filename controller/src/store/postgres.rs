@@ -31,8 +31,7 @@ use rampart_migrate::run::Runner;
 use rampart_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
-use super::sqlite::decode;
-use super::{LockAttempt, Store, StoreError, StoreResult};
+use super::{LockAttempt, Store, StoreError, StoreResult, decode, event_seq, millis, stored_seq};
 
 /// The schema holding the store's tables and its migration history.
 pub const SCHEMA: &str = "rampart_controller";
@@ -511,7 +510,7 @@ impl Store for PostgresStore {
     }
 
     fn orphaned(&self, instance: &str, stale: Duration) -> StoreResult<Vec<pb::Deployment>> {
-        let stale_ms = i64::try_from(stale.as_millis()).unwrap_or(i64::MAX);
+        let stale_ms = millis(stale);
         let finished = pb::DeploymentState::Finished as i32;
         self.records(
             &format!(
@@ -527,12 +526,7 @@ impl Store for PostgresStore {
     }
 
     fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
-        let seq = i64::try_from(ev.seq).map_err(|_| {
-            StoreError::Unavailable(format!(
-                "postgresql: event seq {} of {} is out of range",
-                ev.seq, ev.deployment_id
-            ))
-        })?;
+        let seq = event_seq(ev, "postgresql")?;
         self.insert(
             &format!(
                 "INSERT INTO {SCHEMA}.events (deployment_id, seq, record) VALUES ($1, $2, $3)"
@@ -575,7 +569,7 @@ impl Store for PostgresStore {
             .run(|c| c.query_one(&sql, &[&id]))
             .map_err(failed(&format!("reading the last seq of {id}")))?
             .get(0);
-        Ok(max.map(|m| u64::try_from(m).unwrap_or(0)))
+        Ok(max.map(stored_seq))
     }
 
     fn try_lock_env(

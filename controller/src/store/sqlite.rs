@@ -20,7 +20,7 @@ use rampart_proto::v1 as pb;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
-use super::{LockAttempt, Store, StoreError, StoreResult};
+use super::{LockAttempt, Store, StoreError, StoreResult, decode, event_seq, millis, stored_seq};
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -100,11 +100,6 @@ fn is_duplicate(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
-}
-
-/// Decodes a stored protobuf record, naming what it is in the error.
-pub(crate) fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> StoreResult<M> {
-    M::decode(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 /// `limit` as SQL's LIMIT value (`-1`: none).
@@ -356,8 +351,7 @@ impl Store for SqliteStore {
     }
 
     fn orphaned(&self, instance: &str, stale: Duration) -> StoreResult<Vec<pb::Deployment>> {
-        let stale_ms = i64::try_from(stale.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = now_ms().saturating_sub(stale_ms);
+        let cutoff = now_ms().saturating_sub(millis(stale));
         self.records(
             "SELECT d.id, d.record FROM deployments d
              LEFT JOIN instances i ON i.instance = d.owner
@@ -374,12 +368,7 @@ impl Store for SqliteStore {
     }
 
     fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
-        let seq = i64::try_from(ev.seq).map_err(|_| {
-            StoreError::Unavailable(format!(
-                "sqlite: event seq {} of {} is out of range",
-                ev.seq, ev.deployment_id
-            ))
-        })?;
+        let seq = event_seq(ev, "sqlite")?;
         match self.conn().execute(
             "INSERT INTO events (deployment_id, seq, record) VALUES (?1, ?2, ?3)",
             params![ev.deployment_id, seq, ev.encode_to_vec()],
@@ -430,7 +419,7 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(failed(&format!("reading the last seq of {id}")))?;
-        Ok(max.map(|m| u64::try_from(m).unwrap_or(0)))
+        Ok(max.map(stored_seq))
     }
 
     fn try_lock_env(
@@ -561,107 +550,111 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{self, Fixture, acquired, deployment, held};
 
-    fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("controller.db")).unwrap();
-        (dir, store)
+    /// A store on a file in a temp dir, for the conformance suite and SQLite's own tests.
+    struct SqliteFixture {
+        dir: tempfile::TempDir,
+        /// `None` only while reopening.
+        store: Option<SqliteStore>,
     }
 
-    fn deployment(id: &str, env: &str, state: pb::DeploymentState) -> pb::Deployment {
-        pb::Deployment {
-            id: id.into(),
-            environment: env.into(),
-            version: "1.2.3".into(),
-            state: state as i32,
-            ..Default::default()
+    impl SqliteFixture {
+        fn new() -> SqliteFixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("controller.db")).unwrap();
+            SqliteFixture {
+                dir,
+                store: Some(store),
+            }
+        }
+
+        fn sqlite(&self) -> &SqliteStore {
+            self.store.as_ref().expect("the store is open")
         }
     }
 
-    fn event(id: &str, seq: u64) -> pb::DeploymentEvent {
-        pb::DeploymentEvent {
-            seq,
-            deployment_id: id.into(),
-            time: Some(prost_types::Timestamp {
-                seconds: 1_700_000_000 + seq as i64,
-                nanos: 0,
-            }),
-            ..Default::default()
+    impl Fixture for SqliteFixture {
+        fn store(&self) -> &dyn Store {
+            self.sqlite()
         }
-    }
 
-    fn incident(id: &str, env: &str, state: pb::IncidentState) -> pb::Incident {
-        pb::Incident {
-            id: id.into(),
-            environment: env.into(),
-            deployment_id: "d1".into(),
-            state: state as i32,
-            summary: format!("{id} summary"),
-            hosts: vec!["web1".into()],
-            ..Default::default()
+        /// One controller per file: the store itself.
+        fn peer(&self) -> &dyn Store {
+            self.sqlite()
         }
-    }
 
-    fn ids<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
-        items.iter().map(|t| id(t).to_owned()).collect()
+        fn backdate_heartbeat(&self, instance: &str, age: Duration) {
+            self.sqlite()
+                .conn()
+                .execute(
+                    "INSERT INTO instances (instance, heartbeat_ms) VALUES (?1, ?2)
+                     ON CONFLICT (instance) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                    params![instance, now_ms() - millis(age)],
+                )
+                .unwrap();
+        }
+
+        fn reopen(&mut self) {
+            // Closed (and its file lock released) before the next open takes the lock.
+            self.store = None;
+            self.store = Some(SqliteStore::open(&self.dir.path().join("controller.db")).unwrap());
+        }
     }
 
     #[test]
-    fn deployments_round_trip() {
-        let (_dir, s) = open();
-        let mut d1 = deployment("d1", "prod", pb::DeploymentState::Queued);
-        d1.hosts.push(pb::HostResult {
-            host: "web1".into(),
-            ..Default::default()
-        });
-        s.insert_deployment(&d1, "i1").unwrap();
-        s.insert_deployment(
-            &deployment("d2", "staging", pb::DeploymentState::Running),
-            "i1",
-        )
-        .unwrap();
-        assert_eq!(s.get_deployment("d1").unwrap(), Some(d1.clone()));
-        assert_eq!(s.get_deployment("nope").unwrap(), None);
-        match s.insert_deployment(&d1, "i1") {
-            Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
-            other => panic!("{other:?}"),
-        }
+    fn conformance_deployments_round_trip() {
+        let f = SqliteFixture::new();
+        conformance::deployments_round_trip(f.store(), f.peer());
+    }
 
-        d1.state = pb::DeploymentState::Finished as i32;
-        d1.outcome = pb::DeploymentOutcome::Succeeded as i32;
-        s.save_deployment(&d1).unwrap();
-        assert_eq!(s.get_deployment("d1").unwrap(), Some(d1.clone()));
-        assert!(matches!(
-            s.save_deployment(&deployment("ghost", "prod", pb::DeploymentState::Queued)),
-            Err(StoreError::Unavailable(_))
-        ));
+    #[test]
+    fn conformance_queue_positions() {
+        let f = SqliteFixture::new();
+        conformance::queue_positions(f.store(), f.peer());
+    }
 
-        let all = s.list_deployments(None, &[], 0).unwrap();
-        assert_eq!(ids(&all, |d| &d.id), ["d2", "d1"]);
-        let prod = s.list_deployments(Some("prod"), &[], 0).unwrap();
-        assert_eq!(ids(&prod, |d| &d.id), ["d1"]);
-        let finished = s
-            .list_deployments(None, &[pb::DeploymentState::Finished], 0)
-            .unwrap();
-        assert_eq!(ids(&finished, |d| &d.id), ["d1"]);
-        let two = s
-            .list_deployments(
-                None,
-                &[pb::DeploymentState::Finished, pb::DeploymentState::Running],
-                0,
-            )
-            .unwrap();
-        assert_eq!(ids(&two, |d| &d.id), ["d2", "d1"]);
-        assert_eq!(
-            ids(&s.list_deployments(None, &[], 1).unwrap(), |d| &d.id),
-            ["d2"]
-        );
-        assert!(
-            s.list_deployments(Some("prod"), &[pb::DeploymentState::Running], 0)
-                .unwrap()
-                .is_empty()
-        );
+    #[test]
+    fn conformance_events_in_seq_order_without_duplicates() {
+        let f = SqliteFixture::new();
+        conformance::events_in_seq_order_without_duplicates(f.store(), f.peer());
+    }
+
+    #[test]
+    fn conformance_incidents_round_trip_and_filters() {
+        let f = SqliteFixture::new();
+        conformance::incidents_round_trip_and_filters(f.store(), f.peer());
+    }
+
+    #[test]
+    fn conformance_env_lock_semantics() {
+        conformance::env_lock_semantics(SqliteFixture::new().store());
+    }
+
+    #[test]
+    fn conformance_env_lock_taken_over_from_a_dead_holder() {
+        conformance::env_lock_taken_over_from_a_dead_holder(&mut SqliteFixture::new());
+    }
+
+    #[test]
+    fn conformance_orphans_follow_heartbeats() {
+        conformance::orphans_follow_heartbeats(&SqliteFixture::new());
+    }
+
+    #[test]
+    fn conformance_run_all() {
+        conformance::run_all(&|| Box::new(SqliteFixture::new()));
+    }
+
+    #[test]
+    fn describe_names_the_file() {
+        let f = SqliteFixture::new();
+        let s = f.sqlite();
         assert_eq!(s.describe(), format!("sqlite:{}", s.path.display()));
+        assert_eq!(
+            s.describe(),
+            format!("sqlite:{}", f.dir.path().join("controller.db").display())
+        );
     }
 
     #[test]
@@ -718,7 +711,8 @@ mod tests {
 
     #[test]
     fn corrupt_record_names_the_id() {
-        let (_dir, s) = open();
+        let f = SqliteFixture::new();
+        let s = f.sqlite();
         s.insert_deployment(&deployment("d1", "prod", pb::DeploymentState::Queued), "i1")
             .unwrap();
         s.conn()
@@ -733,59 +727,17 @@ mod tests {
         }
     }
 
+    /// The file lock makes the store's controller the only live one, so a lock row naming
+    /// another instance was left by a controller that died, even within one open store.
     #[test]
-    fn queue_positions() {
-        let (_dir, s) = open();
-        use pb::DeploymentState::{Queued, Running};
-        s.insert_deployment(&deployment("p-run", "prod", Running), "i1")
-            .unwrap();
-        s.insert_deployment(&deployment("p1", "prod", Queued), "i1")
-            .unwrap();
-        s.insert_deployment(&deployment("s1", "staging", Queued), "i1")
-            .unwrap();
-        s.insert_deployment(&deployment("p2", "prod", Queued), "i1")
-            .unwrap();
-        assert_eq!(s.queue_position("prod", "p1").unwrap(), 1);
-        assert_eq!(s.queue_position("prod", "p2").unwrap(), 2);
-        assert_eq!(s.queue_position("staging", "s1").unwrap(), 1);
-        assert_eq!(s.queue_position("prod", "p-run").unwrap(), 0);
-        assert_eq!(s.queue_position("prod", "s1").unwrap(), 0);
-        assert_eq!(s.queue_position("prod", "nope").unwrap(), 0);
-        // p1 leaves the queue: p2 moves up.
-        s.save_deployment(&deployment("p1", "prod", Running))
-            .unwrap();
-        assert_eq!(s.queue_position("prod", "p1").unwrap(), 0);
-        assert_eq!(s.queue_position("prod", "p2").unwrap(), 1);
-    }
-
-    #[test]
-    fn env_lock_semantics() {
-        let (_dir, s) = open();
-        let acquired = |from: Option<&str>| LockAttempt::Acquired {
-            reclaimed_from: from.map(str::to_owned),
-        };
+    fn env_lock_of_another_instance_is_taken_over() {
+        let f = SqliteFixture::new();
+        let s = f.sqlite();
         assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
-        // The holder again.
-        assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
-        // Another deployment of the same (live) instance waits.
         assert_eq!(
             s.try_lock_env("prod", "d2", "i1").unwrap(),
-            LockAttempt::Held {
-                deployment_id: "d1".into(),
-                instance: "i1".into()
-            }
+            held("d1", "i1")
         );
-        // Another environment is independent.
-        assert_eq!(
-            s.try_lock_env("staging", "d3", "i1").unwrap(),
-            acquired(None)
-        );
-        // Unlock by a non-holder: nothing changes.
-        s.unlock_env("prod", "d2").unwrap();
-        assert!(matches!(
-            s.try_lock_env("prod", "d2", "i1").unwrap(),
-            LockAttempt::Held { .. }
-        ));
         // A new controller instance (i1 died): it takes the lock over.
         assert_eq!(
             s.try_lock_env("prod", "d2", "i2").unwrap(),
@@ -793,10 +745,7 @@ mod tests {
         );
         assert_eq!(
             s.try_lock_env("prod", "d1", "i2").unwrap(),
-            LockAttempt::Held {
-                deployment_id: "d2".into(),
-                instance: "i2".into()
-            }
+            held("d2", "i2")
         );
         // The holding deployment adopted by another instance.
         assert_eq!(
@@ -812,116 +761,9 @@ mod tests {
     }
 
     #[test]
-    fn orphaned_deployments() {
-        let (_dir, s) = open();
-        use pb::DeploymentState::{Finished, Queued, Running};
-        s.insert_deployment(&deployment("dead-1", "prod", Running), "dead")
-            .unwrap();
-        s.insert_deployment(&deployment("live-1", "prod", Running), "live")
-            .unwrap();
-        s.insert_deployment(&deployment("mine", "prod", Running), "me")
-            .unwrap();
-        s.insert_deployment(&deployment("dead-done", "prod", Finished), "dead")
-            .unwrap();
-        s.insert_deployment(&deployment("never", "prod", Queued), "silent")
-            .unwrap();
-        s.insert_deployment(&deployment("dead-2", "staging", Queued), "dead")
-            .unwrap();
-        s.heartbeat("live").unwrap();
-        s.heartbeat("me").unwrap();
-        // A heartbeat a minute old.
-        s.conn()
-            .execute(
-                "INSERT INTO instances (instance, heartbeat_ms) VALUES ('dead', ?1)",
-                [now_ms() - 60_000],
-            )
-            .unwrap();
-        let stale = Duration::from_secs(30);
-        let orphans = s.orphaned("me", stale).unwrap();
-        assert_eq!(ids(&orphans, |d| &d.id), ["dead-1", "never", "dead-2"]);
-        // The dead instance comes back: its work is its own again.
-        s.heartbeat("dead").unwrap();
-        assert_eq!(ids(&s.orphaned("me", stale).unwrap(), |d| &d.id), ["never"]);
-        // Adopted.
-        s.set_owner("never", "me").unwrap();
-        assert!(s.orphaned("me", stale).unwrap().is_empty());
-        assert!(matches!(
-            s.set_owner("ghost", "me"),
-            Err(StoreError::Unavailable(_))
-        ));
-        // With no tolerance at all, every other owner's work looks orphaned once time moves.
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(
-            ids(&s.orphaned("me", Duration::ZERO).unwrap(), |d| &d.id),
-            ["dead-1", "live-1", "dead-2"]
-        );
-    }
-
-    #[test]
-    fn events_round_trip() {
-        let (_dir, s) = open();
-        assert_eq!(s.last_seq("d1").unwrap(), None);
-        for seq in 0..5 {
-            s.append_event(&event("d1", seq)).unwrap();
-        }
-        s.append_event(&event("d2", 0)).unwrap();
-        assert_eq!(s.last_seq("d1").unwrap(), Some(4));
-        assert_eq!(s.last_seq("d2").unwrap(), Some(0));
-        let all = s.events("d1", 0, 0).unwrap();
-        assert_eq!(all, (0..5).map(|q| event("d1", q)).collect::<Vec<_>>());
-        let seqs = |v: Vec<pb::DeploymentEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(s.events("d1", 2, 0).unwrap()), [2, 3, 4]);
-        assert_eq!(seqs(s.events("d1", 1, 2).unwrap()), [1, 2]);
-        assert_eq!(seqs(s.events("d1", 9, 0).unwrap()), Vec::<u64>::new());
-        assert_eq!(
-            seqs(s.events("d1", u64::MAX, 0).unwrap()),
-            Vec::<u64>::new()
-        );
-        assert_eq!(seqs(s.events("d2", 0, 0).unwrap()), [0]);
-        match s.append_event(&event("d1", 3)) {
-            Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn incidents_round_trip_and_filters() {
-        let (_dir, s) = open();
-        use pb::IncidentState::{Acknowledged, Open, Resolved};
-        let mut i1 = incident("i1", "prod", Open);
-        s.insert_incident(&i1).unwrap();
-        s.insert_incident(&incident("i2", "staging", Open)).unwrap();
-        s.insert_incident(&incident("i3", "prod", Resolved))
-            .unwrap();
-        assert!(matches!(
-            s.insert_incident(&i1),
-            Err(StoreError::AlreadyExists(_))
-        ));
-        assert_eq!(s.get_incident("i1").unwrap(), Some(i1.clone()));
-        assert_eq!(s.get_incident("nope").unwrap(), None);
-        i1.state = Acknowledged as i32;
-        i1.acknowledged_by = "ops".into();
-        s.save_incident(&i1).unwrap();
-        assert_eq!(s.get_incident("i1").unwrap(), Some(i1));
-        assert!(matches!(
-            s.save_incident(&incident("ghost", "prod", Open)),
-            Err(StoreError::Unavailable(_))
-        ));
-        let list = |env: Option<&str>, states: &[pb::IncidentState], limit| {
-            ids(&s.list_incidents(env, states, limit).unwrap(), |i| &i.id)
-        };
-        assert_eq!(list(None, &[], 0), ["i3", "i2", "i1"]);
-        assert_eq!(list(Some("prod"), &[], 0), ["i3", "i1"]);
-        assert_eq!(list(None, &[Open], 0), ["i2"]);
-        assert_eq!(list(None, &[Open, Acknowledged], 0), ["i2", "i1"]);
-        assert_eq!(list(Some("prod"), &[Resolved], 0), ["i3"]);
-        assert_eq!(list(None, &[], 2), ["i3", "i2"]);
-        assert!(list(Some("dev"), &[], 0).is_empty());
-    }
-
-    #[test]
     fn heartbeat_updates() {
-        let (_dir, s) = open();
+        let f = SqliteFixture::new();
+        let s = f.sqlite();
         s.heartbeat("i1").unwrap();
         let first: i64 = s
             .conn()

@@ -1,0 +1,433 @@
+//! A test suite for store backends: what every [`Store`] must do, whichever database keeps the
+//! data. Each function checks one behaviour and panics at the first assertion that fails;
+//! [`run_all`] runs them all, each on a fresh store.
+//!
+//! This is test code, but not `cfg(test)`: the SQLite store's unit tests run it on a temp file,
+//! and the end-to-end tests (`tests/e2e/controller_store.rs`) on a throwaway PostgreSQL. What
+//! only one backend does (SQLite's file lock and schema version, PostgreSQL's advisory locks
+//! shared by several controllers) is tested beside that backend, with the fixtures below.
+
+use std::time::{Duration, Instant};
+
+use rampart_proto::v1 as pb;
+
+use super::{LockAttempt, Store, StoreError};
+
+/// A store under test, with what the suite cannot do through [`Store`].
+pub trait Fixture {
+    /// The store, empty when the fixture is made.
+    fn store(&self) -> &dyn Store;
+    /// A second handle on the same data, as a second controller sharing the store has one:
+    /// what [`store`](Fixture::store) writes, it reads at once. A backend with one controller
+    /// per store returns the store itself.
+    fn peer(&self) -> &dyn Store;
+    /// Records that `instance` last sent a heartbeat `age` ago, by the clock the store judges
+    /// heartbeats with (inserting the instance when it never sent one).
+    fn backdate_heartbeat(&self, instance: &str, age: Duration);
+    /// Drops the store and its peer, as a controller that dies without releasing anything,
+    /// and opens the same data again.
+    fn reopen(&mut self);
+}
+
+/// A deployment of version 1.2.3 with nothing else set.
+pub fn deployment(id: &str, env: &str, state: pb::DeploymentState) -> pb::Deployment {
+    pb::Deployment {
+        id: id.into(),
+        environment: env.into(),
+        version: "1.2.3".into(),
+        state: state as i32,
+        ..Default::default()
+    }
+}
+
+/// Event `seq` of deployment `id`, timed `seq` seconds after 2023-11-14 22:13:20 UTC.
+pub fn event(id: &str, seq: u64) -> pb::DeploymentEvent {
+    pb::DeploymentEvent {
+        seq,
+        deployment_id: id.into(),
+        time: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000 + seq as i64,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// An incident of deployment `d1` on host `web1`.
+pub fn incident(id: &str, env: &str, state: pb::IncidentState) -> pb::Incident {
+    pb::Incident {
+        id: id.into(),
+        environment: env.into(),
+        deployment_id: "d1".into(),
+        state: state as i32,
+        summary: format!("{id} summary"),
+        hosts: vec!["web1".into()],
+        ..Default::default()
+    }
+}
+
+/// The lock taken, from `from` when it names the instance that held it and died.
+pub fn acquired(from: Option<&str>) -> LockAttempt {
+    LockAttempt::Acquired {
+        reclaimed_from: from.map(str::to_owned),
+    }
+}
+
+/// The lock held by `deployment_id`, run by `instance`.
+pub fn held(deployment_id: &str, instance: &str) -> LockAttempt {
+    LockAttempt::Held {
+        deployment_id: deployment_id.into(),
+        instance: instance.into(),
+    }
+}
+
+/// The ids of deployments, in order.
+pub fn ids(ds: &[pb::Deployment]) -> Vec<&str> {
+    ds.iter().map(|d| d.id.as_str()).collect()
+}
+
+/// Asks for an environment's lock until it is not `Held` (a backend may notice a dead holder
+/// only after a moment: PostgreSQL ends a closed session's advisory locks asynchronously),
+/// for at most 10 s; the last answer.
+fn lock_when_free(
+    s: &dyn Store,
+    environment: &str,
+    deployment_id: &str,
+    instance: &str,
+) -> LockAttempt {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s
+            .try_lock_env(environment, deployment_id, instance)
+            .unwrap()
+        {
+            LockAttempt::Held { .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Deployments: insert (ids are unique), read, save, list newest first filtered by environment
+/// and states with a limit, change owners. `a` writes and `b` reads (two handles on one store,
+/// or the same one twice).
+pub fn deployments_round_trip(a: &dyn Store, b: &dyn Store) {
+    use pb::DeploymentState::{Finished, Queued, Running};
+    let mut d1 = deployment("d1", "prod", Queued);
+    d1.hosts.push(pb::HostResult {
+        host: "web1".into(),
+        ..Default::default()
+    });
+    a.insert_deployment(&d1, "i1").unwrap();
+    b.insert_deployment(&deployment("d2", "staging", Running), "i2")
+        .unwrap();
+    a.insert_deployment(&deployment("d3", "prod", Queued), "i1")
+        .unwrap();
+    assert_eq!(b.get_deployment("d1").unwrap(), Some(d1.clone()));
+    assert_eq!(a.get_deployment("d1").unwrap(), Some(d1.clone()));
+    assert_eq!(b.get_deployment("nope").unwrap(), None);
+    for s in [a, b] {
+        match s.insert_deployment(&d1, "i2") {
+            Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
+            other => panic!("duplicate deployment: {other:?}"),
+        }
+    }
+    assert!(b.list_deployments(None, &[Finished], 0).unwrap().is_empty());
+
+    d1.state = Finished as i32;
+    d1.outcome = pb::DeploymentOutcome::Succeeded as i32;
+    a.save_deployment(&d1).unwrap();
+    assert_eq!(b.get_deployment("d1").unwrap(), Some(d1.clone()));
+    assert!(matches!(
+        a.save_deployment(&deployment("ghost", "prod", Queued)),
+        Err(StoreError::Unavailable(_))
+    ));
+
+    let list = |env: Option<&str>, states: &[pb::DeploymentState], limit| {
+        ids(&b.list_deployments(env, states, limit).unwrap())
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list(None, &[], 0), ["d3", "d2", "d1"]);
+    assert_eq!(list(Some("prod"), &[], 0), ["d3", "d1"]);
+    assert_eq!(list(None, &[Finished], 0), ["d1"]);
+    assert_eq!(list(None, &[Running], 0), ["d2"]);
+    assert_eq!(list(None, &[Finished, Running], 0), ["d2", "d1"]);
+    assert_eq!(list(None, &[Running, Queued], 2), ["d3", "d2"]);
+    assert_eq!(list(None, &[], 1), ["d3"]);
+    assert!(list(Some("prod"), &[Running], 0).is_empty());
+    assert!(list(Some("dev"), &[], 0).is_empty());
+
+    b.set_owner("d1", "i2").unwrap();
+    assert_eq!(a.get_deployment("d1").unwrap(), Some(d1));
+    assert!(matches!(
+        b.set_owner("ghost", "i2"),
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+/// Queue positions: 1 for an environment's oldest `QUEUED` deployment, 0 for one not queued
+/// (or not there); a deployment leaving the queue moves the later ones up. `a` writes, `b`
+/// reads.
+pub fn queue_positions(a: &dyn Store, b: &dyn Store) {
+    use pb::DeploymentState::{Queued, Running};
+    a.insert_deployment(&deployment("p-run", "prod", Running), "i1")
+        .unwrap();
+    a.insert_deployment(&deployment("p1", "prod", Queued), "i1")
+        .unwrap();
+    b.insert_deployment(&deployment("s1", "staging", Queued), "i2")
+        .unwrap();
+    a.insert_deployment(&deployment("p2", "prod", Queued), "i1")
+        .unwrap();
+    assert_eq!(b.queue_position("prod", "p1").unwrap(), 1);
+    assert_eq!(b.queue_position("prod", "p2").unwrap(), 2);
+    assert_eq!(b.queue_position("staging", "s1").unwrap(), 1);
+    assert_eq!(b.queue_position("prod", "p-run").unwrap(), 0);
+    assert_eq!(b.queue_position("prod", "s1").unwrap(), 0);
+    assert_eq!(b.queue_position("prod", "nope").unwrap(), 0);
+    // p1 leaves the queue: p2 moves up.
+    a.save_deployment(&deployment("p1", "prod", Running))
+        .unwrap();
+    assert_eq!(b.queue_position("prod", "p1").unwrap(), 0);
+    assert_eq!(b.queue_position("prod", "p2").unwrap(), 1);
+    assert_eq!(b.queue_position("staging", "s1").unwrap(), 1);
+}
+
+/// Events: read back in seq order (whatever order they were appended in) from a seq on, with
+/// a limit; a (deployment, seq) stored already is refused and not stored twice; the last seq.
+/// `a` writes, `b` reads.
+pub fn events_in_seq_order_without_duplicates(a: &dyn Store, b: &dyn Store) {
+    assert_eq!(b.last_seq("d1").unwrap(), None);
+    for seq in [0, 1, 2, 4, 3] {
+        a.append_event(&event("d1", seq)).unwrap();
+    }
+    a.append_event(&event("d2", 0)).unwrap();
+    for s in [a, b] {
+        match s.append_event(&event("d1", 3)) {
+            Err(StoreError::AlreadyExists(m)) => assert!(m.contains("d1"), "{m}"),
+            other => panic!("duplicate event: {other:?}"),
+        }
+    }
+    assert_eq!(b.last_seq("d1").unwrap(), Some(4));
+    assert_eq!(b.last_seq("d2").unwrap(), Some(0));
+    assert_eq!(b.last_seq("nope").unwrap(), None);
+    assert_eq!(
+        b.events("d1", 0, 0).unwrap(),
+        (0..5).map(|q| event("d1", q)).collect::<Vec<_>>()
+    );
+    let seqs = |v: Vec<pb::DeploymentEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(b.events("d1", 2, 0).unwrap()), [2, 3, 4]);
+    assert_eq!(seqs(b.events("d1", 1, 2).unwrap()), [1, 2]);
+    assert_eq!(seqs(b.events("d1", 3, 10).unwrap()), [3, 4]);
+    assert_eq!(seqs(b.events("d1", 9, 0).unwrap()), Vec::<u64>::new());
+    assert_eq!(
+        seqs(b.events("d1", u64::MAX, 0).unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(seqs(b.events("d2", 0, 0).unwrap()), [0]);
+    assert!(b.events("nope", 0, 0).unwrap().is_empty());
+}
+
+/// Incidents: insert (ids are unique), read, save (acknowledged), list newest first filtered by
+/// environment and states with a limit. `a` writes and reads, `b` too, each seeing the other's.
+pub fn incidents_round_trip_and_filters(a: &dyn Store, b: &dyn Store) {
+    use pb::IncidentState::{Acknowledged, Open, Resolved};
+    let mut i1 = incident("i1", "prod", Open);
+    a.insert_incident(&i1).unwrap();
+    a.insert_incident(&incident("i2", "staging", Open)).unwrap();
+    a.insert_incident(&incident("i3", "prod", Resolved))
+        .unwrap();
+    for s in [a, b] {
+        assert!(matches!(
+            s.insert_incident(&i1),
+            Err(StoreError::AlreadyExists(_))
+        ));
+    }
+    assert_eq!(b.get_incident("i1").unwrap(), Some(i1.clone()));
+    assert_eq!(b.get_incident("nope").unwrap(), None);
+    i1.state = Acknowledged as i32;
+    i1.acknowledged_by = "ops".into();
+    b.save_incident(&i1).unwrap();
+    assert_eq!(a.get_incident("i1").unwrap(), Some(i1));
+    assert!(matches!(
+        a.save_incident(&incident("ghost", "prod", Open)),
+        Err(StoreError::Unavailable(_))
+    ));
+    for s in [a, b] {
+        let list = |env: Option<&str>, states: &[pb::IncidentState], limit| {
+            s.list_incidents(env, states, limit)
+                .unwrap()
+                .into_iter()
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(list(None, &[], 0), ["i3", "i2", "i1"]);
+        assert_eq!(list(Some("prod"), &[], 0), ["i3", "i1"]);
+        assert_eq!(list(None, &[Open], 0), ["i2"]);
+        assert_eq!(list(None, &[Open, Acknowledged], 0), ["i2", "i1"]);
+        assert_eq!(list(Some("prod"), &[Resolved], 0), ["i3"]);
+        assert_eq!(list(None, &[], 2), ["i3", "i2"]);
+        assert_eq!(list(None, &[], 1), ["i3"]);
+        assert!(list(Some("dev"), &[], 0).is_empty());
+    }
+}
+
+/// Environment locks within one controller: taken when free, taken again by the holder, held
+/// against another deployment, independent per environment, released only by the holder (and
+/// releasing twice is harmless).
+pub fn env_lock_semantics(s: &dyn Store) {
+    assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+    // The holder again.
+    assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+    // Another deployment of the same (live) instance waits.
+    assert_eq!(
+        s.try_lock_env("prod", "d2", "i1").unwrap(),
+        held("d1", "i1")
+    );
+    // Another environment is independent.
+    assert_eq!(
+        s.try_lock_env("staging", "d3", "i1").unwrap(),
+        acquired(None)
+    );
+    assert_eq!(
+        s.try_lock_env("staging", "d4", "i1").unwrap(),
+        held("d3", "i1")
+    );
+    // Unlock by a non-holder (or by a deployment that never asked): nothing changes.
+    s.unlock_env("prod", "d2").unwrap();
+    s.unlock_env("prod", "d9").unwrap();
+    assert_eq!(
+        s.try_lock_env("prod", "d2", "i1").unwrap(),
+        held("d1", "i1")
+    );
+    // Unlock by the holder frees it, for the next one with nothing to reclaim.
+    s.unlock_env("prod", "d1").unwrap();
+    assert_eq!(s.try_lock_env("prod", "d2", "i1").unwrap(), acquired(None));
+    assert_eq!(
+        s.try_lock_env("prod", "d1", "i1").unwrap(),
+        held("d2", "i1")
+    );
+    assert_eq!(
+        s.try_lock_env("staging", "d4", "i1").unwrap(),
+        held("d3", "i1")
+    );
+    s.unlock_env("prod", "d2").unwrap();
+    s.unlock_env("prod", "d2").unwrap();
+    s.unlock_env("staging", "d3").unwrap();
+    assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+    assert_eq!(
+        s.try_lock_env("staging", "d4", "i1").unwrap(),
+        acquired(None)
+    );
+    s.unlock_env("prod", "d1").unwrap();
+    s.unlock_env("prod", "d1").unwrap();
+}
+
+/// A lock whose holder died without releasing it is taken over by the next controller, which
+/// is told the dead instance; the dead holder's own deployment, adopted, takes its lock over
+/// too.
+pub fn env_lock_taken_over_from_a_dead_holder(f: &mut dyn Fixture) {
+    let s = f.store();
+    assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+    assert_eq!(
+        s.try_lock_env("staging", "d3", "i1").unwrap(),
+        acquired(None)
+    );
+    f.reopen();
+    let s = f.store();
+    assert_eq!(lock_when_free(s, "prod", "d2", "i2"), acquired(Some("i1")));
+    assert_eq!(s.try_lock_env("prod", "d2", "i2").unwrap(), acquired(None));
+    assert_eq!(
+        s.try_lock_env("prod", "d1", "i2").unwrap(),
+        held("d2", "i2")
+    );
+    assert_eq!(
+        lock_when_free(s, "staging", "d3", "i2"),
+        acquired(Some("i1"))
+    );
+    assert_eq!(
+        s.try_lock_env("staging", "d3", "i2").unwrap(),
+        acquired(None)
+    );
+    s.unlock_env("prod", "d2").unwrap();
+    assert_eq!(s.try_lock_env("prod", "d1", "i2").unwrap(), acquired(None));
+}
+
+/// Orphans: the unfinished deployments of other instances whose heartbeat is stale or missing,
+/// oldest first; an instance beating again owns its work again, and an adopted deployment is
+/// no orphan. Written through the store, read through its peer.
+pub fn orphans_follow_heartbeats(f: &dyn Fixture) {
+    use pb::DeploymentState::{Finished, Queued, Running};
+    let (a, b) = (f.store(), f.peer());
+    a.insert_deployment(&deployment("dead-1", "prod", Running), "dead")
+        .unwrap();
+    a.insert_deployment(&deployment("live-1", "prod", Running), "live")
+        .unwrap();
+    a.insert_deployment(&deployment("mine", "prod", Running), "me")
+        .unwrap();
+    a.insert_deployment(&deployment("dead-done", "prod", Finished), "dead")
+        .unwrap();
+    a.insert_deployment(&deployment("never", "prod", Queued), "silent")
+        .unwrap();
+    a.insert_deployment(&deployment("dead-2", "staging", Queued), "dead")
+        .unwrap();
+    a.heartbeat("live").unwrap();
+    b.heartbeat("me").unwrap();
+    // A heartbeat a minute old.
+    f.backdate_heartbeat("dead", Duration::from_secs(60));
+    let stale = Duration::from_secs(30);
+    assert_eq!(
+        ids(&b.orphaned("me", stale).unwrap()),
+        ["dead-1", "never", "dead-2"]
+    );
+    // The live instance sees the same orphans (its own work is not among them).
+    assert_eq!(
+        ids(&a.orphaned("live", stale).unwrap()),
+        ["dead-1", "never", "dead-2"]
+    );
+    // The dead instance comes back: its work is its own again.
+    a.heartbeat("dead").unwrap();
+    assert_eq!(ids(&b.orphaned("me", stale).unwrap()), ["never"]);
+    // Adopted.
+    b.set_owner("never", "me").unwrap();
+    assert!(a.orphaned("me", stale).unwrap().is_empty());
+    assert!(matches!(
+        b.set_owner("ghost", "me"),
+        Err(StoreError::Unavailable(_))
+    ));
+    // With no tolerance at all, every other owner's work looks orphaned once time moves.
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(
+        ids(&b.orphaned("me", Duration::ZERO).unwrap()),
+        ["dead-1", "live-1", "dead-2"]
+    );
+}
+
+/// Runs every function of the suite, each on a new fixture from `fresh`, saying on stderr which
+/// one runs (so a failure's output names it).
+pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
+    let run = |name: &str, test: &dyn Fn(&mut dyn Fixture)| {
+        eprintln!("store conformance: {name}");
+        test(&mut *fresh());
+    };
+    run("deployments_round_trip", &|f| {
+        deployments_round_trip(f.store(), f.peer())
+    });
+    run("queue_positions", &|f| queue_positions(f.store(), f.peer()));
+    run("events_in_seq_order_without_duplicates", &|f| {
+        events_in_seq_order_without_duplicates(f.store(), f.peer())
+    });
+    run("incidents_round_trip_and_filters", &|f| {
+        incidents_round_trip_and_filters(f.store(), f.peer())
+    });
+    run("env_lock_semantics", &|f| env_lock_semantics(f.store()));
+    run(
+        "env_lock_taken_over_from_a_dead_holder",
+        &env_lock_taken_over_from_a_dead_holder,
+    );
+    run("orphans_follow_heartbeats", &|f| {
+        orphans_follow_heartbeats(f)
+    });
+}
