@@ -11,6 +11,7 @@
 //! - [`server`]: the gRPC adapter (`rampart.v1.Agent` and `grpc.health.v1`);
 //! - [`config`]: the agent's TOML configuration.
 
+#![warn(missing_docs, unreachable_pub)]
 pub mod config;
 pub mod engine;
 pub mod error;

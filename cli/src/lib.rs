@@ -12,6 +12,7 @@
 //! - [`certs`]: `rampart certs init`, a quick-start CA and certificates for mutual TLS;
 //! - [`exit`], [`error`]: every exit code in one enum, and the one error type that carries it.
 
+#![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
 pub mod certs;

@@ -12,6 +12,8 @@
 //! - [`store`]: the deployment record and events, SQLite or PostgreSQL;
 //! - [`service`]: the gRPC API CI calls (`rampart.v1.Controller`) and its bearer tokens.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 pub mod agents;
 pub mod config;
 pub mod deployment;

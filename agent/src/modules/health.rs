@@ -1,4 +1,4 @@
-//! `health`: runs a health suite ([`crate::health`]) as a task; a failed critical check fails
+//! `health`: runs a health suite ([`rampart_health`]) as a task; a failed critical check fails
 //! the task, so a deploy's rescue runs with every check's result in `ansible_failed_result`.
 //!
 //! Inputs: `suite` (`production`, the shipped suite built into Rampart, or a suite file: an

@@ -177,7 +177,7 @@ pub(crate) mod testing {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    pub use rampart_host::testing::HttpsServer;
+    pub(crate) use rampart_host::testing::HttpsServer;
 
     use serde_json::Value;
 

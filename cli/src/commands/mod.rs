@@ -830,14 +830,14 @@ pub(crate) mod mock {
     use tonic::{Request, Response, Status, Streaming};
 
     /// The token the fake accepts.
-    pub const TOKEN: &str = "s3cret";
+    pub(crate) const TOKEN: &str = "s3cret";
 
     type Events = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>> + Send>>;
     type Chunks = Pin<Box<dyn Stream<Item = Result<pb::DataChunk, Status>> + Send>>;
 
     /// What the fake saw.
     #[derive(Debug, Default)]
-    pub struct Seen {
+    pub(crate) struct Seen {
         /// Stored artifacts: sha256 → bytes.
         pub store: HashMap<String, Vec<u8>>,
         /// Upload headers (name, sha256, size, already_present).
@@ -872,7 +872,7 @@ pub(crate) mod mock {
     }
 
     /// The scripted deployment: one wave, web1 fails, fleet rescue, rolled back.
-    pub fn script() -> Vec<pb::DeploymentEvent> {
+    pub(crate) fn script() -> Vec<pb::DeploymentEvent> {
         vec![
             ev(
                 0,
@@ -1095,12 +1095,12 @@ pub(crate) mod mock {
     }
 
     /// Starts the fake on a thread of its own; returns its http:// URL and what it sees.
-    pub fn start() -> (String, Arc<Mutex<Seen>>) {
+    pub(crate) fn start() -> (String, Arc<Mutex<Seen>>) {
         start_with(None)
     }
 
     /// Starts the fake serving TLS with `tls`; returns its https://localhost URL.
-    pub fn start_tls(tls: tonic::transport::ServerTlsConfig) -> (String, Arc<Mutex<Seen>>) {
+    pub(crate) fn start_tls(tls: tonic::transport::ServerTlsConfig) -> (String, Arc<Mutex<Seen>>) {
         start_with(Some(tls))
     }
 
@@ -1136,7 +1136,7 @@ pub(crate) mod mock {
     }
 
     /// Controller arguments for the fake with `token` in a file under `dir`.
-    pub fn args(url: &str, dir: &std::path::Path, token: &str) -> super::ControllerArgs {
+    pub(crate) fn args(url: &str, dir: &std::path::Path, token: &str) -> super::ControllerArgs {
         let f = dir.join("token");
         std::fs::write(&f, format!("{token}\n")).unwrap();
         super::ControllerArgs {

@@ -1,7 +1,7 @@
 //! One deployment from the queue to its last event: the environment lock, the waves, every
 //! host's transaction, the failure threshold, the fleet rescue and the verdict.
 //!
-//! A [`Runner`] is the only writer of its deployment. Host transactions run as tasks that send
+//! A runner (`runner.rs`) is the only writer of its deployment. Host transactions run as tasks that send
 //! their agents' events and their ends to the runner over a channel; the runner stores each
 //! event (then wakes the watchers) and the deployment's record, so a controller that restarts
 //! finds everything it needs in the store:

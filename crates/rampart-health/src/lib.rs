@@ -13,6 +13,8 @@
 //! observed value, message, diagnostics on failure) and a [`Summary`] whose `passed` is false
 //! when a critical check failed.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 pub mod probes;
 
 use std::collections::HashMap;

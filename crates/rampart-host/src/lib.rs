@@ -9,6 +9,7 @@
 //! - [`extract`]: one-pass verify + decompress + safe untar of a release archive;
 //! - `testing` (feature `test-util`): an HTTPS server with a throwaway CA, for tests.
 
+#![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
 pub mod cas;

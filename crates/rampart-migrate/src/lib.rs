@@ -17,6 +17,8 @@
 //! | [`run`] | the commands, one migration per transaction |
 //! | [`restore`] | restore points a deploy takes before migrating, and brings back |
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 pub mod checksum;
 pub mod config;
 pub mod db;

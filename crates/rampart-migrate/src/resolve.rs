@@ -50,7 +50,7 @@ pub struct Script {
     /// Its text, decoded, byte order mark removed.
     pub text: String,
     /// The checksum written to the history: of the raw text for versioned and undo scripts,
-    /// of the text after placeholder replacement for repeatables ([`Found::replace_placeholders`]).
+    /// of the text after placeholder replacement for repeatables ([`crate::placeholders::Placeholders::replace`]).
     pub checksum: i32,
     /// For a repeatable whose placeholders changed its text: the raw text's checksum, which an
     /// applied row may also carry (Flyway accepts either).

@@ -29,7 +29,8 @@ pub struct Statement {
     pub transactional: bool,
 }
 
-/// Why a script could not be split.
+/// Why a script could not be split. `line` is the 1-based line where the construct starts.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SplitError {
     /// A `'...'` (or `E'...'`, `U&'...'`) string never closes.

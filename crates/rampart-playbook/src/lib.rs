@@ -7,13 +7,14 @@
 //!   with size and depth limits;
 //! - [`template`]: Jinja2 templating (`{{ }}`, `when:`) with Ansible's filters and semantics;
 //! - [`model`]: plays, tasks, blocks, actions, sections and task paths;
-//! - [`load`]: the loader, which validates the whole document before anything runs;
+//! - [`mod@load`]: the loader, which validates the whole document before anything runs;
 //! - [`schema`]: what a module takes (argument kinds, free form, check mode) and Ansible's
 //!   argument coercions;
 //! - [`modules`]: the built-in modules' schemas;
 //! - [`serial`]: Ansible's `serial` arithmetic (waves);
 //! - [`error`]: [`PlaybookError`], with `file:line:column`.
 
+#![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
 pub mod error;

@@ -1,4 +1,4 @@
-//! The playbook model: plays, tasks, blocks and the actions they call, as [`crate::load`]
+//! The playbook model: plays, tasks, blocks and the actions they call, as [`crate::load()`]
 //! builds them; and task paths (`0.2.rescue.1` = play 0, task 2, its rescue's task 1), which the
 //! journal uses to find its place again after a crash.
 

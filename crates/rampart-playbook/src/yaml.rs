@@ -90,7 +90,9 @@ impl Default for Limits {
     }
 }
 
-/// Why a YAML stream was refused.
+/// Why a YAML stream was refused. Each variant's fields are the values its message names
+/// (`mark`: where, `limit`: the limit crossed).
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum YamlError {
     /// The parser rejected the text.

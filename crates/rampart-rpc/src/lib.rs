@@ -9,6 +9,7 @@
 //! - this file: the gRPC message limit, the one-line error chain, which statuses mean "the
 //!   connection broke, retry", and the servers' shutdown signal.
 
+#![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
 pub mod ids;
