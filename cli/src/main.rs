@@ -14,7 +14,7 @@ use rampart_cli::vars::parse_extra_vars;
 
 /// Rampart: transactional deploys for ordinary Linux servers.
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(name = "rampart", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
