@@ -30,9 +30,7 @@ mod system;
 mod systemd;
 mod tcp;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -106,55 +104,6 @@ fn same(found: &Value, want: &Value) -> bool {
             (Value::String(a), b) | (b, Value::String(a)) => *a == b.to_string().trim_matches('"'),
             _ => false,
         }
-}
-
-/// Runs a program with a deadline; (exit code, stdout, stderr), or why it could not.
-fn run_bounded(
-    mut cmd: Command,
-    timeout: Duration,
-) -> Result<(Option<i32>, String, String), String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let reader = |r: Option<std::process::ChildStdout>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = reader(out);
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(mut r) = err {
-            let _ = r.read_to_string(&mut s);
-        }
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    match status {
-        Some(st) => Ok((st.code(), stdout, stderr)),
-        None => Err(format!("timed out after {} ms", timeout.as_millis())),
-    }
 }
 
 #[cfg(test)]
