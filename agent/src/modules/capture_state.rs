@@ -4,16 +4,17 @@
 //! (systemd units), `dest_dir` (default `/var/backups/deployment-state`). Output: the state
 //! document of DESIGN.md — `timestamp`, `host`, `txid`, `versions` (per component, from its
 //! `current` release; `database` = the Flyway schema version when `database` {url, user,
-//! password, schemas, table} is given, else null), `services`
-//! (ActiveState per unit, `unknown` without systemd), `system` (`uptime_since`, `load_average`,
-//! `disk_usage` % of the state dir's filesystem, `memory` %), `deployments` (the last 3 finished
-//! transactions) — written atomically to `<dest_dir>/<ts>-<txid>.json` and returned as `state`
-//! and as the fact `rampart_state`, so a rescue reads `rampart_state.versions.<component>`.
+//! password, schemas, table} is given, else null), `services` (ActiveState per unit, `unknown`
+//! without systemd or when it does not answer within 5 s), `system` (`uptime_since`,
+//! `load_average`, `disk_usage` % of the state dir's filesystem, `memory` %), `deployments` (the
+//! last 3 finished transactions) — written atomically to `<dest_dir>/<ts>-<txid>.json` and
+//! returned as `state` and as the fact `rampart_state`, so a rescue reads
+//! `rampart_state.versions.<component>`.
 //! It changes nothing but that file; a later `release: state=restored` is what uses it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
@@ -22,10 +23,13 @@ use rampart_playbook::modules::capture_state as schema;
 use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_str, failed};
 use crate::event::{Outcome, Record};
 use rampart_host::durable::write_atomic;
+use rampart_host::systemd::Systemctl;
 
 /// Default directory of state captures.
 pub const DEFAULT_DEST_DIR: &str = "/var/backups/deployment-state";
 const RECENT_DEPLOYMENTS: usize = 3;
+/// How long one unit's state may take to read before it counts as `unknown`.
+const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `capture_state`.
 pub static CAPTURE_STATE: ModuleSpec = ModuleSpec {
@@ -126,18 +130,12 @@ fn current_version(component_dir: &Path) -> Option<String> {
     Some(target.file_name()?.to_string_lossy().into_owned())
 }
 
-/// A unit's ActiveState, or `unknown` when systemd cannot be asked.
+/// A unit's ActiveState, or `unknown` when systemd cannot be asked (or does not answer within
+/// [`SYSTEMD_TIMEOUT`]).
 fn active_state(unit: &str) -> String {
-    Command::new("systemctl")
-        .args(["show", "--property=ActiveState", "--value", "--", unit])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
+    Systemctl::default()
+        .show(unit, Instant::now() + SYSTEMD_TIMEOUT)
+        .map_or_else(|_| "unknown".to_string(), |st| st.active_state)
 }
 
 fn system(state_dir: &Path) -> Value {

@@ -32,16 +32,16 @@
 //! `systemctl_prefix` (a list, for tests and containers): a command prefix to reach the service
 //! manager, prepended to every `systemctl`/`journalctl` call (e.g. `nsenter -t PID -m -p`).
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
+use rampart_host::process::{Ran, run_bounded};
+use rampart_host::systemd::{self, UnitState};
 use rampart_playbook::modules::service as schema;
+
+/// How the module reaches systemd (also used by `forensics` for the service's log).
+pub use rampart_host::systemd::Systemctl;
 
 use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_str, failed, ok};
 
@@ -59,10 +59,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(100);
 /// Time allowed for gathering diagnostics after a failure (beyond the task's timeout).
 const DIAG_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most output kept from one command.
-const MAX_OUTPUT: usize = 64 * 1024;
 /// Journal lines attached to a failure.
-const LOG_LINES: &str = "20";
+const LOG_LINES: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
@@ -107,277 +105,7 @@ fn run_service(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Running a command with a deadline.
-
-/// What a bounded command did.
-#[derive(Debug, Default)]
-struct Ran {
-    /// Exit code; `None` when it timed out, was killed or could not start.
-    rc: Option<i32>,
-    stdout: String,
-    stderr: String,
-    /// It was still running at the deadline and was killed.
-    timed_out: bool,
-    /// It could not be started.
-    spawn_error: Option<String>,
-}
-
-impl Ran {
-    fn success(&self) -> bool {
-        self.rc == Some(0)
-    }
-
-    /// A one-line description of how it ended, for messages.
-    fn describe(&self) -> String {
-        if let Some(e) = &self.spawn_error {
-            return format!("could not run: {e}");
-        }
-        if self.timed_out {
-            return "timed out and was killed".into();
-        }
-        let detail = if self.stderr.trim().is_empty() {
-            self.stdout.trim()
-        } else {
-            self.stderr.trim()
-        };
-        match self.rc {
-            Some(rc) if detail.is_empty() => format!("exited with {rc}"),
-            Some(rc) => format!("exited with {rc}: {detail}"),
-            None => "was killed by a signal".into(),
-        }
-    }
-}
-
-/// An unlinked scratch file for a child's output. Files rather than pipes: a start command that
-/// leaves a daemon behind would hold a pipe open forever.
-fn scratch_file() -> std::io::Result<File> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir();
-    let mut last = None;
-    for _ in 0..16 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = dir.join(format!(
-            ".rampart-service-{}-{}-{nanos}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(f) => {
-                std::fs::remove_file(&path)?;
-                return Ok(f);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no scratch file")))
-}
-
-fn read_back(mut f: File) -> String {
-    let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(0)).is_err() || f.read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    let start = buf.len().saturating_sub(MAX_OUTPUT);
-    String::from_utf8_lossy(&buf[start..])
-        .trim_end_matches(['\n', '\r'])
-        .to_string()
-}
-
-/// Runs `argv` in its own process group; at `deadline` the whole group gets SIGKILL.
-fn run_bounded(argv: &[String], deadline: Instant) -> Ran {
-    let Some((prog, rest)) = argv.split_first() else {
-        return Ran {
-            spawn_error: Some("empty command".into()),
-            ..Ran::default()
-        };
-    };
-    let files = scratch_file().and_then(|o| Ok((o, scratch_file()?)));
-    let (out, err) = match files {
-        Ok(f) => f,
-        Err(e) => {
-            return Ran {
-                spawn_error: Some(format!("cannot create a file for its output: {e}")),
-                ..Ran::default()
-            };
-        }
-    };
-    let (out2, err2) = match (out.try_clone(), err.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            return Ran {
-                spawn_error: Some(format!("cannot share its output file: {e}")),
-                ..Ran::default()
-            };
-        }
-    };
-    let mut cmd = Command::new(prog);
-    cmd.args(rest)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out2))
-        .stderr(Stdio::from(err2))
-        .env("SYSTEMD_PAGER", "")
-        .env("SYSTEMD_COLORS", "0")
-        .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return Ran {
-                spawn_error: Some(format!("{prog}: {e}")),
-                ..Ran::default()
-            };
-        }
-    };
-    let mut ran = Ran::default();
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                ran.rc = status.code();
-                break;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                ran.spawn_error = Some(format!("cannot wait for {prog}: {e}"));
-                break;
-            }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            ran.timed_out = true;
-            break;
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-    ran.stdout = read_back(out);
-    ran.stderr = read_back(err);
-    ran
-}
-
-// ---------------------------------------------------------------------------------------------
 // systemd.
-
-/// How the module reaches systemd: `systemctl` and `journalctl`, each prefixed by `prefix`
-/// (empty on a normal host; `nsenter -t PID -m -p ...` to reach a service manager in another
-/// namespace).
-#[derive(Debug, Clone, Default)]
-pub struct Systemctl {
-    /// Words put before every `systemctl` / `journalctl` command line.
-    pub prefix: Vec<String>,
-}
-
-/// A unit's state as `systemctl show` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UnitState {
-    /// `loaded`, `not-found`, ...
-    pub load_state: String,
-    /// `active`, `inactive`, `failed`, `activating`, ...
-    pub active_state: String,
-    /// `running`, `dead`, `failed`, ...
-    pub sub_state: String,
-    /// `success`, `exit-code`, `signal`, `timeout`, ...
-    pub result: String,
-}
-
-impl Systemctl {
-    /// `program args...` behind the prefix, as a command line.
-    pub(crate) fn argv(&self, program: &str, args: &[&str]) -> Vec<String> {
-        self.prefix
-            .iter()
-            .cloned()
-            .chain(std::iter::once(program.to_string()))
-            .chain(args.iter().map(|s| s.to_string()))
-            .collect()
-    }
-
-    /// The unit's current state.
-    pub fn show(&self, unit: &str, deadline: Instant) -> Result<UnitState, String> {
-        let argv = self.argv(
-            "systemctl",
-            &[
-                "show",
-                "--no-pager",
-                "-p",
-                "LoadState,ActiveState,SubState,Result",
-                "--",
-                unit,
-            ],
-        );
-        let ran = run_bounded(&argv, deadline);
-        if !ran.success() {
-            return Err(format!("`{}` {}", argv.join(" "), ran.describe()));
-        }
-        let mut st = UnitState::default();
-        for line in ran.stdout.lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                let slot = match k {
-                    "LoadState" => &mut st.load_state,
-                    "ActiveState" => &mut st.active_state,
-                    "SubState" => &mut st.sub_state,
-                    "Result" => &mut st.result,
-                    _ => continue,
-                };
-                *slot = v.trim().to_string();
-            }
-        }
-        if st.active_state.is_empty() {
-            return Err(format!(
-                "`{}` did not report ActiveState: {}",
-                argv.join(" "),
-                ran.stdout
-            ));
-        }
-        Ok(st)
-    }
-
-    /// `systemctl VERB UNIT` (start, stop, restart), which waits for the job.
-    fn action(&self, verb: &str, unit: &str, deadline: Instant) -> (Vec<String>, Ran) {
-        let argv = self.argv("systemctl", &[verb, "--no-ask-password", "--", unit]);
-        let ran = run_bounded(&argv, deadline);
-        (argv, ran)
-    }
-
-    /// The unit's last journal lines; empty when journalctl fails.
-    pub fn journal(&self, unit: &str, deadline: Instant) -> Vec<String> {
-        let argv = self.argv(
-            "journalctl",
-            &["-u", unit, "--no-pager", "-q", "-n", LOG_LINES],
-        );
-        let ran = run_bounded(&argv, deadline);
-        if !ran.success() {
-            return Vec::new();
-        }
-        ran.stdout
-            .lines()
-            .filter(|l| !l.starts_with("-- "))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn is_running(st: &UnitState) -> bool {
-    matches!(st.active_state.as_str(), "active" | "reloading")
-}
-
-fn is_stopped(st: &UnitState) -> bool {
-    matches!(st.active_state.as_str(), "inactive" | "failed")
-}
 
 fn put_state(r: &mut ModuleResult, st: &UnitState) {
     r.insert("active_state".into(), json!(st.active_state));
@@ -392,7 +120,10 @@ fn systemd_failure(sc: &Systemctl, unit: &str, msg: String, changed: bool) -> Mo
     let st = sc.show(unit, diag_deadline).unwrap_or_default();
     put_state(&mut r, &st);
     r.insert("result".into(), json!(st.result));
-    r.insert("log".into(), json!(sc.journal(unit, diag_deadline)));
+    r.insert(
+        "log".into(),
+        json!(sc.journal(unit, LOG_LINES, diag_deadline)),
+    );
     r
 }
 
@@ -414,8 +145,8 @@ fn run_systemd(
         return r;
     }
     let needed = match want {
-        Want::Started => !is_running(&before),
-        Want::Stopped => !is_stopped(&before),
+        Want::Started => !before.is_running(),
+        Want::Stopped => !before.is_stopped(),
         Want::Restarted => true,
     };
     if !needed || check {
@@ -464,12 +195,12 @@ fn wait_for_unit(
             Ok(st) => {
                 match want {
                     Want::Stopped => {
-                        if is_stopped(&st) {
+                        if st.is_stopped() {
                             return Ok(st);
                         }
                     }
                     Want::Started | Want::Restarted => {
-                        if is_running(&st) {
+                        if st.is_running() {
                             let since = *active_since.get_or_insert(now);
                             if now.duration_since(since) >= SETTLE {
                                 return Ok(st);
@@ -501,7 +232,7 @@ fn wait_for_unit(
         let now = Instant::now();
         if now >= deadline {
             // Active all along but the settle time did not fit in the timeout: accept.
-            if active_since.is_some() && is_running(&last) {
+            if active_since.is_some() && last.is_running() {
                 return Ok(last);
             }
             return Err(format!(
@@ -520,9 +251,15 @@ fn sh(line: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), line.into()]
 }
 
+/// Runs a start, stop or status command line through `/bin/sh -c` (with systemd's pager and
+/// colours off, as for systemctl).
+fn run_sh(line: &str, deadline: Instant) -> Ran {
+    run_bounded(&sh(line), systemd::ENV, deadline)
+}
+
 /// Runs the status command: `Ok(true)` when it exits 0.
 fn status_running(status: &str, deadline: Instant) -> Result<bool, Ran> {
-    let ran = run_bounded(&sh(status), deadline);
+    let ran = run_sh(status, deadline);
     if ran.timed_out || ran.spawn_error.is_some() || ran.rc.is_none() {
         return Err(ran);
     }
@@ -554,8 +291,14 @@ fn command_failure(msg: String, changed: bool, running: Option<bool>, ran: &Ran)
         r.insert("sub_state".into(), json!(s));
     }
     r.insert("rc".into(), json!(ran.rc));
-    r.insert("stdout".into(), json!(ran.stdout));
-    r.insert("stderr".into(), json!(ran.stderr));
+    r.insert(
+        "stdout".into(),
+        json!(ran.stdout.trim_end_matches(['\n', '\r'])),
+    );
+    r.insert(
+        "stderr".into(),
+        json!(ran.stderr.trim_end_matches(['\n', '\r'])),
+    );
     r
 }
 
@@ -625,7 +368,7 @@ fn command_step(
     want_running: bool,
     deadline: Instant,
 ) -> Result<(), ModuleResult> {
-    let ran = run_bounded(&sh(line), deadline);
+    let ran = run_sh(line, deadline);
     if !ran.success() {
         let now_running = status_running(status, Instant::now() + DIAG_TIMEOUT).ok();
         return Err(command_failure(
@@ -811,33 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn service_bounded_run_kills_at_deadline() {
-        let t0 = Instant::now();
-        let ran = run_bounded(
-            &sh("sleep 30 & sleep 30"),
-            Instant::now() + Duration::from_millis(300),
-        );
-        assert!(ran.timed_out);
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        let ran = run_bounded(
-            &sh("echo out; echo err >&2; exit 4"),
-            Instant::now() + SETTLE,
-        );
-        assert_eq!(
-            (ran.rc, ran.stdout.as_str(), ran.stderr.as_str()),
-            (Some(4), "out", "err")
-        );
-    }
-
-    #[test]
-    fn service_systemctl_prefix_is_prepended() {
-        let sc = Systemctl {
-            prefix: vec!["nsenter".into(), "-t".into(), "1".into()],
-        };
-        assert_eq!(
-            sc.argv("systemctl", &["is-active", "x"]),
-            ["nsenter", "-t", "1", "systemctl", "is-active", "x"]
-        );
+    fn service_systemctl_prefix_is_a_list_of_words() {
         assert_eq!(
             crate::modules::arg_strings(Some(&json!(["a", 1]))),
             vec!["a".to_string(), "1".to_string()]

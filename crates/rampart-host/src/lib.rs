@@ -7,6 +7,10 @@
 //! - [`facts`]: the host's name;
 //! - [`cas`]: the content-addressed artifact store (`artifacts/sha256/<hex>`), verified uploads;
 //! - [`extract`]: one-pass verify + decompress + safe untar of a release archive;
+//! - [`process`]: one bounded child process (own process group, killed at a deadline, capped
+//!   output in scratch files);
+//! - [`systemd`]: `systemctl show|start|stop|restart` and `journalctl -u`, behind an optional
+//!   command prefix, built on [`process`];
 //! - `testing` (feature `test-util`): an HTTPS server with a throwaway CA, for tests.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -17,5 +21,7 @@ pub mod digest;
 pub mod durable;
 pub mod extract;
 pub mod facts;
+pub mod process;
+pub mod systemd;
 #[cfg(feature = "test-util")]
 pub mod testing;
