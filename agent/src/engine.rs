@@ -868,7 +868,7 @@ fn failed_task_info(task: &Task, action: &Action, name: &str) -> Value {
 mod tests {
     //! The engine's semantics in-process, through an in-memory [`Sink`]: the same cases
     //! `tests/e2e/semantics.rs` runs through processes (as observed on ansible-core 2.19, see
-    //! `shared/notes/ansible-semantics.md`), in milliseconds.
+    //! `docs/notes/ansible-semantics.md`), in milliseconds.
 
     use super::*;
 

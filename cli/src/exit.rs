@@ -1,4 +1,4 @@
-//! Every exit code `rampart` returns, in one enum (DESIGN.md's table). Commands return an
+//! Every exit code `rampart` returns, in one enum (ARCHITECTURE.md's table). Commands return an
 //! [`Exit`]; only `main` turns it into the process's exit status.
 
 use std::process::ExitCode;

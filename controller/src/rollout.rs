@@ -1,7 +1,7 @@
 //! Rollout arithmetic: how a fleet is cut into waves (`serial`, from
 //! [`rampart_playbook::serial`]) and when a wave's failures stop the deployment
 //! (`max_fail_percentage`), with Ansible's observed rules
-//! (`shared/notes/ansible-semantics.md`).
+//! (`docs/notes/ansible-semantics.md`).
 //!
 //! Pure functions, no I/O: the controller's rollout (the controller work) asks them what to do.
 //! - `serial` is a number, a percentage (`"25%"`, of all hosts, rounded down, at least 1) or a

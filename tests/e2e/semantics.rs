@@ -1,5 +1,5 @@
 //! Ansible's block/rescue/always semantics, as observed on ansible-core 2.19
-//! (`shared/notes/ansible-semantics.md`), through real processes: every case runs with
+//! (`docs/notes/ansible-semantics.md`), through real processes: every case runs with
 //! `rampart run --local` and through a real `rampart-agent` over gRPC on 127.0.0.1, and each
 //! asserts the task sequence, the statuses, the recap, the outcome and the exit code.
 

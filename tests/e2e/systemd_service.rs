@@ -1,5 +1,5 @@
 //! The `service` module against a real systemd: `rampart run --local` drives units of a systemd
-//! booted as PID 1 of fresh PID/mount/UTS/IPC namespaces, as `shared/notes/systemd-sandbox.md`
+//! booted as PID 1 of fresh PID/mount/UTS/IPC namespaces, as `docs/notes/systemd-sandbox.md`
 //! describes (private tmpfs on /run, /tmp and /var/tmp, a minimal `sandbox.target`), reached
 //! through `systemctl_prefix: [nsenter, -t, PID, -m, -p, -u, -i]`. The sandbox itself is
 //! `rampart_tests::systemd`.

@@ -1,5 +1,5 @@
 //! A real systemd for tests: booted as PID 1 of fresh PID/mount/UTS/IPC namespaces, as
-//! `shared/notes/systemd-sandbox.md` describes (private tmpfs on /run, /tmp and /var/tmp so its
+//! `docs/notes/systemd-sandbox.md` describes (private tmpfs on /run, /tmp and /var/tmp so its
 //! tmpfiles setup cannot empty the host's /tmp; a volatile journal off the host's
 //! /var/log/journal; a minimal `sandbox.target` so none of the host's units start), reached with
 //! `nsenter -t PID -m -p -u -i`. The network namespace is the host's, so 127.0.0.1 is shared; the
@@ -107,7 +107,7 @@ impl Sandbox {
         let why = missing_requirements();
         assert!(
             why.is_empty(),
-            "cannot boot the systemd sandbox (shared/notes/systemd-sandbox.md): {}",
+            "cannot boot the systemd sandbox (docs/notes/systemd-sandbox.md): {}",
             why.join("; ")
         );
         let console = dir.join("systemd-console.log");

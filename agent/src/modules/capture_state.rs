@@ -2,7 +2,7 @@
 //!
 //! Inputs: `components` (default: every component under `<state_dir>/apps/`), `services`
 //! (systemd units), `dest_dir` (default `/var/backups/deployment-state`). Output: the state
-//! document of DESIGN.md — `timestamp`, `host`, `txid`, `versions` (per component, from its
+//! document — `timestamp`, `host`, `txid`, `versions` (per component, from its
 //! `current` release; `database` = the Flyway schema version when `database` {url, user,
 //! password, schemas, table} is given, else null), `services` (ActiveState per unit, `unknown`
 //! without systemd or when it does not answer within 5 s), `system` (`uptime_since`,

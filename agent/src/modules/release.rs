@@ -1,6 +1,6 @@
 //! `release`: stages, activates, restores and prunes a component's releases on this host.
 //!
-//! Layout under the state directory (DESIGN.md, "On-host layout"):
+//! Layout under the state directory (ARCHITECTURE.md, "On-host layout"):
 //! `apps/<component>/releases/<version>/` (with `version.txt` and `.rampart-release.json`: artifact
 //! digest, staged time, txid), `apps/<component>/current -> releases/<version>`,
 //! `apps/<component>/state.json` (`current`, `previous`, `known_good`) and

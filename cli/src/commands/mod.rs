@@ -7,7 +7,7 @@
 //! - [`query`]: `rampart status`, `history`, `deployment show`, `approve`, `abort`,
 //!   `forensics get`, `incidents`.
 //!
-//! Exit codes (DESIGN.md): 0 deployed and healthy (or check mode passed), 1 failed and rolled
+//! Exit codes (ARCHITECTURE.md): 0 deployed and healthy (or check mode passed), 1 failed and rolled
 //! back (also failed with nothing changed, and aborted), 2 usage or configuration error (also: the
 //! controller cannot be reached), 3 authentication failure, 4 rollback failed (CRITICAL), 5 the
 //! deployment lock was not acquired in time.

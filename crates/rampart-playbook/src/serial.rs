@@ -1,5 +1,5 @@
 //! Ansible's `serial` arithmetic: how a play's hosts are cut into waves
-//! (`shared/notes/ansible-semantics.md` in the steering repo records the observed batches).
+//! (`docs/notes/ansible-semantics.md` records the observed batches).
 //!
 //! `serial` is a number, a percentage (`"25%"`, of all hosts, rounded down, at least 1) or a
 //! list of those; the list's last element repeats for the hosts left. No `serial`: one wave.
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn waves_follow_ansibles_observed_batches() {
-        // shared/notes/ansible-semantics.md: 10 hosts.
+        // docs/notes/ansible-semantics.md: 10 hosts.
         assert_eq!(cut(10, json!(3)), [3, 3, 3, 1]);
         assert_eq!(cut(10, json!("25%")), [2, 2, 2, 2, 2]);
         assert_eq!(cut(10, json!([1, "10%", "50%"])), [1, 1, 5, 3]);
