@@ -938,6 +938,32 @@ mod tests {
             let r = self.result.recap;
             [r.ok, r.changed, r.failed, r.skipped, r.rescued, r.ignored]
         }
+
+        /// The result and the uncensored result of record `index`, which must be a task's end.
+        fn end_at(&self, index: usize) -> (&Value, &Option<Value>) {
+            match self.records.get(index) {
+                Some(Record::TaskEnd {
+                    result,
+                    private_result,
+                    ..
+                }) => (result, private_result),
+                other => panic!("record {index} is not a task's end: {other:?}"),
+            }
+        }
+
+        /// Asserts the (name, section, status) of every finished task, in order.
+        #[track_caller]
+        fn expect_tasks(&self, want: &[(&str, &str, &str)]) {
+            assert_eq!(self.tasks(), owned(want));
+        }
+
+        /// Asserts the finished tasks as [`Run::expect_tasks`], then the outcome and the recap.
+        #[track_caller]
+        fn expect(&self, want: &[(&str, &str, &str)], outcome: Outcome, recap: [u32; 6]) {
+            self.expect_tasks(want);
+            assert_eq!(self.result.outcome, outcome);
+            assert_eq!(self.recap(), recap);
+        }
     }
 
     fn owned<'a>(want: &[(&'a str, &'a str, &'a str)]) -> Vec<(String, &'a str, &'a str)> {
@@ -956,8 +982,15 @@ mod tests {
         }
     }
 
-    /// Runs `text` with extra variables `extra`, in check mode when `check`, replaying `replay`.
-    fn run_replay(text: &str, check: bool, extra: Value, replay: Option<Replay>) -> Run {
+    /// Runs `text` into `sink` with extra variables `extra`, in check mode when `check`,
+    /// replaying `replay`.
+    fn run_into(
+        sink: &mut dyn Sink,
+        text: &str,
+        check: bool,
+        extra: Value,
+        replay: Option<Replay>,
+    ) -> Result<RunResult, JournalError> {
         let templar = Templar::new();
         let playbook = rampart_playbook::load("unit.yml", text, &templar)
             .unwrap_or_else(|e| panic!("playbook does not load: {e}\n{text}"));
@@ -965,17 +998,22 @@ mod tests {
         let Value::Object(extra) = extra else {
             panic!("extra vars must be an object")
         };
-        let mut sink = VecSink::default();
-        let result = Engine::new(
+        Engine::new(
             &playbook,
             Arc::new(templar),
             opts(state.path(), check),
             &extra,
-            &mut sink,
+            sink,
             replay,
         )
         .run()
-        .expect("the in-memory sink never fails");
+    }
+
+    /// Runs `text` with extra variables `extra`, in check mode when `check`, replaying `replay`.
+    fn run_replay(text: &str, check: bool, extra: Value, replay: Option<Replay>) -> Run {
+        let mut sink = VecSink::default();
+        let result = run_into(&mut sink, text, check, extra, replay)
+            .expect("the in-memory sink never fails");
         Run {
             result,
             records: sink.0,
@@ -984,6 +1022,16 @@ mod tests {
 
     fn run(text: &str) -> Run {
         run_replay(text, false, json!({}), None)
+    }
+
+    /// Runs `text` for real with extra variables `extra`.
+    fn run_with(text: &str, extra: Value) -> Run {
+        run_replay(text, false, extra, None)
+    }
+
+    /// Runs `text` in check mode.
+    fn run_check(text: &str) -> Run {
+        run_replay(text, true, json!({}), None)
     }
 
     #[test]
@@ -1046,14 +1094,7 @@ mod tests {
             ]
         );
         // The task that failed and the ones that ran after it are journaled as such.
-        let Some(Record::TaskEnd {
-            result,
-            private_result,
-            ..
-        }) = run.records.get(4)
-        else {
-            panic!("record 4 is not b2's end")
-        };
+        let (result, private_result) = run.end_at(4);
         assert_eq!(result["msg"], "boom");
         assert_eq!(private_result, &None);
     }
@@ -1084,9 +1125,9 @@ mod tests {
     - name: after block
       debug: msg=after
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[
+        // The failed task counts in neither ok nor changed, though its result says changed.
+        run.expect(
+            &[
                 ("b1 ok", "block", "ok"),
                 ("b2 fails", "block", "failed"),
                 ("r1 show failed task", "rescue", "ok"),
@@ -1094,11 +1135,10 @@ mod tests {
                 ("r3 use them", "rescue", "ok"),
                 ("a1", "always", "ok"),
                 ("after block", "block", "ok"),
-            ])
+            ],
+            Outcome::RolledBack,
+            [6, 0, 0, 0, 1, 0],
         );
-        assert_eq!(run.result.outcome, Outcome::RolledBack);
-        // The failed task counts in neither ok nor changed, though its result says changed.
-        assert_eq!(run.recap(), [6, 0, 0, 0, 1, 0]);
         let t = &run.result("r1 show failed task")["ansible_failed_task"];
         assert_eq!(t["name"], "b2 fails");
         assert_eq!(t["action"], "command");
@@ -1134,16 +1174,15 @@ mod tests {
     - name: after block
       debug: msg=after
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[
+        run.expect(
+            &[
                 ("b fails", "block", "failed"),
                 ("r fails too", "rescue", "failed"),
                 ("always runs", "always", "ok"),
-            ])
+            ],
+            Outcome::RollbackFailed,
+            [1, 0, 1, 0, 1, 0],
         );
-        assert_eq!(run.result.outcome, Outcome::RollbackFailed);
-        assert_eq!(run.recap(), [1, 0, 1, 0, 1, 0]);
         assert_eq!(run.result("b fails")["msg"], "boom");
         assert_eq!(run.result("r fails too")["msg"], "rescue-boom");
     }
@@ -1168,12 +1207,11 @@ mod tests {
     - name: never either
       debug: msg=never
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[("boom", "block", "failed"), ("cleanup", "always", "ok")])
+        run.expect(
+            &[("boom", "block", "failed"), ("cleanup", "always", "ok")],
+            Outcome::Failed,
+            [1, 0, 1, 0, 0, 0],
         );
-        assert_eq!(run.result.outcome, Outcome::Failed);
-        assert_eq!(run.recap(), [1, 0, 1, 0, 0, 0]);
         assert!(
             !run.records
                 .iter()
@@ -1257,7 +1295,7 @@ mod tests {
 
     #[test]
     fn when_skips_per_task_and_a_blocks_when_reaches_its_tasks() {
-        let run = run_replay(
+        let run = run_with(
             r#"
 - hosts: all
   vars:
@@ -1284,21 +1322,18 @@ mod tests {
           - skipped_r.skip_reason == 'Conditional result was False'
           - skipped_r.false_condition == "who == 'nobody'"
 "#,
-            false,
             json!({"flag": true}),
-            None,
         );
-        assert_eq!(
-            run.tasks(),
-            owned(&[
+        run.expect(
+            &[
                 ("skipped by when", "block", "skipped"),
                 ("runs by when", "block", "ok"),
                 ("in guarded block", "block", "skipped"),
                 ("registered the skip", "block", "ok"),
-            ])
+            ],
+            Outcome::Succeeded,
+            [2, 0, 0, 2, 0, 0],
         );
-        assert_eq!(run.result.outcome, Outcome::Succeeded);
-        assert_eq!(run.recap(), [2, 0, 0, 2, 0, 0]);
     }
 
     #[test]
@@ -1345,17 +1380,14 @@ mod tests {
         - name: rescued
           debug: msg="{{ ansible_failed_result.msg }}"
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[
-                ("loop with when per item", "block", "ok"),
-                ("remember", "block", "ok"),
-                ("check it all", "block", "ok"),
-                ("all items skipped", "block", "skipped"),
-                ("loops over a string", "block", "failed"),
-                ("rescued", "rescue", "ok"),
-            ])
-        );
+        run.expect_tasks(&[
+            ("loop with when per item", "block", "ok"),
+            ("remember", "block", "ok"),
+            ("check it all", "block", "ok"),
+            ("all items skipped", "block", "skipped"),
+            ("loops over a string", "block", "failed"),
+            ("rescued", "rescue", "ok"),
+        ]);
         let looped = run.result("loop with when per item");
         assert_eq!(looped["changed"], json!(false));
         let results = looped["results"].as_array().unwrap();
@@ -1377,7 +1409,7 @@ mod tests {
     #[test]
     fn until_retries_run_retries_plus_one_times_and_report_attempts() {
         let dir = tempfile::tempdir().unwrap();
-        let run = run_replay(
+        let run = run_with(
             r#"
 - hosts: all
   tasks:
@@ -1397,18 +1429,13 @@ mod tests {
     - name: show
       debug: msg="attempts={{ r.attempts }} attempts2={{ r2.attempts }} failed2={{ r2.failed }}"
 "#,
-            false,
             json!({"dir": dir.path()}),
-            None,
         );
-        assert_eq!(
-            run.tasks(),
-            owned(&[
-                ("succeeds on 3rd attempt", "block", "changed"),
-                ("never succeeds", "block", "ignored"),
-                ("show", "block", "ok"),
-            ])
-        );
+        run.expect_tasks(&[
+            ("succeeds on 3rd attempt", "block", "changed"),
+            ("never succeeds", "block", "ignored"),
+            ("show", "block", "ok"),
+        ]);
         assert_eq!(
             run.result("show")["msg"],
             "attempts=3 attempts2=2 failed2=True"
@@ -1490,9 +1517,8 @@ mod tests {
         - name: not run
           debug: msg=NOT-RUN
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[
+        run.expect(
+            &[
                 ("ignored failure", "block", "ignored"),
                 ("show r", "block", "ok"),
                 ("failed_when false on rc!=0", "block", "changed"),
@@ -1500,10 +1526,10 @@ mod tests {
                 ("changed_when false", "block", "ok"),
                 ("ignored in block", "block", "ignored"),
                 ("block continues", "block", "ok"),
-            ])
+            ],
+            Outcome::Succeeded,
+            [7, 4, 0, 0, 0, 3],
         );
-        assert_eq!(run.result.outcome, Outcome::Succeeded);
-        assert_eq!(run.recap(), [7, 4, 0, 0, 0, 3]);
         assert_eq!(run.result("show r")["msg"], "r.failed=True rc=1");
         let f = run.result("failed_when true on success");
         assert_eq!(f["failed_when_result"], json!(true));
@@ -1531,15 +1557,14 @@ mod tests {
         - name: not run
           debug: msg=NOT-RUN
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[
+        run.expect(
+            &[
                 ("fails quietly", "block", "ignored"),
                 ("still runs", "block", "ok"),
-            ])
+            ],
+            Outcome::Succeeded,
+            [2, 0, 0, 0, 0, 1],
         );
-        assert_eq!(run.result.outcome, Outcome::Succeeded);
-        assert_eq!(run.recap(), [2, 0, 0, 0, 0, 1]);
     }
 
     #[test]
@@ -1567,18 +1592,17 @@ mod tests {
             marker = marker.display(),
             really = really.display()
         );
-        let run = run_replay(&text, true, json!({}), None);
-        assert_eq!(
-            run.tasks(),
-            owned(&[
+        let run = run_check(&text);
+        run.expect(
+            &[
                 ("copy content", "block", "changed"),
                 ("command in check mode (skipped)", "block", "skipped"),
                 ("command forced to run in check mode", "block", "changed"),
                 ("show", "block", "ok"),
-            ])
+            ],
+            Outcome::CheckOnly,
+            [3, 2, 0, 1, 0, 0],
         );
-        assert_eq!(run.result.outcome, Outcome::CheckOnly);
-        assert_eq!(run.recap(), [3, 2, 0, 1, 0, 0]);
         assert!(!target.exists(), "check mode wrote the file");
         assert!(!marker.exists(), "check mode ran a command");
         assert!(really.exists(), "check_mode: false did not run the command");
@@ -1589,7 +1613,7 @@ mod tests {
         );
 
         // The same playbook for real writes the file and runs the command.
-        let run = run_replay(&text, false, json!({}), None);
+        let run = run_with(&text, json!({}));
         assert_eq!(run.result.outcome, Outcome::Succeeded);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "new content\n");
         assert!(marker.exists());
@@ -1613,13 +1637,10 @@ mod tests {
 "#,
             marker = marker.display()
         ));
-        assert_eq!(
-            run.tasks(),
-            owned(&[
-                ("inherited check mode", "block", "skipped"),
-                ("real", "block", "changed"),
-            ])
-        );
+        run.expect_tasks(&[
+            ("inherited check mode", "block", "skipped"),
+            ("real", "block", "changed"),
+        ]);
         assert!(
             !marker.exists(),
             "check_mode: true on the block ran the command"
@@ -1630,7 +1651,7 @@ mod tests {
     #[test]
     fn set_fact_is_seen_by_later_tasks_and_in_rescue_and_always() {
         let dir = tempfile::tempdir().unwrap();
-        let run = run_replay(
+        let run = run_with(
             r#"
 - hosts: all
   vars:
@@ -1665,22 +1686,17 @@ mod tests {
     - name: seen after the block
       debug: msg="{{ previous }} {{ rolled_back_to }}"
 "#,
-            false,
             json!({"dir": dir.path()}),
-            None,
         );
-        assert_eq!(
-            run.tasks(),
-            owned(&[
-                ("remember the previous release", "block", "ok"),
-                ("switch", "block", "changed"),
-                ("health fails", "block", "failed"),
-                ("roll back", "rescue", "changed"),
-                ("set in rescue", "rescue", "ok"),
-                ("seen in always", "always", "ok"),
-                ("seen after the block", "block", "ok"),
-            ])
-        );
+        run.expect_tasks(&[
+            ("remember the previous release", "block", "ok"),
+            ("switch", "block", "changed"),
+            ("health fails", "block", "failed"),
+            ("roll back", "rescue", "changed"),
+            ("set in rescue", "rescue", "ok"),
+            ("seen in always", "always", "ok"),
+            ("seen after the block", "block", "ok"),
+        ]);
         assert_eq!(run.result.outcome, Outcome::RolledBack);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("current")).unwrap(),
@@ -1695,7 +1711,7 @@ mod tests {
 
     #[test]
     fn variable_precedence_extra_over_set_fact_over_task_over_play() {
-        let run = run_replay(
+        let run = run_with(
             r#"
 - hosts: all
   vars:
@@ -1716,9 +1732,7 @@ mod tests {
     - name: extra vars win over facts
       debug: msg="{{ pinned }} {{ later }} {{ inventory_hostname }} {{ rampart_txid }}"
 "#,
-            false,
             json!({"pinned": "extra"}),
-            None,
         );
         assert_eq!(run.result("task vars win over play vars")["msg"], "task");
         assert_eq!(run.result("play vars again")["msg"], "play");
@@ -1745,22 +1759,12 @@ mod tests {
       no_log: true
       ignore_errors: true
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[
-                ("secret", "block", "changed"),
-                ("use it", "block", "ok"),
-                ("secret failure", "block", "ignored"),
-            ])
-        );
-        let Some(Record::TaskEnd {
-            result,
-            private_result,
-            ..
-        }) = run.records.get(2)
-        else {
-            panic!("record 2 is not the secret's end")
-        };
+        run.expect_tasks(&[
+            ("secret", "block", "changed"),
+            ("use it", "block", "ok"),
+            ("secret failure", "block", "ignored"),
+        ]);
+        let (result, private_result) = run.end_at(2);
         assert!(!result.to_string().contains("s3cr3t"), "leaked: {result}");
         assert_eq!(result["censored"], NO_LOG_MSG);
         assert_eq!(result["changed"], json!(true));
@@ -1818,13 +1822,10 @@ mod tests {
             run.records.first(),
             Some(Record::TaskEnd { path, status: TaskStatus::Failed, .. }) if path == "0.0.block.1"
         ));
-        assert_eq!(
-            run.tasks(),
-            owned(&[
-                ("second", "block", "failed"),
-                ("rescue sees the replayed result", "rescue", "ok"),
-            ])
-        );
+        run.expect_tasks(&[
+            ("second", "block", "failed"),
+            ("rescue sees the replayed result", "rescue", "ok"),
+        ]);
         assert_eq!(run.result("second")["interrupted"], json!(true));
         assert_eq!(
             run.result("rescue sees the replayed result")["msg"],
@@ -1854,27 +1855,13 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("ran");
-        let playbook = rampart_playbook::load(
-            "unit.yml",
-            &format!(
-                "- hosts: all\n  tasks:\n    - debug: msg=one\n    - command: touch {}\n",
-                marker.display()
-            ),
-            &Templar::new(),
-        )
-        .unwrap();
+        let text = format!(
+            "- hosts: all\n  tasks:\n    - debug: msg=one\n    - command: touch {}\n",
+            marker.display()
+        );
         // Records: play start, start, end, then the second task's start fails.
         let mut sink = FailAfter(3, Vec::new());
-        let err = Engine::new(
-            &playbook,
-            Arc::new(Templar::new()),
-            opts(dir.path(), false),
-            &Map::new(),
-            &mut sink,
-            None,
-        )
-        .run()
-        .unwrap_err();
+        let err = run_into(&mut sink, &text, false, json!({}), None).unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
         assert_eq!(sink.1.len(), 3);
         assert!(
@@ -1932,10 +1919,7 @@ mod tests {
     - name: after
       debug: msg=after
 "#);
-        assert_eq!(
-            run.tasks(),
-            owned(&[("not a list", "block", "ignored"), ("after", "block", "ok")])
-        );
+        run.expect_tasks(&[("not a list", "block", "ignored"), ("after", "block", "ok")]);
     }
 
     #[test]
@@ -1947,8 +1931,8 @@ mod tests {
             "- hosts: all\n  tasks:\n    - name: cm\n      command: touch {}\n      check_mode: \"{{{{ typo }}}}\"\n",
             marker.display()
         );
-        let run = run_replay(&text, true, json!({}), None);
+        let run = run_check(&text);
         assert!(!marker.exists(), "the command ran in check mode");
-        assert_eq!(run.tasks(), owned(&[("cm", "block", "failed")]));
+        run.expect_tasks(&[("cm", "block", "failed")]);
     }
 }
