@@ -11,8 +11,6 @@
 //! when stdout is not a terminal prints one line per meaningful event and a per-host table at
 //! the end; on a terminal the same lines come with a live one-line status on stderr.
 
-use crate::exit::Exit;
-use rampart_rpc::retry::{self, Attempt, GaveUp};
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -26,12 +24,14 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::query::host_result_json;
+use rampart_rpc::retry::{self, Attempt, GaveUp};
+
 use super::{
     CliError, Client, Controller, ControllerArgs, agent_outcome_name, block_on, duration_text,
-    fail, host_state_name, is_transport_error, outcome_exit_code, outcome_name, section_name,
-    size_text, task_status_name, timestamp_json, write_table,
+    fail, host_result_json, host_state_name, is_transport_error, outcome_exit_code, outcome_name,
+    section_name, size_text, task_status_name, timestamp_json, version_change, write_table,
 };
+use crate::exit::Exit;
 
 /// Upload chunk size, and the buffer used to hash artifacts.
 pub const CHUNK: usize = 1 << 20;
@@ -923,22 +923,6 @@ impl<W: Write, E: Write> Renderer<W, E> {
             ]);
         }
         write_table(&mut self.out, &rows)
-    }
-}
-
-/// `2.3.0 → 2.4.1`, `- → 2.4.1`, or `2.4.1` when unchanged.
-pub fn version_change(from: &str, to: &str) -> String {
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_string()
-        } else {
-            s.to_string()
-        }
-    };
-    if from == to && !from.is_empty() {
-        from.to_string()
-    } else {
-        format!("{} → {}", dash(from), dash(to))
     }
 }
 

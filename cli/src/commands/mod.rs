@@ -420,6 +420,50 @@ pub fn write_table<W: std::io::Write>(out: &mut W, rows: &[Vec<String>]) -> std:
     Ok(())
 }
 
+/// One host's result as JSON, every field; the state capture is parsed (null when empty).
+pub fn host_result_json(h: &pb::HostResult) -> serde_json::Value {
+    let capture = parse_json_text(&h.state_capture_json);
+    serde_json::json!({
+        "host": h.host,
+        "state": host_state_name(h.state()),
+        "outcome": agent_outcome_name(h.outcome()),
+        "from_version": h.from_version,
+        "to_version": h.to_version,
+        "forensics_id": h.forensics_id,
+        "txid": h.txid,
+        "rescue_txid": h.rescue_txid,
+        "wave": h.wave,
+        "message": h.message,
+        "started": timestamp_json(h.started.as_ref()),
+        "finished": timestamp_json(h.finished.as_ref()),
+        "state_capture": capture,
+    })
+}
+
+/// JSON text from the wire as a value: null when empty, a string when not JSON.
+pub fn parse_json_text(text: &str) -> serde_json::Value {
+    if text.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// `2.3.0 → 2.4.1`, `- → 2.4.1`, or `2.4.1` when unchanged.
+pub fn version_change(from: &str, to: &str) -> String {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if from == to && !from.is_empty() {
+        from.to_string()
+    } else {
+        format!("{} → {}", dash(from), dash(to))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

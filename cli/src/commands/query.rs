@@ -15,11 +15,11 @@ use rampart_proto::v1 as pb;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use super::deploy::version_change;
 use super::{
-    CliError, Client, Controller, ControllerArgs, Exit, agent_outcome_name, block_on,
-    duration_text, fail, host_state_name, incident_state_name, kind_name, outcome_name,
-    severity_name, size_text, state_name, timestamp, timestamp_json, timestamp_text, write_table,
+    CliError, Client, Controller, ControllerArgs, Exit, block_on, duration_text, fail,
+    host_result_json, host_state_name, incident_state_name, kind_name, outcome_name,
+    parse_json_text, severity_name, size_text, state_name, timestamp, timestamp_json,
+    timestamp_text, version_change, write_table,
 };
 
 /// `rampart status`.
@@ -181,26 +181,6 @@ pub struct ResolveArgs {
 // ---------------------------------------------------------------------------------------------
 // JSON
 
-/// One host's result as JSON, every field; the state capture is parsed (null when empty).
-pub fn host_result_json(h: &pb::HostResult) -> Value {
-    let capture = parse_json_text(&h.state_capture_json);
-    json!({
-        "host": h.host,
-        "state": host_state_name(h.state()),
-        "outcome": agent_outcome_name(h.outcome()),
-        "from_version": h.from_version,
-        "to_version": h.to_version,
-        "forensics_id": h.forensics_id,
-        "txid": h.txid,
-        "rescue_txid": h.rescue_txid,
-        "wave": h.wave,
-        "message": h.message,
-        "started": timestamp_json(h.started.as_ref()),
-        "finished": timestamp_json(h.finished.as_ref()),
-        "state_capture": capture,
-    })
-}
-
 /// A deployment as JSON, every field: enums as snake_case names (`rolled_back`), timestamps as
 /// RFC 3339 (null when unset).
 pub fn deployment_json(d: &pb::Deployment) -> Value {
@@ -233,14 +213,6 @@ pub fn deployment_json(d: &pb::Deployment) -> Value {
         "max_fail_percentage": d.max_fail_percentage,
         "wait_timeout_ms": d.wait_timeout_ms,
     })
-}
-
-/// JSON text from the wire as a value: null when empty, a string when not JSON.
-fn parse_json_text(text: &str) -> Value {
-    if text.trim().is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
 /// An incident as JSON, every field.
