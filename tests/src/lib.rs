@@ -44,10 +44,40 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A `rampart-agent` process serving on 127.0.0.1.
+/// A child process that is SIGKILLed and reaped when dropped, or earlier by [`KillOnDrop::kill9`].
+#[derive(Debug)]
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// Takes charge of `child`.
+    pub fn new(child: Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    /// Its pid (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILLs it and reaps it (nothing when already done).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `rampart-agent` process serving on 127.0.0.1; SIGKILLed when dropped.
 #[derive(Debug)]
 pub struct AgentProc {
-    child: Option<Child>,
+    child: KillOnDrop,
     /// The address it serves on.
     pub addr: String,
     /// Its state directory.
@@ -92,7 +122,7 @@ impl AgentProc {
             .expect("spawn rampart-agent");
         let addr = wait_listening(&mut child, "rampart-agent", AGENT_START_TIMEOUT);
         AgentProc {
-            child: Some(child),
+            child: KillOnDrop::new(child),
             addr,
             state_dir: state_dir.to_path_buf(),
         }
@@ -100,15 +130,12 @@ impl AgentProc {
 
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.pid()
     }
 
     /// SIGKILLs the agent and reaps it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-            let _ = c.wait();
-        }
+        self.child.kill9();
     }
 
     /// Waits until the agent has stopped itself (SIGSTOP through its test hook).
@@ -121,12 +148,6 @@ impl AgentProc {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
