@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rampart_tests::deploy::free_port;
 use rampart_tests::pg::{self, Pg};
 use rampart_tests::redis::{self, Redis};
-use rampart_tests::{AgentProc, bin, rampart};
+use rampart_tests::{AgentProc, bin, rampart, run_local_json};
 use serde_json::{Value, json};
 
 fn production_suite() -> PathBuf {
@@ -468,14 +468,7 @@ fn a_critical_failure_inside_a_block_runs_the_rescue_with_every_result() {
     )
     .unwrap();
     let state = dir.path().join("state");
-    let run = rampart(&[
-        "run",
-        playbook.to_str().unwrap(),
-        "--local",
-        "--json",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let run = run_local_json(&playbook, &state, &[]);
     assert_eq!(
         run.code, 1,
         "rolled back by the rescue\n{}\n{}",

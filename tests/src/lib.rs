@@ -251,6 +251,23 @@ pub fn rampart(args: &[&str]) -> CliRun {
     CliRun::from_output(out)
 }
 
+/// Runs `rampart run PLAYBOOK --local --json --state-dir STATE_DIR EXTRA...` and returns what
+/// it did.
+pub fn run_local_json(playbook: impl AsRef<Path>, state_dir: &Path, extra: &[&str]) -> CliRun {
+    let playbook = playbook.as_ref().to_str().expect("utf-8 playbook path");
+    let state_dir = state_dir.to_str().expect("utf-8 state dir");
+    let mut args = vec![
+        "run",
+        playbook,
+        "--local",
+        "--json",
+        "--state-dir",
+        state_dir,
+    ];
+    args.extend_from_slice(extra);
+    rampart(&args)
+}
+
 /// Writes `text` to `dir/name` and returns the path as a string.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
