@@ -268,6 +268,26 @@ pub fn run_local_json(playbook: impl AsRef<Path>, state_dir: &Path, extra: &[&st
     rampart(&args)
 }
 
+/// `rampart run PLAYBOOK --agent ADDR --json --reconnect-timeout 60 -e dir=HOST_DIR` with no
+/// stdin, not yet spawned (the caller says where its output goes): the client of the crash
+/// playbook (`fixtures/ok/crash-deploy.yml`), which rides out an agent's restart.
+pub fn reconnecting_client(playbook: &str, addr: &str, host_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("rampart"));
+    cmd.args([
+        "run",
+        playbook,
+        "--agent",
+        addr,
+        "--json",
+        "--reconnect-timeout",
+        "60",
+    ])
+    .arg("-e")
+    .arg(format!("dir={}", host_dir.display()))
+    .stdin(Stdio::null());
+    cmd
+}
+
 /// Writes `text` to `dir/name` and returns the path as a string.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
