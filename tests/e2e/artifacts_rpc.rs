@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
-use rampart_tests::AgentProc;
+use rampart_tests::{AgentProc, block_on};
 use tonic::Code;
 
 fn hex(bytes: &[u8]) -> String {
@@ -43,11 +43,7 @@ fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let agent = AgentProc::start(&state);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
             .unwrap()
             .connect_timeout(Duration::from_secs(10))

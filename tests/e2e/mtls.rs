@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
 use rampart_rpc::tls::{self, TlsFiles};
-use rampart_tests::{AgentProc, CliRun, bin, read_journals, write_file};
+use rampart_tests::{AgentProc, CliRun, bin, block_on, read_journals, write_file};
 use tonic::Code;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
@@ -182,11 +182,7 @@ fn run_bounded(program: &Path, args: &[&str]) -> CliRun {
 /// does not exist: `Ok(code)` when the agent answered (it accepted the connection), `Err` with
 /// what failed when the connection or the handshake did.
 fn probe(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Code, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    block_on(async {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| e.to_string())?

@@ -345,6 +345,16 @@ pub fn finished_journal(state_dir: &Path, what: &str) -> (PathBuf, Vec<Value>) {
     (path, entries)
 }
 
+/// Runs `fut` to completion on a fresh single-threaded tokio runtime (I/O and timers enabled),
+/// for a test's gRPC calls.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(fut)
+}
+
 /// The lowercase hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
