@@ -68,15 +68,16 @@ fn service_module_drives_a_real_systemd() {
     let state_dir = dir.path().join("state");
     let sb = Sandbox::boot(dir.path());
 
-    sb.must(&[
-        "sh",
-        "-c",
-        "printf '[Unit]\\nDescription=rampart demo\\n[Service]\\nExecStart=/bin/sleep 300\\n' \
-           > /run/systemd/system/rampart-demo.service && \
-         printf '[Unit]\\nDescription=rampart broken\\n[Service]\\nExecStart=/bin/false\\n' \
-           > /run/systemd/system/rampart-broken.service",
+    sb.add_units(&[
+        (
+            "rampart-demo.service",
+            "[Unit]\nDescription=rampart demo\n[Service]\nExecStart=/bin/sleep 300\n",
+        ),
+        (
+            "rampart-broken.service",
+            "[Unit]\nDescription=rampart broken\n[Service]\nExecStart=/bin/false\n",
+        ),
     ]);
-    sb.must(&["systemctl", "daemon-reload"]);
     // systemd's own messages ("Main process exited ...") go to the journal from now on.
     sb.start_journal();
     let prefix = sb.prefix();
