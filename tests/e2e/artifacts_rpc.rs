@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
-use rampart_tests::AgentProc;
-use tonic::Code;
+use rampart_tests::{AgentProc, block_on};
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status};
 
 fn hex(bytes: &[u8]) -> String {
     rampart_tests::sha256_hex(bytes)
@@ -38,16 +39,37 @@ fn chunks(digest: &str, size: u64, data: &[u8], piece: usize) -> Vec<pb::Artifac
         .collect()
 }
 
+/// `PutArtifact` of `data` in pieces of `piece` bytes, the first declaring `digest` and `size`.
+async fn upload(
+    c: &mut AgentClient<Channel>,
+    digest: &str,
+    size: u64,
+    data: &[u8],
+    piece: usize,
+) -> Result<pb::PutArtifactResponse, Status> {
+    c.put_artifact(tokio_stream::iter(chunks(digest, size, data, piece)))
+        .await
+        .map(Response::into_inner)
+}
+
+/// `HasArtifact` for `digest`.
+async fn lookup(
+    c: &mut AgentClient<Channel>,
+    digest: &str,
+) -> Result<pb::HasArtifactResponse, Status> {
+    c.has_artifact(pb::HasArtifactRequest {
+        sha256: digest.to_string(),
+    })
+    .await
+    .map(Response::into_inner)
+}
+
 #[test]
 fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let agent = AgentProc::start(&state);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
             .unwrap()
             .connect_timeout(Duration::from_secs(10))
@@ -58,24 +80,12 @@ fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let digest = hex(&data);
 
-        let has = c
-            .has_artifact(pb::HasArtifactRequest {
-                sha256: digest.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let has = lookup(&mut c, &digest).await.unwrap();
         assert!(!has.present);
 
         // A wrong digest: refused, naming both digests, nothing kept.
         let wrong = "0".repeat(64);
-        let err = c
-            .put_artifact(tokio_stream::iter(chunks(
-                &wrong,
-                data.len() as u64,
-                &data,
-                65_536,
-            )))
+        let err = upload(&mut c, &wrong, data.len() as u64, &data, 65_536)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -91,61 +101,35 @@ fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
         );
 
         // The right digest, in five chunks.
-        let put = c
-            .put_artifact(tokio_stream::iter(chunks(
-                &digest,
-                data.len() as u64,
-                &data,
-                65_536,
-            )))
+        let put = upload(&mut c, &digest, data.len() as u64, &data, 65_536)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert_eq!(put.sha256, digest);
         assert_eq!(put.size, data.len() as u64);
         assert!(!put.already_present);
         let stored = std::fs::read(state.join("artifacts/sha256").join(&digest)).unwrap();
         assert_eq!(stored, data);
 
-        let has = c
-            .has_artifact(pb::HasArtifactRequest {
-                sha256: digest.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let has = lookup(&mut c, &digest).await.unwrap();
         assert!(has.present);
         assert_eq!(has.size, data.len() as u64);
 
         // Known digest: skipped after the first chunk.
-        let again = c
-            .put_artifact(tokio_stream::iter(chunks(
-                &digest,
-                data.len() as u64,
-                &data[..10],
-                10,
-            )))
+        let again = upload(&mut c, &digest, data.len() as u64, &data[..10], 10)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert!(again.already_present);
 
         // A size that does not match the first chunk's declaration is refused.
         let other: Vec<u8> = b"short".to_vec();
-        let err = c
-            .put_artifact(tokio_stream::iter(chunks(&hex(&other), 999, &other, 2)))
+        let err = upload(&mut c, &hex(&other), 999, &other, 2)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("declared 999"), "{}", err.message());
 
         // A digest that is not hex never becomes a file name.
-        let err = c
-            .has_artifact(pb::HasArtifactRequest {
-                sha256: "../../etc/passwd".into(),
-            })
-            .await
-            .unwrap_err();
+        let err = lookup(&mut c, "../../etc/passwd").await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     });
 }

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rampart_tests::{
-    AgentProc, CliRun, XorShift, bin, finished_journal, port_of, read_journals, write_file,
+    AgentProc, CliRun, XorShift, bin, finished_journal, port_of, read_journals,
+    reconnecting_client, write_file,
 };
 use serde_json::Value;
 
@@ -46,19 +47,7 @@ fn host() -> Host {
 }
 
 fn start_client(h: &Host, addr: &str) -> std::process::Child {
-    Command::new(bin("rampart"))
-        .args([
-            "run",
-            &h.playbook,
-            "--agent",
-            addr,
-            "--json",
-            "--reconnect-timeout",
-            "60",
-        ])
-        .arg("-e")
-        .arg(format!("dir={}", h.dir.display()))
-        .stdin(Stdio::null())
+    reconnecting_client(&h.playbook, addr, &h.dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

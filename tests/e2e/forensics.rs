@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
-use rampart_tests::{AgentProc, rampart, write_file};
+use rampart_tests::{AgentProc, block_on, rampart, write_file};
 use serde_json::Value;
 use tonic::Code;
 
@@ -61,11 +61,7 @@ fn rescue_records_a_bundle_that_the_agent_lists_and_streams() {
         "the block's file was written before the failure"
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let archive = rt.block_on(async {
+    let archive = block_on(async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.addr))
             .unwrap()
             .connect_timeout(Duration::from_secs(10))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rampart_tests::deploy::free_port;
 use rampart_tests::pg::{self, Pg};
 use rampart_tests::redis::{self, Redis};
-use rampart_tests::{AgentProc, bin, rampart};
+use rampart_tests::{AgentProc, bin, rampart, run_local_json};
 use serde_json::{Value, json};
 
 fn production_suite() -> PathBuf {
@@ -468,14 +468,7 @@ fn a_critical_failure_inside_a_block_runs_the_rescue_with_every_result() {
     )
     .unwrap();
     let state = dir.path().join("state");
-    let run = rampart(&[
-        "run",
-        playbook.to_str().unwrap(),
-        "--local",
-        "--json",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let run = run_local_json(&playbook, &state, &[]);
     assert_eq!(
         run.code, 1,
         "rolled back by the rescue\n{}\n{}",
@@ -536,15 +529,17 @@ fn a_critical_failure_inside_a_block_runs_the_rescue_with_every_result() {
 fn systemd_units_under_a_real_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let sb = rampart_tests::systemd::Sandbox::boot(dir.path());
-    sb.must(&[
-        "sh",
-        "-c",
-        "printf '[Unit]\\nDescription=healthy\\n[Service]\\nExecStart=/bin/sleep 300\\n' \
-           > /run/systemd/system/rampart-ok.service && \
-         printf '[Unit]\\nDescription=broken\\n[Service]\\nExecStart=/bin/sh -c \"echo cannot open config >&2; exit 3\"\\n' \
-           > /run/systemd/system/rampart-broken.service",
+    sb.add_units(&[
+        (
+            "rampart-ok.service",
+            "[Unit]\nDescription=healthy\n[Service]\nExecStart=/bin/sleep 300\n",
+        ),
+        (
+            "rampart-broken.service",
+            "[Unit]\nDescription=broken\n[Service]\n\
+             ExecStart=/bin/sh -c \"echo cannot open config >&2; exit 3\"\n",
+        ),
     ]);
-    sb.must(&["systemctl", "daemon-reload"]);
     // systemd's own messages ("Main process exited ...") go to the journal from now on.
     sb.start_journal();
     sb.must(&["systemctl", "start", "rampart-ok.service"]);

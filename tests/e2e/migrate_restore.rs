@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use rampart_tests::pg::{PASSWORD, Pg};
-use rampart_tests::{CliRun, rampart};
+use rampart_tests::{CliRun, run_local_json};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/flyway/ok")
@@ -45,16 +45,7 @@ fn run(pg: &Pg, db: &str, state: &Path, playbook: &Path, strategy: &str) -> CliR
         "migrations": fixtures(),
         "restore_point": strategy,
     });
-    rampart(&[
-        "run",
-        playbook.to_str().unwrap(),
-        "--local",
-        "--json",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "-e",
-        &vars.to_string(),
-    ])
+    run_local_json(playbook, state, &["-e", &vars.to_string()])
 }
 
 /// Everything a restore must bring back: the schema, and the rows of every table.

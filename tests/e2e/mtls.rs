@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
 use rampart_rpc::tls::{self, TlsFiles};
-use rampart_tests::{AgentProc, CliRun, bin, read_journals, write_file};
+use rampart_tests::{AgentProc, CliRun, bin, block_on, read_journals, write_file};
 use tonic::Code;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
@@ -182,11 +182,7 @@ fn run_bounded(program: &Path, args: &[&str]) -> CliRun {
 /// does not exist: `Ok(code)` when the agent answered (it accepted the connection), `Err` with
 /// what failed when the connection or the handshake did.
 fn probe(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Code, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    block_on(async {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| e.to_string())?
@@ -221,6 +217,20 @@ fn assert_succeeded(run: &CliRun, what: &str) {
         run.stdout, run.stderr
     );
     assert_eq!(run.summary()["outcome"], "succeeded", "[{what}]");
+}
+
+/// The run exited with `code` and its stderr names both `a` and `b`.
+fn assert_failed_naming(run: &CliRun, code: i32, a: &str, b: &str) {
+    assert_eq!(
+        run.code, code,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.contains(a) && run.stderr.contains(b),
+        "{}",
+        run.stderr
+    );
 }
 
 /// The connection failed at the handshake or the first call (not at building the configuration).
@@ -261,16 +271,7 @@ fn mtls_client_certificate_from_another_ca_is_refused() {
     // Signed by CA2, though it trusts the agent's CA1.
     let files = s.ca2.controller(&[&s.ca1]);
     let run = s.run(&agent, Some(&files));
-    assert_eq!(
-        run.code, 3,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    assert!(
-        run.stderr.contains("closed the TLS connection") && run.stderr.contains("--tls-ca"),
-        "{}",
-        run.stderr
-    );
+    assert_failed_naming(&run, 3, "closed the TLS connection", "--tls-ca");
     assert_refused(
         probe(&agent.addr, Some(tls::client_mutual(&files).unwrap())),
         "CA2 client",
@@ -304,16 +305,7 @@ fn mtls_client_refuses_an_agent_from_an_untrusted_ca() {
     // A client certificate the agent accepts, but the client trusts only CA2.
     let files = s.ca1.controller(&[&s.ca2]);
     let run = s.run(&agent, Some(&files));
-    assert_eq!(
-        run.code, 2,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    assert!(
-        run.stderr.contains("cannot reach agent") && run.stderr.contains("certificate"),
-        "{}",
-        run.stderr
-    );
+    assert_failed_naming(&run, 2, "cannot reach agent", "certificate");
     let r = probe(&agent.addr, Some(tls::client_mutual(&files).unwrap()));
     assert!(
         matches!(&r, Err(e) if e.contains("InvalidCertificate")),
@@ -401,12 +393,7 @@ fn agent_refuses_to_start_with_a_bad_tls_file() {
             &ca,
         ],
     );
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(
-        run.stderr.contains(path(&missing)) && run.stderr.contains("no such file"),
-        "{}",
-        run.stderr
-    );
+    assert_failed_naming(&run, 2, path(&missing), "no such file");
     assert!(!run.stdout.contains("listening on"), "{}", run.stdout);
 
     // The key file passed as the certificate.
@@ -425,10 +412,5 @@ fn agent_refuses_to_start_with_a_bad_tls_file() {
             &ca,
         ],
     );
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(
-        run.stderr.contains(&key) && run.stderr.contains("no certificate"),
-        "{}",
-        run.stderr
-    );
+    assert_failed_naming(&run, 2, &key, "no certificate");
 }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rampart_tests::{AgentProc, CliRun, rampart, write_file};
+use rampart_tests::{AgentProc, CliRun, rampart, run_local_json, write_file};
 use serde_json::{Value, json};
 
 /// What a run must show.
@@ -53,34 +53,43 @@ fn check_run(run: &CliRun, want: &Expect<'_>, mode: &str) {
     );
 }
 
-/// Runs the playbook locally and through an agent; checks both; returns both runs.
+/// Runs the playbook locally and through an agent with `vars` (`-e` each); checks both; returns
+/// both runs.
 fn both(dir: &Path, playbook: &str, vars: &[&str], want: &Expect<'_>) -> [CliRun; 2] {
-    let pb = write_file(dir, "playbook.yml", playbook);
-    let local_state = dir.join("state-local");
-    let mut args = vec![
-        "run",
-        pb.as_str(),
-        "--local",
-        "--json",
-        "--state-dir",
-        local_state.to_str().unwrap(),
-    ];
-    for v in vars {
-        args.push("-e");
-        args.push(v);
-    }
-    let local = rampart(&args);
-    check_run(&local, want, "local");
+    let extra: Vec<&str> = vars.iter().flat_map(|v| ["-e", v]).collect();
+    both_with(dir, playbook, &extra, want, |_, _| {})
+}
 
-    let agent = AgentProc::start(&dir.join("state-agent"));
-    let mut args = vec!["run", pb.as_str(), "--agent", agent.addr.as_str(), "--json"];
-    for v in vars {
-        args.push("-e");
-        args.push(v);
-    }
-    let remote = rampart(&args);
-    check_run(&remote, want, "agent");
-    [local, remote]
+/// Runs the playbook locally (state in `dir/state-local`) and through an agent (state in
+/// `dir/state-agent`), each with `extra` arguments; checks each run against `want`, then hands
+/// it to `each` with its mode (`local`, `agent`) before the next starts; returns both runs.
+fn both_with(
+    dir: &Path,
+    playbook: &str,
+    extra: &[&str],
+    want: &Expect<'_>,
+    mut each: impl FnMut(&str, &CliRun),
+) -> [CliRun; 2] {
+    let pb = write_file(dir, "playbook.yml", playbook);
+    let mut run_in = |mode: &str| {
+        let state = dir.join(format!("state-{mode}"));
+        let run = if mode == "local" {
+            run_local_json(&pb, &state, extra)
+        } else {
+            let agent = AgentProc::start(&state);
+            rampart(
+                &[
+                    &["run", pb.as_str(), "--agent", agent.addr.as_str(), "--json"],
+                    extra,
+                ]
+                .concat(),
+            )
+        };
+        check_run(&run, want, mode);
+        each(mode, &run);
+        run
+    };
+    [run_in("local"), run_in("agent")]
 }
 
 fn task_result<'a>(run: &'a [Value], name: &str) -> &'a Value {
@@ -443,48 +452,33 @@ fn check_mode_changes_nothing_and_skips_commands_unless_told() {
         marker = marker.display(),
         really = really.display()
     );
-    let pbp = write_file(dir.path(), "check.yml", &pb);
-    for mode in ["local", "agent"] {
-        let _ = std::fs::remove_file(&really);
-        let agent;
-        let state = dir.path().join(format!("state-{mode}"));
-        let run = if mode == "local" {
-            rampart(&[
-                "run",
-                &pbp,
-                "--local",
-                "--check",
-                "--json",
-                "--state-dir",
-                state.to_str().unwrap(),
-            ])
-        } else {
-            agent = AgentProc::start(&state);
-            rampart(&["run", &pbp, "--agent", &agent.addr, "--check", "--json"])
-        };
-        check_run(
-            &run,
-            &Expect {
-                tasks: &[
-                    ("copy content", "block", "changed"),
-                    ("command in check mode (skipped)", "block", "skipped"),
-                    ("command forced to run in check mode", "block", "changed"),
-                    ("show", "block", "ok"),
-                ],
-                recap: [3, 2, 0, 1, 0, 0],
-                outcome: "check_only",
-                code: 0,
-            },
-            mode,
-        );
-        assert!(!target.exists(), "[{mode}] check mode wrote the file");
-        assert!(!marker.exists(), "[{mode}] check mode ran a command");
-        assert!(
-            really.exists(),
-            "[{mode}] check_mode: false did not run the command"
-        );
-        assert_eq!(task_result(&run.json(), "show")["msg"], "check=True");
-    }
+    both_with(
+        dir.path(),
+        &pb,
+        &["--check"],
+        &Expect {
+            tasks: &[
+                ("copy content", "block", "changed"),
+                ("command in check mode (skipped)", "block", "skipped"),
+                ("command forced to run in check mode", "block", "changed"),
+                ("show", "block", "ok"),
+            ],
+            recap: [3, 2, 0, 1, 0, 0],
+            outcome: "check_only",
+            code: 0,
+        },
+        |mode, run| {
+            assert!(!target.exists(), "[{mode}] check mode wrote the file");
+            assert!(!marker.exists(), "[{mode}] check mode ran a command");
+            assert!(
+                really.exists(),
+                "[{mode}] check_mode: false did not run the command"
+            );
+            assert_eq!(task_result(&run.json(), "show")["msg"], "check=True");
+            // So that the next run must touch it again.
+            std::fs::remove_file(&really).unwrap();
+        },
+    );
 }
 
 #[test]
@@ -598,23 +592,9 @@ fn a_second_identical_run_changes_nothing() {
     );
     let pbp = write_file(dir.path(), "idem.yml", &pb);
     let state = dir.path().join("state");
-    let first = rampart(&[
-        "run",
-        &pbp,
-        "--local",
-        "--json",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let first = run_local_json(&pbp, &state, &[]);
     assert_eq!(first.summary()["recap"]["changed"], 3, "{}", first.stdout);
-    let second = rampart(&[
-        "run",
-        &pbp,
-        "--local",
-        "--json",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let second = run_local_json(&pbp, &state, &[]);
     assert_eq!(second.summary()["recap"]["changed"], 0, "{}", second.stdout);
     assert_eq!(second.summary()["recap"]["ok"], 3);
     assert_eq!(

@@ -20,13 +20,16 @@
 use std::fs::File;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use rampart_tests::deploy::free_port;
 use rampart_tests::systemd::Sandbox;
-use rampart_tests::{CliRun, bin, finished_journal, process_state, write_file};
+use rampart_tests::{
+    CliRun, bin, finished_journal, process_state, reconnecting_client, write_file,
+};
 
 const UNIT: &str = "rampart-agent-test.service";
 const UNIT_PATH: &str = "/run/systemd/system/rampart-agent-test.service";
@@ -37,13 +40,6 @@ const SHARED_ROOT: &str = "/var/lib/rampart-tests";
 
 /// The crash playbook of the `crash` module: a failing block, a rescue that restores, an always.
 const PLAYBOOK: &str = include_str!("../fixtures/ok/crash-deploy.yml");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// The shipped unit, adapted for the test as the module docs say.
 fn test_unit(exec_start: &str, tmp: &Path) -> String {
@@ -113,19 +109,7 @@ impl Client {
     fn start(dir: &Path, playbook: &str, addr: &str, host_dir: &Path) -> Client {
         let out = dir.join("client.out");
         let err = dir.join("client.err");
-        let child = Command::new(bin("rampart"))
-            .args([
-                "run",
-                playbook,
-                "--agent",
-                addr,
-                "--json",
-                "--reconnect-timeout",
-                "60",
-            ])
-            .arg("-e")
-            .arg(format!("dir={}", host_dir.display()))
-            .stdin(Stdio::null())
+        let child = reconnecting_client(playbook, addr, host_dir)
             .stdout(File::create(&out).expect("client.out"))
             .stderr(File::create(&err).expect("client.err"))
             .spawn()

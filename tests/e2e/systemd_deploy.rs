@@ -88,16 +88,16 @@ fn deploys_and_rollbacks_with_the_systemd_manager() {
     let sb = Sandbox::boot(sb_dir.path());
     let sc = Scenario::new_in(Path::new(SCRATCH));
     let unit = unit_name(&sc);
-    sb.must(&[
-        "sh",
-        "-c",
-        &format!(
-            "printf '[Unit]\\nDescription=rampart sample app\\n[Service]\\nEnvironment=SAMPLE_APP_LISTEN=127.0.0.1:{port}\\nExecStart={public}/start.sh\\n' > /run/systemd/system/{unit}",
+    sb.add_units(&[(
+        unit.as_str(),
+        format!(
+            "[Unit]\nDescription=rampart sample app\n[Service]\n\
+             Environment=SAMPLE_APP_LISTEN=127.0.0.1:{port}\nExecStart={public}/start.sh\n",
             port = sc.port,
             public = sc.public_path().display()
-        ),
-    ]);
-    sb.must(&["systemctl", "daemon-reload"]);
+        )
+        .as_str(),
+    )]);
 
     for v in ["1.0.0", "2.0.0"] {
         let run = sc.run(

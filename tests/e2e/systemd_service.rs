@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use rampart_tests::systemd::Sandbox;
-use rampart_tests::{CliRun, rampart, write_file};
+use rampart_tests::{CliRun, run_local_json, write_file};
 use serde_json::Value;
 
 fn playbook(prefix: &[String], task: &str) -> String {
@@ -43,16 +43,7 @@ fn run_task_with(
     extra: &[&str],
 ) -> (CliRun, Value) {
     let pb = write_file(dir, "service.yml", &playbook(prefix, task));
-    let mut args = vec![
-        "run",
-        pb.as_str(),
-        "--local",
-        "--json",
-        "--state-dir",
-        state_dir.to_str().expect("utf-8 path"),
-    ];
-    args.extend_from_slice(extra);
-    let run = rampart(&args);
+    let run = run_local_json(&pb, state_dir, extra);
     let lines = run.json();
     let result = lines
         .iter()
@@ -77,15 +68,16 @@ fn service_module_drives_a_real_systemd() {
     let state_dir = dir.path().join("state");
     let sb = Sandbox::boot(dir.path());
 
-    sb.must(&[
-        "sh",
-        "-c",
-        "printf '[Unit]\\nDescription=rampart demo\\n[Service]\\nExecStart=/bin/sleep 300\\n' \
-           > /run/systemd/system/rampart-demo.service && \
-         printf '[Unit]\\nDescription=rampart broken\\n[Service]\\nExecStart=/bin/false\\n' \
-           > /run/systemd/system/rampart-broken.service",
+    sb.add_units(&[
+        (
+            "rampart-demo.service",
+            "[Unit]\nDescription=rampart demo\n[Service]\nExecStart=/bin/sleep 300\n",
+        ),
+        (
+            "rampart-broken.service",
+            "[Unit]\nDescription=rampart broken\n[Service]\nExecStart=/bin/false\n",
+        ),
     ]);
-    sb.must(&["systemctl", "daemon-reload"]);
     // systemd's own messages ("Main process exited ...") go to the journal from now on.
     sb.start_journal();
     let prefix = sb.prefix();

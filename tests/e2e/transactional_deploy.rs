@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
-use rampart_tests::AgentProc;
 use rampart_tests::deploy::Scenario;
+use rampart_tests::{AgentProc, block_on};
 use serde_json::Value;
 
 #[test]
@@ -107,11 +107,7 @@ fn deploy_v1_v2_then_broken_v3_is_rolled_back() {
 
     // An agent on the same state dir reports the same host: its releases and its state.
     let agent = AgentProc::start(&state);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut c = AgentClient::connect(format!("http://{}", agent.addr))
             .await
             .expect("connect");

@@ -9,12 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::deploy::{Scenario, package_sample_app};
-use crate::{AgentProc, CliRun, bin, rampart, wait_listening};
+use crate::{AgentProc, CliRun, KillOnDrop, bin, rampart, wait_listening};
 
 /// The bearer token the fleet's CLI uses.
 pub const TOKEN: &str = "fleet-test-token";
@@ -35,7 +33,7 @@ pub struct Host {
 /// A `rampart-controller` process.
 #[derive(Debug)]
 pub struct ControllerProc {
-    child: Option<Child>,
+    child: KillOnDrop,
     /// Where it serves.
     pub addr: String,
 }
@@ -57,28 +55,19 @@ impl ControllerProc {
             .expect("spawn rampart-controller");
         let addr = wait_listening(&mut child, "rampart-controller", Duration::from_secs(60));
         ControllerProc {
-            child: Some(child),
+            child: KillOnDrop::new(child),
             addr,
         }
     }
 
     /// Its pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.pid()
     }
 
     /// SIGKILLs it and reaps it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for ControllerProc {
-    fn drop(&mut self) {
-        self.kill9();
+        self.child.kill9();
     }
 }
 

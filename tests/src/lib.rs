@@ -44,10 +44,40 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A `rampart-agent` process serving on 127.0.0.1.
+/// A child process that is SIGKILLed and reaped when dropped, or earlier by [`KillOnDrop::kill9`].
+#[derive(Debug)]
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// Takes charge of `child`.
+    pub fn new(child: Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    /// Its pid (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILLs it and reaps it (nothing when already done).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `rampart-agent` process serving on 127.0.0.1; SIGKILLed when dropped.
 #[derive(Debug)]
 pub struct AgentProc {
-    child: Option<Child>,
+    child: KillOnDrop,
     /// The address it serves on.
     pub addr: String,
     /// Its state directory.
@@ -92,7 +122,7 @@ impl AgentProc {
             .expect("spawn rampart-agent");
         let addr = wait_listening(&mut child, "rampart-agent", AGENT_START_TIMEOUT);
         AgentProc {
-            child: Some(child),
+            child: KillOnDrop::new(child),
             addr,
             state_dir: state_dir.to_path_buf(),
         }
@@ -100,15 +130,12 @@ impl AgentProc {
 
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.pid()
     }
 
     /// SIGKILLs the agent and reaps it.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-            let _ = c.wait();
-        }
+        self.child.kill9();
     }
 
     /// Waits until the agent has stopped itself (SIGSTOP through its test hook).
@@ -121,12 +148,6 @@ impl AgentProc {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -230,6 +251,43 @@ pub fn rampart(args: &[&str]) -> CliRun {
     CliRun::from_output(out)
 }
 
+/// Runs `rampart run PLAYBOOK --local --json --state-dir STATE_DIR EXTRA...` and returns what
+/// it did.
+pub fn run_local_json(playbook: impl AsRef<Path>, state_dir: &Path, extra: &[&str]) -> CliRun {
+    let playbook = playbook.as_ref().to_str().expect("utf-8 playbook path");
+    let state_dir = state_dir.to_str().expect("utf-8 state dir");
+    let mut args = vec![
+        "run",
+        playbook,
+        "--local",
+        "--json",
+        "--state-dir",
+        state_dir,
+    ];
+    args.extend_from_slice(extra);
+    rampart(&args)
+}
+
+/// `rampart run PLAYBOOK --agent ADDR --json --reconnect-timeout 60 -e dir=HOST_DIR` with no
+/// stdin, not yet spawned (the caller says where its output goes): the client of the crash
+/// playbook (`fixtures/ok/crash-deploy.yml`), which rides out an agent's restart.
+pub fn reconnecting_client(playbook: &str, addr: &str, host_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin("rampart"));
+    cmd.args([
+        "run",
+        playbook,
+        "--agent",
+        addr,
+        "--json",
+        "--reconnect-timeout",
+        "60",
+    ])
+    .arg("-e")
+    .arg(format!("dir={}", host_dir.display()))
+    .stdin(Stdio::null());
+    cmd
+}
+
 /// Writes `text` to `dir/name` and returns the path as a string.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -285,6 +343,16 @@ pub fn finished_journal(state_dir: &Path, what: &str) -> (PathBuf, Vec<Value>) {
         );
     }
     (path, entries)
+}
+
+/// Runs `fut` to completion on a fresh single-threaded tokio runtime (I/O and timers enabled),
+/// for a test's gRPC calls.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(fut)
 }
 
 /// The lowercase hex sha256 of `bytes`.

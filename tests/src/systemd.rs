@@ -270,6 +270,16 @@ impl Sandbox {
         host_pid_of(self.pid, ns_pid)
     }
 
+    /// Writes each `(name, text)` unit file to /run/systemd/system inside the sandbox (which
+    /// only the sandbox sees), then `systemctl daemon-reload`.
+    pub fn add_units(&self, units: &[(&str, &str)]) {
+        for (name, text) in units {
+            let dest = format!("/run/systemd/system/{name}");
+            self.must(&["sh", "-c", "printf '%s' \"$1\" > \"$2\"", "sh", text, &dest]);
+        }
+        self.must(&["systemctl", "daemon-reload"]);
+    }
+
     /// Copies the host file `src` to `dest` inside the sandbox (for example a unit under
     /// /run/systemd/system, which only the sandbox sees), creating its directory.
     pub fn install_file(&self, src: &Path, dest: &str) {
