@@ -307,17 +307,8 @@ const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Redirects followed for an artifact URL.
 const MAX_REDIRECTS: u32 = 5;
 
-/// A URL fit for messages and journals: its userinfo (`user:password@`) is masked.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
+/// A URL fit for messages and journals (one policy for the whole product).
+use rampart_migrate::redact_url;
 
 /// Starts an http(s) download and returns its body as a reader. rustls (ring) with the webpki
 /// roots, plus the PEM certificates of `ca_file` when given (a private CA).

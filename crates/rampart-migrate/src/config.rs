@@ -1478,10 +1478,11 @@ fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "percent-encoded bytes are not utf-8".to_owned())
 }
 
-/// The URL with any password (in userinfo or ?password=) replaced by `***`, for messages.
-///
-/// Also masks `key=value` pairs (after `?`, `&`, `;` or a space) whose key ends in `password`
-/// or is `pwd`, so URLs of other databases are safe to show too.
+/// The URL with every secret replaced by `***`, for messages, journals and logs: the password in
+/// its userinfo (`user:***@`), and `key=value` pairs (after `?`, `&`, `;` or a space) whose key
+/// ends in `password`, or is `pwd`, `token`, `secret`, `signature` or `sig` (database URLs and
+/// presigned artifact URLs alike). Rampart's one redaction policy: the agent's artifact URLs and
+/// the controller's store URL use it too.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
@@ -1521,7 +1522,12 @@ pub fn redact_url(url: &str) -> String {
 
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k.ends_with("password") || k == "pwd"
+    let k = k.rsplit(['.', '-']).next().unwrap_or(&k);
+    k.ends_with("password")
+        || matches!(
+            k,
+            "pwd" | "token" | "access_token" | "secret" | "signature" | "sig"
+        )
 }
 
 #[cfg(test)]
@@ -2214,6 +2220,15 @@ whatever = 1
             "jdbc:postgresql://db/app?user=a@b"
         );
         assert_eq!(redact_url("postgres://bob@db/app"), "postgres://bob@db/app");
+        // Presigned artifact URLs: the signature and token are secrets, the rest is not.
+        assert_eq!(
+            redact_url("https://cdn/app.tar.gz?X-Amz-Signature=abc&X-Amz-Date=1&token=t"),
+            "https://cdn/app.tar.gz?X-Amz-Signature=***&X-Amz-Date=1&token=***"
+        );
+        assert_eq!(
+            redact_url("http://deploy:s3cret@127.0.0.1:8/a"),
+            "http://deploy:***@127.0.0.1:8/a"
+        );
         assert_eq!(
             redact_url("jdbc:postgresql://db/app"),
             "jdbc:postgresql://db/app"

@@ -31,4 +31,5 @@ pub mod run;
 pub mod sql;
 pub mod version;
 
+pub use config::redact_url;
 pub use error::MigrateError;
