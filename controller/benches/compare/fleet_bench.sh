@@ -3,7 +3,7 @@
 # release of the sample app to 1, 50, 100 and 200 agents on 127.0.0.1 (each agent its own process,
 # state dir and mTLS certificate; each host its own sample app and port), beside Ansible
 # (`ansible-playbook -f 50`, every host `ansible_connection=local`) doing the same per-host work
-# (controller/benches/ansible/fleet-deploy.yml) on the same count of hosts, in the same run.
+# (controller/benches/compare/ansible/fleet-deploy.yml) on the same count of hosts, in the same run.
 #
 # Per host count: deploy 1.0.0 (untimed warm-up, so a previous release exists), then time the
 # 2.0.0 deploy from the CLI's start to its exit (it must exit 0 with every app serving 2.0.0);
@@ -26,14 +26,14 @@
 # installs the `time` Debian package when /usr/bin/time is missing, raises `ulimit -n`.
 # Every process it starts is stopped by pid at the end; its temp dir is removed.
 #
-# Usage: controller/benches/fleet_bench.sh [--skip-ansible] [--keep] [--forks N] ...
+# Usage: controller/benches/compare/fleet_bench.sh [--skip-ansible] [--keep] [--forks N] ...
 #   HOSTS="1 50 100 200"  host counts (quick run: HOSTS="1 5")
 #   PORT_BASE=21000       controller PORT_BASE, agents PORT_BASE+i, apps PORT_BASE+1000+i (Rampart)
 #                         and PORT_BASE+2000+i (Ansible)
 #   REPS=3, ANSIBLE_REPS=1  timed runs per host count
 #   ARTIFACT_BYTES=1048576, RESULTS_JSON=FILE (raw figures), FAILURE_LOGS=DIR (logs of failed runs)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release --bin rampart --bin rampart-agent --bin rampart-controller \
@@ -61,6 +61,6 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 echo "ulimit -n: $(ulimit -n)" >&2
 
-exec python3 controller/benches/fleet_bench.py --bin-dir target/release \
+exec python3 controller/benches/compare/fleet_bench.py --bin-dir target/release \
   --ansible-playbook "$venv/bin/ansible-playbook" \
-  --ansible-yml controller/benches/ansible/fleet-deploy.yml "$@"
+  --ansible-yml controller/benches/compare/ansible/fleet-deploy.yml "$@"

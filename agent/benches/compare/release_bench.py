@@ -3,7 +3,7 @@
 
 Every figure is measured in the same run as the peer it is compared with, over several
 repetitions (tools interleaved, order rotated), and reported as median and min (max where asked).
-Driven by agent/benches/release_bench.sh, which builds the binaries and the Ansible venv.
+Driven by agent/benches/compare/release_bench.sh, which builds the binaries and the Ansible venv.
 
 1. stage: `rampart run` of a one-task playbook (`release state=staged`: sha256 + gunzip + untar in
    one pass, every file fsynced, rename into releases/<version>, artifact copied into the cache),
@@ -13,7 +13,7 @@ Driven by agent/benches/release_bench.sh, which builds the binaries and the Ansi
    microseconds, and the JSON `duration_ms`), plus the amortized wall time per switch task,
    against Ansible's `file state=link` (current + public path) amortized the same way.
 3. deploy: the shipped `playbooks/production-deploy-transactional.yml` deploying the sample app
-   against agent/benches/ansible/deploy.yml doing the same steps with `ansible-playbook -c local`.
+   against agent/benches/compare/ansible/deploy.yml doing the same steps with `ansible-playbook -c local`.
 """
 import argparse
 import ctypes
@@ -36,7 +36,7 @@ import urllib.request
 from datetime import datetime
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKSPACE = os.path.abspath(os.path.join(HERE, "..", ".."))
+WORKSPACE = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 SHIPPED = os.path.join(WORKSPACE, "playbooks", "production-deploy-transactional.yml")
 ANSIBLE_DEPLOY = os.path.join(HERE, "ansible", "deploy.yml")
 SEED = 20261122
@@ -689,7 +689,7 @@ def bench_deploy(a, work: str, ansible_env, ansible_cmd, reaper: bool) -> str:
              fmt_s(min(results["rampart"])), fmt_s(max(results["rampart"])),
              ratio(med["ansible"], med["rampart"]) if "ansible" in med else "n/a"]]
     if "ansible" in med:
-        rows.append(["ansible-playbook -c local (agent/benches/ansible/deploy.yml)", fmt_s(med["ansible"]),
+        rows.append(["ansible-playbook -c local (agent/benches/compare/ansible/deploy.yml)", fmt_s(med["ansible"]),
                      fmt_s(min(results["ansible"])), fmt_s(max(results["ansible"])), "1.0x"])
     keys = sorted({k for b in breakdown for k in b}, key=lambda k: -statistics.median([b.get(k, 0) for b in breakdown]))
     parts = ", ".join(f"{k} {statistics.median([b.get(k, 0) for b in breakdown]):.0f}" for k in keys)

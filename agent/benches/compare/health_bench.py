@@ -48,7 +48,7 @@ def main():
     ap.add_argument("--sample-app", required=True)
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     rampart = os.path.abspath(args.rampart)
     work = Path(tempfile.mkdtemp(prefix="rampart-health-bench-"))
     procs = []

@@ -7,9 +7,9 @@
 # Starts the sample app, a throwaway PostgreSQL (migrated with the Flyway fixtures), a
 # redis-server, and a small HTTP server standing in for the external API, all on 127.0.0.1, and
 # stops them at the end. Builds `rampart` and the sample app in release mode.
-# Usage: agent/benches/health_bench.sh [--reps N]
+# Usage: agent/benches/compare/health_bench.sh [--reps N]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-cargo build --release --bin rampart -p rampart-controller --bin rampart-sample-app -p rampart-tests >&2
-exec python3 agent/benches/health_bench.py --rampart target/release/rampart \
+cd "$(dirname "$0")/../../.."
+cargo build --release --bin rampart -p rampart-cli --bin rampart-sample-app -p rampart-tests >&2
+exec python3 agent/benches/compare/health_bench.py --rampart target/release/rampart \
   --sample-app target/release/rampart-sample-app "$@"

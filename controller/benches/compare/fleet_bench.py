@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Fleet benchmark (not a test), run by controller/benches/fleet_bench.sh.
+"""Fleet benchmark (not a test), run by controller/benches/compare/fleet_bench.sh.
 
 For each host count N: a real `rampart-controller` and N `rampart-agent` processes on 127.0.0.1
 (each its own state dir and mutual-TLS certificate from `rampart certs init`), an Ansible-YAML
 inventory, and the sample app on every host (own port, own dir). The controller's built-in
 `production` playbook deploys a ~1 MB release: 1.0.0 (untimed warm-up, so a previous release
 exists), then 2.0.0 (and 2.0.1, ... with --reps), each timed from the CLI's start to its exit.
-Beside it, `ansible-playbook -f 50` runs controller/benches/ansible/fleet-deploy.yml (the same
+Beside it, `ansible-playbook -f 50` runs controller/benches/compare/ansible/fleet-deploy.yml (the same
 per-host work) against N hosts that are all `ansible_connection=local`: 1.0.0 untimed, 2.0.0
 timed (and 2.0.1, ... with --ansible-reps).
 
@@ -829,7 +829,7 @@ def report(results, art, a, total_s):
                "(ansible-playbook and every process it waited for); the apps' own CPU is in neither. "
                "Both sides stop the app with the same command, which waits for every thread of the old app to "
                "exit (the tests' stop command races under load: see fleet_bench.py `stop_command`). Ansible peer: "
-               "controller/benches/ansible/fleet-deploy.yml (2 HTTP checks; Rampart's production suite passes 15 "
+               "controller/benches/compare/ansible/fleet-deploy.yml (2 HTTP checks; Rampart's production suite passes 15 "
                "checks per host (8 skipped: no database/redis/systemd), and the playbook also captures state, "
                "takes the lock and prunes).")
     out.append(f"Whole benchmark: {total_s / 60:.1f} min.")

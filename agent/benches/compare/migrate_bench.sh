@@ -8,8 +8,8 @@
 #
 # Builds `rampart` in release mode, starts a cluster with initdb/pg_ctl (as the postgres user when
 # run as root) on a free 127.0.0.1 port, stops it at the end, prints markdown tables.
-# Usage: agent/benches/migrate_bench.sh [--reps N] [--migrations N] [--info-runs N]
+# Usage: agent/benches/compare/migrate_bench.sh [--reps N] [--migrations N] [--info-runs N]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-cargo build --release --bin rampart -p rampart-controller >&2
-exec python3 agent/benches/migrate_bench.py --rampart target/release/rampart "$@"
+cd "$(dirname "$0")/../../.."
+cargo build --release --bin rampart -p rampart-cli >&2
+exec python3 agent/benches/compare/migrate_bench.py --rampart target/release/rampart "$@"
