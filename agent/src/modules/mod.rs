@@ -24,6 +24,7 @@ pub mod forensics;
 pub mod health;
 pub mod migrate;
 pub mod release;
+pub mod release_tree;
 pub mod service;
 pub mod wait_for;
 

@@ -828,7 +828,7 @@ fn verified(
     args: &Map<String, Value>,
     ctx: &ModuleCtx<'_>,
 ) -> Result<ModuleResult, String> {
-    use super::forensics::{disk_entries, tar_entries};
+    use super::release_tree::{disk_entries, tar_entries};
     let version = required_version(args, "verified")?;
     let release = app.release(version);
     if !release.is_dir() {
