@@ -551,6 +551,11 @@ class Host:
         pid, log_, app = self.pid, self.log, self.public
         return {
             "target_version": version,
+            # The shipped playbook's production health suite (as fleet_bench.py's vars).
+            "backend_url": f"http://127.0.0.1:{self.port}",
+            "disk_max_percent": 99.5,
+            "min_tables": 1,
+            # for the Ansible playbook
             "health_url": f"http://127.0.0.1:{self.port}/actuator/health",
             "health_retries": 10,
             "health_delay": 0.2,
