@@ -58,12 +58,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use rampart_playbook::modules::release as schema;
-
-use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed};
 use rampart_host::cas::{self as artifacts, Upload};
 use rampart_host::durable::{self, write_atomic};
 use rampart_host::extract::{self, Limits};
+use rampart_migrate::redact_url;
+use rampart_playbook::modules::release as schema;
+
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed};
 
 /// Releases kept by `state: pruned` when `keep` is not given.
 pub const DEFAULT_KEEP: i64 = 3;
@@ -306,9 +307,6 @@ pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: f64 = 300.0;
 const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Redirects followed for an artifact URL.
 const MAX_REDIRECTS: u32 = 5;
-
-/// A URL fit for messages and journals (one policy for the whole product).
-use rampart_migrate::redact_url;
 
 /// Starts an http(s) download and returns its body as a reader. rustls (ring) with the webpki
 /// roots, plus the PEM certificates of `ca_file` when given (a private CA).

@@ -28,8 +28,8 @@ use rampart_rpc::retry::{self, Attempt, GaveUp};
 
 use super::{
     CliError, Client, Controller, ControllerArgs, agent_outcome_name, block_on, duration_text,
-    fail, host_result_json, host_state_name, is_transport_error, outcome_exit_code, outcome_name,
-    section_name, size_text, task_status_name, timestamp_json, version_change, write_table,
+    fail, host_result_json, host_state_name, is_transport_error, outcome_name, section_name,
+    size_text, task_status_name, timestamp_json, version_change, write_table,
 };
 use crate::exit::Exit;
 
@@ -957,7 +957,7 @@ async fn follow<W: Write, E: Write>(
                 let _ = r.event(&ev);
                 if let Some(Kind::Finished(f)) = &ev.kind {
                     r.close();
-                    return Ok(outcome_exit_code(f.outcome()));
+                    return Ok(Exit::of_deployment(f.outcome()));
                 }
                 continue;
             }

@@ -63,11 +63,6 @@ pub use crate::error::CliError;
 pub use crate::exit::Exit;
 pub use rampart_rpc::{error_chain, is_transport as is_transport_error};
 
-/// The exit code of a finished deployment's outcome ([`Exit::of_deployment`]).
-pub fn outcome_exit_code(outcome: pb::DeploymentOutcome) -> Exit {
-    Exit::of_deployment(outcome)
-}
-
 /// Adds `authorization: Bearer <token>` to every request. Its `Debug` never shows the token.
 #[derive(Clone)]
 pub struct BearerAuth {
@@ -491,7 +486,7 @@ mod tests {
             (O::LockTimeout, 5),
         ];
         for (outcome, code) in table {
-            assert_eq!(outcome_exit_code(outcome).code(), code, "{outcome:?}");
+            assert_eq!(Exit::of_deployment(outcome).code(), code, "{outcome:?}");
         }
     }
 
