@@ -410,7 +410,7 @@ impl<'a> Engine<'a> {
         inh: &Inherited,
     ) -> Result<Flow, JournalError> {
         let scope = self.scope(layers, None);
-        let name = self.task_name(task, &scope);
+        let mut name = self.task_name(task, &scope);
         let ignore = self.flag(&inh.ignore_errors, &scope);
         let no_log = self.flag(&inh.no_log, &scope);
 
@@ -441,7 +441,13 @@ impl<'a> Engine<'a> {
                     action: action.action.clone(),
                 })?;
                 let t0 = Instant::now();
-                let (status, result) = self.execute(task, action, layers, inh, &name, ignore)?;
+                let (status, result, failed_item) =
+                    self.execute(task, action, layers, inh, &name, ignore)?;
+                if let Some(item_name) = failed_item {
+                    // A loop's failure is named after the item that failed (`stage backend
+                    // 2.0.0`), not after the name's template (`stage {{ item.name }}`).
+                    name = item_name;
+                }
                 (status, result, t0.elapsed().as_millis() as u64)
             }
         };
@@ -506,6 +512,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Runs the task for real: `when`, `loop`, check mode, `until`, `changed_when`, `failed_when`.
+    /// For a loop, also the name of the first item that failed, rendered with that item.
     fn execute(
         &mut self,
         task: &Task,
@@ -514,7 +521,7 @@ impl<'a> Engine<'a> {
         inh: &Inherited,
         name: &str,
         ignore: bool,
-    ) -> Result<(TaskStatus, Value), JournalError> {
+    ) -> Result<(TaskStatus, Value, Option<String>), JournalError> {
         let scope = self.scope(layers, None);
         let Some(items_spec) = &action.loop_items else {
             let result = match self.conditions_hold(&inh.when, &scope) {
@@ -522,7 +529,7 @@ impl<'a> Engine<'a> {
                 Ok(false) => skipped_result(&inh.when),
                 Ok(true) => self.run_once(task, action, layers, inh, None, name)?,
             };
-            return Ok((status_of(&result, ignore), Value::Object(result)));
+            return Ok((status_of(&result, ignore), Value::Object(result), None));
         };
         let items = match self.templar.render_value(items_spec, &scope) {
             Ok(Value::Array(items)) => items,
@@ -530,15 +537,16 @@ impl<'a> Engine<'a> {
                 let r = modules::failed(format!(
                     "Invalid data passed to 'loop', it requires a list, got this instead: {other}"
                 ));
-                return Ok((TaskStatus::Failed, Value::Object(r)));
+                return Ok((TaskStatus::Failed, Value::Object(r), None));
             }
             Err(e) => {
                 let r = modules::failed(format!("cannot template `loop`: {e}"));
-                return Ok((TaskStatus::Failed, Value::Object(r)));
+                return Ok((TaskStatus::Failed, Value::Object(r), None));
             }
         };
         let mut results = Vec::with_capacity(items.len());
         let (mut any_changed, mut any_failed, mut all_skipped) = (false, false, true);
+        let mut failed_item = None;
         for (i, item) in items.iter().enumerate() {
             let mut top = BTreeMap::new();
             top.insert(action.loop_var.clone(), from_json(item));
@@ -546,15 +554,34 @@ impl<'a> Engine<'a> {
                 top.insert(iv.clone(), MjValue::from(i));
             }
             let item_scope = self.scope(layers, Some(top.clone()));
+            // The name as this item makes it: `stage backend 2.0.0`, not `stage {{ item.name }}`.
+            let item_name = self.task_name(task, &item_scope);
             let mut r = match self.conditions_hold(&inh.when, &item_scope) {
                 Err(r) => r,
                 Ok(false) => skipped_result(&inh.when),
-                Ok(true) => self.run_once(task, action, layers, inh, Some(top), name)?,
+                Ok(true) => self.run_once(task, action, layers, inh, Some(top), &item_name)?,
             };
             let skipped = r.get("skipped").and_then(Value::as_bool) == Some(true);
+            let failed = r.get("failed").and_then(Value::as_bool) == Some(true);
+            let changed = r.get("changed").and_then(Value::as_bool) == Some(true);
             all_skipped &= skipped;
-            any_changed |= r.get("changed").and_then(Value::as_bool) == Some(true);
-            any_failed |= r.get("failed").and_then(Value::as_bool) == Some(true);
+            any_changed |= changed;
+            any_failed |= failed;
+            if failed && failed_item.is_none() {
+                failed_item = Some(item_name.clone());
+            }
+            // Each item's verdict as it lands (no result: it may be `no_log`).
+            let status = match (failed, skipped, changed) {
+                (true, ..) => "failed",
+                (_, true, _) => "skipped",
+                (_, _, true) => "changed",
+                _ => "ok",
+            };
+            self.sink.record(Record::TaskProgress {
+                path: task.path.clone(),
+                name: item_name,
+                data: json!({"item": {"index": i, "status": status}}),
+            })?;
             r.insert(action.loop_var.clone(), item.clone());
             r.insert("ansible_loop_var".into(), json!(action.loop_var));
             results.push(Value::Object(r));
@@ -579,7 +606,7 @@ impl<'a> Engine<'a> {
         } else if all_skipped {
             agg.insert("skipped".into(), json!(true));
         }
-        Ok((status_of(&agg, ignore), Value::Object(agg)))
+        Ok((status_of(&agg, ignore), Value::Object(agg), failed_item))
     }
 
     /// `Ok(bool)` when the conditions could be evaluated, `Err(result)` with a failed result when not.
@@ -1404,6 +1431,53 @@ mod tests {
             run.result("rescued")
         );
         assert_eq!(run.recap(), [4, 0, 0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn a_failed_loop_is_named_after_its_failed_item_and_each_item_reports_its_name() {
+        let run = run(r#"
+- hosts: all
+  vars:
+    components: [{name: backend, ok: true}, {name: frontend, ok: false}]
+    target_version: 2.0.0
+  tasks:
+    - block:
+        - name: stage {{ item.name }} {{ target_version }}
+          fail: msg="cannot stage {{ item.name }}"
+          when: not item.ok
+          loop: "{{ components }}"
+      rescue:
+        - name: rescued
+          debug: msg="{{ ansible_failed_task.name }}"
+"#);
+        run.expect_tasks(&[
+            ("stage frontend 2.0.0", "block", "failed"),
+            ("rescued", "rescue", "ok"),
+        ]);
+        assert_eq!(run.result("rescued")["msg"], "stage frontend 2.0.0");
+        let failed = run.result("stage frontend 2.0.0");
+        assert_eq!(failed["msg"], "One or more items failed");
+        assert_eq!(
+            rampart_playbook::result::failure_message(failed).as_deref(),
+            Some("cannot stage frontend")
+        );
+        let items: Vec<(String, Value)> = run
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::TaskProgress { name, data, .. } => {
+                    Some((name.clone(), data["item"]["status"].clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            items,
+            [
+                ("stage backend 2.0.0".to_string(), json!("skipped")),
+                ("stage frontend 2.0.0".to_string(), json!("failed")),
+            ]
+        );
     }
 
     #[test]

@@ -177,9 +177,12 @@ impl<W: Write> Renderer<W> {
                     "FAILED - RETRYING: [{host}]: {name} ({retries_left} retries left)."
                 )?;
             }
-            Record::TaskProgress { data, .. } => {
-                // A health check's verdict as it lands; other progress is for machines.
-                if let Some(c) = data.get("check") {
+            Record::TaskProgress { name, data, .. } => {
+                // A loop item's or a health check's verdict as it lands; other progress is for
+                // machines.
+                if let Some(status) = data.pointer("/item/status").and_then(Value::as_str) {
+                    writeln!(self.out, "  {status}: [{host}] {name}")?;
+                } else if let Some(c) = data.get("check") {
                     writeln!(
                         self.out,
                         "  {}: {} {} ({} tries, {} ms) {}",

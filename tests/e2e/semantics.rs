@@ -708,3 +708,71 @@ fn capture_state_and_deploy_lock_in_a_transactional_playbook() {
         serde_json::from_str(&std::fs::read_to_string(capture.path()).unwrap()).unwrap();
     assert_eq!(doc["txid"], txid.as_str());
 }
+
+#[test]
+fn a_failed_loop_names_the_item_that_failed_and_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pb = r#"
+- hosts: h01
+  gather_facts: false
+  vars:
+    target_version: 2.0.0
+    components: [{name: backend, ok: true}, {name: frontend, ok: false}]
+  tasks:
+    - block:
+        - name: stage {{ item.name }} {{ target_version }}
+          fail: msg="cannot stage {{ item.name }}"
+          when: not item.ok
+          loop: "{{ components }}"
+      rescue:
+        - name: rescued
+          debug: msg="{{ ansible_failed_task.name }}"
+"#;
+    let runs = both(
+        dir.path(),
+        pb,
+        &[],
+        &Expect {
+            tasks: &[
+                ("stage frontend 2.0.0", "block", "failed"),
+                ("rescued", "rescue", "ok"),
+            ],
+            recap: [1, 0, 0, 0, 1, 0],
+            outcome: "rolled_back",
+            code: 1,
+        },
+    );
+    for run in &runs {
+        let lines = run.json();
+        assert_eq!(
+            task_result(&lines, "rescued")["msg"],
+            "stage frontend 2.0.0"
+        );
+        let failed = task_result(&lines, "stage frontend 2.0.0");
+        assert_eq!(
+            rampart_playbook::result::failure_message(failed).as_deref(),
+            Some("cannot stage frontend")
+        );
+    }
+    // The human output shows each item's verdict under its own name.
+    let pbp = dir.path().join("playbook.yml");
+    let state = dir.path().join("state-human");
+    let human = rampart(&[
+        "run",
+        pbp.to_str().unwrap(),
+        "--local",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let item_line = |status: &str, name: &str| {
+        human
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("  {status}: [")) && l.ends_with(&format!("] {name}")))
+    };
+    assert!(
+        item_line("skipped", "stage backend 2.0.0") && item_line("failed", "stage frontend 2.0.0"),
+        "{}",
+        human.stdout
+    );
+}

@@ -382,14 +382,10 @@ fn parse_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
-/// A module result's `msg`, in one line.
+/// A module result's message in one line (for a failed loop, the failed item's reason).
 fn result_msg(result_json: &str) -> Option<String> {
     let v: Value = serde_json::from_str(result_json).ok()?;
-    let msg = match v.get("msg")? {
-        Value::String(s) => s.clone(),
-        Value::Null => return None,
-        other => other.to_string(),
-    };
+    let msg = rampart_playbook::result::failure_message(&v)?;
     let line = msg.lines().next().unwrap_or_default().trim().to_string();
     if line.is_empty() {
         return None;

@@ -900,7 +900,7 @@ impl Runner {
         {
             let msg = serde_json::from_str::<Value>(&t.result_json)
                 .ok()
-                .and_then(|v| v.get("msg").and_then(Value::as_str).map(str::to_string))
+                .and_then(|v| rampart_playbook::result::failure_message(&v))
                 .unwrap_or_default();
             let mut line = format!("TASK [{}] failed: {msg}", t.name);
             if line.len() > 400 {

@@ -12,6 +12,7 @@
 //!   argument coercions;
 //! - [`modules`]: the built-in modules' schemas;
 //! - [`serial`]: Ansible's `serial` arithmetic (waves);
+//! - [`result`]: how a module's result is read for its failure message;
 //! - [`error`]: [`PlaybookError`], with `file:line:column`.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -21,6 +22,7 @@ pub mod error;
 pub mod load;
 pub mod model;
 pub mod modules;
+pub mod result;
 pub mod schema;
 pub mod serial;
 pub mod template;
