@@ -86,6 +86,8 @@ pub const BUILTIN_ROLLBACK: &str = include_str!("../../playbooks/rollback-produc
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7430";
 /// Default agent port when the inventory gives none.
 pub const DEFAULT_AGENT_PORT: u16 = 7420;
+/// The longest duration a `*_seconds` setting of an environment takes (ten years).
+pub const MAX_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
 /// How long a deployment waits for `Approve` unless `approval_timeout_seconds` says otherwise.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -637,11 +639,14 @@ fn environment(
         v.extend(inv.host_vars(h));
         host_vars.insert(h.clone(), v);
     }
+    // At most ten years: beyond, a deadline added to the clock could overflow it.
     let secs = |what: &str, s: f64| {
-        if s.is_finite() && s >= 0.0 {
+        if s.is_finite() && (0.0..=MAX_SECONDS).contains(&s) {
             Ok(Duration::from_secs_f64(s))
         } else {
-            Err(format!("{what} must be a number of seconds ≥ 0, got {s}"))
+            Err(format!(
+                "{what} must be a number of seconds from 0 to {MAX_SECONDS}, got {s}"
+            ))
         }
     };
     Ok(Environment {
@@ -745,6 +750,8 @@ mod tests {
 
         let err = |top: &str, env: &str| parse(top, env).unwrap_err();
         let e = err("", "approval_timeout_seconds = -1\n");
+        assert!(e.contains("approval_timeout_seconds"), "{e}");
+        let e = err("", "approval_timeout_seconds = 1e30\n");
         assert!(e.contains("approval_timeout_seconds"), "{e}");
         let e = err(
             "[artifacts]\nmax_artifact_bytes = 10\nquota_bytes = 5\n",
