@@ -12,8 +12,9 @@ use rampart_proto::v1 as pb;
 pub enum Exit {
     /// Deployed and healthy, check mode passed, or the command did what it was asked.
     Ok = 0,
-    /// Failed and rolled back (verified), failed without changing anything, or aborted before
-    /// touching a host; a critical health check failed; a migration failed.
+    /// Failed and rolled back (verified), failed without changing anything, or aborted or not
+    /// approved in time before touching a host; a critical health check failed; a migration
+    /// failed.
     Failed = 1,
     /// Usage or configuration error (nothing ran), or the controller cannot be reached.
     Usage = 2,
@@ -49,7 +50,9 @@ impl Exit {
         use pb::DeploymentOutcome as O;
         match outcome {
             O::Succeeded | O::CheckOnly => Exit::Ok,
-            O::RolledBack | O::Failed | O::Aborted | O::Unspecified => Exit::Failed,
+            O::RolledBack | O::Failed | O::Aborted | O::ApprovalTimedOut | O::Unspecified => {
+                Exit::Failed
+            }
             O::RollbackFailed => Exit::RollbackFailed,
             O::LockTimeout => Exit::LockTimeout,
         }

@@ -117,9 +117,11 @@ enum Command {
     /// one JSON object per event with --json.
     ///
     /// Exit codes: 0 deployed and healthy (or check mode passed), 1 failed and rolled back
-    /// (verified), failed without changing anything, or aborted, 2 usage or configuration error
-    /// or the controller cannot be reached, 3 token refused, 4 rollback failed (CRITICAL: hosts
-    /// need a person), 5 deployment lock not acquired within --wait-timeout.
+    /// (verified), failed without changing anything, aborted, or not approved within the
+    /// environment's approval_timeout_seconds, 2 usage or configuration error (an artifact over
+    /// the controller's limits included) or the controller cannot be reached, 3 token refused,
+    /// 4 rollback failed (CRITICAL: hosts need a person), 5 deployment lock not acquired within
+    /// --wait-timeout.
     #[command(
         disable_version_flag = true,
         after_help = "Examples:\n  \
@@ -186,7 +188,9 @@ enum Command {
     Deployment(rampart_cli::commands::query::DeploymentCommand),
     /// Approve a deployment that waits for manual approval before its first wave.
     ///
-    /// Prints the deployment's state after the approval.
+    /// Prints the deployment's state after the approval. Any controller sharing the store
+    /// takes it: one that does not run the deployment records it for the one that does, and
+    /// says it was forwarded.
     ///
     /// Exit codes: 0 approved, 2 unknown deployment, not awaiting approval, or controller
     /// unreachable, 3 token refused.
@@ -197,7 +201,8 @@ enum Command {
     ///
     /// A queued or unapproved deployment is dropped without touching any host; a running one
     /// stops starting hosts and rolls back every host it changed (follow it with
-    /// `rampart watch`). Prints the deployment's state after the request.
+    /// `rampart watch`). Prints the deployment's state after the request. Any controller
+    /// sharing the store takes it, like `rampart approve`.
     ///
     /// Exit codes: 0 abort accepted, 2 unknown or finished deployment, or controller
     /// unreachable, 3 token refused.

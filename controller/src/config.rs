@@ -8,6 +8,13 @@
 //! [store]                 # optional; default: SQLite file <state_dir>/controller.db
 //! url = "postgresql://rampart:secret@db.internal:5432/rampart"   # several controllers
 //!
+//! [artifacts]             # optional: the content-addressed store <state_dir>/artifacts
+//! max_artifact_bytes = 2147483648    # one upload (2 GiB); RESOURCE_EXHAUSTED above
+//! quota_bytes = 21474836480          # everything stored (20 GiB); RESOURCE_EXHAUSTED above
+//! min_free_bytes = 1073741824        # free space an upload must leave on the disk (1 GiB)
+//! keep_deployments = 20              # per environment: the newest N deployments keep theirs
+//! gc_grace_seconds = 3600            # an unreferenced artifact used this recently is kept
+//!
 //! [tls]                   # the CI-facing API (clients authenticate with bearer tokens)
 //! cert = "/etc/rampart/tls/controller.pem"
 //! key = "/etc/rampart/tls/controller.key"
@@ -32,6 +39,7 @@
 //! bake_seconds = 0
 //! require_approval = false
 //! wait_timeout_seconds = 600                # queue wait when the request gives none
+//! approval_timeout_seconds = 86400          # with require_approval: then `approval_timed_out`
 //! host_deadline_seconds = 1800              # one host's transaction, start to finish
 //! unreachable_after_seconds = 15            # how long a lost agent is retried before `unreachable`
 //! rescue_wait_seconds = 120                 # fleet rescue: how long an unreachable host is awaited
@@ -40,6 +48,20 @@
 //!
 //! Each host's agent is at its `rampart_agent` host variable (`HOST:PORT`), else at
 //! `ansible_host` (else the inventory name) and `rampart_agent_port` (else 7420).
+//!
+//! A deployment of an environment with `require_approval` waits for `Approve` at most
+//! `approval_timeout_seconds`, counted from when it started waiting (a controller that takes it
+//! over keeps counting from then); it then finishes `approval_timed_out`, having touched nothing.
+//! The queue wait (`wait_timeout_seconds`) is separate and ends before the approval starts.
+//!
+//! `[artifacts]` bounds what uploads may take (see [`crate::artifact_store`]): an upload over
+//! `max_artifact_bytes`, or one that would take the store over `quota_bytes` once the artifacts
+//! nothing references are collected, is refused with RESOURCE_EXHAUSTED; one that would leave
+//! less than `min_free_bytes` free with FAILED_PRECONDITION. An artifact is referenced by the
+//! newest `keep_deployments` deployments of each environment, by every unfinished deployment,
+//! and by the current release of each environment (its last successful deploy); anything else
+//! last used more than `gc_grace_seconds` ago is removed at start-up, after every deployment
+//! and by `rampart-controller gc`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -64,6 +86,40 @@ pub const BUILTIN_ROLLBACK: &str = include_str!("../../playbooks/rollback-produc
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7430";
 /// Default agent port when the inventory gives none.
 pub const DEFAULT_AGENT_PORT: u16 = 7420;
+/// The longest duration a `*_seconds` setting of an environment takes (ten years).
+pub const MAX_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
+/// How long a deployment waits for `Approve` unless `approval_timeout_seconds` says otherwise.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The limits of the controller's artifact store (`[artifacts]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactConfig {
+    /// The largest artifact an upload may bring (`max_artifact_bytes`).
+    pub max_artifact_bytes: u64,
+    /// The most the stored artifacts may take together (`quota_bytes`).
+    pub quota_bytes: u64,
+    /// The free space an upload must leave on the state directory's filesystem
+    /// (`min_free_bytes`).
+    pub min_free_bytes: u64,
+    /// How many of each environment's newest deployments keep their artifacts
+    /// (`keep_deployments`).
+    pub keep_deployments: u32,
+    /// An unreferenced artifact last used (uploaded, or named by a request) more recently than
+    /// this is kept (`gc_grace_seconds`): CI uploads before it deploys.
+    pub gc_grace: Duration,
+}
+
+impl Default for ArtifactConfig {
+    fn default() -> Self {
+        ArtifactConfig {
+            max_artifact_bytes: 2 << 30,
+            quota_bytes: 20 << 30,
+            min_free_bytes: 1 << 30,
+            keep_deployments: 20,
+            gc_grace: Duration::from_secs(3600),
+        }
+    }
+}
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -86,7 +142,32 @@ struct RawConfig {
     #[serde(default)]
     tokens: Vec<RawToken>,
     #[serde(default)]
+    artifacts: RawArtifacts,
+    #[serde(default)]
     environments: BTreeMap<String, RawEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawArtifacts {
+    max_artifact_bytes: u64,
+    quota_bytes: u64,
+    min_free_bytes: u64,
+    keep_deployments: u32,
+    gc_grace_seconds: f64,
+}
+
+impl Default for RawArtifacts {
+    fn default() -> Self {
+        let d = ArtifactConfig::default();
+        RawArtifacts {
+            max_artifact_bytes: d.max_artifact_bytes,
+            quota_bytes: d.quota_bytes,
+            min_free_bytes: d.min_free_bytes,
+            keep_deployments: d.keep_deployments,
+            gc_grace_seconds: d.gc_grace.as_secs_f64(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +215,8 @@ struct RawEnvironment {
     require_approval: bool,
     #[serde(default = "default_wait")]
     wait_timeout_seconds: f64,
+    #[serde(default = "default_approval_timeout")]
+    approval_timeout_seconds: f64,
     #[serde(default = "default_deadline")]
     host_deadline_seconds: f64,
     #[serde(default = "default_unreachable")]
@@ -146,6 +229,9 @@ struct RawEnvironment {
 
 fn default_wait() -> f64 {
     600.0
+}
+fn default_approval_timeout() -> f64 {
+    DEFAULT_APPROVAL_TIMEOUT.as_secs_f64()
 }
 fn default_deadline() -> f64 {
     1800.0
@@ -211,6 +297,8 @@ pub struct Environment {
     pub require_approval: bool,
     /// Default queue wait.
     pub wait_timeout: Duration,
+    /// How long a deployment waits for `Approve` (with `require_approval`).
+    pub approval_timeout: Duration,
     /// One host's transaction deadline.
     pub host_deadline: Duration,
     /// How long a lost agent is retried before it is `unreachable`.
@@ -272,6 +360,8 @@ pub struct ControllerConfig {
     pub agent_tls: Option<TlsFiles>,
     /// Bearer tokens.
     pub tokens: Vec<Token>,
+    /// The artifact store's limits.
+    pub artifacts: ArtifactConfig,
     /// Environments by name.
     pub environments: BTreeMap<String, Environment>,
 }
@@ -387,6 +477,7 @@ impl ControllerConfig {
                 }
             }
         }
+        let artifacts = artifact_config(raw.artifacts).map_err(|m| format!("[artifacts] {m}"))?;
         let instance = raw.instance.unwrap_or_else(|| {
             let host = nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -404,6 +495,7 @@ impl ControllerConfig {
             tls,
             agent_tls,
             tokens,
+            artifacts,
             environments,
         })
     }
@@ -450,6 +542,31 @@ fn playbook_text(
         }
     };
     Ok(p)
+}
+
+fn artifact_config(a: RawArtifacts) -> Result<ArtifactConfig, String> {
+    if a.max_artifact_bytes == 0 {
+        return Err("max_artifact_bytes must be over 0 (it bounds every upload)".into());
+    }
+    if a.quota_bytes < a.max_artifact_bytes {
+        return Err(format!(
+            "quota_bytes ({}) is under max_artifact_bytes ({}): the largest artifact could never be stored",
+            a.quota_bytes, a.max_artifact_bytes
+        ));
+    }
+    let gc_grace = Duration::try_from_secs_f64(a.gc_grace_seconds).map_err(|_| {
+        format!(
+            "gc_grace_seconds must be a number of seconds ≥ 0, got {}",
+            a.gc_grace_seconds
+        )
+    })?;
+    Ok(ArtifactConfig {
+        max_artifact_bytes: a.max_artifact_bytes,
+        quota_bytes: a.quota_bytes,
+        min_free_bytes: a.min_free_bytes,
+        keep_deployments: a.keep_deployments,
+        gc_grace,
+    })
 }
 
 fn toml_to_json(v: toml::Value) -> Value {
@@ -522,11 +639,14 @@ fn environment(
         v.extend(inv.host_vars(h));
         host_vars.insert(h.clone(), v);
     }
+    // At most ten years: beyond, a deadline added to the clock could overflow it.
     let secs = |what: &str, s: f64| {
-        if s.is_finite() && s >= 0.0 {
+        if s.is_finite() && (0.0..=MAX_SECONDS).contains(&s) {
             Ok(Duration::from_secs_f64(s))
         } else {
-            Err(format!("{what} must be a number of seconds ≥ 0, got {s}"))
+            Err(format!(
+                "{what} must be a number of seconds from 0 to {MAX_SECONDS}, got {s}"
+            ))
         }
     };
     Ok(Environment {
@@ -541,6 +661,7 @@ fn environment(
         bake: secs("bake_seconds", e.bake_seconds)?,
         require_approval: e.require_approval,
         wait_timeout: secs("wait_timeout_seconds", e.wait_timeout_seconds)?,
+        approval_timeout: secs("approval_timeout_seconds", e.approval_timeout_seconds)?,
         host_deadline: secs("host_deadline_seconds", e.host_deadline_seconds)?,
         unreachable_after: secs("unreachable_after_seconds", e.unreachable_after_seconds)?,
         rescue_wait: secs("rescue_wait_seconds", e.rescue_wait_seconds)?,
@@ -584,6 +705,65 @@ mod tests {
         );
         assert_eq!(cfg.token("s3cret").unwrap().name, "ci");
         assert!(cfg.token("s3cret2").is_none());
+    }
+
+    #[test]
+    fn approval_timeout_and_artifact_limits_have_defaults_and_can_be_set() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "inv.ini", "[web]\nw1\n");
+        let h = hash_token("t");
+        let base = format!("insecure_dev = true\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\n");
+        let parse = |top: &str, env: &str| {
+            ControllerConfig::parse(
+                &format!("{base}[environments.p]\ninventory = \"inv.ini\"\n{env}{top}"),
+                d.path(),
+            )
+        };
+        let cfg = parse("", "").unwrap();
+        let p = &cfg.environments["p"];
+        assert_eq!(p.approval_timeout, DEFAULT_APPROVAL_TIMEOUT);
+        assert_eq!(p.approval_timeout, Duration::from_secs(86_400));
+        // The queue wait is its own setting.
+        assert_eq!(p.wait_timeout, Duration::from_secs(600));
+        assert_eq!(cfg.artifacts, ArtifactConfig::default());
+        assert_eq!(cfg.artifacts.max_artifact_bytes, 2 << 30);
+
+        let cfg = parse(
+            "[artifacts]\nmax_artifact_bytes = 10\nquota_bytes = 100\nmin_free_bytes = 0\nkeep_deployments = 3\ngc_grace_seconds = 1.5\n",
+            "approval_timeout_seconds = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.environments["p"].approval_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            cfg.artifacts,
+            ArtifactConfig {
+                max_artifact_bytes: 10,
+                quota_bytes: 100,
+                min_free_bytes: 0,
+                keep_deployments: 3,
+                gc_grace: Duration::from_millis(1500),
+            }
+        );
+
+        let err = |top: &str, env: &str| parse(top, env).unwrap_err();
+        let e = err("", "approval_timeout_seconds = -1\n");
+        assert!(e.contains("approval_timeout_seconds"), "{e}");
+        let e = err("", "approval_timeout_seconds = 1e30\n");
+        assert!(e.contains("approval_timeout_seconds"), "{e}");
+        let e = err(
+            "[artifacts]\nmax_artifact_bytes = 10\nquota_bytes = 5\n",
+            "",
+        );
+        assert!(e.contains("[artifacts] quota_bytes (5)"), "{e}");
+        let e = err("[artifacts]\nmax_artifact_bytes = 0\n", "");
+        assert!(e.contains("max_artifact_bytes"), "{e}");
+        let e = err("[artifacts]\ngc_grace_seconds = -3\n", "");
+        assert!(e.contains("gc_grace_seconds"), "{e}");
+        let e = err("[artifacts]\nquota = 5\n", "");
+        assert!(e.contains("quota"), "{e}");
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! - [`deployment`]: one runner per deployment (queue, lock, approval, waves, fleet rescue,
 //!   takeover), its state machine and the per-host jobs;
 //! - [`agents`]: mutual-TLS channels to agents, artifact delivery, following a transaction;
+//! - [`artifact_store`]: the uploaded artifacts: size limit, quota, free space, collection;
 //! - [`store`]: the deployment record and events, SQLite or PostgreSQL;
 //! - [`service`]: the gRPC API CI calls (`rampart.v1.Controller`) and its bearer tokens.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 pub mod agents;
+pub mod artifact_store;
 pub mod config;
 pub mod deployment;
 pub mod inventory;

@@ -18,10 +18,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::artifact_store::{self, Refusal, Reservation};
 use crate::config::{ControllerConfig, component_names};
 use crate::deployment::{Controller, new_deployment_id, now_ts};
 use crate::rollout;
-use crate::store::StoreError;
+use crate::store::{ControlKind, ControlRequest, StoreError};
 
 use pb::DeploymentState as DS;
 
@@ -282,7 +283,7 @@ impl ControllerApi for Service {
         artifacts::validate_hex(&expected)
             .map_err(|e| Status::invalid_argument(format!("first message: {e}")))?;
         let dir = self.ctl.cfg.state_dir.clone();
-        if let Some(size) = artifacts::has(&dir, &expected) {
+        if let Some(size) = tokio::task::block_in_place(|| self.ctl.artifacts.claim(&expected)) {
             return Ok(Response::new(pb::UploadArtifactResponse {
                 sha256: expected,
                 size,
@@ -293,11 +294,16 @@ impl ControllerApi for Service {
             artifacts::ArtifactError::Io { .. } => Status::internal(e.to_string()),
             _ => Status::data_loss(e.to_string()),
         };
+        let mut room = self.admit(first.size).await?;
         let mut upload =
             tokio::task::block_in_place(|| artifacts::Upload::new(&dir)).map_err(io)?;
-        tokio::task::block_in_place(|| upload.write(&first.data)).map_err(io)?;
-        while let Some(m) = stream.message().await? {
-            tokio::task::block_in_place(|| upload.write(&m.data)).map_err(io)?;
+        // Dropping `upload` on a refusal removes what was written.
+        let mut next = Some(first.data);
+        while let Some(data) = next.take() {
+            tokio::task::block_in_place(|| room.grow(upload.size() + data.len() as u64))
+                .map_err(refused)?;
+            tokio::task::block_in_place(|| upload.write(&data)).map_err(io)?;
+            next = stream.message().await?.map(|m| m.data);
         }
         if first.size != 0 && upload.size() != first.size {
             return Err(Status::data_loss(format!(
@@ -362,7 +368,7 @@ impl ControllerApi for Service {
         for (component, sha) in &r.artifacts {
             artifacts::validate_hex(sha)
                 .map_err(|e| Status::invalid_argument(format!("artifact of {component}: {e}")))?;
-            if artifacts::has(&cfg.state_dir, sha).is_none() {
+            if tokio::task::block_in_place(|| self.ctl.artifacts.claim(sha)).is_none() {
                 return Err(Status::failed_precondition(format!(
                     "artifact {sha} of {component} has not been uploaded: UploadArtifact it first"
                 )));
@@ -564,14 +570,9 @@ impl ControllerApi for Service {
                 d.state()
             )));
         }
-        let live = self.ctl.live(&d.id).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "deployment {} is run by another controller; approve it there",
-                d.id
-            ))
-        })?;
-        live.control
-            .send_modify(|c| c.approved = Some((who.clone(), r.comment.clone())));
+        let message = self
+            .forward(&d.id, ControlKind::Approve, &who, &r.comment)
+            .await?;
         let d = self
             .settle(&d.id, |d| {
                 !d.approved_by.is_empty() || d.state() != DS::AwaitingApproval
@@ -579,6 +580,7 @@ impl ControllerApi for Service {
             .await?;
         Ok(Response::new(pb::ApproveResponse {
             deployment: Some(d),
+            message,
         }))
     }
 
@@ -602,14 +604,9 @@ impl ControllerApi for Service {
                 d.outcome()
             )));
         }
-        let live = self.ctl.live(&d.id).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "deployment {} is run by another controller; abort it there",
-                d.id
-            ))
-        })?;
-        live.control
-            .send_modify(|c| c.abort = Some((who.clone(), r.reason.clone())));
+        let message = self
+            .forward(&d.id, ControlKind::Abort, &who, &r.reason)
+            .await?;
         let d = self
             .settle(&d.id, |d| {
                 !d.aborted_by.is_empty() || d.state() == DS::Finished
@@ -617,6 +614,7 @@ impl ControllerApi for Service {
             .await?;
         Ok(Response::new(pb::AbortResponse {
             deployment: Some(d),
+            message,
         }))
     }
 
@@ -737,7 +735,58 @@ impl ControllerApi for Service {
     }
 }
 
+/// The status of a refused upload: the limits RESOURCE_EXHAUSTED, the free space
+/// FAILED_PRECONDITION.
+fn refused(r: Refusal) -> Status {
+    match r {
+        Refusal::TooLarge { .. } | Refusal::OverQuota { .. } => {
+            Status::resource_exhausted(r.to_string())
+        }
+        Refusal::LowSpace { .. } => Status::failed_precondition(r.to_string()),
+        Refusal::Statvfs { .. } => Status::internal(r.to_string()),
+    }
+}
+
 impl Service {
+    /// Admits an upload announcing `announced` bytes; over the quota, collects what nothing
+    /// references and asks once more.
+    async fn admit(&self, announced: u64) -> Result<Reservation, Status> {
+        let store = &self.ctl.artifacts;
+        match tokio::task::block_in_place(|| store.admit(announced)) {
+            Err(Refusal::OverQuota { .. }) => {
+                if let Err(e) = artifact_store::collect(&self.ctl).await {
+                    tracing::warn!("artifact collection before a quota refusal: {e}");
+                }
+                tokio::task::block_in_place(|| store.admit(announced)).map_err(refused)
+            }
+            other => other.map_err(refused),
+        }
+    }
+
+    /// Records an approval or abort for the controller running the deployment; the response's
+    /// message: empty when this controller runs it, else that it was forwarded.
+    async fn forward(
+        &self,
+        id: &str,
+        kind: ControlKind,
+        who: &str,
+        text: &str,
+    ) -> Result<String, Status> {
+        let request = ControlRequest {
+            kind,
+            by: who.to_string(),
+            text: text.to_string(),
+        };
+        let here = self.ctl.request(id, request).await.map_err(store_status)?;
+        Ok(if here {
+            String::new()
+        } else {
+            format!(
+                "forwarded: recorded in the store for the controller running {id}, which applies it within a second"
+            )
+        })
+    }
+
     /// Re-reads a deployment until `done` holds (its runner applied a request), for up to 3 s.
     async fn settle(
         &self,

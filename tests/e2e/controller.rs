@@ -567,3 +567,135 @@ fn a_frozen_agent_misses_its_heartbeat_is_unreachable_and_rolled_back_when_it_th
     assert_eq!(fin["hosts"][0]["state"], "rolled_back", "{fin:#}");
     assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
 }
+
+#[test]
+fn an_unapproved_deployment_ends_approval_timed_out_after_its_own_timeout_touching_nothing() {
+    // The queue wait (wait_timeout_seconds, 120 s in every fleet) no longer bounds the
+    // approval: approval_timeout_seconds does.
+    let fleet = Fleet::start(
+        1,
+        "require_approval = true\napproval_timeout_seconds = 2\n",
+        |_, _| {},
+    );
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 1, "deploy: {}\n{}", r.stdout, r.stderr);
+    let lines = r.json();
+    assert_eq!(events_of(&r, "awaiting_approval").len(), 1, "{}", r.stdout);
+    let fin = finished(&lines);
+    assert_eq!(fin["outcome"], "approval_timed_out", "{fin:#}");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("approval_timeout_seconds") && summary.contains("nothing was touched"),
+        "{summary}"
+    );
+    assert_eq!(
+        host_states(&fin),
+        [("h1".to_string(), "pending".to_string())],
+        "{fin:#}"
+    );
+    // Nothing reached the host: no transaction, no release, no app.
+    let h = &fleet.hosts[0];
+    assert!(rampart_tests::read_journals(&h.scenario.state).is_empty());
+    assert!(!h.scenario.state.join("apps/app/releases/1.0.0").exists());
+    assert_eq!(fleet.serving(), vec![None]);
+    // The record says so too.
+    let id = lines[0]["deployment_id"].as_str().unwrap();
+    let show = fleet.cli(&["deployment", "show", id, "--json"]);
+    assert_eq!(show.code, 0, "{}\n{}", show.stdout, show.stderr);
+    let d: Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(d["outcome"], "approval_timed_out", "{d:#}");
+    assert_eq!(d["approved_by"], "", "{d:#}");
+}
+
+/// A second controller for `fleet`'s environment: same configuration (and store), its own
+/// address and instance name `instance` (the fleet's config must name `instance = "one"`).
+fn second_controller(fleet: &Fleet, instance: &str) -> rampart_tests::fleet::ControllerProc {
+    let text = std::fs::read_to_string(&fleet.config).unwrap();
+    let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
+    let other = format!(
+        "listen = \"127.0.0.1:{}\"",
+        rampart_tests::deploy::free_port()
+    );
+    let config = fleet.dir.path().join(format!("controller-{instance}.toml"));
+    std::fs::write(
+        &config,
+        text.replace(listen, &other)
+            .replace("instance = \"one\"", &format!("instance = \"{instance}\"")),
+    )
+    .unwrap();
+    rampart_tests::fleet::ControllerProc::start(&config)
+}
+
+#[test]
+fn approve_and_abort_work_through_a_controller_that_does_not_run_the_deployment() {
+    let pg = rampart_tests::pg::Pg::start();
+    pg.create_db("rampart");
+    let url = format!(
+        "postgresql://postgres:{}@127.0.0.1:{}/rampart",
+        rampart_tests::pg::PASSWORD,
+        pg.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dist = dir.path().join("dist");
+    rampart_tests::deploy::package_sample_app(&dist);
+    let fleet = Fleet::start_with_dist(
+        dir,
+        dist,
+        1,
+        "require_approval = true\n",
+        &format!("instance = \"one\"\n[store]\nurl = \"{url}\"\n"),
+        |_, _| {},
+    );
+    let two = second_controller(&fleet, "two");
+
+    // A runs on controller one and waits for approval; controller two approves it.
+    let mut a = fleet.spawn_deploy("1.0.0", &[]);
+    let w = a.wait_for("A awaits approval on one", LONG, |v| {
+        v["type"] == "awaiting_approval"
+    });
+    let a_id = w["deployment_id"].as_str().unwrap().to_string();
+    let ap = fleet.cli_at(&two.addr, &["approve", &a_id, "--comment", "via two"]);
+    assert_eq!(ap.code, 0, "approve via two: {}\n{}", ap.stdout, ap.stderr);
+    assert!(ap.stdout.contains("forwarded"), "{}", ap.stdout);
+    let (code, lines) = a.finish(LONG);
+    assert_eq!(code, 0, "{lines:#?}");
+    assert_eq!(finished(&lines)["outcome"], "succeeded");
+    let approved: Vec<&Value> = lines.iter().filter(|v| v["type"] == "approved").collect();
+    assert_eq!(approved.len(), 1, "{lines:#?}");
+    assert_eq!(approved[0]["approved_by"], "ci", "{lines:#?}");
+    assert_eq!(approved[0]["comment"], "via two", "{lines:#?}");
+    let lock = lines.iter().find(|v| v["type"] == "lock_acquired").unwrap();
+    assert_eq!(lock["controller"], "one", "one ran it: {lock:#}");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
+
+    // B runs on one too; controller two aborts it before its first wave.
+    let mut b = fleet.spawn_deploy("2.0.0", &[]);
+    let w = b.wait_for("B awaits approval on one", LONG, |v| {
+        v["type"] == "awaiting_approval"
+    });
+    let b_id = w["deployment_id"].as_str().unwrap().to_string();
+    let ab = fleet.cli_at(&two.addr, &["abort", &b_id, "--reason", "not today"]);
+    assert_eq!(ab.code, 0, "abort via two: {}\n{}", ab.stdout, ab.stderr);
+    assert!(ab.stdout.contains("forwarded"), "{}", ab.stdout);
+    let (code, lines) = b.finish(LONG);
+    let fin = finished(&lines);
+    assert_eq!(code, 1, "{fin:#}");
+    assert_eq!(fin["outcome"], "aborted", "{fin:#}");
+    assert!(
+        fin["summary"].as_str().unwrap().contains("not today"),
+        "{fin:#}"
+    );
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
+    // Asking again once it is over is refused, on either controller.
+    for again in [
+        fleet.cli_at(&two.addr, &["abort", &b_id, "--reason", "again"]),
+        fleet.cli(&["abort", &b_id, "--reason", "again"]),
+    ] {
+        assert_eq!(again.code, 2, "{}\n{}", again.stdout, again.stderr);
+        assert!(
+            again.stderr.contains("already finished"),
+            "{}",
+            again.stderr
+        );
+    }
+}

@@ -95,12 +95,19 @@ fn migrates_once() {
             "ctl",
             "SELECT string_agg(version || ':' || success, ',' ORDER BY installed_rank) FROM rampart_controller.flyway_schema_history WHERE version IS NOT NULL AND type = 'SQL'"
         ),
-        "1:true"
+        "1:true,2:true"
     );
     assert_eq!(
         pg.psql(
             "ctl",
             "SELECT count(*) FROM rampart_controller.flyway_schema_history WHERE version = '1'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        pg.psql(
+            "ctl",
+            "SELECT count(*) FROM rampart_controller.flyway_schema_history WHERE version = '2'"
         ),
         "1"
     );

@@ -182,10 +182,15 @@ impl Fleet {
 
     /// Runs `rampart ARGS… --controller … --ca … --token-file …`.
     pub fn cli(&self, args: &[&str]) -> CliRun {
-        let addr = format!(
-            "https://{}",
-            self.controller.as_ref().expect("controller running").addr
-        );
+        self.cli_at(
+            &self.controller.as_ref().expect("controller running").addr,
+            args,
+        )
+    }
+
+    /// [`Fleet::cli`] against the controller at `addr` (another one sharing the store).
+    pub fn cli_at(&self, addr: &str, args: &[&str]) -> CliRun {
+        let addr = format!("https://{addr}");
         let ca = self.certs().join("ca.pem");
         let token = self.dir.path().join("token");
         let mut all: Vec<&str> = args.to_vec();

@@ -481,6 +481,7 @@ mod tests {
             (O::RolledBack, 1),
             (O::Failed, 1),
             (O::Aborted, 1),
+            (O::ApprovalTimedOut, 1),
             (O::Unspecified, 1),
             (O::RollbackFailed, 4),
             (O::LockTimeout, 5),

@@ -658,9 +658,17 @@ pub fn approve(args: ApproveArgs) -> Exit {
                 outcome_or_state(&d),
                 args.deployment
             );
+            print_note(&resp.message);
         }
         Ok(Exit::Ok)
     })
+}
+
+/// The controller's note on an approval or abort (e.g. that it was forwarded), when it gave one.
+fn print_note(message: &str) {
+    if !message.is_empty() {
+        println!("{message}");
+    }
 }
 
 /// `rampart abort`: aborts a deployment; prints its new state.
@@ -679,6 +687,9 @@ pub fn abort(args: AbortArgs) -> Exit {
             .map_err(|s| ctl.error(&format!("abort {}", args.deployment), &s))?
             .into_inner();
         let d = resp.deployment.unwrap_or_default();
+        if !json {
+            print_note(&resp.message);
+        }
         if json {
             print_json(&deployment_json(&d));
         } else if d.state() == pb::DeploymentState::Finished {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rampart_controller::agents::Agents;
+use rampart_controller::artifact_store::ArtifactStore;
 use rampart_controller::config::{self, ControllerConfig, StoreConfig};
 use rampart_controller::deployment::Controller;
 use rampart_controller::service::Service;
@@ -27,6 +28,7 @@ use rampart_controller::store::sqlite::SqliteStore;
     after_help = "Examples:\n  \
         rampart-controller --config /etc/rampart/controller.toml\n  \
         rampart-controller hash-token < /run/secrets/ci-token   # the sha256 for [[tokens]]\n  \
+        rampart-controller --config /etc/rampart/controller.toml gc   # collect unreferenced artifacts\n  \
         rampart-controller --config dev.toml --insecure-dev     # plaintext, development only\n\n\
         The configuration's format is documented in README.md (\"The controller\")."
 )]
@@ -50,6 +52,11 @@ enum Cmd {
     HashToken,
     /// Checks the configuration (inventories, playbooks, TLS files) and exits.
     Check,
+    /// Removes the artifacts no deployment references (see `[artifacts]` in the
+    /// configuration), prints what it freed, and exits. The controller also does this at
+    /// start-up and after every deployment; with a SQLite store, stop it first (the store is
+    /// its alone).
+    Gc,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +124,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         StoreConfig::Postgres(u) => (Arc::new(PostgresStore::open(u)?), true),
     };
     tracing::info!(store = %store.describe(), instance = %cfg.instance, "store open");
+    if let Some(Cmd::Gc) = args.command {
+        let report = ArtifactStore::new(&cfg.state_dir, cfg.artifacts.clone())
+            .collect_with(&*store, &cfg)?;
+        for (sha, size) in &report.removed {
+            println!("removed {sha} ({size} bytes)");
+        }
+        println!(
+            "freed {} artifact(s), {} bytes; kept {}; removed {} stale upload(s)",
+            report.removed.len(),
+            report.freed_bytes(),
+            report.kept,
+            report.stale_uploads
+        );
+        return Ok(());
+    }
     let cfg = Arc::new(cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,6 +162,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let n = ctl.adopt_orphans(stale).await?;
         if n > 0 {
             tracing::warn!(count = n, "took over unfinished deployments");
+        }
+        // After the takeovers: their deployments' artifacts count as referenced.
+        if let Err(e) = rampart_controller::artifact_store::collect(&ctl).await {
+            tracing::warn!("artifact collection at start-up: {e}");
         }
         let bg = ctl.clone();
         tokio::spawn(async move {

@@ -20,6 +20,15 @@
 //!   capture recorded, with the rollback playbook; a host its own rescue already restored is not
 //!   touched again; an unreachable host is awaited (its journal restores it) for `rescue_wait`.
 //!
+//! Approvals and aborts go through the store ([`Controller::request`]): whichever controller
+//! takes the request records it, and the one running the deployment reads its requests back
+//! every [`REQUEST_POLL`] and hands them to its runner, so with a shared store any controller
+//! answers `Approve` and `Abort`. The controller that took the request also hands it to its
+//! own runner at once when it runs the deployment (the same path, with a SQLite store always).
+//!
+//! When a runner ends, the artifacts nothing references any more are collected
+//! ([`crate::artifact_store`]).
+//!
 //! Files: this one holds the [`Controller`] (spawning and taking over runners) and the ids;
 //! `runner.rs` the runner of one deployment; `host_job.rs` one host's job; `state.rs` the
 //! deployment's and the hosts' states and their transitions.
@@ -36,8 +45,9 @@ use rampart_proto::v1 as pb;
 use tokio::sync::watch;
 
 use crate::agents::Agents;
+use crate::artifact_store::ArtifactStore;
 use crate::config::ControllerConfig;
-use crate::store::{LockAttempt, Store, StoreError, StoreResult};
+use crate::store::{ControlKind, ControlRequest, LockAttempt, Store, StoreError, StoreResult};
 
 use pb::DeploymentState as DS;
 use runner::Runner;
@@ -49,6 +59,39 @@ pub struct Control {
     pub approved: Option<(String, String)>,
     /// (who, reason).
     pub abort: Option<(String, String)>,
+}
+
+/// How often a running deployment's requests are read back from the store.
+pub const REQUEST_POLL: Duration = Duration::from_millis(500);
+
+/// At most this many reads of a deployment's requests (about 115 days at [`REQUEST_POLL`]): the
+/// reader ends with its runner long before.
+const MAX_REQUEST_POLLS: u32 = 20_000_000;
+
+/// Applies the recorded requests to a runner's [`Control`]: the first of each kind, the one
+/// the store kept. `true` when something changed (so watchers of `control` wake only then).
+pub fn apply_requests(c: &mut Control, requests: &[ControlRequest]) -> bool {
+    let mut changed = false;
+    for r in requests {
+        let slot = match r.kind {
+            ControlKind::Approve => &mut c.approved,
+            ControlKind::Abort => &mut c.abort,
+        };
+        if slot.is_none() {
+            *slot = Some((r.by.clone(), r.text.clone()));
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A deployment being run by this controller: watchers wait on `seq`, people write `control`.
@@ -69,6 +112,8 @@ pub struct Controller {
     pub store: Arc<dyn Store>,
     /// Agent channels.
     pub agents: Arc<Agents>,
+    /// The artifact store: its limits, uploads in progress, collection.
+    pub artifacts: ArtifactStore,
     live: Mutex<HashMap<String, Arc<Live>>>,
 }
 
@@ -117,6 +162,7 @@ impl Controller {
     /// A controller over a store.
     pub fn new(cfg: Arc<ControllerConfig>, store: Arc<dyn Store>, agents: Agents) -> Arc<Self> {
         Arc::new(Controller {
+            artifacts: ArtifactStore::new(&cfg.state_dir, cfg.artifacts.clone()),
             cfg,
             store,
             agents: Arc::new(agents),
@@ -140,6 +186,51 @@ impl Controller {
         self.live.lock().expect("live map").get(id).cloned()
     }
 
+    /// Records a person's request of a deployment in the store, for whichever controller runs
+    /// it, and hands the recorded requests to its runner when this controller runs it. `true`
+    /// when this controller runs it; `false` when the request was forwarded (another controller,
+    /// or the next one to take the deployment over, applies it).
+    pub async fn request(&self, id: &str, r: ControlRequest) -> StoreResult<bool> {
+        let i = id.to_string();
+        let recorded = self
+            .db(move |s| {
+                s.request_control(&i, &r)?;
+                s.control_requests(&i)
+            })
+            .await?;
+        match self.live(id) {
+            Some(live) => {
+                live.control
+                    .send_if_modified(|c| apply_requests(c, &recorded));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Reads a running deployment's requests back from the store every [`REQUEST_POLL`] and
+    /// hands new ones to its runner, until the task is aborted (when the runner ends).
+    async fn follow_requests(self: Arc<Self>, id: String, live: Arc<Live>) {
+        let mut failing = false;
+        for _ in 0..MAX_REQUEST_POLLS {
+            let i = id.clone();
+            match self.db(move |s| s.control_requests(&i)).await {
+                Ok(recorded) => {
+                    failing = false;
+                    live.control
+                        .send_if_modified(|c| apply_requests(c, &recorded));
+                }
+                // Once per outage: the store's own errors say the rest.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(deployment = %id, "cannot read approval and abort requests: {e}");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(REQUEST_POLL).await;
+        }
+    }
+
     /// Starts running a stored deployment (new, or taken over) in the background.
     pub fn spawn(self: &Arc<Self>, d: pb::Deployment) {
         self.start_runner(d, false, None);
@@ -161,7 +252,11 @@ impl Controller {
             .lock()
             .expect("live map")
             .insert(d.id.clone(), live.clone());
+        let requests = AbortOnDrop(tokio::spawn(
+            ctl.clone().follow_requests(d.id.clone(), live.clone()),
+        ));
         tokio::spawn(async move {
+            let _requests = requests;
             let id = d.id.clone();
             let Some(env) = ctl.cfg.environments.get(&d.environment).cloned() else {
                 tracing::error!(deployment = %id, env = %d.environment, "environment no longer configured; leaving the deployment as stored");
@@ -179,6 +274,10 @@ impl Controller {
                 Err(e) => tracing::error!(deployment = %id, "cannot resume: {e}"),
             }
             ctl.live.lock().expect("live map").remove(&id);
+            // What the finished deployment no longer needs may go now.
+            if let Err(e) = crate::artifact_store::collect(&ctl).await {
+                tracing::warn!(deployment = %id, "artifact collection: {e}");
+            }
         });
     }
 
@@ -225,6 +324,32 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_requests_reach_the_runner_once_and_the_first_of_a_kind_wins() {
+        let req = |kind, by: &str, text: &str| ControlRequest {
+            kind,
+            by: by.into(),
+            text: text.into(),
+        };
+        let mut c = Control::default();
+        assert!(!apply_requests(&mut c, &[]));
+        let approve = req(ControlKind::Approve, "ops", "ok");
+        assert!(apply_requests(&mut c, std::slice::from_ref(&approve)));
+        assert_eq!(c.approved, Some(("ops".into(), "ok".into())));
+        assert_eq!(c.abort, None);
+        // Read back again: nothing new, no wake-up.
+        assert!(!apply_requests(&mut c, std::slice::from_ref(&approve)));
+        let abort = req(ControlKind::Abort, "ci", "stop");
+        assert!(apply_requests(&mut c, &[approve, abort]));
+        assert_eq!(c.abort, Some(("ci".into(), "stop".into())));
+        // What the runner already holds is never replaced.
+        assert!(!apply_requests(
+            &mut c,
+            &[req(ControlKind::Abort, "other", "later")]
+        ));
+        assert_eq!(c.abort, Some(("ci".into(), "stop".into())));
+    }
 
     #[test]
     fn host_txids_are_valid_and_stable() {

@@ -65,6 +65,9 @@ pub(super) struct Runner {
     rescue_started: bool,
     abort_recorded: bool,
     approved_recorded: bool,
+    /// When the deployment started waiting for approval (its `AwaitingApproval` event), so a
+    /// controller that takes it over counts the approval timeout from then.
+    approval_since: Option<SystemTime>,
     /// Next agent seq per host transaction, from the stored events.
     host_seq: HashMap<String, u64>,
     /// First failure seen per host (task name and message).
@@ -99,6 +102,7 @@ impl Runner {
             rescue_started: false,
             abort_recorded: false,
             approved_recorded: false,
+            approval_since: None,
             host_seq: HashMap::new(),
             failure: HashMap::new(),
             reclaimed: None,
@@ -120,6 +124,9 @@ impl Runner {
                     Some(Kind::FleetRescueStarted(_)) => r.rescue_started = true,
                     Some(Kind::AbortRequested(_)) => r.abort_recorded = true,
                     Some(Kind::Approved(_)) => r.approved_recorded = true,
+                    Some(Kind::AwaitingApproval(_)) => {
+                        r.approval_since = ev.time.as_ref().map(ts_to_system);
+                    }
                     Some(Kind::HostEvent(h)) => {
                         if let Some(e) = &h.event {
                             let next = r.host_seq.entry(e.txid.clone()).or_insert(0);
@@ -501,22 +508,29 @@ impl Runner {
             .or(self.env.max_fail_percentage)
     }
 
-    /// Waits for `Approve` when the environment asks for it. `Err` = finished.
+    /// Waits for `Approve` when the environment asks for it, at most its `approval_timeout`
+    /// from when the wait began. `Err` = finished.
     async fn approval(&mut self) -> RunResult<Result<(), (Outcome, String)>> {
         if !self.env.require_approval || self.d.check {
             return Ok(Ok(()));
         }
-        let wait = self.env.wait_timeout;
-        let deadline = Instant::now() + wait;
         if self.d.approved_by.is_empty() && self.phase != Phase::AwaitingApproval {
             self.advance(PhaseEvent::AwaitApproval)?;
+            self.approval_since = Some(SystemTime::now());
             self.emit(Kind::AwaitingApproval(pb::AwaitingApproval {
                 host_count: self.d.hosts.len() as u32,
             }))
             .await?;
             self.save().await?;
         }
-        for _ in 0..(wait.as_secs() * 10 + 2) {
+        let wait = self.env.approval_timeout;
+        let since = *self.approval_since.get_or_insert_with(SystemTime::now);
+        let deadline = Instant::now()
+            + (since + wait)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        // Bounded: a pass waits up to 100 ms, or less when a request arrives (a handful).
+        for _ in 0..(wait.as_millis() as u64 / 100 + 100) {
             if let Some((by, reason)) = self.aborted() {
                 self.record_abort().await?;
                 return Ok(Err((
@@ -541,13 +555,15 @@ impl Runner {
             if Instant::now() >= deadline {
                 break;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.control.changed()).await;
+            let nap = Duration::from_millis(100).min(deadline - Instant::now());
+            let _ = tokio::time::timeout(nap, self.control.changed()).await;
         }
         Ok(Err((
-            Outcome::Aborted,
+            Outcome::ApprovalTimedOut,
             format!(
-                "not approved within {:.0}s; nothing was touched",
-                wait.as_secs_f64()
+                "not approved within {:.0}s (approval_timeout_seconds of environment {}); nothing was touched",
+                wait.as_secs_f64(),
+                self.env.name
             ),
         )))
     }

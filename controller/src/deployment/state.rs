@@ -24,12 +24,14 @@ pub enum Outcome {
     RollbackFailed,
     /// Failed without changing any host (a check-mode run found failures).
     Failed,
-    /// Aborted, or not approved in time, before its first wave.
+    /// Aborted before its first wave.
     Aborted,
     /// Check mode ran on every host without failures.
     CheckOnly,
     /// The environment lock was not acquired in time.
     LockTimeout,
+    /// Not approved within the environment's approval timeout; nothing was touched.
+    ApprovalTimedOut,
 }
 
 impl From<Outcome> for pb::DeploymentOutcome {
@@ -42,6 +44,7 @@ impl From<Outcome> for pb::DeploymentOutcome {
             Outcome::Aborted => pb::DeploymentOutcome::Aborted,
             Outcome::CheckOnly => pb::DeploymentOutcome::CheckOnly,
             Outcome::LockTimeout => pb::DeploymentOutcome::LockTimeout,
+            Outcome::ApprovalTimedOut => pb::DeploymentOutcome::ApprovalTimedOut,
         }
     }
 }
@@ -135,6 +138,7 @@ impl Phase {
                 DO::Aborted => Outcome::Aborted,
                 DO::CheckOnly => Outcome::CheckOnly,
                 DO::LockTimeout => Outcome::LockTimeout,
+                DO::ApprovalTimedOut => Outcome::ApprovalTimedOut,
                 DO::Unspecified => return Err(unknown()),
             }),
             DS::Unspecified => return Err(unknown()),
@@ -174,7 +178,9 @@ impl Phase {
             (P::Running, E::StartRescue) => Ok(P::Rescuing),
             (P::Queued, E::Finish(o @ (O::Aborted | O::LockTimeout))) => Ok(P::Finished(o)),
             // Aborted before approval, or not approved in time.
-            (P::AwaitingApproval, E::Finish(O::Aborted)) => Ok(P::Finished(O::Aborted)),
+            (P::AwaitingApproval, E::Finish(o @ (O::Aborted | O::ApprovalTimedOut))) => {
+                Ok(P::Finished(o))
+            }
             // Failed: a check-mode run found failures.
             (P::Running, E::Finish(o @ (O::Succeeded | O::CheckOnly | O::Failed))) => {
                 Ok(P::Finished(o))
@@ -305,7 +311,7 @@ mod tests {
     use Phase as P;
     use PhaseEvent as E;
 
-    const OUTCOMES: [Outcome; 7] = [
+    const OUTCOMES: [Outcome; 8] = [
         O::Succeeded,
         O::RolledBack,
         O::RollbackFailed,
@@ -313,6 +319,7 @@ mod tests {
         O::Aborted,
         O::CheckOnly,
         O::LockTimeout,
+        O::ApprovalTimedOut,
     ];
 
     const HOST_STATES: [HostState; 7] = [
@@ -358,6 +365,7 @@ mod tests {
             (P::Queued, O::Aborted),
             (P::Queued, O::LockTimeout),
             (P::AwaitingApproval, O::Aborted),
+            (P::AwaitingApproval, O::ApprovalTimedOut),
             (P::Running, O::Succeeded),
             (P::Running, O::CheckOnly),
             (P::Running, O::Failed),
@@ -472,6 +480,9 @@ mod tests {
             (P::Queued, E::Finish(O::Succeeded)),
             (P::Running, E::Finish(O::RolledBack)),
             (P::Running, E::Finish(O::LockTimeout)),
+            // Only a deployment that awaits approval can time out waiting for it.
+            (P::Queued, E::Finish(O::ApprovalTimedOut)),
+            (P::Running, E::Finish(O::ApprovalTimedOut)),
             (P::Rescuing, E::StartWaves),
             (P::Rescuing, E::Finish(O::Succeeded)),
             (P::Rescuing, E::Finish(O::Aborted)),

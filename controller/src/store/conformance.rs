@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rampart_proto::v1 as pb;
 
-use super::{LockAttempt, Store, StoreError};
+use super::{ControlKind, ControlRequest, LockAttempt, Store, StoreError};
 
 /// A store under test, with what the suite cannot do through [`Store`].
 pub trait Fixture {
@@ -405,6 +405,43 @@ pub fn orphans_follow_heartbeats(f: &dyn Fixture) {
     );
 }
 
+/// Control requests: what one controller records, another reads at once; the first request of
+/// each kind wins and a later one changes nothing; requests are per deployment and come back
+/// oldest first, their text as given (including the empty comment).
+pub fn control_requests_reach_every_controller(a: &dyn Store, b: &dyn Store) {
+    let request = |kind, by: &str, text: &str| ControlRequest {
+        kind,
+        by: by.into(),
+        text: text.into(),
+    };
+    assert!(b.control_requests("d1").unwrap().is_empty());
+    let approve = request(ControlKind::Approve, "ops", "");
+    assert!(a.request_control("d1", &approve).unwrap());
+    assert_eq!(b.control_requests("d1").unwrap(), vec![approve.clone()]);
+    // Approved once: a second approval, through either store, is not recorded.
+    for s in [a, b] {
+        assert!(
+            !s.request_control("d1", &request(ControlKind::Approve, "ci", "again"))
+                .unwrap()
+        );
+    }
+    let abort = request(ControlKind::Abort, "ci", "wrong version: it's Friday");
+    assert!(b.request_control("d1", &abort).unwrap());
+    assert!(
+        !a.request_control("d1", &request(ControlKind::Abort, "ops", "second"))
+            .unwrap()
+    );
+    assert!(a.request_control("d2", &abort).unwrap());
+    for s in [a, b] {
+        assert_eq!(
+            s.control_requests("d1").unwrap(),
+            vec![approve.clone(), abort.clone()]
+        );
+        assert_eq!(s.control_requests("d2").unwrap(), vec![abort.clone()]);
+        assert!(s.control_requests("nope").unwrap().is_empty());
+    }
+}
+
 /// Runs every function of the suite, each on a new fixture from `fresh`, saying on stderr which
 /// one runs (so a failure's output names it).
 pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
@@ -429,5 +466,8 @@ pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
     );
     run("orphans_follow_heartbeats", &|f| {
         orphans_follow_heartbeats(f)
+    });
+    run("control_requests_reach_every_controller", &|f| {
+        control_requests_reach_every_controller(f.store(), f.peer())
     });
 }

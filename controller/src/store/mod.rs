@@ -1,5 +1,7 @@
 //! The controller's store: deployments, their event logs, the environment locks and queue order,
-//! incidents, and which controller instance owns what. One trait, two backends:
+//! incidents, which controller instance owns what, and the approvals and aborts people asked
+//! for (so that any controller sharing the store can take them, and the one running the
+//! deployment applies them: [`ControlRequest`]). One trait, two backends:
 //! - [`sqlite::SqliteStore`]: an embedded file (the default); one controller per file, enforced
 //!   with an exclusive `flock` on `<file>.lock`;
 //! - [`postgres::PostgresStore`]: shared by several controllers; an environment's lock is a
@@ -81,6 +83,48 @@ pub enum LockAttempt {
     },
 }
 
+/// What a person may ask of a running deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ControlKind {
+    /// `Approve`: start the waves.
+    Approve,
+    /// `Abort`: stop, rolling back what changed.
+    Abort,
+}
+
+impl ControlKind {
+    /// The stored code (1 approve, 2 abort).
+    fn code(self) -> i32 {
+        match self {
+            ControlKind::Approve => 1,
+            ControlKind::Abort => 2,
+        }
+    }
+
+    /// The kind of a stored code; `Corrupt` naming the deployment for an unknown one.
+    fn from_code(code: i32, deployment_id: &str) -> StoreResult<ControlKind> {
+        match code {
+            1 => Ok(ControlKind::Approve),
+            2 => Ok(ControlKind::Abort),
+            other => Err(StoreError::Corrupt(format!(
+                "control request of {deployment_id}: unknown kind {other}"
+            ))),
+        }
+    }
+}
+
+/// An approval or abort recorded for a deployment, whichever controller took the request; the
+/// controller running the deployment reads it back and applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlRequest {
+    /// Approve or abort.
+    pub kind: ControlKind,
+    /// The name of the token that asked.
+    pub by: String,
+    /// The approval's comment or the abort's reason.
+    pub text: String,
+}
+
 /// Everything the controller keeps. Implementations are safe to share between threads.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A short description for logs, e.g. `sqlite:/var/lib/rampart-controller/controller.db`
@@ -132,6 +176,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<LockAttempt>;
     /// Releases the environment's lock if `deployment_id` holds it (a no-op otherwise).
     fn unlock_env(&self, environment: &str, deployment_id: &str) -> StoreResult<()>;
+
+    /// Records a person's request of a deployment for whichever controller runs it. The first
+    /// request of each kind wins (a deployment is approved, or aborted, once): `true` when this
+    /// one was recorded, `false` when one of its kind was already (and nothing changed).
+    fn request_control(&self, deployment_id: &str, r: &ControlRequest) -> StoreResult<bool>;
+    /// A deployment's recorded requests, oldest first (at most one per kind).
+    fn control_requests(&self, deployment_id: &str) -> StoreResult<Vec<ControlRequest>>;
 
     /// Stores a new incident; `AlreadyExists` when the id is taken.
     fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()>;

@@ -31,16 +31,25 @@ use rampart_migrate::run::Runner;
 use rampart_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
-use super::{LockAttempt, Store, StoreError, StoreResult, decode, event_seq, millis, stored_seq};
+use super::{
+    ControlKind, ControlRequest, LockAttempt, Store, StoreError, StoreResult, decode, event_seq,
+    millis, stored_seq,
+};
 
 /// The schema holding the store's tables and its migration history.
 pub const SCHEMA: &str = "rampart_controller";
 
 /// The migrations, in order: (file name, SQL).
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "V1__controller_store.sql",
-    include_str!("pg_migrations/V1__controller_store.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "V1__controller_store.sql",
+        include_str!("pg_migrations/V1__controller_store.sql"),
+    ),
+    (
+        "V2__control_requests.sql",
+        include_str!("pg_migrations/V2__control_requests.sql"),
+    ),
+];
 
 /// The database's clock in milliseconds since the epoch, as SQL.
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -681,6 +690,42 @@ impl Store for PostgresStore {
         deleted
             .map(drop)
             .map_err(failed(&format!("unlocking environment {environment}")))
+    }
+
+    fn request_control(&self, deployment_id: &str, r: &ControlRequest) -> StoreResult<bool> {
+        let sql = format!(
+            "INSERT INTO {SCHEMA}.control_requests
+                 (deployment_id, kind, requested_by, text, requested_ms)
+             VALUES ($1, $2, $3, $4, {NOW_MS})
+             ON CONFLICT (deployment_id, kind) DO NOTHING"
+        );
+        let n = self
+            .run(|c| c.execute(&sql, &[&deployment_id, &r.kind.code(), &r.by, &r.text]))
+            .map_err(failed(&format!(
+                "recording a control request of {deployment_id}"
+            )))?;
+        Ok(n == 1)
+    }
+
+    fn control_requests(&self, deployment_id: &str) -> StoreResult<Vec<ControlRequest>> {
+        let sql = format!(
+            "SELECT kind, requested_by, text FROM {SCHEMA}.control_requests
+             WHERE deployment_id = $1 ORDER BY ord"
+        );
+        let rows = self
+            .run(|c| c.query(&sql, &[&deployment_id]))
+            .map_err(failed(&format!(
+                "reading the control requests of {deployment_id}"
+            )))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ControlRequest {
+                    kind: ControlKind::from_code(r.get(0), deployment_id)?,
+                    by: r.get(1),
+                    text: r.get(2),
+                })
+            })
+            .collect()
     }
 
     fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()> {

@@ -6,7 +6,8 @@
 //! of corrupting the queue; that is also why an environment lock row naming another instance can
 //! only be left over from a controller that died, and is taken over.
 //!
-//! The schema is versioned with `PRAGMA user_version` (1 today).
+//! The schema is versioned with `PRAGMA user_version` (2 today: version 2 added
+//! `control_requests`); an older file is upgraded at open, a newer one refused.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -20,10 +21,13 @@ use rampart_proto::v1 as pb;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
-use super::{LockAttempt, Store, StoreError, StoreResult, decode, event_seq, millis, stored_seq};
+use super::{
+    ControlKind, ControlRequest, LockAttempt, Store, StoreError, StoreResult, decode, event_seq,
+    millis, stored_seq,
+};
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for a busy database.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,6 +65,19 @@ CREATE TABLE incidents (
     environment TEXT NOT NULL,
     state INTEGER NOT NULL,
     record BLOB NOT NULL
+);
+";
+
+/// What schema version 2 adds: approvals and aborts asked for, one per kind and deployment.
+const SCHEMA_V2: &str = "
+CREATE TABLE control_requests (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    requested_by TEXT NOT NULL,
+    text TEXT NOT NULL,
+    requested_ms INTEGER NOT NULL,
+    UNIQUE (deployment_id, kind)
 );
 ";
 
@@ -232,28 +249,33 @@ impl SqliteStore {
     }
 }
 
-/// Creates the schema in a new file, or checks an existing file's version.
+/// Creates the schema in a new file, upgrades an older one, or checks an existing file's
+/// version; in one transaction.
 fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(failed("reading user_version"))?;
-    match version {
-        0 => {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Exclusive)
-                .map_err(failed("starting the schema transaction"))?;
-            tx.execute_batch(SCHEMA_V1)
-                .map_err(failed("creating the tables"))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(failed("setting user_version"))?;
-            tx.commit().map_err(failed("committing the schema"))
+    let steps: &[&str] = match version {
+        0 => &[SCHEMA_V1, SCHEMA_V2],
+        1 => &[SCHEMA_V2],
+        SCHEMA_VERSION => return Ok(()),
+        other => {
+            return Err(StoreError::Unavailable(format!(
+                "sqlite: {} has schema version {other}, newer than this controller's ({SCHEMA_VERSION}); upgrade rampart-controller",
+                path.display()
+            )));
         }
-        SCHEMA_VERSION => Ok(()),
-        other => Err(StoreError::Unavailable(format!(
-            "sqlite: {} has schema version {other}, newer than this controller's ({SCHEMA_VERSION}); upgrade rampart-controller",
-            path.display()
-        ))),
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Exclusive)
+        .map_err(failed("starting the schema transaction"))?;
+    for step in steps {
+        tx.execute_batch(step)
+            .map_err(failed("creating the tables"))?;
     }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(failed("setting user_version"))?;
+    tx.commit().map_err(failed("committing the schema"))
 }
 
 impl Store for SqliteStore {
@@ -501,6 +523,51 @@ impl Store for SqliteStore {
             .map_err(failed(&format!("unlocking environment {environment}")))
     }
 
+    fn request_control(&self, deployment_id: &str, r: &ControlRequest) -> StoreResult<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT INTO control_requests (deployment_id, kind, requested_by, text, requested_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (deployment_id, kind) DO NOTHING",
+                params![deployment_id, r.kind.code(), r.by, r.text, now_ms()],
+            )
+            .map_err(failed(&format!(
+                "recording a control request of {deployment_id}"
+            )))?;
+        Ok(n == 1)
+    }
+
+    fn control_requests(&self, deployment_id: &str) -> StoreResult<Vec<ControlRequest>> {
+        let what = format!("reading the control requests of {deployment_id}");
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT kind, requested_by, text FROM control_requests WHERE deployment_id = ?1
+                 ORDER BY ord",
+            )
+            .map_err(failed(&what))?;
+        let rows = stmt
+            .query_map([deployment_id], |r| {
+                Ok((
+                    r.get::<_, i32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(failed(&what))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, by, text) = row.map_err(failed(&what))?;
+            out.push(ControlRequest {
+                kind: ControlKind::from_code(kind, deployment_id)?,
+                by,
+                text,
+            });
+        }
+        Ok(out)
+    }
+
     fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()> {
         match self.conn().execute(
             "INSERT INTO incidents (id, environment, state, record) VALUES (?1, ?2, ?3, ?4)",
@@ -692,6 +759,47 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn conformance_control_requests_reach_every_controller() {
+        let f = SqliteFixture::new();
+        conformance::control_requests_reach_every_controller(f.store(), f.peer());
+    }
+
+    /// A file written by a controller of schema version 1 is upgraded in place, its data kept.
+    #[test]
+    fn a_version_1_file_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO deployments (id, environment, state, owner, record)
+                 VALUES ('d1', 'prod', 1, 'i1', ?1)",
+                [deployment("d1", "prod", pb::DeploymentState::Queued).encode_to_vec()],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let version: i64 = s
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            s.get_deployment("d1").unwrap().map(|d| d.id),
+            Some("d1".to_string())
+        );
+        let approve = ControlRequest {
+            kind: ControlKind::Approve,
+            by: "ops".into(),
+            text: String::new(),
+        };
+        assert!(s.request_control("d1", &approve).unwrap());
+        assert_eq!(s.control_requests("d1").unwrap(), vec![approve]);
     }
 
     #[test]
