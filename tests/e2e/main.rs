@@ -19,6 +19,7 @@ mod artifacts_rpc;
 mod bad_input;
 mod certs;
 mod controller;
+mod controller_auth;
 mod controller_store;
 mod crash;
 mod crash_deploy;
