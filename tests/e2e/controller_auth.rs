@@ -213,6 +213,7 @@ fn each_rpc_needs_its_scope_and_a_deploy_sets_only_the_allowed_variables() {
         token_toml("reader", &["read"], None),
         token_toml("deployer", &["deploy", "read"], Some(&["prod"])),
         token_toml("approver", &["approve", "read"], None),
+        token_toml("blind", &["approve"], None),
     ]
     .concat();
     let fleet = fleet(
@@ -334,6 +335,54 @@ fn each_rpc_needs_its_scope_and_a_deploy_sets_only_the_allowed_variables() {
                 .map(drop),
             ),
         ];
+        // Looking needs `read`.
+        let looks: Vec<Result<(), Status>> = vec![
+            call(
+                "GetDeployment",
+                c.get_deployment(req(
+                    "blind",
+                    pb::GetDeploymentRequest {
+                        deployment_id: "d-1".into(),
+                    },
+                )),
+            )
+            .await
+            .map(drop),
+            call(
+                "Watch",
+                c.watch(req(
+                    "blind",
+                    pb::WatchDeploymentRequest {
+                        deployment_id: "d-1".into(),
+                        from_seq: 0,
+                    },
+                )),
+            )
+            .await
+            .map(drop),
+            call(
+                "ListDeployments",
+                c.list_deployments(req("blind", pb::ListDeploymentsRequest::default())),
+            )
+            .await
+            .map(drop),
+            call(
+                "ListEnvironments",
+                c.list_environments(req("blind", pb::ListEnvironmentsRequest::default())),
+            )
+            .await
+            .map(drop),
+            call(
+                "ListIncidents",
+                c.list_incidents(req("blind", pb::ListIncidentsRequest::default())),
+            )
+            .await
+            .map(drop),
+        ];
+        let denied: Vec<(&str, &str, Result<(), Status>)> = denied
+            .into_iter()
+            .chain(looks.into_iter().map(|r| ("blind", "read", r)))
+            .collect();
         for (i, (token, scope, res)) in denied.into_iter().enumerate() {
             let s = refused(&format!("call {i} by {token}"), res, Code::PermissionDenied);
             assert!(
