@@ -209,6 +209,7 @@ ca = ["$work/certs/ca.pem"]
 [[tokens]]
 name = "demo-ci"
 sha256 = "$token_sha"
+scopes = ["admin"]   # one token for the whole demo, forensics included; a CI token needs only deploy + read
 
 [environments.production]
 inventory = "$work/inventory.yml"

@@ -160,13 +160,16 @@ enum Command {
     /// healthy, 1 failed and rolled back, 4 rollback failed, 5 lock timeout), or 2 unknown
     /// deployment or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
-        rampart watch d-20250131-120000-ab12\n  \
-        rampart watch d-20250131-120000-ab12 --from-seq 120 --json")]
+        rampart watch d-20250131T120000Z-4f2a9c1e\n  \
+        rampart watch d-20250131T120000Z-4f2a9c1e --from-seq 120 --json")]
     Watch(rampart_cli::commands::deploy::WatchArgs),
-    /// Show what each environment is doing: running and queued deployments, and the last one.
+    /// Show what each environment is doing: its current version, running and queued
+    /// deployments, and the last one.
     ///
-    /// Lists the most recent deployments (20) and shows, per environment, the running, awaiting
-    /// approval, rescuing and queued ones (with their queue position) and the last finished one.
+    /// One block per environment the token may act on (quiet ones included): the version its
+    /// last successful deployment put on every host (CURRENT), the running, awaiting approval,
+    /// rescuing and queued deployments (with their queue position), and the last finished one.
+    /// With --json, an array of {environment, hosts, current_version, active, last_finished}.
     ///
     /// Exit codes: 0 shown, 2 usage error or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
@@ -195,7 +198,7 @@ enum Command {
     /// Exit codes: 0 approved, 2 unknown deployment, not awaiting approval, or controller
     /// unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
-        rampart approve d-20250131-120000-ab12 --comment 'change CHG-42 approved'")]
+        rampart approve d-20250131T120000Z-4f2a9c1e --comment 'change CHG-42 approved'")]
     Approve(rampart_cli::commands::query::ApproveArgs),
     /// Abort a deployment.
     ///
@@ -207,7 +210,7 @@ enum Command {
     /// Exit codes: 0 abort accepted, 2 unknown or finished deployment, or controller
     /// unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
-        rampart abort d-20250131-120000-ab12 --reason 'wrong version'")]
+        rampart abort d-20250131T120000Z-4f2a9c1e --reason 'wrong version'")]
     Abort(rampart_cli::commands::query::AbortArgs),
     /// Forensics bundles hosts recorded during deployments (`rampart forensics get`).
     #[command(subcommand)]
@@ -223,7 +226,7 @@ enum Command {
         args_conflicts_with_subcommands = true,
         after_help = "Examples:\n  \
         rampart incidents --env production\n  \
-        rampart incidents resolve i-42 --note 'web2 restored by hand' --json"
+        rampart incidents resolve inc-20250131T120000Z-4f2a9c1e --note 'web2 restored by hand' --json"
     )]
     Incidents(rampart_cli::commands::query::IncidentsArgs),
     /// Certificates for mutual TLS between controller, agents and CI.
@@ -387,4 +390,58 @@ fn main() -> ExitCode {
         }
     };
     exit.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every deployment or incident id in the help looks like one the controller makes:
+    /// `d-<yyyymmddThhmmssZ>-<8 hex>` (`rampart_rpc::ids`) and `inc-` + the deployment id
+    /// without its `d-` (the runner's incident id).
+    #[test]
+    fn ids_in_the_help_have_the_shape_of_real_ones() {
+        let real = rampart_rpc::ids::new_deployment_id();
+        let shape = |id: &str| -> String {
+            id.chars()
+                .map(|c| {
+                    if c.is_ascii_digit() || c.is_ascii_hexdigit() && c.is_ascii_lowercase() {
+                        '0'
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        };
+        let want_d = shape(&real);
+        let want_inc = shape(&format!("inc-{}", real.trim_start_matches("d-")));
+        let mut seen = 0;
+        let mut stack = vec![Cli::command()];
+        while let Some(mut cmd) = stack.pop() {
+            let help = cmd.render_long_help().to_string();
+            for word in help.split(|c: char| c.is_whitespace() || c == '\'') {
+                if word.starts_with("d-2") {
+                    assert_eq!(
+                        shape(word),
+                        want_d,
+                        "{word} in the help of {}",
+                        cmd.get_name()
+                    );
+                    seen += 1;
+                }
+                if word.starts_with("inc-") || word.starts_with("i-") {
+                    assert_eq!(
+                        shape(word),
+                        want_inc,
+                        "{word} in the help of {}",
+                        cmd.get_name()
+                    );
+                    seen += 1;
+                }
+            }
+            stack.extend(cmd.get_subcommands().cloned());
+        }
+        assert!(seen >= 8, "ids checked: {seen}");
+    }
 }

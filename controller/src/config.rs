@@ -28,6 +28,7 @@
 //! name = "ci"
 //! sha256 = "…"            # `rampart-controller hash-token` prints it; the token itself is never stored
 //! environments = ["staging", "production"]  # default: all
+//! scopes = ["deploy", "read"]               # default: ["deploy", "approve", "read"]
 //!
 //! [environments.production]
 //! inventory = "/etc/rampart/production.yml" # Ansible YAML or INI inventory
@@ -38,6 +39,8 @@
 //! max_fail_percentage = 30                  # default: the play's, else none
 //! bake_seconds = 0
 //! require_approval = false
+//! four_eyes = false                         # true: the token that asked may not approve (needs require_approval)
+//! ci_vars = ["target_version"]              # the `vars_json` keys a Deploy may set (default shown)
 //! wait_timeout_seconds = 600                # queue wait when the request gives none
 //! approval_timeout_seconds = 86400          # with require_approval: then `approval_timed_out`
 //! host_deadline_seconds = 1800              # one host's transaction, start to finish
@@ -45,6 +48,19 @@
 //! rescue_wait_seconds = 120                 # fleet rescue: how long an unreachable host is awaited
 //! vars = { health_retries = 20 }            # extra variables for every host (lowest precedence)
 //! ```
+//!
+//! A token's `scopes` say which RPCs it may call ([`Scope`]; `service::Rpc::scope` is the
+//! table): `read` (Watch, GetDeployment, ListDeployments, ListEnvironments, ListIncidents),
+//! `deploy` (UploadArtifact, Deploy, Rollback, Abort), `approve` (Approve), and `admin`, which
+//! covers all of them plus ResolveIncident and GetForensics (bundles may hold state captures and
+//! logs). A token without `scopes` gets [`DEFAULT_SCOPES`] — what every token could do before
+//! scopes existed, except resolving incidents and fetching forensics, which now need `admin`.
+//!
+//! `ci_vars` bounds what a Deploy's extra variables (`vars_json`, `rampart deploy -e`) may
+//! override: every top-level key must be listed, so a token cannot rewrite `components` (and
+//! with it the command a host runs as `service.start`). Artifacts travel apart from it, in
+//! `DeployRequest.artifacts`, and only fill in `components[].artifact`/`sha256` of components
+//! the inventory already names.
 //!
 //! Each host's agent is at its `rampart_agent` host variable (`HOST:PORT`), else at
 //! `ansible_host` (else the inventory name) and `rampart_agent_port` (else 7420).
@@ -121,6 +137,11 @@ impl Default for ArtifactConfig {
     }
 }
 
+/// The scopes of a token whose configuration gives none.
+pub const DEFAULT_SCOPES: [Scope; 3] = [Scope::Deploy, Scope::Approve, Scope::Read];
+/// The `vars_json` keys CI may set in an environment whose configuration gives no `ci_vars`.
+pub const DEFAULT_CI_VARS: [&str; 1] = ["target_version"];
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +214,8 @@ struct RawToken {
     sha256: String,
     #[serde(default)]
     environments: Option<Vec<String>>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +236,10 @@ struct RawEnvironment {
     bake_seconds: f64,
     #[serde(default)]
     require_approval: bool,
+    #[serde(default)]
+    four_eyes: bool,
+    #[serde(default)]
+    ci_vars: Option<Vec<String>>,
     #[serde(default = "default_wait")]
     wait_timeout_seconds: f64,
     #[serde(default = "default_approval_timeout")]
@@ -252,6 +279,39 @@ pub enum StoreConfig {
     Postgres(String),
 }
 
+/// What a token may do; each RPC needs one (`service::Rpc::scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Look: deployments, their events, environments, incidents.
+    Read,
+    /// Act: upload artifacts, deploy, roll back, abort.
+    Deploy,
+    /// Approve a deployment that waits for approval.
+    Approve,
+    /// Everything, and what only a person should do: resolve incidents, fetch forensics.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, in the order the configuration documents them.
+    pub const ALL: [Scope; 4] = [Scope::Deploy, Scope::Approve, Scope::Read, Scope::Admin];
+
+    /// The name the configuration uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Deploy => "deploy",
+            Scope::Approve => "approve",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// The scope a configuration name stands for.
+    pub fn parse(name: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// A bearer token, by the sha256 of its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -261,6 +321,22 @@ pub struct Token {
     pub sha256: String,
     /// Environments it may act on; `None`: all.
     pub environments: Option<Vec<String>>,
+    /// What it may do (sorted, no repeats); `admin` covers every other scope.
+    pub scopes: Vec<Scope>,
+}
+
+impl Token {
+    /// Whether the token holds `scope` (itself, or through `admin`).
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+
+    /// Whether the token may act on environment `env`.
+    pub fn sees(&self, env: &str) -> bool {
+        self.environments
+            .as_ref()
+            .is_none_or(|envs| envs.iter().any(|e| e == env))
+    }
 }
 
 /// A playbook: its name (for errors and journals) and its text.
@@ -295,6 +371,10 @@ pub struct Environment {
     pub bake: Duration,
     /// Whether `Approve` is needed before the first wave.
     pub require_approval: bool,
+    /// Whether the approving token must differ from the one that asked.
+    pub four_eyes: bool,
+    /// The top-level `vars_json` keys a request may set.
+    pub ci_vars: Vec<String>,
     /// Default queue wait.
     pub wait_timeout: Duration,
     /// How long a deployment waits for `Approve` (with `require_approval`).
@@ -452,10 +532,37 @@ impl ControllerConfig {
             if tokens.iter().any(|x: &Token| x.name == t.name) {
                 return Err(format!("token name {:?} is used twice", t.name));
             }
+            let scopes = match &t.scopes {
+                None => DEFAULT_SCOPES.to_vec(),
+                Some(names) => {
+                    let mut v = Vec::new();
+                    for n in names {
+                        v.push(Scope::parse(n).ok_or_else(|| {
+                            format!(
+                                "token {:?}: unknown scope {n:?}; the scopes are {}",
+                                t.name,
+                                Scope::ALL.map(Scope::name).join(", ")
+                            )
+                        })?);
+                    }
+                    if v.is_empty() {
+                        return Err(format!(
+                            "token {:?}: scopes is empty, so the token could do nothing; list what it may do ({}) or remove the token",
+                            t.name,
+                            Scope::ALL.map(Scope::name).join(", ")
+                        ));
+                    }
+                    v
+                }
+            };
+            let mut scopes = scopes;
+            scopes.sort();
+            scopes.dedup();
             tokens.push(Token {
                 name: t.name,
                 sha256: h,
                 environments: t.environments,
+                scopes,
             });
         }
         if tokens.is_empty() {
@@ -639,6 +746,22 @@ fn environment(
         v.extend(inv.host_vars(h));
         host_vars.insert(h.clone(), v);
     }
+    if e.four_eyes && !e.require_approval {
+        return Err(
+            "four_eyes = true needs require_approval = true: without an approval step there is no second pair of eyes".into(),
+        );
+    }
+    let ci_vars = match e.ci_vars {
+        None => DEFAULT_CI_VARS.map(String::from).to_vec(),
+        Some(v) => {
+            if let Some(bad) = v.iter().find(|k| k.trim().is_empty() || k.contains('.')) {
+                return Err(format!(
+                    "ci_vars lists {bad:?}: give top-level variable names (a listed name allows its whole value)"
+                ));
+            }
+            v
+        }
+    };
     // At most ten years: beyond, a deadline added to the clock could overflow it.
     let secs = |what: &str, s: f64| {
         if s.is_finite() && (0.0..=MAX_SECONDS).contains(&s) {
@@ -660,6 +783,8 @@ fn environment(
         max_fail_percentage,
         bake: secs("bake_seconds", e.bake_seconds)?,
         require_approval: e.require_approval,
+        four_eyes: e.four_eyes,
+        ci_vars,
         wait_timeout: secs("wait_timeout_seconds", e.wait_timeout_seconds)?,
         approval_timeout: secs("approval_timeout_seconds", e.approval_timeout_seconds)?,
         host_deadline: secs("host_deadline_seconds", e.host_deadline_seconds)?,
@@ -796,5 +921,58 @@ mod tests {
             redact("postgresql://u:pw@h:5/db"),
             "postgresql://u:***@h:5/db"
         );
+    }
+
+    #[test]
+    fn scopes_default_and_parse_and_four_eyes_needs_approval() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "inv.ini", "[web]\nw1\n");
+        let h = hash_token("t");
+        let h2 = hash_token("u");
+        let cfg = ControllerConfig::parse(
+            &format!(
+                "insecure_dev = true\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\n\
+                 [[tokens]]\nname = \"ops\"\nsha256 = \"{h2}\"\nscopes = [\"read\", \"admin\", \"read\"]\n\
+                 [environments.p]\ninventory = \"inv.ini\"\nrequire_approval = true\nfour_eyes = true\n\
+                 [environments.q]\ninventory = \"inv.ini\"\nci_vars = [\"target_version\", \"feature\"]\n"
+            ),
+            d.path(),
+        )
+        .unwrap();
+        let ci = cfg.token("t").unwrap();
+        assert_eq!(ci.scopes, [Scope::Read, Scope::Deploy, Scope::Approve]);
+        assert!(ci.has(Scope::Deploy) && !ci.has(Scope::Admin));
+        let ops = cfg.token("u").unwrap();
+        assert_eq!(ops.scopes, [Scope::Read, Scope::Admin]);
+        assert!(ops.has(Scope::Deploy), "admin covers every scope");
+        assert!(cfg.environments["p"].four_eyes);
+        assert_eq!(cfg.environments["p"].ci_vars, ["target_version"]);
+        assert_eq!(cfg.environments["q"].ci_vars, ["target_version", "feature"]);
+
+        let err = |t: &str| ControllerConfig::parse(t, d.path()).unwrap_err();
+        let e = err(&format!(
+            "insecure_dev = true\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\nscopes = [\"root\"]\n"
+        ));
+        assert!(
+            e.contains("unknown scope \"root\"") && e.contains("approve"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "insecure_dev = true\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\nscopes = []\n"
+        ));
+        assert!(e.contains("scopes is empty"), "{e}");
+        let e = err(&format!(
+            "insecure_dev = true\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\n\
+             [environments.p]\ninventory = \"inv.ini\"\nfour_eyes = true\n"
+        ));
+        assert!(
+            e.contains("four_eyes") && e.contains("require_approval"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "insecure_dev = true\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\n\
+             [environments.p]\ninventory = \"inv.ini\"\nci_vars = [\"components.0\"]\n"
+        ));
+        assert!(e.contains("top-level"), "{e}");
     }
 }

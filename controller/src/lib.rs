@@ -11,7 +11,10 @@
 //! - [`agents`]: mutual-TLS channels to agents, artifact delivery, following a transaction;
 //! - [`artifact_store`]: the uploaded artifacts: size limit, quota, free space, collection;
 //! - [`store`]: the deployment record and events, SQLite or PostgreSQL;
-//! - [`service`]: the gRPC API CI calls (`rampart.v1.Controller`) and its bearer tokens.
+//! - [`service`]: the gRPC API CI calls (`rampart.v1.Controller`), its bearer tokens and the
+//!   scope each RPC needs;
+//! - [`edge`]: the bounds of request fields (ids, versions, names, digests) and the short quote
+//!   of a client's value in errors.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -19,6 +22,7 @@ pub mod agents;
 pub mod artifact_store;
 pub mod config;
 pub mod deployment;
+pub mod edge;
 pub mod inventory;
 pub mod rollout;
 pub mod service;

@@ -4,6 +4,12 @@
 //! Every request is checked in full before anything is stored: an unknown environment,
 //! component or artifact, a bad `serial` or variables that are not a JSON object are refused
 //! with INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION and nothing changes.
+//!
+//! Authorisation, in this order for every RPC: the token's scope for the RPC ([`Rpc::scope`],
+//! the one table; PERMISSION_DENIED naming the missing scope), the bounds of the request's
+//! fields ([`crate::edge`], before any lookup), then the environments the token may act on
+//! (an unknown environment's NOT_FOUND lists only those). A Deploy's `vars_json` may set only
+//! the environment's `ci_vars`; with `four_eyes`, the token that asked cannot approve.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +25,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::artifact_store::{self, Refusal, Reservation};
-use crate::config::{ControllerConfig, component_names};
+use crate::config::{ControllerConfig, Environment, Scope, component_names};
 use crate::deployment::{Controller, new_deployment_id, now_ts};
+use crate::edge;
 use crate::rollout;
 use crate::store::{ControlKind, ControlRequest, StoreError};
 
@@ -60,6 +67,53 @@ pub fn authenticate(
     }
 }
 
+/// The RPCs of `rampart.v1.Controller`, for the scope table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// `UploadArtifact`.
+    UploadArtifact,
+    /// `Deploy`.
+    Deploy,
+    /// `Rollback`.
+    Rollback,
+    /// `Watch`.
+    Watch,
+    /// `GetDeployment`.
+    GetDeployment,
+    /// `ListDeployments`.
+    ListDeployments,
+    /// `ListEnvironments`.
+    ListEnvironments,
+    /// `Approve`.
+    Approve,
+    /// `Abort`.
+    Abort,
+    /// `ListIncidents`.
+    ListIncidents,
+    /// `ResolveIncident`.
+    ResolveIncident,
+    /// `GetForensics`.
+    GetForensics,
+}
+
+impl Rpc {
+    /// The scope a token needs to call the RPC: the one table (`admin` covers every scope).
+    pub fn scope(self) -> Scope {
+        match self {
+            Rpc::Watch
+            | Rpc::GetDeployment
+            | Rpc::ListDeployments
+            | Rpc::ListEnvironments
+            | Rpc::ListIncidents => Scope::Read,
+            Rpc::UploadArtifact | Rpc::Deploy | Rpc::Rollback | Rpc::Abort => Scope::Deploy,
+            Rpc::Approve => Scope::Approve,
+            // A person's acts: closing an incident, and bundles that may hold state captures
+            // and logs.
+            Rpc::ResolveIncident | Rpc::GetForensics => Scope::Admin,
+        }
+    }
+}
+
 /// The gRPC service.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -73,6 +127,9 @@ pub type AuthenticatedServer<I> =
 /// The shape of the authentication interceptor.
 pub trait Interceptor: FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {}
 impl<T: FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> Interceptor for T {}
+
+/// How many active and how many finished deployments `ListEnvironments` reads per environment.
+const STATUS_SCAN: u32 = 100;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::DeploymentEvent, Status>> + Send>>;
 type DataStream = Pin<Box<dyn Stream<Item = Result<pb::DataChunk, Status>> + Send>>;
@@ -115,6 +172,60 @@ impl Service {
         tonic::service::interceptor::InterceptedService::new(server, authenticate(cfg))
     }
 
+    /// The caller's token name, once its token holds the scope `rpc` needs.
+    fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<String, Status> {
+        let who = caller(req)?;
+        let token = self.ctl.cfg.tokens.iter().find(|t| t.name == who);
+        let need = rpc.scope();
+        match token {
+            Some(t) if t.has(need) => Ok(who),
+            Some(t) => Err(Status::permission_denied(format!(
+                "token {who:?} may not call {rpc:?}: it needs the `{}` scope (it has: {}); add \"{}\" to the token's `scopes` in the controller's configuration, or use a token that has it",
+                need.name(),
+                t.scopes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                need.name()
+            ))),
+            None => Err(Status::unauthenticated(
+                "unknown token: the controller has no token with this value",
+            )),
+        }
+    }
+
+    /// The environment `name`, checked, that the token may act on.
+    fn environment(&self, who: &str, name: &str) -> Result<&Environment, Status> {
+        edge::name("environment", name)?;
+        let cfg = &self.ctl.cfg;
+        let Some(env) = cfg.environments.get(name) else {
+            let visible = self.visible(who);
+            return Err(Status::not_found(format!(
+                "no environment {} (this token may use: {})",
+                edge::echo(name),
+                if visible.is_empty() {
+                    "none".to_string()
+                } else {
+                    visible.join(", ")
+                }
+            )));
+        };
+        self.allowed(who, name)?;
+        Ok(env)
+    }
+
+    /// The configured environments the token may act on, by name.
+    fn visible(&self, who: &str) -> Vec<String> {
+        let cfg = &self.ctl.cfg;
+        let token = cfg.tokens.iter().find(|t| t.name == who);
+        cfg.environments
+            .keys()
+            .filter(|e| token.is_some_and(|t| t.sees(e)))
+            .cloned()
+            .collect()
+    }
+
     fn allowed(&self, who: &str, env: &str) -> Result<(), Status> {
         let t = self.ctl.cfg.tokens.iter().find(|t| t.name == who);
         match t.and_then(|t| t.environments.as_ref()) {
@@ -129,6 +240,7 @@ impl Service {
     }
 
     async fn get(&self, id: &str) -> Result<pb::Deployment, Status> {
+        edge::id("deployment_id", id)?;
         let id2 = id.to_string();
         self.ctl
             .db(move |s| s.get_deployment(&id2))
@@ -231,38 +343,44 @@ impl Service {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         {
             return Err(Status::invalid_argument(format!(
-                "deployment_id {requested:?}: use 1 to 40 of A-Z a-z 0-9 - _"
+                "deployment_id {}: use 1 to 40 of A-Z a-z 0-9 - _",
+                edge::echo(requested)
             )));
         }
         Ok(requested.to_string())
     }
 
-    fn check_vars(vars_json: &str) -> Result<(), Status> {
+    /// `vars_json` is empty or a JSON object whose every top-level key is in the
+    /// environment's `ci_vars` (a listed key allows its whole value, nested keys included).
+    fn check_vars(vars_json: &str, env: &Environment) -> Result<(), Status> {
         if vars_json.trim().is_empty() {
             return Ok(());
         }
-        match serde_json::from_str::<Value>(vars_json) {
-            Ok(Value::Object(_)) => Ok(()),
-            Ok(_) => Err(Status::invalid_argument("vars_json must be a JSON object")),
-            Err(e) => Err(Status::invalid_argument(format!(
-                "vars_json is not JSON: {e}"
-            ))),
+        let vars = match serde_json::from_str::<Value>(vars_json) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(Status::invalid_argument("vars_json must be a JSON object")),
+            Err(e) => {
+                return Err(Status::invalid_argument(format!(
+                    "vars_json is not JSON: {e}"
+                )));
+            }
+        };
+        let refused: Vec<String> = vars
+            .keys()
+            .filter(|k| !env.ci_vars.contains(k))
+            .take(5)
+            .map(|k| edge::echo(k))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
         }
-    }
-
-    fn check_version(v: &str) -> Result<(), Status> {
-        if v.is_empty()
-            || v.len() > 128
-            || v.starts_with('.')
-            || !v
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
-        {
-            return Err(Status::invalid_argument(format!(
-                "version {v:?} is not valid: use 1 to 128 of A-Z a-z 0-9 . _ - + (not starting with .)"
-            )));
-        }
-        Ok(())
+        Err(Status::invalid_argument(format!(
+            "vars_json sets {}, which a deploy may not set in environment {} (it may set: {}); the inventory and the environment's `vars` hold the rest, or list the variable in `ci_vars` of [environments.{}]",
+            refused.join(", "),
+            env.name,
+            env.ci_vars.join(", "),
+            env.name
+        )))
     }
 }
 
@@ -272,13 +390,15 @@ impl ControllerApi for Service {
         &self,
         request: Request<tonic::Streaming<pb::ArtifactUpload>>,
     ) -> Result<Response<pb::UploadArtifactResponse>, Status> {
-        caller(&request)?;
+        self.authorize(&request, Rpc::UploadArtifact)?;
         let mut stream = request.into_inner();
         let Some(first) = stream.message().await? else {
             return Err(Status::invalid_argument(
                 "UploadArtifact received no message",
             ));
         };
+        edge::sha256("sha256", &first.sha256)?;
+        edge::text("name", &first.name, edge::MAX_NAME)?;
         let expected = first.sha256.to_ascii_lowercase();
         artifacts::validate_hex(&expected)
             .map_err(|e| Status::invalid_argument(format!("first message: {e}")))?;
@@ -331,23 +451,16 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::DeployRequest>,
     ) -> Result<Response<Self::DeployStream>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::Deploy)?;
         let r = request.into_inner();
         let cfg = &self.ctl.cfg;
-        let env = cfg.environments.get(&r.environment).ok_or_else(|| {
-            Status::not_found(format!(
-                "no environment {:?} (configured: {})",
-                r.environment,
-                cfg.environments
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        self.allowed(&who, &r.environment)?;
-        Self::check_version(&r.version)?;
-        Self::check_vars(&r.vars_json)?;
+        let env = self.environment(&who, &r.environment)?;
+        let id = Self::deployment_id(&r.deployment_id)?;
+        edge::version("version", &r.version)?;
+        edge::text("ci_run_id", &r.ci_run_id, edge::MAX_REF)?;
+        edge::text("commit", &r.commit, edge::MAX_REF)?;
+        Self::check_vars(&r.vars_json, env)?;
+        edge::serial(&r.serial)?;
         if !r.serial.is_empty() {
             let v = Value::Array(r.serial.iter().map(|s| Value::String(s.clone())).collect());
             rollout::parse_serial(&v)
@@ -366,6 +479,8 @@ impl ControllerApi for Service {
             ));
         }
         for (component, sha) in &r.artifacts {
+            edge::name("artifact component", component)?;
+            edge::sha256(&format!("artifact of {component}"), sha)?;
             artifacts::validate_hex(sha)
                 .map_err(|e| Status::invalid_argument(format!("artifact of {component}: {e}")))?;
             if tokio::task::block_in_place(|| self.ctl.artifacts.claim(sha)).is_none() {
@@ -389,7 +504,6 @@ impl ControllerApi for Service {
                 )));
             }
         }
-        let id = Self::deployment_id(&r.deployment_id)?;
         let wait = if r.wait_timeout_ms == 0 {
             env.wait_timeout.as_millis() as u64
         } else {
@@ -422,15 +536,15 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<Self::RollbackStream>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::Rollback)?;
         let r = request.into_inner();
-        let env = self
-            .ctl
-            .cfg
-            .environments
-            .get(&r.environment)
-            .ok_or_else(|| Status::not_found(format!("no environment {:?}", r.environment)))?;
-        self.allowed(&who, &r.environment)?;
+        let env = self.environment(&who, &r.environment)?;
+        let id = Self::deployment_id(&r.deployment_id)?;
+        edge::text("reason", &r.reason, edge::MAX_TEXT)?;
+        edge::text("ci_run_id", &r.ci_run_id, edge::MAX_REF)?;
+        if !r.to_version.is_empty() {
+            edge::version("to_version", &r.to_version)?;
+        }
         if r.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "a rollback needs a reason (rampart rollback --reason TEXT): it goes into history",
@@ -465,14 +579,14 @@ impl ControllerApi for Service {
         } else {
             r.to_version.clone()
         };
-        Self::check_version(&to)?;
+        edge::version("to_version", &to)?;
         let wait = if r.wait_timeout_ms == 0 {
             env.wait_timeout.as_millis() as u64
         } else {
             r.wait_timeout_ms
         };
         let d = pb::Deployment {
-            id: Self::deployment_id(&r.deployment_id)?,
+            id,
             kind: pb::DeploymentKind::Rollback as i32,
             environment: r.environment,
             version: to,
@@ -493,7 +607,7 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::WatchDeploymentRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::Watch)?;
         let r = request.into_inner();
         let d = self.get(&r.deployment_id).await?;
         self.allowed(&who, &d.environment)?;
@@ -504,7 +618,7 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::GetDeployment)?;
         let mut d = self.get(&request.into_inner().deployment_id).await?;
         self.allowed(&who, &d.environment)?;
         if d.state() == DS::Queued {
@@ -522,9 +636,10 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::ListDeployments)?;
         let r = request.into_inner();
         if !r.environment.is_empty() {
+            edge::name("environment", &r.environment)?;
             self.allowed(&who, &r.environment)?;
         }
         let states: Vec<DS> = r
@@ -559,10 +674,12 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::ApproveResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::Approve)?;
         let r = request.into_inner();
+        edge::text("comment", &r.comment, edge::MAX_TEXT)?;
         let d = self.get(&r.deployment_id).await?;
         self.allowed(&who, &d.environment)?;
+        self.four_eyes(&who, &d)?;
         if !matches!(d.state(), DS::AwaitingApproval | DS::Queued) {
             return Err(Status::failed_precondition(format!(
                 "deployment {} is {:?}, not awaiting approval",
@@ -588,8 +705,9 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::Abort)?;
         let r = request.into_inner();
+        edge::text("reason", &r.reason, edge::MAX_TEXT)?;
         if r.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "an abort needs a reason (rampart abort ID --reason TEXT): it goes into history",
@@ -622,8 +740,12 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::ListIncidents)?;
         let r = request.into_inner();
+        if !r.environment.is_empty() {
+            edge::name("environment", &r.environment)?;
+            self.allowed(&who, &r.environment)?;
+        }
         let states: Vec<pb::IncidentState> = r
             .states
             .iter()
@@ -647,8 +769,10 @@ impl ControllerApi for Service {
         &self,
         request: Request<pb::ResolveIncidentRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::ResolveIncident)?;
         let r = request.into_inner();
+        edge::id("incident_id", &r.incident_id)?;
+        edge::text("note", &r.note, edge::MAX_TEXT)?;
         let id = r.incident_id.clone();
         let mut inc = self
             .ctl
@@ -685,18 +809,78 @@ impl ControllerApi for Service {
         Ok(Response::new(inc))
     }
 
+    async fn list_environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        let who = self.authorize(&request, Rpc::ListEnvironments)?;
+        let r = request.into_inner();
+        let cfg = &self.ctl.cfg;
+        let names: Vec<String> = if r.environment.is_empty() {
+            self.visible(&who)
+        } else {
+            self.environment(&who, &r.environment)?;
+            vec![r.environment.clone()]
+        };
+        let host_counts: Vec<u32> = names
+            .iter()
+            .map(|n| cfg.environments[n].hosts.len() as u32)
+            .collect();
+        let environments = self
+            .ctl
+            .db(move |s| {
+                let mut out = Vec::new();
+                for (name, host_count) in names.into_iter().zip(host_counts) {
+                    let mut active = s.list_deployments(
+                        Some(&name),
+                        &[DS::Queued, DS::AwaitingApproval, DS::Running, DS::Rescuing],
+                        STATUS_SCAN,
+                    )?;
+                    for d in &mut active {
+                        if d.state() == DS::Queued {
+                            d.queue_position = s.queue_position(&d.environment, &d.id)?;
+                        }
+                    }
+                    // The one holding the lock first, then the queue in order.
+                    active.sort_by_key(|d| (d.state() == DS::Queued, d.queue_position));
+                    let finished = s.list_deployments(Some(&name), &[DS::Finished], STATUS_SCAN)?;
+                    let current_version = finished
+                        .iter()
+                        .find(|d| d.outcome() == pb::DeploymentOutcome::Succeeded)
+                        .map(|d| d.version.clone())
+                        .unwrap_or_default();
+                    out.push(pb::EnvironmentStatus {
+                        name,
+                        host_count,
+                        current_version,
+                        active: active.into_iter().map(light).collect(),
+                        last_finished: finished.into_iter().next().map(light),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
+    }
+
     type GetForensicsStream = DataStream;
 
     async fn get_forensics(
         &self,
         request: Request<pb::GetDeploymentForensicsRequest>,
     ) -> Result<Response<Self::GetForensicsStream>, Status> {
-        let who = caller(&request)?;
+        let who = self.authorize(&request, Rpc::GetForensics)?;
         let r = request.into_inner();
+        edge::name("host", &r.host)?;
         let d = self.get(&r.deployment_id).await?;
         self.allowed(&who, &d.environment)?;
         let h = d.hosts.iter().find(|h| h.host == r.host).ok_or_else(|| {
-            Status::not_found(format!("deployment {} has no host {:?}", d.id, r.host))
+            Status::not_found(format!(
+                "deployment {} has no host {}",
+                d.id,
+                edge::echo(&r.host)
+            ))
         })?;
         if h.forensics_id.is_empty() {
             return Err(Status::not_found(format!(
@@ -785,6 +969,24 @@ impl Service {
                 "forwarded: recorded in the store for the controller running {id}, which applies it within a second"
             )
         })
+    }
+
+    /// With `four_eyes` (an environment no longer configured counts as having it), the token
+    /// that requested a deployment may not approve it.
+    fn four_eyes(&self, who: &str, d: &pb::Deployment) -> Result<(), Status> {
+        let required = self
+            .ctl
+            .cfg
+            .environments
+            .get(&d.environment)
+            .is_none_or(|e| e.four_eyes);
+        if required && d.requested_by == who {
+            return Err(Status::permission_denied(format!(
+                "environment {} requires four-eyes approval: token {who:?} requested deployment {} and may not approve it too; approve it with another token that has the `approve` scope",
+                d.environment, d.id
+            )));
+        }
+        Ok(())
     }
 
     /// Re-reads a deployment until `done` holds (its runner applied a request), for up to 3 s.

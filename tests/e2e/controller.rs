@@ -276,6 +276,7 @@ fn deploys_queue_in_order_wait_for_approval_time_out_and_refuse_bad_tokens() {
     let s = fleet.cli(&["status", "--env", "prod", "--json"]);
     assert_eq!(s.code, 0, "status: {}\n{}", s.stdout, s.stderr);
     let list: Value = serde_json::from_str(&s.stdout).unwrap();
+    let list = list[0]["active"].clone();
     let find = |id: &str| {
         list.as_array()
             .unwrap()
@@ -464,6 +465,7 @@ fn two_controllers_on_one_postgresql_store_never_run_one_environment_at_once() {
     assert_eq!(lock["controller"], "two", "{lock:#}");
     let s = one.cli(&["status", "--env", "prod", "--json"]);
     let list: Value = serde_json::from_str(&s.stdout).unwrap();
+    let list = list[0]["active"].clone();
     let state_of = |id: &str| {
         list.as_array()
             .unwrap()

@@ -20,6 +20,7 @@ mod bad_input;
 mod certs;
 mod controller;
 mod controller_artifacts;
+mod controller_auth;
 mod controller_store;
 mod crash;
 mod crash_deploy;

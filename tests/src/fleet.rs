@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::deploy::{Scenario, package_sample_app};
 use crate::{AgentProc, CliRun, KillOnDrop, bin, rampart, wait_listening};
 
-/// The bearer token the fleet's CLI uses.
+/// The bearer token the fleet's CLI uses (token `ci`, scope `admin`: it may call every RPC).
 pub const TOKEN: &str = "fleet-test-token";
 
 /// One host: its sample-app scenario and its agent.
@@ -154,7 +154,7 @@ impl Fleet {
                 "listen = \"{listen}\"\nstate_dir = \"{state}\"\n{top_toml}\n\
                  [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
                  [agent_tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca = [\"{ca}\"]\n\
-                 [[tokens]]\nname = \"ci\"\nsha256 = \"{hash}\"\n\
+                 [[tokens]]\nname = \"ci\"\nsha256 = \"{hash}\"\nscopes = [\"admin\"]\n\
                  [environments.prod]\ninventory = \"inventory.yml\"\nunreachable_after_seconds = 4\n\
                  rescue_wait_seconds = 60\nwait_timeout_seconds = 120\n{env_toml}\n",
                 listen = free_addr(),

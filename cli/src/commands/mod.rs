@@ -1088,6 +1088,14 @@ pub(crate) mod mock {
             Ok(Response::new(pb::ListDeploymentsResponse::default()))
         }
 
+        async fn list_environments(
+            &self,
+            req: Request<pb::ListEnvironmentsRequest>,
+        ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+            authorize(&req)?;
+            Ok(Response::new(pb::ListEnvironmentsResponse::default()))
+        }
+
         async fn approve(
             &self,
             _req: Request<pb::ApproveRequest>,

@@ -56,8 +56,8 @@ pub enum DeploymentCommand {
     /// rescue transaction id, forensics bundle id and message. Exit codes: 0 shown, 2 unknown
     /// deployment or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
-        rampart deployment show d-20250131-120000-ab12\n  \
-        rampart deployment show d-20250131-120000-ab12 --json | jq '.hosts[] | select(.state != \"succeeded\")'")]
+        rampart deployment show d-20250131T120000Z-4f2a9c1e\n  \
+        rampart deployment show d-20250131T120000Z-4f2a9c1e --json | jq '.hosts[] | select(.state != \"succeeded\")'")]
     Show(ShowArgs),
 }
 
@@ -109,8 +109,8 @@ pub enum ForensicsCommand {
     /// never a partial bundle. An existing FILE is kept unless --force. Exit codes: 0 written,
     /// 2 no such bundle, FILE exists, or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
-        rampart forensics get d-20250131-120000-ab12 web2 -o web2-forensics.tar.gz\n  \
-        rampart forensics get d-20250131-120000-ab12 web2 -o web2.tar.gz --force")]
+        rampart forensics get d-20250131T120000Z-4f2a9c1e web2 -o web2-forensics.tar.gz\n  \
+        rampart forensics get d-20250131T120000Z-4f2a9c1e web2 -o web2.tar.gz --force")]
     Get(ForensicsGetArgs),
 }
 
@@ -156,8 +156,8 @@ pub enum IncidentsCommand {
     /// The note goes into history with the token's name. Exit codes: 0 done, 2 unknown
     /// incident or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
-        rampart incidents resolve i-42 --ack --note 'looking at web2'\n  \
-        rampart incidents resolve i-42 --note 'web2 restored by hand from 2.3.0'")]
+        rampart incidents resolve inc-20250131T120000Z-4f2a9c1e --ack --note 'looking at web2'\n  \
+        rampart incidents resolve inc-20250131T120000Z-4f2a9c1e --note 'web2 restored by hand from 2.3.0'")]
     Resolve(ResolveArgs),
 }
 
@@ -306,70 +306,74 @@ fn short_commit(c: &str) -> String {
     or_dash(&c.chars().take(12).collect::<String>())
 }
 
-/// For each environment: its running, awaiting-approval, rescuing and queued deployments (queued
-/// ones by position), then its last finished one. `deployments` is newest first.
-pub fn status_selection(deployments: &[pb::Deployment]) -> Vec<&pb::Deployment> {
-    let mut by_env: BTreeMap<&str, Vec<&pb::Deployment>> = BTreeMap::new();
-    for d in deployments {
-        by_env.entry(d.environment.as_str()).or_default().push(d);
-    }
-    let mut out = Vec::new();
-    for (_, deps) in by_env {
-        let mut active: Vec<&pb::Deployment> = deps
-            .iter()
-            .copied()
-            .filter(|d| d.state() != pb::DeploymentState::Finished)
-            .collect();
-        // Not queued first (in list order), then the queue by position.
-        active.sort_by_key(|d| {
-            if d.state() == pb::DeploymentState::Queued {
-                (1, d.queue_position)
-            } else {
-                (0, 0)
-            }
-        });
-        out.extend(active);
-        if let Some(last) = deps
-            .iter()
-            .find(|d| d.state() == pb::DeploymentState::Finished)
-        {
-            out.push(last);
-        }
-    }
-    out
+/// An environment's state as JSON: its name, host count, current version (null when none
+/// succeeded), unfinished deployments (`active`, the lock holder first, then the queue) and
+/// last finished deployment (null when none), deployments as [`deployment_json`].
+pub fn environment_json(e: &pb::EnvironmentStatus) -> Value {
+    json!({
+        "environment": e.name,
+        "hosts": e.host_count,
+        "current_version": (!e.current_version.is_empty()).then_some(&e.current_version),
+        "active": e.active.iter().map(deployment_json).collect::<Vec<_>>(),
+        "last_finished": e.last_finished.as_ref().map(deployment_json),
+    })
 }
 
-/// The `status` table of a selection from [`status_selection`].
-pub fn render_status<W: Write>(out: &mut W, selection: &[&pb::Deployment]) -> std::io::Result<()> {
-    if selection.is_empty() {
-        return writeln!(out, "no deployments");
+/// The `status` table: every environment with its current version, one row per unfinished
+/// deployment (the lock holder first, then the queue by position) and one for its last
+/// finished one; `no deployments` for an environment that never had one.
+pub fn render_status<W: Write>(
+    out: &mut W,
+    environments: &[pb::EnvironmentStatus],
+) -> std::io::Result<()> {
+    if environments.is_empty() {
+        return writeln!(out, "no environments this token may see");
     }
     let mut rows = vec![
         [
-            "ENV", "STATE", "ID", "KIND", "VERSION", "SINCE", "BY", "HOSTS",
+            "ENV", "CURRENT", "STATE", "ID", "KIND", "VERSION", "SINCE", "BY", "HOSTS",
         ]
         .map(String::from)
         .to_vec(),
     ];
-    for d in selection {
-        let (label, since) = match d.state() {
-            pb::DeploymentState::Finished => (
-                format!("last: {}", outcome_name(d.outcome())),
-                d.finished.as_ref(),
-            ),
-            pb::DeploymentState::Queued => (outcome_or_state(d), d.created.as_ref()),
-            s => (state_name(s), d.started.as_ref().or(d.created.as_ref())),
-        };
-        rows.push(vec![
-            d.environment.clone(),
-            label,
-            d.id.clone(),
-            kind_name(d.kind()),
-            d.version.clone(),
-            timestamp_text(since),
-            or_dash(&d.requested_by),
-            hosts_summary(&d.hosts),
-        ]);
+    for e in environments {
+        let current = or_dash(&e.current_version);
+        let deps: Vec<&pb::Deployment> = e.active.iter().chain(&e.last_finished).collect();
+        if deps.is_empty() {
+            rows.push(vec![
+                e.name.clone(),
+                current,
+                "no deployments".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("{} hosts", e.host_count),
+            ]);
+            continue;
+        }
+        for d in deps {
+            let (label, since) = match d.state() {
+                pb::DeploymentState::Finished => (
+                    format!("last: {}", outcome_name(d.outcome())),
+                    d.finished.as_ref(),
+                ),
+                pb::DeploymentState::Queued => (outcome_or_state(d), d.created.as_ref()),
+                s => (state_name(s), d.started.as_ref().or(d.created.as_ref())),
+            };
+            rows.push(vec![
+                e.name.clone(),
+                current.clone(),
+                label,
+                d.id.clone(),
+                kind_name(d.kind()),
+                d.version.clone(),
+                timestamp_text(since),
+                or_dash(&d.requested_by),
+                hosts_summary(&d.hosts),
+            ]);
+        }
     }
     write_table(out, &rows)
 }
@@ -556,26 +560,24 @@ where
     })
 }
 
-/// `rampart status`: active and last finished deployments per environment.
+/// `rampart status`: every environment the token may see (or one), with its current version,
+/// unfinished deployments and last finished one.
 pub fn status(args: StatusArgs) -> Exit {
     let json = args.controller.json;
     with_client(&args.controller, |ctl, mut c| async move {
         let resp = c
-            .list_deployments(pb::ListDeploymentsRequest {
+            .list_environments(pb::ListEnvironmentsRequest {
                 environment: args.env.clone().unwrap_or_default(),
-                states: Vec::new(),
-                limit: 20,
             })
             .await
-            .map_err(|s| ctl.error("list deployments", &s))?
+            .map_err(|s| ctl.error("list environments", &s))?
             .into_inner();
-        let sel = status_selection(&resp.deployments);
         if json {
             print_json(&Value::Array(
-                sel.iter().map(|d| deployment_json(d)).collect(),
+                resp.environments.iter().map(environment_json).collect(),
             ));
         } else {
-            let _ = render_status(&mut std::io::stdout().lock(), &sel);
+            let _ = render_status(&mut std::io::stdout().lock(), &resp.environments);
         }
         Ok(Exit::Ok)
     })
@@ -936,25 +938,48 @@ mod tests {
     }
 
     #[test]
-    fn status_shows_active_then_last_finished_per_environment() {
-        let mut q2 = dep("d-5", "production", pb::DeploymentState::Queued);
-        q2.queue_position = 2;
+    fn status_shows_every_environment_its_version_active_then_last_finished() {
         let mut q1 = dep("d-4", "production", pb::DeploymentState::Queued);
         q1.queue_position = 1;
         let running = dep("d-3", "production", pb::DeploymentState::Running);
         let mut last = dep("d-2", "production", pb::DeploymentState::Finished);
-        last.outcome = pb::DeploymentOutcome::Succeeded as i32;
-        let older = dep("d-1", "production", pb::DeploymentState::Finished);
-        let staging = dep("d-9", "staging", pb::DeploymentState::Finished);
-        let list = vec![q2, q1, running, last, older, staging];
-        let sel = status_selection(&list);
-        let ids: Vec<&str> = sel.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, ["d-3", "d-4", "d-5", "d-2", "d-9"]);
+        last.outcome = pb::DeploymentOutcome::RolledBack as i32;
+        let envs = vec![
+            pb::EnvironmentStatus {
+                name: "production".into(),
+                host_count: 5,
+                current_version: "2.4.0".into(),
+                active: vec![running, q1],
+                last_finished: Some(last),
+            },
+            pb::EnvironmentStatus {
+                name: "staging".into(),
+                host_count: 2,
+                ..Default::default()
+            },
+        ];
         let mut out = Vec::new();
-        render_status(&mut out, &sel).unwrap();
+        render_status(&mut out, &envs).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("queued #1"), "{text}");
-        assert!(text.contains("last: succeeded"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[1].starts_with("production  2.4.0    running"),
+            "{text}"
+        );
+        assert!(lines[2].contains("queued #1"), "{text}");
+        assert!(lines[3].contains("last: rolled_back"), "{text}");
+        assert!(
+            lines[4].starts_with("staging     -        no deployments"),
+            "{text}"
+        );
+        let v = environment_json(&envs[0]);
+        assert_eq!(v["current_version"], "2.4.0");
+        assert_eq!(v["active"][1]["queue_position"], 1);
+        assert_eq!(v["last_finished"]["outcome"], "rolled_back");
+        let v = environment_json(&envs[1]);
+        assert_eq!(v["current_version"], Value::Null);
+        assert_eq!(v["last_finished"], Value::Null);
     }
 
     #[test]
