@@ -36,6 +36,8 @@ pub fn agent_identity(name: &str) -> String {
 
 /// The longest identity accepted in configuration, and the longest shown in a message or log.
 pub const MAX_IDENTITY: usize = 255;
+/// At most this many trusted identities (a few controllers, a rotation).
+pub const MAX_TRUSTED: usize = 16;
 /// At most this many of a refused certificate's identities are shown.
 const SHOWN: usize = 4;
 /// Each shown identity is cut to this many characters.
@@ -120,15 +122,23 @@ impl Trusted {
         if identities.is_empty() {
             return Ok(Trusted::default());
         }
+        if identities.len() > MAX_TRUSTED {
+            return Err(format!(
+                "{} --controller-identity values (controller_identity in the config): at most \
+                 {MAX_TRUSTED} are allowed",
+                identities.len()
+            ));
+        }
         for id in &identities {
             if id.is_empty()
                 || id.len() > MAX_IDENTITY
                 || id.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(format!(
-                    "--controller-identity {:?} is not an identity: give a subject alternative \
-                     name of the controller's certificate (a URI such as {CONTROLLER_IDENTITY} or \
-                     a DNS name; at most {MAX_IDENTITY} bytes, no spaces)",
+                    "--controller-identity (controller_identity in the config) {:?} is not an \
+                     identity: give a subject alternative name of the controller's certificate \
+                     (a URI such as {CONTROLLER_IDENTITY} or a DNS name; at most {MAX_IDENTITY} \
+                     bytes, no spaces)",
                     shorten(id)
                 ));
             }
@@ -244,6 +254,12 @@ mod tests {
             assert!(e.contains("--controller-identity"), "{e}");
         }
         assert!(Trusted::new(vec!["a".repeat(MAX_IDENTITY)]).is_ok());
+        let many: Vec<String> = (0..=MAX_TRUSTED)
+            .map(|i| format!("spiffe://x/{i}"))
+            .collect();
+        assert!(Trusted::new(many[1..].to_vec()).is_ok());
+        let e = Trusted::new(many).unwrap_err();
+        assert!(e.contains("at most 16"), "{e}");
     }
 
     #[test]
