@@ -14,6 +14,11 @@
 //! ca = ["/etc/rampart/tls/ca.pem"]   # two during a CA rotation: old and new
 //! ```
 //!
+//! `controller_identity = ["spiffe://rampart/controller"]` (top level; the default) lists the
+//! client identities let in over TLS: subject alternative names a client's certificate must
+//! carry one of (see `rampart_rpc::identity`); any other client is refused with
+//! `PERMISSION_DENIED`.
+//!
 //! Relative paths are relative to the agent's working directory.
 
 use std::net::SocketAddr;
@@ -48,6 +53,9 @@ pub struct AgentConfig {
     /// Mutual TLS: this agent's certificate and key, and the CAs that sign controllers'.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Client identities let in over TLS (empty: `rampart_rpc::identity::CONTROLLER_IDENTITY`).
+    #[serde(default)]
+    pub controller_identity: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -71,6 +79,7 @@ impl Default for AgentConfig {
             journal_fsync: true,
             forensics_dir: None,
             tls: None,
+            controller_identity: Vec::new(),
         }
     }
 }
@@ -102,6 +111,9 @@ mod tests {
         let e = AgentConfig::parse("stat_dir = \"/x\"\n").unwrap_err();
         assert!(e.contains("stat_dir"), "{e}");
         assert_eq!(c.tls, None);
+        assert!(c.controller_identity.is_empty());
+        let c = AgentConfig::parse("controller_identity = [\"spiffe://x/ci\"]\n").unwrap();
+        assert_eq!(c.controller_identity, ["spiffe://x/ci"]);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! journal entries as `TransactionEvent`s. A transaction never depends on its client: the stream
 //! is one of possibly many watchers of the same in-memory entry list, which is backed by the
 //! journal; a client that reconnects calls `Watch` from the last `seq` it saw.
+//!
+//! Over mutual TLS every call passes [`authorize`] first (one interceptor around every service):
+//! the client's certificate must carry an identity the agent trusts (`--controller-identity`),
+//! else the call is `PERMISSION_DENIED` and the attempt logged (see [`rampart_rpc::identity`]).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -28,6 +32,7 @@ use crate::modules::forensics;
 use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
 use rampart_host::cas as artifacts;
 use rampart_playbook::template::Templar;
+use rampart_rpc::identity::{self, Trusted};
 
 /// Events buffered per watcher before the sender waits for the client.
 const STREAM_BUFFER: usize = 256;
@@ -790,18 +795,31 @@ pub async fn serve(
     serve_tls(listener, service, shutdown, None).await
 }
 
-/// Serves the agent on `listener` until `shutdown` completes: over TLS when `tls` is given (see
-/// [`rampart_rpc::tls::server_mutual`]; a client whose handshake fails never reaches a service), else
-/// plaintext.
+/// How the agent serves mutual TLS: the rustls configuration
+/// ([`rampart_rpc::tls::server_mutual`]: the handshake admits only client certificates a trusted
+/// CA signed for client use) and the client identities let in past it.
+#[derive(Debug, Clone)]
+pub struct TlsServing {
+    /// Certificate, key and client CAs.
+    pub config: tonic::transport::ServerTlsConfig,
+    /// The client identities (`--controller-identity`) every call must present.
+    pub trusted: Trusted,
+}
+
+/// Serves the agent on `listener` until `shutdown` completes: over TLS when `tls` is given (a
+/// client whose handshake fails never reaches a service, and every call of every service,
+/// health included, passes [`authorize`] first), else plaintext.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     service: AgentService,
     shutdown: impl std::future::Future<Output = ()> + Send,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<TlsServing>,
 ) -> Result<(), tonic::transport::Error> {
     let mut builder = tonic::transport::Server::builder();
+    let mut trusted = None;
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(tls.config)?;
+        trusted = Some(Arc::new(tls.trusted));
     }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -810,7 +828,13 @@ pub async fn serve_tls(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // One layer around the whole router: no RPC, present or future, can skip the check.
+    let check = move |req: Request<()>| match &trusted {
+        Some(t) => authorize(t, req),
+        None => Ok(req),
+    };
     builder
+        .layer(tonic::service::InterceptorLayer::new(check))
         .add_service(health_service)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
@@ -818,4 +842,32 @@ pub async fn serve_tls(
             shutdown,
         )
         .await
+}
+
+/// Lets a call in when the client's TLS certificate carries a trusted identity; else
+/// `PERMISSION_DENIED` naming the identities it presented (bounded), logged at warn with the
+/// client's address. The handshake already checked the CA and the clientAuth usage.
+pub fn authorize(trusted: &Trusted, req: Request<()>) -> Result<Request<()>, Status> {
+    let presented = match req.peer_certs() {
+        Some(chain) => match chain.first() {
+            Some(leaf) => identity::sans(leaf),
+            None => Err("no client certificate".to_string()),
+        },
+        None => Err("no client certificate".to_string()),
+    };
+    let shown = match &presented {
+        Ok(sans) if trusted.admits(sans) => return Ok(req),
+        Ok(sans) => identity::describe(sans),
+        Err(e) => e.clone(),
+    };
+    let peer = req
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    tracing::warn!(%peer, identity = %shown, "refused a client: no trusted identity");
+    Err(Status::permission_denied(format!(
+        "this agent does not let in the client identity {shown}: it accepts only certificates \
+         carrying one of its --controller-identity values (`rampart certs init` gives \
+         controller.pem {}; agent certificates are not clients)",
+        identity::CONTROLLER_IDENTITY
+    )))
 }

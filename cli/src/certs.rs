@@ -1,18 +1,23 @@
 //! `rampart certs init DIR`: a private CA, a controller certificate and agent certificates for a
-//! quick start with mutual TLS.
+//! quick start with mutual TLS, each with its role and identity (see [`rampart_rpc::identity`]).
 //!
 //! Output in DIR: `ca.pem` + `ca.key`, `controller.pem` + `controller.key`, and
-//! `agent-<name>.pem` + `agent-<name>.key` per agent. Keys are ECDSA P-256 (ring), written 0600;
-//! every leaf can serve and present itself as a client (mutual TLS both ways) and names
-//! `localhost`, `127.0.0.1` and its own name. Nothing is overwritten unless `force`: the files
-//! are made in a temp dir inside DIR and moved in only when all of them are ready.
+//! `agent-<name>.pem` + `agent-<name>.key` per agent. Keys are ECDSA P-256 (ring), written 0600.
+//! Roles: the controller's certificate serves (the CI API) and is a client (of the agents), with
+//! the identity `spiffe://rampart/controller` (URI SAN) that agents trust by default; an agent's
+//! certificate only serves, and names its host (DNS SAN `<name>`, which the controller checks
+//! against the inventory, and URI SAN `spiffe://rampart/agent/<name>`), so it cannot call
+//! another agent. Every leaf also names `localhost` and `127.0.0.1`. Nothing is overwritten
+//! unless `force`: the files are made in a temp dir inside DIR and moved in only when all of
+//! them are ready.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use rampart_rpc::identity::{CONTROLLER_IDENTITY, agent_identity};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, date_time_ymd,
+    KeyUsagePurpose, SanType, date_time_ymd,
 };
 
 /// Days a quick-start certificate is valid by default.
@@ -64,6 +69,14 @@ fn params(names: Vec<String>, common_name: &str, days: u32) -> Result<Certificat
     let (y, m, d) = date(i64::from(days));
     p.not_after = date_time_ymd(y, m, d);
     Ok(p)
+}
+
+/// A leaf certificate to make: its file stem, host name, identity (URI SAN) and usages.
+struct Leaf {
+    file: String,
+    name: String,
+    uri: String,
+    usages: Vec<ExtendedKeyUsagePurpose>,
 }
 
 /// A file to write: its name and content; keys are private.
@@ -120,23 +133,48 @@ pub fn init(opts: &InitOptions) -> Result<Vec<PathBuf>, String> {
         private: true,
     });
     let issuer = Issuer::new(ca_params, ca_key);
-    // The leaves: the controller and each agent, each usable as server and as client.
-    let leaves = std::iter::once(("controller".to_string(), "controller".to_string()))
-        .chain(agents.iter().map(|a| (format!("agent-{a}"), a.clone())));
-    for (file, name) in leaves {
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        if !names.contains(&name) {
-            names.push(name.clone());
+    // The leaves: the controller (server for the CI API, client of the agents) and each agent
+    // (server only: an agent's certificate must not open a connection to another agent).
+    let controller = Leaf {
+        file: "controller".into(),
+        name: "controller".into(),
+        uri: CONTROLLER_IDENTITY.into(),
+        usages: vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    let leaves = std::iter::once(controller).chain(agents.iter().map(|a| Leaf {
+        file: format!("agent-{a}"),
+        name: a.clone(),
+        uri: agent_identity(a),
+        usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
+    }));
+    for Leaf {
+        file,
+        name,
+        uri,
+        usages,
+    } in leaves
+    {
+        // Its own name first: the name the controller checks for an agent.
+        let mut names = vec![name.clone()];
+        for n in ["localhost", "127.0.0.1"] {
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
+            }
         }
         let mut p = params(names, &name, opts.days)?;
+        p.subject_alt_names.push(SanType::URI(
+            uri.as_str()
+                .try_into()
+                .map_err(|e| format!("identity {uri}: {e}"))?,
+        ));
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        p.extended_key_usages = usages;
         let key = KeyPair::generate().map_err(|e| format!("generating the key of {name}: {e}"))?;
         let cert = p
             .signed_by(&key, &issuer)

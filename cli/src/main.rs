@@ -247,16 +247,19 @@ enum CertsCommand {
     /// Create a private CA, a controller certificate and agent certificates in DIR.
     ///
     /// Files: ca.pem/ca.key, controller.pem/.key, agent-NAME.pem/.key (keys ECDSA P-256, 0600).
-    /// Each certificate names localhost, 127.0.0.1 and its own name, and works as server and
-    /// client. Existing files are never replaced without --force. Exit 0, or 2 with nothing
-    /// written.
+    /// Each certificate names localhost, 127.0.0.1 and its own name. controller.pem serves (the
+    /// CI API) and is the agents' client, with the identity spiffe://rampart/controller that
+    /// agents trust by default; agent-NAME.pem only serves, for host NAME: give --agent the
+    /// inventory's host names, which the controller checks. Existing files are never replaced
+    /// without --force. Exit 0, or 2 with nothing written.
     #[command(after_help = "Examples:\n  \
         rampart certs init /etc/rampart/tls --agent web-1 --agent web-2\n  \
         rampart certs init ./tls --days 30 --force")]
     Init {
         /// Where the files go (created if missing).
         dir: PathBuf,
-        /// An agent to make a certificate for (repeatable; default one named `agent`).
+        /// An agent to make a certificate for: its inventory host name (repeatable; default one
+        /// named `agent`).
         #[arg(long = "agent", value_name = "NAME")]
         agents: Vec<String>,
         /// Days the certificates are valid.

@@ -6,7 +6,9 @@
 //! up to `--reconnect-timeout`, so nothing is missed or printed twice.
 //!
 //! With TLS files (`--tls-cert/--tls-key/--tls-ca`) the CLI connects over mutual TLS: it presents
-//! its certificate and accepts only an agent whose certificate a trusted CA signed.
+//! its certificate (the controller's: the agent lets in only a client certificate carrying an
+//! identity it trusts) and accepts only an agent whose certificate a trusted CA signed for the
+//! name in `--agent`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -317,7 +319,9 @@ async fn check_accepted(
         exit: Exit::Auth,
         message: format!(
             "the agent at {} closed the TLS connection ({why}): it does not accept this client's \
-             certificate (--tls-cert must be signed by a CA the agent trusts with its --tls-ca)",
+             certificate (--tls-cert must be a client certificate, such as controller.pem from \
+             `rampart certs init`, not an agent's, signed by a CA the agent trusts with its \
+             --tls-ca)",
             agent.addr
         ),
     };
@@ -334,7 +338,16 @@ async fn check_accepted(
             };
             Err(refused(why))
         }
-        // Any answer (a transaction, NOT_FOUND, ...) means the agent accepted the connection.
+        // The handshake passed but the certificate's identity is not one the agent trusts.
+        Ok(Err(s)) if s.code() == Code::PermissionDenied => Err(CliError {
+            exit: Exit::Auth,
+            message: format!(
+                "the agent at {} refused this client: {}",
+                agent.addr,
+                s.message()
+            ),
+        }),
+        // Any other answer (a transaction, NOT_FOUND, ...) means the agent accepted the client.
         Ok(_) => Ok(()),
     }
 }

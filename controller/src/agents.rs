@@ -1,6 +1,10 @@
-//! The controller's side of the agents: one gRPC channel per agent address (mutual TLS unless
-//! `insecure_dev`), artifact delivery, and one host transaction followed to its end — started,
-//! or re-attached with `Watch` from the last event the controller stored.
+//! The controller's side of the agents: one gRPC channel per inventory host and agent address
+//! (mutual TLS unless `insecure_dev`), artifact delivery, and one host transaction followed to
+//! its end — started, or re-attached with `Watch` from the last event the controller stored.
+//!
+//! Over TLS the agent's certificate must name the inventory host (a DNS SAN, or an IP SAN for a
+//! host named by its address; see [`rampart_rpc::identity`]), whatever address the inventory
+//! gives: an address that serves another host's agent is refused, and not retried.
 //!
 //! A broken stream is retried for the environment's `unreachable_after`; past that the host is
 //! `unreachable`. Its agent's journal still finishes the transaction when the agent comes back,
@@ -26,11 +30,11 @@ pub const PARALLEL_UPLOADS: usize = 8;
 /// Size of one uploaded chunk.
 const CHUNK: usize = 64 << 10;
 
-/// Agent channels, by address.
+/// Agent channels, by inventory host and address.
 #[derive(Debug)]
 pub struct Agents {
     tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<(String, String), Channel>>,
     uploads: tokio::sync::Semaphore,
 }
 
@@ -51,14 +55,20 @@ impl Agents {
         })
     }
 
-    /// A client of the agent at `addr` (`HOST:PORT`), connecting when there is no channel yet.
-    pub async fn client(&self, addr: &str) -> Result<Client, String> {
-        if let Some(ch) = self.channels.lock().expect("agent channels").get(addr) {
+    /// A client of inventory host `host`'s agent at `addr` (`HOST:PORT`), connecting when there
+    /// is no channel yet; over TLS the agent's certificate must name `host`.
+    pub async fn client(&self, host: &str, addr: &str) -> Result<Client, String> {
+        self.connect(host, addr).await.map_err(|e| e.message)
+    }
+
+    async fn connect(&self, host: &str, addr: &str) -> Result<Client, ConnectError> {
+        let key = (host.to_string(), addr.to_string());
+        if let Some(ch) = self.channels.lock().expect("agent channels").get(&key) {
             return Ok(wrap(ch.clone()));
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| format!("bad agent address {addr:?}: {e}"))?
+            .map_err(|e| ConnectError::lasting(format!("bad agent address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             // A host that vanishes without closing its sockets is noticed within ~10 s.
@@ -66,32 +76,50 @@ impl Agents {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
+            // The name verified is the inventory's host, not the address's.
             ep = ep
-                .tls_config(tls.clone())
-                .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+                .tls_config(tls.clone().domain_name(host))
+                .map_err(|e| ConnectError::lasting(format!("TLS settings for {addr}: {e}")))?;
         }
-        let ch = ep
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the agent at {addr}: {}", error_chain(&e)))?;
+        let ch = ep.connect().await.map_err(|e| {
+            let chain = error_chain(&e);
+            if wrong_host(&chain) {
+                ConnectError::lasting(not_this_host(host, addr, &chain))
+            } else {
+                ConnectError {
+                    message: format!("cannot reach the agent at {addr}: {chain}"),
+                    lasting: false,
+                }
+            }
+        })?;
         self.channels
             .lock()
             .expect("agent channels")
-            .insert(addr.to_string(), ch.clone());
+            .insert(key, ch.clone());
         Ok(wrap(ch))
     }
 
-    /// Forgets the channel of `addr`, so the next call connects afresh.
+    /// Forgets the channels to `addr`, so the next call connects afresh.
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().expect("agent channels").remove(addr);
+        self.channels
+            .lock()
+            .expect("agent channels")
+            .retain(|(_, a), _| a != addr);
     }
 
-    /// A client, retried (1 s apart) until `within` has passed.
-    pub async fn client_within(&self, addr: &str, within: Duration) -> Result<Client, String> {
+    /// A client, retried (1 s apart) until `within` has passed; an agent that is not `host` is
+    /// not retried.
+    pub async fn client_within(
+        &self,
+        host: &str,
+        addr: &str,
+        within: Duration,
+    ) -> Result<Client, String> {
         let attempt = || async {
-            match self.client(addr).await {
+            match self.connect(host, addr).await {
                 Ok(c) => Attempt::Done(c),
-                Err(e) => Attempt::<_, String>::Again(e),
+                Err(e) if e.lasting => Attempt::Stop(e.message),
+                Err(e) => Attempt::<_, String>::Again(e.message),
             }
         };
         match retry::until(
@@ -106,6 +134,52 @@ impl Agents {
             Err(GaveUp::Stopped(last) | GaveUp::TimedOut(last)) => Err(last),
         }
     }
+}
+
+/// Why a connection to an agent failed, and whether trying again can help.
+#[derive(Debug)]
+struct ConnectError {
+    message: String,
+    lasting: bool,
+}
+
+impl ConnectError {
+    fn lasting(message: String) -> Self {
+        ConnectError {
+            message,
+            lasting: true,
+        }
+    }
+}
+
+/// What a failed call to `host`'s agent at `addr` tells the operator: the status's message, or,
+/// when a reconnection refused the agent's certificate for not naming `host`, what to do.
+pub fn call_error(host: &str, addr: &str, s: &tonic::Status) -> String {
+    let text = match std::error::Error::source(s) {
+        Some(source) => format!("{}: {}", s.message(), error_chain(source)),
+        None => s.message().to_string(),
+    };
+    if wrong_host(&text) {
+        not_this_host(host, addr, &text)
+    } else {
+        s.message().to_string()
+    }
+}
+
+/// The refusal of an agent whose certificate does not name inventory host `host`.
+fn not_this_host(host: &str, addr: &str, detail: &str) -> String {
+    format!(
+        "the agent at {addr} is not host {host}: its certificate does not name {host} \
+         ({detail}); point {host}'s rampart_agent/ansible_host in the inventory at {host}'s \
+         agent, or give that agent a certificate for {host} (`rampart certs init DIR --agent \
+         {host}`)"
+    )
+}
+
+/// Whether a connect error is rustls refusing the certificate for the name asked for (rustls's
+/// `CertificateError::NotValidForName*` display: "certificate not valid for name ...").
+fn wrong_host(chain: &str) -> bool {
+    chain.contains("not valid for name")
 }
 
 fn wrap(ch: Channel) -> Client {
@@ -204,11 +278,13 @@ pub enum Start {
     Watch(u64),
 }
 
-/// Runs or re-attaches to transaction `txid` on `addr` and follows it to its end, passing every
-/// event with `seq >= from` to `events`. Bounded by `deadline` overall and by `unreachable_after`
-/// for each loss of the agent.
+/// Runs or re-attaches to transaction `txid` on `host`'s agent at `addr` and follows it to its
+/// end, passing every event with `seq >= from` to `events`. Bounded by `deadline` overall and by
+/// `unreachable_after` for each loss of the agent.
+#[allow(clippy::too_many_arguments)]
 pub async fn follow(
     agents: &Agents,
+    host: &str,
     addr: &str,
     txid: &str,
     start: Start,
@@ -227,7 +303,7 @@ pub async fn follow(
         if Instant::now() >= deadline {
             return TxEnd::Unreachable(format!("transaction {txid} on {addr} missed its deadline"));
         }
-        let mut client = match agents.client_within(addr, unreachable_after).await {
+        let mut client = match agents.client_within(host, addr, unreachable_after).await {
             Ok(c) => c,
             Err(e) => {
                 agents.forget(addr);
@@ -245,6 +321,7 @@ pub async fn follow(
                     // The agent may or may not have journaled it: `Watch` tells.
                     lost(
                         agents,
+                        host,
                         addr,
                         txid,
                         next_seq,
@@ -269,7 +346,7 @@ pub async fn follow(
             }
             Err(s) => {
                 agents.forget(addr);
-                match wait_reachable(agents, addr, txid, unreachable_after).await {
+                match wait_reachable(agents, host, addr, txid, unreachable_after).await {
                     Ok(()) => continue,
                     Err(()) => {
                         return TxEnd::Unreachable(format!(
@@ -304,7 +381,7 @@ pub async fn follow(
                 }
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     agents.forget(addr);
-                    match wait_reachable(agents, addr, txid, unreachable_after).await {
+                    match wait_reachable(agents, host, addr, txid, unreachable_after).await {
                         Ok(()) => break,
                         Err(()) => {
                             return TxEnd::Unreachable(format!(
@@ -334,8 +411,10 @@ async fn watch(
 }
 
 /// After `Run` failed in transport: finds out whether the agent journaled it.
+#[allow(clippy::too_many_arguments)]
 async fn lost(
     agents: &Agents,
+    host: &str,
     addr: &str,
     txid: &str,
     from_seq: u64,
@@ -345,7 +424,7 @@ async fn lost(
 ) -> Result<tonic::Streaming<pb::TransactionEvent>, tonic::Status> {
     agents.forget(addr);
     let attempt = || async {
-        let Ok(mut c) = agents.client(addr).await else {
+        let Ok(mut c) = agents.client(host, addr).await else {
             return Attempt::Again(String::new());
         };
         match watch(&mut c, txid, from_seq).await {
@@ -378,12 +457,13 @@ async fn lost(
 /// Waits until the agent answers `GetTransaction(txid)` again, for at most `within`.
 async fn wait_reachable(
     agents: &Agents,
+    host: &str,
     addr: &str,
     txid: &str,
     within: Duration,
 ) -> Result<(), ()> {
     let attempt = || async {
-        if let Ok(mut c) = agents.client(addr).await
+        if let Ok(mut c) = agents.client(host, addr).await
             && c.get_transaction(pb::GetTransactionRequest {
                 txid: txid.to_string(),
             })

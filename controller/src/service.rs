@@ -905,7 +905,7 @@ impl ControllerApi for Service {
         let mut client = self
             .ctl
             .agents
-            .client(&addr)
+            .client(&h.host, &addr)
             .await
             .map_err(Status::unavailable)?;
         let stream = client

@@ -1,6 +1,8 @@
 //! `rampart certs init` checked with OpenSSL itself: the CA signs every certificate, each names
-//! 127.0.0.1 and works for servers and clients, keys are private, and a second run without
-//! `--force` changes nothing.
+//! 127.0.0.1, keys are private, and a second run without `--force` changes nothing. Roles: the
+//! controller's certificate serves and is a client, with the identity
+//! `spiffe://rampart/controller`; an agent's only serves (OpenSSL refuses it for client use) and
+//! names its host.
 
 use std::process::Command;
 
@@ -36,17 +38,42 @@ fn certs_init_makes_a_ca_and_certificates_openssl_verifies() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     for name in ["controller", "agent-web-1", "agent-web-2"] {
         let pem = format!("{name}.pem");
-        // Signed by the CA, for both purposes mutual TLS needs.
-        for purpose in ["sslserver", "sslclient"] {
-            let out = openssl(
-                &["verify", "-CAfile", "ca.pem", "-purpose", purpose, &pem],
-                &tls,
-            );
-            assert!(out.contains(": OK"), "{name} {purpose}: {out}");
-        }
+        let agent = name.strip_prefix("agent-");
+        // Signed by the CA for serving; for client use only the controller's.
+        let out = openssl(
+            &["verify", "-CAfile", "ca.pem", "-purpose", "sslserver", &pem],
+            &tls,
+        );
+        assert!(out.contains(": OK"), "{name} sslserver: {out}");
+        let client = Command::new("openssl")
+            .args(["verify", "-CAfile", "ca.pem", "-purpose", "sslclient", &pem])
+            .current_dir(&tls)
+            .output()
+            .unwrap();
+        assert_eq!(
+            client.status.success(),
+            agent.is_none(),
+            "{name} for client use: {}",
+            String::from_utf8_lossy(&client.stdout)
+        );
         let text = openssl(&["x509", "-in", &pem, "-noout", "-text"], &tls);
         assert!(text.contains("IP Address:127.0.0.1"), "{text}");
         assert!(text.contains("DNS:localhost"), "{text}");
+        assert!(text.contains("TLS Web Server Authentication"), "{text}");
+        match agent {
+            None => {
+                assert!(text.contains("URI:spiffe://rampart/controller"), "{text}");
+                assert!(text.contains("TLS Web Client Authentication"), "{text}");
+            }
+            Some(host) => {
+                assert!(text.contains(&format!("DNS:{host}")), "{text}");
+                assert!(
+                    text.contains(&format!("URI:spiffe://rampart/agent/{host}")),
+                    "{text}"
+                );
+                assert!(!text.contains("TLS Web Client Authentication"), "{text}");
+            }
+        }
         // The key matches the certificate.
         let cert_key = openssl(&["x509", "-in", &pem, "-noout", "-pubkey"], &tls);
         let key = openssl(&["pkey", "-in", &format!("{name}.key"), "-pubout"], &tls);

@@ -34,7 +34,7 @@ fn staged(v: &Value, host: &str) -> bool {
             .is_some_and(|n| n.starts_with("stage"))
 }
 
-fn finished(lines: &[Value]) -> Value {
+pub(crate) fn finished(lines: &[Value]) -> Value {
     lines
         .iter()
         .rev()

@@ -28,6 +28,7 @@ mod deploy_database;
 mod forensics;
 mod grpc_contract;
 mod health;
+mod identity;
 mod migrate_restore;
 mod migrations;
 mod mtls;

@@ -138,7 +138,7 @@ impl Setup {
 }
 
 /// Runs `program` to completion, killing it at [`PROCESS_DEADLINE`] (then panics).
-fn run_bounded(program: &Path, args: &[&str]) -> CliRun {
+pub(crate) fn run_bounded(program: &Path, args: &[&str]) -> CliRun {
     let mut child = Command::new(program)
         .args(args)
         .env("RUST_LOG", "error")

@@ -107,17 +107,38 @@ impl AgentProc {
         Self::launch(state_dir, listen, tls_args)
     }
 
+    /// As [`AgentProc::start_tls`], logging warnings and errors to the file `log`.
+    pub fn start_tls_logging(state_dir: &Path, tls_args: &[&str], log: &Path) -> AgentProc {
+        Self::launch_logging(state_dir, "127.0.0.1:0", tls_args, Some(log))
+    }
+
     fn launch(state_dir: &Path, listen: &str, args: &[&str]) -> AgentProc {
+        Self::launch_logging(state_dir, listen, args, None)
+    }
+
+    fn launch_logging(
+        state_dir: &Path,
+        listen: &str,
+        args: &[&str],
+        log: Option<&Path>,
+    ) -> AgentProc {
+        let (level, stderr) = match log {
+            Some(p) => (
+                "warn",
+                Stdio::from(std::fs::File::create(p).expect("agent log")),
+            ),
+            None => ("error", Stdio::inherit()),
+        };
         let mut child = Command::new(bin("rampart-agent"))
             .arg("--listen")
             .arg(listen)
             .arg("--state-dir")
             .arg(state_dir)
             .args(args)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn rampart-agent");
         let addr = wait_listening(&mut child, "rampart-agent", AGENT_START_TIMEOUT);

@@ -6,8 +6,9 @@
 //! set. Without `NOTIFY_SOCKET` (not started by systemd) the notifications are no-ops.
 //!
 //! It serves mutual TLS (`--tls-cert/--tls-key/--tls-ca` or `[tls]` in the config: only clients
-//! with a certificate signed by a trusted CA get in), or plaintext with `--insecure-dev`; it
-//! refuses to start with neither, and with both.
+//! with a certificate signed by a trusted CA, for client use, carrying a trusted identity
+//! (`--controller-identity`) get in), or plaintext with `--insecure-dev`; it refuses to start
+//! with neither, and with both.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,13 +20,15 @@ use rampart_agent::journal::Durability;
 use rampart_agent::server::{self, AgentService};
 use rampart_agent::transaction::{self, HostConfig};
 use rampart_playbook::template::Templar;
+use rampart_rpc::identity::Trusted;
 use rampart_rpc::tls::{self, TlsFiles};
 
 /// Rampart's host agent: runs playbooks as crash-safe transactions for the controller.
 ///
 /// On start it first finishes any transaction a crash interrupted (rescue + always, as the
-/// journal demands), then serves gRPC over mutual TLS: clients must present a certificate signed
-/// by a --tls-ca. Plaintext gRPC needs --insecure-dev (development only); one of the two is
+/// journal demands), then serves gRPC over mutual TLS: clients must present a client certificate
+/// signed by a --tls-ca that carries a --controller-identity (others get PERMISSION_DENIED,
+/// logged as a warning). Plaintext gRPC needs --insecure-dev (development only); one of the two is
 /// required. Exit 2 on a configuration error (bad or missing TLS files included).
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +64,11 @@ struct Args {
     /// old and the new CA during a rotation.
     #[arg(long, value_name = "FILE")]
     tls_ca: Vec<PathBuf>,
+    /// A client identity let in over TLS: a subject alternative name (URI or DNS) the client's
+    /// certificate must carry; repeatable [default: spiffe://rampart/controller, the identity
+    /// `rampart certs init` gives controller.pem]. Overrides controller_identity in the config.
+    #[arg(long, value_name = "ID")]
+    controller_identity: Vec<String>,
     /// Directory of forensics bundles served by ListForensics/GetForensics
     /// (default /var/backups/deployment-forensics).
     #[arg(long)]
@@ -109,6 +117,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     {
         cfg.tls = Some(files);
     }
+    if !args.controller_identity.is_empty() {
+        cfg.controller_identity = args.controller_identity;
+    }
+    let trusted = Trusted::new(cfg.controller_identity.clone()).map_err(anyhow::Error::msg)?;
     // Loaded before recovery: bad TLS files stop the agent before it touches anything.
     let tls = match (&cfg.tls, cfg.insecure_dev) {
         (Some(_), true) => anyhow::bail!(
@@ -120,9 +132,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             tracing::info!(
                 cert = %files.cert.display(),
                 ca = ?files.ca,
-                "serving mutual TLS: clients need a certificate signed by a trusted CA"
+                controller_identity = ?trusted.identities(),
+                "serving mutual TLS: clients need a certificate signed by a trusted CA that \
+                 carries a trusted identity"
             );
-            Some(config)
+            Some(server::TlsServing { config, trusted })
         }
         (None, true) => {
             tracing::warn!(

@@ -136,7 +136,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
                     state: HostState::RolledBack,
                     outcome: pb::Outcome::RolledBack,
                     message: "came back and its own journal rolled it back".into(),
-                    forensics_id: forensics(agents, &job.addr, deploy_txid).await,
+                    forensics_id: forensics(agents, &job.host, &job.addr, deploy_txid).await,
                     to_version: job.from_version.clone(),
                     untouched: false,
                 };
@@ -158,7 +158,10 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
             );
         }
     }
-    let mut client = match agents.client_within(&job.addr, job.unreachable_after).await {
+    let mut client = match agents
+        .client_within(&job.host, &job.addr, job.unreachable_after)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             let state = if job.rescue {
@@ -195,7 +198,11 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
                 agents.forget(&job.addr);
                 return fail(
                     state,
-                    format!("state capture on {}: {}", job.addr, s.message()),
+                    format!(
+                        "state capture on {}: {}",
+                        job.addr,
+                        agents::call_error(&job.host, &job.addr, &s)
+                    ),
                     true,
                 );
             }
@@ -252,7 +259,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
     match end {
         TxEnd::Finished(o) => {
             let forensics_id = if fid(o) {
-                forensics(agents, &job.addr, &job.txid).await
+                forensics(agents, &job.host, &job.addr, &job.txid).await
             } else {
                 String::new()
             };
@@ -308,8 +315,8 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
     }
 }
 
-async fn forensics(agents: &Agents, addr: &str, txid: &str) -> String {
-    match agents.client(addr).await {
+async fn forensics(agents: &Agents, host: &str, addr: &str, txid: &str) -> String {
+    match agents.client(host, addr).await {
         Ok(mut c) => agents::forensics_of(&mut c, txid).await.unwrap_or_default(),
         Err(_) => String::new(),
     }
@@ -330,6 +337,7 @@ async fn follow_forwarding(
     let (etx, mut erx) = mpsc::channel::<pb::TransactionEvent>(256);
     let fut = agents::follow(
         agents,
+        &job.host,
         &job.addr,
         txid,
         start,

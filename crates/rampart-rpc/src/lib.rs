@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`tls`]: PEM files into mutual-TLS configs (agent, controller and CLI alike);
+//! - [`identity`]: the roles certificates carry (SAN identities) and who an agent trusts;
 //! - [`logging`]: the servers' log setup;
 //! - [`ids`]: transaction and deployment ids;
 //! - [`retry`]: the one bounded loop that re-attaches and reconnects;
@@ -12,6 +13,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod identity;
 pub mod ids;
 pub mod logging;
 pub mod retry;

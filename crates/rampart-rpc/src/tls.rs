@@ -310,7 +310,7 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
 }
 
 /// Standard base64 with optional `=` padding; `None` for any other character.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let text = text.trim_end_matches('=');
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let mut acc = 0u32;
