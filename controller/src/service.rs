@@ -430,13 +430,13 @@ impl ControllerApi for Service {
                 "a rollback needs a reason (rampart rollback --reason TEXT): it goes into history",
             ));
         }
+        let e = r.environment.clone();
+        let done = self
+            .ctl
+            .db(move |s| s.list_deployments(Some(&e), &[DS::Finished], 0))
+            .await
+            .map_err(store_status)?;
         let to = if r.to_version.is_empty() {
-            let e = r.environment.clone();
-            let done = self
-                .ctl
-                .db(move |s| s.list_deployments(Some(&e), &[DS::Finished], 0))
-                .await
-                .map_err(store_status)?;
             let good: Vec<&pb::Deployment> = done
                 .iter()
                 .filter(|d| d.outcome() == pb::DeploymentOutcome::Succeeded)
@@ -460,6 +460,15 @@ impl ControllerApi for Service {
             r.to_version.clone()
         };
         Self::check_version(&to)?;
+        // The artifacts `to` was last deployed from (still in this controller's store): a host
+        // whose release of it was pruned gets it delivered and staged again.
+        let artifacts = done
+            .iter()
+            .find(|d| {
+                d.kind() == pb::DeploymentKind::Deploy && d.version == to && !d.artifacts.is_empty()
+            })
+            .map(|d| d.artifacts.clone())
+            .unwrap_or_default();
         let wait = if r.wait_timeout_ms == 0 {
             env.wait_timeout.as_millis() as u64
         } else {
@@ -468,6 +477,7 @@ impl ControllerApi for Service {
         let d = pb::Deployment {
             id: Self::deployment_id(&r.deployment_id)?,
             kind: pb::DeploymentKind::Rollback as i32,
+            artifacts,
             environment: r.environment,
             version: to,
             state: DS::Queued as i32,

@@ -77,7 +77,15 @@ pub(crate) fn configuration(
     args: &Map<String, Value>,
     ctx: &ModuleCtx<'_>,
 ) -> Result<config::Config, String> {
-    let base = ctx.base_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    configuration_in(args, ctx.base_dir.as_deref())
+}
+
+/// [`configuration`] with relative paths resolved against `base_dir` (`.` when `None`).
+pub(crate) fn configuration_in(
+    args: &Map<String, Value>,
+    base_dir: Option<&std::path::Path>,
+) -> Result<config::Config, String> {
+    let base = base_dir.map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
     let mut cli = Vec::new();
     for (arg, key) in [
         ("url", "url"),

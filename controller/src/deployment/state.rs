@@ -185,6 +185,9 @@ impl Phase {
             // does it today; it is a defect of the runner, not of this machine.
             (P::Running, E::Finish(O::Aborted)) => Ok(P::Finished(O::Aborted)),
             (P::Rescuing, E::Finish(o @ (O::RolledBack | O::RollbackFailed))) => Ok(P::Finished(o)),
+            // A rollback (kind) whose fleet rescue put every host back where it was: it did not
+            // reach its target, so it failed.
+            (P::Rescuing, E::Finish(O::Failed)) => Ok(P::Finished(O::Failed)),
             (from, event) => Err(IllegalTransition::Phase { from, event }),
         }
     }
@@ -364,6 +367,7 @@ mod tests {
             (P::Running, O::Aborted),
             (P::Rescuing, O::RolledBack),
             (P::Rescuing, O::RollbackFailed),
+            (P::Rescuing, O::Failed),
         ];
         v.extend(
             finishes
