@@ -460,6 +460,16 @@ impl ControllerApi for Service {
             r.to_version.clone()
         };
         Self::check_version(&to)?;
+        let database = match r.database.as_str() {
+            "" | "none" => "none",
+            "undo" => "undo",
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "database must be undo or none, not {:?}",
+                    other.chars().take(64).collect::<String>()
+                )));
+            }
+        };
         // The artifacts `to` was last deployed from (still in this controller's store): a host
         // whose release of it was pruned gets it delivered and staged again.
         let artifacts = done
@@ -478,6 +488,7 @@ impl ControllerApi for Service {
             id: Self::deployment_id(&r.deployment_id)?,
             kind: pb::DeploymentKind::Rollback as i32,
             artifacts,
+            vars_json: serde_json::json!({ "rollback_database": database }).to_string(),
             environment: r.environment,
             version: to,
             state: DS::Queued as i32,

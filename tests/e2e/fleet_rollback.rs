@@ -312,3 +312,92 @@ fn the_fleet_rescue_rolls_each_component_back_to_its_own_version() {
     }
     assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 2]);
 }
+
+/// The `msg` of the finished `debug` task that reports the database after a rollback.
+fn database_note(r: &rampart_tests::CliRun) -> String {
+    r.json()
+        .iter()
+        .filter(|v| v["type"] == "host_event" && v["event"]["type"] == "task_finished")
+        .filter_map(|v| v["event"]["msg"].as_str())
+        .find(|m| m.starts_with("database: "))
+        .unwrap_or_else(|| panic!("no database note in {}", r.stdout))
+        .to_string()
+}
+
+#[test]
+fn rollback_database_none_names_the_schema_and_undo_runs_the_u_scripts() {
+    use rampart_tests::pg::{PASSWORD, Pg};
+    let pg = Pg::start();
+    pg.create_db("shop");
+    let url = pg.url("shop");
+    let fleet = Fleet::start(1, "", |_, vars| {
+        vars["database"] = json!({
+            "url": url,
+            "user": "postgres",
+            "password": PASSWORD,
+            "restore_point": "dump",
+        });
+    });
+    let schema = || {
+        pg.psql(
+            "shop",
+            "SELECT string_agg(version || ':' || type, ',' ORDER BY installed_rank) FROM flyway_schema_history",
+        )
+    };
+    for v in ["1.0.0", "2.0.0"] {
+        let r = fleet.deploy(v, &[]);
+        assert_eq!(r.code, 0, "deploy {v}: {}\n{}", r.stdout, r.stderr);
+    }
+    assert_eq!(schema(), "1:SQL,2:SQL");
+
+    // The default leaves the schema and says so.
+    let r = rollback(&fleet, "1.0.0");
+    assert_eq!(r.code, 0, "rollback: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        database_note(&r),
+        "database: 1.0.0 runs on schema version 2 (left as it was: rollback_database none)"
+    );
+    assert_eq!(schema(), "1:SQL,2:SQL");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
+
+    // Forward again, then back with --database undo: U2 runs, the schema is 1's.
+    let r = fleet.deploy("2.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 2.0.0 again: {}\n{}", r.stdout, r.stderr);
+    let r = fleet.cli(&[
+        "rollback",
+        "--env",
+        "prod",
+        "--to",
+        "1.0.0",
+        "--database",
+        "undo",
+        "--reason",
+        "V2 breaks reports",
+        "--json",
+    ]);
+    assert_eq!(
+        r.code, 0,
+        "rollback --database undo: {}\n{}",
+        r.stdout, r.stderr
+    );
+    assert_eq!(
+        database_note(&r),
+        "database: 1.0.0 runs on schema version 1 (undone from 2 by this rollback)"
+    );
+    assert_eq!(schema(), "1:SQL,2:SQL,2:UNDO_SQL");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string())]);
+
+    // Anything else is refused before anything is stored.
+    let r = fleet.cli(&[
+        "rollback",
+        "--env",
+        "prod",
+        "--to",
+        "1.0.0",
+        "--database",
+        "drop",
+        "--reason",
+        "x",
+    ]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+}

@@ -734,6 +734,10 @@ impl Runner {
             "rollback_versions".into(),
             captured_versions(&h.state_capture_json),
         );
+        // Back to what ran: the database is never undone by a fleet rescue.
+        // NOT DONE: a rescued rollback that ran `--database undo` on a host leaves the schema
+        // undone there; only that host's own rescue migrates it up again.
+        vars.insert("rollback_database".into(), json!("none"));
         if self.d.kind() == pb::DeploymentKind::Deploy {
             // The version this deployment brought is a failed one on every rescued host.
             vars.insert("left_version".into(), json!(self.d.version));
