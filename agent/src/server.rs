@@ -36,6 +36,8 @@ use rampart_rpc::identity::{self, Trusted};
 
 /// Events buffered per watcher before the sender waits for the client.
 const STREAM_BUFFER: usize = 256;
+/// Components (and services) one `CaptureState` may name.
+const CAPTURE_MAX_NAMES: usize = 256;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TransactionEvent, Status>> + Send>>;
 
@@ -309,10 +311,39 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::CaptureStateRequest>,
     ) -> Result<Response<pb::CaptureStateResponse>, Status> {
-        let components = request.into_inner().components;
+        use crate::modules::capture_state::{CaptureRequest, capture};
+        let r = request.into_inner();
+        let too_long =
+            |v: &[String]| v.len() > CAPTURE_MAX_NAMES || v.iter().any(|n| n.len() > 256);
+        if too_long(&r.components) || too_long(&r.services) {
+            return Err(Status::invalid_argument(format!(
+                "a state capture names at most {CAPTURE_MAX_NAMES} components and {CAPTURE_MAX_NAMES} services of at most 256 bytes each"
+            )));
+        }
+        let database = match r.database_json.trim() {
+            "" => None,
+            text => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(m)) => Some(m),
+                Ok(Value::Null) => None,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "database_json must be a JSON object (the deploy's `database` variable) or empty",
+                    ));
+                }
+            },
+        };
         let state_dir = self.host.state_dir.clone();
         let state = tokio::task::spawn_blocking(move || {
-            crate::modules::capture_state::capture(&state_dir, &components, &[], "")
+            capture(
+                &state_dir,
+                &CaptureRequest {
+                    components: &r.components,
+                    services: &r.services,
+                    database: database.as_ref(),
+                    base_dir: None,
+                    txid: "",
+                },
+            )
         })
         .await
         .map_err(|e| Status::internal(format!("state capture failed: {e}")))?;

@@ -140,16 +140,22 @@ enum Command {
     ///
     /// Queued like any deployment, run in waves, and followed until it finishes, with the same
     /// output as `rampart deploy`. Without --to, the environment returns to the last version it
-    /// ran successfully before its current one. --reason is recorded in history.
+    /// ran successfully before its current one. --reason is recorded in history. A host that no
+    /// longer has the target release gets its artifact from the controller and stages it again.
+    /// --database none (default) leaves the schema as it is and says which schema version the
+    /// target now runs on; --database undo undoes the left release's migrations down to the
+    /// target's (the environment's `database` variable says where).
     ///
-    /// Exit codes: 0 rolled back and healthy, 1 failed and rolled back to where it was, failed
+    /// Exit codes: 0 rolled back and healthy, 1 did not reach the target (every host back where it
+    /// was, or nothing changed), failed
     /// without changing anything, or aborted, 2 usage or configuration error or the controller
     /// cannot be reached, 3 token refused, 4 rollback failed (CRITICAL), 5 deployment lock not
     /// acquired within --wait-timeout.
     #[command(after_help = "Examples:\n  \
         rampart rollback --env production --reason 'error rate up after 2.4.1' \\\n      \
         --controller https://deploy.internal:7430 --ca ca.pem --token-file /run/secrets/rampart-token\n  \
-        rampart rollback --env production --to 2.3.0 --reason 'INC-1234' --json")]
+        rampart rollback --env production --to 2.3.0 --reason 'INC-1234' --json
+          rampart rollback --env production --to 2.3.0 --database undo --reason 'V24 breaks reports'")]
     Rollback(rampart_cli::commands::deploy::RollbackArgs),
     /// Follow a deployment's events (replaying those already stored) until it finishes.
     ///

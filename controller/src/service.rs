@@ -550,13 +550,13 @@ impl ControllerApi for Service {
                 "a rollback needs a reason (rampart rollback --reason TEXT): it goes into history",
             ));
         }
+        let e = r.environment.clone();
+        let done = self
+            .ctl
+            .db(move |s| s.list_deployments(Some(&e), &[DS::Finished], 0))
+            .await
+            .map_err(store_status)?;
         let to = if r.to_version.is_empty() {
-            let e = r.environment.clone();
-            let done = self
-                .ctl
-                .db(move |s| s.list_deployments(Some(&e), &[DS::Finished], 0))
-                .await
-                .map_err(store_status)?;
             let good: Vec<&pb::Deployment> = done
                 .iter()
                 .filter(|d| d.outcome() == pb::DeploymentOutcome::Succeeded)
@@ -580,6 +580,25 @@ impl ControllerApi for Service {
             r.to_version.clone()
         };
         edge::version("to_version", &to)?;
+        let database = match r.database.as_str() {
+            "" | "none" => "none",
+            "undo" => "undo",
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "database must be undo or none, not {}",
+                    edge::echo(other)
+                )));
+            }
+        };
+        // The artifacts `to` was last deployed from (still in this controller's store): a host
+        // whose release of it was pruned gets it delivered and staged again.
+        let artifacts = done
+            .iter()
+            .find(|d| {
+                d.kind() == pb::DeploymentKind::Deploy && d.version == to && !d.artifacts.is_empty()
+            })
+            .map(|d| d.artifacts.clone())
+            .unwrap_or_default();
         let wait = if r.wait_timeout_ms == 0 {
             env.wait_timeout.as_millis() as u64
         } else {
@@ -588,6 +607,8 @@ impl ControllerApi for Service {
         let d = pb::Deployment {
             id,
             kind: pb::DeploymentKind::Rollback as i32,
+            artifacts,
+            vars_json: serde_json::json!({ "rollback_database": database }).to_string(),
             environment: r.environment,
             version: to,
             state: DS::Queued as i32,

@@ -124,3 +124,86 @@ fn broken_v3_rolls_back_its_migration_with_undo_scripts() {
 fn broken_v3_rolls_back_its_migration_with_a_template_copy() {
     deploy_v1_v2_then_v3_rolls_back_the_database("template");
 }
+
+/// The agent's `CaptureState` (what the controller captures before a deploy) is the playbook's
+/// capture: the components' versions, the services and the database's schema version.
+#[test]
+fn capture_state_rpc_records_services_and_the_database_as_the_playbook_does() {
+    use rampart_proto::v1 as pb;
+    use rampart_proto::v1::agent_client::AgentClient;
+    use rampart_tests::{AgentProc, block_on};
+
+    let pg = Pg::start();
+    pg.create_db("shop");
+    let sc = Scenario::new();
+    for version in ["1.0.0", "2.0.0"] {
+        let run = sc.run(&deploy_playbook(), &vars(&sc, &pg, version, "dump"), &[]);
+        assert_eq!(
+            run.code, 0,
+            "deploy {version}\n{}\n{}",
+            run.stdout, run.stderr
+        );
+    }
+    // The playbook's last capture ("record the deployed state" has no services; the first
+    // capture of the 2.0.0 deploy has them).
+    let mut files: Vec<_> = std::fs::read_dir(sc.path().join("captures"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let playbook: Vec<Value> = files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect();
+    let before_v2 = playbook
+        .iter()
+        .rev()
+        .find(|c| c["versions"]["app"] == "1.0.0" && c["services"]["sample-app"].is_string())
+        .unwrap_or_else(|| panic!("no capture before 2.0.0 in {playbook:#?}"));
+    assert_eq!(before_v2["versions"]["database"], "1", "{before_v2:#}");
+
+    let agent = AgentProc::start(&sc.state);
+    let database = vars(&sc, &pg, "2.0.0", "dump")["database"].clone();
+    let captured: Value = block_on(async {
+        let mut c = AgentClient::connect(format!("http://{}", agent.addr))
+            .await
+            .expect("connect");
+        let state_json = c
+            .capture_state(pb::CaptureStateRequest {
+                components: vec!["app".into()],
+                services: vec!["sample-app".into()],
+                database_json: database.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state_json;
+        // A database that is not a JSON object is refused at the edge.
+        let err = c
+            .capture_state(pb::CaptureStateRequest {
+                database_json: "[1]".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        serde_json::from_str(&state_json).unwrap()
+    });
+    assert_eq!(captured["versions"]["app"], "2.0.0", "{captured:#}");
+    assert_eq!(captured["versions"]["database"], "2", "{captured:#}");
+    assert_eq!(
+        captured["services"]["sample-app"], before_v2["services"]["sample-app"],
+        "{captured:#}"
+    );
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&captured),
+        keys(before_v2),
+        "the two captures differ in shape"
+    );
+}

@@ -25,6 +25,7 @@ mod controller_store;
 mod crash;
 mod crash_deploy;
 mod deploy_database;
+mod fleet_rollback;
 mod forensics;
 mod grpc_contract;
 mod health;

@@ -134,7 +134,7 @@ fn deploy_v1_v2_then_broken_v3_is_rolled_back() {
                 .all(|r| r.artifact_sha256.len() == 64 && r.staged.is_some())
         );
         let state_json = c
-            .capture_state(pb::CaptureStateRequest { components: vec![] })
+            .capture_state(pb::CaptureStateRequest::default())
             .await
             .unwrap()
             .into_inner()

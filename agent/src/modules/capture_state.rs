@@ -37,9 +37,44 @@ pub static CAPTURE_STATE: ModuleSpec = ModuleSpec {
     run: run_capture,
 };
 
-/// The state document for `components` (every component under `apps/` when empty) and
-/// `services`, as this module records it; also served by the agent's `CaptureState`.
-pub fn capture(state_dir: &Path, components: &[String], services: &[String], txid: &str) -> Value {
+/// What one capture looks at: the same for the module and the agent's `CaptureState`.
+#[derive(Debug, Default, Clone)]
+pub struct CaptureRequest<'a> {
+    /// Components whose versions to record; empty: every component under `apps/`.
+    pub components: &'a [String],
+    /// systemd units whose ActiveState to record.
+    pub services: &'a [String],
+    /// The deploy's `database` {url, user, password, schemas, table, ...}: its Flyway schema
+    /// version goes into `versions.database`.
+    pub database: Option<&'a Map<String, Value>>,
+    /// Where relative paths of `database` (config files, locations) are resolved.
+    pub base_dir: Option<&'a Path>,
+    /// The transaction capturing, recorded in the document.
+    pub txid: &'a str,
+}
+
+/// The state document, as this module records it and the agent's `CaptureState` serves it (one
+/// function for both, so the controller's capture before a deploy is the playbook's).
+pub fn capture(state_dir: &Path, req: &CaptureRequest<'_>) -> Value {
+    let mut state = capture_host(state_dir, req.components, req.services, req.txid);
+    // The database's Flyway schema version, when the deploy has a database: recorded, never
+    // fatal (an unreachable database is the migrate step's failure to report).
+    if let Some(database) = req.database {
+        let version = super::migrate::configuration_in(database, req.base_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                rampart_migrate::run::schema_version(&config).map_err(|e| e.to_string())
+            });
+        match version {
+            Ok(v) => state["versions"]["database"] = json!(v),
+            Err(e) => state["database_error"] = json!(e),
+        }
+    }
+    state
+}
+
+/// The document without the database.
+fn capture_host(state_dir: &Path, components: &[String], services: &[String], txid: &str) -> Value {
     let apps = state_dir.join("apps");
     let mut components = components.to_vec();
     if components.is_empty() {
@@ -75,25 +110,21 @@ pub fn capture(state_dir: &Path, components: &[String], services: &[String], txi
 
 fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     let now = chrono::Utc::now();
-    let mut state = capture(
+    let components = super::arg_strings(args.get("components"));
+    let services = super::arg_strings(args.get("services"));
+    let state = capture(
         ctx.state_dir,
-        &super::arg_strings(args.get("components")),
-        &super::arg_strings(args.get("services")),
-        ctx.txid,
+        &CaptureRequest {
+            components: &components,
+            services: &services,
+            database: match args.get("database") {
+                Some(Value::Object(d)) => Some(d),
+                _ => None,
+            },
+            base_dir: ctx.base_dir.as_deref(),
+            txid: ctx.txid,
+        },
     );
-    // The database's Flyway schema version, when the deploy has a database: recorded, never
-    // fatal (an unreachable database is the migrate step's failure to report).
-    if let Some(Value::Object(database)) = args.get("database") {
-        let version = super::migrate::configuration(database, ctx)
-            .map_err(|e| e.to_string())
-            .and_then(|config| {
-                rampart_migrate::run::schema_version(&config).map_err(|e| e.to_string())
-            });
-        match version {
-            Ok(v) => state["versions"]["database"] = json!(v),
-            Err(e) => state["database_error"] = json!(e),
-        }
-    }
     let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
     // One transaction may capture twice (before and after): the name never reuses a capture's.
     let stamp = now.format("%Y%m%dT%H%M%S%.6fZ");

@@ -14,6 +14,10 @@
 //! - `restored` (in rescue): brings the database back to the restore point, checks the schema
 //!   version is the recorded one, then removes the restore point unless kept.
 //! - `released` (at the end of a successful block): removes the restore point unless kept.
+//! - `undone` (a rollback with `--database undo`): runs the `U` scripts of `locations` (the
+//!   release being left) newest first, down to `target`, or to the newest versioned migration of
+//!   `target_locations` (the release rolled back to); `ok` when the schema is there already.
+//!   Reversed by migrating again (`applied`).
 //!
 //! Outputs: `pending` / `applied` (version, script, transactional), `initial_version`,
 //! `version`, `restore_point`. Reversal: `state: restored`.
@@ -77,7 +81,15 @@ pub(crate) fn configuration(
     args: &Map<String, Value>,
     ctx: &ModuleCtx<'_>,
 ) -> Result<config::Config, String> {
-    let base = ctx.base_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    configuration_in(args, ctx.base_dir.as_deref())
+}
+
+/// [`configuration`] with relative paths resolved against `base_dir` (`.` when `None`).
+pub(crate) fn configuration_in(
+    args: &Map<String, Value>,
+    base_dir: Option<&std::path::Path>,
+) -> Result<config::Config, String> {
+    let base = base_dir.map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
     let mut cli = Vec::new();
     for (arg, key) in [
         ("url", "url"),
@@ -204,6 +216,7 @@ fn run_migrate(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         "applied" => applied(args, ctx),
         "restored" => restored(args, ctx),
         "released" => released(args, ctx),
+        "undone" => undone(args, ctx),
         other => Err(failed(format!("unknown state {other}"))),
     };
     result.unwrap_or_else(|r| r)
@@ -312,6 +325,122 @@ fn applied(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResul
                 r.insert("changed".into(), json!(!applied.is_empty()));
             }
             r.insert("restore_point".into(), json!(point_json));
+            Err(r)
+        }
+    }
+}
+
+/// The schema version a release runs on: its newest versioned migration in `locations`.
+fn newest_versioned(
+    locations: &[String],
+    base: Option<&Path>,
+) -> Result<Option<rampart_migrate::version::Version>, String> {
+    let base = base.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let dirs: Vec<PathBuf> = locations
+        .iter()
+        .map(|l| base.join(l.strip_prefix("filesystem:").unwrap_or(l)))
+        .collect();
+    let found = rampart_migrate::resolve::scan(&dirs, &rampart_migrate::resolve::Naming::default())
+        .map_err(|e| e.to_string())?;
+    Ok(found
+        .versioned
+        .iter()
+        .filter_map(|s| s.version.clone())
+        .max())
+}
+
+/// `undone`: the `U` scripts of `locations` (the release being left), newest first, down to
+/// `target` (which stays applied) or, without one, to the newest versioned migration of
+/// `target_locations` (the schema the release rolled back to runs on). `ok` when the schema is
+/// there already; refused, naming the version, when an undo script is missing.
+fn undone(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResult, ModuleResult> {
+    use rampart_migrate::version::Version;
+    let target = match arg_str(args, "target").filter(|t| !t.is_empty()) {
+        Some(t) => Version::parse(t).map_err(|e| failed(format!("target {t}: {e}")))?,
+        None => {
+            let to = super::arg_strings(args.get("target_locations"));
+            if to.is_empty() {
+                return Err(failed(
+                    "state=undone needs `target` or `target_locations` (the migrations of the release rolled back to)",
+                ));
+            }
+            newest_versioned(&to, ctx.base_dir.as_deref())
+                .map_err(failed)?
+                .ok_or_else(|| {
+                    failed(format!(
+                        "no versioned migration in {}: cannot tell which schema version the release rolled back to runs on",
+                        to.join(", ")
+                    ))
+                })?
+        }
+    };
+    // Undo scripts are the left release's; its Flyway `target` must not cut them off.
+    let mut open_args = args.clone();
+    open_args.remove("target");
+    let mut runner = open(&open_args, ctx).map_err(failed)?;
+    let info = runner.info().map_err(|e| failed(e.to_string()))?;
+    let before = info.current.clone();
+    let plan = rampart_migrate::plan::undo(runner.found(), &info, Some(&target))
+        .map_err(|e| failed(format!("cannot undo the schema down to {target}: {e}")))?;
+    let shown = |v: &Option<Version>| {
+        v.as_ref()
+            .map_or("<< Empty Schema >>".into(), |v| v.to_string())
+    };
+    let mut r = ok(!plan.is_empty());
+    r.insert(
+        "initial_version".into(),
+        json!(before.as_ref().map(|v| v.to_string())),
+    );
+    r.insert("target".into(), json!(target.to_string()));
+    if plan.is_empty() || ctx.check {
+        let would: Vec<String> = plan
+            .iter()
+            .map(|&i| runner.found().undo[i].script.clone())
+            .collect();
+        r.insert(
+            "version".into(),
+            json!(before.as_ref().map(|v| v.to_string())),
+        );
+        r.insert("pending".into(), json!(would));
+        r.insert(
+            "msg".into(),
+            json!(if plan.is_empty() {
+                format!(
+                    "schema version {} already (target {target})",
+                    shown(&before)
+                )
+            } else {
+                format!(
+                    "would undo {} migration(s): {} -> {target}",
+                    plan.len(),
+                    shown(&before)
+                )
+            }),
+        );
+        return Ok(r);
+    }
+    match runner.undo(Some(&target), &mut |_| {}) {
+        Ok(undone) => {
+            let after = runner.info().map_err(|e| failed(e.to_string()))?.current;
+            r.insert("undone".into(), json!(undone));
+            r.insert(
+                "version".into(),
+                json!(after.as_ref().map(|v| v.to_string())),
+            );
+            r.insert(
+                "msg".into(),
+                json!(format!(
+                    "undid {} migration(s): {} -> {}",
+                    undone.len(),
+                    shown(&before),
+                    shown(&after)
+                )),
+            );
+            Ok(r)
+        }
+        Err(e) => {
+            let mut r = failed(e.to_string());
+            r.insert("changed".into(), json!(true));
             Err(r)
         }
     }

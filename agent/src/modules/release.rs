@@ -28,13 +28,16 @@
 //!   error nothing is left.
 //! - `active`: `current` is switched by renaming a temp symlink over it and fsyncing the directory;
 //!   the public path symlink is created when missing (a non-symlink there is refused). The version
-//!   is recorded as `known_good` (the simple rule: an activated release is good until a later
-//!   health-check step says otherwise) and the previous one as `previous`. Reversed by
+//!   goes first in `known_good` (the simple rule: an activated release is good until a later
+//!   health-check step says otherwise, i.e. `failed` drops it), which keeps the newest
+//!   [`KNOWN_GOOD_KEEP`], and the previous one is recorded as `previous`. Reversed by
 //!   `state: restored` with the `previous` version from the result.
-//! - `restored`: the same switch back to `version` (which must still be staged); `known_good` is
-//!   left alone. Reversed by `restored` (or `active`) with the version it replaced.
+//! - `restored`: the same switch back to `version` (which must still be staged); it goes first in
+//!   `known_good` too (a rollback's target ran before), so after a rescue sets the left release
+//!   apart the host still records a known-good release. Reversed by `restored` (or `active`) with
+//!   the version it replaced.
 //! - `pruned`: removes releases beyond the newest `keep` (by staged time), never the current, the
-//!   previous or a known-good one; `failed/` keeps its newest [`FAILED_KEEP`] entries apart, so
+//!   previous or a known-good one (the last [`KNOWN_GOOD_KEEP`] switched to and not failed); `failed/` keeps its newest [`FAILED_KEEP`] entries apart, so
 //!   failed attempts never evict a good release; `.staging-*` dirs left by interrupted
 //!   transactions go too. Not reversible except by staging again from the artifact cache, which
 //!   pruning does not touch.
@@ -70,6 +73,10 @@ use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, fail
 pub const DEFAULT_KEEP: i64 = 3;
 /// Entries kept in `failed/` by `state: pruned`.
 pub const FAILED_KEEP: usize = 3;
+/// Releases recorded as known-good per component (newest first): the one running and the good
+/// ones before it, so the last good release before a rescue survives two more deploys. Pruning
+/// never removes them; `failed` drops a release from the list.
+pub const KNOWN_GOOD_KEEP: usize = 3;
 /// The release metadata file inside each release.
 pub const RELEASE_META: &str = ".rampart-release.json";
 /// The file holding the version inside each release.
@@ -618,9 +625,11 @@ fn switch(
         let mut state = app.load_state()?;
         state.previous = before.clone();
         state.current = Some(version.to_string());
-        if activate {
-            state.known_good = vec![version.to_string()];
-        }
+        // A release switched to is what runs now; the one it replaced (when good) stays
+        // recorded behind it, so a rollback's target is never the first one pruning takes.
+        state.known_good.retain(|v| v != version);
+        state.known_good.insert(0, version.to_string());
+        state.known_good.truncate(KNOWN_GOOD_KEEP);
         app.save_state(&state)?;
     }
     if let (Some(p), true) = (&public, switch_public) {
@@ -1211,6 +1220,42 @@ mod tests {
         assert_eq!(left, ["v2", "v3", "v4", "v6"]);
         assert_eq!(list_dir(&failed).unwrap().len(), FAILED_KEEP);
         assert!(!changed(&h.ok(json!({"state": "pruned", "keep": 1}))));
+    }
+
+    /// The fleet rescue's sequence (restore the captured release, set the left one apart):
+    /// the restored release is known-good, and pruning keeps it until [`KNOWN_GOOD_KEEP`] newer
+    /// good releases replace it.
+    #[test]
+    fn a_restored_release_stays_known_good_after_the_left_one_is_set_apart() {
+        let h = Host::new();
+        let known_good = || {
+            App::new(&h.state(), "backend")
+                .unwrap()
+                .load_state()
+                .unwrap()
+                .known_good
+        };
+        h.stage("v1");
+        h.ok(json!({"state": "active", "version": "v1"}));
+        h.stage("v2");
+        h.ok(json!({"state": "active", "version": "v2"}));
+        assert_eq!(known_good(), ["v2", "v1"]);
+        h.ok(json!({"state": "restored", "version": "v1"}));
+        h.ok(json!({"state": "failed", "version": "v2"}));
+        assert_eq!(known_good(), ["v1"]);
+        for v in ["v3", "v4"] {
+            h.stage(v);
+            h.ok(json!({"state": "active", "version": v}));
+        }
+        assert_eq!(known_good(), ["v4", "v3", "v1"]);
+        // Beyond `keep`, but the last good release before the rescue.
+        let r = h.ok(json!({"state": "pruned", "keep": 1}));
+        assert_eq!(r["removed"], json!([]));
+        h.stage("v5");
+        h.ok(json!({"state": "active", "version": "v5"}));
+        assert_eq!(known_good(), ["v5", "v4", "v3"]);
+        let r = h.ok(json!({"state": "pruned", "keep": 1}));
+        assert_eq!(r["removed"], json!(["v1"]));
     }
 
     #[test]

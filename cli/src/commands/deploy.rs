@@ -110,12 +110,27 @@ pub struct RollbackArgs {
     /// Why, recorded in history and shown in events.
     #[arg(long, value_name = "TEXT", required = true)]
     pub reason: String,
+    /// The database: `none` leaves the schema as it is (the output names the schema version the
+    /// target now runs on); `undo` runs the U scripts of the release being left, newest first,
+    /// down to the newest migration of the target release (checked before anything stops).
+    /// Needs the environment's `database` variable.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = RollbackDatabase::None)]
+    pub database: RollbackDatabase,
     /// Queueing, who asked, re-attaching.
     #[command(flatten)]
     pub follow: FollowArgs,
     /// How to reach the controller.
     #[command(flatten)]
     pub controller: ControllerArgs,
+}
+
+/// `rampart rollback --database`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RollbackDatabase {
+    /// Leave the schema as it is.
+    None,
+    /// Undo the migrations of the release being left.
+    Undo,
 }
 
 /// `rampart watch`.
@@ -880,7 +895,9 @@ impl<W: Write, E: Write> Renderer<W, E> {
             Some(TxKind::TaskFinished(t)) => {
                 let status = t.status();
                 let mut s = format!("{who}: TASK [{}] {}", t.name, task_status_name(status));
-                if matches!(status, pb::TaskStatus::Failed | pb::TaskStatus::Ignored)
+                // A `debug` task is there to say something (e.g. the schema a rollback left).
+                if (matches!(status, pb::TaskStatus::Failed | pb::TaskStatus::Ignored)
+                    || (t.action == "debug" && status == pb::TaskStatus::Ok))
                     && let Some(msg) = result_msg(&t.result_json)
                 {
                     s.push_str(&format!(": {msg}"));
@@ -1210,6 +1227,10 @@ pub fn rollback(args: RollbackArgs) -> Exit {
         environment: args.env.clone(),
         to_version: args.to.clone().unwrap_or_default(),
         reason: args.reason.clone(),
+        database: match args.database {
+            RollbackDatabase::None => "none".into(),
+            RollbackDatabase::Undo => "undo".into(),
+        },
         ci_run_id: non_empty(args.follow.ci_run_id.clone())
             .or_else(|| first_env(&CI_RUN_ID_VARS, &env_var))
             .unwrap_or_default(),

@@ -91,6 +91,43 @@ pub(super) fn first_version(capture_json: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The `CaptureState` of a deploy: what the playbook's own capture records — the components'
+/// versions, their services (`components[].service.name`) and the `database`'s schema version.
+fn capture_request(components: Vec<String>, vars: &Value) -> pb::CaptureStateRequest {
+    let services = vars
+        .get("components")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.pointer("/service/name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let database_json = match vars.get("database") {
+        Some(d @ Value::Object(_)) => d.to_string(),
+        _ => String::new(),
+    };
+    pb::CaptureStateRequest {
+        components,
+        services,
+        database_json,
+    }
+}
+
+/// Every component's version in a state capture (`versions` without `database`), as the
+/// rollback playbook's `rollback_versions`: null for a component that had no release.
+pub(super) fn captured_versions(capture_json: &str) -> Value {
+    let v: Value = serde_json::from_str(capture_json).unwrap_or(Value::Null);
+    let mut out = serde_json::Map::new();
+    if let Some(vs) = v.get("versions").and_then(Value::as_object) {
+        for (k, v) in vs.iter().filter(|(k, _)| k.as_str() != "database") {
+            out.insert(k.clone(), v.as_str().map_or(Value::Null, Value::from));
+        }
+    }
+    Value::Object(out)
+}
+
 /// One host's job: capture, deliver artifacts, run (or re-attach), and report.
 #[tracing::instrument(skip_all, fields(host = %job.host, txid = %job.txid))]
 pub(super) async fn run_job(ctl: Arc<Controller>, job: Job, tx: mpsc::Sender<Msg>) {
@@ -181,7 +218,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
             .cloned()
             .collect();
         match client
-            .capture_state(pb::CaptureStateRequest { components })
+            .capture_state(capture_request(components, &job.vars))
             .await
         {
             Ok(r) => {
@@ -378,5 +415,35 @@ mod tests {
         );
         assert_eq!(first_version(r#"{"versions":{"app":null}}"#), "");
         assert_eq!(first_version("nope"), "");
+    }
+
+    #[test]
+    fn the_capture_request_names_services_and_the_database() {
+        let vars = serde_json::json!({
+            "components": [{"name": "app", "service": {"name": "app.service"}}, {"name": "w"}],
+            "database": {"url": "jdbc:postgresql://127.0.0.1:5432/app"},
+        });
+        let r = capture_request(vec!["app".into(), "w".into()], &vars);
+        assert_eq!(r.services, ["app.service"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.database_json).unwrap(),
+            vars["database"]
+        );
+        assert!(
+            capture_request(Vec::new(), &serde_json::json!({}))
+                .database_json
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn captured_versions_names_every_component() {
+        assert_eq!(
+            captured_versions(
+                r#"{"versions":{"database":"3","app":"1.0.0","worker":"1.1.0","new":null}}"#
+            ),
+            serde_json::json!({"app": "1.0.0", "worker": "1.1.0", "new": null})
+        );
+        assert_eq!(captured_versions("nope"), serde_json::json!({}));
     }
 }

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::host_job::{Job, Msg, first_version, run_job};
+use super::host_job::{Job, Msg, captured_versions, first_version, run_job};
 use super::state::{
     HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
 };
@@ -682,6 +682,9 @@ impl Runner {
         let rollback_kind = self.d.kind() == pb::DeploymentKind::Rollback;
         let playbook = if rollback_kind {
             vars.insert("rollback_version".into(), json!(self.d.version));
+            // The artifacts the target version was deployed from (delivered below): a host
+            // whose release of it was pruned stages it again instead of refusing.
+            vars.insert("rollback_artifacts".into(), json!(self.d.artifacts));
             vars.insert(
                 "rollback_reason".into(),
                 json!(format!(
@@ -727,11 +730,7 @@ impl Runner {
             } else {
                 Vec::new()
             },
-            artifacts: if rollback_kind {
-                Vec::new()
-            } else {
-                self.d.artifacts.values().cloned().collect()
-            },
+            artifacts: self.d.artifacts.values().cloned().collect(),
             rescue: false,
             version: self.d.version.clone(),
             from_version: h.from_version.clone(),
@@ -746,6 +745,19 @@ impl Runner {
         let h = &self.d.hosts[idx];
         let mut vars = self.base_vars(idx);
         vars.insert("rollback_version".into(), json!(h.from_version));
+        // Each component back to its own captured version, not the first one's.
+        vars.insert(
+            "rollback_versions".into(),
+            captured_versions(&h.state_capture_json),
+        );
+        // Back to what ran: the database is never undone by a fleet rescue.
+        // NOT DONE: a rescued rollback that ran `--database undo` on a host leaves the schema
+        // undone there; only that host's own rescue migrates it up again.
+        vars.insert("rollback_database".into(), json!("none"));
+        if self.d.kind() == pb::DeploymentKind::Deploy {
+            // The version this deployment brought is a failed one on every rescued host.
+            vars.insert("left_version".into(), json!(self.d.version));
+        }
         vars.insert(
             "rollback_reason".into(),
             json!(format!("fleet rescue of {}: {reason}", self.d.id)),
@@ -1000,7 +1012,15 @@ impl Runner {
                 )
             })
             .collect();
-        if bad.is_empty() {
+        if bad.is_empty() && self.d.kind() == pb::DeploymentKind::Rollback {
+            // Every host is back where it was, which is not where this rollback was asked to
+            // take it: a failure, never a success-looking `ROLLED_BACK`.
+            let summary = format!(
+                "{reason}; the rollback to {} did not reach it: every changed host is back on the version it ran before, verified",
+                self.d.version
+            );
+            self.finish(Outcome::Failed, summary).await
+        } else if bad.is_empty() {
             let summary = format!("{reason}; every changed host rolled back and verified");
             self.finish(Outcome::RolledBack, summary).await
         } else {

@@ -191,6 +191,9 @@ impl Phase {
             // does it today; it is a defect of the runner, not of this machine.
             (P::Running, E::Finish(O::Aborted)) => Ok(P::Finished(O::Aborted)),
             (P::Rescuing, E::Finish(o @ (O::RolledBack | O::RollbackFailed))) => Ok(P::Finished(o)),
+            // A rollback (kind) whose fleet rescue put every host back where it was: it did not
+            // reach its target, so it failed.
+            (P::Rescuing, E::Finish(O::Failed)) => Ok(P::Finished(O::Failed)),
             (from, event) => Err(IllegalTransition::Phase { from, event }),
         }
     }
@@ -372,6 +375,7 @@ mod tests {
             (P::Running, O::Aborted),
             (P::Rescuing, O::RolledBack),
             (P::Rescuing, O::RollbackFailed),
+            (P::Rescuing, O::Failed),
         ];
         v.extend(
             finishes
