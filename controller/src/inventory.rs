@@ -362,7 +362,11 @@ fn ini_value(v: &str) -> Value {
 
 /// Expands a numeric host range (`web[01:03]` → web01, web02, web03).
 fn expand_range(host: &str) -> Result<Vec<String>, String> {
-    let (Some(open), Some(close)) = (host.find('['), host.find(']')) else {
+    // The `]` that closes the range is the first one after its `[` (`a]b[1:2` has none).
+    let Some((open, close)) = host
+        .find('[')
+        .and_then(|open| Some((open, open + host[open..].find(']')?)))
+    else {
         return Ok(vec![host.to_string()]);
     };
     let (from, to) = host[open + 1..close]
@@ -493,5 +497,87 @@ port=7420
                 .unwrap_err()
                 .contains("start <= end")
         );
+    }
+}
+
+/// Property tests: any text parses as an inventory or is refused without a panic, and what
+/// parses answers every question about its hosts.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "[",
+        "]",
+        ":",
+        "[web]",
+        "[web:vars]",
+        "[web:children]",
+        "[all:vars]",
+        "\n",
+        " ",
+        "=",
+        "'",
+        "\"",
+        "#",
+        ";",
+        "web",
+        "db",
+        "h",
+        "h[1:3]",
+        "h[01:10]",
+        "[3:1]",
+        "a=1",
+        "b=x",
+        "all:",
+        "  hosts:",
+        "  vars:",
+        "  children:",
+        "    h1:",
+        "      k: v",
+        "- ",
+        "{",
+        "}",
+        "---",
+        "é",
+    ];
+
+    /// Found by `fuzz_inventory_never_panics`: a `]` before the `[` sliced the host name
+    /// backwards (a panic, from one INI line).
+    #[test]
+    fn fuzz_regression_bracket_closed_before_it_opens() {
+        assert_eq!(expand_range("][").unwrap(), ["]["]);
+        assert_eq!(expand_range("a]b[1:2]").unwrap(), ["a]b1", "a]b2"]);
+        let inv = Inventory::parse("][\n").unwrap();
+        assert_eq!(inv.hosts, ["]["]);
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(1500))]
+
+        #[test]
+        fn fuzz_inventory_never_panics(text in rampart_fuzz::text(TOKENS, 30)) {
+            for parsed in [Inventory::parse(&text), Inventory::parse_ini(&text), Inventory::parse_yaml(&text)] {
+                let Ok(inv) = parsed else { continue };
+                prop_assert_eq!(inv.hosts_of("all"), inv.hosts.clone());
+                for h in &inv.hosts {
+                    prop_assert!(inv.groups_of(h).contains("all"));
+                    let _ = inv.host_vars(h);
+                }
+                for g in inv.groups.keys() {
+                    for h in inv.hosts_of(g) {
+                        prop_assert!(inv.hosts.contains(&h), "{h} of group {g} is not a host");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_host_range_never_panics(host in rampart_fuzz::text(&["[", "]", ":", "0", "1", "9", "09", "h", "é"], 10)) {
+            if let Ok(hosts) = expand_range(&host) {
+                prop_assert!(!hosts.is_empty() && hosts.len() <= 10_000);
+            }
+        }
     }
 }

@@ -475,3 +475,112 @@ mod tests {
         assert!(t.check_expression("r.rc not in [0, 3]").is_ok());
     }
 }
+
+/// Property tests: any template or expression is checked, rendered or refused without a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const TOKENS: &[&str] = &[
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "{#",
+        "#}",
+        "-",
+        " ",
+        "x",
+        "xs",
+        "m",
+        "m.k",
+        "s",
+        "n",
+        "r.rc",
+        "'a'",
+        "\"b\"",
+        "1",
+        "2.5",
+        "[",
+        "]",
+        "(",
+        ")",
+        "|",
+        "default('d')",
+        "bool",
+        "int",
+        "to_json",
+        "from_json",
+        "basename",
+        "dirname",
+        "extract(m)",
+        "map('extract', m)",
+        "list",
+        "length",
+        "lower",
+        ".split(' ')",
+        ".startswith('/')",
+        ".items()",
+        "is defined",
+        "not",
+        "and",
+        "or",
+        "in",
+        "==",
+        "+",
+        "~",
+        "if",
+        "else",
+        "endif",
+        "for i in xs",
+        "endfor",
+        "set y = 1",
+        "range(3)",
+        "loop.index",
+        "break",
+        "continue",
+        "raw",
+        "endraw",
+        "\n",
+        "é",
+    ];
+
+    fn scope(t: &Arc<Templar>) -> MjValue {
+        let vars = json!({"x": 1, "xs": [1, "2", null], "m": {"k": "V", "1": [true]}, "s": "/a/b",
+            "n": 3, "r": {"rc": 0, "stdout": "{\"j\": 1}"}});
+        let fixed = vars
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), from_json(v)));
+        let lazy = json!({"l": "{{ x + 1 }}", "loop1": "{{ loop2 }}", "loop2": "{{ loop1 }}"});
+        let lazy = lazy.as_object().cloned().unwrap_or_default();
+        Scope::value(
+            t.clone(),
+            vec![
+                Layer::Fixed(Arc::new(fixed.collect())),
+                Layer::Lazy(Arc::new(lazy)),
+            ],
+        )
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(1500))]
+
+        #[test]
+        fn fuzz_template_never_panics(text in rampart_fuzz::text(TOKENS, 30)) {
+            let t = Arc::new(Templar::new());
+            let s = scope(&t);
+            let checked = t.check_template(&text);
+            let rendered = t.render_str(&text, &s);
+            // What renders has compiled: checking is never stricter than rendering.
+            prop_assert!(rendered.is_err() || checked.is_ok(), "{:?} rendered but did not check", text);
+            if t.check_expression(&text).is_ok() {
+                let _ = t.eval(&text, &s);
+                let _ = t.eval_conditions(&[Value::String(text.clone())], &s);
+            }
+        }
+    }
+}
