@@ -2,7 +2,8 @@
 //! dev-dependency only, never linked into a program.
 //!
 //! Input: a test's fixed CI budget (`ci` cases) and the tokens its parser cares about. Output: a
-//! proptest [`Config`] and text [`Strategy`]s. The tests are named `fuzz_*` (never panics,
+//! proptest [`Config`], text [`Strategy`]s, and one shared [`runtime`] for tests that call async
+//! gRPC handlers case after case. The tests are named `fuzz_*` (never panics,
 //! bounded) or `prop_*` (a stated property such as a round trip); CONTRIBUTING.md lists them.
 //!
 //! The budget: `cargo test` runs each test's `ci` cases, chosen so the whole set adds well under
@@ -42,4 +43,17 @@ pub fn soup(tokens: &'static [&'static str], len: usize) -> impl Strategy<Value 
 /// Either arbitrary text or [`soup`] of `tokens`, half and half.
 pub fn text(tokens: &'static [&'static str], len: usize) -> impl Strategy<Value = String> {
     prop_oneof![any::<String>(), soup(tokens, len)]
+}
+
+/// A two-thread runtime shared by every case of a test binary (handlers that use
+/// `block_in_place` or `spawn_blocking` need a multi-thread one).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the fuzz tests")
+    })
 }
