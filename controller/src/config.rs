@@ -726,7 +726,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(rampart_fuzz::config(300))]
+        #![proptest_config(rampart_fuzz::config(1000))]
 
         #[test]
         fn fuzz_controller_config_never_panics(text in prop_oneof![4 => config_text(), 1 => rampart_fuzz::text(&["[", "]", "=", "\"", "\n", "tokens", "environments.e", "1e300"], 20)]) {

@@ -5,11 +5,16 @@
 //! Input: the inventory's text. Output: an [`Inventory`]: hosts in file order, groups with their
 //! direct hosts and children, and each host's variables merged as Ansible merges them (`all`,
 //! then groups from the outermost to the innermost, same depth by name, then the host's own).
+//! At most [`MAX_HOSTS`] hosts; a YAML inventory has the playbook loader's size and depth limits.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rampart_playbook::yaml::{self, Yaml};
 use serde_json::{Map, Value};
+
+/// Hosts an inventory may name: ranges expand to 10,000 each, so a few lines could otherwise
+/// name millions.
+pub const MAX_HOSTS: usize = 100_000;
 
 /// A parsed inventory.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,8 +59,19 @@ impl Inventory {
         self.groups.entry(name.to_string()).or_default()
     }
 
-    fn add_host(&mut self, group: &str, host: &str, vars: Map<String, Value>) {
-        if !self.hosts.iter().any(|h| h == host) {
+    fn add_host(
+        &mut self,
+        group: &str,
+        host: &str,
+        vars: Map<String, Value>,
+    ) -> Result<(), String> {
+        // Every host has a `host_vars` entry, so it is the index of who is known already.
+        if !self.host_vars.contains_key(host) {
+            if self.hosts.len() >= MAX_HOSTS {
+                return Err(format!(
+                    "more than {MAX_HOSTS} hosts (host ranges included)"
+                ));
+            }
             self.hosts.push(host.to_string());
         }
         self.group_mut(group).hosts.insert(host.to_string());
@@ -63,6 +79,7 @@ impl Inventory {
             .entry(host.to_string())
             .or_default()
             .extend(vars);
+        Ok(())
     }
 
     /// Parses Ansible's YAML inventory.
@@ -112,7 +129,7 @@ impl Inventory {
                             }
                         };
                         for expanded in expand_range(host)? {
-                            self.add_host(name, &expanded, vars.clone());
+                            self.add_host(name, &expanded, vars.clone())?;
                         }
                     }
                 }
@@ -181,7 +198,7 @@ impl Inventory {
                         vars.insert(k.to_string(), ini_value(v));
                     }
                     for expanded in expand_range(&host).map_err(at)? {
-                        inv.add_host(group, &expanded, vars.clone());
+                        inv.add_host(group, &expanded, vars.clone()).map_err(at)?;
                     }
                 }
                 "vars" => {
@@ -551,6 +568,20 @@ mod fuzz {
         assert_eq!(expand_range("a]b[1:2]").unwrap(), ["a]b1", "a]b2"]);
         let inv = Inventory::parse("][\n").unwrap();
         assert_eq!(inv.hosts, ["]["]);
+    }
+
+    /// Bounded time and memory, found by reading: every host was looked up in a list (11 lines
+    /// of `h[0:9999]` took 6·10^9 comparisons), and nothing capped how many ranges could add.
+    #[test]
+    fn fuzz_regression_many_ranges_are_capped() {
+        let lines = |n| -> String { (0..n).map(|i| format!("g{i}h[0:9999]\n")).collect() };
+        let e = Inventory::parse(&format!("[web]\n{}", lines(11))).unwrap_err();
+        assert!(
+            e.contains("more than 100000 hosts") && e.contains("line 12"),
+            "{e}"
+        );
+        let ten = Inventory::parse(&format!("[web]\n{}", lines(10))).unwrap();
+        assert_eq!(ten.hosts.len(), MAX_HOSTS);
     }
 
     proptest! {
