@@ -36,7 +36,8 @@ struct Fixture {
 fn fixture(slot: usize) -> &'static Fixture {
     static F: [OnceLock<Fixture>; 3] = [const { OnceLock::new() }; 3];
     F[slot].get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        // Static, so never dropped: kept under the target dir rather than leaked into /tmp.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let inv = "all:\n  hosts:\n    w1:\n      rampart_agent: 127.0.0.1:1\n      components: [{name: backend}]\n";
         std::fs::write(dir.path().join("inv.yml"), inv).unwrap();
         let text = format!(
