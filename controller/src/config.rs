@@ -976,3 +976,131 @@ mod tests {
         assert!(e.contains("top-level"), "{e}");
     }
 }
+
+/// Property tests: any configuration text is checked or refused without a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOP: &[&str] = &[
+        "insecure_dev = true\n",
+        "insecure_dev = 1\n",
+        "listen = \"127.0.0.1:1\"\n",
+        "listen = 1\n",
+        "state_dir = \"st\"\n",
+        "instance = \"i\"\n",
+        "unknown = 1\n",
+    ];
+    const TABLES: &[&str] = &[
+        "[store]\nurl = \"postgresql://u:p@h/db\"\n",
+        "[store]\npath = \"x.db\"\n",
+        "[store]\nurl = \"mysql://h\"\npath = \"p\"\n",
+        "[tls]\ncert = \"c\"\nkey = \"k\"\n",
+        "[agent_tls]\ncert = \"c\"\nkey = \"k\"\nca = []\n",
+        "[[tokens]]\nname = \"ci\"\nsha256 = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n",
+        "[[tokens]]\nname = \"ci\"\nsha256 = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\nenvironments = [\"e\"]\n",
+        "[[tokens]]\nname = \" \"\nsha256 = \"zz\"\n",
+        "[[tokens]]\nname = \"x\"\nsha256 = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\nenvironments = [\"nope\"]\n",
+    ];
+    const ENV_KEYS: &[&str] = &[
+        "hosts",
+        "playbook",
+        "rollback_playbook",
+        "serial",
+        "max_fail_percentage",
+        "bake_seconds",
+        "require_approval",
+        "wait_timeout_seconds",
+        "host_deadline_seconds",
+        "inventory",
+        "unreachable_after_seconds",
+        "rescue_wait_seconds",
+        "vars",
+        "other",
+    ];
+    const VALUES: &[&str] = &[
+        "1",
+        "0",
+        "-1",
+        "1e300",
+        "1.5",
+        "nan",
+        "inf",
+        "-inf",
+        "18446744073709551616.0",
+        "true",
+        "\"all\"",
+        "\"web\"",
+        "\"production\"",
+        "\"inv.ini\"",
+        "\"inv.yml\"",
+        "\"missing.yml\"",
+        "[1, \"50%\"]",
+        "\"x%\"",
+        "[]",
+        "[0]",
+        "\"200%\"",
+        "{ a = 1, b = [1.5] }",
+        "\"\"",
+        "101",
+    ];
+
+    fn config_text() -> impl Strategy<Value = String> {
+        let env_line = (prop::sample::select(ENV_KEYS), prop::sample::select(VALUES))
+            .prop_map(|(k, v)| format!("{k} = {v}\n"));
+        (
+            prop::collection::vec(prop::sample::select(TOP), 0..4),
+            prop::collection::vec(prop::sample::select(TABLES), 0..4),
+            prop::collection::vec(env_line, 0..6),
+        )
+            .prop_map(|(top, tables, env)| {
+                format!(
+                    "insecure_dev = true\n{}{}[environments.e]\ninventory = \"inv.ini\"\n{}",
+                    top.concat(),
+                    tables.concat(),
+                    env.concat()
+                )
+            })
+    }
+
+    /// Found by `fuzz_controller_config_never_panics`: a finite number of seconds too large for
+    /// a `Duration` panicked in `Duration::from_secs_f64`.
+    #[test]
+    fn fuzz_regression_seconds_too_large_for_a_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("inv.ini"), "[web]\nw1\n").unwrap();
+        let h = hash_token("t");
+        for key in [
+            "bake_seconds",
+            "wait_timeout_seconds",
+            "rescue_wait_seconds",
+        ] {
+            let text = format!(
+                "insecure_dev = true\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\n\
+                 [environments.e]\ninventory = \"inv.ini\"\n{key} = 1e300\n"
+            );
+            let e = ControllerConfig::parse(&text, dir.path()).unwrap_err();
+            assert!(e.contains(key) && e.contains("seconds"), "{e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(1000))]
+
+        #[test]
+        fn fuzz_controller_config_never_panics(text in prop_oneof![4 => config_text(), 1 => rampart_fuzz::text(&["[", "]", "=", "\"", "\n", "tokens", "environments.e", "1e300"], 20)]) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("inv.ini"), "[web]\nw1\nw2 rampart_agent=127.0.0.1:1\n").unwrap();
+            std::fs::write(dir.path().join("inv.yml"), "all:\n  hosts:\n    h[1:3]:\n").unwrap();
+            if let Ok(cfg) = ControllerConfig::parse(&text, dir.path()) {
+                for env in cfg.environments.values() {
+                    prop_assert!(!env.hosts.is_empty());
+                    for h in &env.hosts {
+                        prop_assert!(!env.agent_addr(h).is_empty());
+                    }
+                }
+            }
+        }
+    }
+}

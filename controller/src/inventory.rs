@@ -5,11 +5,16 @@
 //! Input: the inventory's text. Output: an [`Inventory`]: hosts in file order, groups with their
 //! direct hosts and children, and each host's variables merged as Ansible merges them (`all`,
 //! then groups from the outermost to the innermost, same depth by name, then the host's own).
+//! At most [`MAX_HOSTS`] hosts; a YAML inventory has the playbook loader's size and depth limits.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rampart_playbook::yaml::{self, Yaml};
 use serde_json::{Map, Value};
+
+/// Hosts an inventory may name: ranges expand to 10,000 each, so a few lines could otherwise
+/// name millions.
+pub const MAX_HOSTS: usize = 100_000;
 
 /// A parsed inventory.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,8 +59,19 @@ impl Inventory {
         self.groups.entry(name.to_string()).or_default()
     }
 
-    fn add_host(&mut self, group: &str, host: &str, vars: Map<String, Value>) {
-        if !self.hosts.iter().any(|h| h == host) {
+    fn add_host(
+        &mut self,
+        group: &str,
+        host: &str,
+        vars: Map<String, Value>,
+    ) -> Result<(), String> {
+        // Every host has a `host_vars` entry, so it is the index of who is known already.
+        if !self.host_vars.contains_key(host) {
+            if self.hosts.len() >= MAX_HOSTS {
+                return Err(format!(
+                    "more than {MAX_HOSTS} hosts (host ranges included)"
+                ));
+            }
             self.hosts.push(host.to_string());
         }
         self.group_mut(group).hosts.insert(host.to_string());
@@ -63,6 +79,7 @@ impl Inventory {
             .entry(host.to_string())
             .or_default()
             .extend(vars);
+        Ok(())
     }
 
     /// Parses Ansible's YAML inventory.
@@ -112,7 +129,7 @@ impl Inventory {
                             }
                         };
                         for expanded in expand_range(host)? {
-                            self.add_host(name, &expanded, vars.clone());
+                            self.add_host(name, &expanded, vars.clone())?;
                         }
                     }
                 }
@@ -181,7 +198,7 @@ impl Inventory {
                         vars.insert(k.to_string(), ini_value(v));
                     }
                     for expanded in expand_range(&host).map_err(at)? {
-                        inv.add_host(group, &expanded, vars.clone());
+                        inv.add_host(group, &expanded, vars.clone()).map_err(at)?;
                     }
                 }
                 "vars" => {
@@ -362,7 +379,11 @@ fn ini_value(v: &str) -> Value {
 
 /// Expands a numeric host range (`web[01:03]` → web01, web02, web03).
 fn expand_range(host: &str) -> Result<Vec<String>, String> {
-    let (Some(open), Some(close)) = (host.find('['), host.find(']')) else {
+    // The `]` that closes the range is the first one after its `[` (`a]b[1:2` has none).
+    let Some((open, close)) = host
+        .find('[')
+        .and_then(|open| Some((open, open + host[open..].find(']')?)))
+    else {
         return Ok(vec![host.to_string()]);
     };
     let (from, to) = host[open + 1..close]
@@ -493,5 +514,101 @@ port=7420
                 .unwrap_err()
                 .contains("start <= end")
         );
+    }
+}
+
+/// Property tests: any text parses as an inventory or is refused without a panic, and what
+/// parses answers every question about its hosts.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "[",
+        "]",
+        ":",
+        "[web]",
+        "[web:vars]",
+        "[web:children]",
+        "[all:vars]",
+        "\n",
+        " ",
+        "=",
+        "'",
+        "\"",
+        "#",
+        ";",
+        "web",
+        "db",
+        "h",
+        "h[1:3]",
+        "h[01:10]",
+        "[3:1]",
+        "a=1",
+        "b=x",
+        "all:",
+        "  hosts:",
+        "  vars:",
+        "  children:",
+        "    h1:",
+        "      k: v",
+        "- ",
+        "{",
+        "}",
+        "---",
+        "é",
+    ];
+
+    /// Found by `fuzz_inventory_never_panics`: a `]` before the `[` sliced the host name
+    /// backwards (a panic, from one INI line).
+    #[test]
+    fn fuzz_regression_bracket_closed_before_it_opens() {
+        assert_eq!(expand_range("][").unwrap(), ["]["]);
+        assert_eq!(expand_range("a]b[1:2]").unwrap(), ["a]b1", "a]b2"]);
+        let inv = Inventory::parse("][\n").unwrap();
+        assert_eq!(inv.hosts, ["]["]);
+    }
+
+    /// Bounded time and memory, found by reading: every host was looked up in a list (11 lines
+    /// of `h[0:9999]` took 6·10^9 comparisons), and nothing capped how many ranges could add.
+    #[test]
+    fn fuzz_regression_many_ranges_are_capped() {
+        let lines = |n| -> String { (0..n).map(|i| format!("g{i}h[0:9999]\n")).collect() };
+        let e = Inventory::parse(&format!("[web]\n{}", lines(11))).unwrap_err();
+        assert!(
+            e.contains("more than 100000 hosts") && e.contains("line 12"),
+            "{e}"
+        );
+        let ten = Inventory::parse(&format!("[web]\n{}", lines(10))).unwrap();
+        assert_eq!(ten.hosts.len(), MAX_HOSTS);
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(1500))]
+
+        #[test]
+        fn fuzz_inventory_never_panics(text in rampart_fuzz::text(TOKENS, 30)) {
+            for parsed in [Inventory::parse(&text), Inventory::parse_ini(&text), Inventory::parse_yaml(&text)] {
+                let Ok(inv) = parsed else { continue };
+                prop_assert_eq!(inv.hosts_of("all"), inv.hosts.clone());
+                for h in &inv.hosts {
+                    prop_assert!(inv.groups_of(h).contains("all"));
+                    let _ = inv.host_vars(h);
+                }
+                for g in inv.groups.keys() {
+                    for h in inv.hosts_of(g) {
+                        prop_assert!(inv.hosts.contains(&h), "{h} of group {g} is not a host");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_host_range_never_panics(host in rampart_fuzz::text(&["[", "]", ":", "0", "1", "9", "09", "h", "é"], 10)) {
+            if let Ok(hosts) = expand_range(&host) {
+                prop_assert!(!hosts.is_empty() && hosts.len() <= 10_000);
+            }
+        }
     }
 }

@@ -907,3 +907,235 @@ mod tests {
         assert!(staging.join("keep").exists());
     }
 }
+
+/// Property tests: whatever an archive holds — `..`, absolute paths, symlinks and hardlinks
+/// pointing anywhere, repeated names, corrupt bytes — extraction never panics, never writes or
+/// links outside the staging directory, and never exceeds its limits.
+#[cfg(test)]
+mod fuzz {
+    use super::test_archive::{E, targz};
+    use super::*;
+    use crate::digest::sha256_hex;
+    use proptest::prelude::*;
+    use std::ffi::OsString;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Path pieces: names shared with the directory outside, and the dangerous ones.
+    const PIECES: &[&str] = &["a", "b", "outside", "secret", "..", ".", "", "/"];
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 1..5).prop_map(|p| p.join("/"))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Kind {
+        File(Vec<u8>, u32),
+        Dir,
+        Symlink(String),
+        Hardlink(String),
+    }
+
+    fn entry() -> impl Strategy<Value = (String, Kind)> {
+        let kind = prop_oneof![
+            (prop::collection::vec(any::<u8>(), 0..300), any::<u32>())
+                .prop_map(|(d, m)| Kind::File(d, m)),
+            Just(Kind::Dir),
+            path().prop_map(Kind::Symlink),
+            path().prop_map(Kind::Hardlink),
+        ];
+        (path(), kind)
+    }
+
+    fn archive(entries: &[(String, Kind)]) -> Vec<u8> {
+        let list: Vec<E<'_>> = entries
+            .iter()
+            .map(|(name, kind)| match kind {
+                Kind::File(data, mode) => E::File(name, data, *mode),
+                Kind::Dir => E::Dir(name),
+                Kind::Symlink(t) => E::Symlink(name, t),
+                Kind::Hardlink(t) => E::Hardlink(name, t),
+            })
+            .collect();
+        targz(&list)
+    }
+
+    /// One step of a path walk.
+    enum Step {
+        Up,
+        Name(OsString),
+    }
+
+    fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
+        path.components().filter_map(|c| match c {
+            Component::ParentDir => Some(Step::Up),
+            Component::Normal(n) => Some(Step::Name(n.to_owned())),
+            _ => None,
+        })
+    }
+
+    /// Whether `rel` (below `root`) climbs out of `root` once symlinks are followed. A missing
+    /// component ends the walk inside (the kernel stops there too), as do 40 links (ELOOP).
+    fn escapes(root: &Path, rel: &Path) -> bool {
+        let mut at = root.to_path_buf();
+        let mut depth = 0usize;
+        let mut hops = 0;
+        let mut todo: Vec<Step> = steps(rel).rev().collect();
+        while let Some(step) = todo.pop() {
+            match step {
+                Step::Up if depth == 0 => return true,
+                Step::Up => {
+                    at.pop();
+                    depth -= 1;
+                }
+                Step::Name(name) => {
+                    let here = at.join(&name);
+                    match fs::symlink_metadata(&here) {
+                        Ok(m) if m.file_type().is_symlink() => {
+                            hops += 1;
+                            let target = fs::read_link(&here).unwrap();
+                            if target.is_absolute() {
+                                return true;
+                            }
+                            if hops > 40 {
+                                return false;
+                            }
+                            todo.extend(steps(&target).collect::<Vec<_>>().into_iter().rev());
+                        }
+                        Ok(_) => {
+                            at = here;
+                            depth += 1;
+                        }
+                        Err(_) => return false,
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Checks the tree below `root`: every link stays inside, nothing is special or setuid, and
+    /// the files' data (each inode once) is within the byte limit.
+    fn check_tree(root: &Path, limits: Limits, outside_inode: u64) -> Result<(), TestCaseError> {
+        let mut todo = vec![PathBuf::new()];
+        let mut names = 0u64;
+        let mut inodes = HashSet::new();
+        let mut bytes = 0u64;
+        while let Some(rel) = todo.pop() {
+            for item in fs::read_dir(root.join(&rel)).unwrap() {
+                let rel = rel.join(item.unwrap().file_name());
+                let meta = fs::symlink_metadata(root.join(&rel)).unwrap();
+                names += 1;
+                prop_assert!(
+                    meta.mode() & 0o7000 == 0,
+                    "{} keeps setuid, setgid or sticky",
+                    rel.display()
+                );
+                if meta.is_dir() {
+                    todo.push(rel);
+                } else if meta.file_type().is_symlink() {
+                    prop_assert!(
+                        !escapes(root, &rel),
+                        "symlink {} leads outside the release",
+                        rel.display()
+                    );
+                } else {
+                    prop_assert!(
+                        meta.is_file(),
+                        "{} is not a file, directory or link",
+                        rel.display()
+                    );
+                    prop_assert!(
+                        meta.ino() != outside_inode,
+                        "{} is a hardlink to a file outside",
+                        rel.display()
+                    );
+                    if inodes.insert(meta.ino()) {
+                        bytes += meta.len();
+                    }
+                }
+            }
+        }
+        // Each entry's path has at most four names, so it creates at most four.
+        prop_assert!(
+            names <= 4 * limits.max_entries,
+            "{names} names from {} entries at most",
+            limits.max_entries
+        );
+        prop_assert!(
+            bytes <= limits.max_bytes,
+            "{bytes} bytes over {}",
+            limits.max_bytes
+        );
+        Ok(())
+    }
+
+    /// Runs an extraction beside a directory `outside/` holding `secret`, and checks that the
+    /// outside is untouched and the release (if any) stays inside.
+    fn extract_and_check(data: &[u8], limits: Limits) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"keep").unwrap();
+        let outside_inode = fs::metadata(outside.join("secret")).unwrap().ino();
+        let staging = dir.path().join("stage");
+        let result = extract(data, &sha256_hex(data), &staging, limits);
+        let mut names: Vec<OsString> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        let secret = fs::metadata(outside.join("secret")).unwrap();
+        prop_assert_eq!(fs::read(outside.join("secret")).unwrap(), b"keep");
+        prop_assert_eq!(secret.nlink(), 1, "a hardlink to the outside file was made");
+        prop_assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            1,
+            "something was written outside"
+        );
+        match result {
+            Ok(got) => {
+                prop_assert_eq!(
+                    names,
+                    vec![OsString::from("outside"), OsString::from("stage")]
+                );
+                prop_assert!(
+                    got.entries <= limits.max_entries && got.bytes <= limits.max_bytes,
+                    "{got:?}"
+                );
+                check_tree(&staging, limits, outside_inode)?;
+            }
+            Err(_) => prop_assert_eq!(
+                names,
+                vec![OsString::from("outside")],
+                "staging left behind"
+            ),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(400))]
+
+        #[test]
+        fn fuzz_extract_never_escapes_the_release(entries in prop::collection::vec(entry(), 0..8), max_bytes in 0u64..1200, max_entries in 0u64..10) {
+            extract_and_check(&archive(&entries), Limits { max_bytes, max_entries })?;
+        }
+
+        #[test]
+        fn fuzz_extract_corrupt_archives(entries in prop::collection::vec(entry(), 1..4), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6), cut in any::<prop::sample::Index>(), gzip in any::<bool>()) {
+            let mut data = archive(&entries);
+            if !gzip {
+                // The plain tar inside, so corruption reaches the headers themselves.
+                let mut tar = Vec::new();
+                flate2::read::GzDecoder::new(&data[..]).read_to_end(&mut tar).unwrap();
+                data = tar;
+            }
+            for (at, byte) in flips {
+                let i = at.index(data.len());
+                data[i] = byte;
+            }
+            data.truncate(cut.index(data.len() + 1).max(1));
+            extract_and_check(&data, Limits { max_bytes: 4096, max_entries: 16 })?;
+        }
+    }
+}

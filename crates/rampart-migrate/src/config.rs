@@ -2237,3 +2237,177 @@ whatever = 1
         assert!(!err.to_string().contains(":pw@"), "{err}");
     }
 }
+
+/// Property tests of every configuration reader: `flyway.conf`, `flyway.toml`, `FLYWAY_*`,
+/// flags and URLs never panic, and a properties file written the way Java writes it reads back
+/// to the same keys and values.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALUES: &[&str] = &[
+        "1",
+        "0",
+        "true",
+        "false",
+        "1.2",
+        "latest",
+        "jdbc:postgresql://",
+        "postgres://",
+        "u:p@",
+        "h",
+        ":5432",
+        "/db",
+        "?",
+        "&",
+        "=",
+        "%",
+        "%zz",
+        "%41",
+        "+",
+        "[::1]",
+        "[",
+        "]",
+        ",",
+        "filesystem:",
+        "classpath:",
+        "..",
+        "/",
+        "a",
+        "${",
+        "}",
+        " ",
+        "\\",
+        "\\u00e9",
+        "\\ud800",
+        "é",
+    ];
+    const TOML_VALUES: &[&str] = &[
+        "\"x\"",
+        "1",
+        "true",
+        "1.5",
+        "[\"a\", 2]",
+        "[1.5]",
+        "{ a = 1 }",
+        "1979-05-27",
+    ];
+
+    fn key() -> impl Strategy<Value = String> {
+        let names: Vec<&'static str> = SETTINGS.iter().map(|s| s.name()).collect();
+        prop_oneof![
+            8 => prop::sample::select(names).prop_map(String::from),
+            1 => Just("placeholders.p".to_string()),
+            1 => Just("environment".to_string()),
+            1 => rampart_fuzz::soup(&["url", "placeholders.", "x", ".", "é"], 4),
+        ]
+    }
+
+    /// A `flyway.conf`: settings lines, comments, continuations, and noise.
+    fn conf_text() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            4 => (key(), rampart_fuzz::soup(VALUES, 6)).prop_map(|(k, v)| format!("flyway.{k}={v}")),
+            1 => rampart_fuzz::soup(&["#", "!", "\\", "=", ":", " ", "\t", "flyway.", "url", "\\u"], 8),
+        ];
+        prop::collection::vec(line, 0..8).prop_map(|lines| lines.join("\n"))
+    }
+
+    /// A `flyway.toml`: a `[flyway]` table and an environment, or noise.
+    fn toml_text() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            3 => rampart_fuzz::soup(VALUES, 4).prop_map(|v| format!("{:?}", v)),
+            2 => prop::sample::select(TOML_VALUES).prop_map(String::from),
+            1 => rampart_fuzz::soup(&["\"", "[", "]", "{", "}", "=", "1", ".", "\n"], 6),
+        ];
+        let entry = (key(), value).prop_map(|(k, v)| format!("{k:?} = {v}\n"));
+        let table = prop::sample::select(
+            &[
+                "[flyway]\n",
+                "[environments.default]\n",
+                "[environments.e.flyway]\n",
+                "[flyway.placeholders]\n",
+                "[environments]\n",
+            ][..],
+        );
+        prop::collection::vec((table, prop::collection::vec(entry, 0..4)), 0..4).prop_map(
+            |tables| {
+                tables
+                    .into_iter()
+                    .map(|(t, e)| format!("{t}{}", e.concat()))
+                    .collect()
+            },
+        )
+    }
+
+    /// Escapes like `java.util.Properties.store` (non-ASCII as `\uXXXX` when `ascii`).
+    fn escape(s: &str, is_key: bool, ascii: bool) -> String {
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\x0c' => out.push_str("\\f"),
+                ' ' if is_key || i == 0 => out.push_str("\\ "),
+                '=' | ':' | '#' | '!' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c if (ascii && !c.is_ascii()) || c == '\u{feff}' => {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        out.push_str(&format!("\\u{unit:04X}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(1500))]
+
+        #[test]
+        fn fuzz_properties_never_panic(text in prop_oneof![any::<String>(), conf_text()]) {
+            let _ = parse_properties(Path::new("flyway.conf"), &text);
+        }
+
+        #[test]
+        fn prop_properties_round_trip(pairs in prop::collection::vec(("\\PC{1,8}", "\\PC{0,8}", any::<bool>()), 0..6)) {
+            let text: String = pairs.iter().map(|(k, v, ascii)| format!("{}={}\n", escape(k, true, *ascii), escape(v, false, *ascii))).collect();
+            let read = parse_properties(Path::new("flyway.conf"), &text).unwrap();
+            let read: Vec<(String, String)> = read.into_iter().map(|(k, v, _)| (k, v)).collect();
+            let want: Vec<(String, String)> = pairs.into_iter().map(|(k, v, _)| (k, v)).collect();
+            prop_assert_eq!(read, want, "{}", text);
+        }
+
+        #[test]
+        fn fuzz_load_conf_toml_env_and_flags_never_panic(conf in conf_text(), toml in prop_oneof![toml_text(), any::<String>()], env in prop::collection::vec((rampart_fuzz::soup(&["FLYWAY_", "URL", "PLACEHOLDERS_", "LOCATIONS", "TARGET", "flyway_environment"], 3), rampart_fuzz::soup(VALUES, 4)), 0..3), flags in prop::collection::vec(rampart_fuzz::soup(&["-", "--", "url", "=", "placeholders.", "configFiles", "environment", "x", "flyway."], 5), 0..4)) {
+            let dir = tempfile::tempdir().unwrap();
+            let (conf_path, toml_path) = (dir.path().join("flyway.conf"), dir.path().join("flyway.toml"));
+            std::fs::write(&conf_path, &conf).unwrap();
+            std::fs::write(&toml_path, &toml).unwrap();
+            let cli = parse_cli_args(&flags).map(|a| a.settings).unwrap_or_default();
+            let sources = Sources { files: vec![conf_path, toml_path], env, cli, environment: None, working_dir: dir.path().to_path_buf() };
+            if let Ok(cfg) = load(&sources)
+                && let Some(url) = &cfg.url
+            {
+                prop_assert!(parse_jdbc_url(url).is_ok());
+            }
+        }
+
+        #[test]
+        fn fuzz_jdbc_url_never_panics_and_redaction_hides_the_password(url in rampart_fuzz::text(VALUES, 12), password in "[a-zA-Z0-9]{12}") {
+            let _ = parse_jdbc_url(&url);
+            let _ = redact_url(&url);
+            for secret in [format!("postgresql://u:{password}@h/db{url}"), format!("jdbc:postgresql://h/db?password={password}&{url}")] {
+                prop_assert!(!redact_url(&secret).contains(&password), "{}", redact_url(&secret));
+                if let Err(e) = parse_jdbc_url(&secret) {
+                    prop_assert!(!e.to_string().contains(&password), "{e}");
+                }
+            }
+        }
+    }
+}

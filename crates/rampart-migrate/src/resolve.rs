@@ -190,15 +190,15 @@ enum Name {
 }
 
 fn parse_name(file: &str, naming: &Naming) -> Name {
-    let upper = file.to_uppercase();
-    let Some(suffix) = naming
-        .suffixes
-        .iter()
-        .find(|s| upper.ends_with(&s.to_uppercase()))
-    else {
+    // The suffix is compared with the name's own last bytes: upper-casing can change a text's
+    // length (`ŉ` is `ʼN`), so "the upper-cased name ends with it" may not cut the name anywhere.
+    let Some(stem) = naming.suffixes.iter().find_map(|s| {
+        let cut = file.len().checked_sub(s.len())?;
+        let tail = file.get(cut..)?;
+        (tail.to_uppercase() == s.to_uppercase()).then(|| &file[..cut])
+    }) else {
         return Name::NotMigration;
     };
-    let stem = &file[..file.len() - suffix.len()];
     // Callbacks first: an event name, alone or followed by the separator and a description.
     for (name, event) in EVENTS {
         if stem == *name || stem.starts_with(&format!("{name}{}", naming.separator)) {
@@ -535,5 +535,103 @@ mod tests {
         .unwrap();
         let found = scan(&[dir.path().to_path_buf()], &Naming::default()).unwrap();
         assert_eq!(found.versioned[0].execute_in_transaction, Some(false));
+    }
+}
+
+/// Property tests of Flyway file names: any name and any naming is classified without a panic,
+/// and a well-formed name gives back its version and description.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "V",
+        "U",
+        "R",
+        "__",
+        "_",
+        ".",
+        "1",
+        "01",
+        ".sql",
+        ".SQL",
+        ".ſql",
+        "ß",
+        "ŉ",
+        "ʼN",
+        "é",
+        "beforeMigrate",
+        "afterMigrate",
+        "conf",
+    ];
+
+    fn naming() -> impl Strategy<Value = Naming> {
+        let part = || rampart_fuzz::soup(TOKENS, 3);
+        (
+            part(),
+            part(),
+            part(),
+            part(),
+            prop::collection::vec(part(), 1..3),
+        )
+            .prop_map(
+                |(versioned, undo, repeatable, separator, suffixes)| Naming {
+                    versioned,
+                    undo,
+                    repeatable,
+                    separator,
+                    suffixes,
+                },
+            )
+    }
+
+    /// Found by `fuzz_parse_name_never_panics`: the upper-cased name ended with the upper-cased
+    /// suffix, but the name itself is shorter than the suffix (a subtraction overflow), or the
+    /// cut fell inside a character (`é.sql` against `.ſql`).
+    #[test]
+    fn fuzz_regression_suffix_that_upper_casing_lengthens() {
+        let naming = |suffix: &str| Naming {
+            suffixes: vec![suffix.into()],
+            ..Naming::default()
+        };
+        assert_eq!(parse_name("ŉ", &naming("ʼN")), Name::NotMigration);
+        assert_eq!(parse_name("é.sql", &naming(".ſql")), Name::NotMigration);
+        assert!(matches!(
+            parse_name("V1__x.ſQL", &naming(".ſql")),
+            Name::Migration { .. }
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(3000))]
+
+        #[test]
+        fn fuzz_parse_name_never_panics(file in rampart_fuzz::soup(TOKENS, 12), naming in prop_oneof![Just(Naming::default()), naming()]) {
+            let _ = parse_name(&file, &naming);
+        }
+
+        #[test]
+        fn fuzz_decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(text) = decode(&bytes, "V1__x.sql") {
+                prop_assert!(text.len() <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn prop_versioned_name_round_trips(parts in prop::collection::vec("[0-9]{1,4}", 1..4), dots in prop::collection::vec(prop::bool::ANY, 3), description in "[A-Za-z0-9_]{0,12}") {
+            let mut version = parts[0].clone();
+            for (part, dot) in parts[1..].iter().zip(dots) {
+                version.push(if dot { '.' } else { '_' });
+                version.push_str(part);
+            }
+            let file = format!("V{version}__{description}.sql");
+            let Name::Migration { kind, version: Some(parsed), description: got } = parse_name(&file, &Naming::default()) else {
+                return Err(TestCaseError::fail(format!("{file} is not a versioned migration")));
+            };
+            prop_assert_eq!(kind, Kind::Versioned);
+            prop_assert_eq!(parsed.as_str(), version.replace('_', "."));
+            prop_assert_eq!(got, description.replace('_', " "));
+        }
     }
 }

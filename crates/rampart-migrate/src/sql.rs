@@ -1092,3 +1092,74 @@ mod tests {
         assert_eq!(statements[19_999].line, 20_000);
     }
 }
+
+/// Property tests: the splitter never panics, never loses or merges statements, and its output
+/// splits again into itself.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        ";", "'", "''", "\"", "$$", "$a$", "$1", "E'", "\\", "--", "\n", "\r", "/*", "*/", " ",
+        "BEGIN", "ATOMIC", "END", "CASE", "COPY", "FROM", "STDIN", "(", ")", "select", "é", "e",
+    ];
+
+    /// One piece of a generated statement and its text; `;` inside literals and comments ends
+    /// nothing.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(
+                &[
+                    "select", "x", "t1", "42", "values", "=", "(", ")", ",", "$1", "a$b"
+                ][..]
+            )
+            .prop_map(String::from),
+            "[a-z ;$\"/*-]{0,8}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+            "[a-z ;'$/*-]{0,8}"
+                .prop_map(|s| format!("E'{}'", s.replace('\\', "").replace('\'', "\\'"))),
+            "[a-z ;'$/*-]{0,8}".prop_map(|s| format!("\"{}\"", s.replace('"', "\"\""))),
+            "[a-z ;'\"/*-]{0,8}".prop_map(|s| format!("$$ {s} $$")),
+            "[a-pr-z ;'\"$/*-]{0,8}".prop_map(|s| format!("$q$ {s} $q$")),
+            "[a-z ;'\"$-]{0,8}".prop_map(|s| format!("/* {} /* nested; */ */", s.replace('*', ""))),
+            "[a-z ;'\"$/*]{0,8}".prop_map(|s| format!("-- {s}\n")),
+        ]
+    }
+
+    /// A statement: a word first and last, so its text is exactly its pieces joined.
+    fn statement() -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(), 0..6)
+            .prop_map(|middle| format!("select {} x", middle.join(" ")).replace("  ", " "))
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(2000))]
+
+        #[test]
+        fn fuzz_split_never_panics_and_keeps_order(script in rampart_fuzz::text(TOKENS, 40)) {
+            let Ok(statements) = split(&script) else { return Ok(()) };
+            let mut from = 0;
+            let mut line = 1;
+            for s in &statements {
+                // PostgreSQL's whitespace only: a no-break space is part of an identifier.
+                let trimmed = s.sql.trim_matches(|c: char| c.is_ascii() && is_space(c as u8));
+                prop_assert!(!s.sql.is_empty() && trimmed == s.sql, "{s:?}");
+                let at = script[from..].find(&s.sql).map(|i| from + i);
+                prop_assert!(at.is_some(), "{s:?} is not in the script after offset {from}");
+                from = at.unwrap_or(from) + s.sql.len();
+                prop_assert!(s.line >= line, "{s:?} starts before line {line}");
+                line = s.line;
+            }
+            let again: Vec<String> = statements.iter().map(|s| s.sql.clone()).collect();
+            let resplit = split(&again.join(";\n")).map(|v| v.into_iter().map(|s| s.sql).collect::<Vec<_>>());
+            prop_assert_eq!(resplit, Ok(again));
+        }
+
+        #[test]
+        fn prop_split_keeps_every_statement(statements in prop::collection::vec(statement(), 0..8), sep in prop::sample::select(&[";", ";\n", " ;\n\n", ";/* ; */", "; -- ;\n", ";;"][..])) {
+            let script = statements.join(sep);
+            let got: Vec<String> = split(&script).unwrap().into_iter().map(|s| s.sql).collect();
+            prop_assert_eq!(got, statements);
+        }
+    }
+}

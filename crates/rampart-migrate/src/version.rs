@@ -141,3 +141,44 @@ mod tests {
         }
     }
 }
+
+/// Property tests: any text parses or is refused without a panic, and versions order as their
+/// numbers do, leading zeros and trailing zero parts aside.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text(parts: &[(u32, usize)]) -> String {
+        let parts: Vec<String> = parts
+            .iter()
+            .map(|(n, zeros)| format!("{}{n}", "0".repeat(*zeros)))
+            .collect();
+        parts.join(".")
+    }
+
+    fn key(parts: &[(u32, usize)]) -> Vec<u32> {
+        let mut key: Vec<u32> = parts.iter().map(|(n, _)| *n).collect();
+        while key.last() == Some(&0) {
+            key.pop();
+        }
+        key
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(3000))]
+
+        #[test]
+        fn fuzz_version_parse_never_panics(raw in prop_oneof![any::<String>(), rampart_fuzz::soup(&["1", "0", ".", "_", "00", "9"], 10)]) {
+            if let Ok(v) = Version::parse(&raw) {
+                prop_assert_eq!(v.as_str(), raw.replace('_', "."));
+            }
+        }
+
+        #[test]
+        fn prop_versions_order_numerically(a in prop::collection::vec((0u32..20, 0usize..3), 1..4), b in prop::collection::vec((0u32..20, 0usize..3), 1..4)) {
+            let (va, vb) = (Version::parse(&text(&a)).unwrap(), Version::parse(&text(&b)).unwrap());
+            prop_assert_eq!(va.cmp(&vb), key(&a).cmp(&key(&b)), "{} vs {}", va, vb);
+        }
+    }
+}

@@ -855,3 +855,101 @@ mod tests {
         assert_eq!(pb.plays[0].tasks[0].ignore_errors, Some(Value::Bool(true)));
     }
 }
+
+/// Property tests: the loader validates any text, and the shipped playbooks mutated at random,
+/// without a panic; a playbook that loads has at least one play.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SHIPPED: &[&str] = &[
+        include_str!("../../../playbooks/production-deploy-transactional.yml"),
+        include_str!("../../../playbooks/rollback-production-safe.yml"),
+        include_str!("../../../playbooks/demo-rescue.yml"),
+    ];
+    const TOKENS: &[&str] = &[
+        "- hosts: all\n",
+        "  tasks:\n",
+        "    - name: t\n",
+        "      command: echo hi\n",
+        "  ",
+        "      when: x is defined\n",
+        "block:",
+        "rescue:",
+        "always:",
+        "loop: [1, 2]",
+        "{{ x }}",
+        "{% if x %}",
+        "serial: [1, \"50%\"]",
+        "vars:",
+        "handlers:",
+        "notify: h",
+        "register: r",
+        "until: r.rc == 0",
+        "retries: 3",
+        "delay: 0",
+        "import_tasks: x.yml",
+        "\n",
+        "- ",
+        ": ",
+        "debug: msg=hi",
+        "set_fact:",
+        "failed_when: false",
+        "check_mode: true",
+        "ignore_errors: yes",
+        "max_fail_percentage: 30",
+        "tags: [a]",
+        "args:",
+        "environment:",
+        "é",
+    ];
+
+    /// Deletes, duplicates or inserts a token at byte fractions of a shipped playbook.
+    fn mutated() -> impl Strategy<Value = String> {
+        let edit = (
+            0.0..1.0f64,
+            0usize..40,
+            prop::sample::select(TOKENS),
+            0u8..3,
+        );
+        (
+            prop::sample::select(SHIPPED),
+            prop::collection::vec(edit, 1..4),
+        )
+            .prop_map(|(text, edits)| {
+                let mut text = text.to_string();
+                for (at, len, token, kind) in edits {
+                    let floor = |mut i: usize, t: &str| {
+                        while !t.is_char_boundary(i) {
+                            i -= 1
+                        }
+                        i
+                    };
+                    let start = floor((at * text.len() as f64) as usize, &text);
+                    let end = floor((start + len).min(text.len()), &text);
+                    match kind {
+                        0 => text.replace_range(start..end, ""),
+                        1 => {
+                            let copy = text[start..end].to_string();
+                            text.insert_str(start, &copy)
+                        }
+                        _ => text.insert_str(start, token),
+                    }
+                }
+                text
+            })
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(150))]
+
+        #[test]
+        fn fuzz_load_never_panics(text in prop_oneof![rampart_fuzz::text(TOKENS, 40), mutated()]) {
+            let templar = Templar::new();
+            if let Ok(book) = load("fuzz.yml", &text, &templar) {
+                prop_assert!(!book.plays.is_empty());
+            }
+        }
+    }
+}

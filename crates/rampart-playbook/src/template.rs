@@ -6,6 +6,9 @@
 //! Undefined variables are errors, except under `is defined` and `default`, as in Ansible.
 //! Play, block and task `vars` are templated lazily when looked up, so `url: "http://{{ host }}"`
 //! may refer to variables registered later.
+//!
+//! Every render and evaluation is bounded: 200 levels of recursion and [`MAX_FUEL`] executed
+//! instructions, past which it fails ("template too costly") instead of hanging the host.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +21,10 @@ use serde_json::Value;
 
 /// How deep lazily templated variables may refer to each other before it is called a loop.
 const MAX_LAZY_DEPTH: usize = 32;
+/// Instructions one render or evaluation may execute: far beyond any playbook's templates (a
+/// loop over 100,000 items costs about a million), and a bound on hostile ones (nested loops
+/// over `range(100000)` would otherwise run 10^10 iterations).
+pub const MAX_FUEL: u64 = 20_000_000;
 
 /// A template that failed to compile or render.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +50,7 @@ fn kind_text(k: ErrorKind) -> &'static str {
         ErrorKind::UnknownTest => "unknown test",
         ErrorKind::UnknownFunction => "unknown function",
         ErrorKind::InvalidOperation => "invalid operation",
+        ErrorKind::OutOfFuel => "template too costly (over its instruction budget)",
         _ => "template error",
     }
 }
@@ -92,6 +100,7 @@ impl Templar {
             env.set_syntax(syntax);
         }
         env.set_recursion_limit(200);
+        env.set_fuel(Some(MAX_FUEL));
         // Python renders booleans as True/False and None as None; Ansible output shows that.
         env.set_formatter(|out, state, value| match value.kind() {
             minijinja::value::ValueKind::Bool => {
@@ -473,5 +482,128 @@ mod tests {
         assert!(t.check_template("{{ x ").is_err());
         assert!(t.check_expression("x ==").is_err());
         assert!(t.check_expression("r.rc not in [0, 3]").is_ok());
+    }
+}
+
+/// Property tests: any template or expression is checked, rendered or refused without a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const TOKENS: &[&str] = &[
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "{#",
+        "#}",
+        "-",
+        " ",
+        "x",
+        "xs",
+        "m",
+        "m.k",
+        "s",
+        "n",
+        "r.rc",
+        "'a'",
+        "\"b\"",
+        "1",
+        "2.5",
+        "[",
+        "]",
+        "(",
+        ")",
+        "|",
+        "default('d')",
+        "bool",
+        "int",
+        "to_json",
+        "from_json",
+        "basename",
+        "dirname",
+        "extract(m)",
+        "map('extract', m)",
+        "list",
+        "length",
+        "lower",
+        ".split(' ')",
+        ".startswith('/')",
+        ".items()",
+        "is defined",
+        "not",
+        "and",
+        "or",
+        "in",
+        "==",
+        "+",
+        "~",
+        "if",
+        "else",
+        "endif",
+        "for i in xs",
+        "endfor",
+        "set y = 1",
+        "range(3)",
+        "loop.index",
+        "break",
+        "continue",
+        "raw",
+        "endraw",
+        "\n",
+        "é",
+    ];
+
+    fn scope(t: &Arc<Templar>) -> MjValue {
+        let vars = json!({"x": 1, "xs": [1, "2", null], "m": {"k": "V", "1": [true]}, "s": "/a/b",
+            "n": 3, "r": {"rc": 0, "stdout": "{\"j\": 1}"}});
+        let fixed = vars
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), from_json(v)));
+        let lazy = json!({"l": "{{ x + 1 }}", "loop1": "{{ loop2 }}", "loop2": "{{ loop1 }}"});
+        let lazy = lazy.as_object().cloned().unwrap_or_default();
+        Scope::value(
+            t.clone(),
+            vec![
+                Layer::Fixed(Arc::new(fixed.collect())),
+                Layer::Lazy(Arc::new(lazy)),
+            ],
+        )
+    }
+
+    /// Bounded time, found by reading (not by the fuzzer, whose loops are small): nested loops
+    /// over `range(100000)` ran 10^10 iterations; now the render runs out of fuel.
+    #[test]
+    fn fuzz_regression_nested_loops_run_out_of_fuel() {
+        let t = Arc::new(Templar::new());
+        let s = scope(&t);
+        let hog =
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+        let e = t.render_str(hog, &s).unwrap_err();
+        assert!(e.0.contains("instruction budget"), "{e}");
+        let e = t.eval("range(100000) | map('string') | map('length') | sum + range(100000) | map('string') | map('length') | sum", &s);
+        assert!(e.is_ok(), "{e:?}");
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(1500))]
+
+        #[test]
+        fn fuzz_template_never_panics(text in rampart_fuzz::text(TOKENS, 30)) {
+            let t = Arc::new(Templar::new());
+            let s = scope(&t);
+            let checked = t.check_template(&text);
+            let rendered = t.render_str(&text, &s);
+            // What renders has compiled: checking is never stricter than rendering.
+            prop_assert!(rendered.is_err() || checked.is_ok(), "{:?} rendered but did not check", text);
+            if t.check_expression(&text).is_ok() {
+                let _ = t.eval(&text, &s);
+                let _ = t.eval_conditions(&[Value::String(text.clone())], &s);
+            }
+        }
     }
 }

@@ -971,3 +971,134 @@ mod tests {
         assert!(matches!(err(&text), E::TooDeep { limit: 64, .. }));
     }
 }
+
+/// Property tests: any text loads or is refused without a panic or a stack overflow, what loads
+/// stays within the limits, and JSON (a subset of YAML) reads back as the same value.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "- ",
+        ": ",
+        ":",
+        "\n",
+        "  ",
+        "[",
+        "]",
+        "{",
+        "}",
+        ", ",
+        "&a ",
+        "*a",
+        "&b ",
+        "*b",
+        "<<: ",
+        "!!str ",
+        "!!int ",
+        "!!map ",
+        "!!seq ",
+        "!x ",
+        "? ",
+        "'",
+        "\"",
+        "\\",
+        "|",
+        ">-",
+        "# c",
+        "---\n",
+        "...\n",
+        "~",
+        "yes",
+        "Off",
+        "0x1F",
+        "0o7",
+        "0755",
+        ".inf",
+        "-.5",
+        "1.5e+3",
+        "k",
+        "é",
+        "\t",
+        "%YAML 1.1\n",
+        "%TAG ! tag:x,2000:\n",
+    ];
+
+    /// Nodes and depth of a tree, walked without recursion.
+    fn size(docs: &[Yaml]) -> (usize, usize) {
+        let (mut nodes, mut depth) = (0, 0);
+        let mut todo: Vec<(&Yaml, usize)> = docs.iter().map(|d| (d, 0)).collect();
+        while let Some((y, d)) = todo.pop() {
+            nodes += 1;
+            depth = depth.max(d);
+            match &y.node {
+                Node::Seq(items) => todo.extend(items.iter().map(|i| (i, d + 1))),
+                Node::Map(pairs) => {
+                    for (k, v) in pairs {
+                        todo.push((k, d + 1));
+                        todo.push((v, d + 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (nodes, depth)
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop::sample::select(&[1.5, -0.25, 1e-3, 0.0, 12345.678][..]).prop_map(Value::from),
+            "(\\PC|[\t\n\"\\\\])*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(rampart_fuzz::config(1500))]
+
+        #[test]
+        fn fuzz_yaml_never_panics_and_keeps_its_limits(text in rampart_fuzz::text(TOKENS, 60), small in any::<bool>()) {
+            let limits = if small {
+                Limits { max_bytes: 200, max_depth: 6, max_nodes: 40 }
+            } else {
+                Limits::default()
+            };
+            if let Ok(docs) = parse(&text, &limits) {
+                let (nodes, depth) = size(&docs);
+                prop_assert!(depth <= limits.max_depth, "depth {depth} over {}", limits.max_depth);
+                prop_assert!(nodes <= limits.max_nodes, "{nodes} nodes over {}", limits.max_nodes);
+                for d in &docs {
+                    let _ = d.to_json();
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_yaml_deep_nesting_is_refused_not_overflowed(opens in prop::collection::vec(prop::sample::select(&["[", "{k: ", "- ", "&a [", "[*a, "][..]), 0..3000)) {
+            let text = opens.concat();
+            match parse(&text, &Limits::default()) {
+                Ok(docs) => prop_assert!(size(&docs).1 <= 64),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn prop_json_reads_back_as_itself(value in json()) {
+            for text in [serde_json::to_string(&value).unwrap(), serde_json::to_string_pretty(&value).unwrap()] {
+                let docs = parse(&text, &Limits::default()).map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
+                prop_assert_eq!(docs.len(), 1);
+                prop_assert_eq!(docs[0].to_json(), value.clone(), "{}", text);
+            }
+        }
+    }
+}
