@@ -146,7 +146,7 @@ proptest! {
             refused(svc.list_releases(Request::new(pb::ListReleasesRequest { component: name.clone() })).await.map(drop))?;
             refused(svc.has_artifact(Request::new(pb::HasArtifactRequest { sha256: name.clone() })).await.map(drop))?;
             refused(svc.list_forensics(Request::new(pb::ListForensicsRequest { limit })).await.map(drop))?;
-            refused(svc.capture_state(Request::new(pb::CaptureStateRequest { components: vec![name.clone()] })).await.map(drop))?;
+            refused(svc.capture_state(Request::new(pb::CaptureStateRequest { components: vec![name.clone()], ..Default::default() })).await.map(drop))?;
             Ok(())
         })?;
         nothing_outside(dir.path())?;

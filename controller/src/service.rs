@@ -453,7 +453,6 @@ impl ControllerApi for Service {
     ) -> Result<Response<Self::DeployStream>, Status> {
         let who = self.authorize(&request, Rpc::Deploy)?;
         let r = request.into_inner();
-        let cfg = &self.ctl.cfg;
         let env = self.environment(&who, &r.environment)?;
         let id = Self::deployment_id(&r.deployment_id)?;
         edge::version("version", &r.version)?;
