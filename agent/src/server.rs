@@ -320,6 +320,24 @@ impl Agent for AgentService {
                 "a state capture names at most {CAPTURE_MAX_NAMES} components and {CAPTURE_MAX_NAMES} services of at most 256 bytes each"
             )));
         }
+        // A component is a directory under apps/ and a service a unit name given to systemctl:
+        // neither may climb out (`../..`, `/etc`) nor pass for an option (`--help`).
+        for c in &r.components {
+            crate::modules::release::check_name("component", c)
+                .map_err(Status::invalid_argument)?;
+        }
+        if let Some(bad) = r.services.iter().find(|u| {
+            u.is_empty()
+                || u.starts_with('-')
+                || !u
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@._-:\\".contains(c))
+        }) {
+            return Err(Status::invalid_argument(format!(
+                "invalid service {:?}: a systemd unit name (letters, digits and @._-:\\, not starting with -)",
+                bad.chars().take(64).collect::<String>()
+            )));
+        }
         let database = match r.database_json.trim() {
             "" => None,
             text => match serde_json::from_str::<Value>(text) {

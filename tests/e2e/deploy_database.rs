@@ -188,6 +188,27 @@ fn capture_state_rpc_records_services_and_the_database_as_the_playbook_does() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        // Names that would climb out of apps/ or pass for a systemctl option are refused too.
+        for (components, services) in [
+            (vec!["../../etc".to_string()], vec![]),
+            (vec!["/etc".to_string()], vec![]),
+            (vec![], vec!["--help".to_string()]),
+            (vec![], vec!["a b".to_string()]),
+        ] {
+            let err = c
+                .capture_state(pb::CaptureStateRequest {
+                    components: components.clone(),
+                    services: services.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{components:?} {services:?}: {err:?}"
+            );
+        }
         serde_json::from_str(&state_json).unwrap()
     });
     assert_eq!(captured["versions"]["app"], "2.0.0", "{captured:#}");

@@ -241,7 +241,7 @@ pub fn list(state_dir: &Path, component: Option<&str>) -> Result<Vec<ReleaseInfo
 }
 
 /// Component and version names become directory names: no separators, no leading dot.
-fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
