@@ -500,7 +500,7 @@ def bench_switch(a, work: str, ansible_env, ansible_cmd) -> str:
         row("`release state=active` (`--json` duration_ms, 1 ms resolution)", act_ms),
         row("`release state=restored` (`--json` duration_ms, 1 ms resolution)", res_ms),
         row("rampart run, amortized wall per switch task", per_switch,
-            "incl. engine + 2 fsync'd journal records", compare=True),
+            "incl. engine + 2 journal records, 1 fdatasync", compare=True),
     ]
     if ans_per:
         rows.append([f"ansible-playbook -c local: 2x `file state=link` per switch, amortized", fmt_ms(ans_med),
