@@ -215,8 +215,10 @@ pub fn execute(
         recap: result.recap,
         recovered: tx.recovered,
     })?;
-    on_entry(&end);
+    // Stopped before a client is streamed the `end` (and may exit): a crash test then always
+    // finds the agent stopped, never a finished client beside a journal left in flight.
     stop_hook(host.stop_after_record, end.seq);
+    on_entry(&end);
     tx.journal.finish(&host.state_dir)?;
     drop(tx.lock);
     Ok(TxSummary {
