@@ -19,13 +19,15 @@
 //! Phases, so a rollback is not held up by hashing every file of the failed release:
 //! - `capture` (in `rescue`, before anything is stopped or restored): only what the stop and the
 //!   restore would change or destroy — the services' last log lines, the journal so far — and the
-//!   failure's arguments, written durably to `<dest_dir>/.capture-<failed_version>-<txid>/`.
-//!   A capture (or finished bundle) this transaction already made is kept: a rescue run again
-//!   after a crash does not overwrite the record taken closer to the failure.
+//!   failure's arguments, written to `<dest_dir>/.capture-<failed_version>-<txid>/` without
+//!   waiting for the disk (the rollback waits on this step; `complete` syncs it). A capture (or
+//!   finished bundle) this transaction already made is kept: a rescue run again after a crash
+//!   does not overwrite the record taken closer to the failure (one a power loss left
+//!   unreadable is taken again).
 //! - `complete` (once the host is restored and the failed release set apart under
-//!   `failed/<version>-<txid>`): adds `files.json`, computed from that release (the release
-//!   files do not change when set apart) and `recorded`, then renames the capture to the
-//!   bundle's name. `ok` and unchanged when this transaction captured nothing.
+//!   `failed/<version>-<txid>`): fsyncs the capture, adds `files.json`, computed from that
+//!   release (the release files do not change when set apart) and `recorded`, then renames the
+//!   capture to the bundle's name. `ok` and unchanged when this transaction captured nothing.
 //! - `all`: both at once (the release is looked for in `releases/` as well).
 //!
 //! Bundles are written under a hidden name and renamed when complete, so a crash never leaves a
@@ -278,10 +280,49 @@ fn capture(
     }
     let (metadata, mut bundle) = volatile(args, ctx, &id, started);
     bundle.push((METADATA_FILE.into(), pretty(&metadata)));
-    let name = hidden.file_name().unwrap_or_default().to_string_lossy();
-    rampart_host::durable::write_dir_atomic(dest_dir, &name, &bundle)
+    write_capture(&hidden, &bundle)
         .map_err(|e| format!("cannot write forensics capture {}: {e}", hidden.display()))?;
     Ok(r)
+}
+
+/// Writes the capture into a temp dir and renames it to `hidden`, without syncing: this runs
+/// while the rollback waits, and `complete` makes every file durable before the bundle gets its
+/// name. A capture a power loss left unreadable is replaced (the rescue runs again).
+fn write_capture(hidden: &Path, files: &[(PathBuf, Vec<u8>)]) -> io::Result<()> {
+    let dir = hidden.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = rampart_host::durable::temp_path(dir, hidden.file_name().unwrap_or_default());
+    let result = (|| {
+        fs::create_dir(&tmp)?;
+        for (rel, bytes) in files {
+            let p = tmp.join(rel);
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(&p, bytes)?;
+        }
+        if hidden.exists() {
+            fs::remove_dir_all(hidden)?;
+        }
+        fs::rename(&tmp, hidden)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// fsyncs every file and directory under `dir` (the bundle and `logs/`).
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            sync_tree(&e.path())?;
+        } else {
+            File::open(e.path())?.sync_all()?;
+        }
+    }
+    rampart_host::durable::fsync_dir(dir)
 }
 
 /// `phase: complete`, once the host is restored: adds `files.json` (from the release set apart
@@ -313,6 +354,7 @@ fn complete(
         rampart_host::durable::write_atomic(&p, bytes, Some(0o644))
             .map_err(|e| format!("cannot write {}: {e}", p.display()))
     };
+    sync_tree(&hidden).map_err(|e| format!("cannot sync {}: {e}", hidden.display()))?;
     write("files.json", &manifest(args, ctx, failed_version))?;
     metadata["recorded"] = json!(now());
     write(METADATA_FILE, &pretty(&metadata))?;
