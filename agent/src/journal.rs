@@ -1,10 +1,56 @@
-//! The write-ahead journal: `journal/<txid>.jsonl`, one JSON [`Entry`] a line, fsync'd per record.
+//! The write-ahead journal: `journal/<txid>.jsonl`, one JSON [`Entry`] a line, made durable with
+//! one fdatasync per task.
 //!
 //! Inputs: records from the engine. Outputs: durable lines, and on start-up the parsed entries of
 //! every unfinished journal. A finished transaction's journal moves to `history/` (rename, then the
 //! directories are fsync'd). A torn last line (the crash cut a write short) is reported to the
 //! caller with its text and cut off before anything is appended, so the file stays parseable;
 //! a bad line anywhere else is corruption and refuses recovery.
+//!
+//! # Which records are synced, and why one sync per task is enough
+//!
+//! Every record is written (`write(2)`: it is in the page cache, so it survives a SIGKILL of
+//! the agent) before the engine goes on. Every record is also fdatasync'd before
+//! [`Journal::append`] returns, except a `task_start` that directly follows the `task_end` of a
+//! task in the same place (both outside any `rescue`/`always`, or both in the same outermost
+//! `rescue`/`always`): that one becomes durable with the next sync, at the latest its own
+//! `task_end` ([`start_needs_sync`]). A run of tasks therefore costs one fdatasync per task.
+//!
+//! What each record means to recovery (`recovery.rs`, which sees only what is durable):
+//! - `task_end` of task X: X's result is final; a replay registers it and never runs X again.
+//!   It is synced, so nothing after it (the next task's side effects) happens while it is not
+//!   durable.
+//! - `task_start` of task T with no `task_end`: T was running. In a `block`, T fails as
+//!   "interrupted" and `rescue` then `always` run; inside a `rescue` or an `always`, that whole
+//!   (outermost) section runs again.
+//! - `begin`, `play_start`, `task_retry`, `task_progress`, `recovery`, `end`: synced.
+//!
+//! A power loss after T's side effects began but before the next sync may keep T's unsynced
+//! `task_start`, tear it (the torn tail is cut and reported) or lose it whole. Kept or torn,
+//! recovery sees T running. Lost, the journal ends with the synced `task_end` of X, the task
+//! before T: exactly what a crash just before T's `task_start` leaves, a state recovery already
+//! handles. Because X and T are in the same place, recovery then does to T what it does when
+//! T's `task_start` is there:
+//! - both in a `block` (outside any `rescue`/`always`): recovery replays up to X, the replay runs
+//!   out at T, and a block task reached after the replay ran out fails as "interrupted" (`the
+//!   agent stopped before this task ran`) without running; `rescue` and `always` run. T is not
+//!   run again, its status is the same.
+//! - both in the same outermost `rescue` or `always`: that section runs again from its start,
+//!   as it would have.
+//!
+//! When X and T are in different places the `task_start` is synced, because the two journals
+//! would be recovered differently: with X in a nested `rescue`/`always` and T after it in the
+//! block, recovery would rerun that section and then run T live, a second time, instead of
+//! failing it. After a `play_start`, a `recovery` record or a `begin`, the first `task_start` is
+//! synced too (a replay that runs out at a play boundary goes live). These are a few syncs per
+//! section or play, not per task.
+//!
+//! What the skipped sync costs: a watcher is streamed T's `task_start` before it is durable. After
+//! a power loss (never after a SIGKILL of the agent alone) the journal may not have it; the
+//! `recovery` record then takes T's sequence number, and a client re-attaching from the number
+//! after T's misses that one record (it still gets every later record and the outcome).
+//! `tests/e2e/crash.rs` SIGKILLs the agent at every record, and also removes the unsynced
+//! `task_start` before the restart, which is what a power loss can leave.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -13,16 +59,18 @@ use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
 use crate::event::{Entry, Record};
+use rampart_playbook::model::outermost_cleanup_section;
 
 /// Subdirectory of the state dir holding in-flight journals.
 pub const JOURNAL_DIR: &str = "journal";
 /// Subdirectory of the state dir holding finished journals.
 pub const HISTORY_DIR: &str = "history";
 
-/// Whether every record is fsync'd before the engine goes on.
+/// Whether records are fsync'd before the engine goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fdatasync after every record (production).
+    /// fdatasync after every record but the `task_start`s [`start_needs_sync`] exempts: once
+    /// per task (production).
     Fsync,
     /// No sync (benchmarks measuring the engine without the disk).
     None,
@@ -36,6 +84,9 @@ pub struct Journal {
     file: File,
     next_seq: u64,
     durability: Durability,
+    syncs: u64,
+    /// The path of the task whose `task_end` is the last record appended, if it is one.
+    previous_end: Option<String>,
 }
 
 /// What was read back from a journal file.
@@ -59,9 +110,36 @@ pub fn history_path(state_dir: &Path, txid: &str) -> PathBuf {
     state_dir.join(HISTORY_DIR).join(format!("{txid}.jsonl"))
 }
 
+/// When a transaction began: the time of the first record of its journal (in flight, else in
+/// history), if it can be read.
+pub fn begin_time(state_dir: &Path, txid: &str) -> Option<std::time::SystemTime> {
+    [journal_path(state_dir, txid), history_path(state_dir, txid)]
+        .iter()
+        .find_map(|p| {
+            let mut first = String::new();
+            BufReader::new(File::open(p).ok()?)
+                .read_line(&mut first)
+                .ok()?;
+            let entry: Entry = serde_json::from_str(first.trim_end()).ok()?;
+            let t = chrono::DateTime::parse_from_rfc3339(&entry.time).ok()?;
+            Some(std::time::SystemTime::from(t))
+        })
+}
+
 /// Current time as RFC 3339 with microseconds, UTC.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Whether the `task_start` of the task at `path` is fdatasync'd before [`Journal::append`]
+/// returns, given the path of the task whose `task_end` is the record just before it (`None`
+/// when the record before it is anything else). Unsynced only when both tasks are in the same
+/// place, so that losing it is recovered as if it were there (the module docs give the argument).
+pub fn start_needs_sync(previous_end: Option<&str>, path: &str) -> bool {
+    match previous_end {
+        Some(prev) => outermost_cleanup_section(prev) != outermost_cleanup_section(path),
+        None => true,
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
@@ -119,6 +197,8 @@ impl Journal {
             file,
             next_seq: 0,
             durability,
+            syncs: 0,
+            previous_end: None,
         })
     }
 
@@ -154,6 +234,8 @@ impl Journal {
             file,
             next_seq,
             durability,
+            syncs: 0,
+            previous_end: None,
         })
     }
 
@@ -162,8 +244,25 @@ impl Journal {
         &self.txid
     }
 
-    /// Appends one record and makes it durable; returns the entry as written.
+    /// How many fdatasyncs of records this journal has done since it was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Appends one record, durably unless it is a `task_start` [`start_needs_sync`] lets wait
+    /// for the next sync; returns the entry as written.
     pub fn append(&mut self, record: Record) -> Result<Entry, JournalError> {
+        let sync = self.durability == Durability::Fsync
+            && match &record {
+                Record::TaskStart { path, .. } => {
+                    start_needs_sync(self.previous_end.as_deref(), path)
+                }
+                _ => true,
+            };
+        let previous_end = match &record {
+            Record::TaskEnd { path, .. } => Some(path.clone()),
+            _ => None,
+        };
         let entry = Entry {
             seq: self.next_seq,
             txid: self.txid.clone(),
@@ -179,13 +278,15 @@ impl Journal {
                 path: self.path.clone(),
                 source,
             })?;
-        if self.durability == Durability::Fsync {
+        if sync {
             self.file.sync_data().map_err(|source| JournalError::Io {
                 op: "fsync",
                 path: self.path.clone(),
                 source,
             })?;
+            self.syncs += 1;
         }
+        self.previous_end = previous_end;
         self.next_seq += 1;
         Ok(entry)
     }

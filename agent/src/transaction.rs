@@ -36,8 +36,9 @@ pub struct HostConfig {
     pub durability: Durability,
     /// The host's name.
     pub hostname: String,
-    /// Test hook: stop this process (SIGSTOP) right after journal record number N is durable, so
-    /// a crash test can SIGKILL the agent at an exact point. Never set in production.
+    /// Test hook: stop this process (SIGSTOP) right after journal record number N is written (and
+    /// synced, when the journal syncs it), so a crash test can SIGKILL the agent at an exact point.
+    /// Never set in production.
     pub stop_after_record: Option<u64>,
 }
 
@@ -125,7 +126,7 @@ impl Sink for JournalSink<'_> {
     }
 }
 
-/// The crash tests' hook: SIGSTOP this process once record `seq` is durable.
+/// The crash tests' hook: SIGSTOP this process once record `seq` is written.
 fn stop_hook(stop_after: Option<u64>, seq: u64) {
     if stop_after == Some(seq) {
         tracing::warn!(seq, "test hook: stopping after journal record");
@@ -208,36 +209,16 @@ pub fn execute(
     mut tx: Prepared,
     on_entry: &mut dyn FnMut(&Entry),
 ) -> Result<TxSummary, TxError> {
-    let opts = EngineOptions {
-        check: tx.check,
-        host: host.hostname.clone(),
-        txid: tx.txid.clone(),
-        base_dir: tx.base_dir.clone(),
-        state_dir: host.state_dir.clone(),
-    };
-    let result = {
-        let mut sink = JournalSink {
-            journal: &mut tx.journal,
-            on_entry,
-            stop_after: host.stop_after_record,
-        };
-        let engine = Engine::new(
-            &tx.playbook,
-            templar.clone(),
-            opts,
-            &tx.vars,
-            &mut sink,
-            tx.replay.take(),
-        );
-        engine.run()?
-    };
+    let result = run_engine(host, templar, &mut tx, on_entry)?;
     let end = tx.journal.append(Record::End {
         outcome: result.outcome,
         recap: result.recap,
         recovered: tx.recovered,
     })?;
-    on_entry(&end);
+    // Stopped before a client is streamed the `end` (and may exit): a crash test then always
+    // finds the agent stopped, never a finished client beside a journal left in flight.
     stop_hook(host.stop_after_record, end.seq);
+    on_entry(&end);
     tx.journal.finish(&host.state_dir)?;
     drop(tx.lock);
     Ok(TxSummary {
@@ -246,6 +227,36 @@ pub fn execute(
         recap: result.recap,
         recovered: tx.recovered,
     })
+}
+
+/// Runs the engine over a prepared transaction, journaling every record.
+fn run_engine(
+    host: &HostConfig,
+    templar: &Arc<Templar>,
+    tx: &mut Prepared,
+    on_entry: &mut dyn FnMut(&Entry),
+) -> Result<crate::engine::RunResult, JournalError> {
+    let opts = EngineOptions {
+        check: tx.check,
+        host: host.hostname.clone(),
+        txid: tx.txid.clone(),
+        base_dir: tx.base_dir.clone(),
+        state_dir: host.state_dir.clone(),
+    };
+    let mut sink = JournalSink {
+        journal: &mut tx.journal,
+        on_entry,
+        stop_after: host.stop_after_record,
+    };
+    let engine = Engine::new(
+        &tx.playbook,
+        templar.clone(),
+        opts,
+        &tx.vars,
+        &mut sink,
+        tx.replay.take(),
+    );
+    engine.run()
 }
 
 /// Prepares the recovery of one unfinished transaction: reads its journal, takes the lock,
@@ -345,4 +356,107 @@ pub fn read_entries(host: &HostConfig, txid: &str) -> Result<Option<Vec<Entry>>,
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `tasks` (the task list of one play) as a transaction with an fsync'd journal; returns
+    /// the journal's fdatasyncs of records, `begin` and the `end` record aside.
+    fn syncs_during_run(tasks: &str) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostConfig {
+            state_dir: dir.path().to_path_buf(),
+            durability: Durability::Fsync,
+            hostname: "h01".into(),
+            stop_after_record: None,
+        };
+        let templar = Arc::new(Templar::new());
+        let playbook = format!("- hosts: all\n  gather_facts: false\n  tasks:\n{tasks}");
+        let req = TxRequest {
+            txid: Some("tx-syncs".into()),
+            playbook_name: "syncs.yml".into(),
+            playbook,
+            vars: Map::new(),
+            check: false,
+            base_dir: None,
+            lock_timeout: Duration::from_secs(5),
+        };
+        let mut tx = prepare(&host, &templar, req).unwrap();
+        assert_eq!(tx.journal.syncs(), 1, "the begin record is synced");
+        let result = run_engine(&host, &templar, &mut tx, &mut |_| {}).unwrap();
+        assert_ne!(result.outcome, Outcome::Failed);
+        tx.journal.syncs() - 1
+    }
+
+    fn set_facts(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("    - name: fact {i}\n      set_fact:\n        f{i}: {i}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn a_task_costs_one_fdatasync() {
+        // play_start, then the first task's start (synced: it follows play_start) and its end.
+        assert_eq!(syncs_during_run(&set_facts(1)), 3);
+        // Every further task: its end only.
+        assert_eq!(syncs_during_run(&set_facts(11)), 3 + 10);
+        // Whatever the module or the outcome: a skipped task, a command, a debug.
+        let mixed = set_facts(1)
+            + "    - name: skipped\n      debug:\n        msg: x\n      when: false\n"
+            + "    - name: true\n      command: /bin/true\n"
+            + "    - name: say\n      debug:\n        msg: hi\n";
+        assert_eq!(syncs_during_run(&mixed), 3 + 3);
+    }
+
+    #[test]
+    fn a_task_start_is_synced_where_its_loss_would_change_recovery() {
+        // block: b0 b1 (fails) | rescue: r0 r1 | always: a0, then t after the block.
+        // Unsynced starts: b1 (after b0), r1 (after r0). Synced: b0 (after play_start), r0, a0
+        // and t (each after a task in another place).
+        let tasks = "    - block:
+        - name: b0
+          debug: {msg: x}
+        - name: b1
+          fail: {msg: down}
+      rescue:
+        - name: r0
+          debug: {msg: x}
+        - name: r1
+          debug: {msg: x}
+      always:
+        - name: a0
+          debug: {msg: x}
+    - name: t
+      debug: {msg: x}
+";
+        let records = 1 + 6 * 2; // play_start, six tasks
+        assert_eq!(syncs_during_run(tasks), records - 2);
+    }
+
+    #[test]
+    fn start_sync_rule() {
+        use crate::journal::start_needs_sync;
+        assert!(start_needs_sync(None, "0.0"));
+        assert!(!start_needs_sync(Some("0.0"), "0.1"));
+        assert!(!start_needs_sync(
+            Some("0.0.block.0.block.1"),
+            "0.0.block.1"
+        ));
+        assert!(!start_needs_sync(
+            Some("0.0.rescue.0"),
+            "0.0.rescue.1.block.0"
+        ));
+        assert!(start_needs_sync(Some("0.0.block.1"), "0.0.rescue.0"));
+        assert!(start_needs_sync(
+            Some("0.0.block.0.rescue.1"),
+            "0.0.block.1"
+        ));
+        assert!(start_needs_sync(
+            Some("0.0.block.0.always.0"),
+            "0.0.block.1"
+        ));
+        assert!(start_needs_sync(Some("0.0.rescue.1"), "0.0.always.0"));
+    }
 }

@@ -300,3 +300,80 @@ fn torn_last_journal_line_is_reported_and_recovered() {
         "the torn bytes are kept in the recovery record"
     );
 }
+
+/// What a power loss can leave and a SIGKILL cannot: a task began (its side effects are on the
+/// host) but its `task_start`, which the journal leaves to the next fdatasync when the task
+/// before it ended in the same place (`agent/src/journal.rs`), never reached the disk. The agent
+/// is SIGKILLed while the task runs and that last line is removed before the restart: recovery
+/// must treat the task as interrupted without running a block task again.
+#[test]
+fn lost_unsynced_task_start_is_recovered_like_the_crash_before_it() {
+    for (task, tag, in_block) in [
+        ("b2 switch release", "b2", true),
+        ("b3 more work", "b3", true),
+        ("b4 health check fails", "b4", true),
+        ("r2 remove markers", "r2", false),
+    ] {
+        let what = format!("lost task_start of `{task}` after it began");
+        let h = host();
+        let mut agent = AgentProc::start(&h.state);
+        let listen = format!("127.0.0.1:{}", port_of(&agent.addr));
+        let client = start_client(&h, &agent.addr);
+        let trace = h.dir.join("trace");
+        let traced = |t: &str| {
+            std::fs::read_to_string(&trace)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| *l == t)
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while traced(tag) == 0 {
+            assert!(Instant::now() < deadline, "[{what}] task never began");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        agent.kill9();
+        let journal = std::fs::read_dir(h.state.join("journal"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let last: Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+        let before: Value = serde_json::from_str(lines[lines.len() - 2]).unwrap();
+        assert_eq!(
+            (last["type"].as_str(), last["name"].as_str()),
+            (Some("task_start"), Some(task)),
+            "[{what}] the kill came while the task ran"
+        );
+        assert_eq!(
+            before["type"], "task_end",
+            "[{what}] an unsynced start follows a task's end"
+        );
+        let kept = lines[..lines.len() - 1].join("\n") + "\n";
+        std::fs::write(&journal, kept).unwrap();
+
+        let _agent = AgentProc::start_with(&h.state, &listen, &[]);
+        assert_recovered(&h, client, &what);
+        let (_, entries) = finished_journal(&h.state, &what);
+        let recovery = entries
+            .iter()
+            .find(|e| e["type"] == "recovery")
+            .expect("recovery record");
+        assert_eq!(
+            recovery["interrupted_path"], before["path"],
+            "[{what}] recovery saw the journal end at the task before"
+        );
+        if in_block {
+            assert_eq!(traced(tag), 1, "[{what}] the block task ran again");
+            let end = entries
+                .iter()
+                .find(|e| e["type"] == "task_end" && e["name"] == task)
+                .expect("the task's end");
+            assert_eq!(end["status"], "failed", "[{what}]");
+            assert_eq!(end["result"]["interrupted"], true, "[{what}]");
+        }
+    }
+}

@@ -3,8 +3,8 @@
 
 Each playbook is run `reps` times per tool and the fastest run counts. Per-task overhead is
 (time of the N-task playbook - time of the 1-task baseline) / N, which removes start-up cost.
-Rampart runs twice: with the journal fsync'd per record (production) and without (--no-fsync),
-so the fsync cost shows separately.
+Rampart runs twice: with the journal fdatasync'd once per task (production, see agent/src/journal.rs)
+and without (--no-fsync), so the sync cost shows separately.
 """
 import argparse
 import os
@@ -78,7 +78,7 @@ def main() -> None:
     nf = {r[0]: r[5] for r in rows if r[2] == "rampart (no fsync)"}
     print()
     for kind, _ in cases:
-        print(f"journal fsync cost per task ({kind}): {fs[kind] - nf[kind]:.3f} ms (2 records per task)")
+        print(f"journal fsync cost per task ({kind}): {fs[kind] - nf[kind]:.3f} ms (2 records, 1 fdatasync per task)")
 
 
 if __name__ == "__main__":

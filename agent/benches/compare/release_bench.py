@@ -14,6 +14,9 @@ Driven by agent/benches/compare/release_bench.sh, which builds the binaries and 
    against Ansible's `file state=link` (current + public path) amortized the same way.
 3. deploy: the shipped `playbooks/production-deploy-transactional.yml` deploying the sample app
    against agent/benches/compare/ansible/deploy.yml doing the same steps with `ansible-playbook -c local`.
+4. rollback: the shipped playbook rolling back a broken release, from the failing health verdict
+   to the restored release passing its check, per step, against the same playbook with the
+   forensics recorded in one step before the restore (the order before the capture/manifest split).
 """
 import argparse
 import ctypes
@@ -497,7 +500,7 @@ def bench_switch(a, work: str, ansible_env, ansible_cmd) -> str:
         row("`release state=active` (`--json` duration_ms, 1 ms resolution)", act_ms),
         row("`release state=restored` (`--json` duration_ms, 1 ms resolution)", res_ms),
         row("rampart run, amortized wall per switch task", per_switch,
-            "incl. engine + 2 fsync'd journal records", compare=True),
+            "incl. engine + 2 journal records, 1 fdatasync", compare=True),
     ]
     if ans_per:
         rows.append([f"ansible-playbook -c local: 2x `file state=link` per switch, amortized", fmt_ms(ans_med),
@@ -712,6 +715,110 @@ def bench_deploy(a, work: str, ansible_env, ansible_cmd, reaper: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# 4. rollback latency: from the failing health verdict to the old release passing its check
+
+
+def ts(t: str) -> float:
+    return datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+
+
+def rollback_steps(state_dir: str):
+    """The newest history journal's tasks as (name, start, end, duration s), in order."""
+    hist = os.path.join(state_dir, "history")
+    newest = max(os.listdir(hist), key=lambda f: os.path.getmtime(os.path.join(hist, f)))
+    starts, out = {}, []
+    with open(os.path.join(hist, newest)) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("type") == "task_start":
+                starts[rec["path"]] = ts(rec["time"])
+            elif rec.get("type") == "task_end" and rec["path"] in starts:
+                t0, t1 = starts.pop(rec["path"]), ts(rec["time"])
+                out.append((rec["name"], rec["status"], t0, t1))
+    return out
+
+
+def bench_rollback(a, work: str, reaper: bool) -> str:
+    root = os.path.join(work, "rollback")
+    dist = os.path.join(root, "dist")
+    env = dict(os.environ, SAMPLE_APP_BIN=a.sample_app_bin)
+    run(["bash", os.path.join(WORKSPACE, "playbooks", "sample-app", "package.sh"), dist], env=env)
+    arts = {v: (os.path.join(dist, f"sample-app-{v}.tar.gz"), sha256_file(os.path.join(dist, f"sample-app-{v}.tar.gz")))
+            for v in ("2.0.0", "3.0.0")}
+    # "record first": the shipped playbook with its capture turned into the one-step record
+    # (`phase: all`: manifest of every file before anything is restored), which is what the
+    # playbook did before the split; its `complete` step then finds the bundle done.
+    with open(SHIPPED) as f:
+        text = f.read()
+    assert "phase: capture" in text, "the shipped playbook has no forensics capture phase"
+    before = os.path.join(root, "record-first.yml")
+    os.makedirs(root, exist_ok=True)
+    with open(before, "w") as f:
+        f.write(text.replace("phase: capture", "phase: all"))
+    variants = {"forensics record first (one step, before the restore)": before,
+                "capture first, manifest after the restore (shipped)": SHIPPED}
+    samples = {k: [] for k in variants}
+    hosts = []
+    try:
+        for rep in range(a.reps):
+            order = list(variants) if rep % 2 == 0 else list(variants)[::-1]
+            for name in order:
+                h = Host(root, f"h{len(hosts)}")
+                hosts.append(h)
+                for v in ("2.0.0", "3.0.0"):
+                    vars_ = h.vars(v, *arts[v])
+                    # Fine-grained retries so the restored app's check is not rounded up to a
+                    # long delay (the failing check's length is not measured).
+                    vars_["health_retries"], vars_["health_delay"] = 60, 0.05
+                    vf = os.path.join(h.dir, f"vars-{v}.json")
+                    with open(vf, "w") as f:
+                        json.dump(vars_, f)
+                    _, r = run([a.rampart, "run", variants[name], "--local", "--json", "--state-dir", h.state,
+                                "-e", "@" + vf], check=False)
+                    want = 0 if v == "2.0.0" else 1
+                    if r.returncode != want:
+                        sys.exit(f"{name}: deploy {v} exited {r.returncode}:\n{r.stdout.decode()[-3000:]}\n"
+                                 f"{r.stderr.decode()[-2000:]}")
+                assert h.serving() == "2.0.0", (name, h.serving())
+                steps = rollback_steps(h.state)
+                verdict = next(t1 for n, st, _, t1 in steps if n.startswith("health suite for") and st == "failed")
+                healthy = next(t1 for n, _, _, t1 in steps if n.startswith("verify the rollback is healthy"))
+                part = lambda pfx: sum(t1 - t0 for n, _, t0, t1 in steps if n.startswith(pfx) and verdict <= t0 <= healthy)
+                after = sum(t1 - t0 for n, _, t0, t1 in steps if "forensics" in n and t0 > healthy)
+                samples[name].append({
+                    "total": healthy - verdict,
+                    "forensics": part("record forensics") + part("capture forensics"),
+                    "stop": part("stop "),
+                    "restore": part("restore "),
+                    "start": part("start "),
+                    "verify": part("verify the rollback"),
+                    "after": after,
+                })
+                h.stop_app()
+                log(f"  rollback rep {rep + 1}/{a.reps} {name[:24]:24} {(healthy - verdict) * 1000:.1f} ms")
+    finally:
+        for h in hosts:
+            h.stop_app()
+    rows = []
+    for name, xs in samples.items():
+        med = {k: statistics.median(x[k] for x in xs) * 1000 for k in xs[0]}
+        service = med["stop"] + med["start"] + med["verify"]
+        rows.append([name, fmt_ms(med["total"]), fmt_ms(min(x["total"] for x in xs) * 1000), fmt_ms(med["forensics"]),
+                     fmt_ms(med["stop"]), fmt_ms(med["restore"]), fmt_ms(med["start"]), fmt_ms(med["verify"]),
+                     fmt_ms(med["total"] - service), "yes" if med["total"] - service <= 50 else "**no**",
+                     fmt_ms(med["after"])])
+    head = (f"### 4. Rollback latency: failing health verdict -> restored release healthy ({a.reps} rollbacks each, "
+            "interleaved)\n\nthe shipped playbook deploys sample app 2.0.0, then 3.0.0 (its health says DOWN); "
+            "measured in the journal from the failing health suite's task_end to the task_end of the rollback's "
+            "health suite (retries every 50 ms). `service` = stop + start + the verify suite (the app's own "
+            "stop and start time and the checks); the goal is the rest <= 50 ms. Same binary, same run; the first "
+            "row is the shipped playbook with its capture turned into the one-step record (`phase: all`), the order "
+            "before the split. Medians in ms.\n\n")
+    return head + table(["rescue order", "verdict->healthy", "min", "forensics", "stop", "restore release",
+                         "start", "verify", "total - service", "<= 50 ms", "manifest after (off path)"], rows)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -725,7 +832,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--artifact-mb", type=float, default=50)
     ap.add_argument("--cache", required=True, help="where the generated artifact is kept between runs")
-    ap.add_argument("--only", choices=["stage", "switch", "deploy"], action="append")
+    ap.add_argument("--only", choices=["stage", "switch", "deploy", "rollback"], action="append")
     ap.add_argument("--skip-ansible", action="store_true")
     ap.add_argument("--no-reaper", action="store_true",
                     help="leave stopped apps to PID 1 (in this sandbox: ~1.4 s per stop)")
@@ -748,7 +855,7 @@ def main() -> None:
         return [a.ansible, "-i", "localhost,", "-c", "local", pb, "-e", "ansible_python_interpreter=" + py]
 
     reaper = not a.no_reaper and become_subreaper()
-    only = a.only or ["stage", "switch", "deploy"]
+    only = a.only or ["stage", "switch", "deploy", "rollback"]
     out = []
     try:
         if "stage" in only:
@@ -757,6 +864,8 @@ def main() -> None:
             out.append(bench_switch(a, work, ansible_env, ansible_cmd))
         if "deploy" in only:
             out.append(bench_deploy(a, work, ansible_env, ansible_cmd, reaper))
+        if "rollback" in only:
+            out.append(bench_rollback(a, work, reaper))
     finally:
         if a.keep:
             log(f"scratch kept in {work}")

@@ -4,11 +4,13 @@
 #   2. `release state=active` / `state=restored` switch times (goal <= 50 ms) vs Ansible `file`
 #   3. the shipped transactional deploy playbook vs agent/benches/compare/ansible/deploy.yml run by
 #      `ansible-playbook -c local` (goal >= 10x faster)
+#   4. rollback latency, failing health verdict -> restored release healthy, shipped rescue order vs
+#      forensics recorded in one step first (goal: <= 50 ms beyond the service's own stop/start/check)
 #
 # Builds `rampart` and `rampart-sample-app` in release mode, creates a venv with ansible-core from
 # PyPI (cached under target/bench-venv, shared with engine_overhead.sh), keeps the generated
 # ~50 MB artifact under target/release-bench/ and prints one markdown table per benchmark.
-# Usage: agent/benches/compare/release_bench.sh [--reps N] [--switches N] [--only stage|switch|deploy]...
+# Usage: agent/benches/compare/release_bench.sh [--reps N] [--switches N] [--only stage|switch|deploy|rollback]...
 #        [--skip-ansible] [--keep]      (default: 5 reps, 20 active + 20 restored switches per run)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."

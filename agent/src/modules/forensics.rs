@@ -1,24 +1,40 @@
-//! `forensics`: records what a failed deploy left behind, before rescue changes anything.
+//! `forensics`: records what a failed deploy left behind.
 //!
 //! Inputs: `failed_version` (required), `restored_version`, `components`, `services` (unit names,
 //! or `{name, log_file, systemctl_prefix}`; the prefix reaches the service manager's journal as
 //! in the `service` module), `dest_dir` (default [`DEFAULT_DEST_DIR`]), `failed_task` /
 //! `failed_result` (pass `{{ ansible_failed_task }}` / `{{ ansible_failed_result }}`), `state`
-//! (the pre-deploy state, `{{ rampart_state }}`), `health`, and retention: `keep` (default
-//! [`DEFAULT_KEEP`]) and `max_age_days` (default [`DEFAULT_MAX_AGE_DAYS`]).
+//! (the pre-deploy state, `{{ rampart_state }}`), `health`, `phase` (`all`, `capture`,
+//! `complete`; default `all`) and retention: `keep` (default [`DEFAULT_KEEP`]) and
+//! `max_age_days` (default [`DEFAULT_MAX_AGE_DAYS`]).
 //!
 //! Output: the bundle `<dest_dir>/<failed_version>-<UTC ts>/` with `metadata.json`,
 //! `journal.jsonl` (the transaction's journal so far), `state.json`, `files.json` (each
 //! component's failed release compared with the artifact it was extracted from: what was added,
 //! removed or modified on disk since), `logs/<service>.log` (the last 5 minutes from journald, or
-//! the tail of `log_file`) and `health.json` when given. The result carries `path`, `id` and
-//! `changed: true`.
+//! the tail of `log_file`) and `health.json` when given. `metadata.json` says when the record
+//! `started`, when the volatile part was `captured` and when the bundle was `recorded`. The
+//! result carries `path`, `id` and `changed`.
 //!
-//! The bundle is written into a hidden temp dir beside its final name and renamed when complete,
-//! so a crash never leaves a half bundle under a bundle's name. Retention then removes bundles
-//! beyond the newest `keep` and those older than `max_age_days`, never the one just written.
-//! Nothing on the host is changed but `dest_dir`; reversing it is deleting the bundle. Check mode
-//! writes nothing and reports the path it would write.
+//! Phases, so a rollback is not held up by hashing every file of the failed release:
+//! - `capture` (in `rescue`, before anything is stopped or restored): only what the stop and the
+//!   restore would change or destroy — the services' last log lines, the journal so far — and the
+//!   failure's arguments, written to `<dest_dir>/.capture-<failed_version>-<txid>/` without
+//!   waiting for the disk (the rollback waits on this step; `complete` syncs it). A capture (or
+//!   finished bundle) this transaction already made is kept: a rescue run again after a crash
+//!   does not overwrite the record taken closer to the failure (one a power loss left
+//!   unreadable is taken again).
+//! - `complete` (once the host is restored and the failed release set apart under
+//!   `failed/<version>-<txid>`): fsyncs the capture, adds `files.json`, computed from that
+//!   release (the release files do not change when set apart) and `recorded`, then renames the
+//!   capture to the bundle's name. `ok` and unchanged when this transaction captured nothing.
+//! - `all`: both at once (the release is looked for in `releases/` as well).
+//!
+//! Bundles are written under a hidden name and renamed when complete, so a crash never leaves a
+//! half bundle under a bundle's name. Retention then removes bundles beyond the newest `keep` and
+//! those older than `max_age_days`, never the one just written. Nothing on the host is changed
+//! but `dest_dir`; reversing it is deleting the bundle. Check mode writes nothing and reports the
+//! path it would write.
 //!
 //! The agent serves the bundles through `ListForensics` / `GetForensics` ([`list_bundles`],
 //! [`write_tar_gz`]).
@@ -111,25 +127,40 @@ fn recorded_at(id: &str) -> Option<DateTime<Utc>> {
 }
 
 fn run_forensics(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
-    let started = Utc::now();
     let failed_version = arg_str(args, "failed_version").unwrap_or_default();
     if let Err(e) = check_bundle_id(failed_version) {
         return failed(format!("failed_version: {e}"));
     }
     let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
-    let id = format!("{failed_version}-{}", started.format(TS_FORMAT));
-    let path = dest_dir.join(&id);
-    let mut r = super::ok(true);
-    r.insert("path".into(), json!(path));
+    let outcome = match arg_str(args, "phase").unwrap_or("all") {
+        "capture" => capture(args, ctx, failed_version, &dest_dir),
+        "complete" => complete(args, ctx, failed_version, &dest_dir),
+        _ => record_all(args, ctx, failed_version, &dest_dir),
+    };
+    outcome.unwrap_or_else(failed)
+}
+
+/// The result naming the bundle `id` under `dest_dir`.
+fn bundle_result(dest_dir: &Path, id: &str, changed: bool) -> ModuleResult {
+    let mut r = super::ok(changed);
+    r.insert("path".into(), json!(dest_dir.join(id)));
     r.insert("id".into(), json!(id));
-    if ctx.check {
-        return r;
-    }
-    let components = super::arg_strings(args.get("components"));
-    let files = components
-        .iter()
-        .map(|c| release_files(ctx.state_dir, c, failed_version))
-        .collect::<Vec<_>>();
+    r
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// What a stop or a restore would change or destroy, read first: the journal so far, each
+/// service's recent log, and the arguments describing the failure. `metadata` lacks `recorded`.
+fn volatile(
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+    id: &str,
+    started: DateTime<Utc>,
+) -> (Value, Vec<(PathBuf, Vec<u8>)>) {
+    let failed_version = arg_str(args, "failed_version").unwrap_or_default();
     let (journal, journal_note) = journal_so_far(ctx.state_dir, ctx.txid);
     let mut bundle: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut log_notes = Map::new();
@@ -145,36 +176,206 @@ fn run_forensics(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult
         "host": rampart_host::facts::hostname(),
         "failed_version": failed_version,
         "restored_version": arg_str(args, "restored_version"),
-        "components": components,
+        "components": super::arg_strings(args.get("components")),
         "failed_task": args.get("failed_task").cloned().unwrap_or(Value::Null),
         "failed_result": args.get("failed_result").cloned().unwrap_or(Value::Null),
         "transaction_started": journal_start(&journal),
         "started": started.to_rfc3339_opts(SecondsFormat::Micros, true),
-        "recorded": Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        "captured": now(),
         "journal": journal_note,
         "logs": log_notes,
     });
-    bundle.push((METADATA_FILE.into(), pretty(&metadata)));
     bundle.push(("journal.jsonl".into(), journal));
     bundle.push((
         "state.json".into(),
         pretty(args.get("state").unwrap_or(&Value::Null)),
     ));
-    bundle.push(("files.json".into(), pretty(&Value::Array(files))));
     if let Some(h) = args.get("health").filter(|h| !h.is_null()) {
         bundle.push(("health.json".into(), pretty(h)));
     }
-    if let Err(e) = rampart_host::durable::write_dir_atomic(&dest_dir, &id, &bundle) {
-        return failed(format!(
-            "cannot write forensics bundle {}: {e}",
-            path.display()
-        ));
+    (metadata, bundle)
+}
+
+/// `files.json`: each component's failed release against its artifact.
+fn manifest(args: &Map<String, Value>, ctx: &ModuleCtx<'_>, failed_version: &str) -> Vec<u8> {
+    let files = super::arg_strings(args.get("components"))
+        .iter()
+        .map(|c| release_files(ctx.state_dir, c, failed_version, ctx.txid))
+        .collect::<Vec<_>>();
+    pretty(&Value::Array(files))
+}
+
+/// The hidden directory holding a capture until `complete` names it: one per failed version and
+/// transaction, so a rescue run again after a crash keeps the first capture.
+fn capture_dir(dest_dir: &Path, failed_version: &str, txid: &str) -> PathBuf {
+    dest_dir.join(format!(".capture-{failed_version}-{txid}"))
+}
+
+/// The finished bundle this transaction recorded for `failed_version`, if any.
+fn finished_bundle(dest_dir: &Path, failed_version: &str, txid: &str) -> Option<String> {
+    fs::read_dir(dest_dir).ok()?.flatten().find_map(|e| {
+        let id = e.file_name().to_string_lossy().into_owned();
+        check_bundle_id(&id).ok()?;
+        let meta: Value =
+            serde_json::from_slice(&fs::read(e.path().join(METADATA_FILE)).ok()?).ok()?;
+        (meta["txid"] == txid && meta["failed_version"] == failed_version).then_some(id)
+    })
+}
+
+fn read_metadata(dir: &Path) -> Result<Value, String> {
+    let p = dir.join(METADATA_FILE);
+    let bytes = fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("cannot parse {}: {e}", p.display()))
+}
+
+/// `phase: all`: the whole bundle at once (the manifest of the release as it is now).
+fn record_all(
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+    failed_version: &str,
+    dest_dir: &Path,
+) -> Result<ModuleResult, String> {
+    let started = Utc::now();
+    let id = format!("{failed_version}-{}", started.format(TS_FORMAT));
+    let mut r = bundle_result(dest_dir, &id, true);
+    if ctx.check {
+        return Ok(r);
     }
+    let files = manifest(args, ctx, failed_version);
+    let (mut metadata, mut bundle) = volatile(args, ctx, &id, started);
+    metadata["recorded"] = json!(now());
+    bundle.push((METADATA_FILE.into(), pretty(&metadata)));
+    bundle.push(("files.json".into(), files));
+    rampart_host::durable::write_dir_atomic(dest_dir, &id, &bundle).map_err(|e| {
+        format!(
+            "cannot write forensics bundle {}: {e}",
+            dest_dir.join(&id).display()
+        )
+    })?;
+    r.insert("removed".into(), json!(retention(args, dest_dir, &id)));
+    Ok(r)
+}
+
+/// `phase: capture`, before the rescue stops or restores anything: writes the volatile part
+/// durably under a hidden name. A capture (or bundle) this transaction already has is kept.
+fn capture(
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+    failed_version: &str,
+    dest_dir: &Path,
+) -> Result<ModuleResult, String> {
+    let started = Utc::now();
+    let hidden = capture_dir(dest_dir, failed_version, ctx.txid);
+    if let Ok(meta) = read_metadata(&hidden) {
+        let id = meta["id"].as_str().unwrap_or_default();
+        return Ok(bundle_result(dest_dir, id, false));
+    }
+    if let Some(id) = finished_bundle(dest_dir, failed_version, ctx.txid) {
+        return Ok(bundle_result(dest_dir, &id, false));
+    }
+    let id = format!("{failed_version}-{}", started.format(TS_FORMAT));
+    let r = bundle_result(dest_dir, &id, true);
+    if ctx.check {
+        return Ok(r);
+    }
+    let (metadata, mut bundle) = volatile(args, ctx, &id, started);
+    bundle.push((METADATA_FILE.into(), pretty(&metadata)));
+    write_capture(&hidden, &bundle)
+        .map_err(|e| format!("cannot write forensics capture {}: {e}", hidden.display()))?;
+    Ok(r)
+}
+
+/// Writes the capture into a temp dir and renames it to `hidden`, without syncing: this runs
+/// while the rollback waits, and `complete` makes every file durable before the bundle gets its
+/// name. A capture a power loss left unreadable is replaced (the rescue runs again).
+fn write_capture(hidden: &Path, files: &[(PathBuf, Vec<u8>)]) -> io::Result<()> {
+    let dir = hidden.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = rampart_host::durable::temp_path(dir, hidden.file_name().unwrap_or_default());
+    let result = (|| {
+        fs::create_dir(&tmp)?;
+        for (rel, bytes) in files {
+            let p = tmp.join(rel);
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(&p, bytes)?;
+        }
+        if hidden.exists() {
+            fs::remove_dir_all(hidden)?;
+        }
+        fs::rename(&tmp, hidden)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// fsyncs every file and directory under `dir` (the bundle and `logs/`).
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            sync_tree(&e.path())?;
+        } else {
+            File::open(e.path())?.sync_all()?;
+        }
+    }
+    rampart_host::durable::fsync_dir(dir)
+}
+
+/// `phase: complete`, once the host is restored: adds `files.json` (from the release set apart
+/// under `failed/`) and `recorded` to the capture, names the bundle and applies retention.
+/// `ok` with nothing to do when this transaction captured nothing (or completed already).
+fn complete(
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+    failed_version: &str,
+    dest_dir: &Path,
+) -> Result<ModuleResult, String> {
+    let hidden = capture_dir(dest_dir, failed_version, ctx.txid);
+    let Ok(mut metadata) = read_metadata(&hidden) else {
+        let mut r = match finished_bundle(dest_dir, failed_version, ctx.txid) {
+            Some(id) => bundle_result(dest_dir, &id, false),
+            None => super::ok(false),
+        };
+        r.insert("captured".into(), json!(r.contains_key("id")));
+        return Ok(r);
+    };
+    let id = metadata["id"].as_str().unwrap_or_default().to_string();
+    check_bundle_id(&id).map_err(|e| format!("{}: {e}", hidden.display()))?;
+    let mut r = bundle_result(dest_dir, &id, true);
+    if ctx.check {
+        return Ok(r);
+    }
+    let write = |name: &str, bytes: &[u8]| {
+        let p = hidden.join(name);
+        rampart_host::durable::write_atomic(&p, bytes, Some(0o644))
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
+    sync_tree(&hidden).map_err(|e| format!("cannot sync {}: {e}", hidden.display()))?;
+    write("files.json", &manifest(args, ctx, failed_version))?;
+    metadata["recorded"] = json!(now());
+    write(METADATA_FILE, &pretty(&metadata))?;
+    let dest = dest_dir.join(&id);
+    fs::rename(&hidden, &dest).map_err(|e| {
+        format!(
+            "cannot move {} to {}: {e}",
+            hidden.display(),
+            dest.display()
+        )
+    })?;
+    rampart_host::durable::fsync_dir(dest_dir)
+        .map_err(|e| format!("cannot fsync {}: {e}", dest_dir.display()))?;
+    r.insert("removed".into(), json!(retention(args, dest_dir, &id)));
+    Ok(r)
+}
+
+fn retention(args: &Map<String, Value>, dest_dir: &Path, id: &str) -> Vec<String> {
     let keep = arg_i64(args, "keep").unwrap_or(DEFAULT_KEEP).max(0) as usize;
     let max_age = arg_i64(args, "max_age_days").unwrap_or(DEFAULT_MAX_AGE_DAYS);
-    let removed = apply_retention(&dest_dir, &id, keep, max_age);
-    r.insert("removed".into(), json!(removed));
-    r
+    apply_retention(dest_dir, id, keep, max_age)
 }
 
 fn pretty(v: &Value) -> Vec<u8> {
@@ -314,13 +515,18 @@ pub(crate) fn compare(
 }
 
 /// `files.json`'s entry for one component.
-fn release_files(state_dir: &Path, component: &str, version: &str) -> Value {
+/// The release is looked for where this transaction set it apart (`failed/<version>-<txid>`),
+/// then in `releases/`, then as the newest `failed/<version>-*`.
+fn release_files(state_dir: &Path, component: &str, version: &str, txid: &str) -> Value {
     let mut out = json!({"component": component, "version": version});
     let app = state_dir.join("apps").join(component);
-    let release = [app.join("releases").join(version)]
-        .into_iter()
-        .chain(newest_failed(&app.join("failed"), version))
-        .find(|p| p.is_dir());
+    let release = [
+        app.join("failed").join(format!("{version}-{txid}")),
+        app.join("releases").join(version),
+    ]
+    .into_iter()
+    .chain(newest_failed(&app.join("failed"), version))
+    .find(|p| p.is_dir());
     let Some(release) = release else {
         out["note"] = json!(format!(
             "release {version} of {component} is not on this host"
@@ -627,13 +833,13 @@ mod tests {
     fn forensics_files_compare_detects_removed_and_skips_an_uncached_artifact() {
         let dir = tempfile::tempdir().unwrap();
         let state = host(dir.path(), false);
-        let v = release_files(&state, "backend", "2.0");
+        let v = release_files(&state, "backend", "2.0", "tx-9");
         assert!(v["note"].as_str().unwrap().contains("not cached"), "{v}");
         assert_eq!(v["files"].as_array().unwrap().len(), 5);
 
         let state = host(&dir.path().join("cached"), true);
         fs::remove_file(state.join("apps/backend/releases/2.0/app.jar")).unwrap();
-        let v = release_files(&state, "backend", "2.0");
+        let v = release_files(&state, "backend", "2.0", "tx-9");
         assert_eq!(v["removed"], json!(["app.jar"]));
     }
 

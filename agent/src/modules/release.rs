@@ -39,8 +39,10 @@
 //! - `pruned`: removes releases beyond the newest `keep` (by staged time), never the current, the
 //!   previous or a known-good one (the last [`KNOWN_GOOD_KEEP`] switched to and not failed); `failed/` keeps its newest [`FAILED_KEEP`] entries apart, so
 //!   failed attempts never evict a good release; `.staging-*` dirs left by interrupted
-//!   transactions go too. Not reversible except by staging again from the artifact cache, which
-//!   pruning does not touch.
+//!   transactions go too. Then the artifact cache loses every artifact no remaining release of
+//!   any component (in `releases/`, `failed/` or staging) references, except those that arrived
+//!   since the transaction began (`removed_artifacts`, `freed_bytes`). Not reversible except by
+//!   staging again from the artifact, downloaded or uploaded again.
 //! - `failed`: moves `releases/<version>` to `failed/<version>-<txid>` and drops it from
 //!   `known_good`, so a failed attempt never counts as a good release (forensics reads it there).
 //!   Refused while it is `current` with a previous release (restore that first); on a failed
@@ -264,7 +266,7 @@ fn run_release(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         "staged" => staged(&app, args, ctx),
         "active" => switch(&app, args, ctx, true),
         "restored" => switch(&app, args, ctx, false),
-        "pruned" => pruned(&app, args, ctx),
+        "pruned" => pruned(&app, args, ctx).and_then(|r| prune_artifacts(r, ctx)),
         "failed" => set_apart(&app, args, ctx),
         "verified" => verified(&app, args, ctx),
         other => Err(format!("unknown state `{other}` for release")),
@@ -756,6 +758,77 @@ fn pruned(
             fsync_dir(&dir)?;
         }
     }
+    Ok(r)
+}
+
+/// After `pruned` removed a component's releases (`r`, its result; in check mode it only lists
+/// them): removes the cached artifacts no remaining release references, of any component,
+/// under `releases/`, `failed/` or an unfinished staging dir. Artifacts that arrived since this
+/// transaction began are spared (an upload for the next deploy may not have its release yet).
+/// Adds `removed_artifacts` (digests) and `freed_bytes` to the result.
+fn prune_artifacts(mut r: ModuleResult, ctx: &ModuleCtx<'_>) -> Result<ModuleResult, String> {
+    // In check mode the releases `pruned` names are still there: leave their digests out.
+    let app_dir = ctx
+        .state_dir
+        .join("apps")
+        .join(arg_str(&r, "component").unwrap_or_default());
+    let names = |key: &str| -> Vec<String> { super::arg_strings(r.get(key)) };
+    let going: Vec<PathBuf> = if ctx.check {
+        (names("removed")
+            .iter()
+            .map(|v| app_dir.join("releases").join(v)))
+        .chain(
+            names("removed_failed")
+                .iter()
+                .map(|n| app_dir.join("failed").join(n)),
+        )
+        .chain(names("removed_staging").iter().map(|n| app_dir.join(n)))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let mut referenced = std::collections::BTreeSet::new();
+    let apps = ctx.state_dir.join("apps");
+    for (component, _) in list_dir(&apps)? {
+        let dir = apps.join(component);
+        let staging = fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".staging-"))
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let kept = [dir.join("releases"), dir.join("failed")]
+            .iter()
+            .flat_map(|d| {
+                list_dir(d)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(n, _)| d.join(n))
+            })
+            .chain(staging)
+            .filter(|p| !going.contains(p))
+            .collect::<Vec<_>>();
+        for release in kept {
+            let digest = fs::read(release.join(RELEASE_META))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ReleaseMeta>(&b).ok())
+                .map(|m| m.artifact_sha256);
+            referenced.extend(digest);
+        }
+    }
+    let since = crate::journal::begin_time(ctx.state_dir, ctx.txid)
+        .unwrap_or_else(std::time::SystemTime::now);
+    let removed = artifacts::prune(ctx.state_dir, &referenced, since, ctx.check)
+        .map_err(|e| format!("cannot prune the artifact cache: {e}"))?;
+    if !removed.is_empty() {
+        r.insert("changed".into(), json!(true));
+    }
+    let freed: u64 = removed.iter().map(|(_, size)| size).sum();
+    let digests: Vec<&String> = removed.iter().map(|(d, _)| d).collect();
+    r.insert("removed_artifacts".into(), json!(digests));
+    r.insert("freed_bytes".into(), json!(freed));
     Ok(r)
 }
 

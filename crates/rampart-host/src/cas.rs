@@ -1,7 +1,7 @@
 //! The content-addressed artifact cache: `<state_dir>/artifacts/sha256/<hex>`.
 //!
-//! Purpose: keep every artifact a host has deployed under its SHA-256 digest, so a rollback never
-//! downloads again and a release can always be checked against the bytes it came from.
+//! Purpose: keep the artifacts of a host's releases under their SHA-256 digest, so a rollback
+//! never downloads again and a release can always be checked against the bytes it came from.
 //!
 //! Inputs: bytes arriving in chunks ([`Upload`], for the agent's streaming RPCs) or a local file
 //! ([`import_file`]), each with the digest the caller expects. Outputs: the cached file's digest
@@ -14,6 +14,8 @@
 //! behind. Digests are validated (64 lowercase hex characters) before they become file names.
 //!
 //! Reversing: adding an artifact is the only change; removing `artifacts/sha256/<hex>` undoes it.
+//! [`prune`] is that removal for the artifacts the caller no longer needs (the agent's
+//! `release state=pruned`: those no kept release references).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -156,6 +158,52 @@ pub fn remove_stale_uploads(state_dir: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// Removes the cached artifacts whose digest is not in `keep`, sparing any modified at or after
+/// `spare_since` (an artifact that arrived since then may belong to a deploy that has not staged
+/// its release yet). With `dry_run` nothing is removed. Returns what was (or would be) removed,
+/// as (digest, size), sorted by digest; the directory is fsynced when anything went. Files whose
+/// name is not a digest are left alone.
+pub fn prune(
+    state_dir: &Path,
+    keep: &std::collections::BTreeSet<String>,
+    spare_since: std::time::SystemTime,
+    dry_run: bool,
+) -> Result<Vec<(String, u64)>, ArtifactError> {
+    let dir = state_dir.join(ARTIFACTS_DIR).join(SHA256_DIR);
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list", &dir)(e)),
+    };
+    let mut doomed = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err("list", &dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_valid_hex(&name) || keep.contains(&name) {
+            continue;
+        }
+        let meta = e.metadata().map_err(io_err("stat", &e.path()))?;
+        if !meta.is_file() || meta.modified().is_ok_and(|t| t >= spare_since) {
+            continue;
+        }
+        doomed.push((name, meta.len()));
+    }
+    doomed.sort();
+    if dry_run || doomed.is_empty() {
+        return Ok(doomed);
+    }
+    for (name, _) in &doomed {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
+    }
+    durable::fsync_dir(&dir).map_err(io_err("fsync", &dir))?;
+    Ok(doomed)
 }
 
 /// An upload in progress: chunks are hashed and written to a temporary file under
@@ -405,5 +453,39 @@ mod tests {
                 .unwrap()
                 .already_present
         );
+    }
+
+    #[test]
+    fn prune_removes_what_is_not_kept_and_spares_new_arrivals() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let mut digests = Vec::new();
+        for body in [&b"one"[..], b"two", b"three"] {
+            let src = state.join("src");
+            fs::write(&src, body).unwrap();
+            let d = crate::digest::sha256_hex(body);
+            import_file(state, &src, &d).unwrap();
+            digests.push(d);
+        }
+        let sha_dir = state.join(ARTIFACTS_DIR).join(SHA256_DIR);
+        fs::write(sha_dir.join("not-a-digest"), b"x").unwrap();
+        let keep: std::collections::BTreeSet<String> = [digests[0].clone()].into();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        // Dry run: reports, removes nothing.
+        let plan = prune(state, &keep, later, true).unwrap();
+        let mut expected = vec![(digests[1].clone(), 3), (digests[2].clone(), 5)];
+        expected.sort();
+        assert_eq!(plan, expected);
+        assert!(has(state, &digests[1]).is_some());
+        // Everything arrived after `spare_since`: spared.
+        assert!(
+            prune(state, &keep, std::time::UNIX_EPOCH, false)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(prune(state, &keep, later, false).unwrap(), expected);
+        assert!(has(state, &digests[0]).is_some());
+        assert!(has(state, &digests[1]).is_none() && has(state, &digests[2]).is_none());
+        assert!(sha_dir.join("not-a-digest").exists());
     }
 }

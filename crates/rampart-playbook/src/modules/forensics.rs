@@ -17,6 +17,7 @@ pub static FORENSICS: ModuleSchema = ModuleSchema {
         ArgSpec::opt("health", ArgKind::Any),
         ArgSpec::opt("keep", ArgKind::Int),
         ArgSpec::opt("max_age_days", ArgKind::Int),
+        ArgSpec::opt("phase", ArgKind::Str).choices(&["all", "capture", "complete"]),
     ],
     free_form: FreeForm::KeyValue,
     any_args: false,
