@@ -7,23 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use rampart_tests::fleet::{Fleet, events_of};
+use rampart_tests::fleet::{Fleet, break_v2_on, events_of};
 use serde_json::{Value, json};
-
-/// Host `i` serves nothing on its port once 2.0.0 is its release (its start command moves that
-/// version to another port), so the health suite fails on that host only.
-fn break_v2_on(vars: &mut Value, other_port: u16) {
-    let start = vars["components"][0]["service"]["start"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (prefix, rest) = start.split_once("SAMPLE_APP_LISTEN=127.0.0.1:").unwrap();
-    let (port, tail) = rest.split_once(' ').unwrap();
-    let app = vars["components"][0]["path"].as_str().unwrap().to_string();
-    vars["components"][0]["service"]["start"] = Value::String(format!(
-        "{prefix}p={port}; grep -qx 2.0.0 {app}/version.txt && p={other_port}; SAMPLE_APP_LISTEN=127.0.0.1:$p {tail}"
-    ));
-}
 
 /// Writes `sample-app-<to>.tar.gz` into `dist`: the healthy 1.0.0 with another version file and
 /// one more file, so its digest is its own.

@@ -449,3 +449,19 @@ impl Drop for LiveCli {
         let _ = self.child.wait();
     }
 }
+
+/// Makes a host serve nothing on its port once 2.0.0 is its release (its start command moves
+/// that version to `other_port`), so the health suite fails on that host only: give it to
+/// [`Fleet::start`]'s per-host hook for the host that must fail.
+pub fn break_v2_on(vars: &mut Value, other_port: u16) {
+    let start = vars["components"][0]["service"]["start"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (prefix, rest) = start.split_once("SAMPLE_APP_LISTEN=127.0.0.1:").unwrap();
+    let (port, tail) = rest.split_once(' ').unwrap();
+    let app = vars["components"][0]["path"].as_str().unwrap().to_string();
+    vars["components"][0]["service"]["start"] = Value::String(format!(
+        "{prefix}p={port}; grep -qx 2.0.0 {app}/version.txt && p={other_port}; SAMPLE_APP_LISTEN=127.0.0.1:$p {tail}"
+    ));
+}
