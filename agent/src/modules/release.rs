@@ -37,7 +37,9 @@
 //!   apart the host still records a known-good release. Reversed by `restored` (or `active`) with
 //!   the version it replaced.
 //! - `pruned`: removes releases beyond the newest `keep` (by staged time), never the current, the
-//!   previous or a known-good one (the last [`KNOWN_GOOD_KEEP`] switched to and not failed); `failed/` keeps its newest [`FAILED_KEEP`] entries apart, so
+//!   previous or the newest known-good one other than the current (`known_good` records the
+//!   last [`KNOWN_GOOD_KEEP`] switched to and not failed); `failed/` keeps its newest
+//!   [`FAILED_KEEP`] entries apart, so
 //!   failed attempts never evict a good release; `.staging-*` dirs left by interrupted
 //!   transactions go too. Then the artifact cache loses every artifact no remaining release of
 //!   any component (in `releases/`, `failed/` or staging) references, except those that arrived
@@ -698,9 +700,18 @@ fn pruned(
         usize::try_from(keep).map_err(|_| format!("`keep` must be 0 or more, not {keep}"))?;
     let state = app.load_state()?;
     let current = app.current_version();
-    let mut protected: Vec<&str> = state.known_good.iter().map(String::as_str).collect();
+    // The floor under `keep`: the current, the previous, and the newest known-good release
+    // other than the current (what a rollback returns to, even when the previous was set apart).
+    let mut protected: Vec<&str> = Vec::new();
     protected.extend(current.as_deref());
     protected.extend(state.previous.as_deref());
+    protected.extend(
+        state
+            .known_good
+            .iter()
+            .map(String::as_str)
+            .find(|v| Some(*v) != current.as_deref()),
+    );
 
     let mut releases: Vec<(String, DateTime<Utc>)> = list_dir(&app.releases())?
         .into_iter()
@@ -1273,7 +1284,8 @@ mod tests {
         h.ok(json!({"state": "active", "version": "v2"}));
         h.ok(json!({"state": "restored", "version": "v3"}));
         h.ok(json!({"state": "restored", "version": "v4"}));
-        // current v4, previous v3, known-good v2, newest v6.
+        // current v4, previous v3 (also the newest known-good besides the current: v2 is an
+        // older good one and not protected), newest v6.
         let failed = h.app().join("failed");
         for (i, name) in ["a-tx", "b-tx", "c-tx", "d-tx", "e-tx"].iter().enumerate() {
             let d = failed.join(name);
@@ -1282,7 +1294,7 @@ mod tests {
             File::open(&d).unwrap().set_modified(t).unwrap();
         }
         let r = h.ok(json!({"state": "pruned", "keep": 1}));
-        assert_eq!(r["removed"], json!(["v5", "v1"]));
+        assert_eq!(r["removed"], json!(["v5", "v2", "v1"]));
         assert_eq!(r["removed_failed"], json!(["b-tx", "a-tx"]));
         let mut left: Vec<_> = list_dir(&h.app().join("releases"))
             .unwrap()
@@ -1290,14 +1302,14 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         left.sort();
-        assert_eq!(left, ["v2", "v3", "v4", "v6"]);
+        assert_eq!(left, ["v3", "v4", "v6"]);
         assert_eq!(list_dir(&failed).unwrap().len(), FAILED_KEEP);
         assert!(!changed(&h.ok(json!({"state": "pruned", "keep": 1}))));
     }
 
     /// The fleet rescue's sequence (restore the captured release, set the left one apart):
-    /// the restored release is known-good, and pruning keeps it until [`KNOWN_GOOD_KEEP`] newer
-    /// good releases replace it.
+    /// the restored release is known-good, and pruning keeps it while it is the newest good
+    /// release other than the current, even beyond `keep`.
     #[test]
     fn a_restored_release_stays_known_good_after_the_left_one_is_set_apart() {
         let h = Host::new();
@@ -1316,17 +1328,17 @@ mod tests {
         h.ok(json!({"state": "restored", "version": "v1"}));
         h.ok(json!({"state": "failed", "version": "v2"}));
         assert_eq!(known_good(), ["v1"]);
-        for v in ["v3", "v4"] {
-            h.stage(v);
-            h.ok(json!({"state": "active", "version": v}));
-        }
-        assert_eq!(known_good(), ["v4", "v3", "v1"]);
-        // Beyond `keep`, but the last good release before the rescue.
+        // v3 is activated: v1 stays beyond `keep` (the newest good release other than the
+        // current; v2, the release the rescue left, is apart and counts for nothing).
+        h.stage("v3");
+        h.ok(json!({"state": "active", "version": "v3"}));
+        assert_eq!(known_good(), ["v3", "v1"]);
         let r = h.ok(json!({"state": "pruned", "keep": 1}));
         assert_eq!(r["removed"], json!([]));
-        h.stage("v5");
-        h.ok(json!({"state": "active", "version": "v5"}));
-        assert_eq!(known_good(), ["v5", "v4", "v3"]);
+        // Once a newer good release (v4 over v3) takes that place, v1 may go.
+        h.stage("v4");
+        h.ok(json!({"state": "active", "version": "v4"}));
+        assert_eq!(known_good(), ["v4", "v3", "v1"]);
         let r = h.ok(json!({"state": "pruned", "keep": 1}));
         assert_eq!(r["removed"], json!(["v1"]));
     }
