@@ -404,6 +404,19 @@ impl Agent for AgentService {
         let digest = request.into_inner().sha256;
         artifacts::validate_hex(&digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let size = artifacts::has(&self.host.state_dir, &digest);
+        if size.is_some() {
+            // Just used: a prune of the cache spares artifacts newer than its transaction's
+            // start, so the `Run` this lookup precedes still finds it. Best effort: a failure
+            // only loses that protection.
+            // The agent owns its cache, so a read-only handle may set the time.
+            let touched = artifacts::artifact_path(&self.host.state_dir, &digest)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(std::fs::File::open)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            if let Err(e) = touched {
+                tracing::warn!(artifact = %digest, "could not mark the artifact as used: {e}");
+            }
+        }
         Ok(Response::new(pb::HasArtifactResponse {
             present: size.is_some(),
             size: size.unwrap_or(0),

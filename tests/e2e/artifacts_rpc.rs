@@ -110,9 +110,25 @@ fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
         let stored = std::fs::read(state.join("artifacts/sha256").join(&digest)).unwrap();
         assert_eq!(stored, data);
 
+        // A lookup that finds the artifact marks it as just used, so a prune in another
+        // transaction (which spares artifacts newer than its start) keeps it for the `Run`
+        // the lookup precedes.
+        let cached = state.join("artifacts/sha256").join(&digest);
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&cached)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
         let has = lookup(&mut c, &digest).await.unwrap();
         assert!(has.present);
         assert_eq!(has.size, data.len() as u64);
+        let touched = std::fs::metadata(&cached).unwrap().modified().unwrap();
+        assert!(
+            touched > hour_ago + Duration::from_secs(3000),
+            "HasArtifact left the artifact's mtime an hour old"
+        );
 
         // Known digest: skipped after the first chunk.
         let again = upload(&mut c, &digest, data.len() as u64, &data[..10], 10)
