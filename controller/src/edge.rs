@@ -91,10 +91,14 @@ pub fn name(what: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// A sha256 digest: exactly 64 hex digits (case is left to the caller).
+/// A sha256 digest as the store names it: exactly 64 lowercase hex digits ([`rampart_host::cas::is_valid_hex`]).
 pub fn sha256(what: &str, value: &str) -> Result<(), Status> {
-    if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(refuse(what, value, "a sha256 is exactly 64 hex digits"));
+    if !rampart_host::cas::is_valid_hex(value) {
+        return Err(refuse(
+            what,
+            value,
+            "a sha256 is exactly 64 lowercase hex digits",
+        ));
     }
     Ok(())
 }
@@ -167,6 +171,8 @@ mod tests {
         assert!(version("version", ".1").is_err());
         assert!(name("host", "a\u{7}").is_err());
         assert!(sha256("sha256", &"g".repeat(64)).is_err());
+        assert!(sha256("sha256", &"A".repeat(64)).is_err());
+        assert!(sha256("sha256", &"a".repeat(64)).is_ok());
         assert!(serial(&vec!["1".to_string(); 101]).is_err());
         assert!(serial(&["1".repeat(17)]).is_err());
     }

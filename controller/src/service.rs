@@ -29,7 +29,7 @@ use crate::config::{ControllerConfig, Environment, Scope, component_names};
 use crate::deployment::{Controller, new_deployment_id, now_ts};
 use crate::edge;
 use crate::rollout;
-use crate::store::{ControlKind, ControlRequest, StoreError};
+use crate::store::{ControlKind, ControlRequest, Store, StoreError};
 
 use pb::DeploymentState as DS;
 
@@ -397,11 +397,10 @@ impl ControllerApi for Service {
                 "UploadArtifact received no message",
             ));
         };
-        edge::sha256("sha256", &first.sha256)?;
-        edge::text("name", &first.name, edge::MAX_NAME)?;
+        // Any case on the wire; stored and compared lowercase.
         let expected = first.sha256.to_ascii_lowercase();
-        artifacts::validate_hex(&expected)
-            .map_err(|e| Status::invalid_argument(format!("first message: {e}")))?;
+        edge::sha256("sha256", &expected)?;
+        edge::text("name", &first.name, edge::MAX_NAME)?;
         let dir = self.ctl.cfg.state_dir.clone();
         if let Some(size) = tokio::task::block_in_place(|| self.ctl.artifacts.claim(&expected)) {
             return Ok(Response::new(pb::UploadArtifactResponse {
@@ -480,8 +479,6 @@ impl ControllerApi for Service {
         for (component, sha) in &r.artifacts {
             edge::name("artifact component", component)?;
             edge::sha256(&format!("artifact of {component}"), sha)?;
-            artifacts::validate_hex(sha)
-                .map_err(|e| Status::invalid_argument(format!("artifact of {component}: {e}")))?;
             if tokio::task::block_in_place(|| self.ctl.artifacts.claim(sha)).is_none() {
                 return Err(Status::failed_precondition(format!(
                     "artifact {sha} of {component} has not been uploaded: UploadArtifact it first"
@@ -591,12 +588,20 @@ impl ControllerApi for Service {
         };
         // The artifacts `to` was last deployed from (still in this controller's store): a host
         // whose release of it was pruned gets it delivered and staged again.
+        // Claimed like a deploy's (the collector spares a claimed artifact), and only when all
+        // of them are still stored.
         let artifacts = done
             .iter()
             .find(|d| {
                 d.kind() == pb::DeploymentKind::Deploy && d.version == to && !d.artifacts.is_empty()
             })
             .map(|d| d.artifacts.clone())
+            .filter(|a| {
+                tokio::task::block_in_place(|| {
+                    a.values()
+                        .all(|sha| self.ctl.artifacts.claim(sha).is_some())
+                })
+            })
             .unwrap_or_default();
         let wait = if r.wait_timeout_ms == 0 {
             env.wait_timeout.as_millis() as u64
@@ -642,10 +647,12 @@ impl ControllerApi for Service {
         let mut d = self.get(&request.into_inner().deployment_id).await?;
         self.allowed(&who, &d.environment)?;
         if d.state() == DS::Queued {
-            let (e, i) = (d.environment.clone(), d.id.clone());
-            d.queue_position = self
+            d = self
                 .ctl
-                .db(move |s| s.queue_position(&e, &i))
+                .db(move |s| {
+                    fill_queue_positions(s, std::slice::from_mut(&mut d))?;
+                    Ok(d)
+                })
                 .await
                 .map_err(store_status)?;
         }
@@ -673,11 +680,7 @@ impl ControllerApi for Service {
             .ctl
             .db(move |s| {
                 let mut v = s.list_deployments(env.as_deref(), &states, limit)?;
-                for d in &mut v {
-                    if d.state() == DS::Queued {
-                        d.queue_position = s.queue_position(&d.environment, &d.id)?;
-                    }
-                }
+                fill_queue_positions(s, &mut v)?;
                 Ok(v)
             })
             .await
@@ -856,11 +859,7 @@ impl ControllerApi for Service {
                         &[DS::Queued, DS::AwaitingApproval, DS::Running, DS::Rescuing],
                         STATUS_SCAN,
                     )?;
-                    for d in &mut active {
-                        if d.state() == DS::Queued {
-                            d.queue_position = s.queue_position(&d.environment, &d.id)?;
-                        }
-                    }
+                    fill_queue_positions(s, &mut active)?;
                     // The one holding the lock first, then the queue in order.
                     active.sort_by_key(|d| (d.state() == DS::Queued, d.queue_position));
                     let finished = s.list_deployments(Some(&name), &[DS::Finished], STATUS_SCAN)?;
@@ -937,6 +936,14 @@ impl ControllerApi for Service {
             .into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Gives each queued deployment of `v` its place in its environment's queue.
+fn fill_queue_positions(s: &dyn Store, v: &mut [pb::Deployment]) -> Result<(), StoreError> {
+    for d in v.iter_mut().filter(|d| d.state() == DS::Queued) {
+        d.queue_position = s.queue_position(&d.environment, &d.id)?;
+    }
+    Ok(())
 }
 
 /// The status of a refused upload: the limits RESOURCE_EXHAUSTED, the free space
