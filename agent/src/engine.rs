@@ -571,16 +571,10 @@ impl<'a> Engine<'a> {
                 failed_item = Some(item_name.clone());
             }
             // Each item's verdict as it lands (no result: it may be `no_log`).
-            let status = match (failed, skipped, changed) {
-                (true, ..) => "failed",
-                (_, true, _) => "skipped",
-                (_, _, true) => "changed",
-                _ => "ok",
-            };
             self.sink.record(Record::TaskProgress {
                 path: task.path.clone(),
                 name: item_name,
-                data: json!({"item": {"index": i, "status": status}}),
+                data: json!({"item": {"index": i, "status": status_of(&r, false).as_str()}}),
             })?;
             r.insert(action.loop_var.clone(), item.clone());
             r.insert("ansible_loop_var".into(), json!(action.loop_var));

@@ -23,7 +23,10 @@
 //! - `task_start` of task T with no `task_end`: T was running. In a `block`, T fails as
 //!   "interrupted" and `rescue` then `always` run; inside a `rescue` or an `always`, that whole
 //!   (outermost) section runs again.
-//! - `begin`, `play_start`, `task_retry`, `task_progress`, `recovery`, `end`: synced.
+//! - `begin`, `play_start`, `recovery`, `end`: synced.
+//! - `task_retry`, `task_progress` (an `until` attempt, a health check's verdict, a loop item's):
+//!   recovery skips them (they report, they decide nothing), so they are not synced; they
+//!   become durable with the task's `task_end`. A loop of N items still costs one sync.
 //!
 //! A power loss after T's side effects began but before the next sync may keep T's unsynced
 //! `task_start`, tear it (the torn tail is cut and reported) or lose it whole. Kept or torn,
@@ -45,10 +48,11 @@
 //! synced too (a replay that runs out at a play boundary goes live). These are a few syncs per
 //! section or play, not per task.
 //!
-//! What the skipped sync costs: a watcher is streamed T's `task_start` before it is durable. After
-//! a power loss (never after a SIGKILL of the agent alone) the journal may not have it; the
-//! `recovery` record then takes T's sequence number, and a client re-attaching from the number
-//! after T's misses that one record (it still gets every later record and the outcome).
+//! What the skipped syncs cost: a watcher is streamed T's `task_start` (or a progress record)
+//! before it is durable. After a power loss (never after a SIGKILL of the agent alone) the
+//! journal may not have it; the `recovery` record then takes its sequence number, and a client
+//! re-attaching from the number after it misses those records (it still gets every later record
+//! and the outcome).
 //! `tests/e2e/crash.rs` SIGKILLs the agent at every record, and also removes the unsynced
 //! `task_start` before the restart, which is what a power loss can leave.
 
@@ -249,14 +253,15 @@ impl Journal {
         self.syncs
     }
 
-    /// Appends one record, durably unless it is a `task_start` [`start_needs_sync`] lets wait
-    /// for the next sync; returns the entry as written.
+    /// Appends one record, durably unless it is a progress or retry record, or a `task_start`
+    /// [`start_needs_sync`] lets wait for the next sync; returns the entry as written.
     pub fn append(&mut self, record: Record) -> Result<Entry, JournalError> {
         let sync = self.durability == Durability::Fsync
             && match &record {
                 Record::TaskStart { path, .. } => {
                     start_needs_sync(self.previous_end.as_deref(), path)
                 }
+                Record::TaskRetry { .. } | Record::TaskProgress { .. } => false,
                 _ => true,
             };
         let previous_end = match &record {

@@ -408,6 +408,10 @@ mod tests {
             + "    - name: true\n      command: /bin/true\n"
             + "    - name: say\n      debug:\n        msg: hi\n";
         assert_eq!(syncs_during_run(&mixed), 3 + 3);
+        // A loop reports each item (a progress record, not synced) and still ends once.
+        let looped = set_facts(1)
+            + "    - name: each\n      debug:\n        msg: x\n      loop: [1, 2, 3, 4]\n";
+        assert_eq!(syncs_during_run(&looped), 3 + 1);
     }
 
     #[test]
