@@ -408,13 +408,8 @@ impl Agent for AgentService {
             // Just used: a prune of the cache spares artifacts newer than its transaction's
             // start, so the `Run` this lookup precedes still finds it. Best effort: a failure
             // only loses that protection.
-            // The agent owns its cache, so a read-only handle may set the time.
-            let touched = artifacts::artifact_path(&self.host.state_dir, &digest)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(std::fs::File::open)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-            if let Err(e) = touched {
-                tracing::warn!(artifact = %digest, "could not mark the artifact as used: {e}");
+            if let Err(e) = artifacts::touch(&self.host.state_dir, &digest) {
+                tracing::warn!(artifact = %digest, "{e}");
             }
         }
         Ok(Response::new(pb::HasArtifactResponse {

@@ -429,9 +429,8 @@ impl ArtifactStore {
         }
         // Gone while waiting for a collection: not stored any more.
         let size = cas::has(&self.state_dir, sha256)?;
-        let path = cas::artifact_path(&self.state_dir, sha256).ok()?;
-        if let Err(e) = File::open(&path).and_then(|f| f.set_modified(SystemTime::now())) {
-            tracing::warn!(sha256, path = %path.display(), "cannot mark an artifact used: {e}");
+        if let Err(e) = cas::touch(&self.state_dir, sha256) {
+            tracing::warn!(sha256, "{e}");
         }
         Some(size)
     }

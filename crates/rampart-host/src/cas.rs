@@ -160,6 +160,16 @@ pub fn remove_stale_uploads(state_dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// Marks a cached artifact as just used (its modification time set to now): [`prune`] and the
+/// controller's collector spare what was used recently, so a lookup that precedes a use keeps
+/// the artifact for it. The cache's owner may do this through a read-only handle.
+pub fn touch(state_dir: &Path, digest: &str) -> Result<(), ArtifactError> {
+    let path = artifact_path(state_dir, digest)?;
+    File::open(&path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .map_err(io_err("mark as used", &path))
+}
+
 /// Removes the cached artifacts whose digest is not in `keep`, sparing any modified at or after
 /// `spare_since` (an artifact that arrived since then may belong to a deploy that has not staged
 /// its release yet). With `dry_run` nothing is removed. Returns what was (or would be) removed,
@@ -288,6 +298,8 @@ impl Upload {
         }
         let dest = artifact_path(&self.state_dir, &actual)?;
         if has(&self.state_dir, &actual).is_some() {
+            // Brought again: used now (best effort, as in `touch`'s other callers).
+            let _ = touch(&self.state_dir, &actual);
             return Ok(Cached {
                 sha256: actual,
                 size: self.size,
@@ -326,6 +338,7 @@ pub fn import_file(state_dir: &Path, path: &Path, expected: &str) -> Result<Cach
                 actual,
             });
         }
+        let _ = touch(state_dir, expected);
         return Ok(Cached {
             sha256: actual,
             size,
@@ -418,10 +431,17 @@ mod tests {
         assert_eq!(has(dir.path(), &digest), Some(data.len() as u64));
         assert_eq!(listing(dir.path()), vec![format!("sha256/{digest}")]);
 
+        // Brought again: not rewritten, but marked as used now (what `prune` spares).
+        let path = artifact_path(dir.path(), &digest).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::open(&path).unwrap().set_modified(hour_ago).unwrap();
         let mut again = Upload::new(dir.path()).unwrap();
         again.write(&data).unwrap();
         assert!(again.finish(&digest).unwrap().already_present);
         assert_eq!(listing(dir.path()), vec![format!("sha256/{digest}")]);
+        let used = fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(used > hour_ago + std::time::Duration::from_secs(3000));
+        assert!(touch(dir.path(), &"0".repeat(64)).is_err(), "no such artifact");
     }
 
     #[test]
