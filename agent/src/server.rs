@@ -36,8 +36,6 @@ use rampart_rpc::identity::{self, Trusted};
 
 /// Events buffered per watcher before the sender waits for the client.
 const STREAM_BUFFER: usize = 256;
-/// Components (and services) one `CaptureState` may name.
-const CAPTURE_MAX_NAMES: usize = 256;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TransactionEvent, Status>> + Send>>;
 
@@ -313,31 +311,6 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::CaptureStateResponse>, Status> {
         use crate::modules::capture_state::{CaptureRequest, capture};
         let r = request.into_inner();
-        let too_long =
-            |v: &[String]| v.len() > CAPTURE_MAX_NAMES || v.iter().any(|n| n.len() > 256);
-        if too_long(&r.components) || too_long(&r.services) {
-            return Err(Status::invalid_argument(format!(
-                "a state capture names at most {CAPTURE_MAX_NAMES} components and {CAPTURE_MAX_NAMES} services of at most 256 bytes each"
-            )));
-        }
-        // A component is a directory under apps/ and a service a unit name given to systemctl:
-        // neither may climb out (`../..`, `/etc`) nor pass for an option (`--help`).
-        for c in &r.components {
-            crate::modules::release::check_name("component", c)
-                .map_err(Status::invalid_argument)?;
-        }
-        if let Some(bad) = r.services.iter().find(|u| {
-            u.is_empty()
-                || u.starts_with('-')
-                || !u
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "@._-:\\".contains(c))
-        }) {
-            return Err(Status::invalid_argument(format!(
-                "invalid service {:?}: a systemd unit name (letters, digits and @._-:\\, not starting with -)",
-                bad.chars().take(64).collect::<String>()
-            )));
-        }
         let database = match r.database_json.trim() {
             "" => None,
             text => match serde_json::from_str::<Value>(text) {
@@ -352,19 +325,19 @@ impl Agent for AgentService {
         };
         let state_dir = self.host.state_dir.clone();
         let state = tokio::task::spawn_blocking(move || {
-            capture(
-                &state_dir,
-                &CaptureRequest {
-                    components: &r.components,
-                    services: &r.services,
-                    database: database.as_ref(),
-                    base_dir: None,
-                    txid: "",
-                },
-            )
+            let request = CaptureRequest {
+                components: &r.components,
+                services: &r.services,
+                database: database.as_ref(),
+                base_dir: None,
+                txid: "",
+            };
+            request.check()?;
+            Ok::<_, String>(capture(&state_dir, &request))
         })
         .await
-        .map_err(|e| Status::internal(format!("state capture failed: {e}")))?;
+        .map_err(|e| Status::internal(format!("state capture failed: {e}")))?
+        .map_err(Status::invalid_argument)?;
         Ok(Response::new(pb::CaptureStateResponse {
             state_json: state.to_string(),
         }))

@@ -53,6 +53,39 @@ pub struct CaptureRequest<'a> {
     pub txid: &'a str,
 }
 
+/// Most components (and most services) one capture names.
+pub const MAX_NAMES: usize = 256;
+
+impl CaptureRequest<'_> {
+    /// Refuses names a capture must not use, whoever asks (the module or `CaptureState`): a
+    /// component is a directory under `apps/` ([`super::release::check_name`]: nothing that
+    /// climbs out, like `../..` or `/etc`), a service a systemd unit name.
+    pub fn check(&self) -> Result<(), String> {
+        if self.components.len() > MAX_NAMES || self.services.len() > MAX_NAMES {
+            return Err(format!(
+                "a state capture names at most {MAX_NAMES} components and {MAX_NAMES} services"
+            ));
+        }
+        for c in self.components {
+            super::release::check_name("component", c)?;
+        }
+        let unit = |u: &str| {
+            !u.is_empty()
+                && u.len() <= 256
+                && !u.starts_with('-')
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@._-:\\".contains(c))
+        };
+        if let Some(bad) = self.services.iter().find(|u| !unit(u)) {
+            return Err(format!(
+                "invalid service {:?}: a systemd unit name (at most 256 of letters, digits and @._-:\\, not starting with -)",
+                bad.chars().take(64).collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The state document, as this module records it and the agent's `CaptureState` serves it (one
 /// function for both, so the controller's capture before a deploy is the playbook's).
 pub fn capture(state_dir: &Path, req: &CaptureRequest<'_>) -> Value {
@@ -112,19 +145,20 @@ fn run_capture(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     let now = chrono::Utc::now();
     let components = super::arg_strings(args.get("components"));
     let services = super::arg_strings(args.get("services"));
-    let state = capture(
-        ctx.state_dir,
-        &CaptureRequest {
-            components: &components,
-            services: &services,
-            database: match args.get("database") {
-                Some(Value::Object(d)) => Some(d),
-                _ => None,
-            },
-            base_dir: ctx.base_dir.as_deref(),
-            txid: ctx.txid,
+    let request = CaptureRequest {
+        components: &components,
+        services: &services,
+        database: match args.get("database") {
+            Some(Value::Object(d)) => Some(d),
+            _ => None,
         },
-    );
+        base_dir: ctx.base_dir.as_deref(),
+        txid: ctx.txid,
+    };
+    if let Err(e) = request.check() {
+        return failed(e);
+    }
+    let state = capture(ctx.state_dir, &request);
     let dest_dir = PathBuf::from(arg_str(args, "dest_dir").unwrap_or(DEFAULT_DEST_DIR));
     // One transaction may capture twice (before and after): the name never reuses a capture's.
     let stamp = now.format("%Y%m%dT%H%M%S%.6fZ");
@@ -340,5 +374,27 @@ mod tests {
         let written: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(&written, s);
         assert_eq!(r["ansible_facts"]["rampart_state"], *s);
+    }
+
+    #[test]
+    fn the_module_refuses_names_that_climb_out_or_are_no_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let dest = dir.path().join("captures");
+        for args in [
+            json!({"dest_dir": dest, "components": ["../../etc"]}),
+            json!({"dest_dir": dest, "components": ["/etc"]}),
+            json!({"dest_dir": dest, "services": ["a b"]}),
+            json!({"dest_dir": dest, "services": ["--help"]}),
+        ] {
+            let call = Call {
+                state_dir: Some(&state),
+                txid: Some("tx-1"),
+                ..Call::default()
+            };
+            let r = call.run(&CAPTURE_STATE, args.clone());
+            assert_eq!(r["failed"], json!(true), "{args}: {r:?}");
+            assert!(!dest.exists(), "{args}: a refused capture wrote a file");
+        }
     }
 }

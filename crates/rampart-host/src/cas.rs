@@ -441,7 +441,10 @@ mod tests {
         assert_eq!(listing(dir.path()), vec![format!("sha256/{digest}")]);
         let used = fs::metadata(&path).unwrap().modified().unwrap();
         assert!(used > hour_ago + std::time::Duration::from_secs(3000));
-        assert!(touch(dir.path(), &"0".repeat(64)).is_err(), "no such artifact");
+        assert!(
+            touch(dir.path(), &"0".repeat(64)).is_err(),
+            "no such artifact"
+        );
     }
 
     #[test]
