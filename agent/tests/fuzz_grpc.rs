@@ -154,20 +154,94 @@ proptest! {
 
     #[test]
     fn prop_events_round_trip_through_protobuf(kind in 0u8..8, text in rampart_fuzz::text(TOKENS, 6), json in rampart_fuzz::text(&["{", "}", "\"a\"", ":", "1", "[", "]", ","], 8), n in any::<u32>(), enum_value in -2i32..12, seconds in prop_oneof![any::<i64>(), 0i64..4_000_000_000], nanos in any::<i32>()) {
-        use pb::transaction_event::Kind;
-        let kind = match kind {
-            0 => Kind::Started(pb::TransactionStarted { playbook_name: text.clone(), host: text.clone(), check: n % 2 == 0, pid: n }),
-            1 => Kind::PlayStarted(pb::PlayStarted { index: n, name: text.clone() }),
-            2 => Kind::TaskStarted(pb::TaskStarted { path: text.clone(), section: enum_value, name: text.clone(), action: text.clone() }),
-            3 => Kind::TaskFinished(pb::TaskFinished { path: text.clone(), section: enum_value, name: text.clone(), action: text.clone(), status: enum_value, result_json: json.clone(), duration_ms: u64::from(n) }),
-            4 => Kind::TaskRetrying(pb::TaskRetrying { path: text.clone(), name: text.clone(), retries_left: n, result_json: json.clone() }),
-            5 => Kind::Recovery(pb::RecoveryStarted { interrupted_path: text.clone(), interrupted_section: enum_value, action: text.clone(), torn_tail: json.clone(), pid: n }),
-            6 => Kind::Finished(pb::TransactionFinished { outcome: enum_value, recap: Some(pb::Recap { ok: n, ..Default::default() }), recovered: n % 3 == 0 }),
-            _ => Kind::TaskProgress(pb::TaskProgress { path: text.clone(), name: text.clone(), data_json: json.clone() }),
-        };
-        let ev = pb::TransactionEvent { seq: u64::from(n), txid: text.clone(), time: Some(prost_types::Timestamp { seconds, nanos }), kind: Some(kind) };
-        if let Ok(entry) = from_proto(ev) {
+        // Anything: never a panic, and what converts comes back the same.
+        if let Ok(entry) = from_proto(event(kind, &text, &json, n, enum_value, seconds, nanos)) {
             prop_assert_eq!(from_proto(to_proto(&entry)), Ok(entry));
         }
+    }
+
+    #[test]
+    fn prop_valid_events_convert_and_round_trip(kind in 0u8..8, text in rampart_fuzz::text(TOKENS, 6), json in rampart_fuzz::text(&["{", "}", "\"a\"", ":", "1", "[", "]", ","], 8), n in any::<u32>(), enum_value in 1i32..=3, seconds in 0i64..4_000_000_000, micros in 0i32..1_000_000) {
+        // Every enum, time and kind the agent itself sends: it must convert (else the property
+        // above could pass with a conversion that refuses everything).
+        let ev = event(kind, &text, &json, n, enum_value, seconds, micros * 1000);
+        let entry = from_proto(ev.clone());
+        prop_assert!(entry.is_ok(), "{:?}: {:?}", ev, entry);
+        let entry = entry.unwrap();
+        prop_assert_eq!(from_proto(to_proto(&entry)), Ok(entry));
+    }
+}
+
+/// A protobuf event of kind `kind` (0..8) made of the given values.
+fn event(
+    kind: u8,
+    text: &str,
+    json: &str,
+    n: u32,
+    enum_value: i32,
+    seconds: i64,
+    nanos: i32,
+) -> pb::TransactionEvent {
+    use pb::transaction_event::Kind;
+    let text = text.to_string();
+    let json = json.to_string();
+    let kind = match kind {
+        0 => Kind::Started(pb::TransactionStarted {
+            playbook_name: text.clone(),
+            host: text.clone(),
+            check: n.is_multiple_of(2),
+            pid: n,
+        }),
+        1 => Kind::PlayStarted(pb::PlayStarted {
+            index: n,
+            name: text.clone(),
+        }),
+        2 => Kind::TaskStarted(pb::TaskStarted {
+            path: text.clone(),
+            section: enum_value,
+            name: text.clone(),
+            action: text.clone(),
+        }),
+        3 => Kind::TaskFinished(pb::TaskFinished {
+            path: text.clone(),
+            section: enum_value,
+            name: text.clone(),
+            action: text.clone(),
+            status: enum_value,
+            result_json: json.clone(),
+            duration_ms: u64::from(n),
+        }),
+        4 => Kind::TaskRetrying(pb::TaskRetrying {
+            path: text.clone(),
+            name: text.clone(),
+            retries_left: n,
+            result_json: json.clone(),
+        }),
+        5 => Kind::Recovery(pb::RecoveryStarted {
+            interrupted_path: text.clone(),
+            interrupted_section: enum_value,
+            action: text.clone(),
+            torn_tail: json.clone(),
+            pid: n,
+        }),
+        6 => Kind::Finished(pb::TransactionFinished {
+            outcome: enum_value,
+            recap: Some(pb::Recap {
+                ok: n,
+                ..Default::default()
+            }),
+            recovered: n.is_multiple_of(3),
+        }),
+        _ => Kind::TaskProgress(pb::TaskProgress {
+            path: text.clone(),
+            name: text.clone(),
+            data_json: json.clone(),
+        }),
+    };
+    pb::TransactionEvent {
+        seq: u64::from(n),
+        txid: text.clone(),
+        time: Some(prost_types::Timestamp { seconds, nanos }),
+        kind: Some(kind),
     }
 }
