@@ -5,10 +5,9 @@
 //!
 //! Every wait is bounded: processes are killed at a deadline, gRPC connects and calls time out.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
@@ -139,43 +138,9 @@ impl Setup {
 
 /// Runs `program` to completion, killing it at [`PROCESS_DEADLINE`] (then panics).
 pub(crate) fn run_bounded(program: &Path, args: &[&str]) -> CliRun {
-    let mut child = Command::new(program)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-    let drain = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + PROCESS_DEADLINE;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} {args:?} still running after {PROCESS_DEADLINE:?}: killed",
-                program.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    CliRun {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("RUST_LOG", "error");
+    rampart_tests::run_to_end(cmd, PROCESS_DEADLINE)
 }
 
 /// Connects to the agent with `tls` (none: plaintext) and calls `GetTransaction` for a txid that

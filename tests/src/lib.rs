@@ -262,14 +262,52 @@ impl CliRun {
     }
 }
 
-/// Runs `rampart` with `args` and returns what it did.
-pub fn rampart(args: &[&str]) -> CliRun {
-    let out = Command::new(bin("rampart"))
-        .args(args)
+/// The longest any one `rampart` command of a test may run before it is killed (a hung CLI
+/// would otherwise stall the whole e2e binary).
+pub const CLI_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `cmd` (its stdin, stdout and stderr are set here) to completion and returns what it did;
+/// at `deadline` it is killed and the test panics, naming it.
+pub fn run_to_end(mut cmd: Command, deadline: Duration) -> CliRun {
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .expect("run rampart");
-    CliRun::from_output(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {deadline:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    CliRun {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Runs `rampart` with `args` (bounded by [`CLI_DEADLINE`]) and returns what it did.
+pub fn rampart(args: &[&str]) -> CliRun {
+    let mut cmd = Command::new(bin("rampart"));
+    cmd.args(args);
+    run_to_end(cmd, CLI_DEADLINE)
 }
 
 /// Runs `rampart run PLAYBOOK --local --json --state-dir STATE_DIR EXTRA...` and returns what
@@ -374,6 +412,19 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         .build()
         .expect("tokio runtime")
         .block_on(fut)
+}
+
+/// The names in `dir`, sorted (none when it is missing).
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// The lowercase hex sha256 of `bytes`.
