@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use rampart_tests::{AgentProc, rampart, sha256_hex, write_file};
+use rampart_tests::{AgentProc, dir_names, rampart, sha256_hex, write_file};
 use serde_json::Value;
 
 const DEPLOYS: usize = 6;
@@ -54,16 +54,6 @@ fn playbook(version: &str, artifact: &str, sha: &str, public: &Path) -> String {
     )
 }
 
-fn dir_names(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn the_cache_holds_only_the_artifacts_of_kept_releases() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,7 +79,9 @@ fn the_cache_holds_only_the_artifacts_of_kept_releases() {
             run.stdout,
             run.stderr
         );
-        let kept = dir_names(&state.join("apps/app/releases"));
+        let kept = dir_names(&state.join("apps/app/releases"))
+            .into_iter()
+            .collect::<BTreeSet<String>>();
         let expected_kept: BTreeSet<String> = digests
             .iter()
             .rev()
@@ -115,7 +107,7 @@ fn the_cache_holds_only_the_artifacts_of_kept_releases() {
             })
             .collect();
         assert_eq!(
-            dir_names(&cache),
+            dir_names(&cache).into_iter().collect::<BTreeSet<String>>(),
             referenced,
             "cache after deploy {version} (kept {kept:?})"
         );

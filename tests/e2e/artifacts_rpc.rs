@@ -1,28 +1,13 @@
 //! `HasArtifact` / `PutArtifact` against a real agent over gRPC on 127.0.0.1: the digest is
 //! verified while streaming, a known digest is skipped, and a bad upload leaves nothing behind.
 
-use std::path::Path;
 use std::time::Duration;
 
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
-use rampart_tests::{AgentProc, block_on};
+use rampart_tests::{AgentProc, block_on, dir_names, sha256_hex};
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
-
-fn hex(bytes: &[u8]) -> String {
-    rampart_tests::sha256_hex(bytes)
-}
-
-fn files_under(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn chunks(digest: &str, size: u64, data: &[u8], piece: usize) -> Vec<pb::ArtifactChunk> {
     data.chunks(piece)
@@ -78,7 +63,7 @@ fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
             .expect("connect to the agent");
         let mut c = AgentClient::new(ch);
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let digest = hex(&data);
+        let digest = sha256_hex(&data);
 
         let has = lookup(&mut c, &digest).await.unwrap();
         assert!(!has.present);
@@ -94,9 +79,9 @@ fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
             "{}",
             err.message()
         );
-        assert!(files_under(&state.join("artifacts/sha256")).is_empty());
+        assert!(dir_names(&state.join("artifacts/sha256")).is_empty());
         assert!(
-            files_under(&state.join("artifacts/tmp")).is_empty(),
+            dir_names(&state.join("artifacts/tmp")).is_empty(),
             "partial upload left behind"
         );
 
@@ -138,7 +123,7 @@ fn upload_is_verified_while_streaming_and_known_digests_are_skipped() {
 
         // A size that does not match the first chunk's declaration is refused.
         let other: Vec<u8> = b"short".to_vec();
-        let err = upload(&mut c, &hex(&other), 999, &other, 2)
+        let err = upload(&mut c, &sha256_hex(&other), 999, &other, 2)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

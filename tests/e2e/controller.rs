@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rampart_tests::fleet::{Fleet, break_v2_on, events_of};
+use rampart_tests::fleet::{Fleet, break_v2_on, events_of, finished};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(240);
@@ -17,15 +17,6 @@ fn staged(v: &Value, host: &str) -> bool {
         && v["event"]["name"]
             .as_str()
             .is_some_and(|n| n.starts_with("stage"))
-}
-
-pub(crate) fn finished(lines: &[Value]) -> Value {
-    lines
-        .iter()
-        .rev()
-        .find(|v| v["type"] == "finished")
-        .cloned()
-        .unwrap_or_else(|| panic!("no finished event in {lines:#?}"))
 }
 
 fn host_states(fin: &Value) -> Vec<(String, String)> {

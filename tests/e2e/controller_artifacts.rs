@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::controller_client::ControllerClient;
 use rampart_tests::fleet::{Fleet, TOKEN};
-use rampart_tests::{block_on, sha256_hex};
+use rampart_tests::{block_on, dir_names, sha256_hex};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -47,18 +47,6 @@ fn fleet_with(artifacts_toml: &str, env_toml: &str) -> Fleet {
 /// The controller's artifact directory (`<state_dir>/artifacts`).
 fn store_dir(fleet: &Fleet) -> PathBuf {
     fleet.dir.path().join("controller/artifacts")
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 async fn client(fleet: &Fleet) -> Client {
@@ -145,7 +133,7 @@ fn an_upload_over_the_per_artifact_limit_is_refused_early_and_leaves_no_file() {
             "{}",
             e.message()
         );
-        assert_eq!(names_in(&dir.join("tmp")), Vec::<String>::new());
+        assert_eq!(dir_names(&dir.join("tmp")), Vec::<String>::new());
         assert!(!dir.join("sha256").join(sha256_hex(&big)).exists());
 
         // Under the limit: stored.
@@ -154,8 +142,8 @@ fn an_upload_over_the_per_artifact_limit_is_refused_early_and_leaves_no_file() {
             .await
             .unwrap();
         assert_eq!(ok.size, small.len() as u64);
-        assert_eq!(names_in(&dir.join("sha256")), vec![sha256_hex(&small)]);
-        assert_eq!(names_in(&dir.join("tmp")), Vec::<String>::new());
+        assert_eq!(dir_names(&dir.join("sha256")), vec![sha256_hex(&small)]);
+        assert_eq!(dir_names(&dir.join("tmp")), Vec::<String>::new());
     });
 
     // The CLI says which limit refused it and how to raise it (exit 2, nothing deployed).
@@ -172,7 +160,7 @@ fn an_upload_over_the_per_artifact_limit_is_refused_early_and_leaves_no_file() {
     ]);
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("max_artifact_bytes"), "{}", r.stderr);
-    assert_eq!(names_in(&dir.join("tmp")), Vec::<String>::new());
+    assert_eq!(dir_names(&dir.join("tmp")), Vec::<String>::new());
     assert_eq!(fleet.serving(), vec![None]);
 }
 
@@ -197,8 +185,8 @@ fn the_store_quota_and_the_free_space_floor_refuse_uploads_that_do_not_fit() {
                 e.message()
             );
         }
-        assert_eq!(names_in(&dir.join("sha256")), vec![sha256_hex(&a)]);
-        assert_eq!(names_in(&dir.join("tmp")), Vec::<String>::new());
+        assert_eq!(dir_names(&dir.join("sha256")), vec![sha256_hex(&a)]);
+        assert_eq!(dir_names(&dir.join("tmp")), Vec::<String>::new());
         // The one already stored is found again without counting twice.
         let again = upload(&mut c, "a.tar.gz", &a, a.len() as u64)
             .await
@@ -218,8 +206,8 @@ fn the_store_quota_and_the_free_space_floor_refuse_uploads_that_do_not_fit() {
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("min_free_bytes"), "{}", e.message());
-        assert_eq!(names_in(&dir.join("tmp")), Vec::<String>::new());
-        assert_eq!(names_in(&dir.join("sha256")), Vec::<String>::new());
+        assert_eq!(dir_names(&dir.join("tmp")), Vec::<String>::new());
+        assert_eq!(dir_names(&dir.join("sha256")), Vec::<String>::new());
     });
 }
 
@@ -244,7 +232,7 @@ fn garbage_collection_removes_unreferenced_artifacts_and_keeps_referenced_ones()
             .unwrap();
     });
     // Everything stored so far was last used two hours ago.
-    for name in names_in(&dir.join("sha256")) {
+    for name in dir_names(&dir.join("sha256")) {
         age(&dir.join("sha256").join(name));
     }
     block_on(async {
@@ -266,7 +254,7 @@ fn garbage_collection_removes_unreferenced_artifacts_and_keeps_referenced_ones()
     expected.sort();
     // 1.0.0 is neither in the window nor current, the orphan was never deployed: removed.
     // 2.0.0 is the current release, 3.0.0 the newest deployment's, `fresh` within its grace.
-    assert_eq!(names_in(&dir.join("sha256")), expected);
+    assert_eq!(dir_names(&dir.join("sha256")), expected);
     assert_eq!(fleet.serving(), vec![Some("2.0.0".to_string())]);
 
     // `rampart-controller gc` on a stopped controller: the fresh upload, aged, goes too; what
@@ -289,7 +277,7 @@ fn garbage_collection_removes_unreferenced_artifacts_and_keeps_referenced_ones()
     assert!(stdout.contains("freed 1 artifact"), "{stdout}");
     let mut expected = vec![sha("2.0.0"), sha("3.0.0")];
     expected.sort();
-    assert_eq!(names_in(&dir.join("sha256")), expected);
+    assert_eq!(dir_names(&dir.join("sha256")), expected);
 
     // Started again, the controller deploys 1.0.0 once more: the CLI uploads the collected
     // artifact again, as it does any the controller lacks.

@@ -13,8 +13,8 @@ use rampart_proto::v1 as pb;
 use rampart_proto::v1::controller_client::ControllerClient;
 use rampart_proto::v1::deployment_event::Kind;
 use rampart_tests::fleet::Fleet;
+use rampart_tests::sha256_hex;
 use serde_json::{Value, json};
-use sha2::Digest;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -24,13 +24,6 @@ const STEP: Duration = Duration::from_secs(60);
 const MAX_EVENTS: usize = 2000;
 
 type Client = ControllerClient<Channel>;
-
-fn hash(token: &str) -> String {
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A `[[tokens]]` entry whose token text is `<name>-secret`.
 fn token_toml(name: &str, scopes: &[&str], environments: Option<&[&str]>) -> String {
@@ -42,7 +35,7 @@ fn token_toml(name: &str, scopes: &[&str], environments: Option<&[&str]>) -> Str
     };
     let mut t = format!(
         "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{}]\n",
-        hash(&secret(name)),
+        sha256_hex(secret(name).as_bytes()),
         list(scopes)
     );
     if let Some(e) = environments {
@@ -133,7 +126,7 @@ fn refused<T: std::fmt::Debug>(what: &str, res: Result<T, Status>, code: Code) -
 /// Uploads `file` as `name`; its sha256.
 async fn upload(c: &mut Client, token: &str, file: &Path) -> Result<String, Status> {
     let bytes = std::fs::read(file).unwrap();
-    let sha = hash_bytes(&bytes);
+    let sha = sha256_hex(&bytes);
     let mut msgs = Vec::new();
     for (i, chunk) in bytes.chunks(1 << 20).enumerate() {
         msgs.push(pb::ArtifactUpload {
@@ -153,13 +146,6 @@ async fn upload(c: &mut Client, token: &str, file: &Path) -> Result<String, Stat
     )
     .await
     .map(|r| r.sha256)
-}
-
-fn hash_bytes(b: &[u8]) -> String {
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn deploy_req(env: &str, version: &str, sha: &str, vars: Option<Value>) -> pb::DeployRequest {

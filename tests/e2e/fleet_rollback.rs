@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use rampart_tests::fleet::{Fleet, break_v2_on, events_of};
+use rampart_tests::fleet::{Fleet, break_v2_on, events_of, finished};
+use rampart_tests::sha256_hex;
 use serde_json::{Value, json};
 
 /// Writes `sample-app-<to>.tar.gz` into `dist`: the healthy 1.0.0 with another version file and
@@ -35,21 +36,6 @@ fn package_variant(dist: &Path, to: &str) {
         .status()
         .unwrap();
     assert!(ok.success(), "tar {}", out.display());
-}
-
-fn sha256_file(path: &Path) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(std::fs::read(path).unwrap());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn finished(lines: &[Value]) -> Value {
-    lines
-        .iter()
-        .rev()
-        .find(|v| v["type"] == "finished")
-        .cloned()
-        .unwrap_or_else(|| panic!("no finished event in {lines:#?}"))
 }
 
 /// The entries of `apps/<component>/<dir>` on host `i` whose names start with `version`.
@@ -264,7 +250,7 @@ fn the_fleet_rescue_rolls_each_component_back_to_its_own_version() {
         let pb = format!(
             "- hosts: all\n  tasks:\n    - release:\n        component: worker\n        version: 1.1.0\n        artifact: {}\n        sha256: {}\n        state: staged\n    - release:\n        component: worker\n        version: 1.1.0\n        path: {}\n        state: active\n",
             tarball.display(),
-            sha256_file(&tarball),
+            sha256_hex(&std::fs::read(&tarball).unwrap()),
             worker.display(),
         );
         let pb = rampart_tests::write_file(sc.path(), "worker-1.1.0.yml", &pb);

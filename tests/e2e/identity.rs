@@ -19,8 +19,8 @@ use rampart_tests::{AgentProc, CliRun, bin, block_on, read_journals, write_file}
 use tonic::Code;
 use tonic::transport::Endpoint;
 
-use crate::controller::finished;
 use crate::mtls::run_bounded;
+use rampart_tests::fleet::finished;
 
 /// The longest wait for one gRPC connect or call.
 const STEP: Duration = Duration::from_secs(10);

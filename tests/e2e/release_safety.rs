@@ -28,7 +28,7 @@ use flate2::write::GzEncoder;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use rampart_tests::CliRun;
 use rampart_tests::deploy::{Scenario, deploy_playbook, tree_snapshot};
-use rampart_tests::sha256_hex;
+use rampart_tests::{dir_names, sha256_hex};
 use serde_json::{Value, json};
 use tar::{EntryType, Header};
 
@@ -352,19 +352,6 @@ fn residue(sc: &Scenario) -> Vec<String> {
             .filter(|line| line.contains("rampart-tmp")),
     );
     out
-}
-
-/// The names in `dir`, sorted (none when it is missing).
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// The versions under `apps/app/releases/`.

@@ -331,6 +331,16 @@ fn start_agent(host: &Host, certs: &Path) -> AgentProc {
     )
 }
 
+/// The last `finished` event of a CLI run's JSON lines.
+pub fn finished(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "finished")
+        .cloned()
+        .unwrap_or_else(|| panic!("no finished event in {lines:#?}"))
+}
+
 /// The JSON lines of a CLI run whose `type` is `kind`.
 pub fn events_of(run: &CliRun, kind: &str) -> Vec<Value> {
     run.json()
