@@ -330,18 +330,20 @@ fn applied(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResul
     }
 }
 
-/// The schema version a release runs on: its newest versioned migration in `locations`.
+/// The schema version a release runs on: the newest versioned migration of the configuration
+/// `args` gives, with `locations` (the release's migrations) in place of its own, named as that
+/// configuration says.
 fn newest_versioned(
+    args: &Map<String, Value>,
     locations: &[String],
     base: Option<&Path>,
 ) -> Result<Option<rampart_migrate::version::Version>, String> {
-    let base = base.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let dirs: Vec<PathBuf> = locations
-        .iter()
-        .map(|l| base.join(l.strip_prefix("filesystem:").unwrap_or(l)))
-        .collect();
-    let found = rampart_migrate::resolve::scan(&dirs, &rampart_migrate::resolve::Naming::default())
-        .map_err(|e| e.to_string())?;
+    let mut args = args.clone();
+    args.insert("locations".into(), json!(locations));
+    let config = configuration_in(&args, base)?;
+    let naming = rampart_migrate::resolve::Naming::from(&config);
+    let found =
+        rampart_migrate::resolve::scan(&config.locations, &naming).map_err(|e| e.to_string())?;
     Ok(found
         .versioned
         .iter()
@@ -364,7 +366,7 @@ fn undone(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResult
                     "state=undone needs `target` or `target_locations` (the migrations of the release rolled back to)",
                 ));
             }
-            newest_versioned(&to, ctx.base_dir.as_deref())
+            newest_versioned(args, &to, ctx.base_dir.as_deref())
                 .map_err(failed)?
                 .ok_or_else(|| {
                     failed(format!(
@@ -540,4 +542,33 @@ fn released(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResu
         json!(format!("removed the {:?} restore point", record.point.strategy).to_lowercase()),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn the_schema_a_release_runs_on_is_read_with_the_configured_naming() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = dir.path().join("db");
+        fs::create_dir_all(&sql).unwrap();
+        for f in ["M1__one.sql", "M2__two.sql", "V9__not_a_migration_here.sql"] {
+            fs::write(sql.join(f), "select 1;").unwrap();
+        }
+        fs::write(
+            dir.path().join("flyway.conf"),
+            "flyway.sqlMigrationPrefix=M\n",
+        )
+        .unwrap();
+        let args = json!({"url": "postgresql://127.0.0.1:1/x", "config_files": ["flyway.conf"]});
+        let v = newest_versioned(
+            args.as_object().unwrap(),
+            &["db".to_string()],
+            Some(dir.path()),
+        )
+        .unwrap();
+        assert_eq!(v.map(|v| v.to_string()).as_deref(), Some("2"));
+    }
 }

@@ -147,6 +147,19 @@ pub struct Naming {
     pub suffixes: Vec<String>,
 }
 
+impl From<&crate::config::Config> for Naming {
+    /// The naming a configuration sets (`sqlMigrationPrefix`, `sqlMigrationSeparator`, ...).
+    fn from(config: &crate::config::Config) -> Naming {
+        Naming {
+            versioned: config.sql_migration_prefix.clone(),
+            undo: config.undo_sql_migration_prefix.clone(),
+            repeatable: config.repeatable_sql_migration_prefix.clone(),
+            separator: config.sql_migration_separator.clone(),
+            suffixes: config.sql_migration_suffixes.clone(),
+        }
+    }
+}
+
 impl Default for Naming {
     fn default() -> Self {
         Naming {

@@ -158,14 +158,7 @@ impl Runner {
         if config.locations.is_empty() {
             return Err(MigrateError::NoLocations);
         }
-        let naming = Naming {
-            versioned: config.sql_migration_prefix.clone(),
-            undo: config.undo_sql_migration_prefix.clone(),
-            repeatable: config.repeatable_sql_migration_prefix.clone(),
-            separator: config.sql_migration_separator.clone(),
-            suffixes: config.sql_migration_suffixes.clone(),
-        };
-        let mut found = resolve::scan(&config.locations, &naming)?;
+        let mut found = resolve::scan(&config.locations, &Naming::from(config))?;
         for (script, reason) in &found.skipped {
             tracing::warn!(script = %script, reason = %reason, "skipping file with an invalid migration name");
         }
