@@ -58,7 +58,7 @@ pub const MAX_NAMES: usize = 256;
 
 impl CaptureRequest<'_> {
     /// Refuses names a capture must not use, whoever asks (the module or `CaptureState`): a
-    /// component is a directory under `apps/` ([`super::release::check_name`]: nothing that
+    /// component is a directory under `apps/` (the release module's name rule: nothing that
     /// climbs out, like `../..` or `/etc`), a service a systemd unit name.
     pub fn check(&self) -> Result<(), String> {
         if self.components.len() > MAX_NAMES || self.services.len() > MAX_NAMES {
