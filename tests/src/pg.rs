@@ -60,6 +60,14 @@ fn check(out: Output, what: &str) -> Output {
     out
 }
 
+/// The server options of a test cluster: its port, socket dir and small limits.
+fn server_options(dir: &Path, port: u16) -> String {
+    format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=60 -c shared_buffers=16MB",
+        dir.display()
+    )
+}
+
 impl Pg {
     /// Creates and starts a cluster; panics with the server's log when it cannot.
     pub fn start() -> Pg {
@@ -103,10 +111,7 @@ impl Pg {
                 .arg("-l")
                 .arg(dir.path().join("server.log"))
                 .arg("-o")
-                .arg(format!(
-                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=60 -c shared_buffers=16MB",
-                    dir.path().display()
-                ))
+                .arg(server_options(dir.path(), port))
                 .args(["-w", "-t", "60", "start"])
                 .output()
                 .expect("run pg_ctl");
@@ -203,6 +208,37 @@ impl Pg {
             .output()
             .expect("run rampart migrate");
         check(out, "rampart migrate migrate (fixtures)");
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`): every session is cut as by a crash,
+    /// as a fault test wants. [`Pg::start_again`] brings it back on the same port and data.
+    pub fn stop_immediate(&self) {
+        check(
+            as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                .output()
+                .expect("run pg_ctl stop"),
+            "pg_ctl stop -m immediate",
+        );
+    }
+
+    /// Starts a stopped server again on its port (crash recovery runs first, as after a crash).
+    pub fn start_again(&self) {
+        check(
+            as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .arg("-o")
+                .arg(server_options(self.dir.path(), self.port))
+                .args(["-w", "-t", "60", "start"])
+                .output()
+                .expect("run pg_ctl start"),
+            "pg_ctl start (again)",
+        );
     }
 
     /// The cluster's log so far.
