@@ -11,11 +11,9 @@
 //! and the fleet rescue re-attaches to learn how it ended.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rampart_host::cas as artifacts;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
 use rampart_rpc::retry::{self, Attempt, GaveUp};
@@ -23,6 +21,8 @@ use rampart_rpc::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::artifact_store::ArtifactStore;
 
 /// How many artifact uploads to agents run at once. Each holds a read buffer and a few chunks
 /// in flight (about 200 KiB); unbounded, 200 hosts took 250 MB of controller memory.
@@ -190,11 +190,13 @@ fn wrap(ch: Channel) -> Client {
 
 pub use rampart_rpc::{error_chain, is_transport};
 
-/// Puts an artifact of the controller's store on the agent unless it holds it already.
+/// Puts an artifact of the controller's store on the agent unless it holds it already. With
+/// PostgreSQL, a controller that did not receive the artifact reads it from the shared store
+/// into its cache first, verified ([`ArtifactStore::local_copy`]).
 pub async fn ensure_artifact(
     agents: &Agents,
     client: &mut Client,
-    state_dir: &Path,
+    store: &Arc<ArtifactStore>,
     sha256: &str,
 ) -> Result<bool, String> {
     let has = client
@@ -212,7 +214,10 @@ pub async fn ensure_artifact(
         .acquire()
         .await
         .map_err(|e| format!("upload slots closed: {e}"))?;
-    let path = artifacts::artifact_path(state_dir, sha256).map_err(|e| e.to_string())?;
+    let (s, sha) = (store.clone(), sha256.to_owned());
+    let path = tokio::task::spawn_blocking(move || s.local_copy(&sha))
+        .await
+        .map_err(|e| format!("fetching artifact {sha256}: {e}"))??;
     let size = std::fs::metadata(&path)
         .map_err(|e| format!("artifact {sha256} is not in the controller's store: {e}"))?
         .len();

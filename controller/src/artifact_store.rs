@@ -1,16 +1,35 @@
 //! The controller's artifact store: the content-addressed cache `<state_dir>/artifacts`
-//! ([`rampart_host::cas`]) bounded by the `[artifacts]` limits, and its garbage collection.
+//! ([`rampart_host::cas`]) bounded by the `[artifacts]` limits, and its garbage collection; with
+//! the PostgreSQL store, the artifacts themselves are kept in PostgreSQL, shared by every
+//! controller, and the directory is each controller's cache of them.
 //!
 //! Inputs: uploads asking to be admitted ([`ArtifactStore::admit`], then
-//! [`Reservation::grow`] as bytes arrive), requests naming artifacts ([`ArtifactStore::claim`]),
-//! and the store's deployments (what is referenced). Outputs: a [`Refusal`] naming the limit and
-//! the setting that raises it, and a [`GcReport`] of what was removed.
+//! [`Reservation::grow`] as bytes arrive, then [`ArtifactStore::publish`]), requests naming
+//! artifacts ([`ArtifactStore::claim`]), deliveries ([`ArtifactStore::local_copy`]) and the
+//! store's deployments (what is referenced). Outputs: a [`Refusal`] naming the limit and the
+//! setting that raises it, a verified file to deliver, and a [`GcReport`] of what was removed.
+//!
+//! Where artifacts live: with SQLite (one controller) under `sha256/` of the state directory,
+//! as always. With PostgreSQL ([`Store::holds_artifacts`]) a controller that takes over a
+//! deployment must deliver what another controller received, so an upload is first verified
+//! into the local cache, then [published](ArtifactStore::publish) into PostgreSQL: rows of 1 MiB
+//! ([`crate::store::ARTIFACT_CHUNK`]) keyed by digest and index, written in one transaction
+//! whose commit marks the artifact complete, hashed as they are written (a digest or size other
+//! than announced is refused and nothing stays). A delivery reads the chunks one at a time into
+//! the local cache, hashing them, before anything goes to an agent; a missing, short or
+//! tampered chunk is refused and nothing is cached. PostgreSQL rather than an S3-compatible
+//! bucket: no second service, endpoint or credential to run and secure; the artifacts are
+//! backed up, replicated and restored with the deployments that name them; and they are
+//! transactional with it (an artifact is complete or absent, a collection and a claim exclude
+//! each other on its row). The cost is database size, which the quota and the collection bound.
 //!
 //! Limits, checked when an upload starts (against its announced size) and again as its bytes
 //! arrive (so an upload that announced nothing, or less than it sends, is stopped as soon as it
-//! crosses one): `max_artifact_bytes` per artifact; `quota_bytes` for what is stored plus every
+//! crosses one): `max_artifact_bytes` per artifact; `quota_bytes` for what is stored (in the
+//! shared store with PostgreSQL, uploads other controllers have begun included) plus every
 //! upload in progress in this process; `min_free_bytes` left free on the filesystem of the state
-//! directory. A refused upload is dropped, which removes its temporary file.
+//! directory (where the upload, or the cached copy, is written). A refused upload is dropped,
+//! which removes its temporary file.
 //!
 //! Collection: an artifact is referenced by every unfinished deployment, by the newest
 //! `keep_deployments` deployments of each configured environment, and by each environment's
@@ -18,15 +37,18 @@
 //! successful deploy of the version it returned to). Everything else under `sha256/` whose last
 //! use (its modification time: set by the upload, and again by [`ArtifactStore::claim`]
 //! whenever a request names it) is older than `gc_grace_seconds` is removed, and the temporary
-//! files of dead processes with it. It runs at start-up, after each deployment ends, before an
-//! upload is refused for the quota, and as `rampart-controller gc`. When the current release of
-//! an environment cannot be told from the newest [`CURRENT_SEARCH`] deployments, nothing is
-//! removed.
+//! files of dead processes with it; with PostgreSQL, the same rule removes rows from PostgreSQL
+//! (their last use recorded there, by the database's clock), except a row an upload holds: an
+//! artifact another controller is uploading is never collected, and what an unfinished
+//! deployment of any controller references is never either. It runs at start-up, after each
+//! deployment ends, before an upload is refused for the quota, and as `rampart-controller gc`.
+//! When the current release of an environment cannot be told from the newest
+//! [`CURRENT_SEARCH`] deployments, nothing is removed.
 //!
 //! A claim and a collection exclude each other with `flock` on `artifacts/gc.lock` (shared for
-//! a claim, exclusive for the removal), across processes too: a request that named an artifact
-//! either refreshed it before the collection looked at it, or finds it gone and is refused
-//! (FAILED_PRECONDITION: upload it again).
+//! a claim, exclusive for the removal), across processes too, and in PostgreSQL on the
+//! artifact's row: a request that named an artifact either refreshed it before the collection
+//! looked at it, or finds it gone and is refused (FAILED_PRECONDITION: upload it again).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -41,7 +63,7 @@ use rampart_proto::v1 as pb;
 
 use crate::config::{ArtifactConfig, ControllerConfig};
 use crate::deployment::Controller;
-use crate::store::{Store, StoreError};
+use crate::store::{ArtifactRow, Store, StoreError};
 
 /// How many of an environment's newest finished deployments are searched for its current
 /// release.
@@ -103,6 +125,16 @@ pub enum Refusal {
         /// The artifact directory.
         dir: PathBuf,
     },
+    /// The shared store could not say what it holds.
+    #[error(
+        "cannot read the artifacts stored in {store}: {reason}; try again once the store is reachable"
+    )]
+    StoreUnavailable {
+        /// The store.
+        store: String,
+        /// Why.
+        reason: String,
+    },
     /// The free space could not be read.
     #[error("cannot read the free space of {}: {errno}", .dir.display())]
     Statvfs {
@@ -136,8 +168,11 @@ pub enum GcError {
 /// What a collection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
-    /// Removed artifacts: (sha256, size), in name order.
+    /// Removed artifacts: (sha256, size), in name order (from the shared store, with
+    /// PostgreSQL).
     pub removed: Vec<(String, u64)>,
+    /// With PostgreSQL: the copies removed from this controller's cache, (sha256, size).
+    pub uncached: Vec<(String, u64)>,
     /// Artifacts kept (referenced, or used within the grace period).
     pub kept: usize,
     /// Temporary files of dead processes removed.
@@ -158,9 +193,15 @@ pub struct ArtifactStore {
     limits: ArtifactConfig,
     /// Bytes reserved by the uploads in progress in this process.
     reserved: Arc<Mutex<u64>>,
+    /// The store holding the artifacts of every controller, and this controller's instance
+    /// name; `None`: `state_dir` holds them (SQLite).
+    shared: Option<(Arc<dyn Store>, String)>,
+    /// Held while a copy is read from the shared store, so that hosts waiting for the same
+    /// artifact read it once.
+    fetching: Mutex<()>,
 }
 
-fn lock(m: &Mutex<u64>) -> MutexGuard<'_, u64> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -256,6 +297,18 @@ pub struct StoredArtifact {
     pub used: SystemTime,
 }
 
+/// A shared store's artifact as the collection plans with it: last used `unused_for` before
+/// `now`.
+fn shared_use(r: &ArtifactRow, now: SystemTime) -> StoredArtifact {
+    StoredArtifact {
+        sha256: r.sha256.clone(),
+        size: r.size,
+        used: now
+            .checked_sub(r.unused_for)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    }
+}
+
 /// The artifacts a collection removes: unreferenced, and last used at least `grace` before
 /// `now`. Pure: the plan a collection then carries out.
 pub fn doomed<'a>(
@@ -342,16 +395,43 @@ impl ArtifactStore {
             state_dir: state_dir.to_path_buf(),
             limits,
             reserved: Arc::new(Mutex::new(0)),
+            shared: None,
+            fetching: Mutex::new(()),
         }
+    }
+
+    /// This store, keeping the artifacts in `store` when it holds artifacts (PostgreSQL), for
+    /// controller `instance`; unchanged otherwise (SQLite: `state_dir` only).
+    pub fn with_store(mut self, store: Arc<dyn Store>, instance: &str) -> ArtifactStore {
+        if store.holds_artifacts() {
+            self.shared = Some((store, instance.to_owned()));
+        }
+        self
+    }
+
+    /// Whether the artifacts are kept in the shared store (the directory is a cache).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     fn root(&self) -> PathBuf {
         self.state_dir.join(cas::ARTIFACTS_DIR)
     }
 
-    /// The bytes stored under `sha256/`.
-    pub fn stored_bytes(&self) -> u64 {
-        self.list().iter().map(|a| a.size).sum()
+    /// The bytes stored: under `sha256/`, or in the shared store (uploads begun included).
+    pub fn stored_bytes(&self) -> Result<u64, Refusal> {
+        match &self.shared {
+            None => Ok(self.list().iter().map(|a| a.size).sum()),
+            Some((store, _)) => Ok(store
+                .list_artifacts()
+                .map_err(|e| Refusal::StoreUnavailable {
+                    store: store.describe(),
+                    reason: e.to_string(),
+                })?
+                .iter()
+                .map(|a| a.size)
+                .sum()),
+        }
     }
 
     /// Every artifact under `sha256/` (at most [`MAX_ENTRIES`]); files whose name is not a
@@ -393,7 +473,7 @@ impl ArtifactStore {
         // The directory the upload goes to: the filesystem whose space counts.
         let _ = fs::create_dir_all(&root);
         check_space(&root, announced, l.min_free_bytes)?;
-        let stored = self.stored_bytes();
+        let stored = self.stored_bytes()?;
         let mut r = lock(&self.reserved);
         let total = stored + *r + announced;
         if total > l.quota_bytes {
@@ -418,7 +498,21 @@ impl ArtifactStore {
 
     /// The size of a stored artifact, when stored, marking it used now so that a collection
     /// keeps it for its grace period (a request naming it is about to be stored).
+    /// With PostgreSQL, the shared store says (and records the use); a store that cannot be
+    /// read answers `None`, logged.
     pub fn claim(&self, sha256: &str) -> Option<u64> {
+        if let Some((store, _)) = &self.shared {
+            return match store.claim_artifact(sha256) {
+                Ok(size) => size,
+                Err(e) => {
+                    tracing::warn!(
+                        sha256,
+                        "cannot look the artifact up in the shared store: {e}"
+                    );
+                    None
+                }
+            };
+        }
         cas::has(&self.state_dir, sha256)?;
         let lock = self.gc_lock(FlockArg::LockSharedNonblock);
         if let Err(e) = &lock {
@@ -463,36 +557,136 @@ impl ArtifactStore {
     }
 
     /// Removes what [`doomed`] names among the stored artifacts, given what is referenced, and
-    /// the temporary files of dead processes; logs each removal.
+    /// the temporary files of dead processes; logs each removal. With PostgreSQL, from the
+    /// shared store (except what an upload holds) and from this controller's cache.
     pub fn sweep(&self, referenced: &BTreeSet<String>) -> Result<GcReport, GcError> {
         let _lock = self
             .gc_lock(FlockArg::LockExclusiveNonblock)
             .map_err(GcError::Io)?;
-        let stale = cas::remove_stale_uploads(&self.state_dir);
-        let stored = self.list();
-        let now = SystemTime::now();
-        let doomed = doomed(&stored, referenced, now, self.limits.gc_grace);
         let mut report = GcReport {
-            stale_uploads: stale.len(),
-            kept: stored.len() - doomed.len(),
+            stale_uploads: cas::remove_stale_uploads(&self.state_dir).len(),
             ..Default::default()
         };
+        if let Some((store, _)) = &self.shared {
+            let rows = store.list_artifacts()?;
+            let now = SystemTime::now();
+            let listed: Vec<StoredArtifact> = rows.iter().map(|r| shared_use(r, now)).collect();
+            let names: Vec<String> = doomed(&listed, referenced, now, self.limits.gc_grace)
+                .into_iter()
+                .map(|a| a.sha256.clone())
+                .collect();
+            report.removed = store.remove_artifacts(&names, self.limits.gc_grace)?;
+            for (sha256, size) in &report.removed {
+                tracing::info!(%sha256, size, store = %store.describe(), "collected an unreferenced artifact");
+            }
+            report.kept = rows.len() - report.removed.len();
+        }
+        let (removed, kept) = self.sweep_dir(referenced);
+        if self.shared.is_some() {
+            report.uncached = removed;
+        } else {
+            report.removed = removed;
+            report.kept = kept;
+        }
+        Ok(report)
+    }
+
+    /// Removes what [`doomed`] names under `sha256/`: what was removed, and how many stay.
+    fn sweep_dir(&self, referenced: &BTreeSet<String>) -> (Vec<(String, u64)>, usize) {
+        let stored = self.list();
+        let doomed = doomed(&stored, referenced, SystemTime::now(), self.limits.gc_grace);
+        let mut kept = stored.len() - doomed.len();
+        let mut removed = Vec::new();
         for a in doomed {
             let Ok(path) = cas::artifact_path(&self.state_dir, &a.sha256) else {
                 continue;
             };
             match fs::remove_file(&path) {
                 Ok(()) => {
-                    tracing::info!(sha256 = %a.sha256, size = a.size, "collected an unreferenced artifact");
-                    report.removed.push((a.sha256.clone(), a.size));
+                    tracing::info!(sha256 = %a.sha256, size = a.size, path = %path.display(), "removed an unreferenced artifact file");
+                    removed.push((a.sha256.clone(), a.size));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "cannot remove an unreferenced artifact: {e}");
-                    report.kept += 1;
+                    kept += 1;
                 }
             }
         }
-        Ok(report)
+        (removed, kept)
+    }
+
+    /// With PostgreSQL, stores an upload verified into the local cache in the shared store as
+    /// well (reading the cached file, hashing it again): `true` when the shared store had it
+    /// already. Without, a no-op (`true`: the cache is the store). Blocking.
+    pub fn publish(&self, sha256: &str) -> Result<bool, StoreError> {
+        let Some((store, instance)) = &self.shared else {
+            return Ok(true);
+        };
+        let path = cas::artifact_path(&self.state_dir, sha256)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let open = |e: std::io::Error| {
+            StoreError::Unavailable(format!(
+                "cannot read the uploaded artifact {}: {e}",
+                path.display()
+            ))
+        };
+        let mut file = File::open(&path).map_err(open)?;
+        let size = file.metadata().map_err(open)?.len();
+        let stored = store.put_artifact(sha256, size, instance, &mut file)?;
+        if stored {
+            tracing::info!(sha256, size, store = %store.describe(), "artifact stored in the shared store");
+        }
+        Ok(!stored)
+    }
+
+    /// A verified file of artifact `sha256` to deliver: the cached one, or (with PostgreSQL)
+    /// one read from the shared store into the cache first, every chunk hashed, nothing cached
+    /// unless the whole artifact hashes to its digest. The error says what is missing or wrong.
+    /// Blocking.
+    pub fn local_copy(&self, sha256: &str) -> Result<PathBuf, String> {
+        let path = cas::artifact_path(&self.state_dir, sha256).map_err(|e| e.to_string())?;
+        if cas::has(&self.state_dir, sha256).is_some() {
+            return Ok(path);
+        }
+        let Some((store, _)) = &self.shared else {
+            return Err(format!(
+                "artifact {sha256} is not in the controller's store ({}): it was collected or never uploaded; upload it again",
+                path.display()
+            ));
+        };
+        let _one = lock(&self.fetching);
+        // Brought by another host's delivery while this one waited.
+        if cas::has(&self.state_dir, sha256).is_some() {
+            return Ok(path);
+        }
+        let shown = store.describe();
+        let missing = || {
+            format!(
+                "artifact {sha256} is neither in this controller's cache nor in the shared store {shown}: it was collected or never uploaded; upload it again"
+            )
+        };
+        let size = store
+            .claim_artifact(sha256)
+            .map_err(|e| format!("looking up artifact {sha256} in {shown}: {e}"))?
+            .ok_or_else(missing)?;
+        let root = self.root();
+        fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        check_space(&root, size, self.limits.min_free_bytes).map_err(|e| e.to_string())?;
+        // Dropped unfinished on any error: nothing of it stays.
+        let mut upload = cas::Upload::new(&self.state_dir).map_err(|e| e.to_string())?;
+        let read = store.read_artifact(sha256, &mut |chunk| {
+            upload.write(chunk).map_err(|e| e.to_string())
+        });
+        match read {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(missing()),
+            Err(e) => return Err(format!("reading artifact {sha256} from {shown}: {e}")),
+        }
+        let cached = upload
+            .finish(sha256)
+            .map_err(|e| format!("caching artifact {sha256} read from {shown}: {e}"))?;
+        tracing::info!(sha256, size = cached.size, store = %shown, "cached an artifact from the shared store");
+        Ok(path)
     }
 
     /// One collection with `store`'s deployments for `cfg`'s environments (blocking).
@@ -589,7 +783,7 @@ mod tests {
         assert_eq!(*lock(&s.reserved), 0);
         // What is stored counts.
         put(dir.path(), &[7u8; 200]);
-        assert_eq!(s.stored_bytes(), 200);
+        assert_eq!(s.stored_bytes().unwrap(), 200);
         assert!(matches!(
             s.admit(51),
             Err(Refusal::OverQuota { stored: 200, .. })

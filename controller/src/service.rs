@@ -432,15 +432,25 @@ impl ControllerApi for Service {
                 first.size
             )));
         }
-        let cached = tokio::task::spawn_blocking(move || upload.finish(&expected))
-            .await
-            .map_err(|e| Status::internal(format!("upload task failed: {e}")))?
-            .map_err(io)?;
+        let store = self.ctl.artifacts.clone();
+        let (cached, shared_had_it) = tokio::task::spawn_blocking(move || {
+            let cached = upload.finish(&expected).map_err(io)?;
+            // With PostgreSQL, stored where every controller reads it; the room stays held
+            // until it is.
+            let had = store.publish(&cached.sha256).map_err(|e| match e {
+                StoreError::Corrupt(m) => Status::data_loss(m),
+                other => store_status(other),
+            })?;
+            Ok::<_, Status>((cached, had))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("upload task failed: {e}")))??;
+        drop(room);
         tracing::info!(name = %first.name, sha256 = %cached.sha256, size = cached.size, "artifact stored");
         Ok(Response::new(pb::UploadArtifactResponse {
             sha256: cached.sha256,
             size: cached.size,
-            already_present: cached.already_present,
+            already_present: cached.already_present && shared_had_it,
         }))
     }
 
@@ -955,6 +965,7 @@ fn refused(r: Refusal) -> Status {
         }
         Refusal::LowSpace { .. } => Status::failed_precondition(r.to_string()),
         Refusal::Statvfs { .. } => Status::internal(r.to_string()),
+        Refusal::StoreUnavailable { .. } => Status::unavailable(r.to_string()),
     }
 }
 

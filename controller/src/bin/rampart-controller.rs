@@ -126,6 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(store = %store.describe(), instance = %cfg.instance, "store open");
     if let Some(Cmd::Gc) = args.command {
         let report = ArtifactStore::new(&cfg.state_dir, cfg.artifacts.clone())
+            .with_store(store.clone(), &cfg.instance)
             .collect_with(&*store, &cfg)?;
         for (sha, size) in &report.removed {
             println!("removed {sha} ({size} bytes)");

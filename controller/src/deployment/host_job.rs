@@ -246,8 +246,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         }
     }
     for sha in &job.artifacts {
-        if let Err(e) = agents::ensure_artifact(agents, &mut client, &ctl.cfg.state_dir, sha).await
-        {
+        if let Err(e) = agents::ensure_artifact(agents, &mut client, &ctl.artifacts, sha).await {
             agents.forget(&job.addr);
             return fail(
                 HostState::Failed,

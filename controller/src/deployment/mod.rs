@@ -113,7 +113,7 @@ pub struct Controller {
     /// Agent channels.
     pub agents: Arc<Agents>,
     /// The artifact store: its limits, uploads in progress, collection.
-    pub artifacts: ArtifactStore,
+    pub artifacts: Arc<ArtifactStore>,
     live: Mutex<HashMap<String, Arc<Live>>>,
 }
 
@@ -162,7 +162,10 @@ impl Controller {
     /// A controller over a store.
     pub fn new(cfg: Arc<ControllerConfig>, store: Arc<dyn Store>, agents: Agents) -> Arc<Self> {
         Arc::new(Controller {
-            artifacts: ArtifactStore::new(&cfg.state_dir, cfg.artifacts.clone()),
+            artifacts: Arc::new(
+                ArtifactStore::new(&cfg.state_dir, cfg.artifacts.clone())
+                    .with_store(store.clone(), &cfg.instance),
+            ),
             cfg,
             store,
             agents: Arc::new(agents),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rampart_proto::v1 as pb;
 
-use super::{ControlKind, ControlRequest, LockAttempt, Store, StoreError};
+use super::{ARTIFACT_CHUNK, ControlKind, ControlRequest, LockAttempt, Store, StoreError};
 
 /// A store under test, with what the suite cannot do through [`Store`].
 pub trait Fixture {
@@ -442,6 +442,212 @@ pub fn control_requests_reach_every_controller(a: &dyn Store, b: &dyn Store) {
     }
 }
 
+/// `n` bytes that differ for every `seed`.
+pub fn artifact_bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect()
+}
+
+/// Reads a stored artifact whole (test code: artifacts here are small), and the length of
+/// each chunk handed over.
+pub fn read_whole(
+    s: &dyn Store,
+    sha256: &str,
+) -> Result<Option<(Vec<u8>, Vec<usize>)>, StoreError> {
+    let (mut all, mut pieces) = (Vec::new(), Vec::new());
+    let size = s.read_artifact(sha256, &mut |c| {
+        all.extend_from_slice(c);
+        pieces.push(c.len());
+        Ok(())
+    })?;
+    Ok(size.map(|n| {
+        assert_eq!(n, all.len() as u64, "the size returned is what was read");
+        (all, pieces)
+    }))
+}
+
+/// A reader of `data` that hands over its first `pause_after` bytes, then says so on `started`
+/// and waits for `go` before the rest: an upload caught in the middle.
+struct PausedReader {
+    data: std::io::Cursor<Vec<u8>>,
+    pause_after: u64,
+    started: Option<std::sync::mpsc::Sender<()>>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::io::Read for PausedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let at = self.data.position();
+        if at >= self.pause_after
+            && let Some(started) = self.started.take()
+        {
+            let _ = started.send(());
+            self.go
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| std::io::Error::other("never told to go on"))?;
+        }
+        let room = if at < self.pause_after {
+            buf.len().min((self.pause_after - at) as usize)
+        } else {
+            buf.len()
+        };
+        self.data.read(&mut buf[..room])
+    }
+}
+
+/// Artifacts: a store that holds them (PostgreSQL) shares them between controllers — what one
+/// stores whole, the other claims and reads back in chunks of [`ARTIFACT_CHUNK`], verified;
+/// bytes that do not hash to their digest, or are more or fewer than announced, leave nothing;
+/// an upload in progress is neither readable, nor claimable, nor collected, and a second upload
+/// of the same artifact waits for it and stores nothing; a collection removes only what is
+/// still unused for the grace period, from every controller. A store that does not hold them
+/// (SQLite) refuses every artifact call, `Unavailable`.
+pub fn artifacts_shared_between_controllers(a: &dyn Store, b: &dyn Store) {
+    use rampart_host::digest::sha256_hex;
+    if !a.holds_artifacts() {
+        let refused = |r: Result<(), StoreError>| match r {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("state_dir"), "{m}"),
+            other => panic!("{other:?}"),
+        };
+        refused(
+            a.put_artifact(&"0".repeat(64), 1, "one", &mut &[0u8][..])
+                .map(drop),
+        );
+        refused(a.claim_artifact(&"0".repeat(64)).map(drop));
+        refused(a.read_artifact(&"0".repeat(64), &mut |_| Ok(())).map(drop));
+        refused(a.list_artifacts().map(drop));
+        refused(a.remove_artifacts(&[], Duration::ZERO).map(drop));
+        return;
+    }
+    let data = artifact_bytes(2 * ARTIFACT_CHUNK + 12_345, 1);
+    let sha = sha256_hex(&data);
+    let size = data.len() as u64;
+    assert_eq!(b.claim_artifact(&sha).unwrap(), None);
+    assert!(read_whole(b, &sha).unwrap().is_none());
+    assert!(a.put_artifact(&sha, size, "one", &mut &data[..]).unwrap());
+    assert_eq!(b.claim_artifact(&sha).unwrap(), Some(size));
+    let (back, pieces) = read_whole(b, &sha).unwrap().expect("stored");
+    assert!(back == data, "read back as written");
+    assert_eq!(pieces, [ARTIFACT_CHUNK, ARTIFACT_CHUNK, 12_345]);
+    // Stored already: nothing written.
+    assert!(!b.put_artifact(&sha, size, "two", &mut &data[..]).unwrap());
+    // The empty artifact has no chunk.
+    let empty = sha256_hex(b"");
+    assert!(a.put_artifact(&empty, 0, "one", &mut &b""[..]).unwrap());
+    assert_eq!(
+        read_whole(b, &empty).unwrap().unwrap().1,
+        Vec::<usize>::new()
+    );
+
+    // Bytes that are not what was announced: refused, nothing left (not even a header).
+    let other = artifact_bytes(ARTIFACT_CHUNK + 1, 2);
+    let other_sha = sha256_hex(&other);
+    let mut tampered = other.clone();
+    tampered[ARTIFACT_CHUNK] ^= 1;
+    for (bytes, announced) in [
+        (&tampered, other.len() as u64),
+        (&other, other.len() as u64 + 1),
+        (&other, other.len() as u64 - 1),
+    ] {
+        match a.put_artifact(&other_sha, announced, "one", &mut &bytes[..]) {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains(&other_sha), "{m}"),
+            r => panic!("announced {announced}: {r:?}"),
+        }
+        assert_eq!(b.claim_artifact(&other_sha).unwrap(), None);
+        assert!(
+            b.list_artifacts()
+                .unwrap()
+                .iter()
+                .all(|r| r.sha256 != other_sha)
+        );
+    }
+    let rows = b.list_artifacts().unwrap();
+    let mut listed: Vec<(&str, u64, bool)> = rows
+        .iter()
+        .map(|r| (r.sha256.as_str(), r.size, r.complete))
+        .collect();
+    listed.sort();
+    let mut expected = vec![(sha.as_str(), size, true), (empty.as_str(), 0, true)];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(
+        rows.iter().all(|r| r.unused_for < Duration::from_secs(60)),
+        "{rows:?}"
+    );
+
+    // An upload caught in the middle, on a.
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let slow = artifact_bytes(3 * ARTIFACT_CHUNK, 3);
+    let slow_sha = sha256_hex(&slow);
+    std::thread::scope(|scope| {
+        let mut reader = PausedReader {
+            data: std::io::Cursor::new(slow.clone()),
+            pause_after: ARTIFACT_CHUNK as u64 + 10,
+            started: Some(started_tx),
+            go: go_rx,
+        };
+        let (s, n) = (&slow_sha, slow.len() as u64);
+        let first = scope.spawn(move || a.put_artifact(s, n, "one", &mut reader));
+        started
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the upload began");
+        let row = b
+            .list_artifacts()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.sha256 == slow_sha)
+            .expect("an upload in progress is listed (it counts in the quota)");
+        assert!(!row.complete && row.size == slow.len() as u64, "{row:?}");
+        assert_eq!(b.claim_artifact(&slow_sha).unwrap(), None);
+        assert!(read_whole(b, &slow_sha).unwrap().is_none());
+        assert!(
+            b.remove_artifacts(std::slice::from_ref(&slow_sha), Duration::ZERO)
+                .unwrap()
+                .is_empty(),
+            "an upload in progress is never collected"
+        );
+        // The same artifact through b meanwhile: it waits for a's upload, and stores nothing.
+        let second =
+            scope.spawn(|| b.put_artifact(&slow_sha, slow.len() as u64, "two", &mut &slow[..]));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !second.is_finished(),
+            "the second upload waits for the first"
+        );
+        go.send(()).unwrap();
+        assert!(first.join().unwrap().unwrap(), "the first upload stored it");
+        assert!(
+            !second.join().unwrap().unwrap(),
+            "the second found it stored"
+        );
+    });
+    assert_eq!(read_whole(b, &slow_sha).unwrap().unwrap().0, slow);
+
+    // Collection: only what is unused for the grace period, for both controllers.
+    let all = [sha.clone(), empty.clone(), slow_sha.clone()];
+    assert!(
+        b.remove_artifacts(&all, Duration::from_secs(3600))
+            .unwrap()
+            .is_empty()
+    );
+    let mut gone = vec![(sha.clone(), size), (empty.clone(), 0)];
+    gone.sort();
+    assert_eq!(b.remove_artifacts(&all[..2], Duration::ZERO).unwrap(), gone);
+    assert_eq!(a.claim_artifact(&sha).unwrap(), None);
+    assert!(read_whole(a, &sha).unwrap().is_none());
+    assert_eq!(
+        a.claim_artifact(&slow_sha).unwrap(),
+        Some(slow.len() as u64)
+    );
+    assert_eq!(
+        a.remove_artifacts(&all, Duration::ZERO).unwrap(),
+        [(slow_sha.clone(), slow.len() as u64)]
+    );
+    assert!(b.list_artifacts().unwrap().is_empty());
+}
+
 /// Runs every function of the suite, each on a new fixture from `fresh`, saying on stderr which
 /// one runs (so a failure's output names it).
 pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
@@ -469,5 +675,8 @@ pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
     });
     run("control_requests_reach_every_controller", &|f| {
         control_requests_reach_every_controller(f.store(), f.peer())
+    });
+    run("artifacts_shared_between_controllers", &|f| {
+        artifacts_shared_between_controllers(f.store(), f.peer())
     });
 }

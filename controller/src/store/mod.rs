@@ -8,6 +8,11 @@
 //!   PostgreSQL session advisory lock held on a dedicated connection, so it is released by the
 //!   server when the controller holding it dies.
 //!
+//! The PostgreSQL store also holds the artifacts uploaded to any controller sharing it
+//! ([`Store::holds_artifacts`]: chunked rows, see [`crate::artifact_store`] for why), so a
+//! controller that takes a deployment over delivers what another one received. The SQLite store
+//! does not: its one controller keeps artifacts in its `state_dir`, as the trait's defaults say.
+//!
 //! [`conformance`] is the test suite both backends run: what every store must do.
 //!
 //! The trait is synchronous: the controller calls it from `spawn_blocking` (the PostgreSQL client
@@ -15,6 +20,7 @@
 //! protobuf encodings beside the few columns queries need, so the record of a deployment is
 //! exactly what `GetDeployment` returns.
 
+use std::io::Read;
 use std::time::Duration;
 
 use rampart_proto::v1 as pb;
@@ -125,6 +131,32 @@ pub struct ControlRequest {
     pub text: String,
 }
 
+/// The size of one stored chunk of an artifact in a store that holds artifacts (the last chunk
+/// of an artifact is shorter): one row each, so memory stays bounded by a chunk or two whatever
+/// the artifact's size.
+pub const ARTIFACT_CHUNK: usize = 1 << 20;
+
+/// An artifact in a store that holds artifacts (complete, or its upload begun).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRow {
+    /// Its sha256 (64 lowercase hex digits).
+    pub sha256: String,
+    /// Its size (announced, while not complete).
+    pub size: u64,
+    /// How long ago it was last used (its upload began or ended, or a request named it), by
+    /// the store's clock.
+    pub unused_for: Duration,
+    /// Whether its chunks are all stored (committed with them).
+    pub complete: bool,
+}
+
+/// `Unavailable`: the store holds no artifacts (the defaults of the artifact methods).
+fn no_artifacts(what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{what}: this store does not hold artifacts (they live in the controller's state_dir)"
+    ))
+}
+
 /// Everything the controller keeps. Implementations are safe to share between threads.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A short description for logs, e.g. `sqlite:/var/lib/rampart-controller/controller.db`
@@ -197,4 +229,64 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         states: &[pb::IncidentState],
         limit: u32,
     ) -> StoreResult<Vec<pb::Incident>>;
+
+    /// Whether the store holds the artifacts of every controller sharing it. `false` by
+    /// default (SQLite): the controller keeps them in its `state_dir`, and the artifact methods
+    /// below answer `Unavailable`.
+    fn holds_artifacts(&self) -> bool {
+        false
+    }
+
+    /// Stores artifact `sha256` of `size` bytes read from `data`, for `uploader` (an instance
+    /// name), in chunks of [`ARTIFACT_CHUNK`] written in one transaction that marks it complete
+    /// at its commit; the bytes are hashed as they are read, and a digest or size other than
+    /// the one given is refused (`Corrupt`) with nothing stored. `Ok(false)` when it was stored
+    /// (complete) already: nothing was written and it is marked used now.
+    fn put_artifact(
+        &self,
+        sha256: &str,
+        size: u64,
+        uploader: &str,
+        data: &mut dyn Read,
+    ) -> StoreResult<bool> {
+        let _ = (size, uploader, data);
+        Err(no_artifacts(&format!("storing artifact {sha256}")))
+    }
+
+    /// The size of complete artifact `sha256`, marking it used now (a collection keeps it for
+    /// its grace period); `None` when not stored, or not complete.
+    fn claim_artifact(&self, sha256: &str) -> StoreResult<Option<u64>> {
+        Err(no_artifacts(&format!("looking up artifact {sha256}")))
+    }
+
+    /// Streams complete artifact `sha256` to `sink` one chunk at a time, in order, hashing it:
+    /// its size, `None` when not stored (or not complete). `Corrupt` when a chunk is missing or
+    /// of the wrong size, or the bytes do not hash to `sha256` (a torn or tampered row): the
+    /// caller must then discard what `sink` received. A `sink` error stops the read
+    /// (`Unavailable`, naming it).
+    fn read_artifact(
+        &self,
+        sha256: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> StoreResult<Option<u64>> {
+        let _ = sink;
+        Err(no_artifacts(&format!("reading artifact {sha256}")))
+    }
+
+    /// Every stored artifact, complete or not, by digest.
+    fn list_artifacts(&self) -> StoreResult<Vec<ArtifactRow>> {
+        Err(no_artifacts("listing artifacts"))
+    }
+
+    /// Removes those of `doomed` still unused for at least `grace` (a request may have named
+    /// one since it was listed) and not being uploaded (an upload holds its row): the
+    /// (sha256, size) of what was removed, by digest.
+    fn remove_artifacts(
+        &self,
+        doomed: &[String],
+        grace: Duration,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let _ = (doomed, grace);
+        Err(no_artifacts("removing artifacts"))
+    }
 }

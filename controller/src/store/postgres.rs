@@ -12,6 +12,11 @@
 //! the binary. Times (heartbeats) are milliseconds since the epoch by the database's clock, so
 //! controllers with skewed clocks agree on what is stale.
 //!
+//! Artifacts are held here for every controller (`artifacts` and `artifact_chunks`, see
+//! `V3__shared_artifacts.sql` and [`crate::artifact_store`]): an upload is written on a
+//! connection of its own in one transaction holding its header row's lock, and read back one
+//! chunk per query, so neither blocks the other queries nor holds more than a chunk in memory.
+//!
 //! The client is the blocking `postgres` crate: never call this store from a tokio runtime
 //! thread (the controller calls it from `spawn_blocking`). TLS to PostgreSQL is not built in: a
 //! URL asking for it is refused.
@@ -32,8 +37,8 @@ use rampart_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ControlKind, ControlRequest, LockAttempt, Store, StoreError, StoreResult, decode, event_seq,
-    millis, stored_seq,
+    ARTIFACT_CHUNK, ArtifactRow, ControlKind, ControlRequest, LockAttempt, Store, StoreError,
+    StoreResult, decode, event_seq, millis, stored_seq,
 };
 
 /// The schema holding the store's tables and its migration history.
@@ -49,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V2__control_requests.sql",
         include_str!("pg_migrations/V2__control_requests.sql"),
     ),
+    (
+        "V3__shared_artifacts.sql",
+        include_str!("pg_migrations/V3__shared_artifacts.sql"),
+    ),
 ];
 
 /// The database's clock in milliseconds since the epoch, as SQL.
@@ -56,6 +65,9 @@ const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// How long connecting may take unless the URL says otherwise.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long storing an artifact waits for another controller storing the same one.
+const ARTIFACT_LOCK_WAIT: Duration = Duration::from_secs(600);
 
 /// How long checking that a lock's session is alive may take.
 const SESSION_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -763,6 +775,305 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<pb::Incident>> {
         let states = states.iter().map(|s| *s as i32).collect();
         self.list("incidents", environment, states, limit)
+    }
+
+    fn holds_artifacts(&self) -> bool {
+        true
+    }
+
+    fn put_artifact(
+        &self,
+        sha256: &str,
+        size: u64,
+        uploader: &str,
+        data: &mut dyn std::io::Read,
+    ) -> StoreResult<bool> {
+        let what = format!("storing artifact {sha256}");
+        let (size_col, chunks) = artifact_shape(sha256, size)?;
+        // A connection of its own: the upload's transaction may last as long as its bytes take
+        // to arrive, and must not hold up the heartbeats.
+        let mut session = self
+            .config
+            .clone()
+            .application_name("rampart-controller-artifact")
+            .connect(NoTls)
+            .map_err(failed(&what))?;
+        // Announced first (committed): the upload counts in every controller's quota.
+        let announce = format!(
+            "INSERT INTO {SCHEMA}.artifacts (sha256, size, chunks, complete, uploader, used_ms)
+             VALUES ($1, $2, $3, false, $4, {NOW_MS}) ON CONFLICT (sha256) DO NOTHING"
+        );
+        session
+            .execute(&announce, &[&sha256, &size_col, &chunks, &uploader])
+            .map_err(failed(&what))?;
+        let written = write_chunks(
+            &mut session,
+            &announce,
+            (sha256, size, size_col, chunks, uploader),
+            data,
+        );
+        if written.is_err() {
+            // Nothing of it was committed; the header goes too (or a collection takes it).
+            let forget =
+                format!("DELETE FROM {SCHEMA}.artifacts WHERE sha256 = $1 AND NOT complete");
+            if let Err(e) = session.execute(&forget, &[&sha256]) {
+                tracing::warn!(store = %self.shown, sha256, error = %db_message(&e), "cannot remove the header of a failed artifact upload; a collection removes it");
+            }
+        }
+        written
+    }
+
+    fn claim_artifact(&self, sha256: &str) -> StoreResult<Option<u64>> {
+        // An upload in progress holds its row, but its row is not complete, so this never
+        // waits for one.
+        let sql = format!(
+            "UPDATE {SCHEMA}.artifacts SET used_ms = {NOW_MS} WHERE sha256 = $1 AND complete
+             RETURNING size"
+        );
+        let row = self
+            .run(|c| c.query_opt(&sql, &[&sha256]))
+            .map_err(failed(&format!("looking up artifact {sha256}")))?;
+        Ok(row.map(|r| stored_size(r.get(0))))
+    }
+
+    fn read_artifact(
+        &self,
+        sha256: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> StoreResult<Option<u64>> {
+        let what = format!("reading artifact {sha256}");
+        let head =
+            format!("SELECT size, chunks FROM {SCHEMA}.artifacts WHERE sha256 = $1 AND complete");
+        let Some(row) = self
+            .run(|c| c.query_opt(&head, &[&sha256]))
+            .map_err(failed(&what))?
+        else {
+            return Ok(None);
+        };
+        let (size_col, chunks): (i64, i32) = (row.get(0), row.get(1));
+        let size = stored_size(size_col);
+        let torn =
+            |why: String| StoreError::Corrupt(format!("artifact {sha256}: {why}; upload it again"));
+        if artifact_shape(sha256, size)?.1 != chunks {
+            return Err(torn(format!("{chunks} chunk(s) recorded for {size} bytes")));
+        }
+        let one =
+            format!("SELECT data FROM {SCHEMA}.artifact_chunks WHERE sha256 = $1 AND idx = $2");
+        let mut hasher = Sha256::new();
+        for idx in 0..chunks {
+            let row = self
+                .run(|c| c.query_opt(&one, &[&sha256, &idx]))
+                .map_err(failed(&what))?
+                .ok_or_else(|| torn(format!("chunk {idx} of {chunks} is missing")))?;
+            let data: &[u8] = row.get(0);
+            let expected = chunk_len(size, idx, chunks);
+            if data.len() as u64 != expected {
+                return Err(torn(format!(
+                    "chunk {idx} of {chunks} holds {} bytes, not {expected}",
+                    data.len()
+                )));
+            }
+            hasher.update(data);
+            sink(data).map_err(|e| StoreError::Unavailable(format!("{what}: {e}")))?;
+        }
+        let actual = rampart_host::digest::hex(&hasher.finalize());
+        if actual != sha256 {
+            return Err(torn(format!("its chunks hash to {actual}")));
+        }
+        Ok(Some(size))
+    }
+
+    fn list_artifacts(&self) -> StoreResult<Vec<ArtifactRow>> {
+        let sql = format!(
+            "SELECT sha256, size, complete, GREATEST({NOW_MS} - used_ms, 0)
+             FROM {SCHEMA}.artifacts ORDER BY sha256"
+        );
+        let rows = self
+            .run(|c| c.query(&sql, &[]))
+            .map_err(failed("listing artifacts"))?;
+        Ok(rows
+            .iter()
+            .map(|r| ArtifactRow {
+                sha256: r.get(0),
+                size: stored_size(r.get(1)),
+                complete: r.get(2),
+                unused_for: Duration::from_millis(stored_size(r.get(3))),
+            })
+            .collect())
+    }
+
+    fn remove_artifacts(
+        &self,
+        doomed: &[String],
+        grace: Duration,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Rows held by an upload (or a claim) are skipped; the use is checked again here, so a
+        // request that named one since it was listed keeps it.
+        let sql = format!(
+            "DELETE FROM {SCHEMA}.artifacts WHERE sha256 IN (
+                 SELECT sha256 FROM {SCHEMA}.artifacts
+                 WHERE sha256 = ANY($1) AND used_ms <= {NOW_MS} - $2
+                 FOR UPDATE SKIP LOCKED
+             ) RETURNING sha256, size"
+        );
+        let rows = self
+            .run(|c| c.query(&sql, &[&doomed, &millis(grace)]))
+            .map_err(failed("removing unreferenced artifacts"))?;
+        let mut removed: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (r.get(0), stored_size(r.get(1))))
+            .collect();
+        removed.sort();
+        Ok(removed)
+    }
+}
+
+/// A stored size or age as a `u64` (a negative one, never written, as 0).
+fn stored_size(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The size column and chunk count of an artifact of `size` bytes; `Unavailable` when it does
+/// not fit the columns.
+fn artifact_shape(sha256: &str, size: u64) -> StoreResult<(i64, i32)> {
+    let chunks = size.div_ceil(ARTIFACT_CHUNK as u64);
+    match (i64::try_from(size), i32::try_from(chunks)) {
+        (Ok(s), Ok(c)) => Ok((s, c)),
+        _ => Err(StoreError::Unavailable(format!(
+            "postgresql: artifact {sha256} of {size} bytes is too large to store"
+        ))),
+    }
+}
+
+/// The length of chunk `idx` of `chunks` of an artifact of `size` bytes.
+fn chunk_len(size: u64, idx: i32, chunks: i32) -> u64 {
+    let full = ARTIFACT_CHUNK as u64;
+    if idx + 1 < chunks {
+        full
+    } else {
+        size - full * u64::try_from(chunks - 1).unwrap_or(0)
+    }
+}
+
+/// Reads from `data` until `buf` is full or the data ends: how many bytes were read.
+fn fill(data: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match data.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The transaction of [`PostgresStore::put_artifact`] on `session`: takes the header's row lock
+/// (waiting for another upload of the same artifact), writes the chunks as they are read and
+/// hashed, and marks the artifact complete at the commit. `artifact` is (sha256, size, size
+/// column, chunk count, uploader); `announce` inserts the header again when a collection
+/// removed it meanwhile.
+fn write_chunks(
+    session: &mut Client,
+    announce: &str,
+    artifact: (&str, u64, i64, i32, &str),
+    data: &mut dyn std::io::Read,
+) -> StoreResult<bool> {
+    let (sha256, size, size_col, chunks, uploader) = artifact;
+    let what = format!("storing artifact {sha256}");
+    let fail = failed(&what);
+    let mut run =
+        |tx: &mut postgres::Transaction<'_>| -> Result<Result<bool, StoreError>, postgres::Error> {
+            // Another controller storing the same artifact: wait for it, boundedly.
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                ARTIFACT_LOCK_WAIT.as_millis()
+            ))?;
+            let held =
+                format!("SELECT complete FROM {SCHEMA}.artifacts WHERE sha256 = $1 FOR UPDATE");
+            match tx.query_opt(&held, &[&sha256])? {
+                Some(r) if r.get::<_, bool>(0) => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE {SCHEMA}.artifacts SET used_ms = {NOW_MS} WHERE sha256 = $1"
+                        ),
+                        &[&sha256],
+                    )?;
+                    return Ok(Ok(false));
+                }
+                Some(_) => {}
+                None => {
+                    tx.execute(announce, &[&sha256, &size_col, &chunks, &uploader])?;
+                }
+            }
+            tx.execute(
+                &format!(
+                    "UPDATE {SCHEMA}.artifacts SET size = $2, chunks = $3, uploader = $4
+                 WHERE sha256 = $1"
+                ),
+                &[&sha256, &size_col, &chunks, &uploader],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM {SCHEMA}.artifact_chunks WHERE sha256 = $1"),
+                &[&sha256],
+            )?;
+            let insert = tx.prepare(&format!(
+                "INSERT INTO {SCHEMA}.artifact_chunks (sha256, idx, data) VALUES ($1, $2, $3)"
+            ))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; ARTIFACT_CHUNK];
+            let mut received = 0u64;
+            let mut idx: i32 = 0;
+            loop {
+                let n = match fill(data, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        return Ok(Err(StoreError::Unavailable(format!(
+                            "{what}: reading its bytes: {e}"
+                        ))));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                received += n as u64;
+                if received > size || idx >= chunks {
+                    return Ok(Err(StoreError::Corrupt(format!(
+                        "{what}: more than the {size} bytes announced"
+                    ))));
+                }
+                let chunk: &[u8] = &buf[..n];
+                hasher.update(chunk);
+                tx.execute(&insert, &[&sha256, &idx, &chunk])?;
+                idx += 1;
+            }
+            let actual = rampart_host::digest::hex(&hasher.finalize());
+            if received != size || actual != sha256 {
+                return Ok(Err(StoreError::Corrupt(format!(
+                    "{what}: its {received} bytes hash to {actual}, not the {size} bytes of {sha256}; nothing stored"
+                ))));
+            }
+            tx.execute(
+            &format!(
+                "UPDATE {SCHEMA}.artifacts SET complete = true, used_ms = {NOW_MS} WHERE sha256 = $1"
+            ),
+            &[&sha256],
+        )?;
+            Ok(Ok(true))
+        };
+    let mut tx = session.transaction().map_err(failed(&what))?;
+    match run(&mut tx) {
+        Ok(Ok(stored)) => {
+            tx.commit().map_err(fail)?;
+            Ok(stored)
+        }
+        // Dropping the transaction rolls it back: no chunk of it stays.
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(fail(e)),
     }
 }
 

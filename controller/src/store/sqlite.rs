@@ -6,6 +6,9 @@
 //! of corrupting the queue; that is also why an environment lock row naming another instance can
 //! only be left over from a controller that died, and is taken over.
 //!
+//! Artifacts are not held here (the [`Store`] trait's defaults: `holds_artifacts` is false): the
+//! one controller of the file keeps them in its `state_dir` ([`crate::artifact_store`]).
+//!
 //! The schema is versioned with `PRAGMA user_version` (2 today: version 2 added
 //! `control_requests`); an older file is upgraded at open, a newer one refused.
 
@@ -706,6 +709,12 @@ mod tests {
     #[test]
     fn conformance_orphans_follow_heartbeats() {
         conformance::orphans_follow_heartbeats(&SqliteFixture::new());
+    }
+
+    #[test]
+    fn conformance_artifacts_shared_between_controllers() {
+        let f = SqliteFixture::new();
+        conformance::artifacts_shared_between_controllers(f.store(), f.peer());
     }
 
     #[test]
