@@ -176,7 +176,7 @@ fn a_torn_or_tampered_shared_artifact_is_refused_and_collection_is_shared() {
         .local_copy(&good_sha)
         .expect("two reads it from PostgreSQL");
     assert!(std::fs::read(&path).unwrap() == good, "cached as uploaded");
-    assert_eq!(cached_in_two(), [good_sha.clone()]);
+    assert_eq!(cached_in_two(), std::slice::from_ref(&good_sha));
 
     // One byte changed in the middle chunk: refused, nothing cached.
     let tampered = artifact_bytes(3 * ARTIFACT_CHUNK, 2);
@@ -189,7 +189,7 @@ fn a_torn_or_tampered_shared_artifact_is_refused_and_collection_is_shared() {
     );
     let e = two.local_copy(&tampered_sha).unwrap_err();
     assert!(e.contains(&tampered_sha) && e.contains("hash"), "{e}");
-    assert_eq!(cached_in_two(), [good_sha.clone()]);
+    assert_eq!(cached_in_two(), std::slice::from_ref(&good_sha));
     // A chunk gone (a torn row set): refused, nothing cached.
     let torn = artifact_bytes(3 * ARTIFACT_CHUNK - 5, 3);
     let torn_sha = upload(&torn);
@@ -201,7 +201,7 @@ fn a_torn_or_tampered_shared_artifact_is_refused_and_collection_is_shared() {
     );
     let e = two.local_copy(&torn_sha).unwrap_err();
     assert!(e.contains("chunk 2 of 3 is missing"), "{e}");
-    assert_eq!(cached_in_two(), [good_sha.clone()]);
+    assert_eq!(cached_in_two(), std::slice::from_ref(&good_sha));
 
     // The quota counts what the shared store holds, whoever uploaded it.
     let stored = (good.len() + tampered.len() + torn.len()) as u64;

@@ -449,12 +449,11 @@ pub fn artifact_bytes(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Reads a stored artifact whole (test code: artifacts here are small), and the length of
-/// each chunk handed over.
-pub fn read_whole(
-    s: &dyn Store,
-    sha256: &str,
-) -> Result<Option<(Vec<u8>, Vec<usize>)>, StoreError> {
+/// An artifact read back whole, and the length of each chunk handed over.
+pub type ReadBack = (Vec<u8>, Vec<usize>);
+
+/// Reads a stored artifact whole (test code: artifacts here are small).
+pub fn read_whole(s: &dyn Store, sha256: &str) -> Result<Option<ReadBack>, StoreError> {
     let (mut all, mut pieces) = (Vec::new(), Vec::new());
     let size = s.read_artifact(sha256, &mut |c| {
         all.extend_from_slice(c);
