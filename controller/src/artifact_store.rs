@@ -41,7 +41,9 @@
 //! (their last use recorded there, by the database's clock), except a row an upload holds: an
 //! artifact another controller is uploading is never collected, and what an unfinished
 //! deployment of any controller references is never either. It runs at start-up, after each
-//! deployment ends, before an upload is refused for the quota, and as `rampart-controller gc`.
+//! deployment ends, before an upload is refused for the quota, and as `rampart-controller gc`;
+//! with PostgreSQL it also stores there what a deployment references and only this
+//! controller's cache holds (received before the store held artifacts, or while it was down).
 //! When the current release of an environment cannot be told from the newest
 //! [`CURRENT_SEARCH`] deployments, nothing is removed.
 //!
@@ -173,6 +175,10 @@ pub struct GcReport {
     pub removed: Vec<(String, u64)>,
     /// With PostgreSQL: the copies removed from this controller's cache, (sha256, size).
     pub uncached: Vec<(String, u64)>,
+    /// With PostgreSQL: referenced artifacts this controller's cache held and the shared store
+    /// did not (received before the store held artifacts, or while it was unreachable), now
+    /// stored there.
+    pub published: Vec<String>,
     /// Artifacts kept (referenced, or used within the grace period).
     pub kept: usize,
     /// Temporary files of dead processes removed.
@@ -576,6 +582,7 @@ impl ArtifactStore {
                 .map(|a| a.sha256.clone())
                 .collect();
             report.removed = store.remove_artifacts(&names, self.limits.gc_grace)?;
+            report.published = self.publish_missing(&rows, referenced);
             for (sha256, size) in &report.removed {
                 tracing::info!(%sha256, size, store = %store.describe(), "collected an unreferenced artifact");
             }
@@ -589,6 +596,27 @@ impl ArtifactStore {
             report.kept = kept;
         }
         Ok(report)
+    }
+
+    /// Stores in the shared store the referenced artifacts only this controller's cache holds
+    /// (`rows`: what the shared store holds), so that any controller can deliver them: what was
+    /// stored. Failures are logged; the next collection tries again.
+    fn publish_missing(&self, rows: &[ArtifactRow], referenced: &BTreeSet<String>) -> Vec<String> {
+        // An incomplete row is being uploaded (or is left by a dead upload, collected later).
+        let held: BTreeSet<&str> = rows.iter().map(|r| r.sha256.as_str()).collect();
+        let mut published = Vec::new();
+        for a in self.list() {
+            if !referenced.contains(&a.sha256) || held.contains(a.sha256.as_str()) {
+                continue;
+            }
+            match self.publish(&a.sha256) {
+                Ok(_) => published.push(a.sha256),
+                Err(e) => {
+                    tracing::warn!(sha256 = %a.sha256, "cannot store a cached artifact in the shared store: {e}")
+                }
+            }
+        }
+        published
     }
 
     /// Removes what [`doomed`] names under `sha256/`: what was removed, and how many stay.

@@ -239,9 +239,28 @@ fn a_torn_or_tampered_shared_artifact_is_refused_and_collection_is_shared() {
         "3",
         "only the good artifact's chunks stay"
     );
-    // Unreferenced, it goes from the store and from each cache that collects.
+    // Referenced and only in one's cache (received before the store held artifacts): one's
+    // collection stores it in PostgreSQL, for two.
+    let legacy = artifact_bytes(ARTIFACT_CHUNK / 2, 4);
+    let legacy_sha = rampart_tests::sha256_hex(&legacy);
+    let mut up = cas::Upload::new(dirs.0.path()).unwrap();
+    up.write(&legacy).unwrap();
+    up.finish(&legacy_sha).unwrap();
+    assert_eq!(two.claim(&legacy_sha), None);
+    let refs: BTreeSet<String> = [good_sha.clone(), legacy_sha.clone()].into();
+    let report = one.sweep(&refs).unwrap();
+    assert_eq!(report.published, std::slice::from_ref(&legacy_sha));
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(two.claim(&legacy_sha), Some(legacy.len() as u64));
+
+    // Unreferenced, they go from the store and from each cache that collects.
     let report = one.sweep(&BTreeSet::new()).unwrap();
-    assert_eq!(report.removed, [(good_sha.clone(), good.len() as u64)]);
+    let mut gone = vec![
+        (good_sha.clone(), good.len() as u64),
+        (legacy_sha.clone(), legacy.len() as u64),
+    ];
+    gone.sort();
+    assert_eq!(report.removed, gone);
     assert!(
         report.uncached.iter().any(|(s, _)| *s == good_sha),
         "{report:?}"
