@@ -60,6 +60,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::JournalError;
 use crate::event::{Entry, Record};
@@ -69,6 +70,9 @@ use rampart_playbook::model::outermost_cleanup_section;
 pub const JOURNAL_DIR: &str = "journal";
 /// Subdirectory of the state dir holding finished journals.
 pub const HISTORY_DIR: &str = "history";
+
+/// Default of how long a write that finds no free space retries (`--journal-wait-seconds`).
+pub const DEFAULT_SPACE_WAIT: Duration = Duration::from_secs(60);
 
 /// Whether records are fsync'd before the engine goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

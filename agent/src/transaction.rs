@@ -40,6 +40,9 @@ pub struct HostConfig {
     /// synced, when the journal syncs it), so a crash test can SIGKILL the agent at an exact point.
     /// Never set in production.
     pub stop_after_record: Option<u64>,
+    /// How long a journal write that finds no free space retries before it fails (see
+    /// [`crate::journal`], "A full disk").
+    pub journal_space_wait: Duration,
 }
 
 impl HostConfig {
@@ -50,6 +53,7 @@ impl HostConfig {
             durability: Durability::Fsync,
             hostname: hostname(),
             stop_after_record: None,
+            journal_space_wait: journal::DEFAULT_SPACE_WAIT,
         }
     }
 }
@@ -371,6 +375,7 @@ mod tests {
             durability: Durability::Fsync,
             hostname: "h01".into(),
             stop_after_record: None,
+            journal_space_wait: Duration::from_secs(1),
         };
         let templar = Arc::new(Templar::new());
         let playbook = format!("- hosts: all\n  gather_facts: false\n  tasks:\n{tasks}");

@@ -73,6 +73,11 @@ struct Args {
     /// (default /var/backups/deployment-forensics).
     #[arg(long)]
     forensics_dir: Option<PathBuf>,
+    /// How long a journal write that finds the disk full retries (then the agent exits with
+    /// status 3, and its restart recovers the transaction) [default: 60; config
+    /// journal_wait_seconds].
+    #[arg(long, value_name = "SECONDS")]
+    journal_wait_seconds: Option<u64>,
     /// Do not fsync journal records (benchmarks only: a crash may lose the journal's tail).
     #[arg(long, hide = true)]
     no_fsync: bool,
@@ -108,6 +113,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.insecure_dev |= args.insecure_dev;
     if let Some(d) = args.forensics_dir {
         cfg.forensics_dir = Some(d);
+    }
+    if let Some(s) = args.journal_wait_seconds {
+        cfg.journal_wait_seconds = s;
     }
     if args.no_fsync {
         cfg.journal_fsync = false;
@@ -157,6 +165,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("journal fsync is off: a crash may lose the journal's tail");
     }
     host.stop_after_record = args.debug_stop_after_record;
+    host.journal_space_wait = std::time::Duration::from_secs(cfg.journal_wait_seconds);
     let templar = Arc::new(Templar::new());
     notify(&[sd_notify::NotifyState::Status(
         "finishing interrupted transactions",
