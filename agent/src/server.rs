@@ -4,7 +4,9 @@
 //! there), runs transactions on their own threads through [`crate::transaction`], and streams
 //! journal entries as `TransactionEvent`s. A transaction never depends on its client: the stream
 //! is one of possibly many watchers of the same in-memory entry list, which is backed by the
-//! journal; a client that reconnects calls `Watch` from the last `seq` it saw.
+//! journal; a client that reconnects calls `Watch` from the last `seq` it saw. A transaction
+//! whose journal fails (after its bounded wait for space) ends the agent's process with
+//! [`EXIT_CANNOT_JOURNAL`], so that the restart recovers it.
 //!
 //! Over mutual TLS every call passes [`authorize`] first (one interceptor around every service):
 //! the client's certificate must carry an identity the agent trusts (`--controller-identity`),
@@ -33,6 +35,11 @@ use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
 use rampart_host::cas as artifacts;
 use rampart_playbook::template::Templar;
 use rampart_rpc::identity::{self, Trusted};
+
+/// The agent's exit status when a transaction cannot be journaled (the disk stayed full for the
+/// whole `--journal-wait-seconds`, or another journal I/O error), or start-up recovery could not
+/// finish: the transaction is unfinished, and the restart recovers it.
+pub const EXIT_CANNOT_JOURNAL: u8 = 3;
 
 /// Events buffered per watcher before the sender waits for the client.
 const STREAM_BUFFER: usize = 256;
@@ -245,7 +252,12 @@ impl Agent for AgentService {
                 let result = transaction::execute(&host, &templar, prepared, &mut |e| worker_live.push(e));
                 match &result {
                     Ok(s) => tracing::info!(txid = %s.txid, outcome = s.outcome.as_str(), "transaction finished"),
-                    Err(e) => tracing::error!(%txid, error = %e, "transaction stopped; it will be recovered at the next start"),
+                    Err(e) => {
+                        // Never a stopped transaction under a live agent: exit, and the restart
+                        // (systemd's Restart=always) recovers it before serving again.
+                        tracing::error!(%txid, error = %e, "cannot journal the transaction: exiting so that the agent's restart recovers it");
+                        std::process::exit(EXIT_CANNOT_JOURNAL.into());
+                    }
                 }
                 worker_live.finish();
                 registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&txid);

@@ -9,8 +9,9 @@
 //!   the agent waited (its log names the journal), the transaction ended in history with an `end`
 //!   record, nothing is held, and the next transaction succeeds.
 //! - `the_disk_stays_full_and_a_restart_recovers`: the disk stays full past a 2 s
-//!   `--journal-wait-seconds`: the agent exits non-zero; started again (as systemd would) once
-//!   space is back, its recovery finishes the transaction and nothing is left held.
+//!   `--journal-wait-seconds`: the agent exits with status 3; started again at once (as systemd
+//!   would), its recovery meets the full disk, waits as long and exits 3 too; started once space
+//!   is back, its recovery finishes the transaction and nothing is left held.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -157,6 +158,29 @@ impl Agent {
         }
     }
 
+    /// Starts an agent that is not expected to serve (its start-up recovery meets a full disk).
+    fn spawn(state: &Path, log: &Path, extra: &[&str]) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(bin("rampart-agent"))
+            .args(["--listen", "127.0.0.1:0", "--insecure-dev", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn rampart-agent");
+        Agent {
+            child: Some(child),
+            addr: String::new(),
+        }
+    }
+
     /// Waits up to `timeout` for the agent to exit by itself.
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -226,7 +250,8 @@ fn client(h: &Host, playbook: &str, addr: &str) -> KillOnDrop {
     KillOnDrop::new(child)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` up to `timeout`; panics naming `what`, with the agent's log.
+fn wait_for(h: &Host, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if cond() {
@@ -234,18 +259,19 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what}: not within {timeout:?}");
+    let log = std::fs::read_to_string(&h.log).unwrap_or_default();
+    panic!("{what}: not within {timeout:?}; the agent's log:\n{log}");
 }
 
 /// Waits until the playbook waits for the disk to fill, fills it and lets the playbook go on;
 /// returns the filler.
 fn fill_mid_transaction(h: &Host) -> PathBuf {
-    wait_for("the block started", Duration::from_secs(60), || {
+    wait_for(h, "the block started", Duration::from_secs(60), || {
         h.dir.join("started").exists()
     });
     let filler = fill(&h.state);
     std::fs::write(h.dir.join("filled"), "").unwrap();
-    wait_for("the rescue began", Duration::from_secs(60), || {
+    wait_for(h, "the rescue began", Duration::from_secs(60), || {
         h.dir.join("rescued").exists()
     });
     filler
@@ -262,8 +288,14 @@ fn assert_finished(h: &Host, what: &str) -> Value {
         !h.state.join("locks").join("deploy.json").exists(),
         "[{what}] locks/deploy.json left held"
     );
-    assert!(h.dir.join("always_done").exists(), "[{what}] always did not run");
-    assert!(!h.state.join("release.bin").exists(), "[{what}] partial release left");
+    assert!(
+        h.dir.join("always_done").exists(),
+        "[{what}] always did not run"
+    );
+    assert!(
+        !h.state.join("release.bin").exists(),
+        "[{what}] partial release left"
+    );
     end
 }
 
@@ -294,6 +326,7 @@ fn space_returns_and_the_transaction_finishes() {
     std::thread::sleep(Duration::from_secs(3));
     std::fs::remove_file(&filler).unwrap();
     wait_for(
+        &h,
         "the transaction ended (in history)",
         Duration::from_secs(60),
         || {
@@ -308,10 +341,15 @@ fn space_returns_and_the_transaction_finishes() {
     run.kill9();
     let log = std::fs::read_to_string(&h.log).unwrap_or_default();
     let end = assert_finished(&h, "space returned");
-    assert_eq!(end["outcome"], "rescued", "{end}");
+    assert_eq!(end["outcome"], "rolled_back", "{end}");
+    println!("agent log:\n{log}");
     assert!(
         log.contains("waiting for free space") && log.contains("/journal/"),
         "the agent's log does not say it waited for space for its journal:\n{log}"
+    );
+    assert!(
+        log.contains("journal space is back"),
+        "the agent's log does not say the wait ended:\n{log}"
     );
     assert!(agent.alive(), "the agent exited; log:\n{log}");
     assert_next_succeeds(&h, &agent.addr.clone(), "space returned");
@@ -329,14 +367,36 @@ fn the_disk_stays_full_and_a_restart_recovers() {
     let status = status.unwrap_or_else(|| {
         panic!("the agent did not exit 30 s into a full disk (journal wait 2 s); log:\n{log}")
     });
-    assert!(!status.success(), "the agent exited {status}; log:\n{log}");
+    println!("agent log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the agent exited {status}; log:\n{log}"
+    );
     assert!(
         read_journals(&h.state)
             .iter()
             .any(|(p, _)| p.to_string_lossy().contains("/journal/")),
         "the exit left no journal for recovery"
     );
-    // As systemd would: start it again once space is back; it recovers before it serves.
+    // As systemd would, started again at once: the disk is still full, and recovery waits for
+    // space the same bounded time, then exits the same way (it never serves).
+    let log_len = log.len();
+    let mut early = Agent::spawn(&h.state, &h.log, &["--journal-wait-seconds", "2"]);
+    let status = early.wait_exit(Duration::from_secs(30));
+    let log = std::fs::read_to_string(&h.log).unwrap_or_default();
+    let during_recovery = &log[log_len..];
+    println!("agent log, recovery on a full disk:\n{during_recovery}");
+    let status = status.unwrap_or_else(|| {
+        panic!("the restarted agent did not exit 30 s into a full disk; log:\n{during_recovery}")
+    });
+    assert_eq!(status.code(), Some(3), "recovery on a full disk: {status}");
+    assert!(
+        during_recovery.contains("finishing interrupted transaction")
+            && during_recovery.contains("waiting for free space"),
+        "recovery did not wait for space:\n{during_recovery}"
+    );
+    // Once space is back: it recovers before it serves.
     std::fs::remove_file(&filler).unwrap();
     let again = Agent::start(&h.state, &h.log, &["--journal-wait-seconds", "2"]);
     let end = assert_finished(&h, "restarted");

@@ -5,6 +5,10 @@
 //! recovery has finished and the listener is bound, and pings the watchdog when `WatchdogSec=` is
 //! set. Without `NOTIFY_SOCKET` (not started by systemd) the notifications are no-ops.
 //!
+//! A transaction whose journal cannot be written, once its bounded wait for free space
+//! (`--journal-wait-seconds`) has passed, ends the process with status 3; so does a start-up
+//! recovery that cannot finish. The unit's `Restart=always` then starts it again, into recovery.
+//!
 //! It serves mutual TLS (`--tls-cert/--tls-key/--tls-ca` or `[tls]` in the config: only clients
 //! with a certificate signed by a trusted CA, for client use, carrying a trusted identity
 //! (`--controller-identity`) get in), or plaintext with `--insecure-dev`; it refuses to start
@@ -29,7 +33,10 @@ use rampart_rpc::tls::{self, TlsFiles};
 /// journal demands), then serves gRPC over mutual TLS: clients must present a client certificate
 /// signed by a --tls-ca that carries a --controller-identity (others get PERMISSION_DENIED,
 /// logged as a warning). Plaintext gRPC needs --insecure-dev (development only); one of the two is
-/// required. Exit 2 on a configuration error (bad or missing TLS files included).
+/// required. Exit 2 on a configuration error (bad or missing TLS files included); exit 3 when a
+/// transaction cannot be journaled (the disk stayed full for --journal-wait-seconds) or start-up
+/// recovery cannot finish: the transaction is left for the restart (systemd's Restart=always)
+/// to recover.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -94,10 +101,30 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("rampart-agent: {e:#}");
-            ExitCode::from(2)
+            match e.downcast_ref::<RecoveryFailed>() {
+                Some(_) => ExitCode::from(server::EXIT_CANNOT_JOURNAL),
+                None => ExitCode::from(2),
+            }
         }
     }
 }
+
+/// Start-up recovery could not finish an interrupted transaction (exit 3: a restart retries).
+#[derive(Debug)]
+struct RecoveryFailed(rampart_agent::error::TxError);
+
+impl std::fmt::Display for RecoveryFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot finish the interrupted transactions: {}; exiting with status 3 (a restart \
+             tries again)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for RecoveryFailed {}
 
 fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = match &args.config {
@@ -171,7 +198,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         "finishing interrupted transactions",
     )]);
     // Recovery comes before serving: the host never stays half-deployed.
-    let recovered = transaction::recover_all(&host, &templar, &mut |_| {})?;
+    let recovered =
+        transaction::recover_all(&host, &templar, &mut |_| {}).map_err(RecoveryFailed)?;
     if !recovered.is_empty() {
         tracing::warn!(count = recovered.len(), "finished interrupted transactions");
     }
