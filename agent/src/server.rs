@@ -5,7 +5,8 @@
 //! journal entries as `TransactionEvent`s. A transaction never depends on its client: the stream
 //! is one of possibly many watchers of the same in-memory entry list, which is backed by the
 //! journal; a client that reconnects calls `Watch` from the last `seq` it saw. A transaction
-//! whose journal fails (after its bounded wait for space) ends the agent's process with
+//! whose journal fails (after its bounded wait for space) raises
+//! [`AgentService::must_restart`]: `rampart-agent` then stops serving and exits with
 //! [`EXIT_CANNOT_JOURNAL`], so that the restart recovers it.
 //!
 //! Over mutual TLS every call passes [`authorize`] first (one interceptor around every service):
@@ -93,6 +94,8 @@ pub struct AgentService {
     host: HostConfig,
     templar: Arc<Templar>,
     live: Arc<Mutex<HashMap<String, Arc<LiveTx>>>>,
+    /// Raised when a transaction could not be journaled: see [`AgentService::must_restart`].
+    must_restart: Arc<watch::Sender<bool>>,
     /// Where `ListForensics` / `GetForensics` look (default: the module's default dest dir).
     pub forensics_dir: Option<PathBuf>,
 }
@@ -104,8 +107,16 @@ impl AgentService {
             host,
             templar,
             live: Arc::new(Mutex::new(HashMap::new())),
+            must_restart: Arc::new(watch::channel(false).0),
             forensics_dir: None,
         }
+    }
+
+    /// Becomes `true` when a transaction could not be journaled (after its wait for space): the
+    /// transaction is unfinished, new `Run`s are refused, and the agent's process must stop
+    /// serving and exit with [`EXIT_CANNOT_JOURNAL`] so that its restart recovers it.
+    pub fn must_restart(&self) -> watch::Receiver<bool> {
+        self.must_restart.subscribe()
     }
 
     /// Serves forensics bundles from `dir` instead of the default directory.
@@ -194,6 +205,12 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
+        if *self.must_restart.borrow() {
+            return Err(Status::unavailable(
+                "the agent is exiting: a transaction could not be journaled, and its restart \
+                 recovers it; retry once the agent serves again",
+            ));
+        }
         let req = request.into_inner();
         let vars: Map<String, Value> = if req.vars_json.trim().is_empty() {
             Map::new()
@@ -246,6 +263,7 @@ impl Agent for AgentService {
         let templar = self.templar.clone();
         let registry = self.live.clone();
         let worker_live = live.clone();
+        let must_restart = self.must_restart.clone();
         std::thread::Builder::new()
             .name(format!("tx-{txid}"))
             .spawn(move || {
@@ -253,10 +271,11 @@ impl Agent for AgentService {
                 match &result {
                     Ok(s) => tracing::info!(txid = %s.txid, outcome = s.outcome.as_str(), "transaction finished"),
                     Err(e) => {
-                        // Never a stopped transaction under a live agent: exit, and the restart
-                        // (systemd's Restart=always) recovers it before serving again.
+                        // Never a stopped transaction under a live agent: the agent stops
+                        // serving and exits, and the restart (systemd's Restart=always) recovers
+                        // the transaction before serving again.
                         tracing::error!(%txid, error = %e, "cannot journal the transaction: exiting so that the agent's restart recovers it");
-                        std::process::exit(EXIT_CANNOT_JOURNAL.into());
+                        must_restart.send_replace(true);
                     }
                 }
                 worker_live.finish();

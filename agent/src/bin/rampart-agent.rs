@@ -17,6 +17,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use rampart_agent::config::AgentConfig;
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("rampart-agent: {e:#}");
-            match e.downcast_ref::<RecoveryFailed>() {
+            match e.downcast_ref::<MustRestart>() {
                 Some(_) => ExitCode::from(server::EXIT_CANNOT_JOURNAL),
                 None => ExitCode::from(2),
             }
@@ -109,22 +110,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Start-up recovery could not finish an interrupted transaction (exit 3: a restart retries).
-#[derive(Debug)]
-struct RecoveryFailed(rampart_agent::error::TxError);
+/// How long in-flight calls may take to end once a transaction could not be journaled.
+const DRAIN_BEFORE_RESTART: Duration = Duration::from_secs(5);
 
-impl std::fmt::Display for RecoveryFailed {
+/// A transaction is unfinished and only a restart finishes it: start-up recovery could not, or
+/// a transaction could not be journaled while serving. Exit 3.
+#[derive(Debug)]
+struct MustRestart(String);
+
+impl std::fmt::Display for MustRestart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cannot finish the interrupted transactions: {}; exiting with status 3 (a restart \
-             tries again)",
+            "{}; exiting with status 3 so that a restart recovers it",
             self.0
         )
     }
 }
 
-impl std::error::Error for RecoveryFailed {}
+impl std::error::Error for MustRestart {}
+
+/// Waits until `flag` is raised; never returns when its sender is gone unraised.
+async fn raised(mut flag: tokio::sync::watch::Receiver<bool>) {
+    if flag.wait_for(|raised| *raised).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
 
 fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = match &args.config {
@@ -192,14 +203,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("journal fsync is off: a crash may lose the journal's tail");
     }
     host.stop_after_record = args.debug_stop_after_record;
-    host.journal_space_wait = std::time::Duration::from_secs(cfg.journal_wait_seconds);
+    host.journal_space_wait = Duration::from_secs(cfg.journal_wait_seconds);
     let templar = Arc::new(Templar::new());
     notify(&[sd_notify::NotifyState::Status(
         "finishing interrupted transactions",
     )]);
     // Recovery comes before serving: the host never stays half-deployed.
-    let recovered =
-        transaction::recover_all(&host, &templar, &mut |_| {}).map_err(RecoveryFailed)?;
+    let recovered = transaction::recover_all(&host, &templar, &mut |_| {})
+        .map_err(|e| MustRestart(format!("cannot finish the interrupted transactions: {e}")))?;
     if !recovered.is_empty() {
         tracing::warn!(count = recovered.len(), "finished interrupted transactions");
     }
@@ -207,7 +218,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .worker_threads(2)
         .build()?;
-    rt.block_on(async move {
+    let serving = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, state_dir = %host.state_dir.display(), "serving");
@@ -226,14 +237,37 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(d) = cfg.forensics_dir {
             service = service.with_forensics_dir(d);
         }
-        let shutdown = async {
-            if let Err(e) = rampart_rpc::shutdown_signal().await {
-                tracing::error!(error = %e, "cannot wait for SIGTERM; stopping");
+        let must_restart = service.must_restart();
+        let restart = raised(must_restart.clone());
+        let shutdown = async move {
+            tokio::select! {
+                r = rampart_rpc::shutdown_signal() => if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot wait for SIGTERM; stopping");
+                },
+                () = restart => {}
             }
         };
-        server::serve_tls(listener, service, shutdown, tls).await?;
-        anyhow::Ok(())
-    })
+        let serving = server::serve_tls(listener, service, shutdown, tls);
+        let drained = async {
+            raised(must_restart.clone()).await;
+            tokio::time::sleep(DRAIN_BEFORE_RESTART).await;
+        };
+        tokio::select! {
+            biased;
+            r = serving => r?,
+            () = drained => tracing::warn!(
+                "in-flight calls did not end within {DRAIN_BEFORE_RESTART:?}: exiting without them"
+            ),
+        }
+        anyhow::Ok(*must_restart.borrow())
+    });
+    // The transaction threads and blocking calls are not waited for: a restart is what
+    // finishes an unfinished transaction.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    if serving? {
+        return Err(MustRestart("a transaction could not be journaled".into()).into());
+    }
+    Ok(())
 }
 
 /// Sends `state` to systemd's notification socket; a no-op outside systemd (no `NOTIFY_SOCKET`).
@@ -244,8 +278,8 @@ fn notify(state: &[sd_notify::NotifyState]) {
 }
 
 /// Pings systemd's watchdog every `every` (half of `WatchdogSec=`) while the runtime is alive.
-async fn watchdog(every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+async fn watchdog(every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
