@@ -78,7 +78,8 @@
 //!   or no reserve) is retried in-process with a bounded backoff ([`SPACE_RETRY_FIRST`] doubling
 //!   to [`SPACE_RETRY_MAX`]) for up to the journal's space wait (`--journal-wait-seconds`,
 //!   [`DEFAULT_SPACE_WAIT`]). Before each retry the part of the line that got in is cut off, so
-//!   the file stays parseable. While it waits the agent logs a warning naming the journal and
+//!   the file stays parseable; an fdatasync that fails for lack of space is handled the same
+//!   way (the record is cut and written again), so the journal only ever holds whole records. While it waits the agent logs a warning naming the journal and
 //!   what it waits for (again every [`SPACE_LOG_EVERY`]), and sets its systemd status line
 //!   (`systemctl status rampart-agent`); once the write goes through, the transaction goes on.
 //!   The move to `history/` waits the same way.
