@@ -7,6 +7,8 @@
 //! insecure_dev = false      # plaintext gRPC; only for development (exclusive with [tls])
 //! journal_fsync = true      # fsync every journal record (never turn off in production)
 //! forensics_dir = "/var/backups/deployment-forensics"  # served by ListForensics/GetForensics
+//! journal_wait_seconds = 60 # a journal write that finds the disk full retries this long,
+//!                           # then the agent exits so its restart recovers the transaction
 //!
 //! [tls]                      # mutual TLS (e.g. files from `rampart certs init DIR`)
 //! cert = "/etc/rampart/tls/agent-web-1.pem"
@@ -56,6 +58,10 @@ pub struct AgentConfig {
     /// Client identities let in over TLS (empty: `rampart_rpc::identity::CONTROLLER_IDENTITY`).
     #[serde(default)]
     pub controller_identity: Vec<String>,
+    /// How long a journal write that finds no free space retries before the agent exits (see
+    /// [`crate::journal`], "A full disk").
+    #[serde(default = "default_journal_wait_seconds")]
+    pub journal_wait_seconds: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -65,6 +71,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from(crate::transaction::DEFAULT_STATE_DIR)
+}
+fn default_journal_wait_seconds() -> u64 {
+    crate::journal::DEFAULT_SPACE_WAIT.as_secs()
 }
 fn yes() -> bool {
     true
@@ -80,6 +89,7 @@ impl Default for AgentConfig {
             forensics_dir: None,
             tls: None,
             controller_identity: Vec::new(),
+            journal_wait_seconds: default_journal_wait_seconds(),
         }
     }
 }
@@ -114,6 +124,9 @@ mod tests {
         assert!(c.controller_identity.is_empty());
         let c = AgentConfig::parse("controller_identity = [\"spiffe://x/ci\"]\n").unwrap();
         assert_eq!(c.controller_identity, ["spiffe://x/ci"]);
+        assert_eq!(c.journal_wait_seconds, 60);
+        let c = AgentConfig::parse("journal_wait_seconds = 5\n").unwrap();
+        assert_eq!(c.journal_wait_seconds, 5);
     }
 
     #[test]

@@ -36,8 +36,9 @@ const NO_LOG_MSG: &str =
 
 /// Where the engine's records go: the journal (durably) and then any watchers.
 pub trait Sink {
-    /// Records one event; an error stops the transaction where it is (it stays unfinished and is
-    /// recovered at the next start).
+    /// Records one event; an error stops the transaction where it is (it stays unfinished: the
+    /// agent then exits, and its restart recovers it). The journal's sink has already waited for
+    /// free space before it fails (see [`crate::journal`], "A full disk").
     fn record(&mut self, record: Record) -> Result<(), JournalError>;
 }
 

@@ -16,6 +16,33 @@ pub enum JournalError {
         /// Why.
         source: std::io::Error,
     },
+    /// A write found no free space and kept finding none for the whole wait.
+    #[error(
+        "cannot {op} {path}: no space left on its filesystem for {:.0}s ({source}); free space there: the agent's restart finishes the transaction",
+        .waited.as_secs_f64()
+    )]
+    NoSpace {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// How long it waited for space.
+        waited: Duration,
+        /// The last failure.
+        source: std::io::Error,
+    },
+    /// A new journal's reserve could not be preallocated; the transaction did not begin.
+    #[error(
+        "cannot reserve {bytes} bytes for journal {path} (the room its rescue and always need on a full disk): {source}; free space there and retry"
+    )]
+    NoReserve {
+        /// The journal (removed again).
+        path: PathBuf,
+        /// The reserve's size.
+        bytes: u64,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A record could not be encoded.
     #[error("cannot encode journal record: {0}")]
     Encode(serde_json::Error),
@@ -74,7 +101,8 @@ pub enum TxError {
     /// The host lock could not be taken.
     #[error(transparent)]
     Lock(#[from] LockError),
-    /// The journal failed; the transaction stays unfinished and is recovered at the next start.
+    /// The journal failed; the transaction stays unfinished. The agent then exits
+    /// ([`crate::server::EXIT_CANNOT_JOURNAL`]) so that its restart recovers it.
     #[error(transparent)]
     Journal(#[from] JournalError),
 }

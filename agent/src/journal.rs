@@ -55,11 +55,46 @@
 //! and the outcome).
 //! `tests/e2e/crash.rs` SIGKILLs the agent at every record, and also removes the unsynced
 //! `task_start` before the restart, which is what a power loss can leave.
+//!
+//! # A full disk
+//!
+//! A transaction that has begun is finished now, whatever the disk does, in three layers:
+//!
+//! - **The reserve.** [`Journal::create`] preallocates [`JOURNAL_RESERVE`] bytes past the
+//!   journal's end (`fallocate(2)` with `FALLOC_FL_KEEP_SIZE`: blocks owned by the file, its
+//!   size unchanged), and every append tops it up again once less than half is left. Records
+//!   written after the filesystem filled up (the failed task's `task_end`, the rescue's, the
+//!   always's, `end`) land in blocks that are already the journal's, so they need no free space.
+//!   A transaction whose reserve cannot be allocated is refused before it begins (nothing ran).
+//!   Why preallocation of the journal itself and not a reserve file released to the journal
+//!   when space runs out: the space is the journal's own from the start, so no other writer
+//!   (a task, the artifact cache, another process) can take it between the release and the
+//!   journal's next write; nothing has to act at the moment of failure; and there is no extra
+//!   file for recovery to find, size or lose. A finished journal gives its reserve back
+//!   (truncated to its length) before it moves to `history/`, which [`Journal::create`] makes
+//!   beside `journal/` so the move needs no new directory. Filesystems without `fallocate`
+//!   (some FUSE and network ones) run without a reserve, with a warning.
+//! - **The wait.** A record that still does not fit (larger than what is left of the reserve,
+//!   or no reserve) is retried in-process with a bounded backoff ([`SPACE_RETRY_FIRST`] doubling
+//!   to [`SPACE_RETRY_MAX`]) for up to the journal's space wait (`--journal-wait-seconds`,
+//!   [`DEFAULT_SPACE_WAIT`]). Before each retry the part of the line that got in is cut off, so
+//!   the file stays parseable; an fdatasync that fails for lack of space is handled the same
+//!   way (the record is cut and written again), so the journal only ever holds whole records. While it waits the agent logs a warning naming the journal and
+//!   what it waits for (again every [`SPACE_LOG_EVERY`]), and sets its systemd status line
+//!   (`systemctl status rampart-agent`); once the write goes through, the transaction goes on.
+//!   The move to `history/` waits the same way.
+//! - **The exit.** When the wait runs out the write fails with [`JournalError::NoSpace`]; the
+//!   agent then exits non-zero (a transaction is never left stopped under a live agent) and
+//!   systemd (`Restart=always`) starts it again, into recovery, which meets a disk still full
+//!   with the same bounded wait.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FallocateFlags, fallocate};
 
 use crate::error::JournalError;
 use crate::event::{Entry, Record};
@@ -69,6 +104,21 @@ use rampart_playbook::model::outermost_cleanup_section;
 pub const JOURNAL_DIR: &str = "journal";
 /// Subdirectory of the state dir holding finished journals.
 pub const HISTORY_DIR: &str = "history";
+
+/// Default of how long a write that finds no free space retries (`--journal-wait-seconds`).
+pub const DEFAULT_SPACE_WAIT: Duration = Duration::from_secs(60);
+/// Bytes preallocated past a journal's end for the records written once the disk is full. A
+/// task's records are a few hundred bytes plus its result, so this holds a rescue and an always
+/// of tens of tasks with ordinary outputs.
+pub const JOURNAL_RESERVE: u64 = 1 << 20;
+/// The reserve is topped up once less than this is left.
+const RESERVE_LOW: u64 = JOURNAL_RESERVE / 2;
+/// First pause before retrying a write that found no free space.
+pub const SPACE_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between two such retries.
+pub const SPACE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How often a wait for space is logged again.
+pub const SPACE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether records are fsync'd before the engine goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +141,14 @@ pub struct Journal {
     syncs: u64,
     /// The path of the task whose `task_end` is the last record appended, if it is one.
     previous_end: Option<String>,
+    /// The file's length: the end of the last complete record.
+    len: u64,
+    /// The end of the space preallocated for the journal (0 when none is known to be).
+    reserved_to: u64,
+    /// Whether the filesystem preallocates (`fallocate`); without it there is no reserve.
+    can_reserve: bool,
+    /// How long a write that finds no free space retries.
+    space_wait: Duration,
 }
 
 /// What was read back from a journal file.
@@ -155,18 +213,22 @@ fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
 }
 
 impl Journal {
-    /// Creates a new journal for `txid`; fails if one exists (in flight or in history).
+    /// Creates a new journal for `txid` with its reserve; fails if one exists (in flight or in
+    /// history), or when the reserve finds no free space (the file is then removed).
     pub fn create(
         state_dir: &Path,
         txid: &str,
         durability: Durability,
     ) -> Result<Self, JournalError> {
         let dir = state_dir.join(JOURNAL_DIR);
-        fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
-            op: "create directory",
-            path: dir.clone(),
-            source,
-        })?;
+        // history/ too: moving a finished journal there then needs no new directory on a full disk.
+        for d in [&dir, &state_dir.join(HISTORY_DIR)] {
+            fs::create_dir_all(d).map_err(|source| JournalError::Io {
+                op: "create directory",
+                path: d.to_path_buf(),
+                source,
+            })?;
+        }
         if history_path(state_dir, txid).exists() {
             return Err(JournalError::Exists {
                 txid: txid.to_string(),
@@ -192,10 +254,7 @@ impl Journal {
                     }
                 }
             })?;
-        if durability == Durability::Fsync {
-            fsync_dir(&dir)?;
-        }
-        Ok(Journal {
+        let mut journal = Journal {
             txid: txid.to_string(),
             path,
             file,
@@ -203,7 +262,64 @@ impl Journal {
             durability,
             syncs: 0,
             previous_end: None,
-        })
+            len: 0,
+            reserved_to: 0,
+            can_reserve: true,
+            space_wait: DEFAULT_SPACE_WAIT,
+        };
+        if let Err(source) = journal.top_up_reserve() {
+            let _ = fs::remove_file(&journal.path);
+            return Err(JournalError::NoReserve {
+                path: journal.path,
+                bytes: JOURNAL_RESERVE,
+                source,
+            });
+        }
+        if durability == Durability::Fsync {
+            fsync_dir(&dir)?;
+        }
+        Ok(journal)
+    }
+
+    /// Sets how long a write that finds no free space retries before it fails with
+    /// [`JournalError::NoSpace`] (default [`DEFAULT_SPACE_WAIT`]).
+    pub fn with_space_wait(mut self, wait: Duration) -> Self {
+        self.space_wait = wait;
+        self
+    }
+
+    /// Preallocates [`JOURNAL_RESERVE`] bytes past the end when less than half of it is left.
+    /// Space already the file's is no new space, so this succeeds on a full disk while the
+    /// reserve is there. A filesystem that cannot preallocate is warned about once, then left.
+    fn top_up_reserve(&mut self) -> std::io::Result<()> {
+        if !self.can_reserve || self.reserved_to >= self.len + RESERVE_LOW {
+            return Ok(());
+        }
+        let (offset, len) = (self.len as i64, JOURNAL_RESERVE as i64);
+        match fallocate(&self.file, FallocateFlags::FALLOC_FL_KEEP_SIZE, offset, len) {
+            Ok(()) => {
+                self.reserved_to = self.len + JOURNAL_RESERVE;
+                Ok(())
+            }
+            Err(nix::errno::Errno::EOPNOTSUPP) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "the filesystem cannot preallocate (fallocate): this journal has no reserve \
+                     for its rescue on a full disk"
+                );
+                self.can_reserve = false;
+                Ok(())
+            }
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Tops the reserve up after a write; a failure (the disk is full) leaves what is left of
+    /// it, and the next write waits for space if it needs more.
+    fn keep_reserve(&mut self) {
+        if let Err(e) = self.top_up_reserve() {
+            tracing::debug!(path = %self.path.display(), error = %e, "cannot top up the journal's reserve");
+        }
     }
 
     /// Reopens an unfinished journal for appending after recovery read it: cuts a torn tail off
@@ -232,7 +348,7 @@ impl Journal {
                 })?;
         }
         let next_seq = read.entries.last().map_or(0, |e| e.seq + 1);
-        Ok(Journal {
+        let mut journal = Journal {
             txid: txid.to_string(),
             path,
             file,
@@ -240,7 +356,15 @@ impl Journal {
             durability,
             syncs: 0,
             previous_end: None,
-        })
+            len: read.good_len,
+            reserved_to: 0,
+            can_reserve: true,
+            space_wait: DEFAULT_SPACE_WAIT,
+        };
+        // What is left of the reserve the crashed run allocated is the file's still: this
+        // succeeds without free space then.
+        journal.keep_reserve();
+        Ok(journal)
     }
 
     /// The transaction id.
@@ -276,24 +400,53 @@ impl Journal {
         };
         let mut line = serde_json::to_vec(&entry).map_err(JournalError::Encode)?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .map_err(|source| JournalError::Io {
-                op: "append to",
-                path: self.path.clone(),
-                source,
-            })?;
+        self.write_line(&line, sync)?;
         if sync {
-            self.file.sync_data().map_err(|source| JournalError::Io {
-                op: "fsync",
-                path: self.path.clone(),
-                source,
-            })?;
             self.syncs += 1;
         }
+        self.len += line.len() as u64;
+        self.keep_reserve();
         self.previous_end = previous_end;
         self.next_seq += 1;
         Ok(entry)
+    }
+
+    /// Appends one line (and fdatasyncs it when `sync`), waiting for free space when there is
+    /// none: the part of the line that got in is cut off before each retry.
+    fn write_line(&mut self, line: &[u8], sync: bool) -> Result<(), JournalError> {
+        let mut wait = SpaceWait::new(&self.path, "append a record to", self.space_wait);
+        loop {
+            let written = self.file.write_all(line).map_err(|e| ("append to", e));
+            let attempt = written.and_then(|()| match sync {
+                true => self.file.sync_data().map_err(|e| ("fsync", e)),
+                false => Ok(()),
+            });
+            let source = match attempt {
+                Ok(()) => {
+                    wait.over();
+                    return Ok(());
+                }
+                Err((op, source)) if !is_no_space(&source) => {
+                    return Err(JournalError::Io {
+                        op,
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+                Err((_, source)) => source,
+            };
+            self.file
+                .set_len(self.len)
+                .map_err(|source| JournalError::Io {
+                    op: "cut a partly written record off",
+                    path: self.path.clone(),
+                    source,
+                })?;
+            // The cut may have freed the preallocated blocks too: take them back while free.
+            self.reserved_to = 0;
+            self.keep_reserve();
+            wait.pause(source)?;
+        }
     }
 
     /// Moves the finished journal to `history/` (rename + directory fsyncs).
@@ -305,18 +458,133 @@ impl Journal {
             source,
         })?;
         let dest = history_path(state_dir, &self.txid);
+        // The reserve goes back: a truncate to the file's own length frees the blocks
+        // preallocated past it (ext4, XFS, tmpfs). A failure only keeps them allocated.
+        if let Err(e) = self.file.set_len(self.len) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot give the journal's reserve back");
+        }
         drop(self.file);
-        fs::rename(&self.path, &dest).map_err(|source| JournalError::Io {
-            op: "move to history",
-            path: self.path.clone(),
-            source,
-        })?;
+        let mut wait = SpaceWait::new(&self.path, "move to history", self.space_wait);
+        loop {
+            match fs::rename(&self.path, &dest) {
+                Ok(()) => break,
+                Err(source) if is_no_space(&source) => wait.pause(source)?,
+                Err(source) => {
+                    return Err(JournalError::Io {
+                        op: "move to history",
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        wait.over();
         if self.durability == Durability::Fsync {
             fsync_dir(&hist_dir)?;
             fsync_dir(&state_dir.join(JOURNAL_DIR))?;
         }
         Ok(dest)
     }
+}
+
+/// Whether an I/O error means the filesystem has no room (ENOSPC, or the quota is spent).
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// The bounded wait of one write that finds no free space: backoff from
+/// [`SPACE_RETRY_FIRST`] to [`SPACE_RETRY_MAX`], a warning (and the systemd status line) at the
+/// start and every [`SPACE_LOG_EVERY`], [`JournalError::NoSpace`] once `bound` has passed.
+#[derive(Debug)]
+pub struct SpaceWait {
+    path: PathBuf,
+    op: &'static str,
+    bound: Duration,
+    started: Option<Instant>,
+    logged: Option<Instant>,
+    pause: Duration,
+    pauses: u64,
+}
+
+impl SpaceWait {
+    /// A wait for room to `op` (what is attempted) on `path`, for at most `bound`.
+    pub fn new(path: &Path, op: &'static str, bound: Duration) -> Self {
+        SpaceWait {
+            path: path.to_path_buf(),
+            op,
+            bound,
+            started: None,
+            logged: None,
+            pause: SPACE_RETRY_FIRST,
+            pauses: 0,
+        }
+    }
+
+    /// After an attempt failed with `source` (no space): sleeps before the next attempt, or
+    /// fails once the bound has passed.
+    pub fn pause(&mut self, source: std::io::Error) -> Result<(), JournalError> {
+        let now = Instant::now();
+        let started = *self.started.get_or_insert(now);
+        let waited = now - started;
+        // Bounded in time, and in count (every pause but the last is at least the first one).
+        let max_pauses = (self.bound.as_millis() / SPACE_RETRY_FIRST.as_millis()) as u64 + 2;
+        if waited >= self.bound || self.pauses >= max_pauses {
+            set_status(&format!(
+                "no space to {} {} for {:.0}s: exiting, the restart recovers the transaction",
+                self.op,
+                self.path.display(),
+                waited.as_secs_f64()
+            ));
+            return Err(JournalError::NoSpace {
+                op: self.op,
+                path: self.path.clone(),
+                waited,
+                source,
+            });
+        }
+        if self.logged.is_none_or(|t| now - t >= SPACE_LOG_EVERY) {
+            tracing::warn!(
+                path = %self.path.display(),
+                op = self.op,
+                waited_secs = waited.as_secs(),
+                wait_secs = self.bound.as_secs(),
+                error = %source,
+                "waiting for free space: the transaction goes on once there is room; after the \
+                 wait the agent exits and its restart recovers the transaction"
+            );
+            set_status(&format!(
+                "waiting for free space to {} {} (waited {}s of {}s)",
+                self.op,
+                self.path.display(),
+                waited.as_secs(),
+                self.bound.as_secs()
+            ));
+            self.logged = Some(now);
+        }
+        std::thread::sleep(self.pause.min(self.bound - waited));
+        self.pause = (self.pause * 2).min(SPACE_RETRY_MAX);
+        self.pauses += 1;
+        Ok(())
+    }
+
+    /// After the attempt that went through: says so when it had to wait.
+    pub fn over(&self) {
+        if let Some(started) = self.started {
+            let waited = started.elapsed().as_secs_f64();
+            tracing::warn!(path = %self.path.display(), waited_secs = waited, "journal space is back: the transaction goes on");
+            set_status(&format!(
+                "journal space is back after {waited:.1}s; serving"
+            ));
+        }
+    }
+}
+
+/// Sets the systemd status line (`systemctl status`); a no-op outside systemd.
+fn set_status(text: &str) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(text)]);
 }
 
 /// Reads a journal file. Lines must be complete JSON entries with consecutive sequence numbers;
@@ -462,6 +730,75 @@ mod tests {
             Journal::create(dir.path(), "tx1", Durability::None),
             Err(JournalError::Exists { .. })
         ));
+    }
+
+    /// Bytes the filesystem holds for `path` (st_blocks).
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn the_reserve_is_allocated_at_create_kept_up_and_given_back_at_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path(), "tx-r", Durability::None).unwrap();
+        let path = journal_path(dir.path(), "tx-r");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0, "the size is kept");
+        if !j.can_reserve {
+            return; // this filesystem cannot preallocate: nothing to check
+        }
+        assert!(allocated(&path) >= JOURNAL_RESERVE, "{}", allocated(&path));
+        assert!(
+            dir.path().join(HISTORY_DIR).is_dir(),
+            "history/ made at create"
+        );
+        // Appending past half of the reserve tops it up.
+        let big = "x".repeat((JOURNAL_RESERVE as usize) * 3 / 4);
+        j.append(Record::TaskProgress {
+            path: "0.0".into(),
+            name: "t".into(),
+            data: serde_json::Value::String(big),
+        })
+        .unwrap();
+        let len = fs::metadata(&path).unwrap().len();
+        assert!(
+            allocated(&path) >= len + RESERVE_LOW,
+            "{} for {len}",
+            allocated(&path)
+        );
+        let hist = j.finish(dir.path()).unwrap();
+        let len = fs::metadata(&hist).unwrap().len();
+        assert!(
+            allocated(&hist) < len + RESERVE_LOW,
+            "{} for {len}",
+            allocated(&hist)
+        );
+    }
+
+    #[test]
+    fn a_wait_for_space_is_bounded() {
+        let p = Path::new("/state/journal/tx.jsonl");
+        let no_space = || std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(is_no_space(&no_space()));
+        assert!(!is_no_space(&std::io::Error::from(
+            std::io::ErrorKind::PermissionDenied
+        )));
+        let bound = Duration::from_millis(300);
+        let mut wait = SpaceWait::new(p, "append a record to", bound);
+        let started = Instant::now();
+        let err = loop {
+            if let Err(e) = wait.pause(no_space()) {
+                break e;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "unbounded");
+        };
+        assert!(started.elapsed() >= bound);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("append a record to /state/journal/tx.jsonl"),
+            "{msg}"
+        );
+        assert!(msg.contains("no space left"), "{msg}");
     }
 
     #[test]

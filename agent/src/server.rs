@@ -4,7 +4,10 @@
 //! there), runs transactions on their own threads through [`crate::transaction`], and streams
 //! journal entries as `TransactionEvent`s. A transaction never depends on its client: the stream
 //! is one of possibly many watchers of the same in-memory entry list, which is backed by the
-//! journal; a client that reconnects calls `Watch` from the last `seq` it saw.
+//! journal; a client that reconnects calls `Watch` from the last `seq` it saw. A transaction
+//! whose journal fails (after its bounded wait for space) raises
+//! [`AgentService::must_restart`]: `rampart-agent` then stops serving and exits with
+//! [`EXIT_CANNOT_JOURNAL`], so that the restart recovers it.
 //!
 //! Over mutual TLS every call passes [`authorize`] first (one interceptor around every service):
 //! the client's certificate must carry an identity the agent trusts (`--controller-identity`),
@@ -33,6 +36,11 @@ use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
 use rampart_host::cas as artifacts;
 use rampart_playbook::template::Templar;
 use rampart_rpc::identity::{self, Trusted};
+
+/// The agent's exit status when a transaction cannot be journaled (the disk stayed full for the
+/// whole `--journal-wait-seconds`, or another journal I/O error), or start-up recovery could not
+/// finish: the transaction is unfinished, and the restart recovers it.
+pub const EXIT_CANNOT_JOURNAL: u8 = 3;
 
 /// Events buffered per watcher before the sender waits for the client.
 const STREAM_BUFFER: usize = 256;
@@ -86,6 +94,8 @@ pub struct AgentService {
     host: HostConfig,
     templar: Arc<Templar>,
     live: Arc<Mutex<HashMap<String, Arc<LiveTx>>>>,
+    /// Raised when a transaction could not be journaled: see [`AgentService::must_restart`].
+    must_restart: Arc<watch::Sender<bool>>,
     /// Where `ListForensics` / `GetForensics` look (default: the module's default dest dir).
     pub forensics_dir: Option<PathBuf>,
 }
@@ -97,8 +107,16 @@ impl AgentService {
             host,
             templar,
             live: Arc::new(Mutex::new(HashMap::new())),
+            must_restart: Arc::new(watch::channel(false).0),
             forensics_dir: None,
         }
+    }
+
+    /// Becomes `true` when a transaction could not be journaled (after its wait for space): the
+    /// transaction is unfinished, new `Run`s are refused, and the agent's process must stop
+    /// serving and exit with [`EXIT_CANNOT_JOURNAL`] so that its restart recovers it.
+    pub fn must_restart(&self) -> watch::Receiver<bool> {
+        self.must_restart.subscribe()
     }
 
     /// Serves forensics bundles from `dir` instead of the default directory.
@@ -187,6 +205,12 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
+        if *self.must_restart.borrow() {
+            return Err(Status::unavailable(
+                "the agent is exiting: a transaction could not be journaled, and its restart \
+                 recovers it; retry once the agent serves again",
+            ));
+        }
         let req = request.into_inner();
         let vars: Map<String, Value> = if req.vars_json.trim().is_empty() {
             Map::new()
@@ -239,13 +263,20 @@ impl Agent for AgentService {
         let templar = self.templar.clone();
         let registry = self.live.clone();
         let worker_live = live.clone();
+        let must_restart = self.must_restart.clone();
         std::thread::Builder::new()
             .name(format!("tx-{txid}"))
             .spawn(move || {
                 let result = transaction::execute(&host, &templar, prepared, &mut |e| worker_live.push(e));
                 match &result {
                     Ok(s) => tracing::info!(txid = %s.txid, outcome = s.outcome.as_str(), "transaction finished"),
-                    Err(e) => tracing::error!(%txid, error = %e, "transaction stopped; it will be recovered at the next start"),
+                    Err(e) => {
+                        // Never a stopped transaction under a live agent: the agent stops
+                        // serving and exits, and the restart (systemd's Restart=always) recovers
+                        // the transaction before serving again.
+                        tracing::error!(%txid, error = %e, "cannot journal the transaction: exiting so that the agent's restart recovers it");
+                        must_restart.send_replace(true);
+                    }
                 }
                 worker_live.finish();
                 registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&txid);

@@ -4,6 +4,11 @@
 //! Inputs: a [`TxRequest`] (playbook text, vars, check mode) and the host's [`HostConfig`].
 //! Outputs: journal entries handed to the caller as they are written, and a [`TxSummary`].
 //! Used in-process by `rampart run --local` and by the agent's gRPC server alike.
+//!
+//! A journal that cannot be written fails the run with [`TxError::Journal`] only after its
+//! bounded wait for free space (see [`crate::journal`], "A full disk"); the transaction is then
+//! unfinished, and the agent exits so that its restart recovers it. Recovery waits for space in
+//! the same way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,9 +17,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::engine::{Engine, EngineOptions, Replay, Sink};
-use crate::error::{JournalError, TxError};
+use crate::error::{JournalError, LockError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record};
-use crate::journal::{self, Durability, Journal};
+use crate::journal::{self, Durability, Journal, SpaceWait};
 use crate::lock::HostLock;
 use crate::recovery;
 use rampart_playbook::Playbook;
@@ -40,6 +45,9 @@ pub struct HostConfig {
     /// synced, when the journal syncs it), so a crash test can SIGKILL the agent at an exact point.
     /// Never set in production.
     pub stop_after_record: Option<u64>,
+    /// How long a journal write that finds no free space retries before it fails (see
+    /// [`crate::journal`], "A full disk").
+    pub journal_space_wait: Duration,
 }
 
 impl HostConfig {
@@ -50,6 +58,7 @@ impl HostConfig {
             durability: Durability::Fsync,
             hostname: hostname(),
             stop_after_record: None,
+            journal_space_wait: journal::DEFAULT_SPACE_WAIT,
         }
     }
 }
@@ -177,16 +186,22 @@ pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<P
         return Err(JournalError::Exists { txid }.into());
     }
     let lock = HostLock::acquire(&host.state_dir, &txid, req.lock_timeout)?;
-    let mut journal = Journal::create(&host.state_dir, &txid, host.durability)?;
-    let begin = journal.append(Record::Begin {
-        playbook_name: req.playbook_name.clone(),
-        playbook: req.playbook,
-        vars: req.vars.clone(),
-        check: req.check,
-        host: host.hostname.clone(),
-        pid: std::process::id(),
-        base_dir: req.base_dir.clone(),
-    })?;
+    let mut journal = Journal::create(&host.state_dir, &txid, host.durability)?
+        .with_space_wait(host.journal_space_wait);
+    let begin = journal
+        .append(Record::Begin {
+            playbook_name: req.playbook_name.clone(),
+            playbook: req.playbook,
+            vars: req.vars.clone(),
+            check: req.check,
+            host: host.hostname.clone(),
+            pid: std::process::id(),
+            base_dir: req.base_dir.clone(),
+        })
+        .inspect_err(|_| {
+            // Nothing ran: no journal is left for a recovery to find.
+            let _ = std::fs::remove_file(journal::journal_path(&host.state_dir, &txid));
+        })?;
     Ok(Prepared {
         txid,
         playbook,
@@ -295,7 +310,8 @@ pub fn prepare_recovery(
         .into());
     };
     let plan = recovery::plan(&read.entries, read.torn_tail.clone(), std::process::id());
-    let mut journal = Journal::reopen(&host.state_dir, txid, &read, host.durability)?;
+    let mut journal = Journal::reopen(&host.state_dir, txid, &read, host.durability)?
+        .with_space_wait(host.journal_space_wait);
     if plan.already_finished {
         journal.finish(&host.state_dir)?;
         drop(lock);
@@ -327,9 +343,24 @@ pub fn recover_all(
     for stale in rampart_host::cas::remove_stale_uploads(&host.state_dir) {
         tracing::warn!(path = %stale.display(), "removed the partial upload of a process that is gone");
     }
+    let lock_path = host.state_dir.join(crate::lock::LOCK_FILE);
     for txid in journal::unfinished(&host.state_dir)? {
         tracing::warn!(%txid, "finishing interrupted transaction");
-        if let Some(tx) = prepare_recovery(host, templar, &txid)? {
+        // Taking the host lock writes its holder record: on a full disk that waits for space
+        // as a journal write does (the journal's own writes wait inside `Journal`).
+        let mut wait = SpaceWait::new(&lock_path, "take the host lock in", host.journal_space_wait);
+        let prepared = loop {
+            match prepare_recovery(host, templar, &txid) {
+                Err(TxError::Lock(LockError::Io { source, .. }))
+                    if journal::is_no_space(&source) =>
+                {
+                    wait.pause(source)?;
+                }
+                other => break other?,
+            }
+        };
+        wait.over();
+        if let Some(tx) = prepared {
             for e in &tx.initial {
                 on_entry(e);
             }
@@ -371,6 +402,7 @@ mod tests {
             durability: Durability::Fsync,
             hostname: "h01".into(),
             stop_after_record: None,
+            journal_space_wait: Duration::from_secs(1),
         };
         let templar = Arc::new(Templar::new());
         let playbook = format!("- hosts: all\n  gather_facts: false\n  tasks:\n{tasks}");

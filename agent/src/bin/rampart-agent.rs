@@ -5,6 +5,10 @@
 //! recovery has finished and the listener is bound, and pings the watchdog when `WatchdogSec=` is
 //! set. Without `NOTIFY_SOCKET` (not started by systemd) the notifications are no-ops.
 //!
+//! A transaction whose journal cannot be written, once its bounded wait for free space
+//! (`--journal-wait-seconds`) has passed, ends the process with status 3; so does a start-up
+//! recovery that cannot finish. The unit's `Restart=always` then starts it again, into recovery.
+//!
 //! It serves mutual TLS (`--tls-cert/--tls-key/--tls-ca` or `[tls]` in the config: only clients
 //! with a certificate signed by a trusted CA, for client use, carrying a trusted identity
 //! (`--controller-identity`) get in), or plaintext with `--insecure-dev`; it refuses to start
@@ -13,6 +17,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use rampart_agent::config::AgentConfig;
@@ -29,7 +34,10 @@ use rampart_rpc::tls::{self, TlsFiles};
 /// journal demands), then serves gRPC over mutual TLS: clients must present a client certificate
 /// signed by a --tls-ca that carries a --controller-identity (others get PERMISSION_DENIED,
 /// logged as a warning). Plaintext gRPC needs --insecure-dev (development only); one of the two is
-/// required. Exit 2 on a configuration error (bad or missing TLS files included).
+/// required. Exit 2 on a configuration error (bad or missing TLS files included); exit 3 when a
+/// transaction cannot be journaled (the disk stayed full for --journal-wait-seconds) or start-up
+/// recovery cannot finish: the transaction is left for the restart (systemd's Restart=always)
+/// to recover.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -73,6 +81,11 @@ struct Args {
     /// (default /var/backups/deployment-forensics).
     #[arg(long)]
     forensics_dir: Option<PathBuf>,
+    /// How long a journal write that finds the disk full retries (then the agent exits with
+    /// status 3, and its restart recovers the transaction) [default: 60; config
+    /// journal_wait_seconds].
+    #[arg(long, value_name = "SECONDS")]
+    journal_wait_seconds: Option<u64>,
     /// Do not fsync journal records (benchmarks only: a crash may lose the journal's tail).
     #[arg(long, hide = true)]
     no_fsync: bool,
@@ -89,8 +102,38 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("rampart-agent: {e:#}");
-            ExitCode::from(2)
+            match e.downcast_ref::<MustRestart>() {
+                Some(_) => ExitCode::from(server::EXIT_CANNOT_JOURNAL),
+                None => ExitCode::from(2),
+            }
         }
+    }
+}
+
+/// How long in-flight calls may take to end once a transaction could not be journaled.
+const DRAIN_BEFORE_RESTART: Duration = Duration::from_secs(5);
+
+/// A transaction is unfinished and only a restart finishes it: start-up recovery could not, or
+/// a transaction could not be journaled while serving. Exit 3.
+#[derive(Debug)]
+struct MustRestart(String);
+
+impl std::fmt::Display for MustRestart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; exiting with status 3 so that a restart recovers it",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for MustRestart {}
+
+/// Waits until `flag` is raised; never returns when its sender is gone unraised.
+async fn raised(mut flag: tokio::sync::watch::Receiver<bool>) {
+    if flag.wait_for(|raised| *raised).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -108,6 +151,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.insecure_dev |= args.insecure_dev;
     if let Some(d) = args.forensics_dir {
         cfg.forensics_dir = Some(d);
+    }
+    if let Some(s) = args.journal_wait_seconds {
+        cfg.journal_wait_seconds = s;
     }
     if args.no_fsync {
         cfg.journal_fsync = false;
@@ -157,12 +203,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("journal fsync is off: a crash may lose the journal's tail");
     }
     host.stop_after_record = args.debug_stop_after_record;
+    host.journal_space_wait = Duration::from_secs(cfg.journal_wait_seconds);
     let templar = Arc::new(Templar::new());
     notify(&[sd_notify::NotifyState::Status(
         "finishing interrupted transactions",
     )]);
     // Recovery comes before serving: the host never stays half-deployed.
-    let recovered = transaction::recover_all(&host, &templar, &mut |_| {})?;
+    let recovered = transaction::recover_all(&host, &templar, &mut |_| {})
+        .map_err(|e| MustRestart(format!("cannot finish the interrupted transactions: {e}")))?;
     if !recovered.is_empty() {
         tracing::warn!(count = recovered.len(), "finished interrupted transactions");
     }
@@ -170,7 +218,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .worker_threads(2)
         .build()?;
-    rt.block_on(async move {
+    let serving = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, state_dir = %host.state_dir.display(), "serving");
@@ -189,14 +237,37 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(d) = cfg.forensics_dir {
             service = service.with_forensics_dir(d);
         }
-        let shutdown = async {
-            if let Err(e) = rampart_rpc::shutdown_signal().await {
-                tracing::error!(error = %e, "cannot wait for SIGTERM; stopping");
+        let must_restart = service.must_restart();
+        let restart = raised(must_restart.clone());
+        let shutdown = async move {
+            tokio::select! {
+                r = rampart_rpc::shutdown_signal() => if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot wait for SIGTERM; stopping");
+                },
+                () = restart => {}
             }
         };
-        server::serve_tls(listener, service, shutdown, tls).await?;
-        anyhow::Ok(())
-    })
+        let serving = server::serve_tls(listener, service, shutdown, tls);
+        let drained = async {
+            raised(must_restart.clone()).await;
+            tokio::time::sleep(DRAIN_BEFORE_RESTART).await;
+        };
+        tokio::select! {
+            biased;
+            r = serving => r?,
+            () = drained => tracing::warn!(
+                "in-flight calls did not end within {DRAIN_BEFORE_RESTART:?}: exiting without them"
+            ),
+        }
+        anyhow::Ok(*must_restart.borrow())
+    });
+    // The transaction threads and blocking calls are not waited for: a restart is what
+    // finishes an unfinished transaction.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    if serving? {
+        return Err(MustRestart("a transaction could not be journaled".into()).into());
+    }
+    Ok(())
 }
 
 /// Sends `state` to systemd's notification socket; a no-op outside systemd (no `NOTIFY_SOCKET`).
@@ -207,8 +278,8 @@ fn notify(state: &[sd_notify::NotifyState]) {
 }
 
 /// Pings systemd's watchdog every `every` (half of `WatchdogSec=`) while the runtime is alive.
-async fn watchdog(every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+async fn watchdog(every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
