@@ -38,6 +38,7 @@ mod release_safety;
 mod rollback_playbook;
 mod sample_app;
 mod semantics;
+mod store_faults;
 mod systemd_agent;
 mod systemd_deploy;
 mod systemd_service;
