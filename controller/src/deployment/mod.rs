@@ -318,8 +318,9 @@ impl Controller {
     }
 
     /// Runs a store call like [`Controller::db`], trying it again while the store is
-    /// unavailable ([`Outage`]), until `bound` has passed since the first failure (then the
-    /// last error, saying so). Other errors are returned at once.
+    /// unavailable (100 ms later, then twice as long each time up to 5 s), until `bound` has
+    /// passed since the first failure (then the last error, saying so). Other errors are
+    /// returned at once.
     pub async fn db_retrying<T, F>(&self, f: F, bound: Duration) -> StoreResult<T>
     where
         T: Send + 'static,

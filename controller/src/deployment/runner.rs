@@ -228,6 +228,17 @@ impl Runner {
                 self.lock_checked = Instant::now();
                 Ok(None)
             }
+            // This deployment's and this instance's, but not free: another controller asking for
+            // it holds it for a moment, or the server has not ended the lost session yet.
+            LockAttempt::Held {
+                deployment_id,
+                instance,
+            } if deployment_id == self.d.id && instance == self.ctl.cfg.instance => {
+                Err(StoreError::Unavailable(format!(
+                    "the lock of environment {} is not free yet for {deployment_id}",
+                    self.d.environment
+                )))
+            }
             LockAttempt::Held {
                 deployment_id,
                 instance,

@@ -8,7 +8,7 @@
 //! `reclaimed_from` of a take-over). The advisory lock is the truth, but for one case: a
 //! PostgreSQL restart ends every session, the holder's too, while its controller lives; so a
 //! free advisory lock whose row names an unfinished deployment of a controller with a fresh
-//! heartbeat ([`OWNER_STALE`](super::OWNER_STALE)) is given back only to that deployment.
+//! heartbeat ([`OWNER_STALE`]) is given back only to that deployment.
 //!
 //! The store's sessions (`postgres::Client`s) each own a small runtime: drop the store outside
 //! any tokio runtime (the controller's `main` does, after shutting its runtime down).
