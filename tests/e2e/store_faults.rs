@@ -160,6 +160,10 @@ fn assert_rollout_finished_whole(fleet: &Fleet, code: i32, lines: &[Value]) -> V
 fn a_postgresql_restart_mid_rollout_is_ridden_out_with_every_event_stored_once() {
     let pg = Pg::start();
     let mut fleet = pg_fleet(&pg, 3, "serial = 1\n", "", slow_start);
+    // The controller again, its log kept: it shows whether the runner met the outage.
+    fleet.kill_controller();
+    let log = fleet.dir.path().join("controller.log");
+    fleet.controller = Some(ControllerProc::start_logging(&fleet.config, &log));
     let (code, lines) = rollout_with_fault(&mut fleet, |_| {
         pg.stop_immediate();
         // The fault's length, not a synchronisation.
@@ -172,6 +176,16 @@ fn a_postgresql_restart_mid_rollout_is_ridden_out_with_every_event_stored_once()
         !events.iter().any(|v| v["type"] == "resumed"),
         "{events:#?}"
     );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("retrying for up to") && text.contains("the store answers again"),
+        "the runner never met the outage:\n{text}"
+    );
+    assert!(!text.contains("given up"), "{text}");
+    assert_no_panic(&log);
+    for line in text.lines().filter(|l| l.contains("answers again")) {
+        println!("{line}");
+    }
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! timeout, foreign keys on). A controller takes an exclusive `flock` on `<file>.lock` for as
 //! long as the store lives, so a second controller on the same file is refused at start instead
 //! of corrupting the queue; that is also why an environment lock row naming another instance can
-//! only be left over from a controller that died, and is taken over.
+//! only be left over from a controller that died, and is taken over (by another deployment only
+//! once the one it names is finished or its owner's heartbeat is stale: a controller restarted
+//! under a new name adopts it first).
 //!
 //! The schema is versioned with `PRAGMA user_version` (2 today: version 2 added
 //! `control_requests`); an older file is upgraded at open, a newer one refused.
