@@ -505,9 +505,9 @@ impl Controller {
     /// Takes over the deployments that were given up (no owner) and those of controllers that
     /// died (their heartbeat is older than `stale`), the latter once this controller's own
     /// heartbeats have reached the store for `stale` without a failure
-    /// ([`Controller::heartbeat`]); first, while any is left,
-    /// this instance's own unfinished deployments that no runner of this process runs (a
-    /// controller restarted under the same instance name resumes its own). Returns how many.
+    /// ([`Controller::heartbeat`]). First, while any is left, this instance's own unfinished
+    /// deployments that no runner of this process runs (a controller restarted under the same
+    /// instance name resumes its own). Returns how many.
     pub async fn adopt_orphans(self: &Arc<Self>, stale: Duration) -> StoreResult<usize> {
         let me = self.cfg.instance.clone();
         let (own_pass, known) = {
