@@ -458,6 +458,9 @@ impl Controller {
                 Ok(()) => {}
                 // The store did not answer for `outage_seconds` (or its lock went elsewhere):
                 // another controller, or this one later, may do better.
+                // NOT DONE: given up between saving its finished record and storing its
+                // `finished` event (`Runner::finish`), a deployment is left without that event:
+                // `orphaned()` skips finished deployments, so nobody writes it.
                 Err(RunError::Store(e @ StoreError::Unavailable(_))) => {
                     tracing::error!(deployment = %id, "deployment given up: {e}; any controller sharing the store adopts it");
                     ctl.clone().disown(id.clone());
