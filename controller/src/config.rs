@@ -7,6 +7,7 @@
 //!
 //! [store]                 # optional; default: SQLite file <state_dir>/controller.db
 //! url = "postgresql://rampart:secret@db.internal:5432/rampart"   # several controllers
+//! outage_seconds = 300    # a runner retries an unanswering store this long, then gives up
 //!
 //! [artifacts]             # optional: the content-addressed store <state_dir>/artifacts
 //! max_artifact_bytes = 2147483648    # one upload (2 GiB); RESOURCE_EXHAUSTED above
@@ -104,6 +105,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7430";
 pub const DEFAULT_AGENT_PORT: u16 = 7420;
 /// The longest duration a `*_seconds` setting of an environment takes (ten years).
 pub const MAX_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
+
+/// `[store] outage_seconds` when the configuration gives none.
+pub const DEFAULT_STORE_OUTAGE: Duration = Duration::from_secs(300);
 /// How long a deployment waits for `Approve` unless `approval_timeout_seconds` says otherwise.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -198,6 +202,8 @@ struct RawStore {
     path: Option<PathBuf>,
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    outage_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -434,6 +440,9 @@ pub struct ControllerConfig {
     pub insecure_dev: bool,
     /// The store.
     pub store: StoreConfig,
+    /// How long a deployment's runner retries a store that does not answer before it gives the
+    /// deployment up for a controller to adopt (`[store] outage_seconds`).
+    pub store_outage: Duration,
     /// TLS of the CI-facing API: (cert, key).
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Mutual TLS to the agents.
@@ -477,11 +486,23 @@ impl ControllerConfig {
         let state_dir = abs(&raw
             .state_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/rampart-controller")));
+        let store_outage = match raw.store.as_ref().and_then(|s| s.outage_seconds) {
+            None => DEFAULT_STORE_OUTAGE,
+            Some(s) if s.is_finite() && (0.0..=MAX_SECONDS).contains(&s) => {
+                Duration::from_secs_f64(s)
+            }
+            Some(s) => {
+                return Err(format!(
+                    "[store] outage_seconds must be a number of seconds from 0 to {MAX_SECONDS}, got {s}"
+                ));
+            }
+        };
         let store = match raw.store {
             None => StoreConfig::Sqlite(state_dir.join("controller.db")),
             Some(RawStore {
                 path: Some(_),
                 url: Some(_),
+                ..
             }) => {
                 return Err(
                     "[store] takes either `path` (SQLite) or `url` (PostgreSQL), not both".into(),
@@ -599,6 +620,7 @@ impl ControllerConfig {
             instance,
             insecure_dev: raw.insecure_dev,
             store,
+            store_outage,
             tls,
             agent_tls,
             tokens,
@@ -830,6 +852,36 @@ mod tests {
         );
         assert_eq!(cfg.token("s3cret").unwrap().name, "ci");
         assert!(cfg.token("s3cret2").is_none());
+    }
+
+    #[test]
+    fn store_outage_has_a_default_and_can_be_set() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "inv.ini", "[web]\nw1\n");
+        let h = hash_token("t");
+        let parse = |store: &str| {
+            ControllerConfig::parse(
+                &format!(
+                    "insecure_dev = true\n{store}\n[[tokens]]\nname = \"ci\"\nsha256 = \"{h}\"\n"
+                ),
+                d.path(),
+            )
+        };
+        assert_eq!(parse("").unwrap().store_outage, Duration::from_secs(300));
+        let cfg = parse("[store]\nurl = \"postgresql://u:p@h/db\"\noutage_seconds = 2.5").unwrap();
+        assert_eq!(cfg.store_outage, Duration::from_millis(2500));
+        assert_eq!(
+            cfg.store,
+            StoreConfig::Postgres("postgresql://u:p@h/db".into())
+        );
+        // With SQLite too (a full disk makes it unavailable).
+        let cfg = parse("[store]\noutage_seconds = 0").unwrap();
+        assert_eq!(cfg.store_outage, Duration::ZERO);
+        assert!(matches!(cfg.store, StoreConfig::Sqlite(_)));
+        for bad in ["-1", "1e300", "nan"] {
+            let e = parse(&format!("[store]\noutage_seconds = {bad}")).unwrap_err();
+            assert!(e.contains("[store] outage_seconds"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod rollback_playbook;
 mod sample_app;
 mod semantics;
 mod shared_artifacts;
+mod store_faults;
 mod systemd_agent;
 mod systemd_deploy;
 mod systemd_service;

@@ -60,6 +60,27 @@ impl ControllerProc {
         }
     }
 
+    /// As [`ControllerProc::start`], its stderr (logs at `info` and up) written to the file
+    /// `log` instead of the test's, so a test can read what it said (a panic, a warning).
+    pub fn start_logging(config: &Path, log: &Path) -> ControllerProc {
+        let mut child = Command::new(bin("rampart-controller"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(log).expect("controller log file"),
+            ))
+            .spawn()
+            .expect("spawn rampart-controller");
+        let addr = wait_listening(&mut child, "rampart-controller", Duration::from_secs(60));
+        ControllerProc {
+            child: KillOnDrop::new(child),
+            addr,
+        }
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.pid()
@@ -69,6 +90,40 @@ impl ControllerProc {
     pub fn kill9(&mut self) {
         self.child.kill9();
     }
+
+    /// Sends it SIGTERM and waits at most `timeout` for it to exit: its exit status, or `None`
+    /// when it was still running (it is SIGKILLed then).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        use nix::sys::signal::{Signal, kill};
+        let mut child = self.child.0.take()?;
+        let _ = kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGTERM,
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait rampart-controller") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The top-level TOML of a controller named `instance` whose store is database `db` of `pg`
+/// (which must exist), with `store_extra` added to its `[store]` section: for
+/// [`Fleet::start_with_dist`] and [`Fleet::peer_config`].
+pub fn pg_store_toml(pg: &crate::pg::Pg, db: &str, instance: &str, store_extra: &str) -> String {
+    format!(
+        "instance = \"{instance}\"\n[store]\nurl = \"postgresql://postgres:{pw}@127.0.0.1:{port}/{db}\"\n{store_extra}\n",
+        pw = crate::pg::PASSWORD,
+        port = pg.port,
+    )
 }
 
 /// The fleet.
@@ -306,6 +361,26 @@ impl Fleet {
     /// Starts the controller again with the same configuration.
     pub fn restart_controller(&mut self) {
         self.controller = Some(ControllerProc::start(&self.config));
+    }
+
+    /// The configuration of another controller sharing this fleet's store and environment:
+    /// the fleet's file with a listen address of its own and instance name `instance` (the
+    /// fleet's configuration must name its own, e.g. with [`pg_store_toml`]).
+    pub fn peer_config(&self, instance: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let listen = text.lines().find(|l| l.starts_with("listen = ")).unwrap();
+        let own = text
+            .lines()
+            .find(|l| l.starts_with("instance = "))
+            .expect("the fleet's configuration names its instance");
+        let config = self.dir.path().join(format!("controller-{instance}.toml"));
+        std::fs::write(
+            &config,
+            text.replace(listen, &format!("listen = \"{}\"", free_addr()))
+                .replace(own, &format!("instance = \"{instance}\"")),
+        )
+        .unwrap();
+        config
     }
 }
 

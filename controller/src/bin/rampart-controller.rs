@@ -141,6 +141,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = Arc::new(cfg);
+    // The store outlives the runtime: a PostgreSQL store's sessions each own a runtime of their
+    // own, which must not be dropped from inside this one ("Cannot start a runtime from within
+    // a runtime"). This handle is the last one, dropped after the runtime shut down.
+    let keep = store.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -148,21 +152,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         // arena (memory that grows with every deployment).
         .max_blocking_threads(8)
         .build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let ctl = Controller::new(cfg.clone(), store, agents);
-        let me = cfg.instance.clone();
-        ctl.db(move |s| s.heartbeat(&me)).await?;
+        ctl.heartbeat().await?;
         // A SQLite store is this process's alone (its lock file says so): whatever a previous
         // run left unfinished is ours at once. A shared store waits until the owner's heartbeat
-        // is stale.
+        // is stale, and until this controller's own have reached it as long (so this first
+        // pass resumes only this instance's own deployments).
         let stale = if shared {
-            Duration::from_secs(10)
+            rampart_controller::store::OWNER_STALE
         } else {
             Duration::ZERO
         };
         let n = ctl.adopt_orphans(stale).await?;
         if n > 0 {
-            tracing::warn!(count = n, "took over unfinished deployments");
+            tracing::warn!(count = n, "resumed or took over unfinished deployments");
         }
         // After the takeovers: their deployments' artifacts count as referenced.
         if let Err(e) = rampart_controller::artifact_store::collect(&ctl).await {
@@ -173,11 +177,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
-                let me = bg.cfg.instance.clone();
-                if let Err(e) = bg.db(move |s| s.heartbeat(&me)).await {
+                if let Err(e) = bg.heartbeat().await {
                     tracing::error!("heartbeat: {e}");
                 }
-                if shared && let Err(e) = bg.adopt_orphans(stale).await {
+                // With SQLite too: a deployment its runner gave up (the store did not answer
+                // for `[store] outage_seconds`) is this controller's to adopt again.
+                if let Err(e) = bg.adopt_orphans(stale).await {
                     tracing::error!("looking for orphaned deployments: {e}");
                 }
             }
@@ -186,25 +191,61 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "serving");
-        println!("listening on {addr}");
         let shutdown = async {
             if let Err(e) = rampart_rpc::shutdown_signal().await {
                 tracing::error!(error = %e, "cannot wait for SIGTERM; stopping");
             }
             tracing::info!("unfinished deployments resume at the next start");
         };
+        tokio::pin!(shutdown);
+        // Polled once before the address is announced, so that SIGTERM's handler is in place
+        // (a SIGTERM right after the announcement would otherwise kill the process).
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return anyhow::Ok(()),
+            () = std::future::ready(()) => {}
+        }
+        tracing::info!(%addr, "serving");
+        println!("listening on {addr}");
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = server_tls {
             builder = builder.tls_config(tls)?;
         }
-        builder
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = builder
             .add_service(Service::new(ctl).into_server())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
-            .await?;
+                async {
+                    let _ = stopped.await;
+                },
+            );
+        tokio::pin!(server);
+        tokio::select! {
+            served = &mut server => served?,
+            () = &mut shutdown => {
+                // A graceful stop waits for every call to end, and a `Watch` of a running
+                // deployment does not: calls get STREAM_GRACE, then their connections close
+                // (the CLI re-attaches to the next controller, or to this one restarted).
+                let _ = stop.send(());
+                match tokio::time::timeout(STREAM_GRACE, &mut server).await {
+                    Ok(served) => served?,
+                    Err(_) => tracing::info!("closing the event streams still open"),
+                }
+            }
+        }
         anyhow::Ok(())
-    })
+    });
+    // Runners, host jobs and store calls in flight end here (a store call that does not
+    // finish in time is left to the process's exit); then the store is dropped, on this thread.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    drop(keep);
+    served
 }
+
+/// How long a stopping controller waits for store calls in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a stopping controller lets the calls it serves run on (event streams would
+/// never end by themselves).
+const STREAM_GRACE: Duration = Duration::from_secs(2);

@@ -20,6 +20,30 @@
 //!   capture recorded, with the rollback playbook; a host its own rescue already restored is not
 //!   touched again; an unreachable host is awaited (its journal restores it) for `rescue_wait`.
 //!
+//! Store outages and ownership (also in README.md):
+//! - every store call of a runner is retried while the store is unavailable
+//!   ([`Controller::db_retrying`]: 100 ms, then twice as long each time up to 5 s) for at most
+//!   `[store] outage_seconds`; an event stored by a try whose answer was lost comes back
+//!   `AlreadyExists` and counts as stored (same seq, same event), so the log holds every seq
+//!   once, in order;
+//! - after a failed try, and every 2 s while it holds its environment lock, a runner takes the
+//!   lock again before it tries its call (a PostgreSQL restart ends the session that held it);
+//!   meanwhile the store gives the lock to no other deployment while its record names this
+//!   unfinished one and the owner's heartbeat is fresh ([`crate::store::OWNER_STALE`]). A
+//!   runner that finds its lock another's stops at once, writing nothing more;
+//! - a controller adopts another's deployments only once its own heartbeats have reached the
+//!   store for the staleness bound without a failure ([`Controller::heartbeat`]): after an
+//!   outage every heartbeat is stale at once, and the live owner beats again first;
+//! - a runner that outlasts the bound gives its deployment up: it leaves this controller's live
+//!   deployments and the store records it with no owner ([`Store::disown`], tried in the
+//!   background until the store answers), so every controller sharing the store, this one
+//!   included, finds it orphaned and one adopts it, its environment lock with it;
+//! - a starting controller resumes its own unfinished deployments first (a restart under the
+//!   same `instance` name, whose fresh heartbeat keeps the others from adopting them), taking
+//!   their environment locks as for orphans, before it serves; one whose lock is not free yet
+//!   is tried again at the next adoption passes. Instance names must be unique among the
+//!   controllers running at once.
+//!
 //! Approvals and aborts go through the store ([`Controller::request`]): whichever controller
 //! takes the request records it, and the one running the deployment reads its requests back
 //! every [`REQUEST_POLL`] and hands them to its runner, so with a shared store any controller
@@ -37,9 +61,9 @@ mod host_job;
 mod runner;
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rampart_proto::v1 as pb;
 use tokio::sync::watch;
@@ -50,7 +74,7 @@ use crate::config::ControllerConfig;
 use crate::store::{ControlKind, ControlRequest, LockAttempt, Store, StoreError, StoreResult};
 
 use pb::DeploymentState as DS;
-use runner::Runner;
+use runner::{RunError, Runner};
 
 /// What a person asked of a running deployment.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +87,26 @@ pub struct Control {
 
 /// How often a running deployment's requests are read back from the store.
 pub const REQUEST_POLL: Duration = Duration::from_millis(500);
+
+/// The first pause before a store call that found the store unavailable is tried again; each
+/// next pause is twice as long, up to [`STORE_RETRY_MAX`].
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest pause between two tries of a store call.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long giving a deployment up is retried while the store does not answer (at
+/// [`STORE_RETRY_MAX`] between tries): a day, far past any outage a runner would ride out.
+const DISOWN_RETRY: Duration = Duration::from_secs(86_400);
+
+/// A staleness no heartbeat reaches (a century): [`Store::orphaned`] with it lists only the
+/// deployments whose owner never sent one, or that have none.
+const NO_HEARTBEAT: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// How many adoption passes (one every 2 s) a starting controller tries to resume its own
+/// unfinished deployments whose environment lock it could not take yet (the session of its
+/// previous process may take a moment to end).
+const OWN_RESUME_PASSES: u32 = 30;
 
 /// At most this many reads of a deployment's requests (about 115 days at [`REQUEST_POLL`]): the
 /// reader ends with its runner long before.
@@ -115,6 +159,93 @@ pub struct Controller {
     /// The artifact store: its limits, uploads in progress, collection.
     pub artifacts: Arc<ArtifactStore>,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// This instance's own unfinished deployments left by its previous process (a restart
+    /// under the same instance name) that do not run again yet.
+    own: Mutex<OwnResume>,
+    /// Since when this controller's heartbeats reach the store (`None`: the last one failed).
+    beating_since: Mutex<Option<Instant>>,
+}
+
+/// One store call's meeting with an unavailable store: the pauses between its tries (from
+/// [`STORE_RETRY_FIRST`], doubling up to [`STORE_RETRY_MAX`]) and the bound past which it gives
+/// up (`[store] outage_seconds`).
+#[derive(Debug)]
+pub(crate) struct Outage {
+    bound: Duration,
+    /// The first failure.
+    since: Option<Instant>,
+    pause: Duration,
+    last: String,
+}
+
+impl Outage {
+    pub(crate) fn new(bound: Duration) -> Outage {
+        Outage {
+            bound,
+            since: None,
+            pause: STORE_RETRY_FIRST,
+            last: String::new(),
+        }
+    }
+
+    /// A bound on the tries: every one but the last waits at least [`STORE_RETRY_FIRST`].
+    pub(crate) fn max_tries(&self) -> u128 {
+        self.bound.as_millis() / STORE_RETRY_FIRST.as_millis() + 2
+    }
+
+    /// Whether a try failed already.
+    pub(crate) fn met(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Records a failed try (`m`, the store's error) and waits before the next one: `false`,
+    /// at once, when the bound has passed since the first failure.
+    pub(crate) async fn wait(&mut self, m: String) -> bool {
+        let since = *self.since.get_or_insert_with(|| {
+            tracing::warn!(
+                "{m}; retrying for up to {:.0}s ([store] outage_seconds)",
+                self.bound.as_secs_f64()
+            );
+            Instant::now()
+        });
+        self.last = m;
+        let left = self.bound.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(self.pause.min(left)).await;
+        self.pause = (self.pause * 2).min(STORE_RETRY_MAX);
+        true
+    }
+
+    /// The call succeeded: says so when it had failed before.
+    pub(crate) fn over(&self) {
+        if let Some(t) = self.since {
+            tracing::info!(
+                "the store answers again after {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The error of a call that gave up: the store's last, and the bound that ran out.
+    pub(crate) fn error(self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "{} (still failing after {:.0}s, the [store] outage_seconds bound)",
+            self.last,
+            self.bound.as_secs_f64()
+        ))
+    }
+}
+
+/// What is left of resuming a controller's own deployments after a restart.
+#[derive(Debug)]
+struct OwnResume {
+    /// `None` until the first adoption pass lists them (before the controller serves, so none
+    /// is a deployment this process started); then those whose environment lock was not free.
+    left: Option<HashSet<String>>,
+    /// Adoption passes left to try those again.
+    passes: u32,
 }
 
 /// A store call failed.
@@ -170,6 +301,11 @@ impl Controller {
             store,
             agents: Arc::new(agents),
             live: Mutex::new(HashMap::new()),
+            own: Mutex::new(OwnResume {
+                left: None,
+                passes: OWN_RESUME_PASSES,
+            }),
+            beating_since: Mutex::new(None),
         })
     }
 
@@ -182,6 +318,52 @@ impl Controller {
         tokio::task::spawn_blocking(move || f(&*s))
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Runs a store call like [`Controller::db`], trying it again while the store is
+    /// unavailable (100 ms later, then twice as long each time up to 5 s), until `bound` has
+    /// passed since the first failure (then the last error, saying so). Other errors are
+    /// returned at once.
+    pub async fn db_retrying<T, F>(&self, f: F, bound: Duration) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&dyn Store) -> StoreResult<T> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let mut outage = Outage::new(bound);
+        for _ in 0..outage.max_tries() {
+            let g = f.clone();
+            match self.db(move |s| g(s)).await {
+                Ok(v) => {
+                    outage.over();
+                    return Ok(v);
+                }
+                Err(StoreError::Unavailable(m)) => {
+                    if !outage.wait(m).await {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(outage.error())
+    }
+
+    /// Records this controller's heartbeat in the store. Another controller's deployments are
+    /// adopted only once heartbeats have reached the store without a failure for the staleness
+    /// bound ([`Controller::adopt_orphans`]): after an outage of the store every heartbeat is
+    /// stale at once, and a live controller must get to beat again before its work is taken.
+    pub async fn heartbeat(&self) -> StoreResult<()> {
+        let me = self.cfg.instance.clone();
+        let beat = self.db(move |s| s.heartbeat(&me)).await;
+        let mut since = self.beating_since.lock().expect("beating since");
+        match beat {
+            Ok(()) => {
+                since.get_or_insert_with(Instant::now);
+            }
+            Err(_) => *since = None,
+        }
+        beat
     }
 
     /// The live handle of a deployment this controller runs.
@@ -263,20 +445,33 @@ impl Controller {
             let id = d.id.clone();
             let Some(env) = ctl.cfg.environments.get(&d.environment).cloned() else {
                 tracing::error!(deployment = %id, env = %d.environment, "environment no longer configured; leaving the deployment as stored");
-                ctl.live.lock().expect("live map").remove(&id);
+                ctl.forget(&id, &live);
                 return;
             };
-            let runner = Runner::new(ctl.clone(), env, d, live, resumed);
-            match runner.await {
+            let runner = Runner::new(ctl.clone(), env, d, live.clone(), resumed);
+            let ended = match runner.await {
                 Ok(mut r) => {
                     r.reclaimed = reclaimed;
-                    if let Err(e) = r.run().await {
-                        tracing::error!(deployment = %id, "deployment stopped: {e}; a restarted controller takes it over");
-                    }
+                    r.run().await
                 }
-                Err(e) => tracing::error!(deployment = %id, "cannot resume: {e}"),
+                Err(e) => Err(e),
+            };
+            ctl.forget(&id, &live);
+            match ended {
+                Ok(()) => {}
+                // The store did not answer for `outage_seconds` (or its lock went elsewhere):
+                // another controller, or this one later, may do better.
+                // NOT DONE: given up between saving its finished record and storing its
+                // `finished` event (`Runner::finish`), a deployment is left without that event:
+                // `orphaned()` skips finished deployments, so nobody writes it.
+                Err(RunError::Store(e @ StoreError::Unavailable(_))) => {
+                    tracing::error!(deployment = %id, "deployment given up: {e}; any controller sharing the store adopts it");
+                    ctl.clone().disown(id.clone());
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %id, "deployment stopped: {e}; a restarted controller takes it over");
+                }
             }
-            ctl.live.lock().expect("live map").remove(&id);
             // What the finished deployment no longer needs may go now.
             if let Err(e) = crate::artifact_store::collect(&ctl).await {
                 tracing::warn!(deployment = %id, "artifact collection: {e}");
@@ -284,16 +479,73 @@ impl Controller {
         });
     }
 
-    /// Takes over the deployments of controllers that died (their heartbeat is older than
-    /// `stale`); returns how many.
+    /// Removes a runner's live handle, unless another runner of the deployment replaced it.
+    fn forget(&self, id: &str, live: &Arc<Live>) {
+        let mut map = self.live.lock().expect("live map");
+        if map.get(id).is_some_and(|l| Arc::ptr_eq(l, live)) {
+            map.remove(id);
+        }
+    }
+
+    /// Gives a deployment up in the background ([`Store::disown`]), trying until the store
+    /// answers (for at most [`DISOWN_RETRY`]): then every controller sharing the store, this
+    /// one included, sees it as an orphan and one adopts it.
+    fn disown(self: Arc<Self>, id: String) {
+        tokio::spawn(async move {
+            let me = self.cfg.instance.clone();
+            let i = id.clone();
+            match self
+                .db_retrying(move |s| s.disown(&i, &me), DISOWN_RETRY)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(deployment = %id, "deployment given up: it waits for a controller to adopt it")
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %id, "cannot give the deployment up: {e}; it resumes when this controller restarts")
+                }
+            }
+        });
+    }
+
+    /// Takes over the deployments that were given up (no owner) and those of controllers that
+    /// died (their heartbeat is older than `stale`), the latter once this controller's own
+    /// heartbeats have reached the store for `stale` without a failure
+    /// ([`Controller::heartbeat`]). First, while any is left, this instance's own unfinished
+    /// deployments that no runner of this process runs (a controller restarted under the same
+    /// instance name resumes its own). Returns how many.
     pub async fn adopt_orphans(self: &Arc<Self>, stale: Duration) -> StoreResult<usize> {
         let me = self.cfg.instance.clone();
-        let orphans = self.db(move |s| s.orphaned(&me, stale)).await?;
+        let (own_pass, known) = {
+            let own = self.own.lock().expect("own deployments");
+            (own.passes > 0, own.left.clone())
+        };
+        let others = self
+            .beating_since
+            .lock()
+            .expect("beating since")
+            .is_some_and(|t| t.elapsed() >= stale);
+        let (mut own, orphans) = self
+            .db(move |s| {
+                let own = if own_pass { s.owned(&me)? } else { Vec::new() };
+                // Until then, only those no live controller can claim: given up (no owner), or
+                // whose owner never sent a heartbeat.
+                let orphans = s.orphaned(&me, if others { stale } else { NO_HEARTBEAT })?;
+                Ok((own, orphans))
+            })
+            .await?;
+        if let Some(known) = &known {
+            // Only those left by the previous process, never one this process started since.
+            own.retain(|d| known.contains(&d.id));
+        }
+        let own_count = own.len();
         let mut n = 0;
-        for d in orphans {
+        let mut own_left = HashSet::new();
+        for (i, d) in own.into_iter().chain(orphans).enumerate() {
             if self.live(&d.id).is_some() {
                 continue;
             }
+            let is_own = i < own_count;
             // Running deployments are taken only with their environment's lock: with a shared
             // store, the lock says whether their controller is really gone.
             let mut reclaimed = None;
@@ -310,15 +562,34 @@ impl Controller {
                         instance,
                     } => {
                         tracing::debug!(deployment = %d.id, holder = %deployment_id, %instance, "orphan candidate's environment is still locked");
+                        if is_own {
+                            own_left.insert(d.id.clone());
+                        }
                         continue;
                     }
                 }
             }
-            let (id, me) = (d.id.clone(), self.cfg.instance.clone());
-            self.db(move |s| s.set_owner(&id, &me)).await?;
-            tracing::warn!(deployment = %d.id, state = ?d.state(), "taking over a deployment whose controller died");
+            if is_own {
+                tracing::warn!(deployment = %d.id, state = ?d.state(), "resuming a deployment this instance ran before it restarted");
+            } else {
+                let (id, me) = (d.id.clone(), self.cfg.instance.clone());
+                self.db(move |s| s.set_owner(&id, &me)).await?;
+                tracing::warn!(deployment = %d.id, state = ?d.state(), "taking over a deployment whose controller died or gave it up");
+            }
             self.spawn_resumed(d, reclaimed);
             n += 1;
+        }
+        if own_pass {
+            let mut own = self.own.lock().expect("own deployments");
+            own.passes = if own_left.is_empty() {
+                0
+            } else {
+                own.passes.saturating_sub(1)
+            };
+            if own.passes == 0 && !own_left.is_empty() {
+                tracing::error!(deployments = ?own_left, "own unfinished deployments still find their environment locked; they resume at the next start of this controller");
+            }
+            own.left = Some(own_left);
         }
         Ok(n)
     }

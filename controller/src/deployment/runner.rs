@@ -20,14 +20,16 @@ use super::host_job::{Job, Msg, captured_versions, first_version, run_job};
 use super::state::{
     HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
 };
-use super::{Control, Controller, Live, host_txid, now_ts, ts_to_system};
+use super::{Control, Controller, Live, Outage, host_txid, now_ts, ts_to_system};
 use crate::config::{Environment, component_names};
 use crate::rollout::{self, Verdict};
-use crate::store::{LockAttempt, StoreError, StoreResult};
+use crate::store::{LockAttempt, Store, StoreError, StoreResult};
 
 use pb::{DeploymentOutcome as DO, DeploymentState as DS, HostState as HS};
 
-/// Why a runner stops before its deployment finished; a restarted controller takes it over.
+/// Why a runner stops before its deployment finished: a store error (the store did not answer
+/// for `[store] outage_seconds`) gives the deployment up for any controller to adopt; the
+/// others leave it for a restarted controller.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum RunError {
     /// A store call failed.
@@ -43,6 +45,10 @@ pub(super) enum RunError {
 
 /// Result of the runner's steps.
 type RunResult<T> = Result<T, RunError>;
+
+/// How often a runner holding its environment lock makes sure it still does, when it calls the
+/// store anyway (a PostgreSQL restart ends the session holding it; nothing says so until asked).
+const LOCK_CHECK: Duration = Duration::from_secs(2);
 
 /// The runner of one deployment.
 pub(super) struct Runner {
@@ -74,6 +80,10 @@ pub(super) struct Runner {
     failure: HashMap<usize, String>,
     /// The dead instance whose lock this runner took over, when it did.
     pub(super) reclaimed: Option<String>,
+    /// Whether the runner holds its environment's lock (from taking it to releasing it).
+    holds_lock: bool,
+    /// When the runner last made sure it still holds the lock.
+    lock_checked: Instant,
 }
 
 impl Runner {
@@ -106,11 +116,15 @@ impl Runner {
             host_seq: HashMap::new(),
             failure: HashMap::new(),
             reclaimed: None,
+            holds_lock: false,
+            lock_checked: Instant::now(),
             d,
         };
         if resumed {
             let id = r.d.id.clone();
-            let events = ctl.db(move |s| s.events(&id, 0, 0)).await?;
+            let events = ctl
+                .db_retrying(move |s| s.events(&id, 0, 0), ctl.cfg.store_outage)
+                .await?;
             for ev in &events {
                 r.seq = ev.seq + 1;
                 match &ev.kind {
@@ -150,6 +164,91 @@ impl Runner {
         Ok(r)
     }
 
+    // ---- the store ----
+
+    /// Every store call of the runner goes through here: tried again while the store is
+    /// unavailable ([`Outage`]), for at most `[store] outage_seconds` (then `Unavailable`: the
+    /// runner gives the deployment up). While it holds the environment lock, the runner first
+    /// makes sure it still does, after a failed try and every [`LOCK_CHECK`]: a PostgreSQL
+    /// restart ends the session that held it, and nothing may be written for a deployment
+    /// whose lock is another's.
+    async fn db<T: Send + 'static>(
+        &mut self,
+        f: impl Fn(&dyn Store) -> StoreResult<T> + Send + Sync + 'static,
+    ) -> StoreResult<T> {
+        let f = Arc::new(f);
+        let mut outage = Outage::new(self.ctl.cfg.store_outage);
+        for _ in 0..outage.max_tries() {
+            let checked =
+                if self.holds_lock && (outage.met() || self.lock_checked.elapsed() >= LOCK_CHECK) {
+                    self.check_lock().await
+                } else {
+                    Ok(None)
+                };
+            let tried = match checked {
+                Ok(None) => {
+                    let g = f.clone();
+                    self.ctl.db(move |s| g(s)).await
+                }
+                // Given up at once: the lock is another's.
+                Ok(Some(lost)) => return Err(StoreError::Unavailable(lost)),
+                Err(e) => Err(e),
+            };
+            match tried {
+                Ok(v) => {
+                    outage.over();
+                    return Ok(v);
+                }
+                Err(StoreError::Unavailable(m)) => {
+                    if !outage.wait(m).await {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(outage.error())
+    }
+
+    /// One try at taking the environment lock again for this deployment (a no-op while its
+    /// session lives): `None` when it is still this runner's; what happened when another holds
+    /// it (a controller that found this one's heartbeat stale adopted the deployment, or
+    /// another deployment has the environment).
+    async fn check_lock(&mut self) -> StoreResult<Option<String>> {
+        let (env, id, me) = (
+            self.d.environment.clone(),
+            self.d.id.clone(),
+            self.ctl.cfg.instance.clone(),
+        );
+        match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
+            LockAttempt::Acquired { reclaimed_from } => {
+                if let Some(from) = reclaimed_from {
+                    tracing::warn!(deployment = %self.d.id, from = %from, "took the environment lock back");
+                }
+                self.lock_checked = Instant::now();
+                Ok(None)
+            }
+            // This deployment's and this instance's, but not free: another controller asking for
+            // it holds it for a moment, or the server has not ended the lost session yet.
+            LockAttempt::Held {
+                deployment_id,
+                instance,
+            } if deployment_id == self.d.id && instance == self.ctl.cfg.instance => {
+                Err(StoreError::Unavailable(format!(
+                    "the lock of environment {} is not free yet for {deployment_id}",
+                    self.d.environment
+                )))
+            }
+            LockAttempt::Held {
+                deployment_id,
+                instance,
+            } => Ok(Some(format!(
+                "the lock of environment {} went to deployment {deployment_id} of {instance} while the store was out of reach",
+                self.d.environment
+            ))),
+        }
+    }
+
     // ---- events and the record ----
 
     async fn emit(&mut self, kind: Kind) -> StoreResult<()> {
@@ -171,18 +270,19 @@ impl Runner {
             self.seq += 1;
         }
         let last = self.seq - 1;
-        self.ctl
-            .db(move |s| {
-                for e in &evs {
-                    match s.append_event(e) {
-                        // Stored before a crash: the same seq carries the same event.
-                        Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
-                        Err(e) => return Err(e),
-                    }
+        // Tried again after an outage: an event stored by a try whose answer was lost comes
+        // back `AlreadyExists`, so none is lost and none stored twice.
+        self.db(move |s| {
+            for e in &evs {
+                match s.append_event(e) {
+                    // Stored before a crash: the same seq carries the same event.
+                    Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+                    Err(e) => return Err(e),
                 }
-                Ok(())
-            })
-            .await?;
+            }
+            Ok(())
+        })
+        .await?;
         self.d.last_seq = last;
         self.dirty = true;
         self.live.seq.send_replace(last);
@@ -191,7 +291,7 @@ impl Runner {
 
     async fn save(&mut self) -> StoreResult<()> {
         let d = self.d.clone();
-        self.ctl.db(move |s| s.save_deployment(&d)).await?;
+        self.db(move |s| s.save_deployment(&d)).await?;
         self.dirty = false;
         self.last_save = Instant::now();
         Ok(())
@@ -276,8 +376,10 @@ impl Runner {
                 self.d.id.clone(),
                 self.ctl.cfg.instance.clone(),
             );
-            match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
+            match self.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
                 LockAttempt::Acquired { reclaimed_from } => {
+                    self.holds_lock = true;
+                    self.lock_checked = Instant::now();
                     reclaimed_from.or(self.reclaimed.take())
                 }
                 LockAttempt::Held {
@@ -402,12 +504,11 @@ impl Runner {
                 self.ctl.cfg.instance.clone(),
             );
             let (e2, i2) = (env.clone(), id.clone());
-            let pos = self.ctl.db(move |s| s.queue_position(&e2, &i2)).await?;
+            let pos = self.db(move |s| s.queue_position(&e2, &i2)).await?;
             // The deployment in front: one that holds the environment, or held it and lost its
             // controller (a shared store): its takeover comes first, the queue waits for it.
             let (e3, i3) = (env.clone(), id.clone());
             let active = self
-                .ctl
                 .db(move |s| {
                     let list = s.list_deployments(
                         Some(&e3),
@@ -419,14 +520,14 @@ impl Runner {
                 .await?;
             match active {
                 Some(a) => holder = a,
-                None if pos <= 1 => {
-                    match self.ctl.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
-                        LockAttempt::Acquired { reclaimed_from } => {
-                            return Ok(Ok(reclaimed_from));
-                        }
-                        LockAttempt::Held { deployment_id, .. } => holder = deployment_id,
+                None if pos <= 1 => match self.db(move |s| s.try_lock_env(&env, &id, &me)).await? {
+                    LockAttempt::Acquired { reclaimed_from } => {
+                        self.holds_lock = true;
+                        self.lock_checked = Instant::now();
+                        return Ok(Ok(reclaimed_from));
                     }
-                }
+                    LockAttempt::Held { deployment_id, .. } => holder = deployment_id,
+                },
                 None => {}
             }
             if pos != last_pos {
@@ -1086,7 +1187,7 @@ impl Runner {
                 ..Default::default()
             };
             let i2 = inc.clone();
-            match self.ctl.db(move |s| s.insert_incident(&i2)).await {
+            match self.db(move |s| s.insert_incident(&i2)).await {
                 Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -1107,7 +1208,9 @@ impl Runner {
         .await?;
         self.save().await?;
         let (env, id) = (self.d.environment.clone(), self.d.id.clone());
-        self.ctl.db(move |s| s.unlock_env(&env, &id)).await?;
+        // Released from here on, even if the call below meets an outage.
+        self.holds_lock = false;
+        self.db(move |s| s.unlock_env(&env, &id)).await?;
         tracing::info!(deployment = %self.d.id, outcome = ?outcome, "deployment finished");
         Ok(())
     }

@@ -355,6 +355,61 @@ pub fn env_lock_taken_over_from_a_dead_holder(f: &mut dyn Fixture) {
     assert_eq!(s.try_lock_env("prod", "d1", "i2").unwrap(), acquired(None));
 }
 
+/// A holder that lost its lock's session while its controller lives (a PostgreSQL restart ends
+/// every session, and with them the advisory locks) keeps its environment: another deployment
+/// is refused while the lock row names an unfinished deployment whose owner's heartbeat is
+/// fresh, and the holder takes its lock again with nothing reclaimed. The lock passes on once
+/// the holding deployment finished, or its owner's heartbeat went stale.
+pub fn env_lock_kept_for_a_live_holder_that_lost_its_session(f: &mut dyn Fixture) {
+    use pb::DeploymentState::{Finished, Running};
+    let s = f.store();
+    s.insert_deployment(&deployment("d1", "prod", Running), "i1")
+        .unwrap();
+    s.insert_deployment(&deployment("e1", "staging", Running), "i1")
+        .unwrap();
+    s.heartbeat("i1").unwrap();
+    assert_eq!(s.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+    assert_eq!(
+        s.try_lock_env("staging", "e1", "i1").unwrap(),
+        acquired(None)
+    );
+    // Every session ends; i1 goes on beating.
+    f.reopen();
+    f.store().heartbeat("i1").unwrap();
+    // Another controller's deployment asks, again and again: refused every time.
+    for _ in 0..20 {
+        assert_eq!(
+            f.peer().try_lock_env("prod", "d2", "i2").unwrap(),
+            held("d1", "i1")
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // The holder takes it again, as its own.
+    assert_eq!(
+        lock_when_free(f.store(), "prod", "d1", "i1"),
+        acquired(None)
+    );
+    assert_eq!(
+        f.peer().try_lock_env("prod", "d2", "i2").unwrap(),
+        held("d1", "i1")
+    );
+    // A holder that finished without releasing its lock keeps nothing.
+    f.store()
+        .save_deployment(&deployment("e1", "staging", Finished))
+        .unwrap();
+    assert_eq!(
+        lock_when_free(f.peer(), "staging", "e2", "i2"),
+        acquired(Some("i1"))
+    );
+    // i1 dies (its sessions end, its heartbeat goes stale): d2 gets prod.
+    f.reopen();
+    f.backdate_heartbeat("i1", Duration::from_secs(60));
+    assert_eq!(
+        lock_when_free(f.peer(), "prod", "d2", "i2"),
+        acquired(Some("i1"))
+    );
+}
+
 /// Orphans: the unfinished deployments of other instances whose heartbeat is stale or missing,
 /// oldest first; an instance beating again owns its work again, and an adopted deployment is
 /// no orphan. Written through the store, read through its peer.
@@ -402,6 +457,51 @@ pub fn orphans_follow_heartbeats(f: &dyn Fixture) {
     assert_eq!(
         ids(&b.orphaned("me", Duration::ZERO).unwrap()),
         ["dead-1", "live-1", "dead-2"]
+    );
+}
+
+/// Giving a deployment up: its owner is cleared, so every controller (the one that gave it up
+/// too) finds it orphaned at once; its lock's row stays, so its adopter takes the lock over
+/// from the instance that gave it up. Giving up what another instance owns changes nothing.
+/// `owned` lists an instance's unfinished deployments, oldest first. `a` and `b` are two
+/// controllers' stores.
+pub fn given_up_deployments_are_orphans_at_once(f: &dyn Fixture) {
+    use pb::DeploymentState::{Finished, Queued, Running};
+    let (a, b) = (f.store(), f.peer());
+    a.insert_deployment(&deployment("d1", "prod", Running), "i1")
+        .unwrap();
+    a.insert_deployment(&deployment("d2", "prod", Queued), "i1")
+        .unwrap();
+    a.insert_deployment(&deployment("done", "prod", Finished), "i1")
+        .unwrap();
+    b.insert_deployment(&deployment("other", "staging", Running), "i2")
+        .unwrap();
+    a.heartbeat("i1").unwrap();
+    b.heartbeat("i2").unwrap();
+    let stale = Duration::from_secs(30);
+    assert_eq!(ids(&a.owned("i1").unwrap()), ["d1", "d2"]);
+    assert_eq!(ids(&b.owned("i2").unwrap()), ["other"]);
+    assert!(b.owned("nobody").unwrap().is_empty());
+    assert_eq!(a.try_lock_env("prod", "d1", "i1").unwrap(), acquired(None));
+    assert!(b.orphaned("i2", stale).unwrap().is_empty());
+    // Not its owner: nothing changes.
+    b.disown("d1", "i2").unwrap();
+    b.disown("ghost", "i2").unwrap();
+    assert!(b.orphaned("i2", stale).unwrap().is_empty());
+    assert_eq!(ids(&a.owned("i1").unwrap()), ["d1", "d2"]);
+    // Given up by its owner, whose heartbeat is fresh: an orphan for everyone.
+    a.disown("d1", "i1").unwrap();
+    assert_eq!(ids(&b.orphaned("i2", stale).unwrap()), ["d1"]);
+    assert_eq!(ids(&a.orphaned("i1", stale).unwrap()), ["d1"]);
+    assert_eq!(ids(&a.owned("i1").unwrap()), ["d2"]);
+    // Its adopter takes the lock over, told whom from.
+    assert_eq!(lock_when_free(b, "prod", "d1", "i2"), acquired(Some("i1")));
+    b.set_owner("d1", "i2").unwrap();
+    assert!(a.orphaned("i1", stale).unwrap().is_empty());
+    assert_eq!(ids(&b.owned("i2").unwrap()), ["d1", "other"]);
+    assert_eq!(
+        a.try_lock_env("prod", "d2", "i1").unwrap(),
+        held("d1", "i2")
     );
 }
 
@@ -669,8 +769,15 @@ pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
         "env_lock_taken_over_from_a_dead_holder",
         &env_lock_taken_over_from_a_dead_holder,
     );
+    run(
+        "env_lock_kept_for_a_live_holder_that_lost_its_session",
+        &env_lock_kept_for_a_live_holder_that_lost_its_session,
+    );
     run("orphans_follow_heartbeats", &|f| {
         orphans_follow_heartbeats(f)
+    });
+    run("given_up_deployments_are_orphans_at_once", &|f| {
+        given_up_deployments_are_orphans_at_once(f)
     });
     run("control_requests_reach_every_controller", &|f| {
         control_requests_reach_every_controller(f.store(), f.peer())

@@ -13,6 +13,11 @@
 //! controller that takes a deployment over delivers what another one received. The SQLite store
 //! does not: its one controller keeps artifacts in its `state_dir`, as the trait's defaults say.
 //!
+//! Who holds what: a deployment is owned by one controller instance (`set_owner`, `disown`);
+//! an owner is alive while its heartbeat is younger than [`OWNER_STALE`]. An environment lock
+//! whose record names an unfinished deployment of a live owner is that deployment's, even when
+//! the session holding it was lost (a PostgreSQL restart): only that deployment takes it again.
+//!
 //! [`conformance`] is the test suite both backends run: what every store must do.
 //!
 //! The trait is synchronous: the controller calls it from `spawn_blocking` (the PostgreSQL client
@@ -45,6 +50,12 @@ pub enum StoreError {
 
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A controller whose heartbeat is younger than this is alive: its unfinished deployments are
+/// its own (no other controller adopts them) and it keeps the environment locks its
+/// deployments hold, even when it lost the session holding one (see
+/// [`Store::try_lock_env`]). Heartbeats are sent every 2 s.
+pub const OWNER_STALE: Duration = Duration::from_secs(10);
 
 /// Decodes a stored protobuf record, naming what it is in the error.
 fn decode<M: prost::Message + Default>(bytes: &[u8], what: &str) -> StoreResult<M> {
@@ -186,9 +197,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn queue_position(&self, environment: &str, id: &str) -> StoreResult<u32>;
     /// Makes `instance` the owner of a deployment (when a controller adopts it).
     fn set_owner(&self, id: &str, instance: &str) -> StoreResult<()>;
+    /// Gives a deployment up (its runner could not reach the store for too long): when
+    /// `instance` owns it, it is left with no owner, so [`Store::orphaned`] returns it to every
+    /// controller at once; an environment lock this store holds for it is let go of, its row
+    /// kept (so whoever adopts the deployment takes the lock over). A no-op for a deployment
+    /// `instance` does not own.
+    fn disown(&self, id: &str, instance: &str) -> StoreResult<()>;
     /// Deployments not finished whose owner is not `instance` and whose owner's heartbeat is
-    /// older than `stale` (or who never sent one): the work of controllers that died.
+    /// older than `stale` (or who never sent one, or that have no owner): the work of
+    /// controllers that died or gave it up, oldest first.
     fn orphaned(&self, instance: &str, stale: Duration) -> StoreResult<Vec<pb::Deployment>>;
+    /// Deployments not finished that `instance` owns, oldest first: what a controller restarted
+    /// under the same instance name resumes.
+    fn owned(&self, instance: &str) -> StoreResult<Vec<pb::Deployment>>;
 
     /// Appends one event; `AlreadyExists` when (deployment, seq) is stored already.
     fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()>;
@@ -198,8 +219,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn last_seq(&self, id: &str) -> StoreResult<Option<u64>>;
 
     /// Tries once to take the environment's lock for `deployment_id`, run by `instance`.
-    /// Taking it again for the deployment that holds it returns `Acquired`. A lock whose holder
-    /// died is taken over and the dead instance returned in `reclaimed_from`.
+    /// Taking it again for the deployment that holds it returns `Acquired` (also when the
+    /// session that held it was lost: this is how a runner re-takes its lock after an outage).
+    /// A lock whose holder died is taken over and the dead instance returned in
+    /// `reclaimed_from`. While the lock's record names another deployment that is not finished
+    /// and whose owner's heartbeat is younger than [`OWNER_STALE`], the answer is `Held`,
+    /// whatever became of the session holding it.
     fn try_lock_env(
         &self,
         environment: &str,

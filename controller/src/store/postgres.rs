@@ -4,8 +4,14 @@
 //! environment's lock is a session advisory lock (`pg_try_advisory_lock`) taken on a
 //! connection of its own, kept for as long as the lock is held: when the controller holding it
 //! dies, its sessions end and the server releases the lock, so another controller can take
-//! over. The `env_locks` table only says who holds a lock (for `Held` answers and for the
-//! `reclaimed_from` of a take-over); the advisory lock is the truth.
+//! over. The `env_locks` table says who holds a lock (for `Held` answers and for the
+//! `reclaimed_from` of a take-over). The advisory lock is the truth, but for one case: a
+//! PostgreSQL restart ends every session, the holder's too, while its controller lives; so a
+//! free advisory lock whose row names an unfinished deployment of a controller with a fresh
+//! heartbeat ([`OWNER_STALE`]) is given back only to that deployment.
+//!
+//! The store's sessions (`postgres::Client`s) each own a small runtime: drop the store outside
+//! any tokio runtime (the controller's `main` does, after shutting its runtime down).
 //!
 //! The schema is migrated at open with Rampart's own Flyway-compatible migrator (history in
 //! `rampart_controller.flyway_schema_history`), from the scripts in `pg_migrations/` embedded in
@@ -37,8 +43,8 @@ use rampart_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ARTIFACT_CHUNK, ArtifactRow, ControlKind, ControlRequest, LockAttempt, Store, StoreError,
-    StoreResult, decode, event_seq, millis, stored_seq,
+    ARTIFACT_CHUNK, ArtifactRow, ControlKind, ControlRequest, LockAttempt, OWNER_STALE, Store,
+    StoreError, StoreResult, decode, event_seq, millis, stored_seq,
 };
 
 /// The schema holding the store's tables and its migration history.
@@ -546,6 +552,32 @@ impl Store for PostgresStore {
         )
     }
 
+    fn disown(&self, id: &str, instance: &str) -> StoreResult<()> {
+        // The lock's session first: whether or not the row below is written, this controller
+        // no longer keeps the environment from the deployment's adopter.
+        lock(&self.locks).retain(|_, (holder, _)| holder != id);
+        self.run(|c| {
+            c.execute(
+                &format!("UPDATE {SCHEMA}.deployments SET owner = '' WHERE id = $1 AND owner = $2"),
+                &[&id, &instance],
+            )
+        })
+        .map(drop)
+        .map_err(failed(&format!("giving deployment {id} up")))
+    }
+
+    fn owned(&self, instance: &str) -> StoreResult<Vec<pb::Deployment>> {
+        let finished = pb::DeploymentState::Finished as i32;
+        self.records(
+            &format!(
+                "SELECT id, record FROM {SCHEMA}.deployments WHERE state <> $1 AND owner = $2
+                 ORDER BY ord"
+            ),
+            &[&finished, &instance],
+            &format!("listing the unfinished deployments of {instance}"),
+        )
+    }
+
     fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
         let seq = event_seq(ev, "postgresql")?;
         self.insert(
@@ -644,9 +676,15 @@ impl Store for PostgresStore {
             drop(session);
             return self.held(environment);
         }
+        // The row, and whether it names an unfinished deployment of a live controller.
         let select = format!(
-            "SELECT deployment_id, instance FROM {SCHEMA}.env_locks WHERE environment = $1
-             FOR UPDATE"
+            "SELECT l.deployment_id, l.instance,
+                    COALESCE(d.state <> $2 AND i.heartbeat_ms >= {NOW_MS} - $3, false)
+             FROM {SCHEMA}.env_locks l
+             LEFT JOIN {SCHEMA}.deployments d ON d.id = l.deployment_id
+             LEFT JOIN {SCHEMA}.instances i ON i.instance = d.owner
+             WHERE l.environment = $1
+             FOR UPDATE OF l"
         );
         let upsert = format!(
             "INSERT INTO {SCHEMA}.env_locks (environment, deployment_id, instance, since_ms)
@@ -654,18 +692,42 @@ impl Store for PostgresStore {
              ON CONFLICT (environment) DO UPDATE SET deployment_id = EXCLUDED.deployment_id,
                  instance = EXCLUDED.instance, since_ms = EXCLUDED.since_ms"
         );
+        let finished = pb::DeploymentState::Finished as i32;
+        let stale_ms = millis(OWNER_STALE);
         // On failure `session` is dropped, which ends it and releases the advisory lock.
-        let previous: Option<(String, String)> = self
+        let taken: Result<Option<(String, String)>, (String, String)> = self
             .run(|c| {
                 let mut tx = c.transaction()?;
                 let previous = tx
-                    .query_opt(&select, &[&environment])?
-                    .map(|r| (r.get(0), r.get(1)));
-                tx.execute(&upsert, &[&environment, &deployment_id, &instance])?;
-                tx.commit()?;
-                Ok(previous)
+                    .query_opt(&select, &[&environment, &finished, &stale_ms])?
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get(2)));
+                match previous {
+                    // The advisory lock was free only because the holder lost its session
+                    // (a restart of the server ends them all); its controller lives and
+                    // takes it again.
+                    Some((dep, old, true)) if dep != deployment_id => {
+                        tx.rollback()?;
+                        Ok(Err((dep, old)))
+                    }
+                    previous => {
+                        tx.execute(&upsert, &[&environment, &deployment_id, &instance])?;
+                        tx.commit()?;
+                        Ok(Ok(previous.map(|(dep, old, _)| (dep, old))))
+                    }
+                }
             })
             .map_err(failed(&what))?;
+        let previous = match taken {
+            Ok(previous) => previous,
+            Err((deployment_id, instance)) => {
+                // Ending the session releases the advisory lock for its holder.
+                drop(session);
+                return Ok(LockAttempt::Held {
+                    deployment_id,
+                    instance,
+                });
+            }
+        };
         // The advisory lock was free, so a row naming someone else is left by a holder that
         // died (its session, and the lock, went with it) or released without cleaning up.
         let reclaimed_from = match previous {

@@ -4,7 +4,9 @@
 //! timeout, foreign keys on). A controller takes an exclusive `flock` on `<file>.lock` for as
 //! long as the store lives, so a second controller on the same file is refused at start instead
 //! of corrupting the queue; that is also why an environment lock row naming another instance can
-//! only be left over from a controller that died, and is taken over.
+//! only be left over from a controller that died, and is taken over (by another deployment only
+//! once the one it names is finished or its owner's heartbeat is stale: a controller restarted
+//! under a new name adopts it first).
 //!
 //! Artifacts are not held here (the [`Store`] trait's defaults: `holds_artifacts` is false): the
 //! one controller of the file keeps them in its `state_dir` ([`crate::artifact_store`]).
@@ -25,8 +27,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    ControlKind, ControlRequest, LockAttempt, Store, StoreError, StoreResult, decode, event_seq,
-    millis, stored_seq,
+    ControlKind, ControlRequest, LockAttempt, OWNER_STALE, Store, StoreError, StoreResult, decode,
+    event_seq, millis, stored_seq,
 };
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
@@ -281,6 +283,21 @@ fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     tx.commit().map_err(failed("committing the schema"))
 }
 
+/// Whether deployment `id` is unfinished and owned by a controller whose heartbeat is younger
+/// than [`OWNER_STALE`].
+fn holder_is_live(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM deployments d JOIN instances i ON i.instance = d.owner
+             WHERE d.id = ?1 AND d.state <> ?2 AND i.heartbeat_ms >= ?3)",
+        params![
+            id,
+            pb::DeploymentState::Finished as i32,
+            now_ms().saturating_sub(millis(OWNER_STALE))
+        ],
+        |r| r.get(0),
+    )
+}
+
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
@@ -392,6 +409,28 @@ impl Store for SqliteStore {
         )
     }
 
+    fn disown(&self, id: &str, instance: &str) -> StoreResult<()> {
+        // The lock row stays; nothing else is held (this file has one controller).
+        self.conn()
+            .execute(
+                "UPDATE deployments SET owner = '' WHERE id = ?1 AND owner = ?2",
+                params![id, instance],
+            )
+            .map(drop)
+            .map_err(failed(&format!("giving deployment {id} up")))
+    }
+
+    fn owned(&self, instance: &str) -> StoreResult<Vec<pb::Deployment>> {
+        self.records(
+            "SELECT id, record FROM deployments WHERE state <> ?1 AND owner = ?2 ORDER BY ord",
+            &[
+                Value::Integer(i64::from(pb::DeploymentState::Finished as i32)),
+                Value::Text(instance.to_owned()),
+            ],
+            &format!("listing the unfinished deployments of {instance}"),
+        )
+    }
+
     fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
         let seq = event_seq(ev, "sqlite")?;
         match self.conn().execute(
@@ -492,6 +531,15 @@ impl Store for SqliteStore {
                     LockAttempt::Acquired {
                         reclaimed_from: Some(old),
                     }
+                }
+            }
+            // The holder is an unfinished deployment of a live controller (this one, restarted
+            // under another name within OWNER_STALE, has not adopted it yet): it is that
+            // deployment's to take again.
+            Some((holder, old)) if holder_is_live(&tx, &holder).map_err(failed(&what))? => {
+                LockAttempt::Held {
+                    deployment_id: holder,
+                    instance: old,
                 }
             }
             // The flock makes this the only live controller on the file: a row of another
