@@ -26,6 +26,7 @@ mod controller_store;
 mod crash;
 mod crash_deploy;
 mod deploy_database;
+mod fleet_faults;
 mod fleet_rollback;
 mod forensics;
 mod grpc_contract;

@@ -1,0 +1,192 @@
+//! Faults injected into a fleet (a real controller, real agents, the sample app) at the moments
+//! the chaos run of issue 14 found wedges, each ending with the fleet on one version and nothing
+//! held: an agent SIGKILLed during its fleet-rescue rollback (its journal recovery must not put
+//! the failed release back, and the controller retries the rollback until the host runs its
+//! captured version), and an agent frozen with SIGSTOP before its transaction (declared
+//! unreachable after `unreachable_after`, not after the freeze).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rampart_tests::fleet::{Fleet, break_v2_on, finished};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// The in-flight journals of a host (`journal/*.jsonl`), by file name.
+fn in_flight(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("journal"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Nothing left held on any host: no journal in flight, no deploy lock.
+fn assert_nothing_held(fleet: &Fleet) {
+    for h in &fleet.hosts {
+        let state = &h.scenario.state;
+        assert!(
+            in_flight(state).is_empty(),
+            "{}: journals left in flight: {:?}",
+            h.name,
+            in_flight(state)
+        );
+        assert!(
+            !state.join("locks/deploy.json").exists(),
+            "{}: the deploy lock is still held",
+            h.name
+        );
+    }
+}
+
+/// Whether the in-flight fleet-rescue journal in `state` has started a task of its block that
+/// comes after the services stopped (the release switch, the start, the health check): an
+/// interruption from there on leaves the host between the failed release and its target.
+fn rescue_past_the_stop(state: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(state.join("journal")) else {
+        return false;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.contains(".rescue") {
+            continue;
+        }
+        // A torn last line is possible while the agent writes: skip what does not parse.
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let past = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|r| {
+                r["type"] == "task_start"
+                    && r["section"] == "block"
+                    && r["name"].as_str().is_some_and(|n| {
+                        n.starts_with("switch ") || n.starts_with("start ") || n.starts_with("verify ")
+                    })
+            });
+        if past {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn an_agent_killed_during_its_fleet_rescue_rollback_ends_on_the_captured_version() {
+    let other = rampart_tests::deploy::free_port();
+    let mut fleet = Fleet::start(3, "max_fail_percentage = 0\n", |i, vars| {
+        if i == 1 {
+            break_v2_on(vars, other);
+        }
+    });
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+
+    // 2.0.0 fails its health checks on h2: the fleet rescue rolls h1 and h3 back. h1's agent
+    // dies once its rollback has stopped the app and started switching it to 1.0.0.
+    let mut live = fleet.spawn_deploy("2.0.0", &[]);
+    live.wait_for("fleet rescue started", LONG, |v| {
+        v["type"] == "fleet_rescue_started"
+    });
+    let state = fleet.hosts[0].scenario.state.clone();
+    let until = Instant::now() + Duration::from_secs(120);
+    while !rescue_past_the_stop(&state) {
+        assert!(
+            Instant::now() < until,
+            "h1's fleet-rescue rollback never got past the stop; journals {:?}",
+            in_flight(&state)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fleet.kill_agent(0);
+    // Back a moment later, as systemd would restart it: its recovery finishes the journal first.
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.restart_agent(0);
+
+    let (code, lines) = live.finish(LONG);
+    let fin = finished(&lines);
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    assert_eq!(code, 1, "{fin:#}");
+    assert_eq!(fin["environment_version"], "1.0.0", "{fin:#}");
+    for h in fin["hosts"].as_array().unwrap() {
+        assert_eq!(h["state"], "rolled_back", "{fin:#}");
+    }
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 3]);
+    for h in &fleet.hosts {
+        assert_eq!(h.scenario.current().as_deref(), Some("1.0.0"), "{}", h.name);
+    }
+    assert_nothing_held(&fleet);
+
+    // Nothing is held: the next deploy runs on every host.
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0 again: {}\n{}", r.stdout, r.stderr);
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 3]);
+    assert_nothing_held(&fleet);
+}
+
+/// SIGCONTs a stopped agent when dropped, so a failing assertion never leaves it frozen.
+struct Thaw(Pid);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn an_agent_frozen_before_its_transaction_is_unreachable_after_unreachable_after() {
+    const FREEZE: Duration = Duration::from_secs(15);
+    let mut fleet = Fleet::start(3, "serial = 1\nmax_fail_percentage = 0\n", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    // A controller that has no connection to h3 yet (restarted), with a short bound.
+    fleet.edit_config(
+        "unreachable_after_seconds = 4",
+        "unreachable_after_seconds = 3",
+    );
+    fleet.kill_controller();
+    fleet.restart_controller();
+
+    // Waves of one host: h3 (wave 3) freezes while h2 deploys, before the controller reaches it.
+    let mut live = fleet.spawn_deploy("2.0.0", &[]);
+    live.wait_for("h2 running", LONG, |v| {
+        v["type"] == "host_event" && v["host"] == "h2"
+    });
+    let pid = Pid::from_raw(fleet.hosts[2].agent.as_ref().unwrap().pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let frozen = Instant::now();
+    let thaw = Thaw(pid);
+    live.wait_for("wave 3 started", LONG, |v| {
+        v["type"] == "wave_started" && v["index"] == 2
+    });
+    let reached = Instant::now();
+    // unreachable_after is 3 s: declared well within 10 s of the controller reaching h3, and
+    // long before the 15 s freeze ends (the agent is still stopped while this waits).
+    let un = live.wait_for("h3 declared unreachable", Duration::from_secs(10), |v| {
+        v["type"] == "host_finished" && v["host"] == "h3"
+    });
+    let declared = reached.elapsed();
+    assert_eq!(un["state"], "unreachable", "{un:#}");
+    eprintln!(
+        "h3 declared unreachable {declared:?} after the controller reached it, {:?} into its freeze",
+        frozen.elapsed()
+    );
+    // The freeze lasts its 15 s, then the agent runs on.
+    std::thread::sleep(FREEZE.saturating_sub(frozen.elapsed()));
+    drop(thaw);
+
+    let (code, lines) = live.finish(LONG);
+    let fin = finished(&lines);
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    assert_eq!(code, 1, "{fin:#}");
+    assert_eq!(fin["environment_version"], "1.0.0", "{fin:#}");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 3]);
+    assert_nothing_held(&fleet);
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0 again: {}\n{}", r.stdout, r.stderr);
+    assert_nothing_held(&fleet);
+}
