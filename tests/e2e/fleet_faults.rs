@@ -65,7 +65,9 @@ fn rescue_past_the_stop(state: &Path) -> bool {
                 r["type"] == "task_start"
                     && r["section"] == "block"
                     && r["name"].as_str().is_some_and(|n| {
-                        n.starts_with("switch ") || n.starts_with("start ") || n.starts_with("verify ")
+                        n.starts_with("switch ")
+                            || n.starts_with("start ")
+                            || n.starts_with("verify ")
                     })
             });
         if past {
@@ -120,6 +122,56 @@ fn an_agent_killed_during_its_fleet_rescue_rollback_ends_on_the_captured_version
         assert_eq!(h.scenario.current().as_deref(), Some("1.0.0"), "{}", h.name);
     }
     assert_nothing_held(&fleet);
+
+    // Each attempt is recorded: the first ended without its captured version (cut short), the
+    // re-check of the second found h1 back on 1.0.0 and ran nothing more.
+    let id = fin["deployment_id"].as_str().unwrap();
+    let attempts: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "host_finished" && v["host"] == "h1" && v["fleet_rescue"] == true)
+        .collect();
+    for a in &attempts {
+        eprintln!(
+            "h1 fleet rescue: {} {} {}",
+            a["state"], a["txid"], a["message"]
+        );
+    }
+    let msg = |a: &Value| a["message"].as_str().unwrap_or("").to_string();
+    assert!(attempts.len() >= 2, "{attempts:#?}");
+    assert!(
+        msg(attempts[0]).starts_with("fleet-rescue attempt 1 of 3"),
+        "{attempts:#?}"
+    );
+    let last = attempts.last().unwrap();
+    assert_eq!(last["state"], "rolled_back", "{attempts:#?}");
+    assert!(msg(last).contains("re-checked"), "{attempts:#?}");
+    // The journal recovery's rescue put 1.0.0 back, never the failed 2.0.0 being left.
+    let rescue = format!("{id}.h1.rescue");
+    let (_, records) = rampart_tests::read_journals(&state)
+        .into_iter()
+        .find(|(p, _)| p.file_stem().is_some_and(|s| s.to_string_lossy() == rescue))
+        .unwrap_or_else(|| panic!("no journal {rescue} on h1"));
+    assert!(
+        records.iter().any(|r| r["type"] == "recovery"),
+        "{rescue} was not recovered"
+    );
+    let rescued: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "task_start")
+        .filter_map(|r| r["name"].as_str())
+        .skip_while(|n| !n.contains("going back"))
+        .collect();
+    assert!(
+        rescued.contains(&"verify 1.0.0 is healthy (health suite)"),
+        "{rescued:#?}"
+    );
+    assert!(!rescued.iter().any(|n| n.contains("2.0.0")), "{rescued:#?}");
+    assert!(
+        !rampart_tests::read_journals(&state).iter().any(|(p, _)| p
+            .file_stem()
+            .is_some_and(|s| s.to_string_lossy().starts_with(&format!("{rescue}.")))),
+        "a second rollback ran on h1 although it was back on 1.0.0"
+    );
 
     // Nothing is held: the next deploy runs on every host.
     let r = fleet.deploy("1.0.0", &[]);

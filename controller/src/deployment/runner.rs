@@ -16,7 +16,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::host_job::{Job, Msg, captured_versions, first_version, run_job};
+use super::host_job::{
+    Job, Msg, RESCUE_ATTEMPTS, captured_versions, first_version, rescue_attempt_of, rescue_txid,
+    run_job,
+};
 use super::state::{
     HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
 };
@@ -738,6 +741,8 @@ impl Runner {
             unreachable_after: self.env.unreachable_after,
             rescue_wait: self.env.rescue_wait,
             deadline: self.env.host_deadline,
+            attempt: 0,
+            previous: None,
         }
     }
 
@@ -762,7 +767,33 @@ impl Runner {
             "rollback_reason".into(),
             json!(format!("fleet rescue of {}: {reason}", self.d.id)),
         );
-        let txid = host_txid(&self.d.id, &h.host, true);
+        // Which attempt: the record names the last one started, the stored events every one an
+        // agent answered for (a controller that takes over reads both), so no txid runs twice.
+        let (id, host) = (&self.d.id, &h.host);
+        let attempt_of = |t: &str| rescue_attempt_of(id, host, t);
+        let made = self
+            .host_seq
+            .keys()
+            .filter_map(|t| attempt_of(t))
+            .chain(attempt_of(&h.rescue_txid))
+            .max()
+            .unwrap_or(0);
+        let (txid, attempt, previous) = match (h.state(), attempt_of(&h.rescue_txid)) {
+            // Started before a takeover: follow that attempt.
+            (HS::Running, Some(n)) => (h.rescue_txid.clone(), n, None),
+            _ if made == 0 => (rescue_txid(id, host, 1), 1, None),
+            // Ended without its captured version: the next attempt, after a re-check of the
+            // last one.
+            _ => {
+                let last = rescue_txid(id, host, made);
+                let from = self.host_seq.get(&last).copied().unwrap_or(0);
+                (
+                    rescue_txid(id, host, made + 1),
+                    made + 1,
+                    Some((last, from)),
+                )
+            }
+        };
         let deploy_txid = host_txid(&self.d.id, &h.host, false);
         Job {
             idx,
@@ -785,6 +816,8 @@ impl Runner {
             unreachable_after: self.env.unreachable_after,
             rescue_wait: self.env.rescue_wait,
             deadline: self.env.host_deadline,
+            attempt,
+            previous,
         }
     }
 
@@ -874,7 +907,9 @@ impl Runner {
                         h.message = if done.state == HostState::Succeeded
                             || (rescue && done.state == HostState::RolledBack)
                         {
-                            if rescue {
+                            if rescue && !done.message.is_empty() {
+                                done.message.clone()
+                            } else if rescue {
                                 "rolled back by the fleet rescue".into()
                             } else {
                                 String::new()
@@ -987,7 +1022,36 @@ impl Runner {
             }
             jobs.push(self.rescue_job(i, &reason));
         }
+        let ran: BTreeSet<usize> = jobs.iter().map(|j| j.idx).collect();
+        let awaited: BTreeSet<usize> = jobs
+            .iter()
+            .filter(|j| j.await_txid.is_some())
+            .map(|j| j.idx)
+            .collect();
         self.drive(jobs).await?;
+        // A rollback that failed, was cut short (its agent killed or stopped) or ended on
+        // another version is retried, bounded: each retry re-checks the host first. Not a host
+        // awaited for the whole `rescue_wait` that never answered (no rollback started there).
+        for _ in 1..RESCUE_ATTEMPTS {
+            let again: Vec<Job> = (0..self.d.hosts.len())
+                .filter(|&i| {
+                    let h = &self.d.hosts[i];
+                    let started = !h.rescue_txid.is_empty();
+                    h.state() == HS::RollbackFailed
+                        && !h.from_version.is_empty()
+                        && (started || (ran.contains(&i) && !awaited.contains(&i)))
+                })
+                .map(|i| self.rescue_job(i, &reason))
+                .filter(|j| j.attempt <= RESCUE_ATTEMPTS)
+                .collect();
+            if again.is_empty() {
+                break;
+            }
+            for j in &again {
+                tracing::warn!(deployment = %self.d.id, host = %j.host, attempt = j.attempt, txid = %j.txid, "retrying the fleet-rescue rollback");
+            }
+            self.drive(again).await?;
+        }
         let bad: Vec<String> = self
             .d
             .hosts
