@@ -3,7 +3,9 @@
 //! held: an agent SIGKILLed during its fleet-rescue rollback (its journal recovery must not put
 //! the failed release back, and the controller retries the rollback until the host runs its
 //! captured version), and an agent frozen with SIGSTOP before its transaction (declared
-//! unreachable after `unreachable_after`, not after the freeze).
+//! unreachable after `unreachable_after`, not after the freeze). And the rule the first relies
+//! on, on one host: the rollback playbook's own rescue never puts back the failed release the
+//! fleet rescue is leaving (`left_version`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -178,6 +180,49 @@ fn an_agent_killed_during_its_fleet_rescue_rollback_ends_on_the_captured_version
     assert_eq!(r.code, 0, "deploy 1.0.0 again: {}\n{}", r.stdout, r.stderr);
     assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 3]);
     assert_nothing_held(&fleet);
+}
+
+#[test]
+fn the_rollback_rescue_never_puts_the_failed_left_version_back() {
+    use rampart_tests::deploy::{Scenario, rollback_playbook};
+    let sc = Scenario::new();
+    for v in ["1.0.0", "2.0.0"] {
+        let run = sc.deploy(v, &[]);
+        assert_eq!(run.code, 0, "deploy {v}\n{}\n{}", run.stdout, run.stderr);
+    }
+    // Stage the broken 3.0.0 (it starts but reports DOWN) without activating it.
+    let stage = format!(
+        "- hosts: all\n  tasks:\n    - release:\n        component: app\n        version: 3.0.0\n        artifact: {}\n        sha256: {}\n        state: staged\n",
+        sc.dist.join("sample-app-3.0.0.tar.gz").display(),
+        rampart_tests::deploy::sha256_of(&sc.dist, "3.0.0"),
+    );
+    let pb = rampart_tests::write_file(sc.path(), "stage.yml", &stage);
+    let run = sc.run(Path::new(&pb), &Value::Object(Default::default()), &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+
+    // A fleet rescue leaving the failed 2.0.0 for 3.0.0, which fails here too: the rescue does
+    // not put 2.0.0 back (a user rollback would, `rollback_playbook::` shows it); it tries
+    // 3.0.0 again, leaves the app stopped on it, and fails so the controller retries.
+    let mut vars = sc.vars("2.0.0");
+    vars["rollback_version"] = Value::from("3.0.0");
+    vars["left_version"] = Value::from("2.0.0");
+    vars["health_retries"] = Value::from(1);
+    let run = sc.run(&rollback_playbook(), &vars, &[]);
+    assert_eq!(run.code, 4, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.summary()["outcome"],
+        "rollback_failed",
+        "{}",
+        run.stdout
+    );
+    assert_eq!(sc.current().as_deref(), Some("3.0.0"));
+    assert_eq!(sc.serving(), None, "the app still serves");
+    assert!(
+        run.stdout.contains("the failed 2.0.0 is not put back"),
+        "{}",
+        run.stdout
+    );
+    assert!(!sc.state.join("locks/deploy.json").exists());
 }
 
 /// SIGCONTs a stopped agent when dropped, so a failing assertion never leaves it frozen.
