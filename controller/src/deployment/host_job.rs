@@ -53,6 +53,42 @@ pub(super) fn rescue_attempt_of(deployment: &str, host: &str, txid: &str) -> Opt
     (1..=RESCUE_ATTEMPTS + 1).find(|&n| rescue_txid(deployment, host, n) == txid)
 }
 
+/// The txid, number and previous attempt (its txid and the agent seq to follow it from) of the
+/// fleet-rescue rollback to run on `host` now. `running`: the host's rescue runs (a takeover
+/// re-attaches to `last_started`, the record's `rescue_txid`); `seen`: the next agent seq of
+/// every txid in the stored events. The record names the last attempt started, the events every
+/// one an agent answered for; a controller that takes over reads both, so no txid runs twice.
+pub(super) fn next_rescue_attempt(
+    deployment: &str,
+    host: &str,
+    running: bool,
+    last_started: &str,
+    seen: &std::collections::HashMap<String, u64>,
+) -> (String, u32, Option<(String, u64)>) {
+    let attempt_of = |t: &str| rescue_attempt_of(deployment, host, t);
+    let made = seen
+        .keys()
+        .filter_map(|t| attempt_of(t))
+        .chain(attempt_of(last_started))
+        .max()
+        .unwrap_or(0);
+    match attempt_of(last_started) {
+        Some(n) if running => (last_started.to_string(), n, None),
+        _ if made == 0 => (rescue_txid(deployment, host, 1), 1, None),
+        // The last attempt ended without its captured versions: the next one, after a re-check.
+        _ => {
+            let last = rescue_txid(deployment, host, made);
+            let from = seen.get(&last).copied().unwrap_or(0);
+            let next = made + 1;
+            (
+                rescue_txid(deployment, host, next),
+                next,
+                Some((last, from)),
+            )
+        }
+    }
+}
+
 /// How a host's job ended.
 #[derive(Debug, Clone)]
 pub(super) struct HostDone {
@@ -707,6 +743,50 @@ mod tests {
         assert!(t2.len() <= 64, "{t2}");
         assert_ne!(t2, rescue_txid(&long, "h1", 3));
         assert_eq!(rescue_attempt_of(&long, "h1", &t2), Some(2));
+    }
+
+    #[test]
+    fn the_next_rescue_attempt_comes_from_the_record_and_the_stored_events() {
+        use std::collections::HashMap;
+        let d = "d-20261202T063900Z-0123abcd";
+        let t = |n| rescue_txid(d, "h1", n);
+        let none = HashMap::new();
+        // The first.
+        assert_eq!(
+            next_rescue_attempt(d, "h1", false, "", &none),
+            (t(1), 1, None)
+        );
+        // Running at a takeover: re-attach, never a new txid.
+        let seen = HashMap::from([(t(1), 7)]);
+        assert_eq!(
+            next_rescue_attempt(d, "h1", true, &t(1), &seen),
+            (t(1), 1, None)
+        );
+        // Ended: the next one, re-checking the last from the seq already stored.
+        assert_eq!(
+            next_rescue_attempt(d, "h1", false, &t(1), &seen),
+            (t(2), 2, Some((t(1), 7)))
+        );
+        // A takeover whose record missed attempt 2 (stored events name it): 3, never 2 again.
+        let seen = HashMap::from([(t(1), 7), (t(2), 3), (host_txid(d, "h2", true), 9)]);
+        assert_eq!(
+            next_rescue_attempt(d, "h1", false, &t(1), &seen),
+            (t(3), 3, Some((t(2), 3)))
+        );
+        // The record names an attempt no agent answered for yet.
+        assert_eq!(
+            next_rescue_attempt(d, "h1", false, &t(2), &none),
+            (t(3), 3, Some((t(2), 0)))
+        );
+        // Other hosts' and the deploy's txids do not count.
+        let seen = HashMap::from([
+            (host_txid(d, "h1", false), 5),
+            (t(1).replace("h1", "h2"), 2),
+        ]);
+        assert_eq!(
+            next_rescue_attempt(d, "h1", false, "", &seen),
+            (t(1), 1, None)
+        );
     }
 
     #[test]

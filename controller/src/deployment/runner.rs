@@ -17,8 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::host_job::{
-    Job, Msg, RESCUE_ATTEMPTS, captured_versions, first_version, rescue_attempt_of, rescue_txid,
-    run_job,
+    Job, Msg, RESCUE_ATTEMPTS, captured_versions, first_version, next_rescue_attempt, run_job,
 };
 use super::state::{
     HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
@@ -767,33 +766,13 @@ impl Runner {
             "rollback_reason".into(),
             json!(format!("fleet rescue of {}: {reason}", self.d.id)),
         );
-        // Which attempt: the record names the last one started, the stored events every one an
-        // agent answered for (a controller that takes over reads both), so no txid runs twice.
-        let (id, host) = (&self.d.id, &h.host);
-        let attempt_of = |t: &str| rescue_attempt_of(id, host, t);
-        let made = self
-            .host_seq
-            .keys()
-            .filter_map(|t| attempt_of(t))
-            .chain(attempt_of(&h.rescue_txid))
-            .max()
-            .unwrap_or(0);
-        let (txid, attempt, previous) = match (h.state(), attempt_of(&h.rescue_txid)) {
-            // Started before a takeover: follow that attempt.
-            (HS::Running, Some(n)) => (h.rescue_txid.clone(), n, None),
-            _ if made == 0 => (rescue_txid(id, host, 1), 1, None),
-            // Ended without its captured version: the next attempt, after a re-check of the
-            // last one.
-            _ => {
-                let last = rescue_txid(id, host, made);
-                let from = self.host_seq.get(&last).copied().unwrap_or(0);
-                (
-                    rescue_txid(id, host, made + 1),
-                    made + 1,
-                    Some((last, from)),
-                )
-            }
-        };
+        let (txid, attempt, previous) = next_rescue_attempt(
+            &self.d.id,
+            &h.host,
+            h.state() == HS::Running,
+            &h.rescue_txid,
+            &self.host_seq,
+        );
         let deploy_txid = host_txid(&self.d.id, &h.host, false);
         Job {
             idx,
