@@ -9,6 +9,13 @@
 //! A broken stream is retried for the environment's `unreachable_after`; past that the host is
 //! `unreachable`. Its agent's journal still finishes the transaction when the agent comes back,
 //! and the fleet rescue re-attaches to learn how it ended.
+//!
+//! A stopped agent (SIGSTOP, a hung host) is not a broken stream: its kernel still accepts
+//! connections and buffers requests, and nothing answers. So every call before and while a
+//! transaction starts — the connection with its TLS handshake, `Run`'s and `Watch`'s first
+//! answer, and (in the host job) the state capture and artifact check — is bounded by
+//! `unreachable_after` ([`answered`]); past it the host is `unreachable` on time, not when the
+//! freeze ends. A stream already flowing is left to the HTTP/2 keepalive (~10 s).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,29 +114,29 @@ impl Agents {
             .retain(|(_, a), _| a != addr);
     }
 
-    /// A client, retried (1 s apart) until `within` has passed; an agent that is not `host` is
-    /// not retried.
+    /// A client, retried (1 s apart) until `within` has passed, each try (TLS handshake
+    /// included) bounded by what is left of `within`; an agent that is not `host` is not
+    /// retried.
     pub async fn client_within(
         &self,
         host: &str,
         addr: &str,
         within: Duration,
     ) -> Result<Client, String> {
+        let deadline = Instant::now() + within;
         let attempt = || async {
-            match self.connect(host, addr).await {
-                Ok(c) => Attempt::Done(c),
-                Err(e) if e.lasting => Attempt::Stop(e.message),
-                Err(e) => Attempt::<_, String>::Again(e.message),
+            // A stopped agent still accepts TCP connections (its listening socket stays), but
+            // never completes the TLS handshake: only this bound notices it.
+            match tokio::time::timeout_at(deadline.into(), self.connect(host, addr)).await {
+                Ok(Ok(c)) => Attempt::Done(c),
+                Ok(Err(e)) if e.lasting => Attempt::Stop(e.message),
+                Ok(Err(e)) => Attempt::<_, String>::Again(e.message),
+                Err(_) => Attempt::Again(format!(
+                    "the agent at {addr} accepted a connection but did not complete the handshake within {within:?} (stopped, or overloaded)"
+                )),
             }
         };
-        match retry::until(
-            Instant::now() + within,
-            Duration::from_secs(1),
-            true,
-            attempt,
-        )
-        .await
-        {
+        match retry::until(deadline, Duration::from_secs(1), true, attempt).await {
             Ok(c) => Ok(c),
             Err(GaveUp::Stopped(last) | GaveUp::TimedOut(last)) => Err(last),
         }
@@ -316,13 +323,21 @@ pub async fn follow(
             }
         };
         let stream = match run_req.take() {
-            Some(req) => match client.run(req.clone()).await {
-                Ok(s) => Ok(s.into_inner()),
-                Err(s) if s.code() == Code::AlreadyExists => {
-                    // Started before (by this deployment): follow it instead of running it twice.
-                    watch(&mut client, txid, next_seq).await
+            Some(req) => match answered(unreachable_after, client.run(req.clone())).await {
+                // No answer at all: the agent is stopped (SIGSTOP, a hung host) with its sockets
+                // open. Whether it took the transaction is unknown; the fleet rescue awaits it.
+                None => {
+                    agents.forget(addr);
+                    return TxEnd::Unreachable(format!(
+                        "the agent at {addr} did not answer Run of transaction {txid} within {unreachable_after:?}; if it took the transaction, its journal finishes it when it runs again"
+                    ));
                 }
-                Err(s) if is_transport(&s) => {
+                Some(Ok(s)) => Ok(s.into_inner()),
+                Some(Err(s)) if s.code() == Code::AlreadyExists => {
+                    // Started before (by this deployment): follow it instead of running it twice.
+                    watch_within(&mut client, txid, next_seq, unreachable_after).await
+                }
+                Some(Err(s)) if is_transport(&s) => {
                     // The agent may or may not have journaled it: `Watch` tells.
                     lost(
                         agents,
@@ -336,9 +351,9 @@ pub async fn follow(
                     )
                     .await
                 }
-                Err(s) => return TxEnd::Refused(s.message().to_string()),
+                Some(Err(s)) => return TxEnd::Refused(s.message().to_string()),
             },
-            None => watch(&mut client, txid, next_seq).await,
+            None => watch_within(&mut client, txid, next_seq, unreachable_after).await,
         };
         let mut stream = match stream {
             Ok(s) => s,
@@ -401,18 +416,35 @@ pub async fn follow(
     TxEnd::Unreachable(format!("gave up following {txid} on {addr}"))
 }
 
-async fn watch(
+/// `call`'s result, or `None` when the agent has not answered within `within`. A stopped agent
+/// (SIGSTOP, a hung host) keeps its sockets open, so a call to it hangs until the HTTP/2
+/// keepalive gives up (~10 s) or forever (a handshake): every call before and while a
+/// transaction starts goes through this bound.
+pub async fn answered<T>(
+    within: Duration,
+    call: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::time::timeout(within, call).await.ok()
+}
+
+/// `Watch` of `txid` from `from_seq`; an agent that does not answer within `within` is reported
+/// as unavailable.
+async fn watch_within(
     client: &mut Client,
     txid: &str,
     from_seq: u64,
+    within: Duration,
 ) -> Result<tonic::Streaming<pb::TransactionEvent>, tonic::Status> {
-    client
-        .watch(pb::WatchRequest {
-            txid: txid.to_string(),
-            from_seq,
-        })
-        .await
-        .map(tonic::Response::into_inner)
+    let call = client.watch(pb::WatchRequest {
+        txid: txid.to_string(),
+        from_seq,
+    });
+    match answered(within, call).await {
+        Some(r) => r.map(tonic::Response::into_inner),
+        None => Err(tonic::Status::unavailable(format!(
+            "no answer to Watch of {txid} within {within:?}"
+        ))),
+    }
 }
 
 /// After `Run` failed in transport: finds out whether the agent journaled it.
@@ -428,25 +460,24 @@ async fn lost(
     run_req: &mut Option<pb::RunRequest>,
 ) -> Result<tonic::Streaming<pb::TransactionEvent>, tonic::Status> {
     agents.forget(addr);
+    let deadline = Instant::now() + within;
     let attempt = || async {
-        let Ok(mut c) = agents.client(host, addr).await else {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(Ok(mut c)) = answered(left, agents.client(host, addr)).await else {
             return Attempt::Again(String::new());
         };
-        match watch(&mut c, txid, from_seq).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match watch_within(&mut c, txid, from_seq, left).await {
             Ok(s) => Attempt::Done(s),
             // Never journaled: running it now cannot run it twice.
             Err(s) if s.code() == Code::NotFound => Attempt::Stop(s),
-            Err(s) => Attempt::Again(s.message().to_string()),
+            Err(s) => {
+                agents.forget(addr);
+                Attempt::Again(s.message().to_string())
+            }
         }
     };
-    match retry::until(
-        Instant::now() + within,
-        Duration::from_secs(1),
-        true,
-        attempt,
-    )
-    .await
-    {
+    match retry::until(deadline, Duration::from_secs(1), true, attempt).await {
         Ok(s) => Ok(s),
         Err(GaveUp::Stopped(s)) => {
             *run_req = req;
@@ -467,27 +498,24 @@ async fn wait_reachable(
     txid: &str,
     within: Duration,
 ) -> Result<(), ()> {
+    let deadline = Instant::now() + within;
     let attempt = || async {
-        if let Ok(mut c) = agents.client(host, addr).await
-            && c.get_transaction(pb::GetTransactionRequest {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(Ok(mut c)) = answered(left, agents.client(host, addr)).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let call = c.get_transaction(pb::GetTransactionRequest {
                 txid: txid.to_string(),
-            })
-            .await
-            .is_ok()
-        {
-            return Attempt::Done(());
+            });
+            if let Some(Ok(_)) = answered(left, call).await {
+                return Attempt::Done(());
+            }
         }
         agents.forget(addr);
         Attempt::<(), ()>::Again(String::new())
     };
-    retry::until(
-        Instant::now() + within,
-        Duration::from_millis(250),
-        true,
-        attempt,
-    )
-    .await
-    .map_err(|_| ())
+    retry::until(deadline, Duration::from_millis(250), true, attempt)
+        .await
+        .map_err(|_| ())
 }
 
 /// The forensics bundle a transaction recorded on the agent, if any.

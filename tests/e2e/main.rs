@@ -27,6 +27,7 @@ mod crash;
 mod crash_deploy;
 mod deploy_database;
 mod disk_full;
+mod fleet_faults;
 mod fleet_rollback;
 mod forensics;
 mod grpc_contract;

@@ -16,7 +16,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::host_job::{Job, Msg, captured_versions, first_version, run_job};
+use super::host_job::{
+    Job, Msg, RESCUE_ATTEMPTS, captured_versions, first_version, next_rescue_attempt, run_job,
+};
 use super::state::{
     HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
 };
@@ -839,6 +841,8 @@ impl Runner {
             unreachable_after: self.env.unreachable_after,
             rescue_wait: self.env.rescue_wait,
             deadline: self.env.host_deadline,
+            attempt: 0,
+            previous: None,
         }
     }
 
@@ -863,7 +867,13 @@ impl Runner {
             "rollback_reason".into(),
             json!(format!("fleet rescue of {}: {reason}", self.d.id)),
         );
-        let txid = host_txid(&self.d.id, &h.host, true);
+        let (txid, attempt, previous) = next_rescue_attempt(
+            &self.d.id,
+            &h.host,
+            h.state() == HS::Running,
+            &h.rescue_txid,
+            &self.host_seq,
+        );
         let deploy_txid = host_txid(&self.d.id, &h.host, false);
         Job {
             idx,
@@ -886,6 +896,8 @@ impl Runner {
             unreachable_after: self.env.unreachable_after,
             rescue_wait: self.env.rescue_wait,
             deadline: self.env.host_deadline,
+            attempt,
+            previous,
         }
     }
 
@@ -975,7 +987,9 @@ impl Runner {
                         h.message = if done.state == HostState::Succeeded
                             || (rescue && done.state == HostState::RolledBack)
                         {
-                            if rescue {
+                            if rescue && !done.message.is_empty() {
+                                done.message.clone()
+                            } else if rescue {
                                 "rolled back by the fleet rescue".into()
                             } else {
                                 String::new()
@@ -1088,7 +1102,36 @@ impl Runner {
             }
             jobs.push(self.rescue_job(i, &reason));
         }
+        let ran: BTreeSet<usize> = jobs.iter().map(|j| j.idx).collect();
+        let awaited: BTreeSet<usize> = jobs
+            .iter()
+            .filter(|j| j.await_txid.is_some())
+            .map(|j| j.idx)
+            .collect();
         self.drive(jobs).await?;
+        // A rollback that failed, was cut short (its agent killed or stopped) or ended on
+        // another version is retried, bounded: each retry re-checks the host first. Not a host
+        // awaited for the whole `rescue_wait` that never answered (no rollback started there).
+        for _ in 1..RESCUE_ATTEMPTS {
+            let again: Vec<Job> = (0..self.d.hosts.len())
+                .filter(|&i| {
+                    let h = &self.d.hosts[i];
+                    let started = !h.rescue_txid.is_empty();
+                    h.state() == HS::RollbackFailed
+                        && !h.from_version.is_empty()
+                        && (started || (ran.contains(&i) && !awaited.contains(&i)))
+                })
+                .map(|i| self.rescue_job(i, &reason))
+                .filter(|j| j.attempt <= RESCUE_ATTEMPTS)
+                .collect();
+            if again.is_empty() {
+                break;
+            }
+            for j in &again {
+                tracing::warn!(deployment = %self.d.id, host = %j.host, attempt = j.attempt, txid = %j.txid, "retrying the fleet-rescue rollback");
+            }
+            self.drive(again).await?;
+        }
         let bad: Vec<String> = self
             .d
             .hosts

@@ -258,8 +258,12 @@ impl HostState {
                 S::Succeeded | S::Failed | S::RollbackFailed | S::Unreachable | S::Running,
                 E::RescueStarted,
             ) => Ok(S::Running),
-            // Restored by the rescue's rollback, or (unreachable) by its own journal once back.
-            (S::Running | S::Unreachable, E::RescueEnded(S::RolledBack)) => Ok(S::RolledBack),
+            // Restored by the rescue's rollback, or (unreachable) by its own journal once back,
+            // or (rollback failed) found back on its captured versions by the re-check of a
+            // retried rescue, after its previous attempt ended verified.
+            (S::Running | S::Unreachable | S::RollbackFailed, E::RescueEnded(S::RolledBack)) => {
+                Ok(S::RolledBack)
+            }
             // A rescue job can fail before its transaction starts (agent unreachable).
             (
                 S::Succeeded | S::Failed | S::RollbackFailed | S::Unreachable | S::Running,
@@ -398,6 +402,11 @@ mod tests {
                 HE::RescueEnded(S::RolledBack),
                 S::RolledBack,
             ),
+            (
+                S::RollbackFailed,
+                HE::RescueEnded(S::RolledBack),
+                S::RolledBack,
+            ),
         ];
         for end in [
             S::Succeeded,
@@ -505,6 +514,10 @@ mod tests {
             (S::Running, HE::Ended(S::Running)),
             (S::Running, HE::RescueEnded(S::Succeeded)),
             (S::Succeeded, HE::RescueEnded(S::RolledBack)),
+            // Only a rescue job restores a host: a failed deploy is not "rolled back" by a
+            // re-check, and a failed rollback is not restored by a deploy job.
+            (S::Failed, HE::RescueEnded(S::RolledBack)),
+            (S::RollbackFailed, HE::Ended(S::RolledBack)),
             (S::Succeeded, HE::Ended(S::Failed)),
             (S::Unreachable, HE::NothingToRollBackTo),
         ];
