@@ -95,6 +95,10 @@ const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// The longest pause between two tries of a store call.
 const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long a runner whose record already says finished keeps trying to store its `finished`
+/// event and release its lock: nobody adopts a finished deployment to do it instead.
+const FINISHED_OUTAGE: Duration = Duration::from_secs(86_400);
+
 /// How long giving a deployment up is retried while the store does not answer (at
 /// [`STORE_RETRY_MAX`] between tries): a day, far past any outage a runner would ride out.
 const DISOWN_RETRY: Duration = Duration::from_secs(86_400);
@@ -461,9 +465,6 @@ impl Controller {
                 Ok(()) => {}
                 // The store did not answer for `outage_seconds` (or its lock went elsewhere):
                 // another controller, or this one later, may do better.
-                // NOT DONE: given up between saving its finished record and storing its
-                // `finished` event (`Runner::finish`), a deployment is left without that event:
-                // `orphaned()` skips finished deployments, so nobody writes it.
                 Err(RunError::Store(e @ StoreError::Unavailable(_))) => {
                     tracing::error!(deployment = %id, "deployment given up: {e}; any controller sharing the store adopts it");
                     ctl.clone().disown(id.clone());

@@ -86,6 +86,9 @@ pub(super) struct Runner {
     holds_lock: bool,
     /// When the runner last made sure it still holds the lock.
     lock_checked: Instant,
+    /// The record says finished: nobody adopts a finished deployment, so what is left to write
+    /// (its `finished` event, the lock's release) is retried for [`super::FINISHED_OUTAGE`].
+    finished_saved: bool,
 }
 
 impl Runner {
@@ -119,6 +122,7 @@ impl Runner {
             failure: HashMap::new(),
             reclaimed: None,
             holds_lock: false,
+            finished_saved: false,
             lock_checked: Instant::now(),
             d,
         };
@@ -179,7 +183,11 @@ impl Runner {
         f: impl Fn(&dyn Store) -> StoreResult<T> + Send + Sync + 'static,
     ) -> StoreResult<T> {
         let f = Arc::new(f);
-        let mut outage = Outage::new(self.ctl.cfg.store_outage);
+        let mut outage = Outage::new(if self.finished_saved {
+            super::FINISHED_OUTAGE
+        } else {
+            self.ctl.cfg.store_outage
+        });
         for _ in 0..outage.max_tries() {
             let checked =
                 if self.holds_lock && (outage.met() || self.lock_checked.elapsed() >= LOCK_CHECK) {
@@ -1240,6 +1248,11 @@ impl Runner {
         // still waits for that event.
         self.d.last_seq = self.seq;
         self.save().await?;
+        // From here on no controller would adopt the deployment to write what is left, and the
+        // lock's record names a finished deployment (another may take it): no lock check, and
+        // a longer bound.
+        self.finished_saved = true;
+        self.holds_lock = false;
         self.emit(Kind::Finished(pb::DeploymentFinished {
             outcome: outcome as i32,
             environment: self.d.environment.clone(),
@@ -1251,8 +1264,6 @@ impl Runner {
         .await?;
         self.save().await?;
         let (env, id) = (self.d.environment.clone(), self.d.id.clone());
-        // Released from here on, even if the call below meets an outage.
-        self.holds_lock = false;
         self.db(move |s| s.unlock_env(&env, &id)).await?;
         tracing::info!(deployment = %self.d.id, outcome = ?outcome, "deployment finished");
         Ok(())
