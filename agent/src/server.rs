@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{JournalError, LockError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record, Section, TaskStatus};
 use crate::modules::forensics;
-use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, TxRequest};
+use crate::transaction::{self, DEFAULT_LOCK_TIMEOUT, HostConfig, Prepared, TxRequest};
 use rampart_host::cas as artifacts;
 use rampart_playbook::template::Templar;
 use rampart_rpc::identity::{self, Trusted};
@@ -155,6 +155,55 @@ pub fn status_of(e: &TxError) -> Status {
     }
 }
 
+/// Registers a prepared transaction as live and runs it on a thread of its own to its end. A
+/// transaction that cannot be journaled makes the agent exit (never a stopped transaction
+/// under a live agent: the restart, systemd's `Restart=always`, recovers it before serving).
+fn start_transaction(
+    host: HostConfig,
+    templar: Arc<Templar>,
+    prepared: Prepared,
+    registry: Arc<Mutex<HashMap<String, Arc<LiveTx>>>>,
+    must_restart: Arc<watch::Sender<bool>>,
+) -> std::io::Result<Arc<LiveTx>> {
+    let txid = prepared.txid().to_string();
+    let live = LiveTx::new(prepared.initial.clone());
+    registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(txid.clone(), live.clone());
+    let worker_live = live.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("tx-{txid}"))
+        .spawn({
+            let registry = registry.clone();
+            let txid = txid.clone();
+            move || {
+                let result =
+                    transaction::execute(&host, &templar, prepared, &mut |e| worker_live.push(e));
+                match &result {
+                    Ok(s) => tracing::info!(txid = %s.txid, outcome = s.outcome.as_str(), "transaction finished"),
+                    Err(e) => {
+                        tracing::error!(%txid, error = %e, "cannot journal the transaction: exiting so that the agent's restart recovers it");
+                        must_restart.send_replace(true);
+                    }
+                }
+                worker_live.finish();
+                registry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&txid);
+            }
+        });
+    if let Err(e) = spawned {
+        registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&txid);
+        return Err(e);
+    }
+    Ok(live)
+}
+
 fn watch_stream(tx: Arc<LiveTx>, from_seq: u64) -> EventStream {
     let (out, rx) = mpsc::channel(STREAM_BUFFER);
     let mut changed = tx.changed.subscribe();
@@ -248,40 +297,25 @@ impl Agent for AgentService {
         };
         let host = self.host.clone();
         let templar = self.templar.clone();
-        let prepared =
-            tokio::task::spawn_blocking(move || transaction::prepare(&host, &templar, tx_req))
-                .await
-                .map_err(|e| Status::internal(format!("transaction setup panicked: {e}")))?
-                .map_err(|e| status_of(&e))?;
-        let txid = prepared.txid().to_string();
-        let live = LiveTx::new(prepared.initial.clone());
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(txid.clone(), live.clone());
-        let host = self.host.clone();
-        let templar = self.templar.clone();
         let registry = self.live.clone();
-        let worker_live = live.clone();
         let must_restart = self.must_restart.clone();
-        std::thread::Builder::new()
-            .name(format!("tx-{txid}"))
-            .spawn(move || {
-                let result = transaction::execute(&host, &templar, prepared, &mut |e| worker_live.push(e));
-                match &result {
-                    Ok(s) => tracing::info!(txid = %s.txid, outcome = s.outcome.as_str(), "transaction finished"),
-                    Err(e) => {
-                        // Never a stopped transaction under a live agent: the agent stops
-                        // serving and exits, and the restart (systemd's Restart=always) recovers
-                        // the transaction before serving again.
-                        tracing::error!(%txid, error = %e, "cannot journal the transaction: exiting so that the agent's restart recovers it");
-                        must_restart.send_replace(true);
-                    }
-                }
-                worker_live.finish();
-                registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&txid);
-            })
-            .map_err(|e| Status::internal(format!("cannot start the transaction thread: {e}")))?;
+        // Prepared and started in one blocking task: a client that goes away while this call
+        // waits (its future dropped) cannot leave a journal begun and never run under a live
+        // agent; once `prepare` took the lock and began the journal, the transaction runs.
+        let live = tokio::task::spawn_blocking(move || {
+            let prepared = transaction::prepare(&host, &templar, tx_req)?;
+            Ok::<_, TxError>(start_transaction(
+                host,
+                templar,
+                prepared,
+                registry,
+                must_restart,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("transaction setup panicked: {e}")))?
+        .map_err(|e| status_of(&e))?
+        .map_err(|e| Status::internal(format!("cannot start the transaction thread: {e}")))?;
         Ok(Response::new(watch_stream(live, 0)))
     }
 

@@ -710,6 +710,65 @@ fn host_lock_refuses_a_second_run_naming_the_holder_then_lets_it_run() {
     });
 }
 
+/// A client that gives up on `Run` while the agent waits for the host lock must not leave a
+/// transaction begun and never run: once the lock is taken and the journal begun, it runs to
+/// its end under the live agent (before, the dropped call dropped the prepared transaction: a
+/// journal with only `begin` stayed in flight until the agent's next start).
+#[test]
+fn a_run_whose_client_gave_up_while_it_waited_for_the_lock_still_runs_to_its_end() {
+    let host = Host::start();
+    runtime().block_on(async {
+        let mut a_client = host.client().await;
+        let mut a = start_run(&mut a_client, run_req(&pause_playbook("2"))).await;
+        read_until(&mut a, "Run A", |e| {
+            task_started(e).is_some_and(|t| t.action == "pause")
+        })
+        .await;
+        let mut b_client = host.client().await;
+        let b_req = pb::RunRequest {
+            txid: "tx-b-gave-up".into(),
+            lock_timeout_ms: 20_000,
+            ..run_req("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - debug: msg=b\n")
+        };
+        // The client goes away while B waits for A's lock (its call is dropped).
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), b_client.run(b_req)).await;
+        assert!(
+            gave_up.is_err(),
+            "Run B should still be waiting for the lock"
+        );
+        let a_end = outcome_of(&drain(&mut a, "Run A").await, "Run A");
+        assert_eq!(outcome(a_end.outcome), pb::Outcome::Succeeded);
+        // B takes the lock once A ends, and runs to its end although nobody listens.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let b = loop {
+            let t = call(
+                "GetTransaction",
+                b_client.get_transaction(pb::GetTransactionRequest {
+                    txid: "tx-b-gave-up".into(),
+                }),
+            )
+            .await;
+            if let Ok(t) = &t
+                && !t.running
+            {
+                break t.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tx-b-gave-up did not finish within 20 s: {t:?}; journals: {:?}",
+                journal_files(host.state())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(outcome(b.outcome), pb::Outcome::Succeeded, "{b:?}");
+        let in_flight = rampart_tests::dir_names(&host.state().join("journal"));
+        assert!(
+            in_flight.is_empty(),
+            "no journal may stay in flight: {in_flight:?}"
+        );
+    });
+}
+
 #[test]
 fn bad_input_is_refused_with_its_code_before_anything_runs() {
     let host = Host::start();
