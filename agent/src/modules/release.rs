@@ -619,15 +619,26 @@ fn switch(
         Some(p) => public_path_change(p, &current)?,
         None => false,
     };
-    let mut r = result(app, Some(version), switch_current || switch_public);
+    // A switch cut short after `current` moved (a full disk failing the state write) left the
+    // state file behind: the retry finds `current` right and must still write the state.
+    let mut state = app.load_state()?;
+    let state_stale = state.current.as_deref() != Some(version);
+    let mut r = result(
+        app,
+        Some(version),
+        switch_current || switch_public || state_stale,
+    );
     r.insert("previous".into(), json!(before));
     if ctx.check {
         return Ok(r);
     }
     if switch_current {
         replace_symlink(&current, &Path::new("releases").join(version))?;
-        let mut state = app.load_state()?;
-        state.previous = before.clone();
+    }
+    if switch_current || state_stale {
+        if switch_current {
+            state.previous = before.clone();
+        }
         state.current = Some(version.to_string());
         // A release switched to is what runs now; the one it replaced (when good) stays
         // recorded behind it, so a rollback's target is never the first one pruning takes.
@@ -1341,6 +1352,31 @@ mod tests {
         assert_eq!(known_good(), ["v4", "v3", "v1"]);
         let r = h.ok(json!({"state": "pruned", "keep": 1}));
         assert_eq!(r["removed"], json!(["v1"]));
+    }
+
+    /// A switch cut short after `current` moved (its state write failed on a full disk): the
+    /// retry finds `current` right and still repairs the state file (found by the chaos suite:
+    /// `current` on v1, the state file on v2 after the rescues).
+    #[test]
+    fn a_switch_whose_state_write_was_lost_is_repaired_by_the_retry() {
+        let h = Host::new();
+        let app = || App::new(&h.state(), "backend").unwrap();
+        h.stage("v1");
+        h.ok(json!({"state": "active", "version": "v1"}));
+        h.stage("v2");
+        h.ok(json!({"state": "active", "version": "v2"}));
+        // `current` back on v1, the state file still saying v2.
+        replace_symlink(&app().current(), &Path::new("releases").join("v1")).unwrap();
+        assert_eq!(app().load_state().unwrap().current.as_deref(), Some("v2"));
+        let r = h.ok(json!({"state": "restored", "version": "v1"}));
+        assert!(changed(&r), "{r:?}");
+        let state = app().load_state().unwrap();
+        assert_eq!(state.current.as_deref(), Some("v1"));
+        assert_eq!(state.known_good.first().map(String::as_str), Some("v1"));
+        // Consistent now: the next switch to v1 changes nothing.
+        assert!(!changed(
+            &h.ok(json!({"state": "restored", "version": "v1"}))
+        ));
     }
 
     #[test]
