@@ -295,3 +295,43 @@ fn an_agent_frozen_before_its_transaction_is_unreachable_after_unreachable_after
     // Within 7 s, since the HTTP/2 keepalive alone (5 s + 5 s) would take about 10.
     freeze_h3_during_a_deploy(&fleet, Duration::from_secs(7));
 }
+
+/// A controller killed just after its `Run` reached h3, whose agent then freezes: the
+/// controller that takes over cannot reach h3, and must not count it as untouched (the dead
+/// one started its transaction). The fleet rescue awaits h3 and rolls it back once it answers.
+/// Before, the successor recorded h3 "unreachable, nothing changed", the rescue left it out,
+/// and h3 finished 2.0.0 alone (found by the chaos suite, seed 11 round 2).
+#[test]
+fn a_host_started_by_a_killed_controller_and_unreachable_to_its_successor_is_rolled_back() {
+    let mut fleet = Fleet::start(3, "serial = 1\nmax_fail_percentage = 0\n", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    let h3_state = fleet.hosts[2].scenario.state.clone();
+    let mut live = fleet.spawn_deploy("2.0.0", &[]);
+    // h3's transaction began (its journal is in flight): freeze its agent, kill the controller.
+    let deadline = Instant::now() + LONG;
+    while in_flight(&h3_state).is_empty() {
+        assert!(Instant::now() < deadline, "h3's transaction never began");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = Pid::from_raw(fleet.hosts[2].agent.as_ref().unwrap().pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let thaw = Thaw(pid);
+    fleet.kill_controller();
+    fleet.restart_controller();
+    let un = live.wait_for("h3 declared unreachable", LONG, |v| {
+        v["type"] == "host_finished" && v["host"] == "h3"
+    });
+    assert_eq!(un["state"], "unreachable", "{un:#}");
+    // h3 runs on, finishes its 2.0.0, and the fleet rescue (awaiting it) rolls it back.
+    drop(thaw);
+    let (code, lines) = live.finish(LONG);
+    let fin = finished(&lines);
+    assert_eq!(fin["outcome"], "rolled_back", "{fin:#}");
+    assert_eq!(code, 1, "{fin:#}");
+    assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 3]);
+    assert_eq!(fin["environment_version"], "1.0.0", "{fin:#}");
+    assert_nothing_held(&fleet);
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0 again: {}\n{}", r.stdout, r.stderr);
+}

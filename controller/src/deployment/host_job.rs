@@ -151,6 +151,10 @@ pub(super) struct Job {
     /// Fleet rescue: how long an unreachable host is awaited.
     pub(super) rescue_wait: Duration,
     pub(super) deadline: Duration,
+    /// A runner before this one (a controller that died) recorded the host's transaction as
+    /// started: it may have sent `Run`, so a failure to reach the host now never counts as
+    /// "nothing changed there" (the fleet rescue must await and roll it back).
+    pub(super) maybe_started: bool,
     /// Fleet rescue: which attempt this is (from 1; 0 for a deploy job).
     pub(super) attempt: u32,
     /// Fleet rescue, a retry: the previous attempt's txid and the agent seq to follow it from.
@@ -241,7 +245,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         message,
         forensics_id: String::new(),
         to_version: String::new(),
-        untouched,
+        untouched: untouched && !job.maybe_started,
     };
     // A fleet rescue of an unreachable host first learns how its own transaction ended.
     if let Some((deploy_txid, from)) = &job.await_txid {

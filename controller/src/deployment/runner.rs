@@ -849,6 +849,7 @@ impl Runner {
             unreachable_after: self.env.unreachable_after,
             rescue_wait: self.env.rescue_wait,
             deadline: self.env.host_deadline,
+            maybe_started: !h.txid.is_empty(),
             attempt: 0,
             previous: None,
         }
@@ -904,6 +905,7 @@ impl Runner {
             unreachable_after: self.env.unreachable_after,
             rescue_wait: self.env.rescue_wait,
             deadline: self.env.host_deadline,
+            maybe_started: !h.rescue_txid.is_empty(),
             attempt,
             previous,
         }
