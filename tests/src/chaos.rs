@@ -39,7 +39,8 @@
 //! for 1–15 s (the relay stops passing bytes both ways and accepting connections: what a
 //! partition does to TCP); a controller killed during the fleet rescue; two faults at once on
 //! the same host. Each fires at a trigger ([`Trigger`]): a time after the deploy started, a
-//! host's staging done, a host's health suite started, a wave started, the fleet rescue started.
+//! host's staging done, a host's health suite started, a wave started, the fleet rescue started
+//! (for a host's fault: that host's rescue rollback running).
 //!
 //! # Invariants (after each round, once every fault is over)
 //!
@@ -298,7 +299,7 @@ pub enum Trigger {
     Health(usize),
     /// When this wave (from 0) started.
     Wave(u32),
-    /// When the fleet rescue started.
+    /// When the fleet rescue started (a host's fault: when that host's rescue runs).
     Rescue,
 }
 
@@ -1428,23 +1429,51 @@ impl Rig {
     }
 }
 
-/// Whether `ev` (a CLI JSON line) is the moment `t` waits for (time triggers are checked apart).
-fn triggers(t: Trigger, ev: &Value) -> bool {
+/// Whether `ev` (a CLI JSON line) is the moment `f` waits for (time triggers are checked
+/// apart). A host's fault `@rescue` strikes while that host's fleet-rescue rollback runs (its
+/// first task), or when the rescue starts if the rescue leaves that host alone; any other fault
+/// `@rescue` when the rescue starts.
+fn triggers(f: &Fault, ev: &Value) -> bool {
+    let name = |h: usize| format!("h{}", h + 1);
     let host_task = |h: usize, kind: &str, prefix: &str| {
         ev["type"] == "host_event"
-            && ev["host"] == format!("h{}", h + 1)
+            && ev["host"] == name(h)
             && ev["fleet_rescue"] != true
             && ev["event"]["type"] == kind
             && ev["event"]["name"]
                 .as_str()
                 .is_some_and(|n| n.starts_with(prefix))
     };
-    match t {
+    let rescue_started = ev["type"] == "fleet_rescue_started";
+    match f.at {
         Trigger::After(_) => false,
         Trigger::Staged(h) => host_task(h, "task_finished", "stage"),
         Trigger::Health(h) => host_task(h, "task_started", "health suite"),
         Trigger::Wave(w) => ev["type"] == "wave_started" && ev["index"] == w,
-        Trigger::Rescue => ev["type"] == "fleet_rescue_started",
+        Trigger::Rescue => match fault_host(f.kind) {
+            Some(h) => {
+                let rescued = ev["hosts"]
+                    .as_array()
+                    .is_some_and(|hs| hs.iter().any(|x| *x == name(h)));
+                (rescue_started && !rescued)
+                    || (ev["type"] == "host_event"
+                        && ev["host"] == name(h)
+                        && ev["fleet_rescue"] == true
+                        && ev["event"]["type"] == "task_started")
+            }
+            None => rescue_started,
+        },
+    }
+}
+
+/// The host a fault strikes, if it strikes one.
+fn fault_host(k: FaultKind) -> Option<usize> {
+    match k {
+        FaultKind::KillAgent(h)
+        | FaultKind::StopAgent(h, _)
+        | FaultKind::DiskFull(h, _)
+        | FaultKind::CutNetwork(h, _) => Some(h),
+        _ => None,
     }
 }
 
@@ -1911,7 +1940,7 @@ impl Rig {
                         last_seq = Some(s);
                     }
                     for f in &pending {
-                        if triggers(f.at, &ev) && !to_fire.contains(f) {
+                        if triggers(f, &ev) && !to_fire.contains(f) {
                             to_fire.push(*f);
                         }
                     }
@@ -2204,8 +2233,8 @@ mod tests {
             }
             if let [a, b] = r.faults.as_slice()
                 && a.at == b.at
-                && host_of(a.kind).is_some()
-                && host_of(a.kind) == host_of(b.kind)
+                && fault_host(a.kind).is_some()
+                && fault_host(a.kind) == fault_host(b.kind)
             {
                 same_host += 1;
             }
@@ -2252,19 +2281,9 @@ mod tests {
                 .iter()
                 .any(|f| matches!(f.kind, FaultKind::KillController(_)) && f.at == Trigger::Rescue)
         );
-        assert!(rounds.iter().any(|r| matches!(r.faults.as_slice(), [a, b] if a.at == b.at && host_of(a.kind).is_some() && host_of(a.kind) == host_of(b.kind))));
+        assert!(rounds.iter().any(|r| matches!(r.faults.as_slice(), [a, b] if a.at == b.at && fault_host(a.kind).is_some() && fault_host(a.kind) == fault_host(b.kind))));
         for store in [StoreKind::Sqlite, StoreKind::Postgres] {
             assert_eq!(rounds.iter().filter(|r| r.store == store).count(), 3);
-        }
-    }
-
-    fn host_of(k: FaultKind) -> Option<usize> {
-        match k {
-            FaultKind::KillAgent(h)
-            | FaultKind::StopAgent(h, _)
-            | FaultKind::DiskFull(h, _)
-            | FaultKind::CutNetwork(h, _) => Some(h),
-            _ => None,
         }
     }
 }
