@@ -19,6 +19,7 @@ mod artifact_cache;
 mod artifacts_rpc;
 mod bad_input;
 mod certs;
+mod chaos;
 mod controller;
 mod controller_artifacts;
 mod controller_auth;

@@ -4,6 +4,7 @@
 //! The binaries come from the workspace's target directory; the README's test command builds them
 //! (`cargo build --bins`) before `cargo test`.
 
+pub mod chaos;
 pub mod deploy;
 pub mod fleet;
 pub mod pg;

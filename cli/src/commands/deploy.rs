@@ -5,7 +5,10 @@
 //! `deploy` first uploads each `--artifact NAME=PATH` into the controller's content-addressed
 //! store (skipped when the controller already holds the digest), then calls `Deploy`. When the
 //! event stream breaks, the CLI calls `Watch(deployment_id, next_seq)` again, once a second, for up
-//! to `--reconnect-timeout`; events already printed are skipped, so nothing is shown twice.
+//! to `--reconnect-timeout`; events already printed are skipped, so nothing is shown twice. A
+//! stream that ends with nothing more to come — `watch --from-seq N` past the end of a finished
+//! deployment — is not a break: the deployment's `finished` event is printed and its outcome
+//! decides the exit code, as if the stream had ended with it.
 //!
 //! Three renderings: `--json` prints one JSON object per event per line ([`event_json`]); text
 //! when stdout is not a terminal prints one line per meaningful event and a per-host table at
@@ -974,7 +977,26 @@ async fn follow<W: Write, E: Write>(
                 }
                 continue;
             }
-            Ok(None) => "the event stream ended before the deployment finished".to_string(),
+            Ok(None) => {
+                // Nothing more comes when the deployment finished before `next_seq` (a watch
+                // from past its end): its outcome is the answer, not a reason to re-attach.
+                if let Some(dep) = &id
+                    && let Some(fin) = finished_before(ctl, dep, next_seq).await
+                {
+                    r.note(&format!(
+                        "deployment {dep} finished at seq {} (before seq {next_seq}); its outcome follows",
+                        fin.seq
+                    ));
+                    let _ = r.event(&fin);
+                    r.close();
+                    let outcome = match &fin.kind {
+                        Some(Kind::Finished(f)) => f.outcome(),
+                        _ => pb::DeploymentOutcome::Unspecified,
+                    };
+                    return Ok(Exit::of_deployment(outcome));
+                }
+                "the event stream ended before the deployment finished".to_string()
+            }
             Err(s) if is_transport_error(&s) => {
                 format!("lost the event stream ({})", s.message())
             }
@@ -1004,6 +1026,34 @@ async fn follow<W: Write, E: Write>(
             }
         };
     }
+}
+
+/// The `finished` event of deployment `id` when it finished before `next_seq`, so a stream from
+/// `next_seq` on has nothing to send; `None` while it runs, when it has more events from
+/// `next_seq`, or when the controller cannot say (the caller then re-attaches as before).
+async fn finished_before(ctl: &Controller, id: &str, next_seq: u64) -> Option<pb::DeploymentEvent> {
+    let mut c = ctl.connect().await.ok()?;
+    let d = c
+        .get_deployment(pb::GetDeploymentRequest {
+            deployment_id: id.to_string(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    if d.state() != pb::DeploymentState::Finished || d.last_seq >= next_seq {
+        return None;
+    }
+    // The last event of a finished deployment is its `finished`.
+    let mut last = c
+        .watch(pb::WatchDeploymentRequest {
+            deployment_id: id.to_string(),
+            from_seq: d.last_seq,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    let ev = last.message().await.ok()??;
+    matches!(ev.kind, Some(Kind::Finished(_))).then_some(ev)
 }
 
 /// Calls `Watch(id, from_seq)` until it answers or `deadline` passes, 1 s between tries (the
