@@ -1399,9 +1399,7 @@ impl Rig {
                 Some(pg) => {
                     let n = note.clone();
                     thread = Some(std::thread::spawn(move || {
-                        pg.stop_immediate();
-                        std::thread::sleep(Duration::from_millis(ms));
-                        pg.start_again();
+                        pg.down_for(Duration::from_millis(ms));
                         set(&n, "stopped -m immediate, started again".into());
                         logs.note(&format!("fault {fault} over"));
                     }));

@@ -16,6 +16,8 @@ pub struct Pg {
     bin: PathBuf,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Held while [`Pg::down_for`] has the server stopped: outages never overlap.
+    outage: std::sync::Mutex<()>,
 }
 
 fn server_bin_dir() -> PathBuf {
@@ -116,7 +118,12 @@ impl Pg {
                 .output()
                 .expect("run pg_ctl");
             if out.status.success() {
-                return Pg { dir, bin, port };
+                return Pg {
+                    dir,
+                    bin,
+                    port,
+                    outage: std::sync::Mutex::new(()),
+                };
             }
             let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
             assert!(
@@ -239,6 +246,16 @@ impl Pg {
                 .expect("run pg_ctl start"),
             "pg_ctl start (again)",
         );
+    }
+
+    /// An outage: the server stopped at once, and started again after `d`. Two outages asked
+    /// for at once (a fault test's overlapping draws) run one after the other, never a stop of a
+    /// stopped server.
+    pub fn down_for(&self, d: std::time::Duration) {
+        let _one_at_a_time = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        self.stop_immediate();
+        std::thread::sleep(d);
+        self.start_again();
     }
 
     /// The cluster's log so far.
