@@ -94,8 +94,15 @@ const ENV_TOML: &str =
 /// How long the fleet rescue waits for an unreachable host (the fleet's default is 60 s): longer
 /// than any fault lasts.
 const RESCUE_WAIT: &str = "rescue_wait_seconds = 30";
-/// The size of each agent's state-dir tmpfs.
-const TMPFS_SIZE: &str = "32m";
+/// The size of each agent's state-dir tmpfs: room for about a dozen copies of the sample app
+/// (the releases kept, those set apart as failed, the artifact cache, a staging dir), at least
+/// 32 MiB. A debug build's app (8 MB with its debug info) fills a fixed 32 MiB by itself after a
+/// few rounds, and every deploy then fails for want of space, fault or not.
+fn tmpfs_size() -> String {
+    let app = std::fs::metadata(crate::bin("rampart-sample-app")).map_or(0, |m| m.len());
+    let mib = (app * 12 >> 20) + 16;
+    format!("{}m", mib.max(32))
+}
 /// How long a round's deployment may take to report its outcome before the round fails as
 /// wedged.
 const OUTCOME_DEADLINE: Duration = Duration::from_secs(90);
@@ -832,7 +839,7 @@ impl Tmpfs {
     fn mount(path: &Path) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE},mode=0755")])
+            .args(["-t", "tmpfs", "-o", &format!("size={},mode=0755", tmpfs_size())])
             .arg("tmpfs")
             .arg(path)
             .output()
@@ -861,7 +868,7 @@ impl Tmpfs {
         let mut written = 0u64;
         for chunk in [1usize << 20, 4096, 512] {
             let buf = vec![0u8; chunk];
-            // At most the tmpfs size in this chunk size (32 MiB / 512 B).
+            // Bounded: 64 GiB in 1 MiB chunks, far beyond any tmpfs here.
             for _ in 0..(1usize << 16) {
                 if f.write_all(&buf).is_err() {
                     break;
