@@ -100,7 +100,7 @@ const RESCUE_WAIT: &str = "rescue_wait_seconds = 30";
 /// few rounds, and every deploy then fails for want of space, fault or not.
 fn tmpfs_size() -> String {
     let app = std::fs::metadata(crate::bin("rampart-sample-app")).map_or(0, |m| m.len());
-    let mib = (app * 12 >> 20) + 16;
+    let mib = ((app * 12) >> 20) + 16;
     format!("{}m", mib.max(32))
 }
 /// How long a round's deployment may take to report its outcome before the round fails as
@@ -839,7 +839,12 @@ impl Tmpfs {
     fn mount(path: &Path) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={},mode=0755", tmpfs_size())])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={},mode=0755", tmpfs_size()),
+            ])
             .arg("tmpfs")
             .arg(path)
             .output()
