@@ -222,6 +222,25 @@ impl Outage {
         true
     }
 
+    /// Settles one try's result: `Some` to hand back (it answered, or failed other than
+    /// unavailable, or the bound passed), `None` after the pause before the next try.
+    pub(crate) async fn settle<T>(&mut self, tried: StoreResult<T>) -> Option<StoreResult<T>> {
+        match tried {
+            Ok(v) => {
+                self.over();
+                Some(Ok(v))
+            }
+            Err(StoreError::Unavailable(m)) => {
+                if self.wait(m).await {
+                    None
+                } else {
+                    Some(Err(self.error()))
+                }
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// The call succeeded: says so when it had failed before.
     pub(crate) fn over(&self) {
         if let Some(t) = self.since {
@@ -233,7 +252,7 @@ impl Outage {
     }
 
     /// The error of a call that gave up: the store's last, and the bound that ran out.
-    pub(crate) fn error(self) -> StoreError {
+    pub(crate) fn error(&self) -> StoreError {
         StoreError::Unavailable(format!(
             "{} (still failing after {:.0}s, the [store] outage_seconds bound)",
             self.last,
@@ -337,17 +356,8 @@ impl Controller {
         let mut outage = Outage::new(bound);
         for _ in 0..outage.max_tries() {
             let g = f.clone();
-            match self.db(move |s| g(s)).await {
-                Ok(v) => {
-                    outage.over();
-                    return Ok(v);
-                }
-                Err(StoreError::Unavailable(m)) => {
-                    if !outage.wait(m).await {
-                        break;
-                    }
-                }
-                Err(e) => return Err(e),
+            if let Some(r) = outage.settle(self.db(move |s| g(s)).await).await {
+                return r;
             }
         }
         Err(outage.error())

@@ -183,38 +183,29 @@ impl Runner {
         f: impl Fn(&dyn Store) -> StoreResult<T> + Send + Sync + 'static,
     ) -> StoreResult<T> {
         let f = Arc::new(f);
-        let mut outage = Outage::new(if self.finished_saved {
+        let bound = if self.finished_saved {
             super::FINISHED_OUTAGE
         } else {
             self.ctl.cfg.store_outage
-        });
+        };
+        let mut outage = Outage::new(bound);
         for _ in 0..outage.max_tries() {
-            let checked =
-                if self.holds_lock && (outage.met() || self.lock_checked.elapsed() >= LOCK_CHECK) {
-                    self.check_lock().await
-                } else {
-                    Ok(None)
-                };
-            let tried = match checked {
-                Ok(None) => {
-                    let g = f.clone();
-                    self.ctl.db(move |s| g(s)).await
-                }
-                // Given up at once: the lock is another's.
-                Ok(Some(lost)) => return Err(StoreError::Unavailable(lost)),
-                Err(e) => Err(e),
-            };
-            match tried {
-                Ok(v) => {
-                    outage.over();
-                    return Ok(v);
-                }
-                Err(StoreError::Unavailable(m)) => {
-                    if !outage.wait(m).await {
-                        break;
+            if self.holds_lock && (outage.met() || self.lock_checked.elapsed() >= LOCK_CHECK) {
+                match self.check_lock().await {
+                    Ok(None) => {}
+                    // Given up at once: the lock is another's.
+                    Ok(Some(lost)) => return Err(StoreError::Unavailable(lost)),
+                    Err(e) => {
+                        if let Some(r) = outage.settle(Err(e)).await {
+                            return r;
+                        }
+                        continue;
                     }
                 }
-                Err(e) => return Err(e),
+            }
+            let g = f.clone();
+            if let Some(r) = outage.settle(self.ctl.db(move |s| g(s)).await).await {
+                return r;
             }
         }
         Err(outage.error())
