@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rampart_tests::fleet::{Fleet, break_v2_on, events_of, finished};
+use rampart_tests::fleet::{Fleet, break_v2_on, events_of, finished, pg_store_toml};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(240);
@@ -384,20 +384,10 @@ fn the_controller_refuses_an_agent_from_another_ca_and_trusts_two_during_a_rotat
 fn two_controllers_on_one_postgresql_store_never_run_one_environment_at_once() {
     let pg = rampart_tests::pg::Pg::start();
     pg.create_db("rampart");
-    let url = format!(
-        "postgresql://postgres:{}@127.0.0.1:{}/rampart",
-        rampart_tests::pg::PASSWORD,
-        pg.port
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let dist = dir.path().join("dist");
-    rampart_tests::deploy::package_sample_app(&dist);
-    let mut one = Fleet::start_with_dist(
-        dir,
-        dist,
+    let mut one = Fleet::start_with_toml(
         1,
         "require_approval = true\n",
-        &format!("instance = \"one\"\n[store]\nurl = \"{url}\"\n"),
+        &pg_store_toml(&pg, "rampart", "one", ""),
         |_, _| {},
     );
     // A second controller: same store and environment, its own address and instance name.
@@ -608,20 +598,10 @@ fn second_controller(fleet: &Fleet, instance: &str) -> rampart_tests::fleet::Con
 fn approve_and_abort_work_through_a_controller_that_does_not_run_the_deployment() {
     let pg = rampart_tests::pg::Pg::start();
     pg.create_db("rampart");
-    let url = format!(
-        "postgresql://postgres:{}@127.0.0.1:{}/rampart",
-        rampart_tests::pg::PASSWORD,
-        pg.port
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let dist = dir.path().join("dist");
-    rampart_tests::deploy::package_sample_app(&dist);
-    let fleet = Fleet::start_with_dist(
-        dir,
-        dist,
+    let fleet = Fleet::start_with_toml(
         1,
         "require_approval = true\n",
-        &format!("instance = \"one\"\n[store]\nurl = \"{url}\"\n"),
+        &pg_store_toml(&pg, "rampart", "one", ""),
         |_, _| {},
     );
     let two = second_controller(&fleet, "two");

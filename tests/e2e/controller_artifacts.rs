@@ -31,12 +31,7 @@ fn bearer(mut req: Request<()>) -> Result<Request<()>, Status> {
 
 /// A one-host fleet whose controller has `artifacts_toml` as its `[artifacts]` section.
 fn fleet_with(artifacts_toml: &str, env_toml: &str) -> Fleet {
-    let dir = tempfile::tempdir().unwrap();
-    let dist = dir.path().join("dist");
-    rampart_tests::deploy::package_sample_app(&dist);
-    Fleet::start_with_dist(
-        dir,
-        dist,
+    Fleet::start_with_toml(
         1,
         env_toml,
         &format!("[artifacts]\n{artifacts_toml}\n"),

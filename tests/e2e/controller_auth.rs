@@ -55,10 +55,7 @@ fn secret(name: &str) -> String {
 
 /// A one-host fleet whose controller has the extra `tokens` and `env_toml` (after prod's keys).
 fn fleet(tokens: &str, env_toml: &str) -> Fleet {
-    let dir = tempfile::tempdir().unwrap();
-    let dist = dir.path().join("dist");
-    rampart_tests::deploy::package_sample_app(&dist);
-    Fleet::start_with_dist(dir, dist, 1, env_toml, tokens, |_, _| {})
+    Fleet::start_with_toml(1, env_toml, tokens, |_, _| {})
 }
 
 fn runtime() -> tokio::runtime::Runtime {

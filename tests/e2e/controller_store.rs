@@ -15,14 +15,6 @@ use rampart_controller::store::{LockAttempt, Store};
 use rampart_proto::v1 as pb;
 use rampart_tests::pg::{PASSWORD, Pg};
 
-/// The libpq-style URL of a database of the test cluster.
-fn url(pg: &Pg, db: &str) -> String {
-    format!(
-        "postgresql://postgres:{PASSWORD}@127.0.0.1:{}/{db}",
-        pg.port
-    )
-}
-
 /// A PostgreSQL store for the conformance suite: two controllers' stores on one database of
 /// the test cluster.
 struct PgFixture<'a> {
@@ -76,7 +68,7 @@ impl Fixture for PgFixture<'_> {
     fn reopen(&mut self) {
         // Dropping the stores ends their sessions, as a controller's death does.
         self.stores = None;
-        let url = url(self.pg, &self.db);
+        let url = self.pg.store_url(&self.db);
         let a = PostgresStore::open(&url).expect("open the store");
         let b = PostgresStore::open(&url).expect("open the peer store");
         self.stores = Some((a, b));
@@ -87,9 +79,9 @@ impl Fixture for PgFixture<'_> {
 fn migrates_once() {
     let pg = Pg::start();
     pg.create_db("ctl");
-    let a = PostgresStore::open(&url(&pg, "ctl")).expect("first open");
+    let a = PostgresStore::open(&pg.store_url("ctl")).expect("first open");
     // A second controller (and a restart) runs the migration again: nothing to do.
-    let _b = PostgresStore::open(&url(&pg, "ctl")).expect("second open");
+    let _b = PostgresStore::open(&pg.store_url("ctl")).expect("second open");
     assert_eq!(
         pg.psql(
             "ctl",
@@ -135,8 +127,8 @@ fn conformance() {
 fn environment_locks_across_two_controllers() {
     let pg = Pg::start();
     pg.create_db("ctl");
-    let a = PostgresStore::open(&url(&pg, "ctl")).unwrap();
-    let b = PostgresStore::open(&url(&pg, "ctl")).unwrap();
+    let a = PostgresStore::open(&pg.store_url("ctl")).unwrap();
+    let b = PostgresStore::open(&pg.store_url("ctl")).unwrap();
 
     assert_eq!(
         a.try_lock_env("prod", "d1", "instA").unwrap(),
@@ -225,7 +217,7 @@ fn environment_locks_across_two_controllers() {
         "d2@instB"
     );
     // A third controller sees B's locks.
-    let c = PostgresStore::open(&url(&pg, "ctl")).unwrap();
+    let c = PostgresStore::open(&pg.store_url("ctl")).unwrap();
     assert_eq!(
         c.try_lock_env("prod", "d7", "instC").unwrap(),
         held("d2", "instB")
@@ -254,8 +246,8 @@ fn environment_locks_across_two_controllers() {
 fn orphans_follow_heartbeats() {
     let pg = Pg::start();
     pg.create_db("ctl");
-    let a = PostgresStore::open(&url(&pg, "ctl")).unwrap();
-    let b = PostgresStore::open(&url(&pg, "ctl")).unwrap();
+    let a = PostgresStore::open(&pg.store_url("ctl")).unwrap();
+    let b = PostgresStore::open(&pg.store_url("ctl")).unwrap();
     use pb::DeploymentState::{Finished, Running};
     a.insert_deployment(&deployment("dA", "prod", Running), "instA")
         .unwrap();

@@ -6,19 +6,10 @@
 
 use std::time::Duration;
 
-use rampart_tests::fleet::{ControllerProc, Fleet, finished};
+use rampart_tests::fleet::{ControllerProc, Fleet, finished, pg_store_toml};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(240);
-
-/// The URL of database `rampart` of `pg`.
-fn url(pg: &rampart_tests::pg::Pg) -> String {
-    format!(
-        "postgresql://postgres:{}@127.0.0.1:{}/rampart",
-        rampart_tests::pg::PASSWORD,
-        pg.port
-    )
-}
 
 /// A second controller of `fleet` (whose configuration names `instance = "one"`): same store
 /// and environment, its own address, instance name `instance` and state directory.
@@ -55,15 +46,10 @@ fn peer_controller(fleet: &Fleet, instance: &str) -> ControllerProc {
 fn a_controller_taking_over_mid_rollout_delivers_the_artifact_another_received() {
     let pg = rampart_tests::pg::Pg::start();
     pg.create_db("rampart");
-    let dir = tempfile::tempdir().unwrap();
-    let dist = dir.path().join("dist");
-    rampart_tests::deploy::package_sample_app(&dist);
-    let mut fleet = Fleet::start_with_dist(
-        dir,
-        dist,
+    let mut fleet = Fleet::start_with_toml(
         3,
         "serial = 1\n",
-        &format!("instance = \"one\"\n[store]\nurl = \"{}\"\n", url(&pg)),
+        &pg_store_toml(&pg, "rampart", "one", ""),
         |_, _| {},
     );
     let r = fleet.deploy("1.0.0", &[]);
@@ -138,7 +124,8 @@ fn a_torn_or_tampered_shared_artifact_is_refused_and_collection_is_shared() {
         ..ArtifactConfig::default()
     };
     let open = |dir: &std::path::Path, instance: &str, limits: ArtifactConfig| {
-        let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&url(&pg)).unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(PostgresStore::open(&pg.store_url("rampart")).unwrap());
         ArtifactStore::new(dir, limits).with_store(store, instance)
     };
     let one = open(dirs.0.path(), "one", limits.clone());

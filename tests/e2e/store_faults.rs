@@ -33,12 +33,7 @@ fn pg_fleet(
     host_vars: impl Fn(usize, &mut Value),
 ) -> Fleet {
     pg.create_db("rampart");
-    let dir = tempfile::tempdir().unwrap();
-    let dist = dir.path().join("dist");
-    rampart_tests::deploy::package_sample_app(&dist);
-    Fleet::start_with_dist(
-        dir,
-        dist,
+    Fleet::start_with_toml(
         n,
         env_toml,
         &pg_store_toml(pg, "rampart", "one", store_extra),

@@ -1257,29 +1257,17 @@ impl Rig {
     }
 
     fn deploy_args(&self, version: &str, id: &str, via: usize) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "deploy",
-            "--env",
-            "prod",
-            "--version",
+        let mut a = self.fleet.deploy_args(
             version,
-            "--artifact",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.push(self.fleet.artifact_arg(version));
-        for s in [
-            "--json",
-            "--deployment-id",
-            id,
-            "--reconnect-timeout",
-            RECONNECT_SECS,
-            "--wait-timeout",
-            QUEUE_WAIT_SECS,
-        ] {
-            a.push(s.to_string());
-        }
+            &[
+                "--deployment-id",
+                id,
+                "--reconnect-timeout",
+                RECONNECT_SECS,
+                "--wait-timeout",
+                QUEUE_WAIT_SECS,
+            ],
+        );
         a.extend(self.auth_args(via));
         a
     }

@@ -41,37 +41,25 @@ pub struct ControllerProc {
 impl ControllerProc {
     /// Starts a controller with `config`; waits until it serves.
     pub fn start(config: &Path) -> ControllerProc {
-        let mut child = Command::new(bin("rampart-controller"))
-            .arg("--config")
-            .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("RAMPART_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn rampart-controller");
-        let addr = wait_listening(&mut child, "rampart-controller", Duration::from_secs(60));
-        ControllerProc {
-            child: KillOnDrop::new(child),
-            addr,
-        }
+        let level = std::env::var("RAMPART_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::spawn(config, &level, Stdio::inherit())
     }
 
     /// As [`ControllerProc::start`], its stderr (logs at `info` and up) written to the file
     /// `log` instead of the test's, so a test can read what it said (a panic, a warning).
     pub fn start_logging(config: &Path, log: &Path) -> ControllerProc {
+        let file = std::fs::File::create(log).expect("controller log file");
+        Self::spawn(config, "info", Stdio::from(file))
+    }
+
+    fn spawn(config: &Path, log_level: &str, stderr: Stdio) -> ControllerProc {
         let mut child = Command::new(bin("rampart-controller"))
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(log).expect("controller log file"),
-            ))
+            .stderr(stderr)
             .spawn()
             .expect("spawn rampart-controller");
         let addr = wait_listening(&mut child, "rampart-controller", Duration::from_secs(60));
@@ -120,9 +108,8 @@ impl ControllerProc {
 /// [`Fleet::start_with_dist`] and [`Fleet::peer_config`].
 pub fn pg_store_toml(pg: &crate::pg::Pg, db: &str, instance: &str, store_extra: &str) -> String {
     format!(
-        "instance = \"{instance}\"\n[store]\nurl = \"postgresql://postgres:{pw}@127.0.0.1:{port}/{db}\"\n{store_extra}\n",
-        pw = crate::pg::PASSWORD,
-        port = pg.port,
+        "instance = \"{instance}\"\n[store]\nurl = \"{}\"\n{store_extra}\n",
+        pg.store_url(db)
     )
 }
 
@@ -150,10 +137,21 @@ impl Fleet {
     /// `env_toml` is added to `[environments.prod]` (e.g. `serial = [1, "50%", "100%"]`);
     /// `host_vars` may change each host's inventory variables (index from 0).
     pub fn start(n: usize, env_toml: &str, host_vars: impl Fn(usize, &mut Value)) -> Fleet {
+        Self::start_with_toml(n, env_toml, "", host_vars)
+    }
+
+    /// As [`Fleet::start`], with extra top-level TOML for the controller (e.g. a `[store]`
+    /// section from [`pg_store_toml`], tokens, `[artifacts]`).
+    pub fn start_with_toml(
+        n: usize,
+        env_toml: &str,
+        top_toml: &str,
+        host_vars: impl Fn(usize, &mut Value),
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let dist = dir.path().join("dist");
         package_sample_app(&dist);
-        Self::start_with_dist(dir, dist, n, env_toml, "", host_vars)
+        Self::start_with_dist(dir, dist, n, env_toml, top_toml, host_vars)
     }
 
     /// As [`Fleet::start`], with tarballs packaged once elsewhere and extra top-level TOML

@@ -135,6 +135,15 @@ impl Pg {
         unreachable!("the loop returns or panics")
     }
 
+    /// The libpq-style URL (`postgresql://…`, the superuser's password in it) of a database of
+    /// this cluster, as the controller's `[store] url` takes it.
+    pub fn store_url(&self, database: &str) -> String {
+        format!(
+            "postgresql://postgres:{PASSWORD}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
     /// The JDBC URL of a database of this cluster.
     pub fn url(&self, database: &str) -> String {
         format!("jdbc:postgresql://127.0.0.1:{}/{database}", self.port)
