@@ -197,25 +197,16 @@ fn wrap(ch: Channel) -> Client {
 
 pub use rampart_rpc::{error_chain, is_transport};
 
-/// Puts an artifact of the controller's store on the agent unless it holds it already. With
-/// PostgreSQL, a controller that did not receive the artifact reads it from the shared store
-/// into its cache first, verified ([`ArtifactStore::local_copy`]).
-pub async fn ensure_artifact(
+/// Puts an artifact of the controller's store on the agent (the caller asked `HasArtifact`
+/// first, bounded by the host's `unreachable_after`). With PostgreSQL, a controller that did
+/// not receive the artifact reads it from the shared store into its cache first, verified
+/// ([`ArtifactStore::local_copy`]).
+pub async fn put_artifact(
     agents: &Agents,
     client: &mut Client,
     store: &Arc<ArtifactStore>,
     sha256: &str,
-) -> Result<bool, String> {
-    let has = client
-        .has_artifact(pb::HasArtifactRequest {
-            sha256: sha256.to_string(),
-        })
-        .await
-        .map_err(|s| format!("HasArtifact {sha256}: {}", s.message()))?
-        .into_inner();
-    if has.present {
-        return Ok(false);
-    }
+) -> Result<(), String> {
     let _permit = agents
         .uploads
         .acquire()
@@ -267,7 +258,7 @@ pub async fn ensure_artifact(
             r.sha256
         ));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// How following a transaction ended.

@@ -373,12 +373,24 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
                 );
             }
             Some(Ok(r)) if r.get_ref().present => continue,
-            Some(_) => {}
+            Some(Ok(_)) => {}
+            Some(Err(s)) => {
+                agents.forget(&job.addr);
+                return fail(
+                    HostState::Failed,
+                    format!(
+                        "artifact delivery to {}: HasArtifact {sha}: {}",
+                        job.addr,
+                        s.message()
+                    ),
+                    true,
+                );
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let delivered = tokio::time::timeout(
             left,
-            agents::ensure_artifact(agents, &mut client, &ctl.artifacts, sha),
+            agents::put_artifact(agents, &mut client, &ctl.artifacts, sha),
         )
         .await
         .unwrap_or_else(|_| {
