@@ -138,21 +138,27 @@ struct Agent {
     addr: String,
 }
 
+/// `rampart-agent` on a free loopback port over `state`, its logs appended to `log`.
+fn agent_command(state: &Path, log: &Path, extra: &[&str]) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(bin("rampart-agent"));
+    cmd.args(["--listen", "127.0.0.1:0", "--insecure-dev", "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::from(log));
+    cmd
+}
+
 impl Agent {
     fn start(state: &Path, log: &Path, extra: &[&str]) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(bin("rampart-agent"))
-            .args(["--listen", "127.0.0.1:0", "--insecure-dev", "--state-dir"])
-            .arg(state)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        let mut child = agent_command(state, log, extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn rampart-agent");
         let addr = wait_listening(&mut child, "rampart-agent", AGENT_START_TIMEOUT);
@@ -164,19 +170,8 @@ impl Agent {
 
     /// Starts an agent that is not expected to serve (its start-up recovery meets a full disk).
     fn spawn(state: &Path, log: &Path, extra: &[&str]) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(bin("rampart-agent"))
-            .args(["--listen", "127.0.0.1:0", "--insecure-dev", "--state-dir"])
-            .arg(state)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        let child = agent_command(state, log, extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn rampart-agent");
         Agent {
