@@ -533,6 +533,16 @@ impl Agent for AgentService {
         Ok(Response::new(pb::ListForensicsResponse { bundles }))
     }
 
+    async fn check_state(
+        &self,
+        _request: Request<pb::CheckStateRequest>,
+    ) -> Result<Response<pb::CheckStateResponse>, Status> {
+        // NOT DONE yet: the agent's consistency check lands with issue 15's agent work.
+        Err(Status::unimplemented(
+            "CheckState is not implemented by this agent yet (issue 15, agent side)",
+        ))
+    }
+
     async fn get_forensics(
         &self,
         request: Request<pb::GetForensicsRequest>,
