@@ -177,10 +177,15 @@ enum Command {
     /// rescuing and queued deployments (with their queue position), and the last finished one.
     /// With --json, an array of {environment, hosts, current_version, active, last_finished}.
     ///
-    /// Exit codes: 0 shown, 2 usage error or controller unreachable, 3 token refused.
+    /// With --verify, every host is also asked now whether it is whole (SC-003: no partial
+    /// deployment), and the JSON of each environment gets a `verify` object.
+    ///
+    /// Exit codes: 0 shown (and, with --verify, every environment whole), 1 an environment is
+    /// not whole, 2 usage error or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
         rampart status\n  \
-        rampart status --env production --json")]
+        rampart status --env production --json\n  \
+        rampart status --env production --verify")]
     Status(rampart_cli::commands::query::StatusArgs),
     /// List an environment's deployments, newest first.
     ///

@@ -25,6 +25,14 @@
 //! key = "/etc/rampart/tls/controller.key"
 //! ca = ["/etc/rampart/tls/ca.pem"]          # two during a CA rotation
 //!
+//! [metrics]               # optional: Prometheus's /metrics and /healthz, on their own address
+//! listen = "127.0.0.1:9464"
+//! cert = "/etc/rampart/tls/controller.pem"   # both or neither: TLS, else plaintext
+//! key = "/etc/rampart/tls/controller.key"
+//!
+//! [consistency]
+//! interval_seconds = 60   # every environment's hosts answer CheckState this often (0: never)
+//!
 //! [[tokens]]
 //! name = "ci"
 //! sha256 = "…"            # `rampart-controller hash-token` prints it; the token itself is never stored
@@ -170,7 +178,40 @@ struct RawConfig {
     artifacts: RawArtifacts,
     #[serde(default)]
     environments: BTreeMap<String, RawEnvironment>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    consistency: Option<RawConsistency>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: SocketAddr,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsistency {
+    #[serde(default)]
+    interval_seconds: Option<f64>,
+}
+
+/// Where `/metrics` and `/healthz` are served (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The listener's address.
+    pub listen: SocketAddr,
+    /// TLS (cert, key); plaintext when absent.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The consistency sweep's default interval (`[consistency] interval_seconds`).
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -453,6 +494,10 @@ pub struct ControllerConfig {
     pub artifacts: ArtifactConfig,
     /// Environments by name.
     pub environments: BTreeMap<String, Environment>,
+    /// The `/metrics` listener; none when `[metrics]` is absent.
+    pub metrics: Option<MetricsConfig>,
+    /// How often every environment's hosts are checked for consistency (zero: never).
+    pub sweep_interval: Duration,
 }
 
 /// sha256 of a token's text, lowercase hex: what the config stores.
@@ -606,6 +651,34 @@ impl ControllerConfig {
             }
         }
         let artifacts = artifact_config(raw.artifacts).map_err(|m| format!("[artifacts] {m}"))?;
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => Some(MetricsConfig {
+                listen: m.listen,
+                tls: match (m.cert, m.key) {
+                    (None, None) => None,
+                    (Some(c), Some(k)) => Some((abs(&c), abs(&k))),
+                    _ => {
+                        return Err(
+                            "[metrics] takes both `cert` and `key` (TLS), or neither (plaintext)"
+                                .into(),
+                        );
+                    }
+                },
+            }),
+        };
+        let sweep_interval = match raw.consistency.and_then(|c| c.interval_seconds) {
+            None => DEFAULT_SWEEP_INTERVAL,
+            Some(0.0) => Duration::ZERO,
+            Some(s) if s.is_finite() && (1.0..=MAX_SECONDS).contains(&s) => {
+                Duration::from_secs_f64(s)
+            }
+            Some(s) => {
+                return Err(format!(
+                    "[consistency] interval_seconds must be 0 (no sweep) or from 1 to {MAX_SECONDS} seconds, got {s}"
+                ));
+            }
+        };
         let instance = raw.instance.unwrap_or_else(|| {
             let host = nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -626,6 +699,8 @@ impl ControllerConfig {
             tokens,
             artifacts,
             environments,
+            metrics,
+            sweep_interval,
         })
     }
 

@@ -24,6 +24,8 @@ pub mod config;
 pub mod deployment;
 pub mod edge;
 pub mod inventory;
+pub mod metrics;
 pub mod rollout;
 pub mod service;
 pub mod store;
+pub mod sweep;

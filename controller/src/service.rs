@@ -94,6 +94,8 @@ pub enum Rpc {
     ResolveIncident,
     /// `GetForensics`.
     GetForensics,
+    /// `CheckEnvironment`.
+    CheckEnvironment,
 }
 
 impl Rpc {
@@ -104,7 +106,8 @@ impl Rpc {
             | Rpc::GetDeployment
             | Rpc::ListDeployments
             | Rpc::ListEnvironments
-            | Rpc::ListIncidents => Scope::Read,
+            | Rpc::ListIncidents
+            | Rpc::CheckEnvironment => Scope::Read,
             Rpc::UploadArtifact | Rpc::Deploy | Rpc::Rollback | Rpc::Abort => Scope::Deploy,
             Rpc::Approve => Scope::Approve,
             // A person's acts: closing an incident, and bundles that may hold state captures
@@ -891,6 +894,19 @@ impl ControllerApi for Service {
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
+    }
+
+    async fn check_environment(
+        &self,
+        request: Request<pb::CheckEnvironmentRequest>,
+    ) -> Result<Response<pb::CheckEnvironmentResponse>, Status> {
+        let who = self.authorize(&request, Rpc::CheckEnvironment)?;
+        let r = request.into_inner();
+        self.environment(&who, &r.environment)?;
+        let found = crate::sweep::check_environment(&self.ctl, &r.environment)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(found))
     }
 
     type GetForensicsStream = DataStream;

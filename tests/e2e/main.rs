@@ -34,6 +34,7 @@ mod forensics;
 mod grpc_contract;
 mod health;
 mod identity;
+mod metrics;
 mod migrate_restore;
 mod migrations;
 mod mtls;

@@ -1093,7 +1093,13 @@ pub(crate) mod mock {
             req: Request<pb::ListEnvironmentsRequest>,
         ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
             authorize(&req)?;
-            Ok(Response::new(pb::ListEnvironmentsResponse::default()))
+            Ok(Response::new(pb::ListEnvironmentsResponse {
+                environments: vec![pb::EnvironmentStatus {
+                    name: "production".into(),
+                    host_count: 2,
+                    ..Default::default()
+                }],
+            }))
         }
 
         async fn approve(
@@ -1125,6 +1131,38 @@ pub(crate) mod mock {
         }
 
         type GetForensicsStream = Chunks;
+        async fn check_environment(
+            &self,
+            req: Request<pb::CheckEnvironmentRequest>,
+        ) -> Result<Response<pb::CheckEnvironmentResponse>, Status> {
+            authorize(&req)?;
+            let r = req.into_inner();
+            // web2 left a staging dir behind: not whole.
+            Ok(Response::new(pb::CheckEnvironmentResponse {
+                environment: r.environment,
+                consistent: false,
+                hosts: vec![
+                    pb::HostCheck {
+                        host: "web1".into(),
+                        reachable: true,
+                        consistent: true,
+                        ..Default::default()
+                    },
+                    pb::HostCheck {
+                        host: "web2".into(),
+                        reachable: true,
+                        problems: vec![pb::StateProblem {
+                            component: "backend".into(),
+                            code: "staging_left".into(),
+                            message: "a staging dir is left".into(),
+                        }],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }))
+        }
+
         async fn get_forensics(
             &self,
             req: Request<pb::GetDeploymentForensicsRequest>,

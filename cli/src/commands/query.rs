@@ -28,6 +28,11 @@ pub struct StatusArgs {
     /// Only this environment (default: every environment).
     #[arg(long, value_name = "ENV")]
     pub env: Option<String>,
+    /// Also ask every host now whether it is whole (the agents' CheckState): each component's
+    /// `current` link, public path, recorded state and running version agree, and nothing of
+    /// an interrupted transaction is left. Exit 1 when an environment is not.
+    #[arg(long)]
+    pub verify: bool,
     /// How to reach the controller.
     #[command(flatten)]
     pub controller: ControllerArgs,
@@ -572,15 +577,132 @@ pub fn status(args: StatusArgs) -> Exit {
             .await
             .map_err(|s| ctl.error("list environments", &s))?
             .into_inner();
-        if json {
-            print_json(&Value::Array(
-                resp.environments.iter().map(environment_json).collect(),
-            ));
-        } else {
-            let _ = render_status(&mut std::io::stdout().lock(), &resp.environments);
+        let mut checks = Vec::new();
+        if args.verify {
+            for e in &resp.environments {
+                let r = c
+                    .check_environment(pb::CheckEnvironmentRequest {
+                        environment: e.name.clone(),
+                    })
+                    .await
+                    .map_err(|s| ctl.error(&format!("check environment {}", e.name), &s))?
+                    .into_inner();
+                checks.push(r);
+            }
         }
-        Ok(Exit::Ok)
+        if json {
+            let mut envs: Vec<Value> = resp.environments.iter().map(environment_json).collect();
+            for (v, chk) in envs.iter_mut().zip(&checks) {
+                v["verify"] = check_json(chk);
+            }
+            print_json(&Value::Array(envs));
+        } else {
+            let out = &mut std::io::stdout().lock();
+            let _ = render_status(out, &resp.environments);
+            for chk in &checks {
+                let _ = render_check(out, chk);
+            }
+        }
+        Ok(if checks.iter().all(|c| c.consistent) {
+            Exit::Ok
+        } else {
+            Exit::Failed
+        })
     })
+}
+
+/// A consistency check as JSON: {consistent, version, deployment_in_progress, incident_id,
+/// hosts: [{host, reachable, consistent, error, in_progress, components: {name: version},
+/// problems: [{component, code, message}]}]}.
+pub fn check_json(c: &pb::CheckEnvironmentResponse) -> Value {
+    json!({
+        "consistent": c.consistent,
+        "version": c.version,
+        "deployment_in_progress": c.deployment_in_progress,
+        "incident_id": c.incident_id,
+        "hosts": c.hosts.iter().map(|h| json!({
+            "host": h.host,
+            "reachable": h.reachable,
+            "consistent": h.consistent,
+            "error": h.error,
+            "in_progress": h.in_progress,
+            "components": h.components.iter()
+                .map(|x| (x.name.clone(), Value::String(x.version.clone())))
+                .collect::<serde_json::Map<_, _>>(),
+            "problems": h.problems.iter().map(|p| json!({
+                "component": p.component, "code": p.code, "message": p.message,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A consistency check as a table: one row per host, then one line per problem.
+pub fn render_check<W: Write>(
+    out: &mut W,
+    c: &pb::CheckEnvironmentResponse,
+) -> std::io::Result<()> {
+    writeln!(out)?;
+    let verdict = if c.consistent {
+        format!("whole, every host on {}", or_dash(&c.version))
+    } else {
+        "NOT WHOLE".to_string()
+    };
+    writeln!(out, "{}: {verdict}", c.environment)?;
+    if !c.deployment_in_progress.is_empty() {
+        writeln!(
+            out,
+            "  deployment {} holds the lock: hosts of different waves may differ",
+            c.deployment_in_progress
+        )?;
+    }
+    let mut rows = vec![
+        ["HOST", "AGENT", "STATE", "VERSIONS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for h in &c.hosts {
+        let versions: Vec<String> = h
+            .components
+            .iter()
+            .map(|x| format!("{}={}", x.name, or_dash(&x.version)))
+            .collect();
+        rows.push(vec![
+            h.host.clone(),
+            if h.reachable { "up" } else { "DOWN" }.into(),
+            if !h.reachable {
+                "-".into()
+            } else if !h.in_progress.is_empty() {
+                format!("running {}", h.in_progress)
+            } else if h.consistent {
+                "whole".into()
+            } else {
+                format!("{} problem(s)", h.problems.len())
+            },
+            if versions.is_empty() {
+                "-".into()
+            } else {
+                versions.join(" ")
+            },
+        ]);
+    }
+    write_table(out, &rows)?;
+    for h in &c.hosts {
+        if !h.reachable {
+            writeln!(out, "  {}: {}", h.host, h.error)?;
+        }
+        for p in &h.problems {
+            let comp = if p.component.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", p.component)
+            };
+            writeln!(out, "  {}{comp} [{}]: {}", h.host, p.code, p.message)?;
+        }
+    }
+    if !c.incident_id.is_empty() {
+        writeln!(out, "  incident {} is open for it", c.incident_id)?;
+    }
+    Ok(())
 }
 
 /// `rampart history`: an environment's deployments, newest first.
@@ -1082,6 +1204,7 @@ mod tests {
         assert_eq!(
             status(StatusArgs {
                 env: None,
+                verify: false,
                 controller: args.controller.clone()
             })
             .code(),
@@ -1091,10 +1214,21 @@ mod tests {
         assert_eq!(
             status(StatusArgs {
                 env: None,
-                controller: args.controller
+                verify: false,
+                controller: args.controller.clone()
             })
             .code(),
             0
+        );
+        // --verify: a host that is not whole makes it exit 1.
+        assert_eq!(
+            status(StatusArgs {
+                env: None,
+                verify: true,
+                controller: args.controller
+            })
+            .code(),
+            1
         );
     }
 

@@ -98,6 +98,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let metrics_tls = match cfg.metrics.as_ref().and_then(|m| m.tls.as_ref()) {
+        Some((cert, key)) => {
+            Some(rampart_controller::metrics::tls_config(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     let agents = Agents::new(if cfg.insecure_dev {
         None
     } else {
@@ -187,6 +193,24 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         });
+        tokio::spawn(rampart_controller::sweep::run(
+            ctl.clone(),
+            cfg.sweep_interval,
+        ));
+        if let Some(m) = &cfg.metrics {
+            let l = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("[metrics] cannot listen on {}: {e}", m.listen))?;
+            let addr = l.local_addr()?;
+            tracing::info!(%addr, tls = metrics_tls.is_some(), "serving /metrics and /healthz");
+            println!("metrics on {addr}");
+            tokio::spawn(rampart_controller::metrics::serve(
+                l,
+                metrics_tls,
+                ctl.clone(),
+                std::future::pending(),
+            ));
+        }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
@@ -212,7 +236,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             builder = builder.tls_config(tls)?;
         }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // grpc.health.v1 on the API port: SERVING while this process serves.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        health
+            .set_service_status(
+                "rampart.v1.Controller",
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
         let server = builder
+            .add_service(health_service)
             .add_service(Service::new(ctl).into_server())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -162,6 +162,8 @@ pub struct Controller {
     pub agents: Arc<Agents>,
     /// The artifact store: its limits, uploads in progress, collection.
     pub artifacts: Arc<ArtifactStore>,
+    /// What this process did and what its environments look like (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// This instance's own unfinished deployments left by its previous process (a restart
     /// under the same instance name) that do not run again yet.
@@ -279,7 +281,8 @@ pub fn now_ts() -> prost_types::Timestamp {
     SystemTime::now().into()
 }
 
-fn ts_to_system(t: &prost_types::Timestamp) -> SystemTime {
+/// A stored timestamp as a system time.
+pub fn ts_to_system(t: &prost_types::Timestamp) -> SystemTime {
     SystemTime::UNIX_EPOCH
         + Duration::from_secs(t.seconds.max(0) as u64)
         + Duration::from_nanos(t.nanos.max(0) as u64)
@@ -323,6 +326,7 @@ impl Controller {
             cfg,
             store,
             agents: Arc::new(agents),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             live: Mutex::new(HashMap::new()),
             own: Mutex::new(OwnResume {
                 left: None,

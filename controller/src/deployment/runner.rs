@@ -71,6 +71,8 @@ pub(super) struct Runner {
     wave_started: BTreeSet<u32>,
     wave_finished: BTreeSet<u32>,
     rescue_started: bool,
+    /// When the fleet rescue began (the failure verdict): `rampart_rollback_duration_seconds`.
+    rescue_since: Option<SystemTime>,
     abort_recorded: bool,
     approved_recorded: bool,
     /// When the deployment started waiting for approval (its `AwaitingApproval` event), so a
@@ -115,6 +117,7 @@ impl Runner {
             wave_started: BTreeSet::new(),
             wave_finished: BTreeSet::new(),
             rescue_started: false,
+            rescue_since: None,
             abort_recorded: false,
             approved_recorded: false,
             approval_since: None,
@@ -141,7 +144,10 @@ impl Runner {
                     Some(Kind::WaveFinished(w)) => {
                         r.wave_finished.insert(w.index);
                     }
-                    Some(Kind::FleetRescueStarted(_)) => r.rescue_started = true,
+                    Some(Kind::FleetRescueStarted(_)) => {
+                        r.rescue_started = true;
+                        r.rescue_since = ev.time.as_ref().map(ts_to_system);
+                    }
                     Some(Kind::AbortRequested(_)) => r.abort_recorded = true,
                     Some(Kind::Approved(_)) => r.approved_recorded = true,
                     Some(Kind::AwaitingApproval(_)) => {
@@ -401,6 +407,9 @@ impl Runner {
                 .unwrap_or_default();
             if self.d.started.is_none() {
                 self.d.started = Some(now_ts());
+                self.ctl
+                    .metrics
+                    .deployment_started(&self.d.environment, self.d.kind());
             }
             self.lock_recorded = true;
             self.emit(Kind::LockAcquired(pb::LockAcquired {
@@ -962,6 +971,7 @@ impl Runner {
                     }
                     Msg::Event { idx, rescue, ev } => {
                         self.note_failure(idx, &ev);
+                        self.note_health(&ev);
                         let next = self.host_seq.entry(ev.txid.clone()).or_insert(0);
                         *next = (*next).max(ev.seq + 1);
                         kinds.push(Kind::HostEvent(pb::HostEvent {
@@ -1035,6 +1045,16 @@ impl Runner {
         Ok(())
     }
 
+    /// Counts the failed checks of a finished `health` task (`rampart_health_check_failures_total`).
+    fn note_health(&self, ev: &pb::TransactionEvent) {
+        if let Some(pb::transaction_event::Kind::TaskFinished(t)) = &ev.kind
+            && t.result_json.contains("\"checks\"")
+            && let Ok(v) = serde_json::from_str::<Value>(&t.result_json)
+        {
+            self.ctl.metrics.health_result(&self.d.environment, &v);
+        }
+    }
+
     fn note_failure(&mut self, idx: usize, ev: &pb::TransactionEvent) {
         if self.failure.contains_key(&idx) {
             return;
@@ -1082,6 +1102,7 @@ impl Runner {
             .collect();
         if !self.rescue_started {
             self.rescue_started = true;
+            self.rescue_since = Some(SystemTime::now());
             let hosts = targets
                 .iter()
                 .map(|&i| self.d.hosts[i].host.clone())
@@ -1249,7 +1270,7 @@ impl Runner {
         self.emit(Kind::Finished(pb::DeploymentFinished {
             outcome: outcome as i32,
             environment: self.d.environment.clone(),
-            environment_version: env_version,
+            environment_version: env_version.clone(),
             hosts: self.d.hosts.clone(),
             summary,
             incident_id: self.d.incident_id.clone(),
@@ -1258,7 +1279,44 @@ impl Runner {
         self.save().await?;
         let (env, id) = (self.d.environment.clone(), self.d.id.clone());
         self.db(move |s| s.unlock_env(&env, &id)).await?;
+        self.count_finished(outcome, &env_version);
         tracing::info!(deployment = %self.d.id, outcome = ?outcome, "deployment finished");
         Ok(())
+    }
+
+    /// The metrics of a deployment that ended (once: its runner ends here).
+    fn count_finished(&self, outcome: DO, env_version: &str) {
+        let m = &self.ctl.metrics;
+        let env = &self.d.environment;
+        if self.d.check {
+            return;
+        }
+        let held = match (&self.d.started, &self.d.finished) {
+            (Some(s), Some(f)) => ts_to_system(f).duration_since(ts_to_system(s)).ok(),
+            _ => None,
+        };
+        m.deployment_completed(env, outcome, held);
+        if outcome == DO::RolledBack {
+            let took = self
+                .rescue_since
+                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            m.rolled_back(env, &self.rollback_reason(), took);
+        }
+        if outcome == DO::Succeeded && self.d.kind() == pb::DeploymentKind::Rollback {
+            // An operator's rollback: the release it replaced is rolled back.
+            m.rolled_back(env, "manual", held);
+        }
+        if matches!(outcome, DO::Succeeded | DO::RolledBack) {
+            m.environment_left_on(env, env_version);
+        }
+    }
+
+    /// Why the fleet was rolled back, as `rampart_rollbacks_total`'s `reason`.
+    fn rollback_reason(&self) -> String {
+        // NOT FINAL: replaced by the incident's classification when it lands.
+        if !self.d.aborted_by.is_empty() {
+            return "manual".into();
+        }
+        "other".into()
     }
 }
