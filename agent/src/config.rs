@@ -9,6 +9,8 @@
 //! forensics_dir = "/var/backups/deployment-forensics"  # served by ListForensics/GetForensics
 //! journal_wait_seconds = 60 # a journal write that finds the disk full retries this long,
 //!                           # then the agent exits so its restart recovers the transaction
+//! check_interval_seconds = 60  # the state-consistency check's period (0: only after transactions)
+//! metrics_textfile = "/var/lib/prometheus/node-exporter/rampart.prom"  # node_exporter textfile
 //!
 //! [tls]                      # mutual TLS (e.g. files from `rampart certs init DIR`)
 //! cert = "/etc/rampart/tls/agent-web-1.pem"
@@ -62,7 +64,17 @@ pub struct AgentConfig {
     /// [`crate::journal`], "A full disk").
     #[serde(default = "default_journal_wait_seconds")]
     pub journal_wait_seconds: u64,
+    /// Seconds between state-consistency checks (also run after every transaction); 0 checks
+    /// only after transactions.
+    #[serde(default = "default_check_interval_seconds")]
+    pub check_interval_seconds: u64,
+    /// Where to write the metrics textfile (node_exporter's textfile format), if anywhere.
+    #[serde(default)]
+    pub metrics_textfile: Option<PathBuf>,
 }
+
+/// Default period of the state-consistency check.
+pub const DEFAULT_CHECK_INTERVAL_SECONDS: u64 = 60;
 
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN
@@ -74,6 +86,9 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_journal_wait_seconds() -> u64 {
     crate::journal::DEFAULT_SPACE_WAIT.as_secs()
+}
+fn default_check_interval_seconds() -> u64 {
+    DEFAULT_CHECK_INTERVAL_SECONDS
 }
 fn yes() -> bool {
     true
@@ -90,6 +105,8 @@ impl Default for AgentConfig {
             tls: None,
             controller_identity: Vec::new(),
             journal_wait_seconds: default_journal_wait_seconds(),
+            check_interval_seconds: default_check_interval_seconds(),
+            metrics_textfile: None,
         }
     }
 }
@@ -127,6 +144,13 @@ mod tests {
         assert_eq!(c.journal_wait_seconds, 60);
         let c = AgentConfig::parse("journal_wait_seconds = 5\n").unwrap();
         assert_eq!(c.journal_wait_seconds, 5);
+        assert_eq!(c.check_interval_seconds, 60);
+        assert_eq!(c.metrics_textfile, None);
+        let c =
+            AgentConfig::parse("check_interval_seconds = 0\nmetrics_textfile = \"/m/r.prom\"\n")
+                .unwrap();
+        assert_eq!(c.check_interval_seconds, 0);
+        assert_eq!(c.metrics_textfile, Some(PathBuf::from("/m/r.prom")));
     }
 
     #[test]

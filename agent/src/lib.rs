@@ -7,17 +7,22 @@
 //! - [`journal`]: the fsync'd write-ahead journal and its history;
 //! - [`recovery`]: what an interrupted journal demands (rescue, rerun rescue, rerun always);
 //! - [`lock`]: the host lock (flock + holder record);
+//! - [`consistency`]: is the host whole (current, public path, recorded state, service version,
+//!   nothing left of an interrupted transaction): `CheckState` and the periodic check;
+//! - [`metrics`]: the host's facts in Prometheus's text format (the textfile, a run's push);
 //! - [`transaction`]: one transaction from request to history, and start-up recovery;
 //! - [`server`]: the gRPC adapter (`rampart.v1.Agent` and `grpc.health.v1`);
 //! - [`config`]: the agent's TOML configuration.
 
 #![warn(missing_docs, unreachable_pub)]
 pub mod config;
+pub mod consistency;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod journal;
 pub mod lock;
+pub mod metrics;
 pub mod modules;
 pub mod recovery;
 pub mod server;

@@ -29,6 +29,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::consistency::{self, Expectation};
 use crate::error::{JournalError, LockError, TxError};
 use crate::event::{Entry, Outcome, Recap, Record, Section, TaskStatus};
 use crate::modules::forensics;
@@ -98,6 +99,19 @@ pub struct AgentService {
     must_restart: Arc<watch::Sender<bool>>,
     /// Where `ListForensics` / `GetForensics` look (default: the module's default dest dir).
     pub forensics_dir: Option<PathBuf>,
+    /// Poked when a transaction finishes: the monitor ([`AgentService::spawn_monitor`]) checks
+    /// the host again.
+    finished: Arc<tokio::sync::Notify>,
+}
+
+/// What the agent's monitor does: check the host every `interval` (and after every finished
+/// transaction), and write the metrics textfile when one is configured.
+#[derive(Debug, Clone, Default)]
+pub struct Monitor {
+    /// The node_exporter textfile to write (atomically), if any.
+    pub textfile: Option<PathBuf>,
+    /// How often to check with no transaction finishing; `None`: only after transactions.
+    pub interval: Option<Duration>,
 }
 
 impl AgentService {
@@ -109,7 +123,100 @@ impl AgentService {
             live: Arc::new(Mutex::new(HashMap::new())),
             must_restart: Arc::new(watch::channel(false).0),
             forensics_dir: None,
+            finished: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// The txids this agent is running now.
+    fn live_txids(&self) -> Vec<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Checks the host now (on a blocking thread: the check reads files and may ask services).
+    pub async fn check_now(
+        &self,
+        expected: Vec<Expectation>,
+    ) -> Result<consistency::Report, Status> {
+        let state_dir = self.host.state_dir.clone();
+        let live = self.live_txids();
+        tokio::task::spawn_blocking(move || consistency::check(&state_dir, &expected, &live))
+            .await
+            .map_err(|e| Status::internal(format!("the state check panicked: {e}")))
+    }
+
+    /// Starts the monitor: a check right away, then every `interval` and after every finished
+    /// transaction; each writes the textfile (when configured) and logs a change of verdict.
+    /// A textfile that cannot be written is logged and tried again at the next check.
+    pub fn spawn_monitor(&self, monitor: Monitor) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut history = crate::metrics::History::default();
+            let mut last_codes: Option<Vec<&'static str>> = None;
+            loop {
+                let report = match service.check_now(Vec::new()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e.message(), "the state check failed");
+                        return;
+                    }
+                };
+                let codes: Vec<&'static str> =
+                    report.problems.iter().map(|p| p.code.as_str()).collect();
+                if last_codes.as_ref() != Some(&codes) {
+                    if report.consistent() {
+                        tracing::info!("state check: the host is consistent");
+                    } else {
+                        for p in &report.problems {
+                            tracing::warn!(component = %p.component, code = p.code.as_str(), "state check: {}", p.message);
+                        }
+                    }
+                    last_codes = Some(codes);
+                }
+                if let Some(path) = monitor.textfile.clone() {
+                    let state_dir = service.host.state_dir.clone();
+                    let done = tokio::task::spawn_blocking(move || {
+                        history.refresh(&state_dir);
+                        let text = crate::metrics::render(&history, &report, None);
+                        let written = rampart_host::durable::write_atomic(
+                            &path,
+                            text.as_bytes(),
+                            Some(0o644),
+                        )
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()));
+                        (history, written)
+                    })
+                    .await;
+                    match done {
+                        Ok((h, written)) => {
+                            history = h;
+                            if let Err(e) = written {
+                                tracing::warn!(
+                                    "metrics textfile: {e}; trying again at the next check"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the metrics textfile writer panicked");
+                            return;
+                        }
+                    }
+                }
+                match monitor.interval {
+                    Some(every) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(every) => {}
+                            () = service.finished.notified() => {}
+                        }
+                    }
+                    None => service.finished.notified().await,
+                }
+            }
+        })
     }
 
     /// Becomes `true` when a transaction could not be journaled (after its wait for space): the
@@ -155,6 +262,56 @@ pub fn status_of(e: &TxError) -> Status {
     }
 }
 
+/// A `CheckStateRequest`'s components, checked at the edge (count, names, paths, URLs).
+pub fn expectations(req: &pb::CheckStateRequest) -> Result<Vec<Expectation>, String> {
+    if req.components.len() > consistency::MAX_COMPONENTS {
+        return Err(format!(
+            "{} components asked; at most {} per CheckState",
+            req.components.len(),
+            consistency::MAX_COMPONENTS
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(req.components.len());
+    for c in &req.components {
+        if !seen.insert(c.name.as_str()) {
+            return Err(format!("component {} is asked twice", c.name));
+        }
+        out.push(Expectation::new(&c.name, &c.path, &c.version_url)?);
+    }
+    Ok(out)
+}
+
+/// A report as the contract's response.
+pub fn report_to_proto(r: &consistency::Report) -> pb::CheckStateResponse {
+    pb::CheckStateResponse {
+        consistent: r.consistent(),
+        problems: r
+            .problems
+            .iter()
+            .map(|p| pb::StateProblem {
+                component: p.component.clone(),
+                code: p.code.as_str().to_string(),
+                message: p.message.clone(),
+            })
+            .collect(),
+        components: r
+            .components
+            .iter()
+            .map(|c| pb::ComponentState {
+                name: c.name.clone(),
+                version: c.version.clone().unwrap_or_default(),
+                service_version: c.service_version.clone().unwrap_or_default(),
+            })
+            .collect(),
+        in_progress: r.in_progress.clone().unwrap_or_default(),
+        checked: Some(prost_types::Timestamp {
+            seconds: r.checked.timestamp(),
+            nanos: r.checked.timestamp_subsec_nanos() as i32,
+        }),
+    }
+}
+
 /// Registers a prepared transaction as live and runs it on a thread of its own to its end. A
 /// transaction that cannot be journaled makes the agent exit (never a stopped transaction
 /// under a live agent: the restart, systemd's `Restart=always`, recovers it before serving).
@@ -164,6 +321,7 @@ fn start_transaction(
     prepared: Prepared,
     registry: Arc<Mutex<HashMap<String, Arc<LiveTx>>>>,
     must_restart: Arc<watch::Sender<bool>>,
+    finished: Arc<tokio::sync::Notify>,
 ) -> std::io::Result<Arc<LiveTx>> {
     let txid = prepared.txid().to_string();
     let live = LiveTx::new(prepared.initial.clone());
@@ -192,6 +350,8 @@ fn start_transaction(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&txid);
+                // Unregistered first: the check that follows does not see it running.
+                finished.notify_one();
             }
         });
     if let Err(e) = spawned {
@@ -299,6 +459,7 @@ impl Agent for AgentService {
         let templar = self.templar.clone();
         let registry = self.live.clone();
         let must_restart = self.must_restart.clone();
+        let finished = self.finished.clone();
         // Prepared and started in one blocking task: a client that goes away while this call
         // waits (its future dropped) cannot leave a journal begun and never run under a live
         // agent; once `prepare` took the lock and began the journal, the transaction runs.
@@ -310,6 +471,7 @@ impl Agent for AgentService {
                 prepared,
                 registry,
                 must_restart,
+                finished,
             ))
         })
         .await
@@ -535,12 +697,12 @@ impl Agent for AgentService {
 
     async fn check_state(
         &self,
-        _request: Request<pb::CheckStateRequest>,
+        request: Request<pb::CheckStateRequest>,
     ) -> Result<Response<pb::CheckStateResponse>, Status> {
-        // NOT DONE yet: the agent's consistency check lands with issue 15's agent work.
-        Err(Status::unimplemented(
-            "CheckState is not implemented by this agent yet (issue 15, agent side)",
-        ))
+        let req = request.into_inner();
+        let expected = expectations(&req).map_err(Status::invalid_argument)?;
+        let report = self.check_now(expected).await?;
+        Ok(Response::new(report_to_proto(&report)))
     }
 
     async fn get_forensics(

@@ -5,6 +5,7 @@
 //! - [`commands`]: the controller client: `deploy`, `rollback`, `watch`, `status`, `history`,
 //!   `deployment show`, `approve`, `abort`, `forensics get`, `incidents`;
 //! - [`run`]: `rampart run`, in-process (`--local`) or through an agent over gRPC (`--agent`);
+//! - [`push`]: `rampart run --local --pushgateway`: a run's facts to a Prometheus Pushgateway;
 //! - [`output`]: renders transaction events as Ansible-like text or JSON lines;
 //! - [`vars`]: `-e KEY=VALUE`, `-e @FILE`, `-e '{json}'` into one variables object;
 //! - [`migrate`]: `rampart migrate`, Flyway's commands against Flyway's history table;
@@ -22,5 +23,6 @@ pub mod exit;
 pub mod health;
 pub mod migrate;
 pub mod output;
+pub mod push;
 pub mod run;
 pub mod vars;

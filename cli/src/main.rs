@@ -32,7 +32,8 @@ enum Command {
         rampart run deploy.yml --agent 127.0.0.1:7420 -e @vars.json --json\n  \
         rampart run deploy.yml --agent web-1:7420 --tls-cert tls/controller.pem \\\n      \
         --tls-key tls/controller.key --tls-ca tls/ca.pem\n  \
-        rampart run deploy.yml --local --check")]
+        rampart run deploy.yml --local --check\n  \
+        rampart run deploy.yml --local --pushgateway http://127.0.0.1:9091   # facts to Prometheus")]
     Run {
         /// The playbook (a YAML list of plays).
         playbook: PathBuf,
@@ -76,6 +77,20 @@ enum Command {
         /// With --agent: a CA trusted to sign the agent's certificate (PEM); repeatable.
         #[arg(long, value_name = "FILE", conflicts_with = "local")]
         tls_ca: Vec<PathBuf>,
+        /// With --local: after the run, PUT its facts (outcome, duration, task counts, the
+        /// release per component, the host's consistency, transactions by outcome) to this
+        /// Prometheus Pushgateway (http:// or https://) as
+        /// URL/metrics/job/JOB/instance/HOSTNAME. A failed push (5 s at most) only warns.
+        #[arg(long, value_name = "URL", conflicts_with = "agent")]
+        pushgateway: Option<String>,
+        /// With --pushgateway: the job label of the push.
+        #[arg(
+            long,
+            value_name = "JOB",
+            default_value = "rampart",
+            requires = "pushgateway"
+        )]
+        push_job: String,
     },
     /// Run a health suite (e.g. playbooks/health/production.yml) against this host's services.
     ///
@@ -356,7 +371,19 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_ca,
+            pushgateway,
+            push_job,
         } => {
+            let push = match pushgateway
+                .map(|url| rampart_cli::push::Push::new(&url, &push_job))
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("rampart: {}", e.message);
+                    return e.exit.into();
+                }
+            };
             let vars = match parse_extra_vars(&extra_vars) {
                 Ok(v) => v,
                 Err(e) => {
@@ -393,6 +420,7 @@ fn main() -> ExitCode {
                 target,
                 lock_timeout: Duration::from_secs(lock_timeout),
                 txid,
+                push,
             };
             match run::run(opts) {
                 Ok(code) => code,

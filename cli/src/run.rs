@@ -72,6 +72,8 @@ pub struct RunOptions {
     pub lock_timeout: Duration,
     /// A txid to use.
     pub txid: Option<String>,
+    /// With a local run: push its facts to this Pushgateway afterwards.
+    pub push: Option<crate::push::Push>,
 }
 
 fn tx_error(e: TxError) -> CliError {
@@ -150,13 +152,39 @@ fn run_local(
             .and_then(|p| p.parent().map(Path::to_path_buf)),
         lock_timeout: opts.lock_timeout,
     };
+    let started = Instant::now();
     let tx = transaction::prepare(&host, &templar, req).map_err(tx_error)?;
     for e in &tx.initial {
         print(e);
     }
     let summary: TxSummary =
         transaction::execute(&host, &templar, tx, &mut print).map_err(tx_error)?;
+    if let Some(push) = &opts.push {
+        push_facts(push, &host, &summary, started.elapsed());
+    }
     Ok(Exit::of_transaction(summary.outcome))
+}
+
+/// Pushes the run's facts and the host's (the agent's textfile metrics, the state check after
+/// the run) to the Pushgateway. A failure is a warning: the run's exit code stays its own.
+fn push_facts(push: &crate::push::Push, host: &HostConfig, summary: &TxSummary, took: Duration) {
+    use rampart_agent::{consistency, metrics};
+    let report = consistency::check(&host.state_dir, &[], &[]);
+    let mut history = metrics::History::default();
+    history.refresh(&host.state_dir);
+    let run = metrics::RunFacts {
+        outcome: summary.outcome,
+        duration: took,
+        recap: summary.recap,
+        finished: chrono::Utc::now(),
+    };
+    let body = metrics::render(&history, &report, Some(&run));
+    if let Err(e) = push.send(&host.hostname, &body) {
+        eprintln!(
+            "rampart: warning: the run's metrics were not pushed ({e}); the run's result and \
+             exit code are unchanged"
+        );
+    }
 }
 
 /// An agent's address and how to talk to it.

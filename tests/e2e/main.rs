@@ -15,6 +15,7 @@
 //! - one test: `cargo test -p rampart-tests --test e2e -- --exact semantics::<test name>`
 //! - list them: `cargo test -p rampart-tests --test e2e -- --list`
 
+mod agent_metrics;
 mod artifact_cache;
 mod artifacts_rpc;
 mod bad_input;

@@ -86,6 +86,17 @@ struct Args {
     /// journal_wait_seconds].
     #[arg(long, value_name = "SECONDS")]
     journal_wait_seconds: Option<u64>,
+    /// Check that the host is whole (current links, recorded state, nothing left of an
+    /// interrupted transaction) every N seconds, and after every transaction; 0: only after
+    /// transactions [default: 60; config check_interval_seconds].
+    #[arg(long, value_name = "SECONDS")]
+    check_interval_seconds: Option<u64>,
+    /// Write this host's metrics after every check, atomically, in node_exporter's textfile
+    /// format (e.g. /var/lib/prometheus/node-exporter/rampart.prom): transactions by outcome,
+    /// recoveries, the current release per component, the check's verdict and problems
+    /// [config metrics_textfile].
+    #[arg(long, value_name = "PATH")]
+    metrics_textfile: Option<PathBuf>,
     /// Do not fsync journal records (benchmarks only: a crash may lose the journal's tail).
     #[arg(long, hide = true)]
     no_fsync: bool,
@@ -157,6 +168,22 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.no_fsync {
         cfg.journal_fsync = false;
+    }
+    if let Some(s) = args.check_interval_seconds {
+        cfg.check_interval_seconds = s;
+    }
+    if let Some(p) = args.metrics_textfile {
+        cfg.metrics_textfile = Some(p);
+    }
+    if let Some(p) = &cfg.metrics_textfile {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if p.file_name().is_none() || dir.is_some_and(|d| !d.is_dir()) {
+            anyhow::bail!(
+                "--metrics-textfile {}: its directory does not exist; create it (node_exporter's \
+                 --collector.textfile.directory) or pass another path",
+                p.display()
+            );
+        }
     }
     if let Some(files) = TlsFiles::from_flags(args.tls_cert, args.tls_key, args.tls_ca)
         .map_err(anyhow::Error::msg)?
@@ -237,6 +264,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(d) = cfg.forensics_dir {
             service = service.with_forensics_dir(d);
         }
+        let _monitor = service.spawn_monitor(server::Monitor {
+            textfile: cfg.metrics_textfile.clone(),
+            interval: (cfg.check_interval_seconds > 0)
+                .then(|| Duration::from_secs(cfg.check_interval_seconds)),
+        });
         let must_restart = service.must_restart();
         let restart = raised(must_restart.clone());
         let shutdown = async move {
