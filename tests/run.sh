@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 # Tools the end-to-end tests drive: curl (health checks), openssl (a test CA for https
 # artifacts), python3 (an https server), systemd (the sandboxed service manager), PostgreSQL
 # (server for throwaway clusters; psql, pg_dump, pg_restore for restore points), redis-server
-# (the health checks' Redis).
+# (the health checks' Redis), prometheus (a real Prometheus scraping the controller; promtool checks
+# and unit-tests monitoring/'s rules).
 missing=()
 for tool in curl:curl openssl:openssl python3:python3 /lib/systemd/systemd:systemd \
   psql:postgresql-client pg_dump:postgresql-client pg_restore:postgresql-client \
-  redis-server:redis-server; do
+  redis-server:redis-server promtool:prometheus prometheus:prometheus; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if ! [ -x /usr/local/bin/initdb ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
