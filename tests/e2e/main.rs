@@ -36,6 +36,7 @@ mod health;
 mod identity;
 mod migrate_restore;
 mod migrations;
+mod monitoring;
 mod mtls;
 mod release_safety;
 mod rollback_playbook;
