@@ -33,6 +33,7 @@ mod fleet_rollback;
 mod forensics;
 mod grpc_contract;
 mod health;
+mod history_stats;
 mod identity;
 mod migrate_restore;
 mod migrations;

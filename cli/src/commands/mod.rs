@@ -1125,6 +1125,16 @@ pub(crate) mod mock {
         }
 
         type GetForensicsStream = Chunks;
+        async fn deployment_stats(
+            &self,
+            req: Request<pb::DeploymentStatsRequest>,
+        ) -> Result<Response<pb::DeploymentStatsResponse>, Status> {
+            authorize(&req)?;
+            Err(Status::unimplemented(
+                "the fake controller computes no stats",
+            ))
+        }
+
         async fn get_forensics(
             &self,
             req: Request<pb::GetDeploymentForensicsRequest>,
