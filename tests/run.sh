@@ -9,13 +9,13 @@ cd "$(dirname "$0")/.."
 # Tools the end-to-end tests drive: curl (health checks), openssl (a test CA for https
 # artifacts), python3 (an https server), systemd (the sandboxed service manager), PostgreSQL
 # (server for throwaway clusters; psql, pg_dump, pg_restore for restore points), redis-server
-# (the health checks' Redis), promtool (Prometheus: metrics and rule checks),
+# (the health checks' Redis), prometheus and promtool (a real Prometheus scraping the controller; metrics and rule checks),
 # prometheus-pushgateway (receives `rampart run --local --pushgateway` facts; started by the tests
 # on a port of their own: the unit the package enables is not used).
 missing=()
 for tool in curl:curl openssl:openssl python3:python3 /lib/systemd/systemd:systemd \
   psql:postgresql-client pg_dump:postgresql-client pg_restore:postgresql-client \
-  redis-server:redis-server promtool:prometheus \
+  redis-server:redis-server promtool:prometheus prometheus:prometheus \
   /usr/bin/prometheus-pushgateway:prometheus-pushgateway; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "${tool%%:*}" ] || missing+=("${tool##*:}")
 done

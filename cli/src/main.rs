@@ -205,12 +205,15 @@ enum Command {
     /// List an environment's deployments, newest first.
     ///
     /// Each with id, kind, version, outcome (or state while unfinished), who asked, CI run,
-    /// commit, creation time, duration and a summary of its hosts' states.
+    /// commit, creation time, duration and a summary of its hosts' states. With --stats, the
+    /// environment's delivery figures over --since instead (DORA's four keys, SC-001, SC-002).
     ///
     /// Exit codes: 0 shown, 2 unknown environment or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
         rampart history --env production\n  \
-        rampart history --env production --limit 100 --json")]
+        rampart history --env production --limit 100 --json\n  \
+        rampart history --env production --stats --since 30d\n  \
+        rampart history --env production --stats --since 12h --json | jq .sc001")]
     History(rampart_cli::commands::query::HistoryArgs),
     /// Inspect one deployment (`rampart deployment show ID`).
     #[command(subcommand)]

@@ -21,6 +21,12 @@ pub const MAX_TEXT: usize = 4096;
 pub const MAX_REF: usize = 1024;
 /// Most elements of a `serial` override, and the longest one.
 pub const MAX_SERIAL: (usize, usize) = (100, 16);
+/// Longest window `DeploymentStats` computes over (400 days), in seconds.
+pub const MAX_STATS_WINDOW: u64 = 400 * 86_400;
+/// Most deployments, and most incidents, `DeploymentStats` reads from the store.
+pub const MAX_STATS_SCAN: u32 = 100_000;
+/// How far in the future a deploy's `commit_time` may be (clock skew), in seconds.
+pub const MAX_COMMIT_SKEW: i64 = 86_400;
 /// How many characters of a client's value an error quotes.
 pub const ECHO_CHARS: usize = 64;
 
@@ -123,6 +129,33 @@ pub fn serial(values: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
+/// A `DeploymentStats` window in seconds: 0 (the default, 30 days) up to [`MAX_STATS_WINDOW`].
+pub fn stats_window(what: &str, seconds: u64) -> Result<u64, Status> {
+    if seconds > MAX_STATS_WINDOW {
+        return Err(Status::invalid_argument(format!(
+            "{what} {seconds}: at most {MAX_STATS_WINDOW} seconds (400 days)"
+        )));
+    }
+    Ok(if seconds == 0 { 30 * 86_400 } else { seconds })
+}
+
+/// A commit time: after 1970 and at most [`MAX_COMMIT_SKEW`] after `now` (seconds).
+pub fn commit_time(what: &str, t: &prost_types::Timestamp, now: i64) -> Result<(), Status> {
+    if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Status::invalid_argument(format!(
+            "{what} {}.{:09}: not a time after 1970",
+            t.seconds, t.nanos
+        )));
+    }
+    if t.seconds > now.saturating_add(MAX_COMMIT_SKEW) {
+        return Err(Status::invalid_argument(format!(
+            "{what} {}: more than a day in the future; send the commit's time (git show -s --format=%cI SHA)",
+            t.seconds
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +208,28 @@ mod tests {
         assert!(sha256("sha256", &"a".repeat(64)).is_ok());
         assert!(serial(&vec!["1".to_string(); 101]).is_err());
         assert!(serial(&["1".repeat(17)]).is_err());
+    }
+
+    #[test]
+    fn stats_windows_and_commit_times_are_bounded() {
+        assert_eq!(stats_window("w", 0).unwrap(), 30 * 86_400);
+        assert_eq!(stats_window("w", 3_600).unwrap(), 3_600);
+        assert!(
+            stats_window("w", MAX_STATS_WINDOW + 1)
+                .unwrap_err()
+                .message()
+                .contains("400 days")
+        );
+        let t = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        let now = 1_700_000_000;
+        assert!(commit_time("c", &t(now - 10, 0), now).is_ok());
+        assert!(commit_time("c", &t(now + 3_600, 0), now).is_ok());
+        let e = commit_time("c", &t(now + 2 * 86_400, 0), now).unwrap_err();
+        assert!(
+            e.message().contains("more than a day in the future"),
+            "{e:?}"
+        );
+        assert!(commit_time("c", &t(-1, 0), now).is_err());
+        assert!(commit_time("c", &t(now, -5), now).is_err());
     }
 }

@@ -11,6 +11,8 @@
 //! - [`agents`]: mutual-TLS channels to agents, artifact delivery, following a transaction;
 //! - [`artifact_store`]: the uploaded artifacts: size limit, quota, free space, collection;
 //! - [`store`]: the deployment record and events, SQLite or PostgreSQL;
+//! - [`stats`]: delivery figures over a window (frequency, lead time, change failure rate,
+//!   time to restore, SC-001 and SC-002), pure;
 //! - [`service`]: the gRPC API CI calls (`rampart.v1.Controller`), its bearer tokens and the
 //!   scope each RPC needs;
 //! - [`edge`]: the bounds of request fields (ids, versions, names, digests) and the short quote
@@ -27,5 +29,6 @@ pub mod inventory;
 pub mod metrics;
 pub mod rollout;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod sweep;

@@ -29,6 +29,7 @@ use crate::config::{ControllerConfig, Environment, Scope, component_names};
 use crate::deployment::{Controller, new_deployment_id, now_ts};
 use crate::edge;
 use crate::rollout;
+use crate::stats;
 use crate::store::{ControlKind, ControlRequest, Store, StoreError};
 
 use pb::DeploymentState as DS;
@@ -96,6 +97,8 @@ pub enum Rpc {
     GetForensics,
     /// `CheckEnvironment`.
     CheckEnvironment,
+    /// `DeploymentStats`.
+    DeploymentStats,
 }
 
 impl Rpc {
@@ -107,7 +110,8 @@ impl Rpc {
             | Rpc::ListDeployments
             | Rpc::ListEnvironments
             | Rpc::ListIncidents
-            | Rpc::CheckEnvironment => Scope::Read,
+            | Rpc::CheckEnvironment
+            | Rpc::DeploymentStats => Scope::Read,
             Rpc::UploadArtifact | Rpc::Deploy | Rpc::Rollback | Rpc::Abort => Scope::Deploy,
             Rpc::Approve => Scope::Approve,
             // A person's acts: closing an incident, and bundles that may hold state captures
@@ -470,6 +474,9 @@ impl ControllerApi for Service {
         edge::version("version", &r.version)?;
         edge::text("ci_run_id", &r.ci_run_id, edge::MAX_REF)?;
         edge::text("commit", &r.commit, edge::MAX_REF)?;
+        if let Some(t) = &r.commit_time {
+            edge::commit_time("commit_time", t, now_ts().seconds)?;
+        }
         Self::check_vars(&r.vars_json, env)?;
         edge::serial(&r.serial)?;
         if !r.serial.is_empty() {
@@ -534,6 +541,7 @@ impl ControllerApi for Service {
             serial: r.serial,
             max_fail_percentage: r.max_fail_percentage,
             wait_timeout_ms: wait,
+            commit_time: r.commit_time,
             ..Default::default()
         };
         self.start(d).await
@@ -962,6 +970,126 @@ impl ControllerApi for Service {
             .into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn deployment_stats(
+        &self,
+        request: Request<pb::DeploymentStatsRequest>,
+    ) -> Result<Response<pb::DeploymentStatsResponse>, Status> {
+        let who = self.authorize(&request, Rpc::DeploymentStats)?;
+        let r = request.into_inner();
+        let window = edge::stats_window("since_seconds", r.since_seconds)?;
+        self.environment(&who, &r.environment)?;
+        let now = now_ts();
+        let end = seconds(&now);
+        let start = end - window as f64;
+        let env = r.environment.clone();
+        let (deployments, incidents) = self
+            .ctl
+            .db(move |s| {
+                let d =
+                    s.list_deployments(Some(&env), &[DS::Finished], edge::MAX_STATS_SCAN + 1)?;
+                let i = s.list_incidents(Some(&env), &[], edge::MAX_STATS_SCAN + 1)?;
+                Ok((d, i))
+            })
+            .await
+            .map_err(store_status)?;
+        // Newest first: a bound reached while still inside the window cut it short.
+        let cut = |len: usize, oldest: Option<f64>| {
+            len > edge::MAX_STATS_SCAN as usize && oldest.is_some_and(|t| t >= start)
+        };
+        let truncated = cut(
+            deployments.len(),
+            deployments
+                .last()
+                .and_then(|d| d.finished.as_ref())
+                .map(seconds),
+        ) || cut(
+            incidents.len(),
+            incidents
+                .last()
+                .and_then(|i| i.opened.as_ref())
+                .map(seconds),
+        );
+        let facts: Vec<stats::DeploymentFact> = deployments
+            .iter()
+            .take(edge::MAX_STATS_SCAN as usize)
+            .filter_map(deployment_fact)
+            .collect();
+        let incident_facts: Vec<stats::IncidentFact> = incidents
+            .iter()
+            .take(edge::MAX_STATS_SCAN as usize)
+            .filter_map(|i| {
+                Some(stats::IncidentFact {
+                    opened: seconds(i.opened.as_ref()?),
+                    resolved: i.resolved.as_ref().map(seconds),
+                })
+            })
+            .collect();
+        let st = stats::compute(&facts, &incident_facts, start, end);
+        Ok(Response::new(pb::DeploymentStatsResponse {
+            environment: r.environment,
+            window_start: Some(prost_types::Timestamp {
+                seconds: now.seconds - window as i64,
+                nanos: now.nanos,
+            }),
+            window_end: Some(now),
+            finished: st.finished,
+            succeeded: st.succeeded,
+            rolled_back: st.rolled_back,
+            rollback_failed: st.rollback_failed,
+            failed: st.failed,
+            not_started: st.not_started,
+            manual_rollbacks: st.manual_rollbacks,
+            deployments_per_day: st.deployments_per_day,
+            lead_time_samples: st.lead_time_samples,
+            lead_time_median_seconds: st.lead_time_median,
+            lead_time_p95_seconds: st.lead_time_p95,
+            change_failure_rate: st.change_failure_rate,
+            incidents_opened: st.incidents_opened,
+            incidents_resolved: st.incidents_resolved,
+            time_to_restore_median_seconds: st.time_to_restore_median,
+            success_rate: st.success_rate,
+            success_rate_target: stats::SUCCESS_TARGET,
+            success_rate_met: st.success_rate_met,
+            duration_p95_seconds: st.duration_p95,
+            duration_p95_target_seconds: stats::DURATION_P95_TARGET,
+            duration_p95_met: st.duration_p95_met,
+            deployments_scanned: facts.len() as u32,
+            incidents_scanned: incident_facts.len() as u32,
+            truncated,
+        }))
+    }
+}
+
+/// A protobuf timestamp in seconds since the epoch.
+fn seconds(t: &prost_types::Timestamp) -> f64 {
+    t.seconds as f64 + f64::from(t.nanos) / 1e9
+}
+
+/// The facts the figures need of a finished deployment; `None` without a finish time.
+fn deployment_fact(d: &pb::Deployment) -> Option<stats::DeploymentFact> {
+    use pb::DeploymentOutcome as O;
+    let ending = match d.outcome() {
+        O::Succeeded => stats::Ending::Succeeded,
+        O::RolledBack => stats::Ending::RolledBack,
+        O::RollbackFailed => stats::Ending::RollbackFailed,
+        O::Failed => stats::Ending::Failed,
+        O::CheckOnly => stats::Ending::CheckOnly,
+        O::Aborted | O::LockTimeout | O::ApprovalTimedOut | O::Unspecified => {
+            stats::Ending::NotStarted
+        }
+    };
+    Some(stats::DeploymentFact {
+        manual_rollback: d.kind() == pb::DeploymentKind::Rollback,
+        ending: if d.check && ending != stats::Ending::NotStarted {
+            stats::Ending::CheckOnly
+        } else {
+            ending
+        },
+        commit_time: d.commit_time.as_ref().map(seconds),
+        started: d.started.as_ref().map(seconds),
+        finished: seconds(d.finished.as_ref()?),
+    })
 }
 
 /// Gives each queued deployment of `v` its place in its environment's queue.

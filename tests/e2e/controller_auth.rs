@@ -361,6 +361,18 @@ fn each_rpc_needs_its_scope_and_a_deploy_sets_only_the_allowed_variables() {
             )
             .await
             .map(drop),
+            call(
+                "DeploymentStats",
+                c.deployment_stats(req(
+                    "blind",
+                    pb::DeploymentStatsRequest {
+                        environment: "prod".into(),
+                        since_seconds: 0,
+                    },
+                )),
+            )
+            .await
+            .map(drop),
         ];
         let denied: Vec<(&str, &str, Result<(), Status>)> = denied
             .into_iter()
@@ -385,6 +397,18 @@ fn each_rpc_needs_its_scope_and_a_deploy_sets_only_the_allowed_variables() {
             call(
                 "ListIncidents",
                 c.list_incidents(req(token, pb::ListIncidentsRequest::default())),
+            )
+            .await
+            .unwrap();
+            call(
+                "DeploymentStats",
+                c.deployment_stats(req(
+                    token,
+                    pb::DeploymentStatsRequest {
+                        environment: "prod".into(),
+                        since_seconds: 3_600,
+                    },
+                )),
             )
             .await
             .unwrap();

@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod deploy;
 pub mod fleet;
 pub mod pg;
+pub mod prometheus;
 pub mod pushgateway;
 pub mod redis;
 pub mod systemd;

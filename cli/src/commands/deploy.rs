@@ -73,8 +73,16 @@ pub struct DeployArgs {
     pub max_fail_percentage: Option<u32>,
     /// The source commit, recorded in history. [default: $CI_COMMIT_SHA, $GITHUB_SHA or
     /// $GIT_COMMIT]
+    ///
+    /// Its time is sent for lead-time figures (`rampart history --stats`): a SHA (or tag) is
+    /// resolved with `git show -s --format=%cI SHA` in the current directory; an RFC 3339 time or
+    /// unix seconds given here is taken as the commit's time.
     #[arg(long, value_name = "SHA")]
     pub commit: Option<String>,
+    /// When the commit was made, RFC 3339 (`2025-01-31T12:00:00Z`) or unix seconds; overrides
+    /// what --commit resolves to.
+    #[arg(long, value_name = "TIME")]
+    pub commit_time: Option<String>,
     /// Queueing, who asked, re-attaching.
     #[command(flatten)]
     pub follow: FollowArgs,
@@ -1173,6 +1181,9 @@ fn prepare_deploy(
         a.sha256 = sha;
         a.size = size;
     }
+    let commit = non_empty(args.commit.clone())
+        .or_else(|| first_env(&COMMIT_VARS, env))
+        .unwrap_or_default();
     let request = pb::DeployRequest {
         environment: args.env.clone(),
         version: args.version.clone(),
@@ -1185,9 +1196,8 @@ fn prepare_deploy(
         ci_run_id: non_empty(args.follow.ci_run_id.clone())
             .or_else(|| first_env(&CI_RUN_ID_VARS, env))
             .unwrap_or_default(),
-        commit: non_empty(args.commit.clone())
-            .or_else(|| first_env(&COMMIT_VARS, env))
-            .unwrap_or_default(),
+        commit_time: resolve_commit_time(args.commit_time.as_deref(), &commit, &git_commit_time)?,
+        commit,
         wait_timeout_ms: args.follow.wait_timeout.saturating_mul(1000),
         check: args.check,
         serial: args.serial.clone(),
@@ -1204,6 +1214,95 @@ fn prepare_deploy(
         artifacts,
         request,
     })
+}
+
+/// A time as `--commit-time` (or `--commit`) may give it: RFC 3339, or unix seconds from 2001
+/// (ten or more digits, so a short all-digit SHA is not taken for a time).
+fn parse_commit_time(text: &str) -> Option<prost_types::Timestamp> {
+    let t = text.trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Some(prost_types::Timestamp {
+            seconds: d.timestamp(),
+            nanos: d.timestamp_subsec_nanos() as i32,
+        });
+    }
+    if t.len() >= 10 && t.len() <= 12 && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(prost_types::Timestamp {
+            seconds: t.parse().ok()?,
+            nanos: 0,
+        });
+    }
+    None
+}
+
+/// The commit time to send: `--commit-time` when given (a usage error when it is not a time);
+/// else `commit` itself when it is a time; else what `git` resolves `commit` (a SHA or tag) to.
+/// A commit git cannot resolve leaves the time unknown, with a warning: the deploy goes on.
+fn resolve_commit_time(
+    explicit: Option<&str>,
+    commit: &str,
+    git: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Option<prost_types::Timestamp>, CliError> {
+    if let Some(text) = explicit {
+        return parse_commit_time(text).map(Some).ok_or_else(|| {
+            CliError::usage(format!(
+                "--commit-time {text:?}: give RFC 3339 (2025-01-31T12:00:00Z) or unix seconds"
+            ))
+        });
+    }
+    if commit.is_empty() {
+        return Ok(None);
+    }
+    if let Some(t) = parse_commit_time(commit) {
+        return Ok(Some(t));
+    }
+    let plain = commit.len() <= 255
+        && !commit.starts_with('-')
+        && commit
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    let resolved = if plain {
+        git(commit).and_then(|out| {
+            parse_commit_time(out.trim())
+                .ok_or_else(|| format!("git answered {:?}, not a time", out.trim()))
+        })
+    } else {
+        Err("not a commit name".to_string())
+    };
+    match resolved {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            eprintln!(
+                "rampart: warning: the time of commit {commit:?} is unknown ({e}); lead time is not measured for this deployment (give --commit-time)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// `git show -s --format=%cI COMMIT^{commit}` in the current directory, bounded by 10 s.
+fn git_commit_time(commit: &str) -> Result<String, String> {
+    git_commit_time_in(Path::new("."), commit)
+}
+
+/// As [`git_commit_time`], in the repository at `dir`.
+fn git_commit_time_in(dir: &Path, commit: &str) -> Result<String, String> {
+    let argv = [
+        "git".to_string(),
+        "-C".into(),
+        dir.to_string_lossy().into_owned(),
+        "show".into(),
+        "-s".into(),
+        "--format=%cI".into(),
+        format!("{commit}^{{commit}}"),
+    ];
+    let ran =
+        rampart_host::process::run_bounded(&argv, &[], Instant::now() + Duration::from_secs(10));
+    if ran.success() {
+        Ok(ran.stdout)
+    } else {
+        Err(format!("git show: {}", ran.describe()))
+    }
 }
 
 /// `rampart deploy`: uploads the artifacts, starts the deployment and follows it; returns the
@@ -1452,6 +1551,7 @@ mod tests {
             serial: vec!["1".into(), "50%".into()],
             max_fail_percentage: Some(30),
             commit: None,
+            commit_time: None,
             follow: FollowArgs {
                 wait_timeout: 600,
                 ci_run_id: None,
@@ -1840,6 +1940,7 @@ web3  untouched    1.9.0 → -
             serial: Vec::new(),
             max_fail_percentage: None,
             commit: None,
+            commit_time: None,
             follow: FollowArgs {
                 wait_timeout: 600,
                 ci_run_id: Some("ci-7".into()),
@@ -1957,5 +2058,94 @@ web3  untouched    1.9.0 → -
         assert_eq!(version_change("1.0", "2.0"), "1.0 → 2.0");
         assert_eq!(version_change("", "2.0"), "- → 2.0");
         assert_eq!(version_change("2.0", "2.0"), "2.0");
+    }
+
+    #[test]
+    fn commit_time_from_the_flag_the_commit_or_git() {
+        let no_git = |c: &str| -> Result<String, String> { panic!("git asked for {c}") };
+        let t = |s: i64| {
+            Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        assert_eq!(
+            resolve_commit_time(Some("2025-01-31T12:00:00Z"), "abc123", &no_git).unwrap(),
+            t(1_738_324_800)
+        );
+        assert_eq!(
+            resolve_commit_time(Some("1738324800"), "", &no_git).unwrap(),
+            t(1_738_324_800)
+        );
+        let e = resolve_commit_time(Some("yesterday"), "", &no_git).unwrap_err();
+        assert!(
+            e.message.contains("--commit-time \"yesterday\""),
+            "{}",
+            e.message
+        );
+        assert_eq!(resolve_commit_time(None, "", &no_git).unwrap(), None);
+        assert_eq!(
+            resolve_commit_time(None, "2025-01-31T13:00:00+01:00", &no_git).unwrap(),
+            t(1_738_324_800)
+        );
+        let git = |c: &str| -> Result<String, String> {
+            match c {
+                "4f2a9c1e" => Ok("2025-01-31T12:00:00+00:00\n".into()),
+                "1234567" => Err("unknown revision".into()),
+                _ => Ok("garbage".into()),
+            }
+        };
+        assert_eq!(
+            resolve_commit_time(None, "4f2a9c1e", &git).unwrap(),
+            t(1_738_324_800)
+        );
+        // Unknown to git, or an odd answer: unknown, and the deploy goes on.
+        assert_eq!(resolve_commit_time(None, "1234567", &git).unwrap(), None);
+        assert_eq!(resolve_commit_time(None, "v1.2", &git).unwrap(), None);
+        // Never handed to git as an option.
+        assert_eq!(
+            resolve_commit_time(None, "--output=/tmp/x", &no_git).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn git_resolves_a_real_commit_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .env("GIT_COMMITTER_DATE", "2025-01-31T12:00:00Z")
+                .env("GIT_AUTHOR_DATE", "2025-01-31T12:00:00Z")
+                .output()
+                .expect("git (Debian package git)");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        git(&["init", "-q"]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ]);
+        let sha = git(&["rev-parse", "HEAD"]);
+        let text = git_commit_time_in(dir.path(), &sha).unwrap();
+        assert_eq!(
+            parse_commit_time(&text).map(|t| t.seconds),
+            Some(1_738_324_800)
+        );
+        let e = git_commit_time_in(dir.path(), "0123abcd").unwrap_err();
+        assert!(e.starts_with("git show: exited with 128"), "{e}");
     }
 }

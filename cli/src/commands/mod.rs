@@ -1163,6 +1163,16 @@ pub(crate) mod mock {
             }))
         }
 
+        async fn deployment_stats(
+            &self,
+            req: Request<pb::DeploymentStatsRequest>,
+        ) -> Result<Response<pb::DeploymentStatsResponse>, Status> {
+            authorize(&req)?;
+            Err(Status::unimplemented(
+                "the fake controller computes no stats",
+            ))
+        }
+
         async fn get_forensics(
             &self,
             req: Request<pb::GetDeploymentForensicsRequest>,

@@ -47,6 +47,14 @@ pub struct HistoryArgs {
     /// At most this many deployments, newest first.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: u32,
+    /// Print delivery figures instead of the list: deployment frequency, lead time (commit to
+    /// production live; `rampart deploy --commit` records the commit's time), change failure
+    /// rate, time to restore, SC-001 (success rate >= 95 %) and SC-002 (p95 duration <= 10 min).
+    #[arg(long)]
+    pub stats: bool,
+    /// The window of --stats, back from now: `30d`, `12h`, `90m` (at most 400d).
+    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = parse_since, requires = "stats")]
+    pub since: u64,
     /// How to reach the controller.
     #[command(flatten)]
     pub controller: ControllerArgs,
@@ -217,6 +225,7 @@ pub fn deployment_json(d: &pb::Deployment) -> Value {
         "serial": d.serial,
         "max_fail_percentage": d.max_fail_percentage,
         "wait_timeout_ms": d.wait_timeout_ms,
+        "commit_time": timestamp_json(d.commit_time.as_ref()),
     })
 }
 
@@ -442,6 +451,9 @@ pub fn render_deployment<W: Write>(
     field("requested by", d.requested_by.clone());
     field("ci run", d.ci_run_id.clone());
     field("commit", d.commit.clone());
+    if d.commit_time.is_some() {
+        field("commit time", timestamp_text(d.commit_time.as_ref()));
+    }
     field("created", timestamp_text(d.created.as_ref()));
     if d.started.is_some() {
         field("started", timestamp_text(d.started.as_ref()));
@@ -705,8 +717,218 @@ pub fn render_check<W: Write>(
     Ok(())
 }
 
-/// `rampart history`: an environment's deployments, newest first.
+/// `--since`: `<N>d`, `<N>h` or `<N>m` as seconds, 1 minute to 400 days.
+pub fn parse_since(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    let per = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        _ => {
+            return Err(format!(
+                "{text:?}: give a number and a unit, d, h or m (e.g. 30d, 12h, 90m)"
+            ));
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?}: {num:?} is not a whole number (e.g. 30d, 12h, 90m)"))?;
+    let secs = n.saturating_mul(per);
+    if secs == 0 || secs > 400 * 86_400 {
+        return Err(format!("{text:?}: from 1m to 400d"));
+    }
+    Ok(secs)
+}
+
+/// A window in seconds as people write it: `30d`, `12h`, `90m`, `45s`.
+fn window_text(secs: u64) -> String {
+    if secs.is_multiple_of(86_400) {
+        format!("{}d", secs / 86_400)
+    } else if secs.is_multiple_of(3_600) {
+        format!("{}h", secs / 3_600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+fn seconds_text(s: Option<f64>) -> String {
+    s.map_or_else(
+        || "-".to_string(),
+        |s| duration_text(Duration::from_secs_f64(s.max(0.0))),
+    )
+}
+
+fn percent_text(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0))
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "PASS",
+        Some(false) => "FAIL",
+        None => "no data",
+    }
+}
+
+/// The `history --stats` figures as JSON: every field, unset figures as null.
+pub fn stats_json(r: &pb::DeploymentStatsResponse) -> Value {
+    json!({
+        "environment": r.environment,
+        "window_start": timestamp_json(r.window_start.as_ref()),
+        "window_end": timestamp_json(r.window_end.as_ref()),
+        "deployments": {
+            "finished": r.finished,
+            "succeeded": r.succeeded,
+            "rolled_back": r.rolled_back,
+            "rollback_failed": r.rollback_failed,
+            "failed": r.failed,
+            "not_started": r.not_started,
+            "manual_rollbacks": r.manual_rollbacks,
+        },
+        "deployment_frequency_per_day": r.deployments_per_day,
+        "lead_time": {
+            "samples": r.lead_time_samples,
+            "median_seconds": r.lead_time_median_seconds,
+            "p95_seconds": r.lead_time_p95_seconds,
+        },
+        "change_failure_rate": r.change_failure_rate,
+        "time_to_restore": {
+            "incidents_opened": r.incidents_opened,
+            "incidents_resolved": r.incidents_resolved,
+            "median_seconds": r.time_to_restore_median_seconds,
+        },
+        "sc001": {
+            "success_rate": r.success_rate,
+            "target": r.success_rate_target,
+            "met": r.success_rate_met,
+        },
+        "sc002": {
+            "p95_duration_seconds": r.duration_p95_seconds,
+            "target_seconds": r.duration_p95_target_seconds,
+            "met": r.duration_p95_met,
+        },
+        "deployments_scanned": r.deployments_scanned,
+        "incidents_scanned": r.incidents_scanned,
+        "truncated": r.truncated,
+    })
+}
+
+/// The `history --stats` table.
+pub fn render_stats<W: Write>(
+    out: &mut W,
+    r: &pb::DeploymentStatsResponse,
+    since: u64,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{}, last {} ({} to {})",
+        r.environment,
+        window_text(since),
+        timestamp_text(r.window_start.as_ref()),
+        timestamp_text(r.window_end.as_ref())
+    )?;
+    let row = |k: &str, v: String| vec![format!("  {k}"), v];
+    let rows = vec![
+        row(
+            "deployments",
+            format!(
+                "{} ({} succeeded, {} rolled back, {} rollback failed, {} failed); {} never started, {} manual rollbacks",
+                r.finished,
+                r.succeeded,
+                r.rolled_back,
+                r.rollback_failed,
+                r.failed,
+                r.not_started,
+                r.manual_rollbacks
+            ),
+        ),
+        row(
+            "deployment frequency",
+            format!("{:.2} per day", r.deployments_per_day),
+        ),
+        row(
+            "lead time",
+            if r.lead_time_samples == 0 {
+                "- (no succeeded deployment with a commit time; deploy with --commit)".into()
+            } else {
+                format!(
+                    "median {}, p95 {} ({} deployments)",
+                    seconds_text(r.lead_time_median_seconds),
+                    seconds_text(r.lead_time_p95_seconds),
+                    r.lead_time_samples
+                )
+            },
+        ),
+        row("change failure rate", percent_text(r.change_failure_rate)),
+        row(
+            "time to restore",
+            format!(
+                "median {} ({} of {} incidents resolved)",
+                seconds_text(r.time_to_restore_median_seconds),
+                r.incidents_resolved,
+                r.incidents_opened
+            ),
+        ),
+        row(
+            "SC-001 success rate",
+            format!(
+                "{} (target >= {:.0}%): {}",
+                percent_text(r.success_rate),
+                r.success_rate_target * 100.0,
+                verdict(r.success_rate_met)
+            ),
+        ),
+        row(
+            "SC-002 p95 duration",
+            format!(
+                "{} (target <= {}): {}",
+                seconds_text(r.duration_p95_seconds),
+                seconds_text(Some(r.duration_p95_target_seconds)),
+                verdict(r.duration_p95_met)
+            ),
+        ),
+    ];
+    write_table(out, &rows)?;
+    if r.truncated {
+        writeln!(
+            out,
+            "note: only the newest {} deployments and {} incidents were read; the figures cover part of the window",
+            r.deployments_scanned, r.incidents_scanned
+        )?;
+    }
+    Ok(())
+}
+
+/// `rampart history --stats`: the environment's delivery figures over `--since`.
+fn history_stats(args: HistoryArgs) -> Exit {
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let resp = c
+            .deployment_stats(pb::DeploymentStatsRequest {
+                environment: args.env.clone(),
+                since_seconds: args.since,
+            })
+            .await
+            .map_err(|s| ctl.error(&format!("deployment stats of {}", args.env), &s))?
+            .into_inner();
+        if json {
+            print_json(&stats_json(&resp));
+        } else {
+            let _ = render_stats(&mut std::io::stdout().lock(), &resp, args.since);
+        }
+        Ok(Exit::Ok)
+    })
+}
+
+/// `rampart history`: an environment's deployments, newest first (with `--stats`, its
+/// delivery figures).
 pub fn history(args: HistoryArgs) -> Exit {
+    if args.stats {
+        return history_stats(args);
+    }
     let json = args.controller.json;
     with_client(&args.controller, |ctl, mut c| async move {
         let resp = c
@@ -1039,7 +1261,8 @@ mod tests {
         );
         assert_eq!(v["hosts"][0]["started"], Value::Null);
         let obj = v.as_object().unwrap();
-        assert_eq!(obj.len(), 26, "one key per Deployment field");
+        assert_eq!(obj.len(), 27, "one key per Deployment field");
+        assert_eq!(v["commit_time"], Value::Null);
         assert_eq!(v["vars"], Value::Null);
         assert_eq!(v["max_fail_percentage"], Value::Null);
     }
@@ -1238,5 +1461,124 @@ mod tests {
             partial_path(std::path::Path::new("/tmp/web2.tar.gz")),
             PathBuf::from("/tmp/web2.tar.gz.partial")
         );
+    }
+
+    #[test]
+    fn since_takes_days_hours_and_minutes() {
+        assert_eq!(parse_since("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_since("12h"), Ok(12 * 3_600));
+        assert_eq!(parse_since("90m"), Ok(5_400));
+        for bad in [
+            "",
+            "30",
+            "d",
+            "30w",
+            "-1d",
+            "0m",
+            "401d",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            let e = parse_since(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+        assert_eq!(window_text(30 * 86_400), "30d");
+        assert_eq!(window_text(5_400), "90m");
+    }
+
+    fn stats() -> pb::DeploymentStatsResponse {
+        pb::DeploymentStatsResponse {
+            environment: "production".into(),
+            window_start: ts(1_700_000_000),
+            window_end: ts(1_700_000_000 + 30 * 86_400),
+            finished: 20,
+            succeeded: 18,
+            rolled_back: 1,
+            rollback_failed: 1,
+            deployments_per_day: 20.0 / 30.0,
+            lead_time_samples: 18,
+            lead_time_median_seconds: Some(3_600.0),
+            lead_time_p95_seconds: Some(7_200.0),
+            change_failure_rate: Some(0.1),
+            incidents_opened: 2,
+            incidents_resolved: 1,
+            time_to_restore_median_seconds: Some(1_800.0),
+            success_rate: Some(0.9),
+            success_rate_target: 0.95,
+            success_rate_met: Some(false),
+            duration_p95_seconds: Some(300.0),
+            duration_p95_target_seconds: 600.0,
+            duration_p95_met: Some(true),
+            deployments_scanned: 21,
+            incidents_scanned: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stats_table_says_pass_and_fail() {
+        let mut out = Vec::new();
+        render_stats(&mut out, &stats(), 30 * 86_400).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("production, last 30d (2023-11-14 22:13:20Z to "),
+            "{text}"
+        );
+        assert!(text.contains("0.67 per day"), "{text}");
+        assert!(
+            text.contains("median 1h00m, p95 2h00m (18 deployments)"),
+            "{text}"
+        );
+        let line = |k: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(k))
+                .unwrap_or("")
+        };
+        assert!(line("change failure rate").ends_with(" 10.0%"), "{text}");
+        assert!(
+            text.contains("median 30m00s (1 of 2 incidents resolved)"),
+            "{text}"
+        );
+        assert!(text.contains("90.0% (target >= 95%): FAIL"), "{text}");
+        assert!(text.contains("5m00s (target <= 10m00s): PASS"), "{text}");
+        assert!(!text.contains("note:"), "{text}");
+        let mut empty = pb::DeploymentStatsResponse {
+            environment: "dev".into(),
+            success_rate_target: 0.95,
+            duration_p95_target_seconds: 600.0,
+            truncated: true,
+            ..Default::default()
+        };
+        empty.deployments_scanned = 100_000;
+        let mut out = Vec::new();
+        render_stats(&mut out, &empty, 3_600).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(" - (no succeeded deployment with a commit time"),
+            "{text}"
+        );
+        assert!(text.contains(" - (target >= 95%): no data"), "{text}");
+        assert!(
+            text.contains("note: only the newest 100000 deployments"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn stats_json_has_every_figure() {
+        let v = stats_json(&stats());
+        assert_eq!(v["deployment_frequency_per_day"], 20.0 / 30.0);
+        assert_eq!(v["deployments"]["rollback_failed"], 1);
+        assert_eq!(v["lead_time"]["p95_seconds"], 7_200.0);
+        assert_eq!(v["change_failure_rate"], 0.1);
+        assert_eq!(v["time_to_restore"]["median_seconds"], 1_800.0);
+        assert_eq!(
+            v["sc001"],
+            json!({"success_rate": 0.9, "target": 0.95, "met": false})
+        );
+        assert_eq!(v["sc002"]["met"], true);
+        assert_eq!(v["window_start"], "2023-11-14T22:13:20.000Z");
+        let none = stats_json(&pb::DeploymentStatsResponse::default());
+        assert!(none["sc001"]["met"].is_null() && none["lead_time"]["median_seconds"].is_null());
     }
 }
