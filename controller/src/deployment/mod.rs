@@ -162,6 +162,9 @@ pub struct Controller {
     pub agents: Arc<Agents>,
     /// The artifact store: its limits, uploads in progress, collection.
     pub artifacts: Arc<ArtifactStore>,
+    /// Failed notification attempts per (environment, sink), counted by the delivery worker
+    /// ([`crate::notify::worker`]), for the metrics.
+    pub notify_stats: Arc<crate::notify::Stats>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// This instance's own unfinished deployments left by its previous process (a restart
     /// under the same instance name) that do not run again yet.
@@ -322,6 +325,7 @@ impl Controller {
             ),
             cfg,
             store,
+            notify_stats: Arc::default(),
             agents: Arc::new(agents),
             live: Mutex::new(HashMap::new()),
             own: Mutex::new(OwnResume {
