@@ -37,6 +37,7 @@ mod identity;
 mod migrate_restore;
 mod migrations;
 mod mtls;
+mod notify;
 mod release_safety;
 mod rollback_playbook;
 mod sample_app;
