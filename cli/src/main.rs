@@ -247,8 +247,9 @@ enum Command {
     /// List incidents (deployments that need or needed a person), or resolve one.
     ///
     /// Without a subcommand, lists incidents newest first with severity, state, environment,
-    /// deployment, hosts and summary. `rampart incidents resolve ID --note TEXT [--ack]`
-    /// acknowledges or resolves one.
+    /// deployment, hosts and summary. `rampart incidents resolve ID --note TEXT [--ack]
+    /// [--postmortem URL]` acknowledges or resolves one; `rampart incidents postmortem ID
+    /// [--output FILE]` renders its post-mortem draft.
     ///
     /// Exit codes: 0 done, 2 unknown incident or controller unreachable, 3 token refused.
     #[command(

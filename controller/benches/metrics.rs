@@ -63,19 +63,22 @@ fn world() -> World {
         store.insert_deployment(&d, "bench").unwrap();
         if i % 50 == 0 {
             store
-                .insert_incident(&pb::Incident {
-                    id: format!("inc-{i}"),
-                    environment: d.environment.clone(),
-                    deployment_id: d.id.clone(),
-                    severity: pb::IncidentSeverity::Error as i32,
-                    state: if i % 100 == 0 {
-                        pb::IncidentState::Open as i32
-                    } else {
-                        pb::IncidentState::Resolved as i32
+                .insert_incident(
+                    &pb::Incident {
+                        id: format!("inc-{i}"),
+                        environment: d.environment.clone(),
+                        deployment_id: d.id.clone(),
+                        severity: pb::IncidentSeverity::Error as i32,
+                        state: if i % 100 == 0 {
+                            pb::IncidentState::Open as i32
+                        } else {
+                            pb::IncidentState::Resolved as i32
+                        },
+                        opened: Some(now),
+                        ..Default::default()
                     },
-                    opened: Some(now),
-                    ..Default::default()
-                })
+                    &[],
+                )
                 .unwrap();
         }
     }

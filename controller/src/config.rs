@@ -56,7 +56,28 @@
 //! unreachable_after_seconds = 15            # how long a lost agent is retried before `unreachable`
 //! rescue_wait_seconds = 120                 # fleet rescue: how long an unreachable host is awaited
 //! vars = { health_retries = 20 }            # extra variables for every host (lowest precedence)
+//! require_postmortem = false                # true: resolving an incident needs --postmortem URL
+//!
+//! # Sinks told of incidents (and, where listed, deployments); secrets only from files.
+//! # events ⊆ incident, incident_resolved, approval, succeeded (default: the two incident ones;
+//! # github and pagerduty take only those).
+//! [environments.production.notify.github]
+//! api_url = "https://api.github.com"        # default; Enterprise: https://HOST/api/v3
+//! repository = "acme/shop"
+//! token_file = "/etc/rampart/github-token"
+//! [environments.production.notify.slack]
+//! webhook_url_file = "/etc/rampart/slack-webhook-url"
+//! events = ["incident", "incident_resolved", "approval", "succeeded"]
+//! [environments.production.notify.pagerduty]
+//! url = "https://events.pagerduty.com/v2/enqueue"   # default
+//! routing_key_file = "/etc/rampart/pagerduty-routing-key"
+//! [environments.production.notify.webhook]
+//! url = "https://hooks.internal/rampart"
+//! secret_file = "/etc/rampart/webhook-secret"      # HMAC-SHA256 key of X-Rampart-Signature
 //! ```
+//!
+//! A bad sink (unknown type or key, a missing or empty secret file, a bad URL, a repository
+//! that is not owner/name) is refused at start, naming the key (see [`crate::notify`]).
 //!
 //! A token's `scopes` say which RPCs it may call ([`Scope`]; `service::Rpc::scope` is the
 //! table): `read` (Watch, GetDeployment, ListDeployments, ListEnvironments, ListIncidents),
@@ -299,6 +320,10 @@ struct RawEnvironment {
     rescue_wait_seconds: f64,
     #[serde(default)]
     vars: Option<toml::Table>,
+    #[serde(default)]
+    require_postmortem: bool,
+    #[serde(default)]
+    notify: Option<toml::Table>,
 }
 
 fn default_wait() -> f64 {
@@ -432,6 +457,10 @@ pub struct Environment {
     pub unreachable_after: Duration,
     /// How long the fleet rescue waits for an unreachable host.
     pub rescue_wait: Duration,
+    /// Whether resolving an incident needs a post-mortem link (`require_postmortem`).
+    pub require_postmortem: bool,
+    /// The sinks told of incidents and deployments (`[environments.E.notify.<kind>]`).
+    pub notify: Vec<crate::notify::Sink>,
 }
 
 impl Environment {
@@ -887,6 +916,11 @@ fn environment(
         host_deadline: secs("host_deadline_seconds", e.host_deadline_seconds)?,
         unreachable_after: secs("unreachable_after_seconds", e.unreachable_after_seconds)?,
         rescue_wait: secs("rescue_wait_seconds", e.rescue_wait_seconds)?,
+        require_postmortem: e.require_postmortem,
+        notify: match &e.notify {
+            Some(t) => crate::notify::parse_sinks(t, abs)?,
+            None => Vec::new(),
+        },
     })
 }
 

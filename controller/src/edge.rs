@@ -17,6 +17,8 @@ pub const MAX_VERSION: usize = 128;
 pub const MAX_NAME: usize = 253;
 /// Longest free text (reason, comment, note).
 pub const MAX_TEXT: usize = 4096;
+/// Longest URL (a post-mortem link).
+pub const MAX_URL: usize = 2048;
 /// Longest CI run id (a pipeline URL) or commit.
 pub const MAX_REF: usize = 1024;
 /// Most elements of a `serial` override, and the longest one.
@@ -156,6 +158,25 @@ pub fn commit_time(what: &str, t: &prost_types::Timestamp, now: i64) -> Result<(
     Ok(())
 }
 
+/// A link a person gives (a post-mortem): an `http://` or `https://` URL with a host, at most
+/// [`MAX_URL`] bytes, no whitespace or control characters.
+pub fn url(what: &str, value: &str) -> Result<(), Status> {
+    bounded(what, value, MAX_URL)?;
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if host.is_none_or(str::is_empty) || value.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(refuse(
+            what,
+            value,
+            "give an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +229,11 @@ mod tests {
         assert!(sha256("sha256", &"a".repeat(64)).is_ok());
         assert!(serial(&vec!["1".to_string(); 101]).is_err());
         assert!(serial(&["1".repeat(17)]).is_err());
+        url("postmortem_url", "https://wiki.example/pm/inc-1").unwrap();
+        for bad in ["", "wiki/pm", "https://", "ftp://x/y", "https://x/ y"] {
+            assert!(url("postmortem_url", bad).is_err(), "{bad}");
+        }
+        assert!(url("postmortem_url", &format!("https://x/{}", "a".repeat(3000))).is_err());
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   time to restore, SC-001 and SC-002), pure;
 //! - [`service`]: the gRPC API CI calls (`rampart.v1.Controller`), its bearer tokens and the
 //!   scope each RPC needs;
+//! - [`incident`]: opening an incident (with its outbox rows), the rollback reason, the
+//!   post-mortem draft;
+//! - [`notify`]: the sinks (GitHub, Slack, PagerDuty, webhook) and the outbox's delivery worker;
 //! - [`edge`]: the bounds of request fields (ids, versions, names, digests) and the short quote
 //!   of a client's value in errors.
 
@@ -25,8 +28,10 @@ pub mod artifact_store;
 pub mod config;
 pub mod deployment;
 pub mod edge;
+pub mod incident;
 pub mod inventory;
 pub mod metrics;
+pub mod notify;
 pub mod rollout;
 pub mod service;
 pub mod stats;

@@ -69,9 +69,6 @@ const MAX_CHECK_SERIES: usize = 256;
 /// and playbooks).
 const MAX_LABEL: usize = 128;
 
-/// How long an open incident may wait for its post-mortem.
-pub const POSTMORTEM_WITHIN: Duration = Duration::from_secs(48 * 3600);
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Env {
     environment: String,
@@ -419,6 +416,38 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Creates every counter series of each environment at 0 (kinds, outcomes, reasons), so
+    /// that `increase()` sees the first deployment, rollback or failure: a series that appears
+    /// with its first increment has no earlier sample to increase from.
+    pub fn prepare<'a>(&self, environments: impl IntoIterator<Item = &'a String>) {
+        for e in environments {
+            for kind in ["deploy", "rollback"] {
+                drop(self.started.get_or_create(&EnvKind {
+                    environment: label(e),
+                    kind: kind.into(),
+                }));
+            }
+            for outcome in [
+                "succeeded",
+                "rolled_back",
+                "rollback_failed",
+                "failed",
+                "aborted",
+            ] {
+                drop(self.completed.get_or_create(&EnvOutcome {
+                    environment: label(e),
+                    outcome: outcome.into(),
+                }));
+            }
+            for reason in crate::incident::RollbackReason::ALL {
+                drop(self.rollbacks.get_or_create(&EnvReason {
+                    environment: label(e),
+                    reason: reason.name().into(),
+                }));
+            }
+        }
+    }
+
     /// A deployment took its environment's lock.
     pub fn deployment_started(&self, environment: &str, kind: pb::DeploymentKind) {
         self.started
@@ -634,7 +663,8 @@ impl Metrics {
 }
 
 /// The gauges of every configured environment, from the store: active deployments (the lock's
-/// holder and the queue) and open incidents. Two indexed queries, whatever the history's size.
+/// holder and the queue), open incidents and the outbox's pending notices. Three indexed
+/// queries, whatever the history's size.
 pub fn gather(
     store: &dyn crate::store::Store,
     environments: &[String],
@@ -667,6 +697,11 @@ pub fn gather(
             }
         }
     }
+    for (e, sink, n) in store.pending_notices()? {
+        if let Some(g) = out.get_mut(&e) {
+            g.outbox_pending.insert(sink, n);
+        }
+    }
     let open = store.list_incidents(
         None,
         &[pb::IncidentState::Open, pb::IncidentState::Acknowledged],
@@ -682,11 +717,15 @@ pub fn gather(
             _ => "error",
         };
         *g.incidents_open.entry(severity.into()).or_default() += 1;
-        if let Some(opened) = &i.opened {
-            let due = crate::deployment::ts_to_system(opened) + POSTMORTEM_WITHIN;
-            if now > due {
-                g.postmortem_overdue += 1;
+        let due = match (&i.postmortem_due, &i.opened) {
+            (Some(due), _) => Some(crate::deployment::ts_to_system(due)),
+            (None, Some(opened)) => {
+                Some(crate::deployment::ts_to_system(opened) + crate::incident::POSTMORTEM_DUE)
             }
+            (None, None) => None,
+        };
+        if due.is_some_and(|due| now > due) {
+            g.postmortem_overdue += 1;
         }
     }
     Ok(out)

@@ -28,6 +28,7 @@ use crate::artifact_store::{self, Refusal, Reservation};
 use crate::config::{ControllerConfig, Environment, Scope, component_names};
 use crate::deployment::{Controller, new_deployment_id, now_ts};
 use crate::edge;
+use crate::incident;
 use crate::rollout;
 use crate::stats;
 use crate::store::{ControlKind, ControlRequest, Store, StoreError};
@@ -99,6 +100,8 @@ pub enum Rpc {
     CheckEnvironment,
     /// `DeploymentStats`.
     DeploymentStats,
+    /// `GetPostmortem`.
+    GetPostmortem,
 }
 
 impl Rpc {
@@ -111,7 +114,8 @@ impl Rpc {
             | Rpc::ListEnvironments
             | Rpc::ListIncidents
             | Rpc::CheckEnvironment
-            | Rpc::DeploymentStats => Scope::Read,
+            | Rpc::DeploymentStats
+            | Rpc::GetPostmortem => Scope::Read,
             Rpc::UploadArtifact | Rpc::Deploy | Rpc::Rollback | Rpc::Abort => Scope::Deploy,
             Rpc::Approve => Scope::Approve,
             // A person's acts: closing an incident, and bundles that may hold state captures
@@ -134,6 +138,9 @@ pub type AuthenticatedServer<I> =
 /// The shape of the authentication interceptor.
 pub trait Interceptor: FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {}
 impl<T: FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> Interceptor for T {}
+
+/// At most this many stored events of a deployment are read for its post-mortem's timeline.
+const POSTMORTEM_EVENTS: u32 = 20_000;
 
 /// How many active and how many finished deployments `ListEnvironments` reads per environment.
 const STATUS_SCAN: u32 = 100;
@@ -817,6 +824,9 @@ impl ControllerApi for Service {
         let r = request.into_inner();
         edge::id("incident_id", &r.incident_id)?;
         edge::text("note", &r.note, edge::MAX_TEXT)?;
+        if !r.postmortem_url.is_empty() {
+            edge::url("postmortem_url", &r.postmortem_url)?;
+        }
         let id = r.incident_id.clone();
         let mut inc = self
             .ctl
@@ -840,14 +850,34 @@ impl ControllerApi for Service {
                     "resolving an incident needs a note saying what was done",
                 ));
             }
+            let required = self
+                .ctl
+                .cfg
+                .environments
+                .get(&inc.environment)
+                .is_some_and(|e| e.require_postmortem);
+            if required && r.postmortem_url.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "environment {} has require_postmortem = true: resolving incident {} needs a link to its post-mortem; write it (`rampart incidents postmortem {}` renders a draft) and pass --postmortem URL",
+                    inc.environment, inc.id, inc.id
+                )));
+            }
             inc.state = pb::IncidentState::Resolved as i32;
             inc.resolved_by = who;
             inc.resolution = r.note;
+            inc.postmortem_url = r.postmortem_url;
             inc.resolved = Some(now_ts());
         }
+        // A resolution tells the sinks (with the record, in one transaction); an
+        // acknowledgement does not.
+        let notices = if inc.state() == pb::IncidentState::Resolved {
+            incident::resolve_notices(self.ctl.cfg.environments.get(&inc.environment), &inc)
+        } else {
+            Vec::new()
+        };
         let i2 = inc.clone();
         self.ctl
-            .db(move |s| s.save_incident(&i2))
+            .db(move |s| s.save_incident(&i2, &notices))
             .await
             .map_err(store_status)?;
         Ok(Response::new(inc))
@@ -915,6 +945,39 @@ impl ControllerApi for Service {
             .await
             .map_err(store_status)?;
         Ok(Response::new(found))
+    }
+
+    async fn get_postmortem(
+        &self,
+        request: Request<pb::GetPostmortemRequest>,
+    ) -> Result<Response<pb::Postmortem>, Status> {
+        let who = self.authorize(&request, Rpc::GetPostmortem)?;
+        let r = request.into_inner();
+        edge::id("incident_id", &r.incident_id)?;
+        let id = r.incident_id.clone();
+        let inc = self
+            .ctl
+            .db(move |s| s.get_incident(&id))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no incident {}", r.incident_id)))?;
+        self.allowed(&who, &inc.environment)?;
+        let dep = inc.deployment_id.clone();
+        let (d, events) = self
+            .ctl
+            .db(move |s| {
+                let d = s.get_deployment(&dep)?;
+                // Bounded: a deployment's events of a large fleet, the timeline keeps few.
+                let events = s.events(&dep, 0, POSTMORTEM_EVENTS)?;
+                Ok((d, events))
+            })
+            .await
+            .map_err(store_status)?;
+        let markdown = incident::render_postmortem(&inc, d.as_ref(), &events);
+        Ok(Response::new(pb::Postmortem {
+            incident_id: inc.id,
+            markdown,
+        }))
     }
 
     type GetForensicsStream = DataStream;

@@ -287,11 +287,19 @@ async fn open_incident(
             bad
         },
         opened: Some(now_ts()),
+        postmortem_due: Some(
+            (std::time::SystemTime::now() + crate::incident::POSTMORTEM_DUE).into(),
+        ),
         ..Default::default()
     };
     tracing::warn!(environment = %env, incident = %inc.id, "{}", inc.summary);
     let i2 = inc.clone();
-    match ctl.db(move |s| s.insert_incident(&i2)).await {
+    let c2 = ctl.clone();
+    // With its notices (the environment's sinks), in one transaction.
+    match ctl
+        .db(move |s| crate::incident::open(s, c2.cfg.environments.get(&i2.environment), &i2))
+        .await
+    {
         Ok(()) | Err(StoreError::AlreadyExists(_)) => Ok(inc.id),
         Err(e) => Err(e),
     }

@@ -144,7 +144,7 @@ proptest! {
                 svc.list_deployments(request(caller, pb::ListDeploymentsRequest { environment: id.clone(), states: states.clone(), limit })).await.map(drop),
                 svc.list_incidents(request(caller, pb::ListIncidentsRequest { environment: id.clone(), states: states.clone(), limit })).await.map(drop),
                 svc.list_environments(request(caller, pb::ListEnvironmentsRequest { environment: id.clone() })).await.map(drop),
-                svc.resolve_incident(request(caller, pb::ResolveIncidentRequest { incident_id: id.clone(), note: note.clone(), acknowledge_only: flag })).await.map(drop),
+                svc.resolve_incident(request(caller, pb::ResolveIncidentRequest { incident_id: id.clone(), note: note.clone(), acknowledge_only: flag, ..Default::default() })).await.map(drop),
                 svc.get_forensics(request(caller, pb::GetDeploymentForensicsRequest { deployment_id: id.clone(), host: note.clone() })).await.map(drop),
             ]
         });

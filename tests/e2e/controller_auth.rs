@@ -373,6 +373,17 @@ fn each_rpc_needs_its_scope_and_a_deploy_sets_only_the_allowed_variables() {
             )
             .await
             .map(drop),
+            call(
+                "GetPostmortem",
+                c.get_postmortem(req(
+                    "blind",
+                    pb::GetPostmortemRequest {
+                        incident_id: "inc-1".into(),
+                    },
+                )),
+            )
+            .await
+            .map(drop),
         ];
         let denied: Vec<(&str, &str, Result<(), Status>)> = denied
             .into_iter()

@@ -41,6 +41,7 @@ mod migrate_restore;
 mod migrations;
 mod monitoring;
 mod mtls;
+mod notify;
 mod release_safety;
 mod rollback_playbook;
 mod sample_app;

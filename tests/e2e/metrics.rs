@@ -107,8 +107,8 @@ fn deployments_that_succeed_roll_back_and_fail_to_roll_back_are_counted_and_time
         Some(1.0),
         "{page}"
     );
-    // Nothing ran yet: gauges of the configured environment are there and zero; no counter
-    // series yet.
+    // Nothing ran yet: the configured environment's gauges and counters are there, at zero
+    // (so that `increase()` sees the first deployment).
     assert_eq!(
         sample(
             &page,
@@ -122,7 +122,7 @@ fn deployments_that_succeed_roll_back_and_fail_to_roll_back_are_counted_and_time
             &page,
             "rampart_deployments_started_total{environment=\"prod\",kind=\"deploy\"}"
         ),
-        None
+        Some(0.0)
     );
 
     let r = fleet.deploy("1.0.0", &[]);

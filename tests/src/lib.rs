@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod deploy;
+pub mod fake_apis;
 pub mod fleet;
 pub mod pg;
 pub mod prometheus;

@@ -1130,6 +1130,13 @@ pub(crate) mod mock {
             Err(Status::unimplemented("fake"))
         }
 
+        async fn get_postmortem(
+            &self,
+            _req: Request<pb::GetPostmortemRequest>,
+        ) -> Result<Response<pb::Postmortem>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
         type GetForensicsStream = Chunks;
         async fn check_environment(
             &self,

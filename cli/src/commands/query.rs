@@ -170,8 +170,36 @@ pub enum IncidentsCommand {
     /// incident or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
         rampart incidents resolve inc-20250131T120000Z-4f2a9c1e --ack --note 'looking at web2'\n  \
-        rampart incidents resolve inc-20250131T120000Z-4f2a9c1e --note 'web2 restored by hand from 2.3.0'")]
+        rampart incidents resolve inc-20250131T120000Z-4f2a9c1e --note 'web2 restored by hand from 2.3.0'\n  \
+        rampart incidents resolve inc-20250131T120000Z-4f2a9c1e --note 'fixed in 2.4.2' --postmortem https://wiki.example/pm/42")]
     Resolve(ResolveArgs),
+    /// Render an incident's post-mortem draft (Markdown) from the controller's template.
+    ///
+    /// The draft is filled in with the incident's facts: the timeline of its deployment's
+    /// events, the failed and rolled-back versions, the failed task and reason, where the
+    /// forensics are and when the post-mortem is due (48 h after the incident opened). Fill
+    /// in the sections marked TODO, publish it, and pass its URL to `incidents resolve
+    /// --postmortem`. Exit codes: 0 printed (or written), 2 unknown incident, a file that
+    /// cannot be written or the controller unreachable, 3 token refused.
+    #[command(after_help = "Examples:\n  \
+        rampart incidents postmortem inc-20250131T120000Z-4f2a9c1e\n  \
+        rampart incidents postmortem inc-20250131T120000Z-4f2a9c1e --output pm-42.md\n  \
+        rampart incidents postmortem inc-20250131T120000Z-4f2a9c1e --json")]
+    Postmortem(PostmortemArgs),
+}
+
+/// `rampart incidents postmortem`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostmortemArgs {
+    /// The incident's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Write the Markdown to FILE (atomically, replacing it) instead of printing it.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
 }
 
 /// `rampart incidents resolve`.
@@ -186,6 +214,10 @@ pub struct ResolveArgs {
     /// Only acknowledge the incident; leave it unresolved.
     #[arg(long)]
     pub ack: bool,
+    /// The post-mortem's URL (http:// or https://); required to resolve in an environment
+    /// with `require_postmortem = true`.
+    #[arg(long, value_name = "URL")]
+    pub postmortem: Option<String>,
     /// How to reach the controller.
     #[command(flatten)]
     pub controller: ControllerArgs,
@@ -244,6 +276,13 @@ pub fn incident_json(i: &pb::Incident) -> Value {
         "resolution": i.resolution,
         "acknowledged_by": i.acknowledged_by,
         "resolved_by": i.resolved_by,
+        "postmortem_due": timestamp_json(i.postmortem_due.as_ref()),
+        "postmortem_url": i.postmortem_url,
+        "failed_version": i.failed_version,
+        "rollback_version": i.rollback_version,
+        "reason": i.reason,
+        "failed_task": i.failed_task,
+        "forensics": i.forensics,
     })
 }
 
@@ -1138,6 +1177,7 @@ pub fn forensics_get(args: ForensicsGetArgs) -> Exit {
 pub fn incidents(args: IncidentsArgs) -> Exit {
     match args.command {
         Some(IncidentsCommand::Resolve(r)) => incident_resolve(r),
+        Some(IncidentsCommand::Postmortem(p)) => incident_postmortem(p),
         None => {
             let json = args.controller.json;
             with_client(&args.controller, |ctl, mut c| async move {
@@ -1163,6 +1203,45 @@ pub fn incidents(args: IncidentsArgs) -> Exit {
     }
 }
 
+/// `rampart incidents postmortem`: prints (or writes) an incident's post-mortem draft.
+pub fn incident_postmortem(args: PostmortemArgs) -> Exit {
+    let json = args.controller.json;
+    with_client(&args.controller, |ctl, mut c| async move {
+        let pm = c
+            .get_postmortem(pb::GetPostmortemRequest {
+                incident_id: args.id.clone(),
+            })
+            .await
+            .map_err(|s| {
+                ctl.error(
+                    &format!("render the post-mortem of incident {}", args.id),
+                    &s,
+                )
+            })?
+            .into_inner();
+        if let Some(out) = &args.output {
+            rampart_host::durable::write_atomic(out, pm.markdown.as_bytes(), Some(0o644))
+                .map_err(|e| CliError::usage(format!("cannot write {}: {e}", out.display())))?;
+            if json {
+                print_json(
+                    &json!({"incident_id": pm.incident_id, "output": out.display().to_string()}),
+                );
+            } else {
+                println!(
+                    "post-mortem draft of {} written to {}",
+                    pm.incident_id,
+                    out.display()
+                );
+            }
+        } else if json {
+            print_json(&json!({"incident_id": pm.incident_id, "markdown": pm.markdown}));
+        } else {
+            print!("{}", pm.markdown);
+        }
+        Ok(Exit::Ok)
+    })
+}
+
 /// `rampart incidents resolve`: acknowledges or resolves an incident.
 pub fn incident_resolve(args: ResolveArgs) -> Exit {
     if args.note.trim().is_empty() {
@@ -1175,6 +1254,7 @@ pub fn incident_resolve(args: ResolveArgs) -> Exit {
                 incident_id: args.id.clone(),
                 note: args.note.clone(),
                 acknowledge_only: args.ack,
+                postmortem_url: args.postmortem.clone().unwrap_or_default(),
             })
             .await
             .map_err(|s| ctl.error(&format!("resolve incident {}", args.id), &s))?

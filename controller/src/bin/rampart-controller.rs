@@ -178,6 +178,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Err(e) = rampart_controller::artifact_store::collect(&ctl).await {
             tracing::warn!("artifact collection at start-up: {e}");
         }
+        // Notifications leave through the outbox, on threads of their own: a sink that is down
+        // never holds the runtime's threads (nor a deployment).
+        let _notify = rampart_controller::notify::worker::Worker::start(
+            cfg.clone(),
+            ctl.store.clone(),
+            ctl.metrics.clone(),
+        )?;
         let bg = ctl.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));

@@ -318,6 +318,8 @@ pub fn host_txid(deployment: &str, host: &str, rescue: bool) -> String {
 impl Controller {
     /// A controller over a store.
     pub fn new(cfg: Arc<ControllerConfig>, store: Arc<dyn Store>, agents: Agents) -> Arc<Self> {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        metrics.prepare(cfg.environments.keys());
         Arc::new(Controller {
             artifacts: Arc::new(
                 ArtifactStore::new(&cfg.state_dir, cfg.artifacts.clone())
@@ -326,7 +328,7 @@ impl Controller {
             cfg,
             store,
             agents: Arc::new(agents),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
             live: Mutex::new(HashMap::new()),
             own: Mutex::new(OwnResume {
                 left: None,

@@ -82,6 +82,8 @@ pub(super) struct Runner {
     host_seq: HashMap<String, u64>,
     /// First failure seen per host (task name and message).
     failure: HashMap<usize, String>,
+    /// The first task that failed in the deployment, for its incident.
+    failed_task: Option<crate::incident::FailedTask>,
     /// The dead instance whose lock this runner took over, when it did.
     pub(super) reclaimed: Option<String>,
     /// Whether the runner holds its environment's lock (from taking it to releasing it).
@@ -123,6 +125,7 @@ impl Runner {
             approval_since: None,
             host_seq: HashMap::new(),
             failure: HashMap::new(),
+            failed_task: None,
             reclaimed: None,
             holds_lock: false,
             finished_saved: false,
@@ -279,9 +282,13 @@ impl Runner {
         let last = self.seq - 1;
         // Tried again after an outage: an event stored by a try whose answer was lost comes
         // back `AlreadyExists`, so none is lost and none stored twice.
+        let ctl = self.ctl.clone();
+        let env = self.d.environment.clone();
         self.db(move |s| {
             for e in &evs {
-                match s.append_event(e) {
+                // Approval and success notices are written with their event.
+                let notices = crate::incident::event_notices(ctl.cfg.environments.get(&env), e);
+                match s.append_event_notifying(e, &notices) {
                     // Stored before a crash: the same seq carries the same event.
                     Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
                     Err(e) => return Err(e),
@@ -1066,6 +1073,13 @@ impl Runner {
                 .ok()
                 .and_then(|v| rampart_playbook::result::failure_message(&v))
                 .unwrap_or_default();
+            if self.failed_task.is_none() {
+                self.failed_task = Some(crate::incident::FailedTask {
+                    host: self.d.hosts[idx].host.clone(),
+                    name: t.name.clone(),
+                    action: t.action.clone(),
+                });
+            }
             let mut line = format!("TASK [{}] failed: {msg}", t.name);
             if line.len() > 400 {
                 let mut cut = 400;
@@ -1228,31 +1242,22 @@ impl Runner {
             }
         };
         if matches!(outcome, DO::RolledBack | DO::RollbackFailed) {
-            let severity = if outcome == DO::RollbackFailed {
-                pb::IncidentSeverity::Critical
-            } else {
-                pb::IncidentSeverity::Error
-            };
-            let hosts: Vec<String> = self
-                .d
-                .hosts
-                .iter()
-                .filter(|h| !matches!(h.state(), HS::Succeeded | HS::Pending))
-                .map(|h| h.host.clone())
-                .collect();
-            let inc = pb::Incident {
-                id: format!("inc-{}", self.d.id.trim_start_matches("d-")),
-                environment: self.d.environment.clone(),
-                deployment_id: self.d.id.clone(),
-                severity: severity as i32,
-                state: pb::IncidentState::Open as i32,
-                summary: summary.clone(),
-                hosts,
-                opened: Some(now_ts()),
-                ..Default::default()
-            };
+            let inc = crate::incident::for_deployment(
+                &self.d,
+                outcome == DO::RollbackFailed,
+                &summary,
+                self.failed_task.as_ref(),
+            );
             let i2 = inc.clone();
-            match self.db(move |s| s.insert_incident(&i2)).await {
+            let ctl = self.ctl.clone();
+            // The incident and its outbox rows in one transaction: a controller killed after
+            // this delivers them once restarted.
+            let opened = self
+                .db(move |s| {
+                    crate::incident::open(s, ctl.cfg.environments.get(&i2.environment), &i2)
+                })
+                .await;
+            match opened {
                 Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -1304,7 +1309,7 @@ impl Runner {
         }
         if outcome == DO::Succeeded && self.d.kind() == pb::DeploymentKind::Rollback {
             // An operator's rollback: the release it replaced is rolled back.
-            m.rolled_back(env, "manual", held);
+            m.rolled_back(env, crate::incident::RollbackReason::Manual.name(), held);
         }
         if matches!(outcome, DO::Succeeded | DO::RolledBack) {
             m.environment_left_on(env, env_version);
@@ -1313,10 +1318,8 @@ impl Runner {
 
     /// Why the fleet was rolled back, as `rampart_rollbacks_total`'s `reason`.
     fn rollback_reason(&self) -> String {
-        // NOT FINAL: replaced by the incident's classification when it lands.
-        if !self.d.aborted_by.is_empty() {
-            return "manual".into();
-        }
-        "other".into()
+        crate::incident::rollback_reason(&self.d, self.failed_task.as_ref())
+            .name()
+            .to_string()
     }
 }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use rampart_proto::v1 as pb;
 
-use super::{ARTIFACT_CHUNK, ControlKind, ControlRequest, LockAttempt, Store, StoreError};
+use super::{
+    ARTIFACT_CHUNK, ControlKind, ControlRequest, Delivery, LockAttempt, Notice, NoticeState, Store,
+    StoreError,
+};
 
 /// A store under test, with what the suite cannot do through [`Store`].
 pub trait Fixture {
@@ -235,13 +238,14 @@ pub fn events_in_seq_order_without_duplicates(a: &dyn Store, b: &dyn Store) {
 pub fn incidents_round_trip_and_filters(a: &dyn Store, b: &dyn Store) {
     use pb::IncidentState::{Acknowledged, Open, Resolved};
     let mut i1 = incident("i1", "prod", Open);
-    a.insert_incident(&i1).unwrap();
-    a.insert_incident(&incident("i2", "staging", Open)).unwrap();
-    a.insert_incident(&incident("i3", "prod", Resolved))
+    a.insert_incident(&i1, &[]).unwrap();
+    a.insert_incident(&incident("i2", "staging", Open), &[])
+        .unwrap();
+    a.insert_incident(&incident("i3", "prod", Resolved), &[])
         .unwrap();
     for s in [a, b] {
         assert!(matches!(
-            s.insert_incident(&i1),
+            s.insert_incident(&i1, &[]),
             Err(StoreError::AlreadyExists(_))
         ));
     }
@@ -249,10 +253,10 @@ pub fn incidents_round_trip_and_filters(a: &dyn Store, b: &dyn Store) {
     assert_eq!(b.get_incident("nope").unwrap(), None);
     i1.state = Acknowledged as i32;
     i1.acknowledged_by = "ops".into();
-    b.save_incident(&i1).unwrap();
+    b.save_incident(&i1, &[]).unwrap();
     assert_eq!(a.get_incident("i1").unwrap(), Some(i1));
     assert!(matches!(
-        a.save_incident(&incident("ghost", "prod", Open)),
+        a.save_incident(&incident("ghost", "prod", Open), &[]),
         Err(StoreError::Unavailable(_))
     ));
     for s in [a, b] {
@@ -747,6 +751,242 @@ pub fn artifacts_shared_between_controllers(a: &dyn Store, b: &dyn Store) {
     assert!(b.list_artifacts().unwrap().is_empty());
 }
 
+/// The outbox ids of `subject`'s rows with their states, oldest first.
+fn outbox_of(s: &dyn Store, subject: &str) -> Vec<(String, NoticeState)> {
+    s.notices(subject)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.notice.id, r.state))
+        .collect()
+}
+
+/// The outbox: rows are written in the transaction of what they tell of (and not at all when
+/// it fails), once per id; read back by subject; counted when pending by (environment, sink).
+pub fn outbox_rows_travel_with_their_records(a: &dyn Store, b: &dyn Store) {
+    use NoticeState::Pending;
+    let gh = Notice::new("prod", "github", "incident", "i1");
+    let slack = Notice::new("prod", "slack", "incident", "i1");
+    let mut i1 = incident("i1", "prod", pb::IncidentState::Open);
+    a.insert_incident(&i1, &[gh.clone(), slack.clone()])
+        .unwrap();
+    assert_eq!(
+        outbox_of(b, "i1"),
+        [
+            ("i1/incident/github".to_string(), Pending),
+            ("i1/incident/slack".to_string(), Pending)
+        ]
+    );
+    let r = &b.notices("i1").unwrap()[0];
+    assert_eq!(
+        (r.attempts, r.note.as_str(), r.last_error.as_str()),
+        (0, "", "")
+    );
+    assert_eq!(r.notice, gh);
+    // Opening it again stores nothing, not even a new notice.
+    let extra = Notice::new("prod", "webhook", "incident", "i1");
+    assert!(matches!(
+        a.insert_incident(&i1, std::slice::from_ref(&extra)),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(outbox_of(b, "i1").len(), 2);
+    // A resolution adds its rows; a row already stored is kept once.
+    i1.state = pb::IncidentState::Resolved as i32;
+    let resolved = Notice::new("prod", "github", "incident_resolved", "i1");
+    b.save_incident(&i1, &[resolved.clone(), gh.clone()])
+        .unwrap();
+    assert_eq!(a.get_incident("i1").unwrap(), Some(i1.clone()));
+    assert_eq!(outbox_of(a, "i1").len(), 3);
+    // Saving an incident that does not exist stores no notice either.
+    assert!(
+        a.save_incident(
+            &incident("ghost", "prod", pb::IncidentState::Open),
+            &[Notice::new("prod", "slack", "incident_resolved", "ghost")]
+        )
+        .is_err()
+    );
+    assert!(outbox_of(b, "ghost").is_empty());
+    // Events: the notice is stored with its event, and not with a duplicate one.
+    let approval = Notice::new("prod", "slack", "approval", "d1");
+    a.append_event_notifying(&event("d1", 0), std::slice::from_ref(&approval))
+        .unwrap();
+    assert_eq!(b.events("d1", 0, 0).unwrap(), [event("d1", 0)]);
+    assert!(matches!(
+        b.append_event_notifying(
+            &event("d1", 0),
+            &[Notice::new("prod", "slack", "succeeded", "d1")]
+        ),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        outbox_of(a, "d1"),
+        [("d1/approval/slack".to_string(), Pending)]
+    );
+    a.append_event(&event("d1", 1)).unwrap();
+    assert_eq!(b.last_seq("d1").unwrap(), Some(1));
+    assert_eq!(
+        b.pending_notices().unwrap(),
+        [
+            ("prod".to_string(), "github".to_string(), 2),
+            ("prod".to_string(), "slack".to_string(), 2)
+        ]
+    );
+}
+
+/// Claims: one controller at a time holds a row (a lease); the holder settles it (delivered,
+/// retried later, failed) and notes its steps; another controller takes a row whose lease ran
+/// out, and a controller restarted under the same name takes its own rows again at once.
+pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
+    let long = Duration::from_secs(600);
+    let n1 = Notice::new("prod", "github", "incident", "i1");
+    let n2 = Notice::new("prod", "slack", "incident", "i1");
+    a.insert_incident(
+        &incident("i1", "prod", pb::IncidentState::Open),
+        &[n1.clone(), n2.clone()],
+    )
+    .unwrap();
+    let got = a.claim_notices("one", long, 1).unwrap();
+    assert_eq!(got.len(), 1, "the limit holds");
+    assert_eq!(
+        (got[0].notice.id.as_str(), got[0].attempts),
+        (n1.id.as_str(), 1)
+    );
+    let got = b.claim_notices("two", long, 10).unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "two gets only the row one did not claim: {got:?}"
+    );
+    assert_eq!(got[0].notice.id, n2.id);
+    assert!(
+        a.claim_notices("three", long, 10).unwrap().is_empty(),
+        "both are leased"
+    );
+    // Only the holder settles or notes.
+    assert!(
+        !b.settle_notice(&n1.id, "two", &Delivery::Delivered)
+            .unwrap()
+    );
+    assert!(!b.note_notice(&n1.id, "two", "issue=9").unwrap());
+    assert!(a.note_notice(&n1.id, "one", "issue=7").unwrap());
+    let retry = Delivery::Retry {
+        after: Duration::ZERO,
+        error: "HTTP 500".into(),
+    };
+    assert!(a.settle_notice(&n1.id, "one", &retry).unwrap());
+    assert!(
+        !a.settle_notice(&n1.id, "one", &Delivery::Delivered)
+            .unwrap(),
+        "the lease was let go"
+    );
+    // Due again at once, for anyone: the note and the error are kept, the attempts counted.
+    let again = b.claim_notices("three", long, 10).unwrap();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (
+            again[0].attempts,
+            again[0].note.as_str(),
+            again[0].last_error.as_str()
+        ),
+        (2, "issue=7", "HTTP 500")
+    );
+    assert!(
+        b.settle_notice(&n1.id, "three", &Delivery::Delivered)
+            .unwrap()
+    );
+    assert!(
+        b.claim_notices("three", long, 10).unwrap().is_empty(),
+        "delivered is done"
+    );
+    // A retry later is not due yet.
+    assert!(
+        b.settle_notice(
+            &n2.id,
+            "two",
+            &Delivery::Retry {
+                after: long,
+                error: "429".into()
+            }
+        )
+        .unwrap()
+    );
+    assert!(
+        a.claim_notices("one", long, 10).unwrap().is_empty(),
+        "not due before its pause"
+    );
+    let rows = a.notices("i1").unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.state).collect::<Vec<_>>(),
+        [NoticeState::Delivered, NoticeState::Pending]
+    );
+    assert_eq!(
+        a.pending_notices().unwrap(),
+        [("prod".to_string(), "slack".to_string(), 1)]
+    );
+
+    // A lease that runs out frees the row for another controller; a restart under the same
+    // name takes its own rows at once.
+    let n3 = Notice::new("prod", "webhook", "incident", "i2");
+    let n4 = Notice::new("prod", "pagerduty", "incident", "i2");
+    a.insert_incident(
+        &incident("i2", "prod", pb::IncidentState::Open),
+        &[n3.clone(), n4.clone()],
+    )
+    .unwrap();
+    assert_eq!(
+        a.claim_notices("one", Duration::from_millis(300), 1)
+            .unwrap()[0]
+            .notice
+            .id,
+        n3.id
+    );
+    assert_eq!(
+        a.claim_notices("four", long, 1).unwrap()[0].notice.id,
+        n4.id
+    );
+    assert!(b.claim_notices("two", long, 10).unwrap().is_empty());
+    let own = a.claim_notices("four", long, 10).unwrap();
+    assert_eq!(
+        own.iter().map(|r| r.notice.id.as_str()).collect::<Vec<_>>(),
+        [n4.id.as_str()],
+        "its own leased rows only: a restarted controller resumes them"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stolen = Vec::new();
+    while stolen.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        stolen = b.claim_notices("two", long, 10).unwrap();
+    }
+    assert_eq!(stolen.len(), 1, "the expired lease's row only");
+    assert_eq!(
+        (stolen[0].notice.id.as_str(), stolen[0].attempts),
+        (n3.id.as_str(), 2)
+    );
+    assert!(
+        !a.settle_notice(&n3.id, "one", &Delivery::Delivered)
+            .unwrap(),
+        "one lost it"
+    );
+    assert!(
+        b.settle_notice(
+            &n3.id,
+            "two",
+            &Delivery::Failed {
+                error: "HTTP 404".into()
+            }
+        )
+        .unwrap()
+    );
+    let r = a.notices("i2").unwrap();
+    assert_eq!(
+        (r[0].state, r[0].last_error.as_str()),
+        (NoticeState::Failed, "HTTP 404")
+    );
+    assert!(
+        b.claim_notices("two", long, 10).unwrap().is_empty(),
+        "failed is done"
+    );
+}
+
 /// Runs every function of the suite, each on a new fixture from `fresh`, saying on stderr which
 /// one runs (so a failure's output names it).
 pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
@@ -781,6 +1021,12 @@ pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
     });
     run("control_requests_reach_every_controller", &|f| {
         control_requests_reach_every_controller(f.store(), f.peer())
+    });
+    run("outbox_rows_travel_with_their_records", &|f| {
+        outbox_rows_travel_with_their_records(f.store(), f.peer())
+    });
+    run("outbox_claims_are_leased_and_settled", &|f| {
+        outbox_claims_are_leased_and_settled(f.store(), f.peer())
     });
     run("artifacts_shared_between_controllers", &|f| {
         artifacts_shared_between_controllers(f.store(), f.peer())

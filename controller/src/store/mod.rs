@@ -18,6 +18,12 @@
 //! whose record names an unfinished deployment of a live owner is that deployment's, even when
 //! the session holding it was lost (a PostgreSQL restart): only that deployment takes it again.
 //!
+//! The outbox (`outbox` table): one row per (notice, sink) that the delivery worker
+//! ([`crate::notify`]) sends to GitHub, Slack, PagerDuty or a webhook. Rows are written in the
+//! same transaction as what they tell of (the incident opened or resolved, the deployment event),
+//! so a controller killed in between delivers them after its restart; a worker claims due rows
+//! with a lease ([`Store::claim_notices`]), so with several controllers a row is sent by one.
+//!
 //! [`conformance`] is the test suite both backends run: what every store must do.
 //!
 //! The trait is synchronous: the controller calls it from `spawn_blocking` (the PostgreSQL client
@@ -168,6 +174,103 @@ fn no_artifacts(what: &str) -> StoreError {
     ))
 }
 
+/// A notice for one sink: one outbox row. Its id is `<subject>/<event>/<sink>`, so writing it
+/// twice (a retried store call) stores it once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `<subject>/<event>/<sink>`.
+    pub id: String,
+    /// The environment it is about.
+    pub environment: String,
+    /// The sink's kind: `github`, `slack`, `pagerduty` or `webhook`.
+    pub sink: String,
+    /// What it tells: `incident`, `incident_resolved`, `approval` or `succeeded`.
+    pub event: String,
+    /// The incident id (incident events) or the deployment id (the others).
+    pub subject: String,
+}
+
+impl Notice {
+    /// The notice of `event` about `subject` for `sink`.
+    pub fn new(environment: &str, sink: &str, event: &str, subject: &str) -> Notice {
+        Notice {
+            id: format!("{subject}/{event}/{sink}"),
+            environment: environment.to_string(),
+            sink: sink.to_string(),
+            event: event.to_string(),
+            subject: subject.to_string(),
+        }
+    }
+}
+
+/// Where an outbox row is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeState {
+    /// Not delivered yet (due now or later).
+    Pending,
+    /// The sink accepted it.
+    Delivered,
+    /// Given up: a permanent refusal, or retried for too long.
+    Failed,
+}
+
+impl NoticeState {
+    fn code(self) -> i32 {
+        match self {
+            NoticeState::Pending => 0,
+            NoticeState::Delivered => 1,
+            NoticeState::Failed => 2,
+        }
+    }
+
+    fn from_code(code: i32, id: &str) -> StoreResult<NoticeState> {
+        match code {
+            0 => Ok(NoticeState::Pending),
+            1 => Ok(NoticeState::Delivered),
+            2 => Ok(NoticeState::Failed),
+            other => Err(StoreError::Corrupt(format!(
+                "outbox row {id}: unknown state {other}"
+            ))),
+        }
+    }
+}
+
+/// An outbox row as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// What to deliver, to which sink.
+    pub notice: Notice,
+    /// Where it is.
+    pub state: NoticeState,
+    /// How many times it was claimed (each claim is one delivery attempt).
+    pub attempts: u32,
+    /// How long ago it was written, by the store's clock.
+    pub age: Duration,
+    /// What a delivery in steps recorded so far (e.g. a GitHub issue's number); empty first.
+    pub note: String,
+    /// The last attempt's error; empty when none failed.
+    pub last_error: String,
+}
+
+/// How one delivery attempt ended, for [`Store::settle_notice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The sink accepted it.
+    Delivered,
+    /// Try again once `after` has passed.
+    Retry {
+        /// The pause before the next attempt.
+        after: Duration,
+        /// Why this attempt failed.
+        error: String,
+    },
+    /// Give up.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
 /// Everything the controller keeps. Implementations are safe to share between threads.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A short description for logs, e.g. `sqlite:/var/lib/rampart-controller/controller.db`
@@ -212,7 +315,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn owned(&self, instance: &str) -> StoreResult<Vec<pb::Deployment>>;
 
     /// Appends one event; `AlreadyExists` when (deployment, seq) is stored already.
-    fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()>;
+    fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
+        self.append_event_notifying(ev, &[])
+    }
+    /// Appends one event and outbox rows in one transaction; `AlreadyExists` (and nothing
+    /// stored) when (deployment, seq) is stored already.
+    fn append_event_notifying(
+        &self,
+        ev: &pb::DeploymentEvent,
+        notices: &[Notice],
+    ) -> StoreResult<()>;
     /// A deployment's events with `seq >= from_seq`, in order, at most `limit` (0: all).
     fn events(&self, id: &str, from_seq: u64, limit: u32) -> StoreResult<Vec<pb::DeploymentEvent>>;
     /// The highest stored seq of a deployment, `None` when it has no event.
@@ -241,10 +353,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A deployment's recorded requests, oldest first (at most one per kind).
     fn control_requests(&self, deployment_id: &str) -> StoreResult<Vec<ControlRequest>>;
 
-    /// Stores a new incident; `AlreadyExists` when the id is taken.
-    fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()>;
-    /// Replaces a stored incident's record.
-    fn save_incident(&self, i: &pb::Incident) -> StoreResult<()>;
+    /// Stores a new incident and its outbox rows in one transaction; `AlreadyExists` (and
+    /// nothing stored) when the id is taken.
+    fn insert_incident(&self, i: &pb::Incident, notices: &[Notice]) -> StoreResult<()>;
+    /// Replaces a stored incident's record and adds outbox rows, in one transaction (a row
+    /// whose id is stored already is left as it is).
+    fn save_incident(&self, i: &pb::Incident, notices: &[Notice]) -> StoreResult<()>;
     /// One incident.
     fn get_incident(&self, id: &str) -> StoreResult<Option<pb::Incident>>;
     /// Incidents, newest first, filtered like `list_deployments`.
@@ -254,6 +368,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         states: &[pb::IncidentState],
         limit: u32,
     ) -> StoreResult<Vec<pb::Incident>>;
+
+    /// Claims up to `limit` pending outbox rows that are due and not leased to another
+    /// instance, oldest first, for `instance` until `lease` has passed (a row whose lease ran
+    /// out is claimable again, so a dead controller's rows are sent by another; rows leased to
+    /// `instance` itself are claimable, so the caller claims only when none of its rows is in
+    /// flight): each claim counts one attempt. With several controllers, a row is claimed by
+    /// one at a time.
+    fn claim_notices(
+        &self,
+        instance: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxRow>>;
+    /// Records how an attempt on a row `instance` claimed ended and lets the lease go; `false`
+    /// (nothing changed) when the row is not leased to `instance` any more.
+    fn settle_notice(&self, id: &str, instance: &str, result: &Delivery) -> StoreResult<bool>;
+    /// Records a step of a delivery in steps on a row `instance` has claimed (kept across
+    /// attempts); `false` when the row is not leased to `instance`.
+    fn note_notice(&self, id: &str, instance: &str, note: &str) -> StoreResult<bool>;
+    /// The outbox rows about `subject`, oldest first.
+    fn notices(&self, subject: &str) -> StoreResult<Vec<OutboxRow>>;
+    /// How many rows are pending, by (environment, sink), sorted.
+    fn pending_notices(&self) -> StoreResult<Vec<(String, String, u64)>>;
 
     /// Whether the store holds the artifacts of every controller sharing it. `false` by
     /// default (SQLite): the controller keeps them in its `state_dir`, and the artifact methods

@@ -43,8 +43,9 @@ use rampart_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ARTIFACT_CHUNK, ArtifactRow, ControlKind, ControlRequest, LockAttempt, OWNER_STALE, Store,
-    StoreError, StoreResult, decode, event_seq, millis, stored_seq,
+    ARTIFACT_CHUNK, ArtifactRow, ControlKind, ControlRequest, Delivery, LockAttempt, Notice,
+    NoticeState, OWNER_STALE, OutboxRow, Store, StoreError, StoreResult, decode, event_seq, millis,
+    stored_seq,
 };
 
 /// The schema holding the store's tables and its migration history.
@@ -64,7 +65,62 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V3__shared_artifacts.sql",
         include_str!("pg_migrations/V3__shared_artifacts.sql"),
     ),
+    (
+        "V4__notification_outbox.sql",
+        include_str!("pg_migrations/V4__notification_outbox.sql"),
+    ),
 ];
+
+/// The columns of an outbox row as [`outbox_row`] reads them (the age by the database's clock).
+const OUTBOX_COLUMNS: &str =
+    "id, environment, sink, event, subject, state, attempts, note, last_error, created_ms";
+
+/// Reads an outbox row selected with [`OUTBOX_COLUMNS`] and `{NOW_MS}` last.
+fn outbox_row(r: &postgres::Row) -> StoreResult<OutboxRow> {
+    let id: String = r.get(0);
+    let created: i64 = r.get(9);
+    let now: i64 = r.get(10);
+    Ok(OutboxRow {
+        state: NoticeState::from_code(r.get(5), &id)?,
+        notice: Notice {
+            id,
+            environment: r.get(1),
+            sink: r.get(2),
+            event: r.get(3),
+            subject: r.get(4),
+        },
+        attempts: u32::try_from(r.get::<_, i32>(6)).unwrap_or(0),
+        age: Duration::from_millis(stored_size(now - created)),
+        note: r.get(7),
+        last_error: r.get(8),
+    })
+}
+
+/// Writes outbox rows inside a transaction; a row whose id is stored already is kept.
+fn insert_notices(
+    t: &mut postgres::Transaction<'_>,
+    notices: &[Notice],
+) -> Result<(), postgres::Error> {
+    for n in notices {
+        t.execute(
+            &format!(
+                "INSERT INTO {SCHEMA}.outbox (id, environment, sink, event, subject, created_ms, due_ms)
+                 VALUES ($1, $2, $3, $4, $5, {NOW_MS}, {NOW_MS}) ON CONFLICT (id) DO NOTHING"
+            ),
+            &[&n.id, &n.environment, &n.sink, &n.event, &n.subject],
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether `e` says a unique constraint was violated, inside a closure that also returns
+/// other errors: the insert's outcome, so a transaction maps it to `AlreadyExists`.
+enum Inserted {
+    /// Stored, committed.
+    Yes,
+    /// The row exists; nothing committed.
+    Duplicate,
+}
 
 /// The database's clock in milliseconds since the epoch, as SQL.
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -437,6 +493,35 @@ impl PostgresStore {
         }
     }
 
+    /// Runs an INSERT and writes `notices` in one transaction: `AlreadyExists` (saying
+    /// `exists`, nothing stored) on a unique violation of the INSERT.
+    fn insert_notifying(
+        &self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+        notices: &[Notice],
+        what: &str,
+        exists: impl FnOnce() -> String,
+    ) -> StoreResult<()> {
+        let done = self
+            .run(|c| {
+                let mut t = c.transaction()?;
+                match t.execute(sql, params) {
+                    Ok(_) => {}
+                    Err(e) if is_duplicate(&e) => return Ok(Inserted::Duplicate),
+                    Err(e) => return Err(e),
+                }
+                insert_notices(&mut t, notices)?;
+                t.commit()?;
+                Ok(Inserted::Yes)
+            })
+            .map_err(failed(what))?;
+        match done {
+            Inserted::Yes => Ok(()),
+            Inserted::Duplicate => Err(StoreError::AlreadyExists(exists())),
+        }
+    }
+
     /// The `env_locks` row of an environment: (deployment, instance).
     fn lock_row(&self, environment: &str) -> StoreResult<Option<(String, String)>> {
         let sql = format!(
@@ -578,13 +663,18 @@ impl Store for PostgresStore {
         )
     }
 
-    fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
+    fn append_event_notifying(
+        &self,
+        ev: &pb::DeploymentEvent,
+        notices: &[Notice],
+    ) -> StoreResult<()> {
         let seq = event_seq(ev, "postgresql")?;
-        self.insert(
+        self.insert_notifying(
             &format!(
                 "INSERT INTO {SCHEMA}.events (deployment_id, seq, record) VALUES ($1, $2, $3)"
             ),
             &[&ev.deployment_id, &seq, &ev.encode_to_vec()],
+            notices,
             &format!("appending event {} of {}", ev.seq, ev.deployment_id),
             || {
                 format!(
@@ -802,27 +892,43 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()> {
-        self.insert(
+    fn insert_incident(&self, i: &pb::Incident, notices: &[Notice]) -> StoreResult<()> {
+        self.insert_notifying(
             &format!(
                 "INSERT INTO {SCHEMA}.incidents (id, environment, state, record)
                  VALUES ($1, $2, $3, $4)"
             ),
             &[&i.id, &i.environment, &i.state, &i.encode_to_vec()],
+            notices,
             &format!("inserting incident {}", i.id),
             || format!("incident {} exists already", i.id),
         )
     }
 
-    fn save_incident(&self, i: &pb::Incident) -> StoreResult<()> {
-        self.update_one(
-            &format!(
-                "UPDATE {SCHEMA}.incidents SET environment = $2, state = $3, record = $4
-                 WHERE id = $1"
-            ),
-            &[&i.id, &i.environment, &i.state, &i.encode_to_vec()],
-            &format!("saving incident {}", i.id),
-        )
+    fn save_incident(&self, i: &pb::Incident, notices: &[Notice]) -> StoreResult<()> {
+        let what = format!("saving incident {}", i.id);
+        let sql = format!(
+            "UPDATE {SCHEMA}.incidents SET environment = $2, state = $3, record = $4
+             WHERE id = $1"
+        );
+        let record = i.encode_to_vec();
+        let n = self
+            .run(|c| {
+                let mut t = c.transaction()?;
+                let n = t.execute(&sql, &[&i.id, &i.environment, &i.state, &record])?;
+                if n == 1 {
+                    insert_notices(&mut t, notices)?;
+                    t.commit()?;
+                }
+                Ok(n)
+            })
+            .map_err(failed(&what))?;
+        if n == 0 {
+            return Err(StoreError::Unavailable(format!(
+                "postgresql: {what}: no such row"
+            )));
+        }
+        Ok(())
     }
 
     fn get_incident(&self, id: &str) -> StoreResult<Option<pb::Incident>> {
@@ -837,6 +943,88 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<pb::Incident>> {
         let states = states.iter().map(|s| *s as i32).collect();
         self.list("incidents", environment, states, limit)
+    }
+
+    fn claim_notices(
+        &self,
+        instance: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxRow>> {
+        // SKIP LOCKED: two controllers claiming at once take different rows.
+        let sql = format!(
+            "UPDATE {SCHEMA}.outbox SET attempts = attempts + 1, lease_owner = $1,
+                 lease_until_ms = {NOW_MS} + $2
+             WHERE id IN (SELECT id FROM {SCHEMA}.outbox
+                 WHERE state = 0 AND due_ms <= {NOW_MS}
+                   AND (lease_until_ms <= {NOW_MS} OR lease_owner = $1)
+                 ORDER BY ord LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING {OUTBOX_COLUMNS}, {NOW_MS}"
+        );
+        let rows = self
+            .run(|c| c.query(&sql, &[&instance, &millis(lease), &i64::from(limit)]))
+            .map_err(failed("claiming due outbox rows"))?;
+        let mut out = rows
+            .iter()
+            .map(outbox_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.sort_by(|a, b| a.age.cmp(&b.age).reverse());
+        Ok(out)
+    }
+
+    fn settle_notice(&self, id: &str, instance: &str, result: &Delivery) -> StoreResult<bool> {
+        let (state, after, error) = match result {
+            Delivery::Delivered => (NoticeState::Delivered, 0, ""),
+            Delivery::Retry { after, error } => {
+                (NoticeState::Pending, millis(*after), error.as_str())
+            }
+            Delivery::Failed { error } => (NoticeState::Failed, 0, error.as_str()),
+        };
+        let sql = format!(
+            "UPDATE {SCHEMA}.outbox SET state = $3,
+                 due_ms = CASE WHEN $3 = 0 THEN {NOW_MS} + $4 ELSE due_ms END,
+                 last_error = CASE WHEN $5 = '' THEN last_error ELSE $5 END,
+                 lease_owner = '', lease_until_ms = 0
+             WHERE id = $1 AND lease_owner = $2 AND state = 0"
+        );
+        let n = self
+            .run(|c| c.execute(&sql, &[&id, &instance, &state.code(), &after, &error]))
+            .map_err(failed(&format!("settling outbox row {id}")))?;
+        Ok(n == 1)
+    }
+
+    fn note_notice(&self, id: &str, instance: &str, note: &str) -> StoreResult<bool> {
+        let sql = format!(
+            "UPDATE {SCHEMA}.outbox SET note = $3 WHERE id = $1 AND lease_owner = $2 AND state = 0"
+        );
+        let n = self
+            .run(|c| c.execute(&sql, &[&id, &instance, &note]))
+            .map_err(failed(&format!("noting a step of outbox row {id}")))?;
+        Ok(n == 1)
+    }
+
+    fn notices(&self, subject: &str) -> StoreResult<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS}, {NOW_MS} FROM {SCHEMA}.outbox WHERE subject = $1 ORDER BY ord"
+        );
+        let rows = self
+            .run(|c| c.query(&sql, &[&subject]))
+            .map_err(failed(&format!("reading the outbox rows of {subject}")))?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    fn pending_notices(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        let sql = format!(
+            "SELECT environment, sink, count(*) FROM {SCHEMA}.outbox WHERE state = 0
+             GROUP BY environment, sink ORDER BY environment, sink"
+        );
+        let rows = self
+            .run(|c| c.query(&sql, &[]))
+            .map_err(failed("counting pending outbox rows"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), stored_size(r.get(2))))
+            .collect())
     }
 
     fn holds_artifacts(&self) -> bool {

@@ -11,8 +11,9 @@
 //! Artifacts are not held here (the [`Store`] trait's defaults: `holds_artifacts` is false): the
 //! one controller of the file keeps them in its `state_dir` ([`crate::artifact_store`]).
 //!
-//! The schema is versioned with `PRAGMA user_version` (2 today: version 2 added
-//! `control_requests`); an older file is upgraded at open, a newer one refused.
+//! The schema is versioned with `PRAGMA user_version` (3 today: version 2 added
+//! `control_requests`, version 3 the notification `outbox`); an older file is upgraded at open,
+//! a newer one refused.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -27,12 +28,12 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    ControlKind, ControlRequest, LockAttempt, OWNER_STALE, Store, StoreError, StoreResult, decode,
-    event_seq, millis, stored_seq,
+    ControlKind, ControlRequest, Delivery, LockAttempt, Notice, NoticeState, OWNER_STALE,
+    OutboxRow, Store, StoreError, StoreResult, decode, event_seq, millis, stored_seq,
 };
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for a busy database.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,6 +86,82 @@ CREATE TABLE control_requests (
     UNIQUE (deployment_id, kind)
 );
 ";
+
+/// What schema version 3 adds: the notification outbox, one row per (notice, sink).
+const SCHEMA_V3: &str = "
+CREATE TABLE outbox (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    environment TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    event TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    lease_owner TEXT NOT NULL DEFAULT '',
+    lease_until_ms INTEGER NOT NULL DEFAULT 0,
+    note TEXT NOT NULL DEFAULT '',
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX outbox_due ON outbox (state, due_ms);
+CREATE INDEX outbox_subject ON outbox (subject, ord);
+";
+
+/// The columns of an outbox row as [`outbox_row`] reads them.
+const OUTBOX_COLUMNS: &str =
+    "id, environment, sink, event, subject, state, attempts, created_ms, note, last_error";
+
+/// Reads an outbox row selected with [`OUTBOX_COLUMNS`]: the row, and its state code.
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(OutboxRow, i32)> {
+    let created: i64 = r.get(7)?;
+    let attempts: i64 = r.get(6)?;
+    Ok((
+        OutboxRow {
+            notice: Notice {
+                id: r.get(0)?,
+                environment: r.get(1)?,
+                sink: r.get(2)?,
+                event: r.get(3)?,
+                subject: r.get(4)?,
+            },
+            state: NoticeState::Pending,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            age: Duration::from_millis(u64::try_from(now_ms() - created).unwrap_or(0)),
+            note: r.get(8)?,
+            last_error: r.get(9)?,
+        },
+        r.get(5)?,
+    ))
+}
+
+/// Collects rows read with [`outbox_row`], checking their state codes.
+fn outbox_rows(
+    rows: impl Iterator<Item = rusqlite::Result<(OutboxRow, i32)>>,
+    what: &str,
+) -> StoreResult<Vec<OutboxRow>> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (mut row, code) = row.map_err(failed(what))?;
+        row.state = NoticeState::from_code(code, &row.notice.id)?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Writes outbox rows inside a transaction; a row whose id is stored already is kept as it is.
+fn insert_notices(conn: &Connection, notices: &[Notice]) -> rusqlite::Result<()> {
+    let now = now_ms();
+    for n in notices {
+        conn.execute(
+            "INSERT INTO outbox (id, environment, sink, event, subject, created_ms, due_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (id) DO NOTHING",
+            params![n.id, n.environment, n.sink, n.event, n.subject, now],
+        )?;
+    }
+    Ok(())
+}
 
 /// The SQLite store. Dropping it closes the database and releases `<file>.lock`.
 #[derive(Debug)]
@@ -261,8 +338,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(failed("reading user_version"))?;
     let steps: &[&str] = match version {
-        0 => &[SCHEMA_V1, SCHEMA_V2],
-        1 => &[SCHEMA_V2],
+        0 => &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3],
+        1 => &[SCHEMA_V2, SCHEMA_V3],
+        2 => &[SCHEMA_V3],
         SCHEMA_VERSION => return Ok(()),
         other => {
             return Err(StoreError::Unavailable(format!(
@@ -431,22 +509,30 @@ impl Store for SqliteStore {
         )
     }
 
-    fn append_event(&self, ev: &pb::DeploymentEvent) -> StoreResult<()> {
+    fn append_event_notifying(
+        &self,
+        ev: &pb::DeploymentEvent,
+        notices: &[Notice],
+    ) -> StoreResult<()> {
         let seq = event_seq(ev, "sqlite")?;
-        match self.conn().execute(
+        let what = format!("appending event {} of {}", ev.seq, ev.deployment_id);
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(failed(&what))?;
+        match tx.execute(
             "INSERT INTO events (deployment_id, seq, record) VALUES (?1, ?2, ?3)",
             params![ev.deployment_id, seq, ev.encode_to_vec()],
         ) {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate(&e) => Err(StoreError::AlreadyExists(format!(
-                "event {} of deployment {} exists already",
-                ev.seq, ev.deployment_id
-            ))),
-            Err(e) => Err(failed(&format!(
-                "appending event {} of {}",
-                ev.seq, ev.deployment_id
-            ))(e)),
+            Ok(_) => {}
+            Err(e) if is_duplicate(&e) => {
+                return Err(StoreError::AlreadyExists(format!(
+                    "event {} of deployment {} exists already",
+                    ev.seq, ev.deployment_id
+                )));
+            }
+            Err(e) => return Err(failed(&what)(e)),
         }
+        insert_notices(&tx, notices).map_err(failed(&what))?;
+        tx.commit().map_err(failed(&what))
     }
 
     fn events(&self, id: &str, from_seq: u64, limit: u32) -> StoreResult<Vec<pb::DeploymentEvent>> {
@@ -619,24 +705,32 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn insert_incident(&self, i: &pb::Incident) -> StoreResult<()> {
-        match self.conn().execute(
+    fn insert_incident(&self, i: &pb::Incident, notices: &[Notice]) -> StoreResult<()> {
+        let what = format!("inserting incident {}", i.id);
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(failed(&what))?;
+        match tx.execute(
             "INSERT INTO incidents (id, environment, state, record) VALUES (?1, ?2, ?3, ?4)",
             params![i.id, i.environment, i.state, i.encode_to_vec()],
         ) {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate(&e) => Err(StoreError::AlreadyExists(format!(
-                "incident {} exists already",
-                i.id
-            ))),
-            Err(e) => Err(failed(&format!("inserting incident {}", i.id))(e)),
+            Ok(_) => {}
+            Err(e) if is_duplicate(&e) => {
+                return Err(StoreError::AlreadyExists(format!(
+                    "incident {} exists already",
+                    i.id
+                )));
+            }
+            Err(e) => return Err(failed(&what)(e)),
         }
+        insert_notices(&tx, notices).map_err(failed(&what))?;
+        tx.commit().map_err(failed(&what))
     }
 
-    fn save_incident(&self, i: &pb::Incident) -> StoreResult<()> {
+    fn save_incident(&self, i: &pb::Incident, notices: &[Notice]) -> StoreResult<()> {
         let what = format!("saving incident {}", i.id);
-        let n = self
-            .conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(failed(&what))?;
+        let n = tx
             .execute(
                 "UPDATE incidents SET environment = ?2, state = ?3, record = ?4 WHERE id = ?1",
                 params![i.id, i.environment, i.state, i.encode_to_vec()],
@@ -647,7 +741,8 @@ impl Store for SqliteStore {
                 "sqlite: {what}: no such incident"
             )));
         }
-        Ok(())
+        insert_notices(&tx, notices).map_err(failed(&what))?;
+        tx.commit().map_err(failed(&what))
     }
 
     fn get_incident(&self, id: &str) -> StoreResult<Option<pb::Incident>> {
@@ -662,6 +757,116 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<pb::Incident>> {
         let states: Vec<i32> = states.iter().map(|s| *s as i32).collect();
         self.list("incidents", environment, &states, limit)
+    }
+
+    fn claim_notices(
+        &self,
+        instance: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxRow>> {
+        let what = "claiming due outbox rows";
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed(what))?;
+        let rows = {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "UPDATE outbox SET attempts = attempts + 1, lease_owner = ?1, lease_until_ms = ?2
+                     WHERE id IN (SELECT id FROM outbox
+                         WHERE state = 0 AND due_ms <= ?3 AND (lease_until_ms <= ?3 OR lease_owner = ?1)
+                         ORDER BY ord LIMIT ?4)
+                     RETURNING {OUTBOX_COLUMNS}"
+                ))
+                .map_err(failed(what))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        instance,
+                        now.saturating_add(millis(lease)),
+                        now,
+                        i64::from(limit)
+                    ],
+                    outbox_row,
+                )
+                .map_err(failed(what))?;
+            outbox_rows(rows, what)?
+        };
+        tx.commit().map_err(failed(what))?;
+        Ok(rows)
+    }
+
+    fn settle_notice(&self, id: &str, instance: &str, result: &Delivery) -> StoreResult<bool> {
+        let (state, due, error) = match result {
+            Delivery::Delivered => (NoticeState::Delivered, 0, ""),
+            Delivery::Retry { after, error } => (
+                NoticeState::Pending,
+                now_ms().saturating_add(millis(*after)),
+                error.as_str(),
+            ),
+            Delivery::Failed { error } => (NoticeState::Failed, 0, error.as_str()),
+        };
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE outbox SET state = ?3,
+                     due_ms = CASE WHEN ?3 = 0 THEN ?4 ELSE due_ms END,
+                     last_error = CASE WHEN ?5 = '' THEN last_error ELSE ?5 END,
+                     lease_owner = '', lease_until_ms = 0
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 0",
+                params![id, instance, state.code(), due, error],
+            )
+            .map_err(failed(&format!("settling outbox row {id}")))?;
+        Ok(n == 1)
+    }
+
+    fn note_notice(&self, id: &str, instance: &str, note: &str) -> StoreResult<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE outbox SET note = ?3 WHERE id = ?1 AND lease_owner = ?2 AND state = 0",
+                params![id, instance, note],
+            )
+            .map_err(failed(&format!("noting a step of outbox row {id}")))?;
+        Ok(n == 1)
+    }
+
+    fn notices(&self, subject: &str) -> StoreResult<Vec<OutboxRow>> {
+        let what = format!("reading the outbox rows of {subject}");
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE subject = ?1 ORDER BY ord"
+            ))
+            .map_err(failed(&what))?;
+        let rows = stmt
+            .query_map([subject], outbox_row)
+            .map_err(failed(&what))?;
+        outbox_rows(rows, &what)
+    }
+
+    fn pending_notices(&self) -> StoreResult<Vec<(String, String, u64)>> {
+        let what = "counting pending outbox rows";
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT environment, sink, count(*) FROM outbox WHERE state = 0
+                 GROUP BY environment, sink ORDER BY environment, sink",
+            )
+            .map_err(failed(what))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                ))
+            })
+            .map_err(failed(what))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(failed(what))
     }
 }
 
@@ -736,6 +941,18 @@ mod tests {
     fn conformance_events_in_seq_order_without_duplicates() {
         let f = SqliteFixture::new();
         conformance::events_in_seq_order_without_duplicates(f.store(), f.peer());
+    }
+
+    #[test]
+    fn conformance_outbox_rows_travel_with_their_records() {
+        let f = SqliteFixture::new();
+        conformance::outbox_rows_travel_with_their_records(f.store(), f.peer());
+    }
+
+    #[test]
+    fn conformance_outbox_claims_are_leased_and_settled() {
+        let f = SqliteFixture::new();
+        conformance::outbox_claims_are_leased_and_settled(f.store(), f.peer());
     }
 
     #[test]
