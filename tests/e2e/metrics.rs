@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rampart_tests::deploy::free_port;
 use rampart_tests::fleet::{Fleet, finished};
+use rampart_tests::prometheus::{Job, Prometheus, alert_rules, dashboard_exprs, recording_rules};
 use serde_json::Value;
 
 /// `curl -fsS URL` (extra args first): the body, or the error.
@@ -81,7 +82,7 @@ fn deployments_that_succeed_roll_back_and_fail_to_roll_back_are_counted_and_time
     let fleet = Fleet::start_with_toml(
         2,
         "serial = 1\n",
-        &format!("[metrics]\nlisten = \"{metrics}\"\n[consistency]\ninterval_seconds = 0\n"),
+        &format!("[metrics]\nlisten = \"{metrics}\"\n[consistency]\ninterval_seconds = 1\n"),
         |i, vars| {
             if i == 0 {
                 breakable(vars, &m, other);
@@ -124,6 +125,14 @@ fn deployments_that_succeed_roll_back_and_fail_to_roll_back_are_counted_and_time
         ),
         Some(0.0)
     );
+
+    // A real Prometheus scrapes the controller from before the first deployment (every second),
+    // with the shipped alert and recording rules.
+    let prom = Prometheus::start(
+        &[Job::new("rampart-controller", &[&metrics])],
+        &[&alert_rules(), &recording_rules()],
+    );
+    prom.wait_targets_up(Duration::from_secs(30));
 
     let r = fleet.deploy("1.0.0", &[]);
     assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
@@ -294,4 +303,98 @@ fn the_api_port_answers_grpc_health_and_metrics_can_be_served_over_tls() {
     assert_eq!(status.0, ServingStatus::Serving as i32);
     assert_eq!(status.1, ServingStatus::Serving as i32);
     assert_eq!(status.2, tonic::Code::NotFound);
+}
+
+#[test]
+fn the_sweep_finds_a_host_that_is_not_whole_opens_one_warning_incident_and_status_verify_says_so() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut fleet = Fleet::start_with_toml(
+        2,
+        "",
+        &format!("[metrics]\nlisten = \"{metrics}\"\n[consistency]\ninterval_seconds = 1\n"),
+        |_, _| {},
+    );
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    let url = format!("http://{metrics}/metrics");
+    let wait_page = |what: &str, ok: &dyn Fn(&str) -> bool| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let page = curl(&url, &[]).unwrap();
+            if ok(&page) {
+                return page;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{page}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let inconsistent = "rampart_deployment_state_inconsistency_detected{environment=\"prod\"}";
+    let page = wait_page("both hosts seen whole on 1.0.0", &|p| {
+        sample(
+            p,
+            "rampart_environment_version_info{environment=\"prod\",version=\"1.0.0\"}",
+        ) == Some(1.0)
+    });
+    assert_eq!(sample(&page, inconsistent), Some(0.0), "{page}");
+    let v = fleet.cli(&["status", "--env", "prod", "--verify", "--json"]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    let j: Value = serde_json::from_str(&v.stdout).unwrap();
+    assert_eq!(j[0]["verify"]["consistent"], true, "{j:#}");
+    assert_eq!(j[0]["verify"]["version"], "1.0.0", "{j:#}");
+
+    // A staging dir left on h2 (what a transaction killed while extracting leaves).
+    let staging = fleet.hosts[1]
+        .scenario
+        .state
+        .join("apps/app/.staging-9.9.9-d-gone.h2");
+    std::fs::create_dir_all(&staging).unwrap();
+    let page = wait_page("the sweep sees it", &|p| {
+        sample(p, inconsistent) == Some(1.0)
+    });
+    assert_eq!(
+        sample(
+            &page,
+            "rampart_incidents_open{environment=\"prod\",severity=\"warning\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    let v = fleet.cli(&["status", "--env", "prod", "--verify"]);
+    assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("NOT WHOLE"), "{}", v.stdout);
+    assert!(v.stdout.contains("h2 app [staging_left]"), "{}", v.stdout);
+    // Swept again and again: still one incident, which names the host and the problem.
+    std::thread::sleep(Duration::from_secs(3));
+    let l = fleet.cli(&["incidents", "--env", "prod", "--json"]);
+    let list: Value = serde_json::from_str(&l.stdout).unwrap();
+    let warnings: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["severity"] == "warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{list:#}");
+    assert_eq!(warnings[0]["hosts"], serde_json::json!(["h2"]), "{list:#}");
+    let summary = warnings[0]["summary"].as_str().unwrap();
+    assert!(summary.contains("staging_left"), "{summary}");
+
+    // Cleaned up: whole again. An agent that is down is `up = 0`, not an inconsistency.
+    std::fs::remove_dir(&staging).unwrap();
+    fleet.kill_agent(0);
+    let page = wait_page("h1 down, h2 whole", &|p| {
+        sample(p, "rampart_agent_up{environment=\"prod\",host=\"h1\"}") == Some(0.0)
+            && sample(p, inconsistent) == Some(0.0)
+    });
+    assert_eq!(
+        sample(&page, "rampart_agent_up{environment=\"prod\",host=\"h2\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    let v = fleet.cli(&["status", "--env", "prod", "--verify"]);
+    assert_eq!(
+        v.code, 1,
+        "a host that cannot be asked is not verified: {}",
+        v.stdout
+    );
+    assert!(v.stdout.contains("DOWN"), "{}", v.stdout);
 }
