@@ -232,6 +232,69 @@ fn deployments_that_succeed_roll_back_and_fail_to_roll_back_are_counted_and_time
         s("rampart_incident_postmortem_overdue{environment=\"prod\"}"),
         0.0
     );
+
+    // What Prometheus scraped: the same counters, histograms and gauges, with its labels.
+    let t = Duration::from_secs(30);
+    let one = |expr: &str| -> f64 {
+        let got = prom.wait_for(expr, t);
+        assert_eq!(got.len(), 1, "{expr}: {got:?}");
+        got[0].1
+    };
+    prom.wait_until(
+        r#"rampart_deployments_completed_total{outcome="rollback_failed"}"#,
+        t,
+        |s| s.len() == 1 && s[0].1 == 1.0,
+    );
+    assert_eq!(
+        one(
+            r#"sum(rampart_deployments_started_total{job="rampart-controller",environment="prod"})"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        one(r#"sum(rampart_deployment_duration_seconds_count{environment="prod"})"#),
+        3.0
+    );
+    assert_eq!(
+        one(r#"sum(rampart_rollbacks_total{environment="prod"})"#),
+        1.0
+    );
+    assert_eq!(
+        one(r#"rampart_incidents_open{environment="prod",severity="critical"}"#),
+        1.0
+    );
+    assert_eq!(
+        one(r#"rampart_deployment_in_progress{environment="prod"}"#),
+        0.0
+    );
+    // The sweep (every second here) found both agents and what they run.
+    prom.wait_until(r#"rampart_agent_up{environment="prod"}"#, t, |s| {
+        s.len() == 2 && s.iter().all(|x| x.1 == 1.0)
+    });
+    prom.wait_for(
+        r#"rampart_host_version_info{environment="prod",host="h2",version="1.0.0"}"#,
+        t,
+    );
+    // The alerts a rolled-back deployment and a failed rollback raise fire on the real series.
+    for alert in ["DeploymentRollbackTriggered", "DeploymentRollbackFailed"] {
+        prom.wait_for(
+            &format!(r#"ALERTS{{alertname="{alert}",alertstate="firing",environment="prod"}}"#),
+            t,
+        );
+    }
+    // SC-001 as recorded: 1 of 3 changes succeeded.
+    // (Once the rule has evaluated after the last completion was scraped: every series began at
+    // 0 when the controller started, so their increases extrapolate alike.)
+    prom.wait_until(
+        r#"environment:rampart_deployment_success:ratio_1d{environment="prod"}"#,
+        t,
+        |s| s.len() == 1 && (s[0].1 - 1.0 / 3.0).abs() < 1e-6,
+    );
+    // Every dashboard query returns data from this run (`wait_until` names the one that does
+    // not).
+    for (_panel, expr) in dashboard_exprs("prod") {
+        prom.wait_until(&expr, t, |s| !s.is_empty());
+    }
 }
 
 #[test]
