@@ -15,6 +15,8 @@
 #   4. history, and the failed deployment host by host
 #   5. web1's forensics bundle of the failed 3.0.0, downloaded through the controller
 #   6. an operator's rollback to 1.0.0 (the shipped rollback playbook, switching releases only)
+#   7. what an SRE sees: the incident 3.0.0 opened and its post-mortem draft, every host checked
+#      whole (`status --verify`), and the controller's Prometheus metrics (`[metrics] listen`)
 # Each step checks its exit code and what every host serves (and its schema version): the demo
 # doubles as a smoke test, exits 1 on the first surprise and prints `demo: OK` at the end.
 #
@@ -211,6 +213,9 @@ name = "demo-ci"
 sha256 = "$token_sha"
 scopes = ["admin"]   # one token for the whole demo, forensics included; a CI token needs only deploy + read
 
+[metrics]            # Prometheus's /metrics and /healthz (port 0: it picks one and prints it)
+listen = "127.0.0.1:0"
+
 [environments.production]
 inventory = "$work/inventory.yml"
 serial = [1, "100%"]
@@ -219,7 +224,9 @@ EOF
 NO_COLOR=1 target/debug/rampart-controller --config "$work/controller.toml" >"$work/controller.out" 2>"$work/controller.log" &
 controller_pid=$!
 controller_addr="$(wait_listening controller "$controller_pid" "$work/controller.out")"
+metrics_addr="$(grep -m1 '^metrics on ' "$work/controller.out" | sed 's/^metrics on //')"
 echo "demo: controller on $controller_addr: environment production = web1, web2, web3 in waves [1, 100%]"
+echo "demo: Prometheus metrics on http://$metrics_addr/metrics"
 echo "demo: config $work/controller.toml, inventory $work/inventory.yml"
 C=(--controller "https://$controller_addr" --ca "$work/certs/ca.pem" --token-file "$work/token")
 
@@ -297,6 +304,25 @@ header "6. roll back to 1.0.0 on purpose (the rollback playbook switches release
 expect_exit 0 "rollback to 1.0.0" "$R" rollback --env production --to 1.0.0 --reason "demo: back to 1.0.0" "${C[@]}"
 check_hosts 1.0.0 2
 [ -z "$db_port" ] || echo "    (each schema stays at version 2, which 1.0.0 tolerates)"
+
+header "7. what on-call sees: the incident, its post-mortem draft, every host verified, the metrics"
+incident="$("$R" incidents --env production --json "${C[@]}" | python3 -c '
+import json, sys
+for i in json.load(sys.stdin):
+    if i["severity"] == "error" and i["state"] == "open":
+        print(i["id"]); break')"
+[ -n "$incident" ] || fail "no open incident for the rolled-back 3.0.0"
+expect_exit 0 "incidents" "$R" incidents --env production "${C[@]}"
+expect_exit 0 "incidents postmortem" "$R" incidents postmortem "$incident" -o "$work/postmortem.md" "${C[@]}"
+echo "--> post-mortem draft in $work/postmortem.md:"
+sed -n '1,12p' "$work/postmortem.md" | sed 's/^/    /'
+expect_exit 0 "status --verify" "$R" status --env production --verify "${C[@]}"
+page="$(curl -fsS --max-time 5 "http://$metrics_addr/metrics")" || fail "no /metrics on $metrics_addr"
+echo "--> http://$metrics_addr/metrics (excerpt):"
+grep -E '^rampart_(deployments_completed_total|rollbacks_total\{[^}]*reason="(health|manual)"|incidents_open|deployment_in_progress)' <<<"$page" |
+  grep -v ' 0$' | sed 's/^/    /'
+grep -q 'rampart_deployments_completed_total{environment="production",outcome="rolled_back"} 1' <<<"$page" ||
+  fail "/metrics does not count the rolled-back 3.0.0"
 
 echo
 echo "files: $work (certs, inventory.yml, controller.toml and its state, each host's state, captures and forensics)"
