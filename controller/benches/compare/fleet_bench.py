@@ -17,6 +17,13 @@ it waited for, not a sum); each agent's VmHWM after the timed deploy, and their 
 controller's (an upper bound of the Rampart side's total); a /proc sampler's peak of the summed
 RSS of ansible-playbook and its workers, apps excluded (a lower bound of the Ansible side's).
 
+With --sinks (SINKS=1), the Rampart side's environment also has every notification sink
+configured (`[environments.prod.notify.*]`: github, slack, pagerduty, webhook, each with every
+event it takes; secrets in files): all point at one local HTTP server in this process
+(`FakeSinks`, 127.0.0.1, a free port) that checks each request's shape and answers as the real
+API does. A succeeded deploy tells slack and webhook (`succeeded`); github and pagerduty take only
+incidents, so they hear nothing while every deploy succeeds. The counts received are printed.
+
 Prints a markdown table, a memory table and the goals. MB = MiB.
 """
 
@@ -24,10 +31,13 @@ import argparse
 import glob
 import gzip
 import hashlib
+import hmac
+import http.server
 import io
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -296,6 +306,152 @@ def mb(kb):
 
 
 # ------------------------------------------------------------------------------------------------
+# notification sinks (--sinks)
+
+
+class FakeSinks:
+    """One HTTP server on 127.0.0.1 (a free port, a thread) standing in for GitHub, Slack,
+    PagerDuty and the webhook receiver. Each request is checked (method, path, headers, JSON body,
+    the token, routing key and HMAC signature) and answered as the API documents: GitHub
+    `GET /repos/o/r/issues` 200 `[]`, `POST .../issues` 201 with a number, `POST .../comments`
+    201, `PATCH .../issues/N` 200; Slack 200 `ok`; PagerDuty 202; webhook 200. A request that
+    fails a check gets 400 (404 for an unknown path) and is counted under `bad`."""
+
+    REPO = "o/r"
+    MAX_BODY = 1 << 20
+
+    def __init__(self):
+        self.github_token = secrets.token_hex(16)
+        self.routing_key = secrets.token_hex(16)
+        self.hook_secret = secrets.token_hex(16)
+        self.slack_path = f"/slack/services/T0/B0/{secrets.token_hex(8)}"
+        self.counts = {}
+        self.bad = []
+        self.lock = threading.Lock()
+        sinks = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_a):
+                pass
+
+            def answer(self, status, body=b""):
+                if isinstance(body, (dict, list)):
+                    body = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if body[:1] in (b"{", b"[") else "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def handle_any(self):
+                path = self.path.split("?", 1)[0]
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if 0 < n <= sinks.MAX_BODY else b""
+                status, body, why = sinks.route(self.command, path, self.headers, raw, n)
+                shown = "/slack/services/T0/B0/<secret>" if path == sinks.slack_path else path
+                with sinks.lock:
+                    key = f"{self.command} {shown} {status}"
+                    sinks.counts[key] = sinks.counts.get(key, 0) + 1
+                    if why:
+                        sinks.bad.append(f"{key}: {why}")
+                self.answer(status, body)
+
+            do_GET = do_POST = do_PATCH = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def route(self, method, path, headers, raw, n):
+        """(status, body, why-bad or None) for one request."""
+        if n > self.MAX_BODY:
+            return 413, b"too large", f"body of {n} bytes"
+        doc = None
+        if raw:
+            if not (headers.get("Content-Type") or "").startswith("application/json"):
+                return 400, b"not json", "Content-Type is not application/json"
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                return 400, b"bad json", "body is not JSON"
+        repo = f"/repos/{self.REPO}/issues"
+        if path == repo or path.startswith(repo + "/"):
+            if headers.get("Authorization") != f"Bearer {self.github_token}":
+                return 401, {"message": "Bad credentials"}, "wrong or missing GitHub token"
+            if headers.get("X-GitHub-Api-Version") != "2022-11-28":
+                return 400, {"message": "bad API version"}, "X-GitHub-Api-Version is not 2022-11-28"
+            rest = path[len(repo):].strip("/").split("/")
+            if method == "GET" and rest == [""]:
+                return 200, [], None
+            if method == "POST" and rest == [""]:
+                if not (isinstance(doc, dict) and doc.get("title") and "body" in doc):
+                    return 422, {"message": "Validation Failed"}, "issue without title/body"
+                return 201, {"number": 1, "html_url": "http://127.0.0.1/x/1"}, None
+            if len(rest) == 2 and rest[0].isdigit() and rest[1] == "comments" and method == "POST":
+                if not (isinstance(doc, dict) and doc.get("body")):
+                    return 422, {"message": "Validation Failed"}, "comment without body"
+                return 201, {"id": 1}, None
+            if len(rest) == 1 and rest[0].isdigit() and method == "PATCH":
+                if not isinstance(doc, dict):
+                    return 422, {"message": "Validation Failed"}, "PATCH without a JSON object"
+                return 200, {"number": int(rest[0]), "state": doc.get("state", "open")}, None
+            return 404, {"message": "Not Found"}, "unknown GitHub call"
+        if path == self.slack_path and method == "POST":
+            if not (isinstance(doc, dict) and isinstance(doc.get("text"), str)):
+                return 400, b"invalid_payload", "Slack message without text"
+            return 200, b"ok", None
+        if path == "/pagerduty/v2/enqueue" and method == "POST":
+            if not (isinstance(doc, dict) and doc.get("routing_key") == self.routing_key
+                    and doc.get("event_action") in ("trigger", "acknowledge", "resolve")):
+                return 400, {"status": "invalid event", "message": "Event object is invalid"}, "bad PagerDuty event"
+            return 202, {"status": "success", "message": "Event processed", "dedup_key": "k"}, None
+        if path == "/hook" and method == "POST":
+            want = "sha256=" + hmac.new(self.hook_secret.encode(), raw, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(headers.get("X-Rampart-Signature") or "", want):
+                return 401, b"bad signature", "X-Rampart-Signature does not match"
+            return 200, b"", None
+        return 404, b"not found", "unknown path"
+
+    def config(self, d):
+        """The `[environments.prod.notify.*]` tables, secrets written under `d`/secrets."""
+        sec = f"{d}/secrets"
+        os.makedirs(sec, mode=0o700, exist_ok=True)
+        for name, value in (("github-token", self.github_token), ("slack-url", self.url + self.slack_path),
+                            ("pagerduty-key", self.routing_key), ("webhook-secret", self.hook_secret)):
+            with open(os.open(f"{sec}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(value + "\n")
+        incident = '"incident", "incident_resolved"'
+        every = incident + ', "approval", "succeeded"'
+        return (
+            f'[environments.prod.notify.github]\napi_url = "{self.url}"\nrepository = "{self.REPO}"\n'
+            f'token_file = "{sec}/github-token"\nevents = [{incident}]\n'
+            f'[environments.prod.notify.slack]\nwebhook_url_file = "{sec}/slack-url"\nevents = [{every}]\n'
+            f'[environments.prod.notify.pagerduty]\nurl = "{self.url}/pagerduty/v2/enqueue"\n'
+            f'routing_key_file = "{sec}/pagerduty-key"\nevents = [{incident}]\n'
+            f'[environments.prod.notify.webhook]\nurl = "{self.url}/hook"\nsecret_file = "{sec}/webhook-secret"\n'
+            f'events = [{every}]\n'
+        )
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.counts), list(self.bad)
+
+    def received(self):
+        """Requests answered 2xx by the two sinks that hear of succeeded deploys."""
+        with self.lock:
+            return sum(v for k, v in self.counts.items()
+                       if k in ("POST /slack/services/T0/B0/<secret> 200", "POST /hook 200"))
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ------------------------------------------------------------------------------------------------
 # the artifact
 
 
@@ -523,6 +679,7 @@ def run_rampart(n, a, art, work, procs, failures):
             f'[agent_tls]\ncert = "{certs}/controller.pem"\nkey = "{certs}/controller.key"\nca = ["{certs}/ca.pem"]\n'
             f'[[tokens]]\nname = "bench"\nsha256 = "{sha}"\n'
             f'[environments.prod]\ninventory = "{d}/inventory.yml"\n'
+            + (a.fake_sinks.config(d) if a.fake_sinks else "")
         )
 
     # Agents: each its own process and state dir; all started, then awaited.
@@ -586,6 +743,7 @@ def run_rampart(n, a, art, work, procs, failures):
             keep_logs(a, d, f"rampart-{n}")
         return rc, wall, fin
 
+    res["sinks_before"] = a.fake_sinks.received() if a.fake_sinks else 0
     rc1, wall1, _ = deploy("1.0.0", timed=False)
     res["warmup_s"] = wall1
     if rc1 != 0:
@@ -616,6 +774,15 @@ def run_rampart(n, a, art, work, procs, failures):
         res["cpu_split_s"] = [statistics.median(x) for x in zip(*res["cpu_split"])]
     res["controller_hwm_kb"] = status_kb(ctl.pid, "VmHWM")
     res["controller_threads"] = status_kb(ctl.pid, "Threads")
+    if a.fake_sinks:
+        # Delivery is asynchronous (the outbox worker): wait, untimed and at most 30 s, until
+        # slack and webhook have each heard of every succeeded deploy of this N.
+        want = res["sinks_before"] + 2 * (1 + len(res["walls"]))
+        deadline = time.monotonic() + 30
+        while a.fake_sinks.received() < want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        res["sinks_expected"] = want - res["sinks_before"]
+        res["sinks_received"] = a.fake_sinks.received() - res["sinks_before"]
     res["controller_rss_after_kb"] = status_kb(ctl.pid, "VmRSS")
     res["agent_hwm_kb"] = [status_kb(h["pid"], "VmHWM") for h in hosts]
     # Not sampled (a sampler would take CPU from a deploy that lasts well under a second at
@@ -832,6 +999,16 @@ def report(results, art, a, total_s):
                "controller/benches/compare/ansible/fleet-deploy.yml (2 HTTP checks; Rampart's production suite passes 15 "
                "checks per host (8 skipped: no database/redis/systemd), and the playbook also captures state, "
                "takes the lock and prunes).")
+    if a.fake_sinks:
+        counts, bad = a.fake_sinks.snapshot()
+        out.append("")
+        out.append("Sinks (--sinks): github, slack, pagerduty and webhook configured, at " + a.fake_sinks.url
+                   + ". Succeeded notices received by slack + webhook (expected: 2 per succeeded deploy, "
+                   "warm-up included): " + "; ".join(
+                       f"N={r['n']}: {r['rampart'].get('sinks_received', '–')} / {r['rampart'].get('sinks_expected', '–')}"
+                       for r in results) + ". Requests by method, path and answer: "
+                   + (", ".join(f"{k} ×{v}" for k, v in sorted(counts.items())) or "none")
+                   + f". Refused as malformed: {len(bad)}" + (f" ({'; '.join(bad[:5])})" if bad else "") + ".")
     out.append(f"Whole benchmark: {total_s / 60:.1f} min.")
     return "\n".join(out)
 
@@ -857,6 +1034,9 @@ def main():
     ap.add_argument("--sample-interval", type=float, default=0.5)
     ap.add_argument("--settle", type=float, default=2.0, help="seconds after start-up before idle RSS is read")
     ap.add_argument("--skip-ansible", action="store_true")
+    ap.add_argument("--sinks", action="store_true", default=os.environ.get("SINKS") == "1",
+                    help="configure every notification sink (github, slack, pagerduty, webhook) on the "
+                         "Rampart side, all answered by one local fake server; prints what it received")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     ap.add_argument("--failure-logs", default=os.environ.get("FAILURE_LOGS", ""))
     ap.add_argument("--results-json", default=os.environ.get("RESULTS_JSON", ""))
@@ -881,6 +1061,9 @@ def main():
         f"{__import__('resource').getrlimit(__import__('resource').RLIMIT_NOFILE)[0]}")
 
     work = tempfile.mkdtemp(prefix="fleet-bench.")
+    a.fake_sinks = FakeSinks() if a.sinks else None
+    if a.fake_sinks:
+        log(f"sinks: fake github/slack/pagerduty/webhook server at {a.fake_sinks.url}")
     procs = Procs()
     failures = []
     results = []
@@ -936,6 +1119,8 @@ def main():
         procs.stop()
         for pid in pids_with_arg_under(work):
             kill_pid(pid)
+        if a.fake_sinks:
+            a.fake_sinks.close()
         if a.keep:
             log(f"work dir kept: {work}")
         else:

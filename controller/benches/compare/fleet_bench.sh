@@ -32,6 +32,8 @@
 #                         and PORT_BASE+2000+i (Ansible)
 #   REPS=3, ANSIBLE_REPS=1  timed runs per host count
 #   ARTIFACT_BYTES=1048576, RESULTS_JSON=FILE (raw figures), FAILURE_LOGS=DIR (logs of failed runs)
+#   SINKS=1 (or --sinks)  Rampart side with every notification sink configured (github, slack,
+#                         pagerduty, webhook; all at one local fake server); prints what it received
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
