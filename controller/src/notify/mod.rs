@@ -15,7 +15,7 @@
 //! thread, and records the result: delivered; retried after a backoff ([`backoff`]: 1 s doubling
 //! to 5 min, or the `Retry-After` of a 429) until [`GIVE_UP_AFTER`]; or failed at once on a
 //! 4xx other than 408/429 (a request the sink will never take). A sink that is down therefore
-//! never slows or fails a deployment. [`Stats`] counts failed attempts per (environment, sink)
+//! never slows or fails a deployment. [`crate::metrics::Metrics::notification_failed`] counts failed attempts per (environment, sink)
 //! for the metrics; [`crate::store::Store::pending_notices`] counts what waits.
 //!
 //! [`sinks`] builds every request (pure) and runs the GitHub issue's steps: an issue is never
