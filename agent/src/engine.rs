@@ -1718,6 +1718,37 @@ mod tests {
     }
 
     #[test]
+    fn copy_content_of_one_expression_and_a_newline_keeps_the_newline() {
+        // Ansible writes "ok\n": a string that is one expression plus literal text is text.
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_with(
+            r#"
+- hosts: all
+  vars:
+    summary: ok
+    n: 3
+  tasks:
+    - copy:
+        dest: "{{ dir }}/summary"
+        content: "{{ summary }}\n"
+    - copy:
+        dest: "{{ dir }}/number"
+        content: "{{ n }}\n"
+"#,
+            json!({"dir": dir.path()}),
+        );
+        assert_eq!(run.result.outcome, Outcome::Succeeded);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("summary")).unwrap(),
+            "ok\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("number")).unwrap(),
+            "3\n"
+        );
+    }
+
+    #[test]
     fn set_fact_is_seen_by_later_tasks_and_in_rescue_and_always() {
         let dir = tempfile::tempdir().unwrap();
         let run = run_with(

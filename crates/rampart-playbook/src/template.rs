@@ -60,10 +60,10 @@ pub fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
 }
 
-/// If `s` is exactly one `{{ expr }}`, the expression.
+/// If `s` is exactly one `{{ expr }}`, the expression: nothing before or after it, not even
+/// whitespace (`"{{ summary }}\n"` is text with its newline, as in Ansible).
 fn single_expression(s: &str) -> Option<&str> {
-    let t = s.trim();
-    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = s.strip_prefix("{{")?.strip_suffix("}}")?;
     if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
         return None;
     }
@@ -226,8 +226,10 @@ impl Templar {
     }
 }
 
+/// A bare expression (`when:`, `until:`), braces around it tolerated, whitespace around them too.
 fn strip_braces(expr: &str) -> &str {
-    single_expression(expr).unwrap_or(expr.trim())
+    let t = expr.trim();
+    single_expression(t).unwrap_or(t)
 }
 
 /// Converts a template value to JSON (undefined becomes null).
@@ -406,6 +408,14 @@ mod tests {
         assert_eq!(t.render_str("{{ n + 1 }}", &s).unwrap(), json!(4));
         assert_eq!(t.render_str("n={{ n }}", &s).unwrap(), json!("n=3"));
         assert_eq!(t.render_str("plain", &s).unwrap(), json!("plain"));
+        // One expression plus literal text is text: the newline stays (Ansible keeps it).
+        assert_eq!(t.render_str("{{ n }}\n", &s).unwrap(), json!("3\n"));
+        assert_eq!(t.render_str("{{ xs }}\n", &s).unwrap(), json!("[1, 2]\n"));
+        assert_eq!(t.render_str(" {{ n }}", &s).unwrap(), json!(" 3"));
+        assert_eq!(
+            t.render_str("target {{ 1 + 2 }}\n", &s).unwrap(),
+            json!("target 3\n")
+        );
     }
 
     #[test]
