@@ -87,7 +87,7 @@ fn migrates_once() {
             "ctl",
             "SELECT string_agg(version || ':' || success, ',' ORDER BY installed_rank) FROM rampart_controller.flyway_schema_history WHERE version IS NOT NULL AND type = 'SQL'"
         ),
-        "1:true,2:true,3:true"
+        "1:true,2:true,3:true,4:true"
     );
     assert_eq!(
         pg.psql(
