@@ -374,3 +374,39 @@ fn bad_sink_configurations_are_refused_at_start_naming_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_hanging_sink_does_not_hold_back_another_sinks_retry() {
+    let fake = fake();
+    let secrets = tempfile::tempdir().unwrap();
+    let sinks = sinks_toml(&fake, secrets.path(), &["slack", "webhook"]);
+    // The webhook takes 1.0.0's success notice, then hangs on the incident's (the worker gives
+    // up on it at its 10 s HTTP timeout); Slack asks for a retry after 1 s.
+    fake.script(
+        Api::Webhook,
+        &[
+            Answer::Status(200, None),
+            Answer::HangAfterApply(Duration::from_secs(30)),
+        ],
+    );
+    fake.script(Api::Slack, &[Answer::Status(429, Some("1".into()))]);
+    let fleet = Fleet::start_with_toml(1, &sinks, "", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    assert!(fake.wait_for(Api::Webhook, WAIT, |rs| !rs.is_empty()));
+    let r = fleet.deploy("3.0.0", &[]);
+    assert_eq!(r.code, 1, "deploy 3.0.0: {}\n{}", r.stdout, r.stderr);
+    assert!(fake.wait_for(Api::Slack, WAIT, |rs| !accepted(rs, 200).is_empty()));
+    let sl = fake.requests(Api::Slack);
+    assert_eq!(sl[0].status, 429, "{sl:#?}");
+    let waited = sl[1].at.duration_since(sl[0].at);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(6),
+        "Slack's retry came {waited:?} after its 429 (Retry-After 1 s), not after the hanging webhook's timeout"
+    );
+    assert_eq!(
+        fake.requests(Api::Webhook).len(),
+        2,
+        "the webhook got its incident notice"
+    );
+}

@@ -160,6 +160,10 @@ pub struct Sink {
 /// The sink kinds, for error messages.
 const KINDS: &str = "github, slack, pagerduty, webhook";
 
+/// Every sink kind's name, as the outbox's `sink` column holds it: the delivery worker runs one
+/// thread per kind.
+pub const KIND_NAMES: [&str; 4] = ["github", "slack", "pagerduty", "webhook"];
+
 /// The PagerDuty endpoint when `url` is not given.
 pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// The GitHub API when `api_url` is not given.

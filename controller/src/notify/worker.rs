@@ -1,11 +1,12 @@
-//! The delivery worker: a thread of its own that claims due outbox rows, delivers each on a
-//! thread (all of a batch at once, each request bounded by [`super::HTTP_TIMEOUT`]), and
-//! records how it ended.
+//! The delivery worker: a thread per sink kind that claims that sink's due outbox rows,
+//! delivers each on a thread (all of a batch at once, each request bounded by
+//! [`super::HTTP_TIMEOUT`]), and records how it ended. One sink that hangs delays only its own
+//! next batch, never another sink's notices.
 //!
 //! It runs apart from the tokio runtime on purpose: a sink that hangs holds only the worker's
 //! threads, never the runtime's blocking pool that the runners' store calls use, so a sink that
 //! is down never slows a deployment. A batch is finished before the next claim, so none of this
-//! controller's rows is in flight when it claims: rows leased to its own instance name are
+//! controller's rows of that sink is in flight when it claims: rows leased to its own instance name are
 //! taken again at once (a controller restarted under the same name resumes its deliveries),
 //! those of another instance once their lease ([`LEASE`]) ran out.
 
@@ -36,7 +37,7 @@ const ORDER_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Worker {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -47,20 +48,22 @@ impl Worker {
         stats: Arc<Stats>,
     ) -> std::io::Result<Worker> {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("notify".into())
-            .spawn(move || run(&cfg, &*store, &stats, &s))?;
-        Ok(Worker {
-            stop,
-            thread: Some(thread),
-        })
+        let mut threads = Vec::new();
+        for sink in super::KIND_NAMES {
+            let (cfg, store, stats, s) = (cfg.clone(), store.clone(), stats.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("notify-{sink}"))
+                    .spawn(move || run(&cfg, &*store, &stats, &s, sink))?,
+            );
+        }
+        Ok(Worker { stop, threads })
     }
 
     /// Stops claiming, and waits for the batch in flight (at most its timeouts).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -72,17 +75,17 @@ impl Drop for Worker {
     }
 }
 
-fn run(cfg: &ControllerConfig, store: &dyn Store, stats: &Stats, stop: &AtomicBool) {
+fn run(cfg: &ControllerConfig, store: &dyn Store, stats: &Stats, stop: &AtomicBool, sink: &str) {
     let mut store_failing = false;
     while !stop.load(Ordering::Relaxed) {
-        let rows = match store.claim_notices(&cfg.instance, LEASE, BATCH) {
+        let rows = match store.claim_notices(&cfg.instance, LEASE, BATCH, sink) {
             Ok(r) => {
                 store_failing = false;
                 r
             }
             Err(e) => {
                 if !store_failing {
-                    tracing::warn!("notifications: claiming due outbox rows: {e}");
+                    tracing::warn!("notifications ({sink}): claiming due outbox rows: {e}");
                 }
                 store_failing = true;
                 std::thread::sleep(IDLE * 4);

@@ -832,6 +832,34 @@ pub fn outbox_rows_travel_with_their_records(a: &dyn Store, b: &dyn Store) {
     );
 }
 
+/// A claim for one sink takes only that sink's rows (the worker runs one claimer per sink, so a
+/// sink that hangs holds back only its own notices).
+pub fn outbox_claims_by_sink(a: &dyn Store) {
+    let long = Duration::from_secs(600);
+    let gh = Notice::new("prod", "github", "incident", "i9");
+    let slack = Notice::new("prod", "slack", "incident", "i9");
+    a.insert_incident(
+        &incident("i9", "prod", pb::IncidentState::Open),
+        &[gh.clone(), slack.clone()],
+    )
+    .unwrap();
+    assert!(
+        a.claim_notices("one", long, 10, "pagerduty")
+            .unwrap()
+            .is_empty()
+    );
+    let got = a.claim_notices("one", long, 10, "slack").unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.notice.id.as_str()).collect::<Vec<_>>(),
+        vec![slack.id.as_str()]
+    );
+    let got = a.claim_notices("one", long, 10, "github").unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.notice.id.as_str()).collect::<Vec<_>>(),
+        vec![gh.id.as_str()]
+    );
+}
+
 /// Claims: one controller at a time holds a row (a lease); the holder settles it (delivered,
 /// retried later, failed) and notes its steps; another controller takes a row whose lease ran
 /// out, and a controller restarted under the same name takes its own rows again at once.
@@ -844,13 +872,13 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
         &[n1.clone(), n2.clone()],
     )
     .unwrap();
-    let got = a.claim_notices("one", long, 1).unwrap();
+    let got = a.claim_notices("one", long, 1, "").unwrap();
     assert_eq!(got.len(), 1, "the limit holds");
     assert_eq!(
         (got[0].notice.id.as_str(), got[0].attempts),
         (n1.id.as_str(), 1)
     );
-    let got = b.claim_notices("two", long, 10).unwrap();
+    let got = b.claim_notices("two", long, 10, "").unwrap();
     assert_eq!(
         got.len(),
         1,
@@ -858,7 +886,7 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
     );
     assert_eq!(got[0].notice.id, n2.id);
     assert!(
-        a.claim_notices("three", long, 10).unwrap().is_empty(),
+        a.claim_notices("three", long, 10, "").unwrap().is_empty(),
         "both are leased"
     );
     // Only the holder settles or notes.
@@ -879,7 +907,7 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
         "the lease was let go"
     );
     // Due again at once, for anyone: the note and the error are kept, the attempts counted.
-    let again = b.claim_notices("three", long, 10).unwrap();
+    let again = b.claim_notices("three", long, 10, "").unwrap();
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(
         (
@@ -894,7 +922,7 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
             .unwrap()
     );
     assert!(
-        b.claim_notices("three", long, 10).unwrap().is_empty(),
+        b.claim_notices("three", long, 10, "").unwrap().is_empty(),
         "delivered is done"
     );
     // A retry later is not due yet.
@@ -910,7 +938,7 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
         .unwrap()
     );
     assert!(
-        a.claim_notices("one", long, 10).unwrap().is_empty(),
+        a.claim_notices("one", long, 10, "").unwrap().is_empty(),
         "not due before its pause"
     );
     let rows = a.notices("i1").unwrap();
@@ -933,18 +961,18 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
     )
     .unwrap();
     assert_eq!(
-        a.claim_notices("one", Duration::from_millis(300), 1)
+        a.claim_notices("one", Duration::from_millis(300), 1, "")
             .unwrap()[0]
             .notice
             .id,
         n3.id
     );
     assert_eq!(
-        a.claim_notices("four", long, 1).unwrap()[0].notice.id,
+        a.claim_notices("four", long, 1, "").unwrap()[0].notice.id,
         n4.id
     );
-    assert!(b.claim_notices("two", long, 10).unwrap().is_empty());
-    let own = a.claim_notices("four", long, 10).unwrap();
+    assert!(b.claim_notices("two", long, 10, "").unwrap().is_empty());
+    let own = a.claim_notices("four", long, 10, "").unwrap();
     assert_eq!(
         own.iter().map(|r| r.notice.id.as_str()).collect::<Vec<_>>(),
         [n4.id.as_str()],
@@ -954,7 +982,7 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
     let mut stolen = Vec::new();
     while stolen.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        stolen = b.claim_notices("two", long, 10).unwrap();
+        stolen = b.claim_notices("two", long, 10, "").unwrap();
     }
     assert_eq!(stolen.len(), 1, "the expired lease's row only");
     assert_eq!(
@@ -982,7 +1010,7 @@ pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
         (NoticeState::Failed, "HTTP 404")
     );
     assert!(
-        b.claim_notices("two", long, 10).unwrap().is_empty(),
+        b.claim_notices("two", long, 10, "").unwrap().is_empty(),
         "failed is done"
     );
 }
@@ -1024,6 +1052,9 @@ pub fn run_all<'a>(fresh: &dyn Fn() -> Box<dyn Fixture + 'a>) {
     });
     run("outbox_rows_travel_with_their_records", &|f| {
         outbox_rows_travel_with_their_records(f.store(), f.peer())
+    });
+    run("outbox_claims_by_sink", &|f| {
+        outbox_claims_by_sink(f.store())
     });
     run("outbox_claims_are_leased_and_settled", &|f| {
         outbox_claims_are_leased_and_settled(f.store(), f.peer())

@@ -374,12 +374,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// out is claimable again, so a dead controller's rows are sent by another; rows leased to
     /// `instance` itself are claimable, so the caller claims only when none of its rows is in
     /// flight): each claim counts one attempt. With several controllers, a row is claimed by
-    /// one at a time.
+    /// one at a time. `sink` (a kind: `github`, `slack`, ...) claims only that sink's rows;
+    /// empty claims every sink's.
     fn claim_notices(
         &self,
         instance: &str,
         lease: Duration,
         limit: u32,
+        sink: &str,
     ) -> StoreResult<Vec<OutboxRow>>;
     /// Records how an attempt on a row `instance` claimed ended and lets the lease go; `false`
     /// (nothing changed) when the row is not leased to `instance` any more.

@@ -950,6 +950,7 @@ impl Store for PostgresStore {
         instance: &str,
         lease: Duration,
         limit: u32,
+        sink: &str,
     ) -> StoreResult<Vec<OutboxRow>> {
         // SKIP LOCKED: two controllers claiming at once take different rows.
         let sql = format!(
@@ -958,11 +959,12 @@ impl Store for PostgresStore {
              WHERE id IN (SELECT id FROM {SCHEMA}.outbox
                  WHERE state = 0 AND due_ms <= {NOW_MS}
                    AND (lease_until_ms <= {NOW_MS} OR lease_owner = $1)
+                   AND ($4 = '' OR sink = $4)
                  ORDER BY ord LIMIT $3 FOR UPDATE SKIP LOCKED)
              RETURNING {OUTBOX_COLUMNS}, {NOW_MS}"
         );
         let rows = self
-            .run(|c| c.query(&sql, &[&instance, &millis(lease), &i64::from(limit)]))
+            .run(|c| c.query(&sql, &[&instance, &millis(lease), &i64::from(limit), &sink]))
             .map_err(failed("claiming due outbox rows"))?;
         let mut out = rows
             .iter()

@@ -764,6 +764,7 @@ impl Store for SqliteStore {
         instance: &str,
         lease: Duration,
         limit: u32,
+        sink: &str,
     ) -> StoreResult<Vec<OutboxRow>> {
         let what = "claiming due outbox rows";
         let now = now_ms();
@@ -777,6 +778,7 @@ impl Store for SqliteStore {
                     "UPDATE outbox SET attempts = attempts + 1, lease_owner = ?1, lease_until_ms = ?2
                      WHERE id IN (SELECT id FROM outbox
                          WHERE state = 0 AND due_ms <= ?3 AND (lease_until_ms <= ?3 OR lease_owner = ?1)
+                           AND (?5 = '' OR sink = ?5)
                          ORDER BY ord LIMIT ?4)
                      RETURNING {OUTBOX_COLUMNS}"
                 ))
@@ -787,7 +789,8 @@ impl Store for SqliteStore {
                         instance,
                         now.saturating_add(millis(lease)),
                         now,
-                        i64::from(limit)
+                        i64::from(limit),
+                        sink
                     ],
                     outbox_row,
                 )
@@ -947,6 +950,12 @@ mod tests {
     fn conformance_outbox_rows_travel_with_their_records() {
         let f = SqliteFixture::new();
         conformance::outbox_rows_travel_with_their_records(f.store(), f.peer());
+    }
+
+    #[test]
+    fn conformance_outbox_claims_by_sink() {
+        let f = SqliteFixture::new();
+        conformance::outbox_claims_by_sink(f.store());
     }
 
     #[test]
