@@ -73,7 +73,7 @@
 //! routing_key_file = "/etc/rampart/pagerduty-routing-key"
 //! [environments.production.notify.webhook]
 //! url = "https://hooks.internal/rampart"
-//! secret_file = "/etc/rampart/webhook-secret"      # HMAC-SHA256 key of X-Rampart-Signature
+//! secret_file = "/etc/rampart/webhook-secret"      # HMAC-SHA256 key of X-Rampart-Signature (over "<timestamp>.<body>")
 //! ```
 //!
 //! A bad sink (unknown type or key, a missing or empty secret file, a bad URL, a repository

@@ -713,7 +713,12 @@ fn webhook(
         return reply(405, json!({"error": "method"}));
     }
     json_content(headers, problems);
+    let ts = headers
+        .get("x-rampart-timestamp")
+        .cloned()
+        .unwrap_or_default();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(ex.webhook_secret.as_bytes()).unwrap();
+    mac.update(format!("{ts}.").as_bytes());
     mac.update(raw);
     let want: String = mac
         .finalize()
@@ -722,7 +727,7 @@ fn webhook(
         .map(|b| format!("{b:02x}"))
         .collect();
     if headers.get("x-rampart-signature").map(String::as_str) != Some(&format!("sha256={want}")) {
-        problems.push("x-rampart-signature is not sha256=<HMAC of the body>".into());
+        problems.push("x-rampart-signature is not sha256=<HMAC of \"<timestamp>.<body>\">".into());
         return reply(401, json!({"error": "bad signature"}));
     }
     if headers

@@ -410,7 +410,8 @@ class FakeSinks:
                 return 400, {"status": "invalid event", "message": "Event object is invalid"}, "bad PagerDuty event"
             return 202, {"status": "success", "message": "Event processed", "dedup_key": "k"}, None
         if path == "/hook" and method == "POST":
-            want = "sha256=" + hmac.new(self.hook_secret.encode(), raw, hashlib.sha256).hexdigest()
+            ts = (headers.get("X-Rampart-Timestamp") or "").encode()
+            want = "sha256=" + hmac.new(self.hook_secret.encode(), ts + b"." + raw, hashlib.sha256).hexdigest()
             if not hmac.compare_digest(headers.get("X-Rampart-Signature") or "", want):
                 return 401, b"bad signature", "X-Rampart-Signature does not match"
             return 200, b"", None

@@ -14,8 +14,10 @@
 //!   error), `warning` (warning, approval) or `good` (resolved, succeeded), with fields.
 //! - PagerDuty (Events v2): `trigger` with `dedup_key` `rampart/<env>/<incident id>`, then
 //!   `resolve` with the same key.
-//! - Webhook: the JSON document of the notice, `X-Rampart-Signature: sha256=<hex>` (HMAC-SHA256
-//!   of the exact body with the configured secret) and `X-Rampart-Timestamp` (Unix seconds).
+//! - Webhook: the JSON document of the notice, `X-Rampart-Timestamp` (Unix seconds) and
+//!   `X-Rampart-Signature: sha256=<hex>`, the HMAC-SHA256 with the configured secret of
+//!   `<timestamp>.<exact body>`: the timestamp is signed too, so a receiver that refuses old
+//!   timestamps (say, more than 5 minutes) cannot be fed a replay.
 
 use std::time::Duration;
 
@@ -314,10 +316,11 @@ pub fn webhook_document(event: NoticeEvent, subject: &Subject, sent_at: i64) -> 
     doc
 }
 
-/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub fn signature(secret: &Secret, body: &[u8]) -> String {
+/// `sha256=<hex of HMAC-SHA256(secret, "<timestamp>." + body)>`.
+pub fn signature(secret: &Secret, timestamp: i64, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes())
         .expect("HMAC takes a key of any length");
+    mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
     let tag = mac.finalize().into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
@@ -500,7 +503,7 @@ pub fn deliver_webhook(
         method: "POST",
         url: url.to_string(),
         headers: vec![
-            ("X-Rampart-Signature", signature(secret, &body)),
+            ("X-Rampart-Signature", signature(secret, now, &body)),
             ("X-Rampart-Timestamp", now.to_string()),
             ("X-Rampart-Event", event.name().to_string()),
         ],
@@ -761,12 +764,25 @@ mod tests {
     }
 
     #[test]
-    fn the_webhook_signature_is_hmac_sha256_of_the_body() {
-        // RFC 4231 test case 2.
-        let s = signature(&Secret::from_text("Jefe"), b"what do ya want for nothing?");
+    fn the_webhook_signature_is_hmac_sha256_of_the_timestamp_and_the_body() {
+        // RFC 4231 test case 2's key and text, after "<timestamp>." (computed with Python's hmac).
+        let s = signature(
+            &Secret::from_text("Jefe"),
+            1_700_000_000,
+            b"what do ya want for nothing?",
+        );
         assert_eq!(
             s,
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            "sha256=1cdd0650c8be1cb0974b1788d458b1e781206cfef59b85faafc582d2e182c57e"
+        );
+        assert_ne!(
+            s,
+            signature(
+                &Secret::from_text("Jefe"),
+                1_700_000_001,
+                b"what do ya want for nothing?"
+            ),
+            "another timestamp, another signature"
         );
         let doc = webhook_document(NoticeEvent::Incident, &Subject::Incident(incident()), 7);
         assert_eq!(doc["event"], "incident");
