@@ -860,11 +860,45 @@ pub fn outbox_claims_by_sink(a: &dyn Store) {
     );
 }
 
+/// A row leased to a controller that is gone (its heartbeat stale, or never sent) is taken by
+/// another at once, not after its lease: a controller restarted under a new name (the default
+/// one has its pid) resumes what its predecessor had in flight.
+pub fn outbox_rows_of_a_dead_controller_are_taken_at_once(f: &dyn Fixture) {
+    let (a, b) = (f.store(), f.peer());
+    let long = Duration::from_secs(600);
+    a.heartbeat("alive").unwrap();
+    let n = Notice::new("prod", "webhook", "incident", "i8");
+    a.insert_incident(
+        &incident("i8", "prod", pb::IncidentState::Open),
+        std::slice::from_ref(&n),
+    )
+    .unwrap();
+    assert_eq!(a.claim_notices("alive", long, 10, "").unwrap().len(), 1);
+    assert!(
+        b.claim_notices("other", long, 10, "").unwrap().is_empty(),
+        "a live controller's lease holds"
+    );
+    // Dead: a heartbeat older than OWNER_STALE.
+    f.backdate_heartbeat("alive", super::OWNER_STALE + Duration::from_secs(5));
+    let got = b.claim_notices("other", long, 10, "").unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|r| (r.notice.id.as_str(), r.attempts))
+            .collect::<Vec<_>>(),
+        [(n.id.as_str(), 2)],
+        "taken at once from the dead controller"
+    );
+}
+
 /// Claims: one controller at a time holds a row (a lease); the holder settles it (delivered,
 /// retried later, failed) and notes its steps; another controller takes a row whose lease ran
 /// out, and a controller restarted under the same name takes its own rows again at once.
 pub fn outbox_claims_are_leased_and_settled(a: &dyn Store, b: &dyn Store) {
     let long = Duration::from_secs(600);
+    // Live controllers: their leases hold until they run out.
+    for i in ["one", "two", "three", "four"] {
+        a.heartbeat(i).unwrap();
+    }
     let n1 = Notice::new("prod", "github", "incident", "i1");
     let n2 = Notice::new("prod", "slack", "incident", "i1");
     a.insert_incident(

@@ -371,9 +371,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Claims up to `limit` pending outbox rows that are due and not leased to another
     /// instance, oldest first, for `instance` until `lease` has passed (a row whose lease ran
-    /// out is claimable again, so a dead controller's rows are sent by another; rows leased to
-    /// `instance` itself are claimable, so the caller claims only when none of its rows is in
-    /// flight): each claim counts one attempt. With several controllers, a row is claimed by
+    /// out is claimable again, so a dead controller's rows are sent by another; so is a row
+    /// leased to an instance whose heartbeat is older than [`OWNER_STALE`], or that never sent
+    /// one: a controller restarted under a new name resumes its predecessor's rows at once;
+    /// rows leased to `instance` itself are claimable, so the caller claims only when none of
+    /// its rows is in flight): each claim counts one attempt. With several controllers, a row is claimed by
     /// one at a time. `sink` (a kind: `github`, `slack`, ...) claims only that sink's rows;
     /// empty claims every sink's.
     fn claim_notices(

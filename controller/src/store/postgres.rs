@@ -958,13 +958,26 @@ impl Store for PostgresStore {
                  lease_until_ms = {NOW_MS} + $2
              WHERE id IN (SELECT id FROM {SCHEMA}.outbox
                  WHERE state = 0 AND due_ms <= {NOW_MS}
-                   AND (lease_until_ms <= {NOW_MS} OR lease_owner = $1)
+                   AND (lease_until_ms <= {NOW_MS} OR lease_owner = $1
+                        OR lease_owner NOT IN (SELECT instance FROM {SCHEMA}.instances
+                                               WHERE heartbeat_ms >= {NOW_MS} - $5))
                    AND ($4 = '' OR sink = $4)
                  ORDER BY ord LIMIT $3 FOR UPDATE SKIP LOCKED)
              RETURNING {OUTBOX_COLUMNS}, {NOW_MS}"
         );
         let rows = self
-            .run(|c| c.query(&sql, &[&instance, &millis(lease), &i64::from(limit), &sink]))
+            .run(|c| {
+                c.query(
+                    &sql,
+                    &[
+                        &instance,
+                        &millis(lease),
+                        &i64::from(limit),
+                        &sink,
+                        &millis(OWNER_STALE),
+                    ],
+                )
+            })
             .map_err(failed("claiming due outbox rows"))?;
         let mut out = rows
             .iter()

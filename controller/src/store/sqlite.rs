@@ -777,7 +777,10 @@ impl Store for SqliteStore {
                 .prepare_cached(&format!(
                     "UPDATE outbox SET attempts = attempts + 1, lease_owner = ?1, lease_until_ms = ?2
                      WHERE id IN (SELECT id FROM outbox
-                         WHERE state = 0 AND due_ms <= ?3 AND (lease_until_ms <= ?3 OR lease_owner = ?1)
+                         WHERE state = 0 AND due_ms <= ?3
+                           AND (lease_until_ms <= ?3 OR lease_owner = ?1
+                                OR lease_owner NOT IN
+                                   (SELECT instance FROM instances WHERE heartbeat_ms >= ?6))
                            AND (?5 = '' OR sink = ?5)
                          ORDER BY ord LIMIT ?4)
                      RETURNING {OUTBOX_COLUMNS}"
@@ -790,7 +793,8 @@ impl Store for SqliteStore {
                         now.saturating_add(millis(lease)),
                         now,
                         i64::from(limit),
-                        sink
+                        sink,
+                        now.saturating_sub(millis(OWNER_STALE))
                     ],
                     outbox_row,
                 )
@@ -950,6 +954,12 @@ mod tests {
     fn conformance_outbox_rows_travel_with_their_records() {
         let f = SqliteFixture::new();
         conformance::outbox_rows_travel_with_their_records(f.store(), f.peer());
+    }
+
+    #[test]
+    fn conformance_outbox_rows_of_a_dead_controller_are_taken_at_once() {
+        let f = SqliteFixture::new();
+        conformance::outbox_rows_of_a_dead_controller_are_taken_at_once(&f);
     }
 
     #[test]
