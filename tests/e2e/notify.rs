@@ -410,3 +410,64 @@ fn a_hanging_sink_does_not_hold_back_another_sinks_retry() {
         "the webhook got its incident notice"
     );
 }
+
+#[test]
+fn a_deployment_awaiting_approval_is_announced_with_the_command_that_approves_it() {
+    let fake = fake();
+    let secrets = tempfile::tempdir().unwrap();
+    let e = fake.expect();
+    let url = secrets.path().join("slack-url");
+    std::fs::write(&url, format!("{}\n", fake.url(Api::Slack))).unwrap();
+    let hook_secret = secrets.path().join("wh-secret");
+    std::fs::write(&hook_secret, format!("{}\n", e.webhook_secret)).unwrap();
+    let sinks = format!(
+        "[environments.prod.notify.slack]\nwebhook_url_file = \"{}\"\nevents = [\"approval\"]\n\
+         [environments.prod.notify.webhook]\nurl = \"{}\"\nsecret_file = \"{}\"\nevents = [\"approval\", \"succeeded\"]\n",
+        url.display(),
+        fake.url(Api::Webhook),
+        hook_secret.display()
+    );
+    let fleet = Fleet::start_with_toml(
+        1,
+        &format!("require_approval = true\n{sinks}"),
+        "",
+        |_, _| {},
+    );
+    let mut live = fleet.spawn_deploy("1.0.0", &[]);
+    let waiting = live.wait_for("awaits approval", WAIT, |v| {
+        v["type"] == "awaiting_approval"
+    });
+    let id = waiting["deployment_id"].as_str().unwrap().to_string();
+    // Announced while it waits: Slack in the warning colour with the command, the webhook with
+    // the event and the deployment.
+    assert!(fake.wait_for(Api::Slack, WAIT, |rs| !accepted(rs, 200).is_empty()));
+    let sl = fake.requests(Api::Slack);
+    let text = sl[0].json["text"].as_str().unwrap();
+    assert!(text.contains(&format!("rampart approve {id}")), "{text}");
+    assert_eq!(
+        sl[0].json["attachments"][0]["color"], "warning",
+        "{:#}",
+        sl[0].json
+    );
+    assert!(fake.wait_for(Api::Webhook, WAIT, |rs| !accepted(rs, 200).is_empty()));
+    let wh = accepted(&fake.requests(Api::Webhook), 200)[0].json.clone();
+    assert_eq!(wh["event"], "approval", "{wh:#}");
+    assert!(wh.to_string().contains(&id), "{wh:#}");
+
+    let ap = fleet.cli(&["approve", &id, "--comment", "go"]);
+    assert_eq!(ap.code, 0, "approve: {}\n{}", ap.stdout, ap.stderr);
+    let (code, lines) = live.finish(WAIT);
+    assert_eq!(code, 0, "{lines:#?}");
+    // Then its success reaches the webhook (Slack takes only approvals here).
+    assert!(fake.wait_for(Api::Webhook, WAIT, |rs| accepted(rs, 200).len() >= 2));
+    let events: Vec<String> = accepted(&fake.requests(Api::Webhook), 200)
+        .iter()
+        .map(|r| r.json["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(events, ["approval", "succeeded"]);
+    assert_eq!(
+        fake.requests(Api::Slack).len(),
+        1,
+        "Slack was not told of the success"
+    );
+}
