@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rampart_tests::fake_apis::{Answer, Api, Expect, FakeApis, Recorded};
+use rampart_tests::fake_apis::{Answer, Api, Expect, FakeApis, Issue, Recorded};
 use rampart_tests::fleet::{Fleet, finished};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -470,4 +470,58 @@ fn a_deployment_awaiting_approval_is_announced_with_the_command_that_approves_it
         1,
         "Slack was not told of the success"
     );
+}
+
+#[test]
+fn github_pages_through_every_open_incident_issue_before_it_creates_one() {
+    let fake = fake();
+    let labels: Vec<String> = ["production-rollback", "incident", "high-priority"]
+        .map(String::from)
+        .to_vec();
+    // 150 open incident issues of earlier rollbacks (two pages of 100; the Link header's URL
+    // carries the comma-separated labels), and a pull request with the labels, which the list
+    // returns too.
+    for i in 0..150 {
+        fake.seed(Issue {
+            number: 0,
+            title: format!("[Production Rollback] 0.{i}.1 → 0.{i}.0"),
+            body: format!("<!-- rampart-incident: inc-old-{i} -->"),
+            labels: labels.clone(),
+            state: "open".into(),
+            state_reason: None,
+            comments: Vec::new(),
+            pull_request: i == 149,
+        });
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let sinks = sinks_toml(&fake, secrets.path(), &["github"]);
+    let fleet = Fleet::start_with_toml(1, &sinks, "", |_, _| {});
+    let r = fleet.deploy("1.0.0", &[]);
+    assert_eq!(r.code, 0, "deploy 1.0.0: {}\n{}", r.stdout, r.stderr);
+    let r = fleet.deploy("3.0.0", &[]);
+    assert_eq!(r.code, 1, "deploy 3.0.0: {}\n{}", r.stdout, r.stderr);
+    let inc = finished(&r.json())["incident_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fake.wait_for(Api::Github, WAIT, |rs| rs.iter().any(|r| r.status == 201)));
+    let gh = fake.requests(Api::Github);
+    let lists: Vec<&Recorded> = gh.iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(lists.len(), 2, "both pages read before creating: {gh:#?}");
+    assert!(lists[1].path.contains("page=2"), "{}", lists[1].path);
+    assert_eq!(
+        gh.iter().position(|r| r.method == "POST"),
+        Some(2),
+        "the create comes after the second page"
+    );
+    let ours = fake
+        .issues()
+        .into_iter()
+        .filter(|i| {
+            i.body
+                .contains(&format!("<!-- rampart-incident: {inc} -->"))
+        })
+        .count();
+    assert_eq!(ours, 1, "one issue for the incident");
+    assert!(fake.problems().is_empty(), "{:?}", fake.problems());
 }

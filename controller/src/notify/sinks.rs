@@ -527,20 +527,27 @@ pub struct Github<'a> {
     pub token: &'a Secret,
 }
 
-/// The `rel="next"` URL of a `Link` header.
+/// The `rel="next"` URL of a `Link` header. Each link is `<URL>; params`, and links are
+/// separated by commas, which may also appear inside a URL (`labels=a,b`): the URL is read
+/// between its angle brackets, never split.
 pub fn next_link(link: Option<&str>) -> Option<String> {
-    link?.split(',').find_map(|part| {
-        let (url, params) = part.split_once(';')?;
-        params
+    let mut rest = link?;
+    while let Some(start) = rest.find('<') {
+        let after = &rest[start + 1..];
+        let end = after.find('>')?;
+        let url = &after[..end];
+        let tail = &after[end + 1..];
+        // This link's parameters run to the next link's `<`.
+        let params_end = tail.find('<').unwrap_or(tail.len());
+        let is_next = tail[..params_end]
             .split(';')
-            .any(|p| p.trim() == "rel=\"next\"")
-            .then(|| {
-                url.trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            })
-    })
+            .any(|p| p.trim().trim_end_matches(',').trim() == "rel=\"next\"");
+        if is_next {
+            return Some(url.to_string());
+        }
+        rest = &tail[params_end..];
+    }
+    None
 }
 
 impl Github<'_> {
@@ -798,6 +805,14 @@ mod tests {
             Some("https://api.github.com/repositories/1/issues?page=2")
         );
         assert_eq!(next_link(Some("<https://x/?page=1>; rel=\"prev\"")), None);
+        // Commas inside a URL (a label list) are part of it.
+        assert_eq!(
+            next_link(Some(
+                "<https://x/issues?labels=a,b&page=1>; rel=\"prev\", <https://x/issues?labels=a,b&page=3>; rel=\"next\""
+            ))
+            .as_deref(),
+            Some("https://x/issues?labels=a,b&page=3")
+        );
         assert_eq!(next_link(None), None);
         assert_eq!(noted_issue("issue=12"), Some(12));
         assert_eq!(noted_issue("issue=12 commented"), Some(12));
