@@ -43,6 +43,19 @@ pub fn echo(value: &str) -> String {
     format!("{head:?}… ({count} characters)")
 }
 
+/// `value` cut to at most `max` bytes, at a character boundary (labels, summaries and lines
+/// that must stay bounded).
+pub fn cut(value: &str, max: usize) -> &str {
+    if value.len() <= max {
+        return value;
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
 fn refuse(what: &str, value: &str, rule: &str) -> Status {
     Status::invalid_argument(format!("{what} {}: {rule}", echo(value)))
 }

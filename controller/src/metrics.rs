@@ -243,14 +243,7 @@ pub struct Metrics {
 }
 
 fn label(s: &str) -> String {
-    if s.len() <= MAX_LABEL {
-        return s.to_string();
-    }
-    let mut cut = MAX_LABEL;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s[..cut].to_string()
+    crate::edge::cut(s, MAX_LABEL).to_string()
 }
 
 fn env(e: &str) -> Env {

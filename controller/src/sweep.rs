@@ -186,11 +186,33 @@ pub async fn check_environment(
         .next()
         .map(|d| d.id)
         .unwrap_or_default();
-    let mut hosts = Vec::with_capacity(env.hosts.len());
-    for chunk in env.hosts.chunks(PARALLEL) {
-        let asked = chunk.iter().map(|h| check_host(ctl, env, h));
-        hosts.extend(futures_join_all(asked).await);
+    // At most PARALLEL hosts asked at once; the answers kept in inventory order.
+    let mut hosts: Vec<Option<pb::HostCheck>> = vec![None; env.hosts.len()];
+    let mut asking = tokio::task::JoinSet::new();
+    for (i, host) in env.hosts.iter().enumerate() {
+        if asking.len() >= PARALLEL
+            && let Some(Ok((j, h))) = asking.join_next().await
+        {
+            hosts[j] = Some(h);
+        }
+        let (ctl, env_name, host) = (ctl.clone(), name.to_string(), host.clone());
+        asking.spawn(async move {
+            let env = &ctl.cfg.environments[&env_name];
+            (i, check_host(&ctl, env, &host).await)
+        });
     }
+    while let Some(done) = asking.join_next().await {
+        if let Ok((j, h)) = done {
+            hosts[j] = Some(h);
+        }
+    }
+    let hosts: Vec<pb::HostCheck> = hosts
+        .into_iter()
+        .zip(&env.hosts)
+        .map(|(h, name)| {
+            h.unwrap_or_else(|| unreachable(name, "the check of this host failed".into()))
+        })
+        .collect();
     let found = seen(&hosts);
     let whole = hosts.iter().all(|h| h.reachable) && !found.inconsistent();
     let version = found.common_version().unwrap_or_default();
@@ -209,32 +231,6 @@ pub async fn check_environment(
         incident_id,
         deployment_in_progress: holder,
     })
-}
-
-/// Joins futures in order without another dependency: they run concurrently on this task.
-async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set: Vec<std::pin::Pin<Box<F>>> = fs.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
 }
 
 /// Opens (or finds open) the environment's WARNING incident for an inconsistency: one open

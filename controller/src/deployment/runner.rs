@@ -1082,12 +1082,7 @@ impl Runner {
             }
             let mut line = format!("TASK [{}] failed: {msg}", t.name);
             if line.len() > 400 {
-                let mut cut = 400;
-                while !line.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                line.truncate(cut);
-                line.push('…');
+                line = format!("{}…", crate::edge::cut(&line, 400));
             }
             self.failure.insert(idx, line);
         }

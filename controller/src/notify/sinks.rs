@@ -242,12 +242,7 @@ pub fn pagerduty_event(event: NoticeEvent, routing_key: &Secret, inc: &pb::Incid
     }
     let mut summary = format!("{}: {}", github_title(inc), inc.summary);
     if summary.len() > 1024 {
-        let mut cut = 1021;
-        while !summary.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        summary.truncate(cut);
-        summary.push_str("...");
+        summary = format!("{}...", crate::edge::cut(&summary, 1021));
     }
     json!({
         "routing_key": routing_key.expose(),
