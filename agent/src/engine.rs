@@ -21,7 +21,7 @@ use crate::event::{Outcome, Recap, Record, Section, TaskStatus};
 use crate::modules::{self, ArgKind, CheckMode, ModuleCtx};
 use rampart_playbook::model::outermost_cleanup_section;
 use rampart_playbook::template::{Layer, Scope, Templar, from_json};
-use rampart_playbook::{Action, Playbook, Task, TaskKind};
+use rampart_playbook::{Action, Include, Meta, Playbook, Role, Task, TaskKind};
 
 /// Default `delay:` between `until` attempts, in seconds (Ansible's).
 pub const DEFAULT_DELAY_SECS: f64 = 5.0;
@@ -55,6 +55,63 @@ pub struct EngineOptions {
     pub base_dir: Option<PathBuf>,
     /// The host's state directory (releases, artifacts, journal).
     pub state_dir: PathBuf,
+    /// `--tags` / `--skip-tags`.
+    pub tags: TagFilter,
+    /// `--force-handlers`: a failed host still runs the handlers it notified.
+    pub force_handlers: bool,
+    /// `--diff`: modules' `diff` results are kept (and shown); otherwise they are dropped.
+    pub diff: bool,
+}
+
+/// `--tags` and `--skip-tags`, with Ansible's special tags `always`, `never`, `all`, `tagged`
+/// and `untagged`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagFilter {
+    /// `--tags` (empty: all).
+    pub only: Vec<String>,
+    /// `--skip-tags`.
+    pub skip: Vec<String>,
+}
+
+impl TagFilter {
+    /// Whether a task with these (inherited and own) tags runs.
+    pub fn selected(&self, tags: &[String]) -> bool {
+        let has = |t: &str| tags.iter().any(|x| x == t);
+        let special = |list: &[String], t: &str| list.iter().any(|x| x == t);
+        if tags.iter().any(|t| special(&self.skip, t))
+            || (special(&self.skip, "tagged") && !tags.is_empty())
+            || (special(&self.skip, "untagged") && tags.is_empty())
+        {
+            return false;
+        }
+        if has("always") {
+            return true;
+        }
+        if has("never") {
+            // Only when asked for by name (`--tags never` or another of its tags).
+            return self.only.iter().any(|o| o != "all" && has(o));
+        }
+        if self.only.is_empty() || special(&self.only, "all") {
+            return true;
+        }
+        self.only.iter().any(|o| match o.as_str() {
+            "tagged" => !tags.is_empty(),
+            "untagged" => tags.is_empty(),
+            o => has(o),
+        })
+    }
+}
+
+/// The variables a task sees besides the host's, by Ansible's precedence (lowest first): role
+/// defaults, play vars, `vars_files`, role vars, block and task vars, (`include_vars`,
+/// `set_fact` and registered results: the host's), role parameters, include parameters, extra
+/// vars.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    play: Vec<Arc<Map<String, Value>>>,
+    inner: Vec<Arc<Map<String, Value>>>,
+    role: Option<Arc<Role>>,
+    params: Vec<Arc<Map<String, Value>>>,
 }
 
 /// A finished run.
@@ -128,9 +185,16 @@ pub struct Engine<'a> {
     /// Magic variables (`inventory_hostname`, `ansible_failed_task`, ...), shared by every
     /// scope built until one of them changes.
     magic: Arc<BTreeMap<String, MjValue>>,
+    /// Variables of `include_vars`, below `set_fact`.
+    included: Arc<RwLock<BTreeMap<String, MjValue>>>,
     recap: Recap,
     sink: &'a mut dyn Sink,
     replay: Option<Replay>,
+    /// The play running and which of its handlers are notified.
+    play_ix: usize,
+    notified: Vec<bool>,
+    /// `meta: end_play` / `end_host` was reached.
+    end_play: bool,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -180,17 +244,26 @@ impl<'a> Engine<'a> {
             extra: Arc::new(extra),
             host_vars: Arc::new(RwLock::new(BTreeMap::new())),
             magic: Arc::new(magic),
+            included: Arc::new(RwLock::new(BTreeMap::new())),
             recap: Recap::default(),
             sink,
             replay,
+            play_ix: 0,
+            notified: Vec::new(),
+            end_play: false,
         }
     }
 
     /// Runs every play; returns the outcome. A journal error stops the run where it is.
     pub fn run(mut self) -> Result<RunResult, JournalError> {
         let mut failure: Option<Failure> = None;
-        for play in &self.playbook.plays {
-            let play_scope = self.scope(std::slice::from_ref(&play.vars), None);
+        let playbook = self.playbook;
+        for (ix, play) in playbook.plays.iter().enumerate() {
+            let vars = Vars {
+                play: vec![play.vars.clone(), play.vars_files.clone()],
+                ..Vars::default()
+            };
+            let play_scope = self.scope(&vars, None);
             let play_name = match self.templar.render_str(&play.name, &play_scope) {
                 Ok(Value::String(s)) => s,
                 _ => play.name.clone(),
@@ -206,10 +279,29 @@ impl<'a> Engine<'a> {
             if play.gather_facts {
                 self.gather_facts();
             }
-            let layers = vec![play.vars.clone()];
-            if let Flow::Failed(f) =
-                self.run_list(&play.tasks, Section::Block, &layers, &Inherited::default())?
-            {
+            self.play_ix = ix;
+            self.notified = vec![false; play.handlers.len()];
+            self.end_play = false;
+            let mut flow = Flow::Continue;
+            // Handlers are flushed after pre_tasks, after roles and tasks, after post_tasks.
+            for section in [&play.pre_tasks, &play.tasks, &play.post_tasks] {
+                flow = self.run_list(section, Section::Block, &vars, &Inherited::default())?;
+                if let Flow::Failed(_) = flow {
+                    break;
+                }
+                if self.end_play {
+                    break;
+                }
+                flow = self.flush_handlers(&vars)?;
+                if let Flow::Failed(_) = flow {
+                    break;
+                }
+            }
+            if let Flow::Failed(f) = flow {
+                if play.force_handlers || self.opts.force_handlers {
+                    // The host has failed already; a handler's own failure adds nothing.
+                    let _ = self.flush_handlers(&vars)?;
+                }
                 failure = Some(f);
                 break;
             }
@@ -288,32 +380,89 @@ impl<'a> Engine<'a> {
         vars.insert("ansible_facts".into(), from_json(&Value::Object(facts)));
     }
 
-    fn scope(
-        &self,
-        layers: &[Arc<Map<String, Value>>],
-        top: Option<BTreeMap<String, MjValue>>,
-    ) -> MjValue {
-        let mut out = Vec::with_capacity(layers.len() + 4);
+    fn scope(&self, layers: &Vars, top: Option<BTreeMap<String, MjValue>>) -> MjValue {
+        let mut out = Vec::with_capacity(layers.play.len() + layers.inner.len() + 8);
         if let Some(top) = top {
             out.push(Layer::Fixed(Arc::new(top)));
         }
         out.push(Layer::Fixed(self.magic.clone()));
         out.push(Layer::Fixed(self.extra.clone()));
-        out.push(Layer::Shared(self.host_vars.clone()));
-        for l in layers.iter().rev() {
+        for l in layers.params.iter().rev() {
             out.push(Layer::Lazy(l.clone()));
         }
+        if let Some(r) = &layers.role
+            && !r.params.is_empty()
+        {
+            out.push(Layer::Lazy(r.params.clone()));
+        }
+        out.push(Layer::Shared(self.host_vars.clone()));
+        out.push(Layer::Shared(self.included.clone()));
+        for l in layers.inner.iter().rev() {
+            out.push(Layer::Lazy(l.clone()));
+        }
+        if let Some(r) = &layers.role
+            && !r.vars.is_empty()
+        {
+            out.push(Layer::Lazy(r.vars.clone()));
+        }
+        for l in layers.play.iter().rev() {
+            out.push(Layer::Lazy(l.clone()));
+        }
+        if let Some(r) = &layers.role
+            && !r.defaults.is_empty()
+        {
+            out.push(Layer::Lazy(r.defaults.clone()));
+        }
         Scope::value(self.templar.clone(), out)
+    }
+
+    /// Runs the notified handlers, in the order the play lists them, each once.
+    fn flush_handlers(&mut self, layers: &Vars) -> Result<Flow, JournalError> {
+        let playbook = self.playbook;
+        let play = &playbook.plays[self.play_ix];
+        let base = Vars {
+            play: layers.play.clone(),
+            ..Vars::default()
+        };
+        for (i, h) in play.handlers.iter().enumerate() {
+            if !self.notified.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            self.notified[i] = false;
+            let flow = self.run_task(&h.task, Section::Block, &base, &Inherited::default())?;
+            if let Flow::Failed(_) = flow {
+                return Ok(flow);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Marks the handlers a changed task notifies.
+    fn notify(&mut self, names: &[String]) {
+        let playbook = self.playbook;
+        let play = &playbook.plays[self.play_ix];
+        for n in names {
+            for (i, h) in play.handlers.iter().enumerate() {
+                if h.answers(n)
+                    && let Some(slot) = self.notified.get_mut(i)
+                {
+                    *slot = true;
+                }
+            }
+        }
     }
 
     fn run_list(
         &mut self,
         tasks: &[Task],
         section: Section,
-        layers: &[Arc<Map<String, Value>>],
+        layers: &Vars,
         inherited: &Inherited,
     ) -> Result<Flow, JournalError> {
         for task in tasks {
+            if self.end_play {
+                break;
+            }
             if let Flow::Failed(f) = self.run_task(task, section, layers, inherited)? {
                 return Ok(Flow::Failed(f));
             }
@@ -325,12 +474,18 @@ impl<'a> Engine<'a> {
         &mut self,
         task: &Task,
         section: Section,
-        layers: &[Arc<Map<String, Value>>],
+        layers: &Vars,
         inherited: &Inherited,
     ) -> Result<Flow, JournalError> {
-        let mut layers = layers.to_vec();
+        if let TaskKind::Include(include) = &task.kind {
+            return self.run_include(task, include, section, layers, inherited);
+        }
+        let mut layers = layers.clone();
         if let Some(v) = &task.vars {
-            layers.push(v.clone());
+            layers.inner.push(v.clone());
+        }
+        if task.role.as_ref().map(Arc::as_ptr) != layers.role.as_ref().map(Arc::as_ptr) {
+            layers.role.clone_from(&task.role);
         }
         let mut inh = inherited.clone();
         inh.when.extend(task.when.iter().cloned());
@@ -369,8 +524,158 @@ impl<'a> Engine<'a> {
                 }
                 Ok(flow)
             }
-            TaskKind::Action(action) => self.run_action(task, action, section, &layers, &inh),
+            TaskKind::Action(action) => {
+                if !self.opts.tags.selected(&task.tags) {
+                    return Ok(Flow::Continue);
+                }
+                self.run_action(task, action, section, &layers, &inh)
+            }
+            TaskKind::Meta(meta) => {
+                if !self.opts.tags.selected(&task.tags) {
+                    return Ok(Flow::Continue);
+                }
+                let scope = self.scope(&layers, None);
+                match self.conditions_hold(&inh.when, &scope) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Flow::Continue),
+                    Err(r) => {
+                        return Ok(Flow::Failed(Failure {
+                            task: json!({"name": "meta", "action": "meta", "path": task.path}),
+                            result: Value::Object(r),
+                            in_rescue: false,
+                        }));
+                    }
+                }
+                match meta {
+                    Meta::FlushHandlers => self.flush_handlers(&layers),
+                    Meta::Noop => Ok(Flow::Continue),
+                    Meta::EndPlay | Meta::EndHost => {
+                        self.end_play = true;
+                        Ok(Flow::Continue)
+                    }
+                }
+            }
+            TaskKind::Include(_) => Ok(Flow::Continue),
         }
+    }
+
+    /// An include reached: one `ok` task, as Ansible counts it (`included: FILE for HOST`).
+    fn record_included(
+        &mut self,
+        task: &Task,
+        include: &Include,
+        section: Section,
+        scope: &MjValue,
+    ) -> Result<(), JournalError> {
+        let name = self.task_name(task, scope);
+        self.sink.record(Record::TaskStart {
+            path: task.path.clone(),
+            section,
+            name: name.clone(),
+            action: include.action.clone(),
+        })?;
+        let result = json!({"changed": false, "include": include.target});
+        self.sink.record(Record::TaskEnd {
+            path: task.path.clone(),
+            section,
+            name,
+            action: include.action.clone(),
+            status: TaskStatus::Ok,
+            result: result.clone(),
+            duration_ms: 0,
+            private_result: None,
+        })?;
+        self.recap.count(TaskStatus::Ok, &result);
+        Ok(())
+    }
+
+    /// A dynamic include: its own `when` once, then its tasks once per `loop` item, with the
+    /// include's `vars` (and the item) as include parameters.
+    fn run_include(
+        &mut self,
+        task: &Task,
+        include: &Include,
+        section: Section,
+        layers: &Vars,
+        inherited: &Inherited,
+    ) -> Result<Flow, JournalError> {
+        if !self.opts.tags.selected(&task.tags) {
+            return Ok(Flow::Continue);
+        }
+        let mut layers = layers.clone();
+        layers.params.push(include.params.clone());
+        let scope = self.scope(&layers, None);
+        let mut conds = inherited.when.clone();
+        conds.extend(task.when.iter().cloned());
+        match self.conditions_hold(&conds, &scope) {
+            Ok(true) => {}
+            Ok(false) => {
+                let name = self.task_name(task, &scope);
+                self.sink.record(Record::TaskStart {
+                    path: task.path.clone(),
+                    section,
+                    name: name.clone(),
+                    action: include.action.clone(),
+                })?;
+                let result = Value::Object(skipped_result(&conds));
+                self.sink.record(Record::TaskEnd {
+                    path: task.path.clone(),
+                    section,
+                    name,
+                    action: include.action.clone(),
+                    status: TaskStatus::Skipped,
+                    result: result.clone(),
+                    duration_ms: 0,
+                    private_result: None,
+                })?;
+                self.recap.count(TaskStatus::Skipped, &result);
+                return Ok(Flow::Continue);
+            }
+            Err(r) => {
+                return Ok(Flow::Failed(Failure {
+                    task: json!({"name": task.name, "action": include.action, "path": task.path}),
+                    result: Value::Object(r),
+                    in_rescue: false,
+                }));
+            }
+        }
+        let Some(spec) = &include.loop_items else {
+            self.record_included(task, include, section, &scope)?;
+            return self.run_list(&include.tasks, section, &layers, inherited);
+        };
+        let items = match self.templar.render_value(spec, &scope) {
+            Ok(Value::Array(items)) => items,
+            other => {
+                let msg = match other {
+                    Ok(v) => format!(
+                        "Invalid data passed to 'loop', it requires a list, got this instead: {v}"
+                    ),
+                    Err(e) => format!("cannot template `loop`: {e}"),
+                };
+                return Ok(Flow::Failed(Failure {
+                    task: json!({"name": task.name, "action": include.action, "path": task.path}),
+                    result: Value::Object(modules::failed(msg)),
+                    in_rescue: false,
+                }));
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            let mut top = Map::new();
+            top.insert(include.loop_var.clone(), item.clone());
+            if let Some(iv) = &include.index_var {
+                top.insert(iv.clone(), json!(i));
+            }
+            let mut item_layers = layers.clone();
+            item_layers.params.push(Arc::new(top));
+            let item_scope = self.scope(&item_layers, None);
+            self.record_included(task, include, section, &item_scope)?;
+            if let Flow::Failed(f) =
+                self.run_list(&include.tasks, section, &item_layers, inherited)?
+            {
+                return Ok(Flow::Failed(f));
+            }
+        }
+        Ok(Flow::Continue)
     }
 
     fn flag(&self, v: &Option<Value>, scope: &MjValue) -> bool {
@@ -388,6 +693,15 @@ impl<'a> Engine<'a> {
     }
 
     fn task_name(&self, task: &Task, scope: &MjValue) -> String {
+        let name = self.plain_task_name(task, scope);
+        match &task.role {
+            // As Ansible names them: `web : restart nginx`.
+            Some(r) => format!("{} : {name}", r.name),
+            None => name,
+        }
+    }
+
+    fn plain_task_name(&self, task: &Task, scope: &MjValue) -> String {
         match &task.name {
             Some(n) => self
                 .templar
@@ -407,7 +721,7 @@ impl<'a> Engine<'a> {
         task: &Task,
         action: &Action,
         section: Section,
-        layers: &[Arc<Map<String, Value>>],
+        layers: &Vars,
         inh: &Inherited,
     ) -> Result<Flow, JournalError> {
         let scope = self.scope(layers, None);
@@ -489,7 +803,25 @@ impl<'a> Engine<'a> {
         result: Value,
     ) -> Flow {
         self.recap.count(status, &result);
-        if let Ok(mut vars) = self.host_vars.write() {
+        if status == TaskStatus::Changed && !action.notify.is_empty() {
+            self.notify(&action.notify);
+        }
+        if action.module.name == "include_vars" {
+            if status != TaskStatus::Failed
+                && status != TaskStatus::Skipped
+                && let Some(Value::Object(facts)) = result.get("ansible_facts")
+                && let Ok(mut vars) = self.included.write()
+            {
+                for (k, v) in facts {
+                    vars.insert(k.clone(), from_json(v));
+                }
+            }
+            if let Some(reg) = &action.register
+                && let Ok(mut vars) = self.host_vars.write()
+            {
+                vars.insert(reg.clone(), from_json(&result));
+            }
+        } else if let Ok(mut vars) = self.host_vars.write() {
             if status != TaskStatus::Failed
                 && status != TaskStatus::Skipped
                 && let Some(Value::Object(facts)) = result.get("ansible_facts")
@@ -518,7 +850,7 @@ impl<'a> Engine<'a> {
         &mut self,
         task: &Task,
         action: &Action,
-        layers: &[Arc<Map<String, Value>>],
+        layers: &Vars,
         inh: &Inherited,
         name: &str,
         ignore: bool,
@@ -629,7 +961,7 @@ impl<'a> Engine<'a> {
         &mut self,
         task: &Task,
         action: &Action,
-        layers: &[Arc<Map<String, Value>>],
+        layers: &Vars,
         inh: &Inherited,
         top: Option<BTreeMap<String, MjValue>>,
         name: &str,
@@ -646,6 +978,12 @@ impl<'a> Engine<'a> {
                 "msg".into(),
                 json!("Command would have run if not in check mode"),
             );
+            // As Ansible's command module registers it, so `{{ out.rc }}` still renders.
+            r.insert("rc".into(), json!(0));
+            r.insert("stdout".into(), json!(""));
+            r.insert("stderr".into(), json!(""));
+            r.insert("stdout_lines".into(), json!([]));
+            r.insert("stderr_lines".into(), json!([]));
             return Ok(r);
         }
         let retries = match self.number(&action.retries, &scope, "retries") {
@@ -685,9 +1023,14 @@ impl<'a> Engine<'a> {
                     };
                     let ctx = ModuleCtx {
                         check,
+                        become_user: task.become_user.as_deref(),
                         templar: &self.templar,
                         scope: &scope,
-                        base_dir: self.opts.base_dir.clone(),
+                        base_dir: match (&self.opts.base_dir, &task.role) {
+                            // A role's `templates/` and `files/` are its own.
+                            (Some(b), Some(r)) => Some(b.join(&r.dir)),
+                            (b, _) => b.clone(),
+                        },
                         state_dir: &self.opts.state_dir,
                         txid: &self.opts.txid,
                         progress: Some(modules::Progress(&progress)),
@@ -703,6 +1046,10 @@ impl<'a> Engine<'a> {
                     };
                     if let Some(e) = journal_error.into_inner() {
                         return Err(e);
+                    }
+                    let mut result = result;
+                    if !self.opts.diff {
+                        result.remove("diff");
                     }
                     result
                 }
@@ -1001,6 +1348,34 @@ mod tests {
             txid: "tx-unit".into(),
             base_dir: None,
             state_dir: state.to_path_buf(),
+            tags: TagFilter::default(),
+            force_handlers: false,
+            diff: false,
+        }
+    }
+
+    /// Runs `text` with its options changed by `set`.
+    fn run_opts(text: &str, set: impl FnOnce(&mut EngineOptions)) -> Run {
+        let templar = Templar::new();
+        let playbook = rampart_playbook::load("unit.yml", text, &templar)
+            .unwrap_or_else(|e| panic!("playbook does not load: {e}\n{text}"));
+        let state = tempfile::tempdir().unwrap();
+        let mut o = opts(state.path(), false);
+        set(&mut o);
+        let mut sink = VecSink::default();
+        let result = Engine::new(
+            &playbook,
+            Arc::new(templar),
+            o,
+            &Map::new(),
+            &mut sink,
+            None,
+        )
+        .run()
+        .unwrap();
+        Run {
+            result,
+            records: sink.0,
         }
     }
 
@@ -2034,5 +2409,214 @@ mod tests {
         let run = run_check(&text);
         assert!(!marker.exists(), "the command ran in check mode");
         run.expect_tasks(&[("cm", "block", "failed")]);
+    }
+    const P12: &str = r#"
+- hosts: all
+  handlers:
+    - name: h_restart
+      debug: msg=HANDLER-restart
+    - name: h_reload
+      debug: msg=HANDLER-reload
+  tasks:
+    - block:
+        - name: notify restart (changed)
+          command: echo x
+          notify: h_restart
+        - meta: flush_handlers
+        - name: after flush
+          debug: msg=after-flush
+        - name: notify reload then fail
+          command: echo y
+          notify: h_reload
+        - name: fail in block
+          fail: msg=boom
+      rescue:
+        - name: in rescue
+          debug: msg=rescue
+      always:
+        - name: in always
+          debug: msg=always
+    - name: end of tasks
+      debug: msg=end
+"#;
+
+    #[test]
+    fn handlers_run_at_flush_and_at_the_end_of_the_play_as_ansible_p12() {
+        // docs/notes/ansible-semantics.md p12: the flush runs h_restart inside the block; the
+        // handler notified before the failure still runs at the end (the host was rescued).
+        run(P12).expect(
+            &[
+                ("notify restart (changed)", "block", "changed"),
+                ("h_restart", "block", "ok"),
+                ("after flush", "block", "ok"),
+                ("notify reload then fail", "block", "changed"),
+                ("fail in block", "block", "failed"),
+                ("in rescue", "rescue", "ok"),
+                ("in always", "always", "ok"),
+                ("end of tasks", "block", "ok"),
+                ("h_reload", "block", "ok"),
+            ],
+            Outcome::RolledBack,
+            [8, 2, 0, 0, 1, 0],
+        );
+    }
+
+    const P12B: &str = r#"
+- hosts: all
+  handlers:
+    - name: h_restart
+      debug: msg=HANDLER-restart
+  tasks:
+    - name: notify
+      command: echo x
+      notify: h_restart
+    - name: fail
+      fail: msg=boom
+"#;
+
+    #[test]
+    fn a_failed_host_runs_no_handler_unless_forced_as_ansible_p12b() {
+        run(P12B).expect(
+            &[("notify", "block", "changed"), ("fail", "block", "failed")],
+            Outcome::Failed,
+            [1, 1, 1, 0, 0, 0],
+        );
+        run_opts(P12B, |o| o.force_handlers = true).expect(
+            &[
+                ("notify", "block", "changed"),
+                ("fail", "block", "failed"),
+                ("h_restart", "block", "ok"),
+            ],
+            Outcome::Failed,
+            [2, 1, 1, 0, 0, 0],
+        );
+        let forced = P12B.replace("- hosts: all\n", "- hosts: all\n  force_handlers: true\n");
+        assert_eq!(run(&forced).tasks().len(), 3);
+    }
+
+    #[test]
+    fn handlers_notified_in_rescue_run_and_unchanged_tasks_notify_none_as_ansible_p12c() {
+        run(r#"
+- hosts: all
+  handlers:
+    - name: h1
+      debug: msg=HANDLER-h1
+    - name: h2
+      debug: msg=HANDLER-h2
+  tasks:
+    - block:
+        - fail: msg=boom
+      rescue:
+        - name: notify from rescue
+          command: echo x
+          notify: h1
+        - name: notify but not changed
+          command: echo y
+          changed_when: false
+          notify: h2
+"#)
+        .expect(
+            &[
+                ("fail", "block", "failed"),
+                ("notify from rescue", "rescue", "changed"),
+                ("notify but not changed", "rescue", "ok"),
+                ("h1", "block", "ok"),
+            ],
+            Outcome::RolledBack,
+            [3, 1, 0, 0, 1, 0],
+        );
+    }
+
+    #[test]
+    fn a_handler_runs_once_however_often_notified_in_the_order_listed_and_by_topic() {
+        run(r#"
+- hosts: all
+  handlers:
+    - name: second
+      debug: msg=2
+      listen: app changed
+    - name: first
+      debug: msg=1
+      listen: app changed
+    - name: unrelated
+      debug: msg=never
+  tasks:
+    - name: a
+      command: echo a
+      notify: [first, second]
+    - name: b
+      command: echo b
+      notify: app changed
+"#)
+        .expect_tasks(&[
+            ("a", "block", "changed"),
+            ("b", "block", "changed"),
+            ("second", "block", "ok"),
+            ("first", "block", "ok"),
+        ]);
+    }
+
+    #[test]
+    fn tags_select_tasks_with_always_and_never() {
+        let text = r#"
+- hosts: all
+  tasks:
+    - name: untagged
+      debug: msg=u
+    - name: web
+      debug: msg=w
+      tags: web
+    - name: always
+      debug: msg=a
+      tags: [always]
+    - name: never
+      debug: msg=n
+      tags: [never, debugonly]
+    - block:
+        - name: in db block
+          debug: msg=d
+      tags: db
+"#;
+        let names = |only: &[&str], skip: &[&str]| -> Vec<String> {
+            run_opts(text, |o| {
+                o.tags = TagFilter {
+                    only: only.iter().map(|s| s.to_string()).collect(),
+                    skip: skip.iter().map(|s| s.to_string()).collect(),
+                }
+            })
+            .tasks()
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect()
+        };
+        assert_eq!(
+            names(&[], &[]),
+            ["untagged", "web", "always", "in db block"]
+        );
+        assert_eq!(names(&["web"], &[]), ["web", "always"]);
+        assert_eq!(names(&["db"], &[]), ["always", "in db block"]);
+        assert_eq!(names(&["debugonly"], &[]), ["always", "never"]);
+        assert_eq!(names(&[], &["web", "always"]), ["untagged", "in db block"]);
+        assert_eq!(names(&["untagged"], &[]), ["untagged", "always"]);
+        assert_eq!(names(&["tagged"], &[]), ["web", "always", "in db block"]);
+    }
+
+    #[test]
+    fn meta_end_play_stops_the_play_and_the_next_play_runs() {
+        run(r#"
+- hosts: all
+  tasks:
+    - name: t1
+      debug: msg=t1
+    - meta: end_play
+      when: true
+    - name: t2
+      debug: msg=t2
+- hosts: all
+  tasks:
+    - name: play2
+      debug: msg=p2
+"#)
+        .expect_tasks(&[("t1", "block", "ok"), ("play2", "block", "ok")]);
     }
 }

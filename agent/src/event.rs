@@ -107,6 +107,36 @@ impl Recap {
     }
 }
 
+/// How a run was asked to go beyond its playbook and variables: tag selection, handlers,
+/// diffs and where roles are found. Journaled with the `Begin` record, so a recovery runs the
+/// same selection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFlags {
+    /// `--tags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// `--skip-tags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_tags: Vec<String>,
+    /// `--force-handlers`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_handlers: bool,
+    /// `--diff`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub diff: bool,
+    /// Directories searched for roles after `roles/` (local runs only; a bundle sent to an
+    /// agent has its roles under `roles/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles_path: Vec<String>,
+}
+
+impl RunFlags {
+    /// Whether nothing was asked beyond the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == RunFlags::default()
+    }
+}
+
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -128,6 +158,9 @@ pub enum Record {
         /// Where relative `src` paths are found (the playbook's directory, for local runs).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         base_dir: Option<std::path::PathBuf>,
+        /// Tags, handlers, diff and where roles are found, as asked.
+        #[serde(default, skip_serializing_if = "RunFlags::is_default")]
+        flags: RunFlags,
     },
     /// A play began.
     PlayStart {

@@ -438,8 +438,27 @@ impl Agent for AgentService {
                 }
             }
         };
+        let files: Vec<(String, Vec<u8>)> =
+            req.files.into_iter().map(|f| (f.path, f.content)).collect();
+        rampart_host::bundle::check(&files)
+            .map_err(|e| Status::invalid_argument(format!("files: {e}")))?;
+        for t in req.tags.iter().chain(&req.skip_tags) {
+            if t.is_empty() || t.len() > 128 || t.chars().any(char::is_control) {
+                return Err(Status::invalid_argument(
+                    "a tag must be 1 to 128 printable characters",
+                ));
+            }
+        }
         let tx_req = TxRequest {
             txid: (!req.txid.is_empty()).then_some(req.txid),
+            files,
+            flags: crate::event::RunFlags {
+                tags: req.tags,
+                skip_tags: req.skip_tags,
+                force_handlers: req.force_handlers,
+                diff: req.diff,
+                roles_path: Vec::new(),
+            },
             playbook_name: if req.playbook_name.is_empty() {
                 "playbook.yml".to_string()
             } else {
@@ -993,6 +1012,7 @@ pub fn from_proto(ev: pb::TransactionEvent) -> Result<Entry, String> {
             host: s.host,
             pid: s.pid,
             base_dir: None,
+            flags: Default::default(),
         },
         Kind::PlayStarted(p) => Record::PlayStart {
             index: p.index as usize,

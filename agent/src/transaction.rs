@@ -10,7 +10,7 @@
 //! unfinished, and the agent exits so that its restart recovers it. Recovery waits for space in
 //! the same way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::{Engine, EngineOptions, Replay, Sink};
 use crate::error::{JournalError, LockError, TxError};
-use crate::event::{Entry, Outcome, Recap, Record};
+use crate::event::{Entry, Outcome, Recap, Record, RunFlags};
 use crate::journal::{self, Durability, Journal, SpaceWait};
 use crate::lock::HostLock;
 use crate::recovery;
@@ -78,10 +78,38 @@ pub struct TxRequest {
     pub vars: Map<String, Value>,
     /// Check mode.
     pub check: bool,
-    /// Where relative `src` paths are found.
+    /// Where relative `src` paths and included files are found.
     pub base_dir: Option<PathBuf>,
+    /// Tags, handlers, diff, roles path.
+    pub flags: RunFlags,
+    /// The playbook's other files (task files, roles, vars files, templates), by path relative
+    /// to the playbook's directory, when they come with the request (from a controller or
+    /// `rampart run --agent`): written under the state directory before the journal begins,
+    /// and that directory is the run's `base_dir`.
+    pub files: Vec<(String, Vec<u8>)>,
     /// How long to wait for the host lock.
     pub lock_timeout: Duration,
+}
+
+/// Where a transaction's shipped files are kept while it runs (and for its recovery).
+pub fn bundle_dir(state_dir: &Path, txid: &str) -> PathBuf {
+    state_dir.join("bundles").join(txid)
+}
+
+/// Loads a playbook and the files it brings in from `base_dir` (or the current directory).
+pub fn load_playbook(
+    name: &str,
+    text: &str,
+    templar: &Templar,
+    base_dir: Option<&Path>,
+    flags: &RunFlags,
+) -> Result<Playbook, rampart_playbook::PlaybookError> {
+    let read = |p: &str| rampart_host::bundle::read_text(base_dir, p);
+    let opts = rampart_playbook::LoadOptions {
+        read: &read,
+        roles_path: flags.roles_path.clone(),
+    };
+    rampart_playbook::load_tree(name, text, templar, &opts)
 }
 
 /// How a transaction ended.
@@ -105,6 +133,7 @@ pub struct Prepared {
     vars: Map<String, Value>,
     check: bool,
     base_dir: Option<PathBuf>,
+    flags: RunFlags,
     journal: Journal,
     lock: HostLock,
     replay: Option<Replay>,
@@ -164,15 +193,40 @@ pub fn check_txid(txid: &str) -> Result<(), TxError> {
 
 /// Validates the request, takes the host lock and writes the `Begin` record. Nothing on the host
 /// changes if this fails.
-pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<Prepared, TxError> {
-    let playbook = rampart_playbook::load(&req.playbook_name, &req.playbook, templar)?;
-    let txid = match req.txid {
+pub fn prepare(
+    host: &HostConfig,
+    templar: &Templar,
+    mut req: TxRequest,
+) -> Result<Prepared, TxError> {
+    let txid = match req.txid.take() {
         Some(t) => {
             check_txid(&t)?;
             t
         }
         None => new_txid(),
     };
+    if !req.files.is_empty() {
+        let dir = bundle_dir(&host.state_dir, &txid);
+        if journal::journal_path(&host.state_dir, &txid).exists()
+            || journal::history_path(&host.state_dir, &txid).exists()
+        {
+            return Err(JournalError::Exists { txid }.into());
+        }
+        rampart_host::bundle::write(&dir, &req.files).map_err(|e| {
+            TxError::Request(format!(
+                "cannot store the playbook's files in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        req.base_dir = Some(dir);
+    }
+    let playbook = load_playbook(
+        &req.playbook_name,
+        &req.playbook,
+        templar,
+        req.base_dir.as_deref(),
+        &req.flags,
+    )?;
     std::fs::create_dir_all(&host.state_dir).map_err(|source| JournalError::Io {
         op: "create state directory",
         path: host.state_dir.clone(),
@@ -197,6 +251,7 @@ pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<P
             host: host.hostname.clone(),
             pid: std::process::id(),
             base_dir: req.base_dir.clone(),
+            flags: req.flags.clone(),
         })
         .inspect_err(|_| {
             // Nothing ran: no journal is left for a recovery to find.
@@ -208,6 +263,7 @@ pub fn prepare(host: &HostConfig, templar: &Templar, req: TxRequest) -> Result<P
         vars: req.vars,
         check: req.check,
         base_dir: req.base_dir,
+        flags: req.flags,
         journal,
         lock,
         replay: None,
@@ -235,6 +291,12 @@ pub fn execute(
     stop_hook(host.stop_after_record, end.seq);
     on_entry(&end);
     tx.journal.finish(&host.state_dir)?;
+    // The shipped files served the run (and would have served its recovery); the journal in
+    // history keeps what happened.
+    let bundle = bundle_dir(&host.state_dir, &tx.txid);
+    if tx.base_dir.as_deref() == Some(bundle.as_path()) {
+        let _ = std::fs::remove_dir_all(&bundle);
+    }
     drop(tx.lock);
     Ok(TxSummary {
         txid: tx.txid,
@@ -257,6 +319,12 @@ fn run_engine(
         txid: tx.txid.clone(),
         base_dir: tx.base_dir.clone(),
         state_dir: host.state_dir.clone(),
+        tags: crate::engine::TagFilter {
+            only: tx.flags.tags.clone(),
+            skip: tx.flags.skip_tags.clone(),
+        },
+        force_handlers: tx.flags.force_handlers,
+        diff: tx.flags.diff,
     };
     let mut sink = JournalSink {
         journal: &mut tx.journal,
@@ -299,6 +367,7 @@ pub fn prepare_recovery(
         vars,
         check,
         base_dir,
+        flags,
         ..
     } = &first.record
     else {
@@ -317,7 +386,7 @@ pub fn prepare_recovery(
         drop(lock);
         return Ok(None);
     }
-    let playbook = rampart_playbook::load(playbook_name, text, templar)?;
+    let playbook = load_playbook(playbook_name, text, templar, base_dir.as_deref(), flags)?;
     let rec = journal.append(plan.record)?;
     Ok(Some(Prepared {
         txid: txid.to_string(),
@@ -325,6 +394,7 @@ pub fn prepare_recovery(
         vars: vars.clone(),
         check: *check,
         base_dir: base_dir.clone(),
+        flags: flags.clone(),
         journal,
         lock,
         replay: Some(plan.replay),
@@ -413,6 +483,8 @@ mod tests {
             vars: Map::new(),
             check: false,
             base_dir: None,
+            flags: RunFlags::default(),
+            files: Vec::new(),
             lock_timeout: Duration::from_secs(5),
         };
         let mut tx = prepare(&host, &templar, req).unwrap();

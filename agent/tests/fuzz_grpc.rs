@@ -87,15 +87,46 @@ fn run_request() -> impl Strategy<Value = pb::RunRequest> {
         any::<bool>(),
         txid,
         0u64..3_000,
+        prop::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "tasks.yml",
+                    "roles/web/tasks/main.yml",
+                    "../escape.yml",
+                    "/etc/passwd",
+                    "a//b",
+                    "",
+                ]),
+                prop::collection::vec(any::<u8>(), 0..64),
+            ),
+            0..3,
+        ),
+        prop::collection::vec(
+            prop::sample::select(vec!["web", "always", "never", ""]),
+            0..2,
+        ),
     )
         .prop_map(
-            |(playbook, playbook_name, vars_json, check, txid, lock_timeout_ms)| pb::RunRequest {
-                playbook,
-                playbook_name,
-                vars_json,
-                check,
-                txid,
-                lock_timeout_ms,
+            |(playbook, playbook_name, vars_json, check, txid, lock_timeout_ms, files, tags)| {
+                pb::RunRequest {
+                    playbook,
+                    playbook_name,
+                    vars_json,
+                    check,
+                    txid,
+                    lock_timeout_ms,
+                    files: files
+                        .into_iter()
+                        .map(|(p, content)| pb::PlaybookFile {
+                            path: p.to_string(),
+                            content,
+                        })
+                        .collect(),
+                    tags: tags.into_iter().map(str::to_string).collect(),
+                    skip_tags: Vec::new(),
+                    force_handlers: false,
+                    diff: false,
+                }
             },
         )
 }

@@ -91,6 +91,32 @@ enum Command {
             requires = "pushgateway"
         )]
         push_job: String,
+        /// Run only tasks tagged with one of TAGS (comma-separated, repeatable); Ansible's
+        /// special tags work: `always` tasks run unless skipped, `never` tasks only when named,
+        /// `tagged`, `untagged`, `all`.
+        #[arg(short = 't', long, value_name = "TAGS", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Skip tasks tagged with one of TAGS (comma-separated, repeatable); wins over --tags.
+        #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+        skip_tags: Vec<String>,
+        /// Run the handlers a host notified even after it failed.
+        #[arg(long)]
+        force_handlers: bool,
+        /// Show what file modules changed, as before/after text.
+        #[arg(long, short = 'D')]
+        diff: bool,
+        /// Directories searched for roles after the playbook's own roles/ (colon-separated,
+        /// repeatable; default: $ANSIBLE_ROLES_PATH).
+        #[arg(long, value_name = "DIRS", value_delimiter = ':')]
+        roles_path: Vec<String>,
+        /// Refused: a transaction starts at its beginning, so its rescue knows what ran (use
+        /// --tags to run a part of a playbook).
+        #[arg(long, value_name = "TASK", hide_short_help = true)]
+        start_at_task: Option<String>,
+        /// Refused here: `rampart run` runs one host; give hosts to the controller's environment
+        /// (`rampart deploy`), which picks them from its inventory.
+        #[arg(long, value_name = "PATTERN", hide_short_help = true)]
+        limit: Option<String>,
     },
     /// Run a health suite (e.g. playbooks/health/production.yml) against this host's services.
     ///
@@ -377,7 +403,45 @@ fn main() -> ExitCode {
             tls_ca,
             pushgateway,
             push_job,
+            tags,
+            skip_tags,
+            force_handlers,
+            diff,
+            roles_path,
+            start_at_task,
+            limit,
         } => {
+            if let Some(task) = start_at_task {
+                eprintln!(
+                    "rampart: --start-at-task {task:?} is refused: a transaction runs from its first task, so that its rescue restores everything the run changed and its journal can be recovered; run a part of a playbook with --tags instead"
+                );
+                return Exit::Usage.into();
+            }
+            if let Some(pattern) = limit {
+                eprintln!(
+                    "rampart: --limit {pattern:?} is refused: `rampart run` runs one host (this one with --local, or --agent's); to run on some hosts of an inventory, deploy through the controller (`rampart deploy`), whose environment lists them"
+                );
+                return Exit::Usage.into();
+            }
+            let roles_path = if roles_path.is_empty() {
+                std::env::var("ANSIBLE_ROLES_PATH")
+                    .map(|v| {
+                        v.split(':')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                roles_path
+            };
+            let flags = rampart_agent::event::RunFlags {
+                tags,
+                skip_tags,
+                force_handlers,
+                diff,
+                roles_path,
+            };
             let push = match pushgateway
                 .map(|url| rampart_cli::push::Push::new(&url, &push_job))
                 .transpose()
@@ -425,6 +489,7 @@ fn main() -> ExitCode {
                 lock_timeout: Duration::from_secs(lock_timeout),
                 txid,
                 push,
+                flags,
             };
             match run::run(opts) {
                 Ok(code) => code,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rampart_agent::error::{LockError, TxError};
-use rampart_agent::event::{Entry, Record};
+use rampart_agent::event::{Entry, Record, RunFlags};
 use rampart_agent::journal::Durability;
 use rampart_agent::server;
 use rampart_agent::transaction::{self, HostConfig, TxRequest, TxSummary};
@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub txid: Option<String>,
     /// With a local run: push its facts to this Pushgateway afterwards.
     pub push: Option<crate::push::Push>,
+    /// Tags, handlers, diff, roles path.
+    pub flags: RunFlags,
 }
 
 fn tx_error(e: TxError) -> CliError {
@@ -150,6 +152,8 @@ fn run_local(
             .canonicalize()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf)),
+        flags: opts.flags.clone(),
+        files: Vec::new(),
         lock_timeout: opts.lock_timeout,
     };
     let started = Instant::now();
@@ -263,9 +267,18 @@ async fn run_agent(
     name: String,
     text: String,
 ) -> Result<Exit, CliError> {
-    // Refuse a bad playbook here, with the same checks the agent makes, before any network.
-    rampart_playbook::load(&name, &text, &Templar::new())
+    // Refuse a bad playbook here, with the same checks the agent makes, before any network;
+    // the files it brings in travel with the request.
+    let base = opts
+        .playbook
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let book = transaction::load_playbook(&name, &text, &Templar::new(), Some(&base), &opts.flags)
         .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
+    let files = rampart_host::bundle::gather(&base, &book.files, &book.role_dirs)
+        .map_err(|e| CliError::usage(format!("cannot send the playbook's files: {e}")))?;
     let mut client = connect(agent).await?;
     // The client picks the txid, so it can re-attach even if the agent dies before the first
     // event reaches it.
@@ -283,6 +296,14 @@ async fn run_agent(
         check: opts.check,
         txid: txid.clone(),
         lock_timeout_ms: opts.lock_timeout.as_millis() as u64,
+        files: files
+            .into_iter()
+            .map(|(path, content)| pb::PlaybookFile { path, content })
+            .collect(),
+        tags: opts.flags.tags.clone(),
+        skip_tags: opts.flags.skip_tags.clone(),
+        force_handlers: opts.flags.force_handlers,
+        diff: opts.flags.diff,
     };
     let mut stream = match client.run(req).await {
         Ok(r) => r.into_inner(),

@@ -112,6 +112,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_playbook::template::Templar;
@@ -418,6 +419,31 @@ pub struct PlaybookText {
     pub name: String,
     /// The YAML.
     pub text: String,
+    /// The files it brings in (roles, task files, vars files, templates), read when the
+    /// configuration was loaded and sent with every run.
+    pub files: Arc<Vec<(String, Vec<u8>)>>,
+}
+
+impl PlaybookText {
+    /// Loads it with its files, as the agent will.
+    pub fn load(
+        &self,
+        templar: &Templar,
+    ) -> Result<rampart_playbook::Playbook, rampart_playbook::PlaybookError> {
+        let read = |p: &str| -> Result<Option<String>, String> {
+            match self.files.iter().find(|(k, _)| k == p) {
+                Some((_, b)) => String::from_utf8(b.clone())
+                    .map(Some)
+                    .map_err(|_| "not UTF-8 text".to_string()),
+                None => Ok(None),
+            }
+        };
+        let opts = rampart_playbook::LoadOptions {
+            read: &read,
+            roles_path: Vec::new(),
+        };
+        rampart_playbook::load_tree(&self.name, &self.text, templar, &opts)
+    }
 }
 
 /// One environment.
@@ -764,13 +790,27 @@ fn playbook_text(
         None | Some("production") => PlaybookText {
             name: format!("builtin:{builtin_name}"),
             text: builtin.to_string(),
+            files: Arc::default(),
         },
         Some(path) => {
             let path = abs(Path::new(path));
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read playbook {}: {e}", path.display()))?;
+            let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let read = |p: &str| rampart_host::bundle::read_text(Some(&base), p);
+            let opts = rampart_playbook::LoadOptions {
+                read: &read,
+                roles_path: Vec::new(),
+            };
+            let book = rampart_playbook::load_tree(&name, &text, &Templar::new(), &opts)
+                .map_err(|err| format!("playbook: {err}"))?;
+            let files = rampart_host::bundle::gather(&base, &book.files, &book.role_dirs)
+                .map_err(|err| format!("playbook {name}: {err}"))?;
             PlaybookText {
-                name: path.display().to_string(),
-                text: std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read playbook {}: {e}", path.display()))?,
+                name,
+                text,
+                files: Arc::new(files),
             }
         }
     };
@@ -829,9 +869,11 @@ fn environment(
         abs,
     )?;
     let templar = Templar::new();
-    let book = rampart_playbook::load(&playbook.name, &playbook.text, &templar)
+    let book = playbook
+        .load(&templar)
         .map_err(|err| format!("playbook: {err}"))?;
-    rampart_playbook::load(&rollback_playbook.name, &rollback_playbook.text, &templar)
+    rollback_playbook
+        .load(&templar)
         .map_err(|err| format!("rollback playbook: {err}"))?;
     let play = book.plays.first();
     let pattern = e

@@ -226,6 +226,7 @@ fn grpc_run(addr: &str, client: &TlsFiles, playbook: &str) -> Result<Code, Strin
             check: false,
             txid: "tx-20200101T000000Z-0000beef".into(),
             lock_timeout_ms: 1000,
+            ..Default::default()
         });
         match tokio::time::timeout(STEP, call).await {
             Err(_) => Err("call timed out".into()),

@@ -165,6 +165,36 @@ fn run_pause(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
     r
 }
 
+/// `meta`: run by the engine itself (flush points, ends); never called.
+pub static META: ModuleSpec = ModuleSpec {
+    schema: &schema::META,
+    run: |_, _| ok(false),
+};
+
+/// `include_vars`: the variables the loader read from the file (`_data`), at include_vars
+/// precedence (the engine keeps them apart from `set_fact`), under `name` when given.
+pub static INCLUDE_VARS: ModuleSpec = ModuleSpec {
+    schema: &schema::INCLUDE_VARS,
+    run: run_include_vars,
+};
+
+fn run_include_vars(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
+    let data = args.get("_data").cloned().unwrap_or_else(|| json!({}));
+    let facts = match args.get("name").and_then(Value::as_str) {
+        Some(n) => {
+            let mut m = Map::new();
+            m.insert(n.to_string(), data);
+            Value::Object(m)
+        }
+        None => data,
+    };
+    let mut r = ok(false);
+    r.insert("ansible_facts".into(), facts);
+    let file = args.get("file").cloned().unwrap_or(Value::Null);
+    r.insert("ansible_included_var_files".into(), json!([file]));
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,8 @@ pub type ModuleResult = Map<String, Value>;
 pub struct ModuleCtx<'a> {
     /// Check mode: change nothing.
     pub check: bool,
+    /// `become_user`: the user a command runs as (`None`: the agent's own, root).
+    pub become_user: Option<&'a str>,
     /// The templating engine, for modules that evaluate expressions.
     pub templar: &'a Templar,
     /// The task's variables.
@@ -93,6 +95,8 @@ pub static MODULES: &[&ModuleSpec] = &[
     &control::DEBUG,
     &control::SET_FACT,
     &control::PAUSE,
+    &control::META,
+    &control::INCLUDE_VARS,
     &wait_for::WAIT_FOR,
     &files::FILE,
     &files::COPY,
@@ -208,6 +212,7 @@ pub(crate) mod testing {
                 .unwrap_or_default();
             let scope = Scope::value(templar.clone(), vec![Layer::Fixed(Arc::new(vars))]);
             let ctx = ModuleCtx {
+                become_user: None,
                 check: self.check,
                 templar: &templar,
                 scope: &scope,

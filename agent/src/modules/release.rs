@@ -1068,6 +1068,7 @@ mod tests {
             );
             let state = self.state();
             let ctx = ModuleCtx {
+                become_user: None,
                 check,
                 templar: &templar,
                 scope: &scope,

@@ -413,6 +413,7 @@ mod tests {
         let t = Arc::new(Templar::new());
         let scope = Scope::value(t.clone(), vec![Layer::Fixed(Arc::default())]);
         let ctx = ModuleCtx {
+            become_user: None,
             check,
             templar: &t,
             scope: &scope,

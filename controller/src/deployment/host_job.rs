@@ -421,6 +421,19 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         check: job.check,
         txid: job.txid.clone(),
         lock_timeout_ms: 0,
+        files: job
+            .playbook
+            .files
+            .iter()
+            .map(|(path, content)| pb::PlaybookFile {
+                path: path.clone(),
+                content: content.clone(),
+            })
+            .collect(),
+        tags: Vec::new(),
+        skip_tags: Vec::new(),
+        force_handlers: false,
+        diff: false,
     };
     let start = if job.from_seq > 0 {
         Start::Watch(job.from_seq)

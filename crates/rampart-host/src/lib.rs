@@ -1,6 +1,7 @@
 //! What touches the machine and is shared by the agent, the controller and the CLI.
 //!
 //! Layout, one concept per module:
+//! - [`bundle`]: a playbook's files as they travel to an agent (gathered, checked, written);
 //! - [`durable`]: crash-safe writes (temp → fsync → rename → fsync the directory), symlink swaps,
 //!   create-once records and whole directories;
 //! - [`digest`]: SHA-256 of bytes and files, lowercase hex;
@@ -16,6 +17,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod cas;
 pub mod digest;
 pub mod durable;

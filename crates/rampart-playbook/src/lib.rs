@@ -29,5 +29,7 @@ pub mod template;
 pub mod yaml;
 
 pub use error::PlaybookError;
-pub use load::load;
-pub use model::{Action, Block, Play, Playbook, Section, Task, TaskKind};
+pub use load::{LoadOptions, load, load_tree};
+pub use model::{
+    Action, Block, Handler, Include, Meta, Play, Playbook, Role, Section, Task, TaskKind,
+};

@@ -15,8 +15,14 @@ use crate::yaml::Mark;
 pub struct Playbook {
     /// Its name in messages (the file's path).
     pub name: String,
-    /// The plays, in order.
+    /// The plays, in order (those of `import_playbook` in its place).
     pub plays: Vec<Play>,
+    /// Every other file the playbook brought in (task files, roles' files, vars files,
+    /// imported playbooks), as the loader's reader was asked for them.
+    pub files: Vec<String>,
+    /// The directories of the roles it uses (their `templates/` and `files/` are read when a
+    /// task runs).
+    pub role_dirs: Vec<String>,
 }
 
 /// One play.
@@ -31,16 +37,54 @@ pub struct Play {
     pub hosts: String,
     /// `vars:`, templated when used.
     pub vars: Arc<Map<String, Value>>,
+    /// The variables of `vars_files:`, merged in order (above play vars).
+    pub vars_files: Arc<Map<String, Value>>,
     /// `serial:` as written (number, percentage or list), for the controller.
     pub serial: Option<Value>,
     /// `max_fail_percentage:`, for the controller.
     pub max_fail_percentage: Option<f64>,
     /// `gather_facts:` (Rampart gathers facts only when this is true).
     pub gather_facts: bool,
-    /// The tasks.
+    /// `pre_tasks:`, run before the roles; handlers are flushed after them.
+    pub pre_tasks: Vec<Task>,
+    /// The roles of `roles:` (each one a block of its tasks) followed by `tasks:`; handlers are
+    /// flushed after them.
     pub tasks: Vec<Task>,
+    /// `post_tasks:`, run last; handlers are flushed after them.
+    pub post_tasks: Vec<Task>,
+    /// `handlers:` of the play and of every role it uses, in the order Ansible runs them.
+    pub handlers: Vec<Handler>,
+    /// `force_handlers:`: a failed host still runs the handlers it notified.
+    pub force_handlers: bool,
     /// Where it starts.
     pub mark: Mark,
+}
+
+/// A handler: a task that runs at a flush point when a changed task notified it.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    /// The task it runs (its path is `<play>.handlers.<i>`).
+    pub task: Task,
+    /// Its name, as `notify:` refers to it.
+    pub name: String,
+    /// `listen:` topics it also answers to.
+    pub listen: Vec<String>,
+}
+
+/// A role as a task sees it: where its files are, and its variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Role {
+    /// Its name.
+    pub name: String,
+    /// Its directory, relative to the playbook's (or absolute, from `roles_path`).
+    pub dir: String,
+    /// `defaults/main.yml`: the lowest precedence of all.
+    pub defaults: Arc<Map<String, Value>>,
+    /// `vars/main.yml`: above play vars and `vars_files`, below block and task vars.
+    pub vars: Arc<Map<String, Value>>,
+    /// Role parameters (`roles: [{role: x, port: 80}]`, `include_role` `vars:`): above
+    /// `set_fact`, below extra vars.
+    pub params: Arc<Map<String, Value>>,
 }
 
 /// One task or block.
@@ -48,6 +92,8 @@ pub struct Play {
 pub struct Task {
     /// Stable position in the playbook.
     pub path: String,
+    /// The file it is written in (the playbook's name, or an included file's path).
+    pub file: String,
     /// `name:` as written (may hold a template).
     pub name: Option<String>,
     /// Where it starts.
@@ -62,6 +108,12 @@ pub struct Task {
     pub no_log: Option<Value>,
     /// `check_mode:` (a boolean or a template).
     pub check_mode: Option<Value>,
+    /// Its tags and those it inherits (from its blocks, role and static imports).
+    pub tags: Vec<String>,
+    /// `become_user:` (with `become: true`): the user its commands run as.
+    pub become_user: Option<String>,
+    /// The role it belongs to, if any (for its variables and its `templates/` and `files/`).
+    pub role: Option<Arc<Role>>,
     /// A module call or a block.
     pub kind: TaskKind,
 }
@@ -73,6 +125,43 @@ pub enum TaskKind {
     Action(Box<Action>),
     /// Groups tasks with `rescue` and `always`.
     Block(Block),
+    /// `include_tasks` / `include_role`: tasks read when the playbook was loaded, run when the
+    /// include is reached, once per `loop` item.
+    Include(Box<Include>),
+    /// `meta:` (`flush_handlers`, `noop`, `end_play`, `end_host`).
+    Meta(Meta),
+}
+
+/// A dynamic include.
+#[derive(Debug, Clone)]
+pub struct Include {
+    /// `include_tasks` or `include_role`, as written.
+    pub action: String,
+    /// The file or role it includes, for messages.
+    pub target: String,
+    /// The included tasks (paths `<include>.inc.<i>`).
+    pub tasks: Vec<Task>,
+    /// `loop:`.
+    pub loop_items: Option<Value>,
+    /// `loop_control.loop_var` (default `item`).
+    pub loop_var: String,
+    /// `loop_control.index_var`.
+    pub index_var: Option<String>,
+    /// `vars:` of the include: include parameters, above `set_fact`.
+    pub params: Arc<Map<String, Value>>,
+}
+
+/// A `meta:` action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meta {
+    /// Runs the notified handlers now.
+    FlushHandlers,
+    /// Does nothing.
+    Noop,
+    /// Ends the play (on one host, the same as `end_host`).
+    EndPlay,
+    /// Ends the play for this host.
+    EndHost,
 }
 
 /// A module call and the keywords that only module calls take.
@@ -102,6 +191,8 @@ pub struct Action {
     pub failed_when: Option<Vec<Value>>,
     /// `changed_when:` conditions, replacing the module's own change test.
     pub changed_when: Option<Vec<Value>>,
+    /// `notify:` handler names or `listen` topics, told when the task changed something.
+    pub notify: Vec<String>,
 }
 
 /// `block` / `rescue` / `always`.
@@ -115,12 +206,21 @@ pub struct Block {
     pub always: Vec<Task>,
 }
 
+impl Handler {
+    /// Whether `notify: <n>` reaches this handler (its name or one of its topics).
+    pub fn answers(&self, n: &str) -> bool {
+        self.name == n || self.listen.iter().any(|l| l == n)
+    }
+}
+
 impl Task {
     /// The module's name, or `block`.
     pub fn action_name(&self) -> &str {
         match &self.kind {
             TaskKind::Action(a) => &a.action,
             TaskKind::Block(_) => "block",
+            TaskKind::Include(i) => &i.action,
+            TaskKind::Meta(_) => "meta",
         }
     }
 }
@@ -134,9 +234,11 @@ pub fn outermost_cleanup_section(path: &str) -> Option<String> {
         .map(|i| segs[..=i].join("."))
 }
 
-/// The section a task path runs in.
+/// The section a task path runs in: that of the innermost `block`, `rescue` or `always` list
+/// holding it (an included task runs in the section of its include).
 pub fn section_of(path: &str) -> Section {
-    match path.split('.').rev().nth(1) {
+    let mut segs = path.split('.').rev().skip(1);
+    match segs.find(|s| matches!(*s, "block" | "rescue" | "always")) {
         Some("rescue") => Section::Rescue,
         Some("always") => Section::Always,
         _ => Section::Block,

@@ -69,3 +69,37 @@ pub static PAUSE: ModuleSchema = ModuleSchema {
     exclusive: &[("seconds", "minutes")],
     check_mode: CheckMode::Supported,
 };
+
+/// `meta`: `flush_handlers`, `noop`, `end_play`, `end_host`. The engine runs it itself; it is
+/// not journaled and not counted, as Ansible does not count it.
+pub static META: ModuleSchema = ModuleSchema {
+    name: "meta",
+    args: &[ArgSpec::req("_raw_params", ArgKind::Str).choices(&[
+        "flush_handlers",
+        "noop",
+        "end_play",
+        "end_host",
+    ])],
+    free_form: FreeForm::Command,
+    any_args: false,
+    one_of: &[],
+    exclusive: &[],
+    check_mode: CheckMode::Supported,
+};
+
+/// `include_vars`: the variables of a YAML file, at include_vars precedence (above task vars,
+/// below `set_fact`). The loader reads the file when the playbook is loaded (`_data`), so it is
+/// validated and shipped with the playbook like every other file.
+pub static INCLUDE_VARS: ModuleSchema = ModuleSchema {
+    name: "include_vars",
+    args: &[
+        ArgSpec::opt("file", ArgKind::Str).aliases(&["_raw_params"]),
+        ArgSpec::opt("name", ArgKind::Str),
+        ArgSpec::opt("_data", ArgKind::Map),
+    ],
+    free_form: FreeForm::Command,
+    any_args: false,
+    one_of: &[&["file"]],
+    exclusive: &[],
+    check_mode: CheckMode::Supported,
+};

@@ -24,6 +24,8 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &control::DEBUG,
     &control::SET_FACT,
     &control::PAUSE,
+    &control::META,
+    &control::INCLUDE_VARS,
     &wait_for::WAIT_FOR,
     &files::FILE,
     &files::COPY,
