@@ -6,22 +6,25 @@
 //! Inputs: the scenario folders, `tests/conformance/PENDING` (scenarios skipped, with why),
 //! `RAMPART_ANSIBLE_PLAYBOOK` (an `ansible-playbook` to use; else `target/ansible-venv` is
 //! created once, under a file lock), `RAMPART_CONFORMANCE_ONLY` (comma-separated scenario names
-//! to run, pending or not). Output: one report of every mismatch of every scenario, then the
+//! to run, pending or not), `RAMPART_CONFORMANCE_JOBS` (scenarios at a time, default 2). Output: one report of every mismatch of every scenario, then the
 //! test fails; the wall time of the suite is printed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rampart_tests::{CliRun, bin, bin_dir, run_to_end};
-use serde_json::Value;
+use rampart_tests::deploy::free_port;
+use rampart_tests::{CliRun, KillOnDrop, bin, bin_dir, run_to_end};
+use serde_json::{Value, json};
 
-/// Scenarios run at the same time (the suite is sized for 2 cores).
+/// Scenarios run at the same time (the suite is sized for 2 cores); `RAMPART_CONFORMANCE_JOBS`
+/// (1 to 16) says otherwise.
 const WORKERS: usize = 2;
+const MAX_WORKERS: usize = 16;
 /// The longest one tool may take on one scenario.
 const RUN_DEADLINE: Duration = Duration::from_secs(180);
 /// The longest the one-time install of ansible-core may take.
@@ -49,8 +52,11 @@ struct Scenario {
     dir: PathBuf,
     /// Extra CLI arguments for both tools (`args`, whitespace-separated).
     args: Vec<String>,
-    /// Extra result keys to compare (`compare`, one a line).
+    /// Result keys to compare besides the defaults (`compare`, one a line; `-key`: not that
+    /// default).
     keys: Vec<String>,
+    /// `http`: a static HTTP server on 127.0.0.1 serves the work dir (`-e http_port=N`).
+    http: bool,
 }
 
 impl Scenario {
@@ -67,6 +73,7 @@ impl Scenario {
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
                 .map(String::from)
                 .collect(),
+            http: dir.join("http").is_file(),
         }
     }
 }
@@ -133,12 +140,16 @@ struct Observed {
 
 const RECAP_KEYS: [&str; 6] = ["ok", "changed", "failed", "skipped", "rescued", "ignored"];
 
-fn observe(run: &CliRun, work: &Path) -> Observed {
+/// What a run showed, with the scenario copy's path written `<case>` in results, file contents
+/// and link targets (the path differs from run to run; a cached run was elsewhere).
+fn observe(run: &CliRun, place: &Place) -> Observed {
+    let case = place.case().to_string_lossy().into_owned();
     let lines: Vec<Value> = run
         .stdout
         .lines()
         .filter(|l| l.starts_with('{'))
         .filter_map(|l| serde_json::from_str(l).ok())
+        .map(|v| unplace(v, &case))
         .collect();
     let tasks = lines
         .iter()
@@ -157,9 +168,226 @@ fn observe(run: &CliRun, work: &Path) -> Observed {
         tasks,
         recap,
         outcome: summary.and_then(|s| s["outcome"].as_str().map(String::from)),
-        files: snapshot(work),
-        stderr: run.stderr.clone(),
+        files: snapshot(&place.work())
+            .into_iter()
+            .map(|(k, n)| (k, unplace_node(n, &case)))
+            .collect(),
+        stderr: run.stderr.replace(&case, CASE),
     }
+}
+
+/// Ansible's runs are kept in `target/conformance-cache/`, keyed by everything they depend on
+/// (ansible-core's version, the callback plugin, every byte and mode of the scenario folder, this
+/// format); `RAMPART_CONFORMANCE_FRESH=1` runs Ansible anyway. Ansible takes seconds a scenario,
+/// Rampart milliseconds: a warm suite runs only Rampart.
+const CACHE_FORMAT: &str = "rampart-conformance-cache 1";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The cache key of a scenario's Ansible run.
+fn cache_key(sc: &Scenario, ansible_version: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(CACHE_FORMAT);
+    h.update([0]);
+    h.update(ansible_version);
+    h.update([0]);
+    let plugin = suite_dir().join("callback_plugins/rampart_conformance.py");
+    h.update(std::fs::read(plugin).unwrap_or_default());
+    for (rel, node) in snapshot(&sc.dir) {
+        h.update([0]);
+        h.update(rel);
+        h.update([0]);
+        h.update(node.to_key());
+    }
+    hex(&h.finalize()[..16])
+}
+
+impl Node {
+    fn to_key(&self) -> Vec<u8> {
+        match self {
+            Node::File { mode, content } => [format!("f{mode:o}:").as_bytes(), content].concat(),
+            other => other.to_string().into_bytes(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Node::Dir { mode } => json!({"kind": "dir", "mode": mode}),
+            Node::File { mode, content } => {
+                json!({"kind": "file", "mode": mode, "content": hex(content)})
+            }
+            Node::Link { target } => json!({"kind": "link", "target": target}),
+            Node::Other => json!({"kind": "other"}),
+        }
+    }
+
+    fn from_json(v: &Value) -> Option<Node> {
+        let mode = || v["mode"].as_u64().map(|m| m as u32);
+        Some(match v["kind"].as_str()? {
+            "dir" => Node::Dir { mode: mode()? },
+            "file" => Node::File {
+                mode: mode()?,
+                content: unhex(v["content"].as_str()?)?,
+            },
+            "link" => Node::Link {
+                target: v["target"].as_str()?.to_string(),
+            },
+            _ => Node::Other,
+        })
+    }
+}
+
+impl Observed {
+    fn to_json(&self) -> Value {
+        json!({
+            "code": self.code,
+            "tasks": self.tasks.iter().map(|t| json!({
+                "name": t.name, "status": t.status, "action": t.action, "result": t.result,
+            })).collect::<Vec<_>>(),
+            "recap": self.recap,
+            "outcome": self.outcome,
+            "files": self.files.iter().map(|(k, n)| (k.clone(), n.to_json())).collect::<serde_json::Map<_, _>>(),
+            "stderr": self.stderr,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Observed> {
+        let tasks = v["tasks"]
+            .as_array()?
+            .iter()
+            .map(|t| {
+                Some(TaskObs {
+                    name: t["name"].as_str()?.to_string(),
+                    status: t["status"].as_str()?.to_string(),
+                    action: t["action"].as_str()?.to_string(),
+                    result: t["result"].clone(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let recap = match &v["recap"] {
+            Value::Null => None,
+            r => {
+                let a = r.as_array()?;
+                let mut out = [0u64; 6];
+                for (o, x) in out.iter_mut().zip(a) {
+                    *o = x.as_u64()?;
+                }
+                Some(out)
+            }
+        };
+        let files = v["files"]
+            .as_object()?
+            .iter()
+            .map(|(k, n)| Some((k.clone(), Node::from_json(n)?)))
+            .collect::<Option<BTreeMap<_, _>>>()?;
+        Some(Observed {
+            code: i32::try_from(v["code"].as_i64()?).ok()?,
+            tasks,
+            recap,
+            outcome: v["outcome"].as_str().map(String::from),
+            files,
+            stderr: v["stderr"].as_str()?.to_string(),
+        })
+    }
+}
+
+/// Ansible's run of `sc`: from the cache when it holds it, else run and stored.
+fn ansible_observed(
+    exe: &Path,
+    version: &str,
+    sc: &Scenario,
+    place: &Place,
+    port: Option<u16>,
+) -> Observed {
+    let fresh = std::env::var("RAMPART_CONFORMANCE_FRESH").is_ok_and(|v| v == "1");
+    let dir = bin_dir()
+        .parent()
+        .expect("target dir")
+        .join("conformance-cache");
+    let file = dir.join(format!("{}-{}.json", sc.name, cache_key(sc, version)));
+    if !fresh
+        && let Some(o) = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| Observed::from_json(&v))
+    {
+        return o;
+    }
+    let o = run_ansible(exe, sc, place, port);
+    // A write that fails only costs the next run time.
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, o.to_json().to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    o
+}
+
+/// `ansible-playbook --version`'s first line (the cache key holds it).
+fn ansible_version(exe: &Path) -> String {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--version");
+    let run = run_to_end(cmd, RUN_DEADLINE);
+    assert_eq!(run.code, 0, "{} --version: {}", exe.display(), run.stderr);
+    run.stdout.lines().next().unwrap_or_default().to_string()
+}
+
+/// How the scenario copy's path is written in what is compared.
+const CASE: &str = "<case>";
+
+fn unplace(v: Value, case: &str) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.replace(case, CASE)),
+        Value::Array(a) => Value::Array(a.into_iter().map(|x| unplace(x, case)).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, x)| (k.replace(case, CASE), unplace(x, case)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn unplace_node(n: Node, case: &str) -> Node {
+    match n {
+        Node::File { mode, content } => Node::File {
+            mode,
+            content: replace_bytes(&content, case.as_bytes(), CASE.as_bytes()),
+        },
+        Node::Link { target } => Node::Link {
+            target: target.replace(case, CASE),
+        },
+        other => other,
+    }
+}
+
+fn replace_bytes(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if !from.is_empty() && hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn short_action(a: &str) -> &str {
@@ -314,7 +542,47 @@ impl Place {
     }
 }
 
-fn run_ansible(exe: &Path, sc: &Scenario, place: &Place) -> Observed {
+/// How long the scenario's HTTP server may take to listen.
+const HTTP_START: Duration = Duration::from_secs(20);
+
+/// Python's static file server on 127.0.0.1, serving `case/work` (the path stays, the copy
+/// behind it is renewed for each tool); SIGKILLed when dropped.
+fn serve_work(place: &Place) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(place.work())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn python3 -m http.server");
+    let server = KillOnDrop::new(child);
+    let until = Instant::now() + HTTP_START;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < until,
+            "python3 -m http.server did not listen on 127.0.0.1:{port} within {HTTP_START:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, port)
+}
+
+/// The arguments both tools get: `-e work=...`, `-e http_port=...` with a server, then the
+/// scenario's `args`.
+fn common_args(sc: &Scenario, place: &Place, port: Option<u16>) -> Vec<String> {
+    let mut v = vec!["-e".to_string(), format!("work={}", place.work().display())];
+    if let Some(p) = port {
+        v.extend(["-e".to_string(), format!("http_port={p}")]);
+    }
+    v.extend(sc.args.iter().cloned());
+    v
+}
+
+fn run_ansible(exe: &Path, sc: &Scenario, place: &Place, port: Option<u16>) -> Observed {
     place.fresh(sc);
     let tmp = place.tmp.path();
     let cfg = tmp.join("empty.cfg");
@@ -328,10 +596,8 @@ fn run_ansible(exe: &Path, sc: &Scenario, place: &Place) -> Observed {
     }
     cmd.current_dir(place.case())
         .args(["-i", "localhost,", "-c", "local", "site.yml", "-e"])
-        .arg(format!("work={}", place.work().display()))
-        .arg("-e")
         .arg(format!("ansible_python_interpreter={}", python.display()))
-        .args(&sc.args)
+        .args(common_args(sc, place, port))
         .env("ANSIBLE_CONFIG", &cfg)
         .env("ANSIBLE_HOME", tmp.join("ansible-home"))
         .env("ANSIBLE_LOCAL_TEMP", tmp.join("ansible-local"))
@@ -346,10 +612,10 @@ fn run_ansible(exe: &Path, sc: &Scenario, place: &Place) -> Observed {
             suite_dir().join("callback_plugins"),
         );
     let run = run_to_end(cmd, RUN_DEADLINE);
-    observe(&run, &place.work())
+    observe(&run, place)
 }
 
-fn run_rampart(sc: &Scenario, place: &Place) -> Observed {
+fn run_rampart(sc: &Scenario, place: &Place, port: Option<u16>) -> Observed {
     place.fresh(sc);
     let state = place.tmp.path().join("rampart-state");
     let _ = std::fs::remove_dir_all(&state);
@@ -359,11 +625,9 @@ fn run_rampart(sc: &Scenario, place: &Place) -> Observed {
         .arg(place.case().join("site.yml"))
         .args(["--local", "--json", "--state-dir"])
         .arg(&state)
-        .arg("-e")
-        .arg(format!("work={}", place.work().display()))
-        .args(&sc.args);
+        .args(common_args(sc, place, port));
     let run = run_to_end(cmd, RUN_DEADLINE);
-    observe(&run, &place.work())
+    observe(&run, place)
 }
 
 fn short(s: &str) -> String {
@@ -393,7 +657,12 @@ fn keys_for(sc: &Scenario, action: &str) -> Vec<String> {
     if action == "debug" {
         keys.push("msg".into());
     }
-    keys.extend(sc.keys.iter().cloned());
+    for k in &sc.keys {
+        match k.strip_prefix('-') {
+            Some(drop) => keys.retain(|x| x != drop),
+            None => keys.push(k.clone()),
+        }
+    }
     keys
 }
 
@@ -545,10 +814,15 @@ fn rampart_runs_every_scenario_as_ansible_core_does() {
         }
     }
     let exe = ansible_playbook();
+    let version = ansible_version(&exe);
     let next = AtomicUsize::new(0);
     let reports: Mutex<BTreeMap<String, Vec<String>>> = Mutex::new(BTreeMap::new());
+    let workers = std::env::var("RAMPART_CONFORMANCE_JOBS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(WORKERS, |n| n.clamp(1, MAX_WORKERS));
     std::thread::scope(|s| {
-        for _ in 0..WORKERS {
+        for _ in 0..workers {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
@@ -556,8 +830,12 @@ fn rampart_runs_every_scenario_as_ansible_core_does() {
                     let place = Place {
                         tmp: tempfile::tempdir().expect("temp dir"),
                     };
-                    let a = run_ansible(&exe, sc, &place);
-                    let r = run_rampart(sc, &place);
+                    place.fresh(sc);
+                    let server = sc.http.then(|| serve_work(&place));
+                    let port = server.as_ref().map(|s| s.1);
+                    let a = ansible_observed(&exe, &version, sc, &place, port);
+                    let r = run_rampart(sc, &place, port);
+                    drop(server);
                     let diffs = compare(sc, &a, &r);
                     reports.lock().unwrap().insert(sc.name.clone(), diffs);
                 }
@@ -592,7 +870,6 @@ fn rampart_runs_every_scenario_as_ansible_core_does() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn pending_lines_name_a_scenario_and_a_reason() {
@@ -600,6 +877,60 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(p["12-x"], "needs handlers");
         assert_eq!(p["13-y"], "");
+    }
+
+    #[test]
+    fn a_cached_run_reads_back_as_itself() {
+        let o = Observed {
+            code: 2,
+            tasks: vec![TaskObs {
+                name: "t".into(),
+                status: "failed".into(),
+                action: "copy".into(),
+                result: json!({"msg": "<case>/work/x"}),
+            }],
+            recap: Some([1, 0, 1, 0, 0, 0]),
+            outcome: None,
+            files: BTreeMap::from([
+                ("d".to_string(), Node::Dir { mode: 0o750 }),
+                (
+                    "d/f".to_string(),
+                    Node::File {
+                        mode: 0o600,
+                        content: vec![0, 255, b'\n'],
+                    },
+                ),
+                (
+                    "l".to_string(),
+                    Node::Link {
+                        target: "d/f".into(),
+                    },
+                ),
+            ]),
+            stderr: "warning".into(),
+        };
+        let back = Observed::from_json(&o.to_json()).expect("reads back");
+        assert_eq!(back.files, o.files);
+        assert_eq!(back.recap, o.recap);
+        assert_eq!((back.code, back.stderr.as_str()), (2, "warning"));
+        assert_eq!(back.tasks[0].result, o.tasks[0].result);
+        assert_eq!(
+            Observed::from_json(&json!({"code": 0})).map(|o| o.code),
+            None
+        );
+    }
+
+    #[test]
+    fn the_copy_path_is_written_case() {
+        let v = unplace(
+            json!({"dest": "/tmp/x/case/work/a", "n": [1, "/tmp/x/case"]}),
+            "/tmp/x/case",
+        );
+        assert_eq!(v, json!({"dest": "<case>/work/a", "n": [1, "<case>"]}));
+        assert_eq!(
+            replace_bytes(b"a/tmp/x/caseb", b"/tmp/x/case", b"<case>"),
+            b"a<case>b"
+        );
     }
 
     #[test]
