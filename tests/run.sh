@@ -11,17 +11,19 @@ cd "$(dirname "$0")/.."
 # (server for throwaway clusters; psql, pg_dump, pg_restore for restore points), redis-server
 # (the health checks' Redis), prometheus and promtool (a real Prometheus scraping the controller; metrics and rule checks),
 # prometheus-pushgateway (receives `rampart run --local --pushgateway` facts; started by the tests
-# on a port of their own: the unit the package enables is not used).
+# on a port of their own: the unit the package enables is not used), crontab (the conformance
+# suite's cron scenario), python3-venv (the conformance suite's ansible-core, below).
 missing=()
 for tool in curl:curl openssl:openssl python3:python3 /lib/systemd/systemd:systemd \
   psql:postgresql-client pg_dump:postgresql-client pg_restore:postgresql-client \
   redis-server:redis-server promtool:prometheus prometheus:prometheus \
-  /usr/bin/prometheus-pushgateway:prometheus-pushgateway; do
+  /usr/bin/prometheus-pushgateway:prometheus-pushgateway crontab:cron; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if ! [ -x /usr/local/bin/initdb ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]}"
@@ -31,6 +33,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]})" >&2
     exit 2
   fi
+fi
+# The conformance suite (tests/e2e/conformance.rs) compares `rampart run` with real ansible-core
+# 2.19, installed once into target/ansible-venv (the test would do it too, under a lock; here it
+# happens before the clock of any test starts). RAMPART_ANSIBLE_PLAYBOOK points at another.
+if [ -z "${RAMPART_ANSIBLE_PLAYBOOK:-}" ] && ! [ -x target/ansible-venv/bin/ansible-playbook ]; then
+  echo "== installing ansible-core 2.19 into target/ansible-venv"
+  rm -rf target/ansible-venv && mkdir -p target
+  python3 -m venv target/ansible-venv
+  target/ansible-venv/bin/pip install --quiet 'ansible-core>=2.19,<2.20'
 fi
 echo "== building the binaries the end-to-end tests run"
 cargo build --workspace --bins

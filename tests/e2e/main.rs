@@ -21,6 +21,7 @@ mod artifacts_rpc;
 mod bad_input;
 mod certs;
 mod chaos;
+mod conformance;
 mod controller;
 mod controller_artifacts;
 mod controller_auth;
