@@ -659,6 +659,9 @@ impl<'a> Engine<'a> {
                 }));
             }
         };
+        self.record_included(task, include, section, &scope)?;
+        // Ansible prints one line for a looped include but counts it `ok` once per item.
+        self.recap.ok += items.len().saturating_sub(1) as u32;
         for (i, item) in items.iter().enumerate() {
             let mut top = Map::new();
             top.insert(include.loop_var.clone(), item.clone());
@@ -667,8 +670,7 @@ impl<'a> Engine<'a> {
             }
             let mut item_layers = layers.clone();
             item_layers.params.push(Arc::new(top));
-            let item_scope = self.scope(&item_layers, None);
-            self.record_included(task, include, section, &item_scope)?;
+
             if let Flow::Failed(f) =
                 self.run_list(&include.tasks, section, &item_layers, inherited)?
             {

@@ -3,7 +3,7 @@
 //!
 //! The sender (`rampart run --agent`, the controller) [`gather`]s what the loader read plus
 //! every file under the `templates/` and `files/` of each role used; the agent checks every path
-//! ([`check_path`]) and [`write`]s them into a directory of the transaction's own, atomically,
+//! ([`check_path`]) and writes them ([`write()`]) into a directory of the transaction's own, atomically,
 //! before its journal begins, so a recovery finds the same files. Sizes are bounded on both
 //! sides ([`MAX_FILES`], [`MAX_BYTES`]).
 

@@ -266,7 +266,24 @@ impl<'a> Loader<'a> {
     }
 
     fn literal_name(&self, y: &Yaml, what: &str) -> Result<String, PlaybookError> {
-        let s = self.string(y, what)?;
+        let mut s = self.string(y, what)?;
+        // `{{ playbook_dir }}` and `{{ role_path }}` are known when the playbook loads.
+        for (var, value) in [
+            ("playbook_dir", Some(String::new())),
+            ("role_path", self.inh.role.as_ref().map(|r| r.dir.clone())),
+        ] {
+            let Some(value) = value else { continue };
+            for spelled in [format!("{{{{ {var} }}}}"), format!("{{{{{var}}}}}")] {
+                if let Some(rest) = s.strip_prefix(&spelled) {
+                    let rest = rest.trim_start_matches('/');
+                    s = if value.is_empty() {
+                        rest.to_string()
+                    } else {
+                        format!("{value}/{rest}")
+                    };
+                }
+            }
+        }
         if is_template(&s) {
             return Err(self.err(
                 y.mark,
@@ -1269,9 +1286,29 @@ impl<'a> Loader<'a> {
             if let Some(raw) = action.args.remove("_raw_params") {
                 action.args.insert("file".into(), raw);
             }
-            let rel = match action.args.get("file") {
-                Some(Value::String(f)) if !is_template(f) => f.clone(),
-                _ => {
+            let literal = match pairs.iter().find(|(k, _)| k.as_str() == Some(written)) {
+                Some((
+                    _,
+                    Yaml {
+                        node: Node::Str(_), ..
+                    },
+                )) => Some(value),
+                Some((
+                    _,
+                    Yaml {
+                        node: Node::Map(args),
+                        ..
+                    },
+                )) => args
+                    .iter()
+                    .find(|(k, _)| matches!(k.as_str(), Some("file" | "_raw_params")))
+                    .map(|(_, v)| v),
+                _ => None,
+            };
+            let rel = match literal.map(|v| self.literal_name(v, "include_vars")) {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => return Err(e),
+                None => {
                     return Err(self.err(
                         y.mark,
                         "include_vars needs a literal file name: Rampart reads every file before the transaction starts",
@@ -1474,7 +1511,23 @@ impl<'a> Loader<'a> {
                         match self.key(ak)? {
                             "file" | "_raw_params" => file = Some(self.literal_name(av, &what)?),
                             "apply" if !is_static => {
-                                return Err(self.err(ak.mark, "`apply` on include_tasks is not supported yet: put the keywords on a block around the include"));
+                                for (pk, pv) in self.map(av, "`apply`")? {
+                                    match self.key(pk)? {
+                                        "tags" => {
+                                            for t in self.tags(pv)? {
+                                                if !child_inh.tags.contains(&t) {
+                                                    child_inh.tags.push(t);
+                                                }
+                                            }
+                                        }
+                                        other => {
+                                            return Err(self.err(
+                                                pk.mark,
+                                                format!("`apply: {other}` is not supported; `apply` takes `tags` (put other keywords on a block inside the included file)"),
+                                            ));
+                                        }
+                                    }
+                                }
                             }
                             other => {
                                 return Err(self.err(
