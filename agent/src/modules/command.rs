@@ -9,6 +9,14 @@
 //!
 //! The child gets SIGKILL when the agent thread that started it dies, so a crashed agent never
 //! leaves a deploy command running while the restarted agent rolls back.
+//!
+//! `become_user` (with `become: true`): the agent runs as root, so the command runs as that user
+//! directly, without sudo: the user's supplementary groups, group and uid are set in the child
+//! before it executes, and its environment is the user's as `sudo -H` would give it: `HOME`,
+//! `USER`, `LOGNAME`, `SHELL` from the password database, `PATH` the secure path, and only the
+//! locale (`LANG`, `LC_*`), `TZ` and `TERM` kept from the agent's. A user that does not exist is
+//! a failed task that says so (nothing runs); so is a `become_user` other than the agent's own
+//! when the agent does not run as root. `become_user` naming the agent's own user changes nothing.
 
 use std::io::Write;
 use std::path::Path;
@@ -33,7 +41,7 @@ pub static SHELL: ModuleSpec = ModuleSpec {
     run: run_shell,
 };
 
-fn run_command(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
+fn run_command(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     let argv: Vec<String> = if let Some(Value::Array(items)) = args.get("argv") {
         items
             .iter()
@@ -61,10 +69,10 @@ fn run_command(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult 
     let cmd_value = json!(argv);
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    execute(cmd, cmd_value, args)
+    execute(cmd, cmd_value, args, ctx.become_user)
 }
 
-fn run_shell(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
+fn run_shell(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     let line = arg_str(args, "_raw_params")
         .or_else(|| arg_str(args, "cmd"))
         .unwrap_or_default();
@@ -74,7 +82,89 @@ fn run_shell(args: &Map<String, Value>, _ctx: &ModuleCtx<'_>) -> ModuleResult {
     let exe = arg_str(args, "executable").unwrap_or("/bin/sh");
     let mut cmd = Command::new(exe);
     cmd.arg("-c").arg(line);
-    execute(cmd, json!(line), args)
+    execute(cmd, json!(line), args, ctx.become_user)
+}
+
+/// `PATH` of a command run as another user (sudo's usual `secure_path`).
+const SECURE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The identity a `become_user` command takes, resolved before anything runs.
+#[derive(Debug)]
+struct Become {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    groups: Vec<nix::unistd::Gid>,
+    env: Vec<(String, String)>,
+}
+
+/// Resolves `become_user`: `Ok(None)` when it is the agent's own user (nothing to switch).
+fn resolve_become(user: &str) -> Result<Option<Become>, String> {
+    use nix::unistd::{User, geteuid, getgrouplist};
+    let found = User::from_name(user)
+        .map_err(|e| format!("cannot look up become_user `{user}`: {}", e.desc()))?;
+    let Some(u) = found else {
+        return Err(format!(
+            "become_user `{user}` does not exist on this host: create it first (the `user` \
+             module) or remove `become_user` from the task"
+        ));
+    };
+    let me = geteuid();
+    if u.uid == me {
+        return Ok(None);
+    }
+    if !me.is_root() {
+        return Err(format!(
+            "become_user `{user}` needs the agent to run as root (it runs as uid {me}); run the \
+             agent as root, as its systemd unit does, or remove `become_user`"
+        ));
+    }
+    let cname = std::ffi::CString::new(u.name.clone())
+        .map_err(|_| format!("become_user `{user}` is not a valid user name"))?;
+    let groups = getgrouplist(&cname, u.gid)
+        .map_err(|e| format!("cannot read the groups of `{user}`: {}", e.desc()))?;
+    let mut env = vec![
+        ("HOME".to_string(), u.dir.to_string_lossy().into_owned()),
+        ("USER".to_string(), u.name.clone()),
+        ("LOGNAME".to_string(), u.name.clone()),
+        ("SHELL".to_string(), u.shell.to_string_lossy().into_owned()),
+        ("PATH".to_string(), SECURE_PATH.to_string()),
+    ];
+    for (k, v) in std::env::vars_os() {
+        let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
+            continue;
+        };
+        if k == "LANG" || k == "TZ" || k == "TERM" || k.starts_with("LC_") {
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    Ok(Some(Become {
+        uid: u.uid,
+        gid: u.gid,
+        groups,
+        env,
+    }))
+}
+
+/// Makes `cmd` run as `who`: its environment now, its credentials in the child before exec.
+#[allow(unsafe_code)]
+fn become_in_child(cmd: &mut Command, who: Become) {
+    use std::os::unix::process::CommandExt;
+    cmd.env_clear();
+    cmd.envs(who.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let Become {
+        uid, gid, groups, ..
+    } = who;
+    // SAFETY: the closure runs in the forked child before exec and makes only the setgroups(2),
+    // setgid(2) and setuid(2) system calls on data prepared before the fork; it allocates
+    // nothing and touches no lock. Groups first, then the group, then the user (after which the
+    // child could no longer change its groups).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
+            nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
+            nix::unistd::setuid(uid).map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Ansible's timestamp format: `2026-11-22 06:00:37.491541`.
@@ -99,7 +189,12 @@ fn lines(s: &str) -> Value {
     Value::Array(s.lines().map(|l| Value::String(l.to_string())).collect())
 }
 
-fn execute(mut cmd: Command, cmd_value: Value, args: &Map<String, Value>) -> ModuleResult {
+fn execute(
+    mut cmd: Command,
+    cmd_value: Value,
+    args: &Map<String, Value>,
+    become_user: Option<&str>,
+) -> ModuleResult {
     if let Some(p) = arg_str(args, "creates")
         && Path::new(p).exists()
     {
@@ -135,6 +230,18 @@ fn execute(mut cmd: Command, cmd_value: Value, args: &Map<String, Value>) -> Mod
         Stdio::null()
     });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(user) = become_user {
+        match resolve_become(user) {
+            Ok(Some(who)) => become_in_child(&mut cmd, who),
+            Ok(None) => {}
+            Err(msg) => {
+                let mut r = failed(msg);
+                r.insert("cmd".into(), cmd_value);
+                return r;
+            }
+        }
+    }
+    // After the credentials change: the kernel clears the parent-death signal when they do.
     kill_with_parent(&mut cmd);
 
     let start_wall = chrono::Local::now();
@@ -291,6 +398,74 @@ mod tests {
         assert_eq!(
             delta(std::time::Duration::from_secs(3723)),
             "1:02:03.000000"
+        );
+    }
+
+    fn as_user(spec: &ModuleSpec, user: &str, line: &str) -> ModuleResult {
+        Call {
+            become_user: Some(user),
+            ..Call::default()
+        }
+        .run(spec, json!({ "_raw_params": line }))
+    }
+
+    #[test]
+    fn become_user_that_does_not_exist_fails_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let r = as_user(
+            &SHELL,
+            "rampart-no-such-user",
+            &format!("touch {}", marker.display()),
+        );
+        assert_eq!(r["failed"], json!(true), "{r:?}");
+        let msg = r["msg"].as_str().unwrap();
+        assert!(
+            msg.contains("`rampart-no-such-user` does not exist"),
+            "{msg}"
+        );
+        assert!(!marker.exists(), "the command ran anyway");
+    }
+
+    #[test]
+    fn become_user_runs_the_command_as_that_user_with_its_environment() {
+        use nix::unistd::{User, geteuid};
+        let own = User::from_uid(geteuid()).unwrap().unwrap();
+        // Naming the agent's own user changes nothing.
+        let r = as_user(&COMMAND, &own.name, "id -un");
+        assert_eq!(r["stdout"], json!(own.name), "{r:?}");
+        let nobody = User::from_name("nobody").unwrap().expect("user nobody");
+        if !geteuid().is_root() {
+            // Not root: switching is refused with the reason, and nothing runs.
+            let r = as_user(&COMMAND, "nobody", "id -un");
+            assert_eq!(r["failed"], json!(true), "{r:?}");
+            assert!(
+                r["msg"]
+                    .as_str()
+                    .unwrap()
+                    .contains("needs the agent to run as root")
+            );
+            return;
+        }
+        let r = as_user(&COMMAND, "nobody", "id -un");
+        assert_eq!(r["rc"], json!(0), "{r:?}");
+        assert_eq!(r["stdout"], json!("nobody"));
+        // No group of root's is left behind, and the environment is the user's.
+        let r = as_user(&COMMAND, "nobody", "id -G");
+        let groups: Vec<&str> = r["stdout"].as_str().unwrap().split(' ').collect();
+        assert!(!groups.contains(&"0"), "{groups:?}");
+        let r = as_user(
+            &SHELL,
+            "nobody",
+            "echo \"$HOME|$USER|$LOGNAME|$PATH|${CARGO:-}\"",
+        );
+        assert_eq!(
+            r["stdout"],
+            json!(format!(
+                "{}|nobody|nobody|{SECURE_PATH}|",
+                nobody.dir.display()
+            )),
+            "{r:?}"
         );
     }
 }

@@ -196,6 +196,8 @@ pub(crate) mod testing {
         pub state_dir: Option<&'a Path>,
         pub txid: Option<&'a str>,
         pub base_dir: Option<PathBuf>,
+        /// `become_user`.
+        pub become_user: Option<&'a str>,
         /// Variables visible to the module, as a JSON object.
         pub vars: Option<Value>,
     }
@@ -212,7 +214,7 @@ pub(crate) mod testing {
                 .unwrap_or_default();
             let scope = Scope::value(templar.clone(), vec![Layer::Fixed(Arc::new(vars))]);
             let ctx = ModuleCtx {
-                become_user: None,
+                become_user: self.become_user,
                 check: self.check,
                 templar: &templar,
                 scope: &scope,
