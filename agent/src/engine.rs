@@ -386,6 +386,15 @@ impl<'a> Engine<'a> {
             out.push(Layer::Fixed(Arc::new(top)));
         }
         out.push(Layer::Fixed(self.magic.clone()));
+        // `role_path` inside a role (lookups search its files/ and templates/).
+        if let (Some(r), Some(base)) = (&layers.role, &self.opts.base_dir) {
+            let mut m = BTreeMap::new();
+            m.insert(
+                "role_path".to_string(),
+                MjValue::from(base.join(&r.dir).to_string_lossy().into_owned()),
+            );
+            out.push(Layer::Fixed(Arc::new(m)));
+        }
         out.push(Layer::Fixed(self.extra.clone()));
         for l in layers.params.iter().rev() {
             out.push(Layer::Lazy(l.clone()));

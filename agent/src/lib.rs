@@ -22,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod journal;
 pub mod lock;
+pub mod lookups;
 pub mod metrics;
 pub mod modules;
 pub mod recovery;

@@ -131,7 +131,9 @@ fn run_local(
     name: String,
     text: String,
 ) -> Result<Exit, CliError> {
-    let templar = Arc::new(Templar::new());
+    let templar = Arc::new(Templar::with_lookups(Arc::new(
+        rampart_agent::lookups::HostLookups,
+    )));
     let mut host = HostConfig::new(state_dir);
     host.durability = durability;
     let mut out = Renderer::new(std::io::stdout().lock(), opts.format);

@@ -231,7 +231,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     host.stop_after_record = args.debug_stop_after_record;
     host.journal_space_wait = Duration::from_secs(cfg.journal_wait_seconds);
-    let templar = Arc::new(Templar::new());
+    let templar = Arc::new(Templar::with_lookups(Arc::new(
+        rampart_agent::lookups::HostLookups,
+    )));
     notify(&[sd_notify::NotifyState::Status(
         "finishing interrupted transactions",
     )]);

@@ -973,7 +973,7 @@ fn template_vars(src: &Path, dest: &str) -> MjValue {
 
 /// Emulates Jinja2's `trim_blocks` (on in Ansible's template module): removes the newline right
 /// after each `{% block %}` tag and `{# comment #}`, leaving `{% raw %}` content alone.
-fn trim_blocks(src: &str) -> String {
+pub(crate) fn trim_blocks(src: &str) -> String {
     let b = src.as_bytes();
     let mut out = String::with_capacity(src.len());
     let mut last = 0;

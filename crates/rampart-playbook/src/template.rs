@@ -70,6 +70,17 @@ fn single_expression(s: &str) -> Option<&str> {
     Some(inner.trim().trim_start_matches('-').trim_end_matches('-'))
 }
 
+/// Where `lookup(...)`/`query(...)` get what they read. The templating engine does no I/O of
+/// its own: the agent gives it a reader ([`Templar::with_lookups`]); without one (validation,
+/// the controller) `lookup` is an unknown function when a template calls it.
+pub trait Lookups: Send + Sync + 'static {
+    /// The text of `name` for the `file` or `template` lookup (`kind`), searched in `dirs` in
+    /// order when relative; `Err` says what was searched.
+    fn read(&self, kind: &str, name: &str, dirs: &[String]) -> Result<String, String>;
+    /// An environment variable of the process running the engine.
+    fn env(&self, name: &str) -> Option<String>;
+}
+
 /// The templating engine: one per process, shared.
 pub struct Templar {
     env: Environment<'static>,
@@ -88,6 +99,46 @@ impl Default for Templar {
 }
 
 impl Templar {
+    /// An engine with Ansible's most used filters and `lookup('file'|'template'|'env')` /
+    /// `query(...)` reading through `lookups`.
+    pub fn with_lookups(lookups: Arc<dyn Lookups>) -> Self {
+        let mut t = Self::new();
+        let l = lookups.clone();
+        t.env.add_function(
+            "lookup",
+            move |state: &minijinja::State<'_, '_>,
+                  kind: String,
+                  terms: minijinja::value::Rest<MjValue>,
+                  kwargs: minijinja::value::Kwargs| {
+                let want_list = kwargs.get::<Option<bool>>("wantlist")?.unwrap_or(false);
+                let values = run_lookup(&*l, state, &kind, &terms, &kwargs)?;
+                Ok(if want_list {
+                    MjValue::from(values)
+                } else if values.len() == 1 {
+                    values.into_iter().next().unwrap_or_default()
+                } else {
+                    MjValue::from(
+                        values
+                            .iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                })
+            },
+        );
+        let l = lookups;
+        let query = move |state: &minijinja::State<'_, '_>,
+                          kind: String,
+                          terms: minijinja::value::Rest<MjValue>,
+                          kwargs: minijinja::value::Kwargs| {
+            run_lookup(&*l, state, &kind, &terms, &kwargs).map(MjValue::from)
+        };
+        t.env.add_function("query", query.clone());
+        t.env.add_function("q", query);
+        t
+    }
+
     /// An engine with Ansible's most used filters.
     pub fn new() -> Self {
         let mut env = Environment::new();
@@ -223,6 +274,107 @@ impl Templar {
             }
         }
         Ok(true)
+    }
+}
+
+/// Largest text a `file` or `template` lookup returns.
+pub const MAX_LOOKUP_BYTES: usize = 16 * 1024 * 1024;
+
+/// One `lookup`/`query` call: a list of values, one per term. `file` strips trailing
+/// whitespace (`rstrip=false` keeps it; `lstrip=true` strips leading), `template` renders the
+/// file with the task's variables, `env` gives `''` (or `default=`) for an unset variable.
+fn run_lookup(
+    lookups: &dyn Lookups,
+    state: &minijinja::State<'_, '_>,
+    kind: &str,
+    terms: &[MjValue],
+    kwargs: &minijinja::value::Kwargs,
+) -> Result<Vec<MjValue>, MjError> {
+    let fail = |msg: String| MjError::new(ErrorKind::InvalidOperation, msg);
+    let kind = kind
+        .strip_prefix("ansible.builtin.")
+        .unwrap_or(kind)
+        .to_string();
+    let names: Vec<String> = terms
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| t.to_string())
+        })
+        .collect();
+    // Relative names: the role's folder for the kind, the role, the playbook's, the playbook.
+    let dirs = |sub: &str| {
+        let mut d = Vec::new();
+        for var in ["role_path", "playbook_dir"] {
+            if let Some(base) = state
+                .lookup(var)
+                .and_then(|v| v.as_str().map(str::to_string))
+            {
+                d.push(format!("{base}/{sub}"));
+                d.push(base);
+            }
+        }
+        d
+    };
+    match kind.as_str() {
+        "env" => {
+            let default: Option<String> = kwargs.get("default")?;
+            kwargs.assert_all_used()?;
+            Ok(names
+                .iter()
+                .map(|n| {
+                    MjValue::from(
+                        lookups
+                            .env(n)
+                            .or_else(|| default.clone())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect())
+        }
+        "file" => {
+            let rstrip: bool = kwargs.get::<Option<bool>>("rstrip")?.unwrap_or(true);
+            let lstrip: bool = kwargs.get::<Option<bool>>("lstrip")?.unwrap_or(false);
+            let _: Option<bool> = kwargs.get("wantlist")?;
+            kwargs.assert_all_used()?;
+            let search = dirs("files");
+            names
+                .iter()
+                .map(|n| {
+                    let text = lookups.read("file", n, &search).map_err(fail)?;
+                    let text = if rstrip { text.trim_end() } else { &text[..] };
+                    let text = if lstrip { text.trim_start() } else { text };
+                    Ok(MjValue::from(text.to_string()))
+                })
+                .collect()
+        }
+        "template" => {
+            let _: Option<bool> = kwargs.get("wantlist")?;
+            kwargs.assert_all_used()?;
+            let search = dirs("templates");
+            // The task's variables, as the template module sees them.
+            let mut ctx = BTreeMap::new();
+            for name in state.known_variables() {
+                if let Some(v) = state.lookup(&name) {
+                    ctx.insert(name.into_owned(), v);
+                }
+            }
+            names
+                .iter()
+                .map(|n| {
+                    let text = lookups.read("template", n, &search).map_err(fail)?;
+                    state
+                        .env()
+                        .render_str(&text, &ctx)
+                        .map(MjValue::from)
+                        .map_err(|e| fail(format!("template lookup of {n}: {}", describe(&e))))
+                })
+                .collect()
+        }
+        other => Err(fail(format!(
+            "lookup plugin `{other}` is not supported; Rampart has `file`, `template` and `env`"
+        ))),
     }
 }
 
