@@ -44,6 +44,7 @@ mod monitoring;
 mod mtls;
 mod notify;
 mod release_safety;
+mod role_deploy;
 mod rollback_playbook;
 mod sample_app;
 mod semantics;
