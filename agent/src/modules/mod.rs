@@ -23,6 +23,7 @@ pub mod files;
 pub mod forensics;
 pub mod health;
 pub mod migrate;
+pub mod net;
 pub mod release;
 pub mod release_tree;
 pub mod service;
@@ -102,6 +103,8 @@ pub static MODULES: &[&ModuleSpec] = &[
     &files::COPY,
     &files::TEMPLATE,
     &files::STAT,
+    &net::URI,
+    &net::GET_URL,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,

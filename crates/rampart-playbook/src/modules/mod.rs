@@ -11,6 +11,7 @@ pub mod files;
 pub mod forensics;
 pub mod health;
 pub mod migrate;
+pub mod net;
 pub mod release;
 pub mod service;
 pub mod wait_for;
@@ -31,6 +32,8 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &files::COPY,
     &files::TEMPLATE,
     &files::STAT,
+    &net::URI,
+    &net::GET_URL,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
