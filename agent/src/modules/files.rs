@@ -777,7 +777,7 @@ fn install(req: &Install<'_>) -> ModuleResult {
 
 /// Finds a relative `src` in the playbook's directory, then in its `sub` directory (`files`,
 /// `templates`); an absolute one must exist.
-fn find_source(src: &str, base: Option<&Path>, sub: &str) -> Result<PathBuf, String> {
+pub(crate) fn find_source(src: &str, base: Option<&Path>, sub: &str) -> Result<PathBuf, String> {
     let p = expand_user(src);
     if p.is_absolute() {
         return if fs::metadata(&p).is_ok() {

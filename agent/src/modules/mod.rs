@@ -15,6 +15,7 @@ pub use rampart_playbook::schema::{
 };
 use rampart_playbook::template::Templar;
 
+pub mod archive;
 pub mod capture_state;
 pub mod command;
 pub mod control;
@@ -105,6 +106,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &files::STAT,
     &net::URI,
     &net::GET_URL,
+    &archive::UNARCHIVE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,

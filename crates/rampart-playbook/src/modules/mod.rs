@@ -3,6 +3,7 @@
 
 use crate::schema::ModuleSchema;
 
+pub mod archive;
 pub mod capture_state;
 pub mod command;
 pub mod control;
@@ -34,6 +35,7 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &files::STAT,
     &net::URI,
     &net::GET_URL,
+    &archive::UNARCHIVE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
