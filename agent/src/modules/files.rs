@@ -98,7 +98,7 @@ fn same_content(path: &Path, bytes: &[u8]) -> bool {
 }
 
 /// Expands a leading `~` or `~/` to `$HOME`, as Ansible does for path arguments.
-fn expand_user(p: &str) -> PathBuf {
+pub(crate) fn expand_user(p: &str) -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {
         if p == "~" {
             return PathBuf::from(home);
@@ -143,7 +143,7 @@ fn resolve_link(path: &Path) -> PathBuf {
 }
 
 /// The text of an OS error without Rust's "(os error N)" suffix, as Python shows it.
-fn os_msg(e: &io::Error) -> String {
+pub(crate) fn os_msg(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
         None => e.to_string(),
@@ -165,7 +165,7 @@ fn group_name(gid: u32) -> String {
 }
 
 /// Ansible's `add_path_info`: when `path` exists, adds uid, gid, owner, group, mode, state, size.
-fn add_path_info(r: &mut ModuleResult, path: &Path) {
+pub(crate) fn add_path_info(r: &mut ModuleResult, path: &Path) {
     if fs::metadata(path).is_err() {
         return;
     }
@@ -190,7 +190,7 @@ fn add_path_info(r: &mut ModuleResult, path: &Path) {
     r.insert("size".into(), json!(lmeta.len()));
 }
 
-fn path_json(p: &Path) -> Value {
+pub(crate) fn path_json(p: &Path) -> Value {
     json!(p.to_string_lossy())
 }
 
@@ -255,7 +255,7 @@ pub fn parse_mode(v: &Value) -> Result<Mode, String> {
 }
 
 /// The `mode` argument, if given.
-fn opt_mode(args: &Map<String, Value>) -> Result<Option<Mode>, String> {
+pub(crate) fn opt_mode(args: &Map<String, Value>) -> Result<Option<Mode>, String> {
     match args.get("mode") {
         None | Some(Value::Null) => Ok(None),
         Some(v) => parse_mode(v).map(Some),
@@ -324,7 +324,7 @@ fn apply_symbolic(spec: &str, current: u32, is_dir: bool) -> Result<u32, String>
 }
 
 /// Sets `path`'s mode (following symlinks) when it differs; returns whether it differed.
-fn ensure_mode(path: &Path, mode: &Mode, check: bool) -> Result<bool, String> {
+pub(crate) fn ensure_mode(path: &Path, mode: &Mode, check: bool) -> Result<bool, String> {
     let meta = fs::metadata(path)
         .map_err(|e| format!("cannot read the mode of {}: {}", path.display(), os_msg(&e)))?;
     let current = meta.mode() & 0o7777;
@@ -340,7 +340,7 @@ fn ensure_mode(path: &Path, mode: &Mode, check: bool) -> Result<bool, String> {
 }
 
 /// The process umask (read from /proc; 022 when unknown), for modes of files not yet created.
-fn current_umask() -> u32 {
+pub(crate) fn current_umask() -> u32 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -777,7 +777,7 @@ fn install(req: &Install<'_>) -> ModuleResult {
 
 /// Finds a relative `src` in the playbook's directory, then in its `sub` directory (`files`,
 /// `templates`); an absolute one must exist.
-fn find_source(src: &str, base: Option<&Path>, sub: &str) -> Result<PathBuf, String> {
+pub(crate) fn find_source(src: &str, base: Option<&Path>, sub: &str) -> Result<PathBuf, String> {
     let p = expand_user(src);
     if p.is_absolute() {
         return if fs::metadata(&p).is_ok() {
@@ -850,7 +850,7 @@ fn run_copy(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
 }
 
 /// `content` as bytes: text as is, a mapping or list as JSON (as Ansible's `json.dumps`).
-fn content_bytes(v: &Value) -> Vec<u8> {
+pub(crate) fn content_bytes(v: &Value) -> Vec<u8> {
     match v {
         Value::String(s) => s.clone().into_bytes(),
         Value::Null => Vec::new(),

@@ -15,6 +15,7 @@ pub use rampart_playbook::schema::{
 };
 use rampart_playbook::template::Templar;
 
+pub mod archive;
 pub mod capture_state;
 pub mod command;
 pub mod control;
@@ -23,6 +24,7 @@ pub mod files;
 pub mod forensics;
 pub mod health;
 pub mod migrate;
+pub mod net;
 pub mod release;
 pub mod release_tree;
 pub mod service;
@@ -102,6 +104,9 @@ pub static MODULES: &[&ModuleSpec] = &[
     &files::COPY,
     &files::TEMPLATE,
     &files::STAT,
+    &net::URI,
+    &net::GET_URL,
+    &archive::UNARCHIVE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,

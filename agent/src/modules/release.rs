@@ -322,7 +322,6 @@ const MAX_REDIRECTS: u32 = 5;
 /// Starts an http(s) download and returns its body as a reader. rustls (ring) with the webpki
 /// roots, plus the PEM certificates of `ca_file` when given (a private CA).
 fn download(url: &str, args: &Map<String, Value>) -> Result<impl Read + use<>, String> {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let shown = redact_url(url);
     let secs = arg_f64(args, "timeout").unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT_SECS);
     if !secs.is_finite() || secs <= 0.0 {
@@ -330,30 +329,14 @@ fn download(url: &str, args: &Map<String, Value>) -> Result<impl Read + use<>, S
             "`timeout` must be a positive number of seconds, not {secs}"
         ));
     }
-    let mut tls = TlsConfig::builder();
-    if let Some(ca) = arg_str(args, "ca_file").filter(|c| !c.is_empty()) {
-        let pem = fs::read(ca).map_err(|e| format!("cannot read ca_file {ca}: {e}"))?;
-        let mut certs: Vec<Certificate<'static>> = Vec::new();
-        for item in ureq::tls::parse_pem(&pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
-                Ok(_) => {}
-                Err(e) => return Err(format!("cannot parse ca_file {ca}: {e}")),
-            }
-        }
-        if certs.is_empty() {
-            return Err(format!("ca_file {ca} holds no PEM certificate"));
-        }
-        tls = tls.root_certs(RootCerts::new_with_certs(&certs));
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs_f64(secs)))
-        .timeout_connect(Some(std::time::Duration::from_secs(CONNECT_TIMEOUT_SECS)))
-        .max_redirects(MAX_REDIRECTS)
-        .http_status_as_error(false)
-        .tls_config(tls.build())
-        .build()
-        .into();
+    let agent = super::net::http_agent(&super::net::ClientOptions {
+        timeout: std::time::Duration::from_secs_f64(secs),
+        connect_timeout: Some(std::time::Duration::from_secs(CONNECT_TIMEOUT_SECS)),
+        ca_file: arg_str(args, "ca_file"),
+        ca_arg: "ca_file",
+        validate_certs: true,
+        max_redirects: MAX_REDIRECTS,
+    })?;
     let resp = agent
         .get(url)
         .call()

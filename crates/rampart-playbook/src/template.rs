@@ -171,6 +171,8 @@ impl Templar {
         env.add_filter("basename", filter_basename);
         env.add_filter("dirname", filter_dirname);
         env.add_filter("extract", filter_extract);
+        env.add_filter("hash", filter_hash);
+        env.add_filter("checksum", |s: String| filter_hash(s, None));
         Templar { env }
     }
 
@@ -433,6 +435,32 @@ fn filter_basename(s: String) -> String {
     }
 }
 
+/// Ansible's `hash`: the hex digest of a text's UTF-8 bytes, `sha1` unless another algorithm
+/// (md5, sha1, sha224, sha256, sha384, sha512) is named.
+fn filter_hash(s: String, alg: Option<String>) -> Result<String, MjError> {
+    use sha2::Digest;
+    fn hex(d: &[u8]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    let b = s.as_bytes();
+    Ok(match alg.as_deref().unwrap_or("sha1") {
+        "md5" => hex(&md5::Md5::digest(b)),
+        "sha1" => hex(&sha1::Sha1::digest(b)),
+        "sha224" => hex(&sha2::Sha224::digest(b)),
+        "sha256" => hex(&sha2::Sha256::digest(b)),
+        "sha384" => hex(&sha2::Sha384::digest(b)),
+        "sha512" => hex(&sha2::Sha512::digest(b)),
+        other => {
+            return Err(MjError::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "hash: unknown algorithm {other}; use md5, sha1, sha224, sha256, sha384 or sha512"
+                ),
+            ));
+        }
+    })
+}
+
 /// Ansible's `extract`: `key | extract(container)` is `container[key]`, so
 /// `names | map('extract', versions)` looks every name up.
 fn filter_extract(key: MjValue, container: MjValue) -> Result<MjValue, MjError> {
@@ -568,6 +596,30 @@ mod tests {
             t.render_str("target {{ 1 + 2 }}\n", &s).unwrap(),
             json!("target 3\n")
         );
+    }
+
+    #[test]
+    fn hash_filter_digests_as_ansible() {
+        let t = Arc::new(Templar::new());
+        let s = scope(&t, json!({}), json!({}));
+        let r = |e: &str| t.render_str(e, &s).unwrap();
+        assert_eq!(
+            r("{{ 'payload\\n' | hash('sha256') }}"),
+            json!("d4e4877bac978b7952f0d544fc52ebff5411d351d129f1f056fa43f11da9af2b")
+        );
+        assert_eq!(
+            r("{{ 'payload\\n' | hash }}"),
+            json!("997e49bbf4ad5ee847d0e77aa30648c70c71323c")
+        );
+        assert_eq!(
+            r("{{ '' | checksum }}"),
+            json!("da39a3ee5e6b4b0d3255bfef95601890afd80709")
+        );
+        assert_eq!(
+            r("{{ 'payload\\n' | hash('md5') }}"),
+            json!("249c850f62ea50feb918b095fc56d763")
+        );
+        assert!(t.render_str("{{ 'x' | hash('crc9') }}", &s).is_err());
     }
 
     #[test]

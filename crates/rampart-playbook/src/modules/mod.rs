@@ -3,6 +3,7 @@
 
 use crate::schema::ModuleSchema;
 
+pub mod archive;
 pub mod capture_state;
 pub mod command;
 pub mod control;
@@ -11,6 +12,7 @@ pub mod files;
 pub mod forensics;
 pub mod health;
 pub mod migrate;
+pub mod net;
 pub mod release;
 pub mod service;
 pub mod wait_for;
@@ -31,6 +33,9 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &files::COPY,
     &files::TEMPLATE,
     &files::STAT,
+    &net::URI,
+    &net::GET_URL,
+    &archive::UNARCHIVE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
