@@ -8,7 +8,11 @@
 //! reporting what would change without touching the disk.
 //!
 //! - `file` creates directories (`mkdir -p`, the mode applied to each directory it creates),
-//!   removes paths (recursively), touches files, makes symlinks and sets modes. Reversing it: a
+//!   removes paths (recursively), touches files, makes symlinks and hard links (`state: hard`,
+//!   replaced atomically through a temporary link), and sets modes, owners and groups (`owner`,
+//!   `group`: a name or an id), with `recurse: true` on everything below a directory too. Its
+//!   `diff` is Ansible's: `before`/`after` of `path` and of the `state`, `mode`, `owner`
+//!   (uid), `group` (gid) and link `src` that changed. Reversing it: a
 //!   rescue undoes `directory`/`touch`/`link` with `state: absent` and restores a removed path
 //!   from a copy (`absent` itself cannot be undone without one); a mode change is undone by
 //!   setting the previous mode, which `stat` reports.
@@ -19,7 +23,16 @@
 //!   copying it back (or removes a file that did not exist, with `file: state=absent`).
 //! - `stat` reports a path's metadata and SHA-256 checksum; it never changes anything.
 //!
-//! Deliberate differences from Ansible: checksums are SHA-256 (`checksum_algorithm: sha256` in
+//! `copy` and `template` also take `owner`/`group`, and return Ansible's content `diff`
+//! (`before`/`after` text with `before_header`/`after_header`, or `dst_larger`/`src_larger`
+//! beyond 104,448 bytes and `dst_binary`/`src_binary` for bytes that are not text) when the
+//! content changes; the engine keeps it only under `--diff`.
+//!
+//! Deliberate differences from Ansible: `recurse` does not follow symlinks it finds below the
+//! directory (Ansible, with its default `follow: yes`, changes their targets even outside the
+//! tree); a symlink found there gets only its owner and group. A relative `src` of `state: hard`
+//! is read from `path`'s directory, as for symlinks (Ansible reads it from its working
+//! directory). Checksums are SHA-256 (`checksum_algorithm: sha256` in
 //! results) where Ansible uses SHA-1; `copy` does not copy directories; `template` emulates
 //! Ansible's `trim_blocks` by removing the newline after each block tag and comment before
 //! rendering (so error line numbers may be lower than in the file).
@@ -339,6 +352,200 @@ pub(crate) fn ensure_mode(path: &Path, mode: &Mode, check: bool) -> Result<bool,
     Ok(true)
 }
 
+/// The `owner` and `group` arguments, resolved to ids (a name or a number; a name that does not
+/// exist is an error naming it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// The uid to set.
+    pub uid: Option<u32>,
+    /// The gid to set.
+    pub gid: Option<u32>,
+}
+
+impl Owner {
+    /// Whether neither is asked for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.uid.is_none() && self.gid.is_none()
+    }
+}
+
+/// Reads `owner`/`group` from a module's arguments.
+pub(crate) fn opt_owner(args: &Map<String, Value>) -> Result<Owner, String> {
+    let text = |k: &str| match args.get(k) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s.trim().to_string()),
+        Some(v) => Some(v.to_string()),
+    };
+    let uid = match text("owner") {
+        None => None,
+        Some(n) => Some(match n.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => match User::from_name(&n) {
+                Ok(Some(u)) => u.uid.as_raw(),
+                _ => {
+                    return Err(format!(
+                        "chown failed: failed to look up user {n}: create the user first (the user module) or give a uid"
+                    ));
+                }
+            },
+        }),
+    };
+    let gid = match text("group") {
+        None => None,
+        Some(n) => Some(match n.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => match Group::from_name(&n) {
+                Ok(Some(g)) => g.gid.as_raw(),
+                _ => {
+                    return Err(format!(
+                        "chgrp failed: failed to look up group {n}: create the group first (the group module) or give a gid"
+                    ));
+                }
+            },
+        }),
+    };
+    Ok(Owner { uid, gid })
+}
+
+/// Before/after of what a task changed on a path, as Ansible's file module reports it in
+/// `diff` (`path`, and `state`, `mode`, `owner`, `group` where they changed; owners as ids).
+#[derive(Debug, Default)]
+pub(crate) struct FileDiff {
+    before: Map<String, Value>,
+    after: Map<String, Value>,
+}
+
+impl FileDiff {
+    /// A diff of `path`, with its state when it changes from `prev` to `state`.
+    pub(crate) fn new(path: &Path, state: &str, prev: &str) -> FileDiff {
+        let mut d = FileDiff::default();
+        d.before.insert("path".into(), path_json(path));
+        d.after.insert("path".into(), path_json(path));
+        if prev != state {
+            d.before.insert("state".into(), json!(prev));
+            d.after.insert("state".into(), json!(state));
+        }
+        d
+    }
+
+    fn set(&mut self, key: &str, before: Value, after: Value) {
+        self.before.insert(key.into(), before);
+        self.after.insert(key.into(), after);
+    }
+
+    /// The `diff` result value.
+    pub(crate) fn to_json(&self) -> Value {
+        json!({"before": self.before, "after": self.after})
+    }
+}
+
+/// Sets `path`'s mode, owner and group where they differ (following a symlink when `follow`;
+/// a symlink itself gets only its owner and group); returns whether anything differed, and notes
+/// each difference in `diff`.
+pub(crate) fn ensure_attrs(
+    path: &Path,
+    mode: Option<&Mode>,
+    owner: Owner,
+    follow: bool,
+    check: bool,
+    diff: &mut FileDiff,
+) -> Result<bool, String> {
+    let read = |p: &Path| {
+        if follow {
+            fs::metadata(p)
+        } else {
+            fs::symlink_metadata(p)
+        }
+    };
+    let meta = read(path).map_err(|e| format!("cannot read {}: {}", path.display(), os_msg(&e)))?;
+    let mut changed = false;
+    let uid = owner.uid.filter(|u| *u != meta.uid());
+    let gid = owner.gid.filter(|g| *g != meta.gid());
+    if uid.is_some() || gid.is_some() {
+        if let Some(u) = uid {
+            diff.set("owner", json!(meta.uid()), json!(u));
+        }
+        if let Some(g) = gid {
+            diff.set("group", json!(meta.gid()), json!(g));
+        }
+        if !check {
+            let done = if follow {
+                std::os::unix::fs::chown(path, uid, gid)
+            } else {
+                std::os::unix::fs::lchown(path, uid, gid)
+            };
+            done.map_err(|e| format!("chown failed on {}: {}", path.display(), os_msg(&e)))?;
+        }
+        changed = true;
+    }
+    if let Some(m) = mode
+        && !meta.file_type().is_symlink()
+    {
+        let current = meta.mode() & 0o7777;
+        let target = m.resolve(current, meta.is_dir())?;
+        if target != current {
+            diff.set(
+                "mode",
+                json!(format!("0{current:03o}")),
+                json!(format!("0{target:03o}")),
+            );
+            if !check {
+                fs::set_permissions(path, Permissions::from_mode(target)).map_err(|e| {
+                    format!("cannot set the mode of {}: {}", path.display(), os_msg(&e))
+                })?;
+            }
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// The most entries `recurse: true` visits (bounded, so a runaway tree fails instead of hanging).
+const MAX_RECURSE_ENTRIES: usize = 1_000_000;
+
+/// `recurse: true`: [`ensure_attrs`] on everything below `root` (not `root` itself). Symlinks
+/// found on the way get their own owner and group and are not followed.
+fn ensure_attrs_below(
+    root: &Path,
+    mode: Option<&Mode>,
+    owner: Owner,
+    check: bool,
+) -> Result<bool, String> {
+    let mut changed = false;
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    // Differences below the top are counted, not listed (Ansible's diff names only the top).
+    let mut scratch = FileDiff::default();
+    while let Some(dir) = stack.pop() {
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| format!("cannot list {}: {}", dir.display(), os_msg(&e)))?;
+        let mut names: Vec<PathBuf> = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| format!("cannot list {}: {}", dir.display(), os_msg(&e)))?;
+            names.push(e.path());
+        }
+        names.sort();
+        for p in names {
+            seen += 1;
+            if seen > MAX_RECURSE_ENTRIES {
+                return Err(format!(
+                    "{} holds more than {MAX_RECURSE_ENTRIES} entries; recurse over smaller trees",
+                    root.display()
+                ));
+            }
+            let meta = fs::symlink_metadata(&p)
+                .map_err(|e| format!("cannot read {}: {}", p.display(), os_msg(&e)))?;
+            let is_link = meta.file_type().is_symlink();
+            changed |= ensure_attrs(&p, mode, owner, !is_link, check, &mut scratch)?;
+            if meta.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(changed)
+}
+
 /// The process umask (read from /proc; 022 when unknown), for modes of files not yet created.
 pub(crate) fn current_umask() -> u32 {
     fs::read_to_string("/proc/self/status")
@@ -357,41 +564,78 @@ pub(crate) fn current_umask() -> u32 {
 
 fn run_file(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     let path = expand_user(arg_str(args, "path").unwrap_or_default());
+    let fail = |msg: String| with(failed(msg), "path", path_json(&path));
     let mode = match opt_mode(args) {
         Ok(Some(Mode::Preserve)) => {
-            return failed("mode=preserve is only valid for copy and template");
+            return fail("mode=preserve is only valid for copy and template".into());
         }
         Ok(m) => m,
-        Err(e) => return failed(e),
+        Err(e) => return fail(e),
+    };
+    let owner = match opt_owner(args) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let want = Want {
+        mode: mode.as_ref(),
+        owner,
     };
     let src = arg_str(args, "src");
     let force = arg_bool(args, "force").unwrap_or(false);
-    // As Ansible: without `state`, the path's current kind, or `file` when it is absent.
+    let recurse = arg_bool(args, "recurse").unwrap_or(false);
+    // As Ansible: without `state`, the path's current kind, or `directory` (with recurse) or
+    // `file` when it is absent.
     let state = match arg_str(args, "state") {
         Some(s) => s,
         None => match get_state(&path) {
+            "absent" if recurse => "directory",
             "absent" | "hard" => "file",
             other => other,
         },
     };
-    if src.is_some() && state != "link" {
-        return with(
-            failed("src option requires state to be 'link' or 'hard'"),
-            "path",
-            path_json(&path),
-        );
+    if recurse && state != "directory" {
+        return fail("recurse option requires state to be 'directory'".into());
+    }
+    if src.is_some() && state != "link" && state != "hard" {
+        return fail("src option requires state to be 'link' or 'hard'".into());
     }
     match state {
         "absent" => file_absent(&path, ctx.check),
-        "directory" => file_directory(&path, mode.as_ref(), ctx.check),
-        "touch" => file_touch(&path, mode.as_ref(), ctx.check),
-        "link" => file_link(&path, src, mode.as_ref(), force, ctx.check),
-        _ => file_attributes(&path, mode.as_ref(), ctx.check),
+        "directory" => file_directory(&path, &want, recurse, ctx.check),
+        "touch" => file_touch(&path, &want, ctx.check),
+        "link" => file_link(&path, src, &want, force, ctx.check),
+        "hard" => file_hard(&path, src, &want, force, ctx.check),
+        _ => file_attributes(&path, &want, ctx.check),
     }
 }
 
-/// `state: file`: the path must exist as a file; sets its mode.
-fn file_attributes(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResult {
+/// The attributes a `file` task asks for.
+#[derive(Debug)]
+struct Want<'a> {
+    mode: Option<&'a Mode>,
+    owner: Owner,
+}
+
+impl Want<'_> {
+    /// [`ensure_attrs`] following symlinks.
+    fn apply(&self, path: &Path, check: bool, diff: &mut FileDiff) -> Result<bool, String> {
+        if self.mode.is_none() && self.owner.is_empty() {
+            return Ok(false);
+        }
+        ensure_attrs(path, self.mode, self.owner, true, check, diff)
+    }
+}
+
+/// Finishes a `file` result: `changed`, `path` (or `dest`), `diff` and the path's information.
+fn file_result(key: &str, path: &Path, changed: bool, diff: &FileDiff) -> ModuleResult {
+    let mut r = with(ok(changed), key, path_json(path));
+    r.insert("diff".into(), diff.to_json());
+    add_path_info(&mut r, path);
+    r
+}
+
+/// `state: file`: the path must exist as a file; sets its mode, owner and group.
+fn file_attributes(path: &Path, want: &Want<'_>, check: bool) -> ModuleResult {
     let mut path = path.to_path_buf();
     let mut prev = get_state(&path);
     if prev == "link" {
@@ -405,27 +649,30 @@ fn file_attributes(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResul
         ));
         return with(with(r, "path", path_json(&path)), "state", json!(prev));
     }
-    let changed = match mode.map(|m| ensure_mode(&path, m, check)).transpose() {
-        Ok(c) => c.unwrap_or(false),
-        Err(e) => return with(failed(e), "path", path_json(&path)),
-    };
-    let mut r = with(ok(changed), "path", path_json(&path));
-    add_path_info(&mut r, &path);
-    r
+    let mut diff = FileDiff::new(&path, "file", prev);
+    match want.apply(&path, check, &mut diff) {
+        Ok(changed) => file_result("path", &path, changed, &diff),
+        Err(e) => with(failed(e), "path", path_json(&path)),
+    }
 }
 
-/// `state: directory`: `mkdir -p`, the mode applied to each directory created.
-fn file_directory(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResult {
+/// `state: directory`: `mkdir -p`, the mode, owner and group applied to each directory created;
+/// with `recurse`, to everything below too.
+fn file_directory(path: &Path, want: &Want<'_>, recurse: bool, check: bool) -> ModuleResult {
     let mut path = path.to_path_buf();
     let mut prev = get_state(&path);
     if prev == "link" {
         path = resolve_link(&path);
         prev = get_state(&path);
     }
-    let changed = match prev {
+    let mut diff = FileDiff::new(&path, "directory", prev);
+    let fail = |e: String, path: &Path| with(failed(e), "path", path_json(path));
+    let mut changed = match prev {
         "absent" => {
             if check {
-                return with(ok(true), "path", path_json(&path));
+                let mut r = with(ok(true), "path", path_json(&path));
+                r.insert("diff".into(), diff.to_json());
+                return r;
             }
             let mut created = false;
             let mut cur = PathBuf::new();
@@ -439,33 +686,39 @@ fn file_directory(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResult
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && cur.is_dir() => Ok(()),
                     Err(e) => Err(os_msg(&e)),
                 };
-                let made = made.and_then(|()| match mode {
-                    Some(m) => ensure_mode(&cur, m, false).map(|_| ()),
-                    None => Ok(()),
+                let made = made.and_then(|()| {
+                    want.apply(&cur, false, &mut FileDiff::default())
+                        .map(|_| ())
                 });
                 if let Err(e) = made {
                     let msg = format!(
                         "There was an issue creating {} as requested: {e}",
                         cur.display()
                     );
-                    return with(failed(msg), "path", path_json(&path));
+                    return fail(msg, &path);
                 }
                 created = true;
             }
             created
         }
-        "directory" => match mode.map(|m| ensure_mode(&path, m, check)).transpose() {
-            Ok(c) => c.unwrap_or(false),
-            Err(e) => return with(failed(e), "path", path_json(&path)),
+        "directory" => match want.apply(&path, check, &mut diff) {
+            Ok(c) => c,
+            Err(e) => return fail(e, &path),
         },
         other => {
-            let msg = format!("{} already exists as a {other}", path.display());
-            return with(failed(msg), "path", path_json(&path));
+            return fail(
+                format!("{} already exists as a {other}", path.display()),
+                &path,
+            );
         }
     };
-    let mut r = with(ok(changed), "path", path_json(&path));
-    add_path_info(&mut r, &path);
-    r
+    if recurse && (want.mode.is_some() || !want.owner.is_empty()) {
+        match ensure_attrs_below(&path, want.mode, want.owner, check) {
+            Ok(c) => changed |= c,
+            Err(e) => return fail(e, &path),
+        }
+    }
+    file_result("path", &path, changed, &diff)
 }
 
 /// `state: absent`: removes a file, symlink or directory tree.
@@ -491,16 +744,16 @@ fn file_absent(path: &Path, check: bool) -> ModuleResult {
             );
         }
     }
-    let mut r = with(ok(changed), "path", path_json(path));
+    let mut r = file_result("path", path, changed, &FileDiff::new(path, "absent", prev));
     r.insert("state".into(), json!("absent"));
-    add_path_info(&mut r, path);
     r
 }
 
 /// `state: touch`: creates an empty file or updates the times of an existing path; always
 /// changed, as in Ansible.
-fn file_touch(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResult {
+fn file_touch(path: &Path, want: &Want<'_>, check: bool) -> ModuleResult {
     let prev = get_state(path);
+    let mut diff = FileDiff::new(path, "touch", prev);
     let base = |r: ModuleResult| with(with(r, "dest", path_json(path)), "path", path_json(path));
     if prev == "absent" {
         if check {
@@ -519,9 +772,7 @@ fn file_touch(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResult {
             )));
         }
     }
-    if let Some(m) = mode
-        && let Err(e) = ensure_mode(path, m, check)
-    {
+    if let Err(e) = want.apply(path, check, &mut diff) {
         if prev == "absent" {
             let _ = fs::remove_file(path);
         }
@@ -542,8 +793,8 @@ fn file_touch(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResult {
             )));
         }
     }
-    let mut r = base(ok(true));
-    add_path_info(&mut r, path);
+    let mut r = base(file_result("path", path, true, &diff));
+    r.insert("dest".into(), path_json(path));
     r
 }
 
@@ -552,11 +803,12 @@ fn file_touch(path: &Path, mode: Option<&Mode>, check: bool) -> ModuleResult {
 fn file_link(
     path: &Path,
     src: Option<&str>,
-    mode: Option<&Mode>,
+    want: &Want<'_>,
     force: bool,
     check: bool,
 ) -> ModuleResult {
     let prev = get_state(path);
+    let mut diff = FileDiff::new(path, "link", prev);
     let fail = |msg: String| with(failed(msg), "path", path_json(path));
     let Some(src) = src.map(PathBuf::from) else {
         if prev == "link" {
@@ -604,7 +856,14 @@ fn file_link(
         _ => {}
     }
     let mut changed = match prev {
-        "link" => fs::read_link(path).map_or(true, |t| t != src),
+        "link" => match fs::read_link(path) {
+            Ok(t) if t == src => false,
+            Ok(t) => {
+                diff.set("src", path_json(&t), path_json(&src));
+                true
+            }
+            Err(_) => true,
+        },
         _ => true,
     };
     if changed && !check {
@@ -616,24 +875,132 @@ fn file_link(
             return fail(format!("Error while replacing: {}", os_msg(&e)));
         }
     }
-    // As Ansible (follow=yes), a mode applies to the link's target, when it exists.
-    if let Some(m) = mode
-        && !(check && changed)
-        && fs::metadata(path).is_ok()
-    {
-        match ensure_mode(path, m, check) {
+    // As Ansible (follow=yes), a mode, owner or group applies to the link's target, when it
+    // exists.
+    if !(check && changed) && fs::metadata(path).is_ok() {
+        match want.apply(path, check, &mut diff) {
             Ok(c) => changed |= c,
             Err(e) => return fail(e),
         }
     }
-    let mut r = with(ok(changed), "path", path_json(path));
+    let mut r = file_result("path", path, changed, &diff);
     r.insert("src".into(), path_json(&src));
-    add_path_info(&mut r, path);
     if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         // add_path_info skips dangling links; a link is what was asked for.
         r.insert("state".into(), json!("link"));
     }
     r
+}
+
+/// `state: hard`: makes `path` a hard link to `src` (relative to `path`'s directory, as for
+/// symlinks), replacing a symlink; replaces a file or another hard link only with `force`.
+fn file_hard(
+    path: &Path,
+    src: Option<&str>,
+    want: &Want<'_>,
+    force: bool,
+    check: bool,
+) -> ModuleResult {
+    let prev = get_state(path);
+    let mut diff = FileDiff::new(path, "hard", prev);
+    let fail = |msg: String, src: Option<&Path>| {
+        let mut r = with(failed(msg), "dest", path_json(path));
+        if let Some(s) = src {
+            r.insert("src".into(), path_json(s));
+        }
+        r
+    };
+    let Some(src) = src.map(PathBuf::from) else {
+        if prev == "hard" {
+            return match want.apply(path, check, &mut diff) {
+                Ok(c) => file_result("dest", path, c, &diff),
+                Err(e) => fail(e, None),
+            };
+        }
+        return fail("src is required for creating new hardlinks".into(), None);
+    };
+    let absrc = parent_dir(path).join(&src);
+    let Ok(src_meta) = fs::metadata(&absrc) else {
+        return fail("src does not exist".into(), Some(&src));
+    };
+    if src_meta.is_dir() {
+        return fail(
+            format!(
+                "src {} is a directory: a hard link needs a file",
+                absrc.display()
+            ),
+            Some(&src),
+        );
+    }
+    let same_inode = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.ino() == src_meta.ino() && m.dev() == src_meta.dev())
+    };
+    let changed = match prev {
+        "absent" => true,
+        "link" => {
+            if let Ok(t) = fs::read_link(path) {
+                diff.set("src", path_json(&t), path_json(&src));
+            }
+            true
+        }
+        "hard" | "file" if same_inode(path) => false,
+        "hard" | "file" if !force => {
+            let what = if prev == "hard" {
+                "different hard link"
+            } else {
+                "file"
+            };
+            return fail(
+                format!("Cannot link, {what} exists at destination; force=yes replaces it"),
+                Some(&src),
+            );
+        }
+        "directory" => {
+            return fail(
+                format!(
+                    "Cannot link: {} is a directory; remove it first (state=absent)",
+                    path.display()
+                ),
+                Some(&src),
+            );
+        }
+        _ => true,
+    };
+    if changed && !check {
+        let linked = if prev == "absent" {
+            fs::hard_link(&absrc, path)
+        } else {
+            let name = path.file_name().unwrap_or(path.as_os_str());
+            let tmp = temp_path(&parent_dir(path), name);
+            fs::hard_link(&absrc, &tmp).and_then(|()| {
+                fs::rename(&tmp, path).inspect_err(|_| {
+                    let _ = fs::remove_file(&tmp);
+                })
+            })
+        };
+        if let Err(e) = linked {
+            let verb = if prev == "absent" {
+                "linking"
+            } else {
+                "replacing"
+            };
+            return fail(format!("Error while {verb}: {}", os_msg(&e)), Some(&src));
+        }
+    }
+    if check && changed {
+        let mut r = with(ok(true), "dest", path_json(path));
+        r.insert("src".into(), path_json(&src));
+        r.insert("diff".into(), diff.to_json());
+        return r;
+    }
+    match want.apply(path, check, &mut diff) {
+        Ok(c) => {
+            let mut r = file_result("dest", path, changed || c, &diff);
+            r.insert("src".into(), path_json(&src));
+            r
+        }
+        Err(e) => fail(e, Some(&src)),
+    }
 }
 
 /// Replaces `path` by a symlink to `src` atomically (a temporary link renamed over it).
@@ -668,8 +1035,59 @@ struct Install<'a> {
     force: bool,
     /// The source file: names the file when `dest` is a directory, gives `mode: preserve`.
     src: Option<&'a Path>,
+    /// The `owner` and `group` arguments.
+    owner: Owner,
     /// Check mode.
     check: bool,
+}
+
+/// The largest file whose content a `diff` carries (Ansible's limit); a larger one is noted as
+/// `dst_larger` / `src_larger`.
+pub(crate) const MAX_DIFF_BYTES: usize = 104_448;
+
+/// A content `diff` as Ansible's copy and template return it: `before`/`after` text with their
+/// headers, or the reason the text is left out (too large, binary).
+pub(crate) fn content_diff(
+    before: Option<&[u8]>,
+    after: &[u8],
+    before_header: &str,
+    after_header: &str,
+) -> Value {
+    let mut d = Map::new();
+    d.insert("before_header".into(), json!(before_header));
+    d.insert("after_header".into(), json!(after_header));
+    let mut side = |key: &str, bytes: &[u8]| {
+        if bytes.len() > MAX_DIFF_BYTES {
+            let k = if key == "before" {
+                "dst_larger"
+            } else {
+                "src_larger"
+            };
+            d.insert(k.into(), json!(MAX_DIFF_BYTES));
+        } else if bytes.contains(&0) || std::str::from_utf8(bytes).is_err() {
+            let k = if key == "before" {
+                "dst_binary"
+            } else {
+                "src_binary"
+            };
+            d.insert(k.into(), json!(1));
+        } else {
+            d.insert(key.into(), json!(String::from_utf8_lossy(bytes)));
+        }
+    };
+    side("before", before.unwrap_or_default());
+    side("after", after);
+    Value::Object(d)
+}
+
+/// Reads at most [`MAX_DIFF_BYTES`] + 1 bytes of `path` (enough to tell it is too large).
+pub(crate) fn read_for_diff(path: &Path) -> Option<Vec<u8>> {
+    let f = File::open(path).ok()?;
+    let mut buf = Vec::new();
+    f.take(MAX_DIFF_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .ok()?;
+    Some(buf)
 }
 
 /// Writes `req.bytes` to its destination as Ansible's copy module does.
@@ -746,13 +1164,43 @@ fn install(req: &Install<'_>) -> ModuleResult {
     };
     let same = same_content(&dest, req.bytes);
     let mode_differs = matches!((mode, current), (Some(want), Some(have)) if want != have);
-    let changed = !same || mode_differs;
+    let ids = fs::metadata(&dest).ok().map(|m| (m.uid(), m.gid()));
+    let owner_differs = match ids {
+        Some((uid, gid)) => {
+            req.owner.uid.is_some_and(|u| u != uid) || req.owner.gid.is_some_and(|g| g != gid)
+        }
+        None => !req.owner.is_empty(),
+    };
+    let changed = !same || mode_differs || owner_differs;
+    let diff = (!same).then(|| {
+        let before = read_for_diff(&dest);
+        let after_header = req.src.map_or_else(
+            || "dynamically generated".to_string(),
+            |s| s.display().to_string(),
+        );
+        content_diff(
+            before.as_deref(),
+            req.bytes,
+            &dest.display().to_string(),
+            &after_header,
+        )
+    });
     if changed && !req.check {
         let written = if same {
-            fs::set_permissions(&dest, Permissions::from_mode(mode.unwrap_or_default()))
+            match mode {
+                Some(m) if mode_differs => fs::set_permissions(&dest, Permissions::from_mode(m)),
+                _ => Ok(()),
+            }
         } else {
             write_atomic(&dest, req.bytes, mode)
         };
+        let written = written.and_then(|()| {
+            if req.owner.is_empty() {
+                Ok(())
+            } else {
+                std::os::unix::fs::chown(&dest, req.owner.uid, req.owner.gid)
+            }
+        });
         if let Err(e) = written {
             return fail(
                 format!("failed to write {}: {}", dest.display(), os_msg(&e)),
@@ -761,6 +1209,9 @@ fn install(req: &Install<'_>) -> ModuleResult {
         }
     }
     let mut r = with(ok(changed), "dest", path_json(&dest));
+    if let Some(d) = diff {
+        r.insert("diff".into(), d);
+    }
     if let Some(s) = src_json {
         r.insert("src".into(), s);
     }
@@ -806,6 +1257,10 @@ fn run_copy(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         Ok(m) => m,
         Err(e) => return failed(e),
     };
+    let owner = match opt_owner(args) {
+        Ok(o) => o,
+        Err(e) => return failed(e),
+    };
     let force = arg_bool(args, "force").unwrap_or(true);
     let (bytes, src) = match (args.get("content"), arg_str(args, "src")) {
         (Some(c), None) => {
@@ -845,6 +1300,7 @@ fn run_copy(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         mode,
         force,
         src: src.as_deref(),
+        owner,
         check: ctx.check,
     })
 }
@@ -903,6 +1359,10 @@ fn run_template(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult 
         Ok(m) => m,
         Err(e) => return failed(e),
     };
+    let owner = match opt_owner(args) {
+        Ok(o) => o,
+        Err(e) => return failed(e),
+    };
     let force = arg_bool(args, "force").unwrap_or(true);
     let path = match find_source(src, ctx.base_dir.as_deref(), "templates") {
         Ok(p) => p,
@@ -942,6 +1402,7 @@ fn run_template(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult 
         mode,
         force,
         src: Some(&path),
+        owner,
         check: ctx.check,
     })
 }
@@ -1376,6 +1837,158 @@ mod tests {
             json!({"path": s(&dir.path().join("no/such")), "state": "touch"}),
         );
         assert!(fail_msg(&r).starts_with("Error, could not touch target"));
+    }
+
+    #[test]
+    fn file_hard_links_idempotently_and_refuses_what_it_would_lose() {
+        let dir = tempfile::tempdir().unwrap();
+        let orig = dir.path().join("orig");
+        fs::write(&orig, "x").unwrap();
+        let hard = dir.path().join("hard");
+        let args = json!({"src": s(&orig), "path": s(&hard), "state": "hard"});
+        assert!(changed(&check(&FILE, args.clone())));
+        assert!(fs::symlink_metadata(&hard).is_err(), "check mode linked");
+        let r = run(&FILE, args.clone());
+        assert!(changed(&r), "{r:?}");
+        assert_eq!(r["state"], json!("hard"));
+        assert_eq!(
+            fs::metadata(&hard).unwrap().ino(),
+            fs::metadata(&orig).unwrap().ino()
+        );
+        assert!(!changed(&run(&FILE, args.clone())));
+        // A relative src is read from dest's directory, as for symlinks.
+        let rel = run(
+            &FILE,
+            json!({"src": "orig", "path": s(&hard), "state": "hard"}),
+        );
+        assert!(!changed(&rel) && !is_failed(&rel), "{rel:?}");
+        // A missing src fails and creates nothing.
+        let gone = dir.path().join("gone");
+        let r = run(
+            &FILE,
+            json!({"src": s(&dir.path().join("nope")), "path": s(&gone), "state": "hard"}),
+        );
+        assert_eq!(fail_msg(&r), "src does not exist");
+        assert!(fs::symlink_metadata(&gone).is_err());
+        // Another file is replaced only with force, atomically.
+        let other = dir.path().join("other");
+        fs::write(&other, "keep").unwrap();
+        let args = json!({"src": s(&orig), "path": s(&other), "state": "hard"});
+        let r = run(&FILE, args);
+        assert!(is_failed(&r) && fail_msg(&r).contains("force=yes"), "{r:?}");
+        assert_eq!(fs::read_to_string(&other).unwrap(), "keep");
+        let r = run(
+            &FILE,
+            json!({"src": s(&orig), "path": s(&other), "state": "hard", "force": true}),
+        );
+        assert!(changed(&r), "{r:?}");
+        assert_eq!(fs::read_to_string(&other).unwrap(), "x");
+        no_temp_files(dir.path());
+    }
+
+    #[test]
+    fn file_recurse_sets_modes_below_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("sub")).unwrap();
+        fs::write(tree.join("a"), "a").unwrap();
+        fs::write(tree.join("sub/b"), "b").unwrap();
+        fs::set_permissions(tree.join("sub/b"), Permissions::from_mode(0o755)).unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "o").unwrap();
+        fs::set_permissions(&outside, Permissions::from_mode(0o644)).unwrap();
+        symlink(&outside, tree.join("link")).unwrap();
+        let args = json!({"path": s(&tree), "state": "directory", "mode": "u=rwX,g=rX,o=", "recurse": true});
+        assert!(changed(&check(&FILE, args.clone())));
+        assert_eq!(mode_of(&tree.join("a")), 0o644, "check mode changed a mode");
+        let r = run(&FILE, args.clone());
+        assert!(changed(&r), "{r:?}");
+        assert_eq!(mode_of(&tree), 0o750);
+        assert_eq!(mode_of(&tree.join("sub")), 0o750);
+        assert_eq!(mode_of(&tree.join("a")), 0o640);
+        // X keeps the execute bit of a file that had one.
+        assert_eq!(mode_of(&tree.join("sub/b")), 0o750);
+        assert_eq!(
+            mode_of(&outside),
+            0o644,
+            "a symlink's target outside the tree changed"
+        );
+        assert!(!changed(&run(&FILE, args)));
+        // Without state, recurse on an absent path makes a directory; with another state it fails.
+        let fresh = dir.path().join("fresh");
+        let r = run(
+            &FILE,
+            json!({"path": s(&fresh), "recurse": true, "mode": "0700"}),
+        );
+        assert!(changed(&r) && fresh.is_dir(), "{r:?}");
+        let r = run(
+            &FILE,
+            json!({"path": s(&tree.join("a")), "state": "file", "recurse": true}),
+        );
+        assert_eq!(
+            fail_msg(&r),
+            "recurse option requires state to be 'directory'"
+        );
+    }
+
+    #[test]
+    fn owner_and_group_are_set_where_they_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(&p, "x").unwrap();
+        let (uid, gid) = {
+            let m = fs::metadata(&p).unwrap();
+            (m.uid(), m.gid())
+        };
+        // The owner it already has: unchanged, by name or by id.
+        let me = user_name(uid);
+        let r = run(&FILE, json!({"path": s(&p), "owner": me, "group": gid}));
+        assert!(!changed(&r) && !is_failed(&r), "{r:?}");
+        let r = run(
+            &FILE,
+            json!({"path": s(&p), "owner": "rampart-no-such-user"}),
+        );
+        assert!(
+            fail_msg(&r).contains("failed to look up user rampart-no-such-user"),
+            "{r:?}"
+        );
+        if uid == 0 {
+            // As root: hand the file to nobody and back; the diff names the ids.
+            let nobody = User::from_name("nobody").unwrap().unwrap().uid.as_raw();
+            let args = json!({"path": s(&p), "owner": "nobody"});
+            assert!(changed(&check(&FILE, args.clone())));
+            assert_eq!(fs::metadata(&p).unwrap().uid(), 0, "check mode chowned");
+            let r = run(&FILE, args);
+            assert!(changed(&r), "{r:?}");
+            assert_eq!(fs::metadata(&p).unwrap().uid(), nobody);
+            assert_eq!(r["diff"]["before"]["owner"], json!(0));
+            assert_eq!(r["diff"]["after"]["owner"], json!(nobody));
+            assert_eq!(r["owner"], json!("nobody"));
+            let r = run(&COPY, json!({"dest": s(&p), "content": "x", "owner": 0}));
+            assert!(changed(&r), "{r:?}");
+            assert_eq!(fs::metadata(&p).unwrap().uid(), 0);
+        }
+    }
+
+    #[test]
+    fn copy_reports_a_content_diff() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(&p, "a\nb\n").unwrap();
+        let r = run(&COPY, json!({"dest": s(&p), "content": "a\nc\n"}));
+        assert_eq!(r["diff"]["before"], json!("a\nb\n"));
+        assert_eq!(r["diff"]["after"], json!("a\nc\n"));
+        assert_eq!(r["diff"]["after_header"], json!("dynamically generated"));
+        assert_eq!(r["diff"]["before_header"], json!(s(&p)));
+        let r = run(&COPY, json!({"dest": s(&p), "content": "a\nc\n"}));
+        assert!(
+            r.get("diff").is_none(),
+            "an unchanged copy has no diff: {r:?}"
+        );
+        let big = "x".repeat(MAX_DIFF_BYTES + 1);
+        let r = run(&COPY, json!({"dest": s(&p), "content": big}));
+        assert_eq!(r["diff"]["src_larger"], json!(MAX_DIFF_BYTES));
+        assert!(r["diff"].get("after").is_none());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use crate::schema::{ArgKind, ArgSpec, CheckMode, FreeForm, ModuleSchema};
 
-/// `file`: manages a path's kind (file, directory, symlink, absent) and mode.
+/// `file`: manages a path's kind (file, directory, symlink, hard link, absent), mode, owner and
+/// group, recursively for a directory.
 pub static FILE: ModuleSchema = ModuleSchema {
     name: "file",
     args: &[
@@ -14,9 +15,13 @@ pub static FILE: ModuleSchema = ModuleSchema {
             "absent",
             "touch",
             "link",
+            "hard",
         ]),
         ArgSpec::opt("src", ArgKind::Str),
         ArgSpec::opt("mode", ArgKind::Any),
+        ArgSpec::opt("owner", ArgKind::Any),
+        ArgSpec::opt("group", ArgKind::Any),
+        ArgSpec::opt("recurse", ArgKind::Bool),
         ArgSpec::opt("force", ArgKind::Bool),
     ],
     free_form: FreeForm::KeyValue,
@@ -35,6 +40,8 @@ pub static COPY: ModuleSchema = ModuleSchema {
         ArgSpec::opt("content", ArgKind::Any),
         ArgSpec::opt("src", ArgKind::Str),
         ArgSpec::opt("mode", ArgKind::Any),
+        ArgSpec::opt("owner", ArgKind::Any),
+        ArgSpec::opt("group", ArgKind::Any),
         ArgSpec::opt("force", ArgKind::Bool),
     ],
     free_form: FreeForm::KeyValue,
@@ -51,6 +58,8 @@ pub static TEMPLATE: ModuleSchema = ModuleSchema {
         ArgSpec::req("src", ArgKind::Str),
         ArgSpec::req("dest", ArgKind::Str),
         ArgSpec::opt("mode", ArgKind::Any),
+        ArgSpec::opt("owner", ArgKind::Any),
+        ArgSpec::opt("group", ArgKind::Any),
         ArgSpec::opt("force", ArgKind::Bool),
     ],
     free_form: FreeForm::KeyValue,
