@@ -67,6 +67,84 @@ fn write_py(v: &Value, s: &mut String) {
     }
 }
 
+/// A task's `diff` result as `ansible-playbook --diff` shows it: a unified diff (3 lines of
+/// context) of each `before`/`after` pair (mappings as sorted, indented JSON), or the reason the
+/// text was left out; nothing when before and after are the same.
+pub fn render_diff(d: &Value) -> String {
+    let mut out = String::new();
+    let items: Vec<&Value> = match d {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    for item in items {
+        let Value::Object(m) = item else { continue };
+        let skipped = [
+            (
+                "dst_binary",
+                "diff skipped: destination file appears to be binary",
+            ),
+            (
+                "src_binary",
+                "diff skipped: source file appears to be binary",
+            ),
+            (
+                "dst_larger",
+                "diff skipped: destination file size is greater than",
+            ),
+            (
+                "src_larger",
+                "diff skipped: source file size is greater than",
+            ),
+        ];
+        for (key, text) in skipped {
+            if let Some(v) = m.get(key) {
+                if key.ends_with("larger") {
+                    out.push_str(&format!("{text} {v}\n"));
+                } else {
+                    out.push_str(&format!("{text}\n"));
+                }
+            }
+        }
+        if let (Some(b), Some(a)) = (m.get("before"), m.get("after")) {
+            let side = |v: &Value| match v {
+                Value::String(s) => s.clone(),
+                other => {
+                    let mut t = serde_json::to_string_pretty(other).unwrap_or_default();
+                    t.push('\n');
+                    t
+                }
+            };
+            let (before, after) = (side(b), side(a));
+            if before != after {
+                let header = |key: &str, word: &str| match m.get(key).and_then(Value::as_str) {
+                    Some(h) => format!("{word}: {h}"),
+                    None => word.to_string(),
+                };
+                let diff = similar::TextDiff::from_lines(&before, &after);
+                let text = diff
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(
+                        &header("before_header", "before"),
+                        &header("after_header", "after"),
+                    )
+                    .to_string();
+                out.push_str(&text);
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+        if let Some(p) = m.get("prepared").and_then(Value::as_str) {
+            out.push_str(p);
+            if !p.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn pretty(v: &Value) -> String {
     let mut buf = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
@@ -158,6 +236,14 @@ impl<W: Write> Renderer<W> {
     }
 
     fn human(&mut self, e: &Entry) -> std::io::Result<()> {
+        if let Record::TaskEnd { result, .. } = &e.record
+            && let Some(d) = result.get("diff")
+        {
+            let text = render_diff(d);
+            if !text.is_empty() {
+                write!(self.out, "{text}")?;
+            }
+        }
         let host = self.host.clone();
         match &e.record {
             Record::Begin { host: h, .. } => {
@@ -362,6 +448,36 @@ mod tests {
         assert!(text.contains("fatal: [localhost]: FAILED! => {\"changed\": true, \"cmd\": [\"/bin/false\"], \"rc\": 1}\n...ignoring"), "{text}");
         assert!(text.contains("ok=1    changed=1    unreachable=0    failed=0    skipped=0    rescued=0    ignored=1"), "{text}");
         assert_eq!(banner("PLAY RECAP").len(), 80);
+    }
+
+    #[test]
+    fn diffs_render_as_ansible_shows_them() {
+        let d = json!({"before": "a\nb\nc\n", "after": "a\nB\nc\n",
+            "before_header": "/etc/app.conf", "after_header": "dynamically generated"});
+        let text = render_diff(&d);
+        assert!(
+            text.starts_with(
+                "--- before: /etc/app.conf\n+++ after: dynamically generated\n@@ -1,3 +1,3 @@\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\n-b\n+B\n"), "{text}");
+        // A file module's before/after mappings, as sorted JSON.
+        let text = render_diff(
+            &json!({"before": {"path": "/x", "mode": "0644"}, "after": {"path": "/x", "mode": "0600"}}),
+        );
+        assert!(
+            text.contains("-  \"mode\": \"0644\",\n+  \"mode\": \"0600\",\n"),
+            "{text}"
+        );
+        assert_eq!(
+            render_diff(&json!({"before": {"path": "/x"}, "after": {"path": "/x"}})),
+            ""
+        );
+        assert_eq!(
+            render_diff(&json!([{"src_larger": 104448}, {"dst_binary": 1}])),
+            "diff skipped: source file size is greater than 104448\ndiff skipped: destination file appears to be binary\n"
+        );
     }
 
     #[test]
