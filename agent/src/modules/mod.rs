@@ -26,6 +26,7 @@ pub mod migrate;
 pub mod release;
 pub mod release_tree;
 pub mod service;
+pub mod textedit;
 pub mod wait_for;
 
 /// The JSON object a module returns.
@@ -102,6 +103,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &files::COPY,
     &files::TEMPLATE,
     &files::STAT,
+    &textedit::LINEINFILE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,

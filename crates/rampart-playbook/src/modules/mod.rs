@@ -13,6 +13,7 @@ pub mod health;
 pub mod migrate;
 pub mod release;
 pub mod service;
+pub mod textedit;
 pub mod wait_for;
 
 /// Every built-in module, in the order `--help` lists them.
@@ -31,6 +32,7 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &files::COPY,
     &files::TEMPLATE,
     &files::STAT,
+    &textedit::LINEINFILE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,

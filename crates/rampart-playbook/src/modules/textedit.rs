@@ -1,0 +1,33 @@
+//! Argument schemas of the text-editing modules (`lineinfile`); their
+//! run functions are the agent's.
+
+use crate::schema::{ArgKind, ArgSpec, CheckMode, FreeForm, ModuleSchema};
+
+/// `lineinfile`: makes sure one line is in a file (or is not), optionally matched by a regex.
+pub static LINEINFILE: ModuleSchema = ModuleSchema {
+    name: "lineinfile",
+    args: &[
+        ArgSpec::req("path", ArgKind::Str).aliases(&["dest", "destfile", "name"]),
+        ArgSpec::opt("state", ArgKind::Str).choices(&["absent", "present"]),
+        ArgSpec::opt("regexp", ArgKind::Str).aliases(&["regex"]),
+        ArgSpec::opt("search_string", ArgKind::Str),
+        ArgSpec::opt("line", ArgKind::Str).aliases(&["value"]),
+        ArgSpec::opt("insertafter", ArgKind::Str),
+        ArgSpec::opt("insertbefore", ArgKind::Str),
+        ArgSpec::opt("backrefs", ArgKind::Bool),
+        ArgSpec::opt("create", ArgKind::Bool),
+        ArgSpec::opt("backup", ArgKind::Bool),
+        ArgSpec::opt("firstmatch", ArgKind::Bool),
+        ArgSpec::opt("validate", ArgKind::Str),
+        ArgSpec::opt("mode", ArgKind::Any),
+    ],
+    free_form: FreeForm::KeyValue,
+    any_args: false,
+    one_of: &[],
+    exclusive: &[
+        ("insertbefore", "insertafter"),
+        ("regexp", "search_string"),
+        ("backrefs", "search_string"),
+    ],
+    check_mode: CheckMode::Supported,
+};
