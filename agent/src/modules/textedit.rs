@@ -1,9 +1,10 @@
-//! Text-editing modules: `lineinfile` (more to come), with Ansible's arguments and results
+//! Text-editing modules: `lineinfile` and `replace`, with Ansible's arguments and results
 //! (ansible-core 2.19).
 //!
-//! Inputs: templated, type-checked arguments (the schema in `rampart_playbook::modules::textedit`).
-//! `path` (aliases `dest`, `destfile`, `name`; `~` is expanded) names a regular file of at most 64
-//! MiB; a symlink is followed and the file it points at is edited.
+//! Inputs: templated, type-checked arguments (the schemas in
+//! `rampart_playbook::modules::textedit`). `path` (aliases `dest`, `destfile`, `name`; `~` is
+//! expanded) names a regular file of at most 64 MiB; a symlink is followed and the file it points
+//! at is edited.
 //!
 //! - `lineinfile` makes sure `line` is in the file (`state: present`): it replaces the last line
 //!   matching `regexp` (or containing `search_string`), else adds `line` after the last line
@@ -11,12 +12,18 @@
 //!   the top) — the first ones with `firstmatch`; with `backrefs`, `line` is the match expanded
 //!   (`\1`, `\g<name>`) and nothing is added when nothing matches. `state: absent` removes every
 //!   line matching `regexp`, containing `search_string` or equal to `line`.
+//! - `replace` replaces every match of `regexp` (Python's `re.MULTILINE`) by `replace` (with `\1`,
+//!   `\g<name>`); with `after` and/or `before` (Python's `re.DOTALL`), only in the text between the
+//!   first match of `after` and the next match of `before`, after the first `after`, or before the
+//!   last `before`.
 //!
 //! Outputs: Ansible's result keys: `changed`, `msg` (`line added`, `line replaced`, `N line(s)
-//! removed`, with ` and ownership, perms or SE linux context changed` when `mode` changed too),
-//! `backup` (`""` without a backup), `found` (absent), and `diff` (before/after of the content;
-//! shown with `--diff`). A missing file fails with `rc: 257` (`Destination X does not exist !`)
-//! unless `create` is set; a directory fails with `rc: 256`.
+//! removed`, `N replacements made`, with ` and ownership, perms or SE linux context changed` when
+//! `mode` changed too), `backup` (lineinfile, `""` without a backup) or `backup_file` (the others,
+//! when one was made), `found` (lineinfile absent), `rc: 0` (replace), and `diff` (before/after of
+//! the content; shown with `--diff`). A missing file fails with `rc: 257` (`Destination X does not
+//! exist !` for lineinfile, `Path X does not exist !` for the others) unless `create` is set; a
+//! directory fails with `rc: 256`.
 //!
 //! Idempotence: the edit is computed on the file's bytes and the file is only written when the
 //! result differs, so a second identical run reports `changed: false`. Check mode computes the same
@@ -28,12 +35,14 @@
 //!
 //! Reversing it: `backup: true` keeps a copy of the previous content beside the file
 //! (`<path>.<pid>.<YYYY-MM-DD@HH:MM:SS>~`, as Ansible) that a rescue can copy back; lineinfile
-//! `state: absent` with the same `line` removes an added line.
+//! `state: absent` with the same `line` removes an added line; a replace is undone by the inverse
+//! replace when the new text does not occur elsewhere.
 //!
 //! Deliberate differences from Ansible: regular expressions are Rust's `regex` crate with Python's
 //! syntax translated (`$`, `\Z`, literal `{`, escapes); lookaround and backreferences in a pattern
-//! (`(?=`, `(?<=`, `\1`, `(?P=name)`) are refused with a message rather than supported. `owner`,
-//! `group`, SELinux and `unsafe_writes` are not supported.
+//! (`(?=`, `(?<=`, `\1`, `(?P=name)`) are refused with a message rather than supported. In
+//! replace's `after`/`before`, `$` matches only at the very end of the file. `owner`, `group`,
+//! SELinux and `unsafe_writes` are not supported; replace reads only `encoding: utf-8`.
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -65,6 +74,12 @@ pub static LINEINFILE: ModuleSpec = ModuleSpec {
     run: run_lineinfile,
 };
 
+/// `replace`: replaces every match of a regex in a file.
+pub static REPLACE: ModuleSpec = ModuleSpec {
+    schema: &schema::REPLACE,
+    run: run_replace,
+};
+
 // ---------------------------------------------------------------------------------------------
 // Python regular expressions
 // ---------------------------------------------------------------------------------------------
@@ -74,6 +89,10 @@ pub static LINEINFILE: ModuleSpec = ModuleSpec {
 enum Dollar {
     /// Searched in one line ending in `\n`: the end, or before the final newline.
     Line,
+    /// `re.MULTILINE`: before any newline or at the end.
+    Multi,
+    /// Searched in a whole text without `re.MULTILINE`: the end (see the module doc).
+    Text,
 }
 
 /// Translates a Python `re` pattern into the `regex` crate's syntax.
@@ -182,6 +201,8 @@ fn translate(pat: &str, dollar: Dollar) -> Result<String, String> {
             '}' => out.push_str(r"\}"),
             '$' => match dollar {
                 Dollar::Line => out.push_str("(?m:$)"),
+                Dollar::Multi => out.push('$'),
+                Dollar::Text => out.push_str(r"\z"),
             },
             c => out.push(c),
         }
@@ -384,6 +405,47 @@ fn expand(pieces: &[Piece], caps: &Captures<'_>, out: &mut Vec<u8>) {
                 }
             }
         }
+    }
+}
+
+/// Python's `re.subn`: replaces every match in `hay`, an empty match included unless it is where
+/// the previous empty match was; returns the new text and the count.
+fn subn(re: &Regex, pieces: &[Piece], hay: &[u8]) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut last = 0;
+    let mut pos = 0;
+    let mut count = 0;
+    let mut empty_at = None;
+    while pos <= hay.len() {
+        let Some(caps) = re.captures_at(hay, pos) else {
+            break;
+        };
+        let Some(m) = caps.get(0) else { break };
+        if m.start() == m.end() && empty_at == Some(m.start()) {
+            if pos >= hay.len() {
+                break;
+            }
+            pos += utf8_len(hay[pos]);
+            continue;
+        }
+        out.extend_from_slice(&hay[last..m.start()]);
+        expand(pieces, &caps, &mut out);
+        last = m.end();
+        count += 1;
+        empty_at = (m.start() == m.end()).then_some(m.end());
+        pos = m.end();
+    }
+    out.extend_from_slice(&hay[last..]);
+    (out, count)
+}
+
+/// The length of the UTF-8 sequence a byte starts (1 for anything else).
+fn utf8_len(b: u8) -> usize {
+    match b {
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => 1,
     }
 }
 
@@ -928,6 +990,113 @@ fn lineinfile_present(
     Ok((lines, added()))
 }
 
+// ---------------------------------------------------------------------------------------------
+// replace
+// ---------------------------------------------------------------------------------------------
+
+fn run_replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
+    match replace(args, ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResult, ModuleResult> {
+    let (path, shown) = path_arg(args);
+    let mode = opt_mode(args).map_err(failed)?;
+    let encoding = arg_str(args, "encoding").unwrap_or("utf-8");
+    if !matches!(encoding.to_ascii_lowercase().as_str(), "utf-8" | "utf8") {
+        return Err(failed(format!(
+            "encoding {encoding} is not supported: Rampart's replace reads utf-8 only; convert \
+             the file or edit it with template or copy"
+        )));
+    }
+    if path.is_dir() {
+        return Err(failed_rc(256, format!("Path {shown} is a directory !")));
+    }
+    if fs::metadata(&path).is_err() {
+        return Err(failed_rc(257, format!("Path {shown} does not exist !")));
+    }
+    let contents = read_bounded(&path).map_err(failed)?;
+    if std::str::from_utf8(&contents).is_err() {
+        return Err(failed(format!(
+            "{shown} is not valid utf-8; replace edits utf-8 text only"
+        )));
+    }
+    let after = arg_str(args, "after").filter(|s| !s.is_empty());
+    let before = arg_str(args, "before").filter(|s| !s.is_empty());
+    let section_pat = match (after, before) {
+        (Some(a), Some(b)) => Some(format!("{a}(?P<subsection>.*?){b}")),
+        (Some(a), None) => Some(format!("{a}(?P<subsection>.*)")),
+        (None, Some(b)) => Some(format!("(?P<subsection>.*){b}")),
+        (None, None) => None,
+    };
+    let mut r = ok(false);
+    r.insert("rc".into(), json!(0));
+    let (start, end) = match &section_pat {
+        Some(pat) => {
+            let re = compile(pat, Dollar::Text, true, "(?s)").map_err(failed)?;
+            match re.captures(&contents).and_then(|c| c.name("subsection")) {
+                Some(m) => (m.start(), m.end()),
+                None => {
+                    r.insert(
+                        "msg".into(),
+                        json!(format!(
+                            "Pattern for before/after params did not match the given file: {pat}"
+                        )),
+                    );
+                    return Ok(r);
+                }
+            }
+        }
+        None => (0, contents.len()),
+    };
+    let regexp = arg_str(args, "regexp").unwrap_or_default();
+    let re = compile(regexp, Dollar::Multi, true, "(?m)").map_err(failed)?;
+    let pieces = parse_template(arg_str(args, "replace").unwrap_or_default(), &re)
+        .map_err(|e| failed(format!("Unable to process replace due to error: {e}")))?;
+    let section = &contents[start..end];
+    let (new_section, count) = subn(&re, &pieces, section);
+    let changed = count > 0 && new_section != section;
+    let mut new = Vec::with_capacity(contents.len());
+    new.extend_from_slice(&contents[..start]);
+    new.extend_from_slice(&new_section);
+    new.extend_from_slice(&contents[end..]);
+    let applied = apply(&Edit {
+        path: &path,
+        before: Some(&contents),
+        after: &new,
+        changed,
+        mode,
+        backup: arg_bool(args, "backup").unwrap_or(false),
+        validate: arg_str(args, "validate"),
+        check: ctx.check,
+    })
+    .map_err(failed)?;
+    let msg = if changed {
+        format!("{count} replacements made")
+    } else {
+        String::new()
+    };
+    if changed {
+        r.insert(
+            "diff".into(),
+            json!({
+                "before_header": shown,
+                "before": String::from_utf8_lossy(&contents),
+                "after_header": shown,
+                "after": String::from_utf8_lossy(&new),
+            }),
+        );
+    }
+    if let Some(b) = applied.backup {
+        r.insert("backup_file".into(), json!(b));
+    }
+    let (msg, changed) = with_attrs(msg, changed, applied.attrs);
+    r.insert("changed".into(), json!(changed));
+    r.insert("msg".into(), json!(msg));
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -954,6 +1123,29 @@ mod tests {
 
     fn read(p: &Path) -> String {
         fs::read_to_string(p).unwrap()
+    }
+
+    fn py_sub(pat: &str, repl: &str, hay: &str) -> (String, usize) {
+        let re = compile(pat, Dollar::Multi, true, "(?m)").unwrap();
+        let pieces = parse_template(repl, &re).unwrap();
+        let (out, n) = subn(&re, &pieces, hay.as_bytes());
+        (String::from_utf8(out).unwrap(), n)
+    }
+
+    #[test]
+    fn substitution_follows_python_re_sub() {
+        // Expected values are Python 3's.
+        assert_eq!(py_sub("x*", "-", "abxd"), ("-a-b--d-".into(), 5));
+        assert_eq!(
+            py_sub(r"^(\w+)=(.*)$", r"\2=\g<1>\n", "a=1\nb=2\n"),
+            ("1=a\n\n2=b\n\n".into(), 2)
+        );
+        assert_eq!(py_sub("^", "> ", "a\nb\n"), ("> a\n> b\n> ".into(), 3));
+        assert_eq!(py_sub("a{,2}", "X", "aaaa"), ("XXX".into(), 3));
+        assert_eq!(py_sub("{mark}", "X", "a {mark} b"), ("a X b".into(), 1));
+        assert_eq!(py_sub(r"(?P<k>\w+)", r"[\g<k>]", "ab cd").0, "[ab] [cd]");
+        assert_eq!(py_sub(r"a(b)?", r"<\1>", "a").0, "<>");
+        assert_eq!(py_sub(r"\.", r"\\", "a.b").0, r"a\b");
     }
 
     #[test]
@@ -1176,5 +1368,50 @@ mod tests {
             .unwrap();
         let r = run(&LINEINFILE, json!({"path": p, "line": "a"}));
         assert!(r["msg"].as_str().unwrap().contains("64 MiB"), "{r:?}");
+    }
+
+    #[test]
+    fn replace_between_after_and_before() {
+        let (_d, p) = file_with("a\n[s]\na\n[e]\na\n");
+        let r = run(
+            &REPLACE,
+            json!({"path": p, "regexp": "^a$", "replace": "b", "after": r"\[s\]", "before": r"\[e\]"}),
+        );
+        assert_eq!(r["msg"], json!("1 replacements made"));
+        assert_eq!(read(&p), "a\n[s]\nb\n[e]\na\n");
+        let r = check(
+            &REPLACE,
+            json!({"path": p, "regexp": "^b$", "replace": "c"}),
+        );
+        assert_eq!(
+            (r["msg"].clone(), r["rc"].clone()),
+            (json!("1 replacements made"), json!(0))
+        );
+        let r = run(
+            &REPLACE,
+            json!({"path": p, "regexp": "^b$", "replace": "c", "backup": true}),
+        );
+        let backup = r["backup_file"].as_str().unwrap();
+        assert_eq!(fs::read_to_string(backup).unwrap(), "a\n[s]\nb\n[e]\na\n");
+        assert_eq!(read(&p), "a\n[s]\nc\n[e]\na\n");
+        let r = run(
+            &REPLACE,
+            json!({"path": p, "regexp": "x", "after": "nomatch"}),
+        );
+        assert_eq!(r["changed"], json!(false));
+        assert!(
+            r["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("Pattern for before/after")
+        );
+        let r = run(
+            &REPLACE,
+            json!({"path": p.with_file_name("no"), "regexp": "x"}),
+        );
+        assert_eq!(
+            (r["rc"].clone(), r["failed"].clone()),
+            (json!(257), json!(true))
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Argument schemas of the text-editing modules (`lineinfile`); their
+//! Argument schemas of the text-editing modules (`lineinfile`, `replace`); their
 //! run functions are the agent's.
 
 use crate::schema::{ArgKind, ArgSpec, CheckMode, FreeForm, ModuleSchema};
@@ -29,5 +29,26 @@ pub static LINEINFILE: ModuleSchema = ModuleSchema {
         ("regexp", "search_string"),
         ("backrefs", "search_string"),
     ],
+    check_mode: CheckMode::Supported,
+};
+
+/// `replace`: replaces every match of a regex (Python's multiline mode) in a file.
+pub static REPLACE: ModuleSchema = ModuleSchema {
+    name: "replace",
+    args: &[
+        ArgSpec::req("path", ArgKind::Str).aliases(&["dest", "destfile", "name"]),
+        ArgSpec::req("regexp", ArgKind::Str),
+        ArgSpec::opt("replace", ArgKind::Str),
+        ArgSpec::opt("after", ArgKind::Str),
+        ArgSpec::opt("before", ArgKind::Str),
+        ArgSpec::opt("backup", ArgKind::Bool),
+        ArgSpec::opt("validate", ArgKind::Str),
+        ArgSpec::opt("encoding", ArgKind::Str),
+        ArgSpec::opt("mode", ArgKind::Any),
+    ],
+    free_form: FreeForm::KeyValue,
+    any_args: false,
+    one_of: &[],
+    exclusive: &[],
     check_mode: CheckMode::Supported,
 };
