@@ -104,6 +104,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &files::TEMPLATE,
     &files::STAT,
     &textedit::LINEINFILE,
+    &textedit::BLOCKINFILE,
     &textedit::REPLACE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,

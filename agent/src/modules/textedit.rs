@@ -1,5 +1,5 @@
-//! Text-editing modules: `lineinfile` and `replace`, with Ansible's arguments and results
-//! (ansible-core 2.19).
+//! Text-editing modules: `lineinfile`, `blockinfile` and `replace`, with Ansible's arguments and
+//! results (ansible-core 2.19).
 //!
 //! Inputs: templated, type-checked arguments (the schemas in
 //! `rampart_playbook::modules::textedit`). `path` (aliases `dest`, `destfile`, `name`; `~` is
@@ -9,39 +9,45 @@
 //! - `lineinfile` makes sure `line` is in the file (`state: present`): it replaces the last line
 //!   matching `regexp` (or containing `search_string`), else adds `line` after the last line
 //!   matching `insertafter` (default `EOF`) or before the last matching `insertbefore` (`BOF`: at
-//!   the top) — the first ones with `firstmatch`; with `backrefs`, `line` is the match expanded
-//!   (`\1`, `\g<name>`) and nothing is added when nothing matches. `state: absent` removes every
-//!   line matching `regexp`, containing `search_string` or equal to `line`.
-//! - `replace` replaces every match of `regexp` (Python's `re.MULTILINE`) by `replace` (with `\1`,
-//!   `\g<name>`); with `after` and/or `before` (Python's `re.DOTALL`), only in the text between the
-//!   first match of `after` and the next match of `before`, after the first `after`, or before the
-//!   last `before`.
+//!   the top) — the first ones with `firstmatch`; with `backrefs`, `line` is the match expanded (`\1`,
+//!   `\g<name>`) and nothing is added when nothing matches. `state: absent` removes every line
+//!   matching `regexp`, containing `search_string` or equal to `line`.
+//! - `blockinfile` keeps `block` between the lines `marker` with `{mark}` as `marker_begin` /
+//!   `marker_end`: an existing marked block is replaced in place, a new one is put after the last
+//!   line matching `insertafter` (default `EOF`) or before the last matching `insertbefore`
+//!   (`BOF`); `state: absent` (or an empty block) removes the marked block.
+//! - `replace` replaces every match of `regexp` (Python's `re.MULTILINE`) by `replace` (with
+//!   `\1`, `\g<name>`); with `after` and/or `before` (Python's `re.DOTALL`), only in the text
+//!   between the first match of `after` and the next match of `before`, after the first `after`,
+//!   or before the last `before`.
 //!
-//! Outputs: Ansible's result keys: `changed`, `msg` (`line added`, `line replaced`, `N line(s)
-//! removed`, `N replacements made`, with ` and ownership, perms or SE linux context changed` when
-//! `mode` changed too), `backup` (lineinfile, `""` without a backup) or `backup_file` (the others,
-//! when one was made), `found` (lineinfile absent), `rc: 0` (replace), and `diff` (before/after of
-//! the content; shown with `--diff`). A missing file fails with `rc: 257` (`Destination X does not
-//! exist !` for lineinfile, `Path X does not exist !` for the others) unless `create` is set; a
-//! directory fails with `rc: 256`.
+//! Outputs: Ansible's result keys: `changed`, `msg` (`line added`, `line replaced`,
+//! `N line(s) removed`, `Block inserted`, `Block removed`, `File created`, `N replacements made`,
+//! with ` and ownership, perms or SE linux context changed` when `mode` changed too), `backup`
+//! (lineinfile, `""` without a backup) or `backup_file` (the others, when one was made), `found`
+//! (lineinfile absent), `rc: 0` (replace), and `diff` (before/after of the content; shown with
+//! `--diff`). A missing file fails with `rc: 257` (`Destination X does not exist !` for
+//! lineinfile, `Path X does not exist !` for the others) unless `create` is set; a directory fails
+//! with `rc: 256`.
 //!
 //! Idempotence: the edit is computed on the file's bytes and the file is only written when the
-//! result differs, so a second identical run reports `changed: false`. Check mode computes the same
-//! result and reports it (with the diff) without writing, creating directories or backing up.
-//! Writes are atomic: a temporary file in the file's directory is written, fsynced, given the
+//! result differs, so a second identical run reports `changed: false`. Check mode computes the
+//! same result and reports it (with the diff) without writing, creating directories or backing
+//! up. Writes are atomic: a temporary file in the file's directory is written, fsynced, given the
 //! file's mode and owner (or `mode`), checked by `validate` (`%s` is the temporary file; the
 //! command runs without a shell, for at most two minutes) and renamed over the file, and the
 //! directory is fsynced; a failed validation leaves the file untouched.
 //!
 //! Reversing it: `backup: true` keeps a copy of the previous content beside the file
 //! (`<path>.<pid>.<YYYY-MM-DD@HH:MM:SS>~`, as Ansible) that a rescue can copy back; lineinfile
-//! `state: absent` with the same `line` removes an added line; a replace is undone by the inverse
-//! replace when the new text does not occur elsewhere.
+//! `state: absent` with the same `line` removes an added line, blockinfile `state: absent` with the
+//! same marker removes a block; a replace is undone by the inverse replace when the new text does
+//! not occur elsewhere.
 //!
-//! Deliberate differences from Ansible: regular expressions are Rust's `regex` crate with Python's
-//! syntax translated (`$`, `\Z`, literal `{`, escapes); lookaround and backreferences in a pattern
-//! (`(?=`, `(?<=`, `\1`, `(?P=name)`) are refused with a message rather than supported. In
-//! replace's `after`/`before`, `$` matches only at the very end of the file. `owner`, `group`,
+//! Deliberate differences from Ansible: regular expressions are Rust's `regex` crate with
+//! Python's syntax translated (`$`, `\Z`, literal `{`, escapes); lookaround and backreferences in a
+//! pattern (`(?=`, `(?<=`, `\1`, `(?P=name)`) are refused with a message rather than supported.
+//! In replace's `after`/`before`, `$` matches only at the very end of the file. `owner`, `group`,
 //! SELinux and `unsafe_writes` are not supported; replace reads only `encoding: utf-8`.
 
 use std::fs::{self, OpenOptions, Permissions};
@@ -72,6 +78,12 @@ const ATTRS_CHANGED: &str = "ownership, perms or SE linux context changed";
 pub static LINEINFILE: ModuleSpec = ModuleSpec {
     schema: &schema::LINEINFILE,
     run: run_lineinfile,
+};
+
+/// `blockinfile`: inserts, updates or removes a marked block of lines.
+pub static BLOCKINFILE: ModuleSpec = ModuleSpec {
+    schema: &schema::BLOCKINFILE,
+    run: run_blockinfile,
 };
 
 /// `replace`: replaces every match of a regex in a file.
@@ -1097,6 +1109,181 @@ fn replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResul
     Ok(r)
 }
 
+// ---------------------------------------------------------------------------------------------
+// blockinfile
+// ---------------------------------------------------------------------------------------------
+
+fn run_blockinfile(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
+    match blockinfile(args, ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Whether a Python pattern turns `re.MULTILINE` on with a leading inline flag (`(?m)`).
+fn has_multiline_flag(pat: &str) -> bool {
+    pat.strip_prefix("(?")
+        .and_then(|rest| rest.split_once(')'))
+        .is_some_and(|(flags, _)| {
+            flags.chars().all(|c| "aiLmsux".contains(c)) && flags.contains('m')
+        })
+}
+
+fn blockinfile(
+    args: &Map<String, Value>,
+    ctx: &ModuleCtx<'_>,
+) -> Result<ModuleResult, ModuleResult> {
+    let (path, shown) = path_arg(args);
+    let mode = opt_mode(args).map_err(failed)?;
+    if path.is_dir() {
+        return Err(failed_rc(256, format!("Path {shown} is a directory !")));
+    }
+    let exists = fs::metadata(&path).is_ok();
+    let original = if exists {
+        Some(read_bounded(&path).map_err(failed)?)
+    } else if arg_bool(args, "create").unwrap_or(false) {
+        None
+    } else {
+        return Err(failed_rc(257, format!("Path {shown} does not exist !")));
+    };
+    let present = arg_str(args, "state") != Some("absent");
+    if !present && !exists {
+        let mut r = ok(false);
+        r.insert("msg".into(), json!(format!("File {shown} not present")));
+        return Ok(r);
+    }
+    let orig: &[u8] = original.as_deref().unwrap_or_default();
+    let mut lines = split_lines(orig);
+    let (mut insertafter, insertbefore) =
+        (arg_str(args, "insertafter"), arg_str(args, "insertbefore"));
+    if insertafter.is_none() && insertbefore.is_none() {
+        insertafter = Some("EOF");
+    }
+    let ins_pat = match (insertafter, insertbefore) {
+        (Some(a), _) if a != "EOF" => Some(a),
+        (None, Some(b)) if b != "BOF" => Some(b),
+        _ => None,
+    };
+    let marker = arg_str(args, "marker").unwrap_or("# {mark} ANSIBLE MANAGED BLOCK");
+    let begin = arg_str(args, "marker_begin").unwrap_or("BEGIN");
+    let end = arg_str(args, "marker_end").unwrap_or("END");
+    let marker0 = with_nl(marker.replace("{mark}", begin).as_bytes());
+    let marker1 = with_nl(marker.replace("{mark}", end).as_bytes());
+    let mut block = arg_str(args, "block")
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
+    let blocklines: Vec<Vec<u8>> = if present && !block.is_empty() {
+        if !block.ends_with(b"\n") {
+            block.push(b'\n');
+        }
+        let mut v = vec![marker0.clone()];
+        v.extend(split_lines(&block));
+        v.push(marker1.clone());
+        v
+    } else {
+        Vec::new()
+    };
+    let (mut n0, mut n1) = (None, None);
+    for (i, l) in lines.iter().enumerate() {
+        if *l == marker0 {
+            n0 = Some(i);
+        }
+        if *l == marker1 {
+            n1 = Some(i);
+        }
+    }
+    let mut at = match (n0, n1) {
+        (Some(a), Some(b)) if a < b => {
+            lines.drain(a..=b);
+            a
+        }
+        (Some(a), Some(b)) => {
+            lines.drain(b..=a);
+            b
+        }
+        _ => match ins_pat {
+            Some(pat) => {
+                let mut found = None;
+                if has_multiline_flag(pat) {
+                    let re = compile(pat, Dollar::Multi, false, "").map_err(failed)?;
+                    if let Some(m) = re.find(orig) {
+                        let upto = if insertafter.is_some() {
+                            m.end()
+                        } else {
+                            m.start()
+                        };
+                        found = Some(orig[..upto].iter().filter(|&&b| b == b'\n').count());
+                    }
+                } else {
+                    let re = line_regex(pat).map_err(failed)?;
+                    for (i, l) in lines.iter().enumerate() {
+                        if re.is_match(l) {
+                            found = Some(i);
+                        }
+                    }
+                }
+                match found {
+                    None => lines.len(),
+                    Some(i) if insertafter.is_some() => i + 1,
+                    Some(i) => i,
+                }
+            }
+            None if insertbefore.is_some() => 0,
+            None => lines.len(),
+        },
+    };
+    if at > 0 && !lines[at - 1].ends_with(b"\n") {
+        lines[at - 1].push(b'\n');
+    }
+    let blank = b"\n".to_vec();
+    if present
+        && arg_bool(args, "prepend_newline").unwrap_or(false)
+        && at != 0
+        && lines[at - 1] != blank
+    {
+        lines.insert(at, blank.clone());
+        at += 1;
+    }
+    let count = blocklines.len();
+    lines.splice(at..at, blocklines);
+    if present && arg_bool(args, "append_newline").unwrap_or(false) {
+        let after_block = at + count;
+        if after_block < lines.len() && lines[after_block] != blank {
+            lines.insert(after_block, blank);
+        }
+    }
+    let result = lines.concat();
+    let (msg, changed) = match &original {
+        Some(o) if *o == result => ("", false),
+        None => ("File created", true),
+        Some(_) if count == 0 => ("Block removed", true),
+        Some(_) => ("Block inserted", true),
+    };
+    let applied = apply(&Edit {
+        path: &path,
+        before: original.as_deref(),
+        after: &result,
+        changed,
+        mode,
+        backup: arg_bool(args, "backup").unwrap_or(false),
+        validate: arg_str(args, "validate"),
+        check: ctx.check,
+    })
+    .map_err(failed)?;
+    let (msg, changed) = if ctx.check && !exists {
+        (msg.to_string(), changed)
+    } else {
+        with_attrs(msg.to_string(), changed, applied.attrs)
+    };
+    let mut r = ok(changed);
+    r.insert("msg".into(), json!(msg));
+    r.insert("diff".into(), diff_list(&shown, orig, &result));
+    if let Some(b) = applied.backup {
+        r.insert("backup_file".into(), json!(b));
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1413,5 +1600,56 @@ mod tests {
             (r["rc"].clone(), r["failed"].clone()),
             (json!(257), json!(true))
         );
+    }
+
+    #[test]
+    fn blockinfile_inserts_updates_and_removes_between_markers() {
+        let (_d, p) = file_with("first\nlast");
+        let r = check(&BLOCKINFILE, json!({"path": p, "block": "one\n"}));
+        assert_eq!(
+            (r["msg"].clone(), read(&p)),
+            (json!("Block inserted"), "first\nlast".into())
+        );
+        let r = run(&BLOCKINFILE, json!({"path": p, "block": "one\n"}));
+        assert_eq!(r["msg"], json!("Block inserted"));
+        let block = "# BEGIN ANSIBLE MANAGED BLOCK\none\n# END ANSIBLE MANAGED BLOCK\n";
+        assert_eq!(read(&p), format!("first\nlast\n{block}"));
+        assert_eq!(
+            run(&BLOCKINFILE, json!({"path": p, "block": "one"}))["changed"],
+            json!(false)
+        );
+        run(
+            &BLOCKINFILE,
+            json!({"path": p, "block": "x", "marker": "<{mark}>", "insertbefore": "BOF",
+                   "marker_begin": "b", "marker_end": "e", "append_newline": true}),
+        );
+        assert_eq!(read(&p), format!("<b>\nx\n<e>\n\nfirst\nlast\n{block}"));
+        run(
+            &BLOCKINFILE,
+            json!({"path": p, "block": "y", "marker": "# {mark} y", "insertafter": "^first$",
+                   "prepend_newline": true}),
+        );
+        assert_eq!(
+            read(&p),
+            format!("<b>\nx\n<e>\n\nfirst\n\n# BEGIN y\ny\n# END y\nlast\n{block}")
+        );
+        let r = run(
+            &BLOCKINFILE,
+            json!({"path": p, "state": "absent", "marker": "# {mark} y"}),
+        );
+        assert_eq!(r["msg"], json!("Block removed"));
+        run(&BLOCKINFILE, json!({"path": p, "block": "two"}));
+        assert!(
+            read(&p).ends_with("# BEGIN ANSIBLE MANAGED BLOCK\ntwo\n# END ANSIBLE MANAGED BLOCK\n")
+        );
+        let missing = p.with_file_name("missing");
+        let r = run(&BLOCKINFILE, json!({"path": missing, "block": "x"}));
+        assert_eq!(r["rc"], json!(257));
+        let r = run(
+            &BLOCKINFILE,
+            json!({"path": missing, "block": "x", "create": true}),
+        );
+        assert_eq!(r["msg"], json!("File created"));
+        assert!(has_multiline_flag("(?m)^a") && !has_multiline_flag("^a"));
     }
 }

@@ -33,6 +33,7 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &files::TEMPLATE,
     &files::STAT,
     &textedit::LINEINFILE,
+    &textedit::BLOCKINFILE,
     &textedit::REPLACE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,

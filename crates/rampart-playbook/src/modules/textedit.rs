@@ -1,4 +1,4 @@
-//! Argument schemas of the text-editing modules (`lineinfile`, `replace`); their
+//! Argument schemas of the text-editing modules (`lineinfile`, `blockinfile`, `replace`); their
 //! run functions are the agent's.
 
 use crate::schema::{ArgKind, ArgSpec, CheckMode, FreeForm, ModuleSchema};
@@ -29,6 +29,32 @@ pub static LINEINFILE: ModuleSchema = ModuleSchema {
         ("regexp", "search_string"),
         ("backrefs", "search_string"),
     ],
+    check_mode: CheckMode::Supported,
+};
+
+/// `blockinfile`: inserts, updates or removes a block of lines between two marker lines.
+pub static BLOCKINFILE: ModuleSchema = ModuleSchema {
+    name: "blockinfile",
+    args: &[
+        ArgSpec::req("path", ArgKind::Str).aliases(&["dest", "destfile", "name"]),
+        ArgSpec::opt("state", ArgKind::Str).choices(&["absent", "present"]),
+        ArgSpec::opt("marker", ArgKind::Str),
+        ArgSpec::opt("block", ArgKind::Str).aliases(&["content"]),
+        ArgSpec::opt("insertafter", ArgKind::Str),
+        ArgSpec::opt("insertbefore", ArgKind::Str),
+        ArgSpec::opt("create", ArgKind::Bool),
+        ArgSpec::opt("backup", ArgKind::Bool),
+        ArgSpec::opt("validate", ArgKind::Str),
+        ArgSpec::opt("marker_begin", ArgKind::Str),
+        ArgSpec::opt("marker_end", ArgKind::Str),
+        ArgSpec::opt("append_newline", ArgKind::Bool),
+        ArgSpec::opt("prepend_newline", ArgKind::Bool),
+        ArgSpec::opt("mode", ArgKind::Any),
+    ],
+    free_form: FreeForm::KeyValue,
+    any_args: false,
+    one_of: &[],
+    exclusive: &[("insertbefore", "insertafter")],
     check_mode: CheckMode::Supported,
 };
 
