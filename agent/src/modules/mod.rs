@@ -28,6 +28,7 @@ pub mod net;
 pub mod release;
 pub mod release_tree;
 pub mod service;
+pub mod textedit;
 pub mod wait_for;
 
 /// The JSON object a module returns.
@@ -107,6 +108,9 @@ pub static MODULES: &[&ModuleSpec] = &[
     &net::URI,
     &net::GET_URL,
     &archive::UNARCHIVE,
+    &textedit::LINEINFILE,
+    &textedit::BLOCKINFILE,
+    &textedit::REPLACE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,

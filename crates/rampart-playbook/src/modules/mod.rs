@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod net;
 pub mod release;
 pub mod service;
+pub mod textedit;
 pub mod wait_for;
 
 /// Every built-in module, in the order `--help` lists them.
@@ -36,6 +37,9 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &net::URI,
     &net::GET_URL,
     &archive::UNARCHIVE,
+    &textedit::LINEINFILE,
+    &textedit::BLOCKINFILE,
+    &textedit::REPLACE,
     &capture_state::CAPTURE_STATE,
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
