@@ -98,7 +98,7 @@ fn same_content(path: &Path, bytes: &[u8]) -> bool {
 }
 
 /// Expands a leading `~` or `~/` to `$HOME`, as Ansible does for path arguments.
-fn expand_user(p: &str) -> PathBuf {
+pub(crate) fn expand_user(p: &str) -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {
         if p == "~" {
             return PathBuf::from(home);
@@ -143,7 +143,7 @@ fn resolve_link(path: &Path) -> PathBuf {
 }
 
 /// The text of an OS error without Rust's "(os error N)" suffix, as Python shows it.
-fn os_msg(e: &io::Error) -> String {
+pub(crate) fn os_msg(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
         None => e.to_string(),

@@ -18,6 +18,7 @@ use rampart_playbook::template::Templar;
 pub mod capture_state;
 pub mod command;
 pub mod control;
+pub mod cron;
 pub mod deploy_lock;
 pub mod files;
 pub mod forensics;
@@ -109,6 +110,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,
+    &cron::CRON,
 ];
 
 /// The module that runs a schema the loader resolved; every built-in schema has one (a unit

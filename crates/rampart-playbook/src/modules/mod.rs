@@ -6,6 +6,7 @@ use crate::schema::ModuleSchema;
 pub mod capture_state;
 pub mod command;
 pub mod control;
+pub mod cron;
 pub mod deploy_lock;
 pub mod files;
 pub mod forensics;
@@ -38,6 +39,7 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,
+    &cron::CRON,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.
