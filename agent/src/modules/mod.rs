@@ -27,6 +27,7 @@ pub mod migrate;
 pub mod release;
 pub mod release_tree;
 pub mod service;
+pub mod users;
 pub mod wait_for;
 
 /// The JSON object a module returns.
@@ -111,6 +112,8 @@ pub static MODULES: &[&ModuleSpec] = &[
     &migrate::MIGRATE,
     &health::HEALTH,
     &cron::CRON,
+    &users::USER,
+    &users::GROUP,
 ];
 
 /// The module that runs a schema the loader resolved; every built-in schema has one (a unit

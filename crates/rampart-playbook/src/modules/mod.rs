@@ -14,6 +14,7 @@ pub mod health;
 pub mod migrate;
 pub mod release;
 pub mod service;
+pub mod users;
 pub mod wait_for;
 
 /// Every built-in module, in the order `--help` lists them.
@@ -40,6 +41,8 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &migrate::MIGRATE,
     &health::HEALTH,
     &cron::CRON,
+    &users::USER,
+    &users::GROUP,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.
