@@ -108,6 +108,8 @@ pub static MODULES: &[&ModuleSpec] = &[
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
     &service::SERVICE,
+    &service::SYSTEMD_SERVICE,
+    &service::SYSTEMD,
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,

@@ -37,6 +37,8 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
     &service::SERVICE,
+    &service::SYSTEMD_SERVICE,
+    &service::SYSTEMD,
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,
