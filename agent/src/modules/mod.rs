@@ -19,6 +19,7 @@ pub mod archive;
 pub mod capture_state;
 pub mod command;
 pub mod control;
+pub mod cron;
 pub mod deploy_lock;
 pub mod files;
 pub mod forensics;
@@ -29,6 +30,7 @@ pub mod release;
 pub mod release_tree;
 pub mod service;
 pub mod textedit;
+pub mod users;
 pub mod wait_for;
 
 /// The JSON object a module returns.
@@ -115,9 +117,14 @@ pub static MODULES: &[&ModuleSpec] = &[
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
     &service::SERVICE,
+    &service::SYSTEMD_SERVICE,
+    &service::SYSTEMD,
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,
+    &cron::CRON,
+    &users::USER,
+    &users::GROUP,
 ];
 
 /// The module that runs a schema the loader resolved; every built-in schema has one (a unit

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod capture_state;
 pub mod command;
 pub mod control;
+pub mod cron;
 pub mod deploy_lock;
 pub mod files;
 pub mod forensics;
@@ -16,6 +17,7 @@ pub mod net;
 pub mod release;
 pub mod service;
 pub mod textedit;
+pub mod users;
 pub mod wait_for;
 
 /// Every built-in module, in the order `--help` lists them.
@@ -44,9 +46,14 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &deploy_lock::DEPLOY_LOCK,
     &release::RELEASE,
     &service::SERVICE,
+    &service::SYSTEMD_SERVICE,
+    &service::SYSTEMD,
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,
+    &cron::CRON,
+    &users::USER,
+    &users::GROUP,
 ];
 
 /// Looks a module up by short name or `ansible.builtin.` / `ansible.legacy.` FQCN.
