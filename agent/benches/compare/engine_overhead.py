@@ -19,12 +19,33 @@ def playbook(kind: str, n: int) -> str:
     for i in range(n):
         if kind == "set_fact":
             lines += [f"    - name: fact {i}", f"      set_fact:", f"        f{i}: {i}"]
+        elif kind == "lineinfile":
+            lines += [f"    - name: line {i}", "      lineinfile:", '        path: "{{ work }}/app.conf"',
+                      f"        regexp: '^k{i}='", f"        line: k{i}=v{i}", "        create: true"]
+        elif kind == "replace":
+            lines += [f"    - name: replace {i}", "      replace:", '        path: "{{ work }}/app.conf"',
+                      f"        regexp: '^k{i % 50}=.*$'", f"        replace: k{i % 50}=r{i}"]
+        elif kind == "file":
+            lines += [f"    - name: dir {i}", "      file:", f'        path: "{{{{ work }}}}/d{i}"',
+                      "        state: directory", '        mode: "0750"']
+        elif kind == "cron":
+            lines += [f"    - name: cron {i}", "      cron:", f"        name: job{i}", f'        minute: "{i % 60}"',
+                      f"        job: /bin/true {i}", "        user: root", '        cron_file: "{{ work }}/crontab"']
         else:
             lines += [f"    - name: true {i}", "      command: /bin/true"]
     return "\n".join(lines) + "\n"
 
 
-def timed(cmd, env=None) -> float:
+# The file a text-editing playbook starts from (50 keys), written afresh before every run.
+SEED = "".join(f"k{i}=v\n" for i in range(50))
+
+
+def timed(cmd, env=None, work=None) -> float:
+    if work is not None:
+        os.makedirs(work)
+        with open(os.path.join(work, "app.conf"), "w") as f:
+            f.write(SEED)
+        cmd = cmd + ["-e", "work=" + work]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     dt = time.perf_counter() - t0
@@ -38,9 +59,11 @@ def main() -> None:
     ap.add_argument("--rampart", required=True)
     ap.add_argument("--ansible", required=True)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cases", default="set_fact:1000,command:200",
+                    help="kind:N,... (kinds: set_fact, command, lineinfile, replace, file, cron)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="rampart-bench-")
-    cases = [("set_fact", 1000), ("command", 200)]
+    cases = [(k, int(n)) for k, n in (c.split(":") for c in a.cases.split(","))]
     env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_RETRY_FILES_ENABLED="False",
                ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_LOCALHOST_WARNING="False")
     tools = {
@@ -62,8 +85,8 @@ def main() -> None:
             best_n = best_1 = float("inf")
             for r in range(a.reps):
                 st = os.path.join(work, f"state-{kind}-{r}-{len(rows)}")
-                best_1 = min(best_1, timed(cmd(pb_1, st + "-1"), env))
-                best_n = min(best_n, timed(cmd(pb_n, st + "-n"), env))
+                best_1 = min(best_1, timed(cmd(pb_1, st + "-1"), env, st + "-w1"))
+                best_n = min(best_n, timed(cmd(pb_n, st + "-n"), env, st + "-wn"))
                 print(f"  {name:28} {kind:8} rep {r + 1}: {best_n:.3f}s", file=sys.stderr)
             per_task_ms = max(best_n - best_1, 0.0) / (n - 1) * 1000
             rows.append((kind, n, name, best_1, best_n, per_task_ms))
