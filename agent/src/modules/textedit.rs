@@ -47,8 +47,10 @@
 //! Deliberate differences from Ansible: regular expressions are Rust's `regex` crate with
 //! Python's syntax translated (`$`, `\Z`, literal `{`, escapes); lookaround and backreferences in a
 //! pattern (`(?=`, `(?<=`, `\1`, `(?P=name)`) are refused with a message rather than supported.
-//! In replace's `after`/`before`, `$` matches only at the very end of the file. `owner`, `group`,
-//! SELinux and `unsafe_writes` are not supported; replace reads only `encoding: utf-8`.
+//! In replace's `after`/`before`, `$` matches only at the very end of the file. `owner` and
+//! `group` (a name or an id) are set after the write and count as an attribute change, as
+//! Ansible's; SELinux and `unsafe_writes` are not supported; replace reads only
+//! `encoding: utf-8`.
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -64,7 +66,7 @@ use serde_json::{Map, Value, json};
 
 use rampart_playbook::modules::textedit as schema;
 
-use super::files::{Mode, current_umask, expand_user, opt_mode, os_msg};
+use super::files::{Mode, Owner, current_umask, expand_user, opt_mode, opt_owner, os_msg};
 use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_str, failed, ok};
 
 /// The largest file these modules read.
@@ -610,6 +612,8 @@ struct Edit<'a> {
     after: &'a [u8],
     changed: bool,
     mode: Option<Mode>,
+    /// `owner`/`group`.
+    owner: Owner,
     backup: bool,
     validate: Option<&'a str>,
     check: bool,
@@ -629,10 +633,19 @@ fn apply(e: &Edit<'_>) -> Result<Applied, String> {
     let want = wanted_mode(e.mode.as_ref(), current)?;
     // Ansible creates the file with the default mode and then sets `mode`: a change.
     let default_mode = 0o666 & !current_umask();
-    let attrs = match want {
-        Some(w) => w != current.unwrap_or(default_mode),
-        None => false,
-    };
+    let ids = fs::metadata(e.path).ok().map(|m| (m.uid(), m.gid()));
+    let (my_uid, my_gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let (uid, gid) = ids.unwrap_or((my_uid, my_gid));
+    let owner_differs =
+        e.owner.uid.is_some_and(|u| u != uid) || e.owner.gid.is_some_and(|g| g != gid);
+    let attrs = owner_differs
+        || match want {
+            Some(w) => w != current.unwrap_or(default_mode),
+            None => false,
+        };
     let mut backup = None;
     if e.check {
         return Ok(Applied { attrs, backup });
@@ -658,6 +671,10 @@ fn apply(e: &Edit<'_>) -> Result<Applied, String> {
                 os_msg(&err)
             )
         })?;
+    }
+    if owner_differs {
+        std::os::unix::fs::chown(real_path(e.path), e.owner.uid, e.owner.gid)
+            .map_err(|err| format!("chown failed on {}: {}", e.path.display(), os_msg(&err)))?;
     }
     Ok(Applied { attrs, backup })
 }
@@ -725,6 +742,7 @@ fn lineinfile(
 ) -> Result<ModuleResult, ModuleResult> {
     let (path, shown) = path_arg(args);
     let mode = opt_mode(args).map_err(failed)?;
+    let owner = opt_owner(args).map_err(failed)?;
     if path.is_dir() {
         return Err(failed_rc(256, format!("Path {shown} is a directory !")));
     }
@@ -773,6 +791,7 @@ fn lineinfile(
             after: &kept,
             changed,
             mode,
+            owner,
             backup,
             validate,
             check: ctx.check,
@@ -842,6 +861,7 @@ fn lineinfile(
         after: &after,
         changed,
         mode,
+        owner,
         backup,
         validate,
         check: ctx.check,
@@ -1015,6 +1035,7 @@ fn run_replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
 fn replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResult, ModuleResult> {
     let (path, shown) = path_arg(args);
     let mode = opt_mode(args).map_err(failed)?;
+    let owner = opt_owner(args).map_err(failed)?;
     let encoding = arg_str(args, "encoding").unwrap_or("utf-8");
     if !matches!(encoding.to_ascii_lowercase().as_str(), "utf-8" | "utf8") {
         return Err(failed(format!(
@@ -1079,6 +1100,7 @@ fn replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResul
         after: &new,
         changed,
         mode,
+        owner,
         backup: arg_bool(args, "backup").unwrap_or(false),
         validate: arg_str(args, "validate"),
         check: ctx.check,
@@ -1134,6 +1156,7 @@ fn blockinfile(
 ) -> Result<ModuleResult, ModuleResult> {
     let (path, shown) = path_arg(args);
     let mode = opt_mode(args).map_err(failed)?;
+    let owner = opt_owner(args).map_err(failed)?;
     if path.is_dir() {
         return Err(failed_rc(256, format!("Path {shown} is a directory !")));
     }
@@ -1265,6 +1288,7 @@ fn blockinfile(
         after: &result,
         changed,
         mode,
+        owner,
         backup: arg_bool(args, "backup").unwrap_or(false),
         validate: arg_str(args, "validate"),
         check: ctx.check,
@@ -1479,6 +1503,48 @@ mod tests {
         assert_eq!(r["changed"], json!(false));
         let r = run(&LINEINFILE, json!({"path": dir.path(), "line": "x"}));
         assert_eq!(r["rc"], json!(256));
+    }
+
+    #[test]
+    fn owner_and_group_are_set_and_counted_as_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("conf");
+        fs::write(&p, "a=1\n").unwrap();
+        let r = run(
+            &LINEINFILE,
+            json!({"path": p, "line": "a=1", "owner": "rampart-no-such-user"}),
+        );
+        assert!(
+            r["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("failed to look up user"),
+            "{r:?}"
+        );
+        if nix::unistd::geteuid().is_root() {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .unwrap()
+                .unwrap()
+                .uid
+                .as_raw();
+            let r = run(
+                &LINEINFILE,
+                json!({"path": p, "line": "a=1", "owner": "nobody"}),
+            );
+            assert_eq!(r["changed"], json!(true), "{r:?}");
+            assert_eq!(r["msg"], json!(ATTRS_CHANGED));
+            assert_eq!(fs::metadata(&p).unwrap().uid(), nobody);
+            let r = run(
+                &LINEINFILE,
+                json!({"path": p, "line": "b=2", "owner": "nobody"}),
+            );
+            assert_eq!(r["msg"], json!("line added"), "{r:?}");
+            assert_eq!(
+                fs::metadata(&p).unwrap().uid(),
+                nobody,
+                "the write lost the owner"
+            );
+        }
     }
 
     #[test]
