@@ -359,6 +359,26 @@ fn run_cron(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
         time("month"),
         time("weekday"),
     ];
+    // One line each: a newline inside a value (a templated variable, say) would add lines of
+    // its own to the crontab.
+    let one_line = |v: &str| !v.trim_matches(['\r', '\n']).contains(['\r', '\n']);
+    for (key, v) in [
+        ("name", Some(name)),
+        ("user", user),
+        ("job", job),
+        ("special_time", special),
+    ]
+    .into_iter()
+    .chain(["minute", "hour", "day", "month", "weekday"].map(|k| (k, arg_str(args, k))))
+    {
+        if let Some(v) = v
+            && !one_line(v)
+        {
+            return failed(format!(
+                "{key} holds a line break, which would write a crontab line of its own: give it on one line"
+            ));
+        }
+    }
 
     let target = match cron_file {
         Some(f) => {
@@ -532,6 +552,25 @@ mod tests {
             v[k] = x.clone();
         }
         v
+    }
+
+    #[test]
+    fn a_line_break_in_a_value_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("crontab");
+        let r = Call::default().run(
+            &CRON,
+            json!({"name": "x", "job": "/bin/true\n* * * * * root /tmp/evil", "cron_file": f.display().to_string(), "user": "root"}),
+        );
+        assert_eq!(r["failed"], json!(true), "{r:?}");
+        assert!(
+            r["msg"]
+                .as_str()
+                .unwrap()
+                .contains("job holds a line break"),
+            "{r:?}"
+        );
+        assert!(!f.exists());
     }
 
     #[test]
