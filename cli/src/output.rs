@@ -109,7 +109,12 @@ pub fn render_diff(d: &Value) -> String {
             let side = |v: &Value| match v {
                 Value::String(s) => s.clone(),
                 other => {
-                    let mut t = serde_json::to_string_pretty(other).unwrap_or_default();
+                    // Python's json.dumps(indent=4, sort_keys=True), as Ansible's callback.
+                    let mut buf = Vec::new();
+                    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+                    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+                    let _ = serde::Serialize::serialize(other, &mut ser);
+                    let mut t = String::from_utf8(buf).unwrap_or_default();
                     t.push('\n');
                     t
                 }
@@ -467,7 +472,7 @@ mod tests {
             &json!({"before": {"path": "/x", "mode": "0644"}, "after": {"path": "/x", "mode": "0600"}}),
         );
         assert!(
-            text.contains("-  \"mode\": \"0644\",\n+  \"mode\": \"0600\",\n"),
+            text.contains("-    \"mode\": \"0644\",\n+    \"mode\": \"0600\",\n"),
             "{text}"
         );
         assert_eq!(
