@@ -377,34 +377,36 @@ pub(crate) fn opt_owner(args: &Map<String, Value>) -> Result<Owner, String> {
         Some(Value::String(s)) => Some(s.trim().to_string()),
         Some(v) => Some(v.to_string()),
     };
-    let uid = match text("owner") {
-        None => None,
-        Some(n) => Some(match n.parse::<u32>() {
-            Ok(id) => id,
-            Err(_) => match User::from_name(&n) {
-                Ok(Some(u)) => u.uid.as_raw(),
-                _ => {
-                    return Err(format!(
-                        "chown failed: failed to look up user {n}: create the user first (the user module) or give a uid"
-                    ));
-                }
-            },
-        }),
+    // A number is an id; a name is looked up, and one that does not exist is an error.
+    let id = |key: &str,
+              lookup: &dyn Fn(&str) -> Option<u32>,
+              verb: &str,
+              what: &str,
+              idname: &str| {
+        text(key)
+            .map(|n| {
+                n.parse::<u32>().ok().or_else(|| lookup(&n)).ok_or_else(|| {
+                    format!(
+                        "{verb} failed: failed to look up {what} {n}: create the {what} first (the {what} module) or give a {idname}"
+                    )
+                })
+            })
+            .transpose()
     };
-    let gid = match text("group") {
-        None => None,
-        Some(n) => Some(match n.parse::<u32>() {
-            Ok(id) => id,
-            Err(_) => match Group::from_name(&n) {
-                Ok(Some(g)) => g.gid.as_raw(),
-                _ => {
-                    return Err(format!(
-                        "chgrp failed: failed to look up group {n}: create the group first (the group module) or give a gid"
-                    ));
-                }
-            },
-        }),
-    };
+    let uid = id(
+        "owner",
+        &|n| User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()),
+        "chown",
+        "user",
+        "uid",
+    )?;
+    let gid = id(
+        "group",
+        &|n| Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()),
+        "chgrp",
+        "group",
+        "gid",
+    )?;
     Ok(Owner { uid, gid })
 }
 
@@ -1149,7 +1151,8 @@ fn install(req: &Install<'_>) -> ModuleResult {
         }
         return r;
     }
-    let current = fs::metadata(&dest).ok().map(|m| m.mode() & 0o7777);
+    let dest_meta = fs::metadata(&dest).ok();
+    let current = dest_meta.as_ref().map(|m| m.mode() & 0o7777);
     let mode = match &req.mode {
         None => None,
         Some(Mode::Preserve) => match req.src.map(fs::metadata) {
@@ -1164,7 +1167,7 @@ fn install(req: &Install<'_>) -> ModuleResult {
     };
     let same = same_content(&dest, req.bytes);
     let mode_differs = matches!((mode, current), (Some(want), Some(have)) if want != have);
-    let ids = fs::metadata(&dest).ok().map(|m| (m.uid(), m.gid()));
+    let ids = dest_meta.as_ref().map(|m| (m.uid(), m.gid()));
     let owner_differs = match ids {
         Some((uid, gid)) => {
             req.owner.uid.is_some_and(|u| u != uid) || req.owner.gid.is_some_and(|g| g != gid)

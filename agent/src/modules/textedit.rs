@@ -736,13 +736,22 @@ fn run_lineinfile(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResul
     }
 }
 
+/// The arguments every text module starts from: the path (and how to show it), `mode`, and
+/// `owner`/`group`.
+fn file_args(
+    args: &Map<String, Value>,
+) -> Result<(PathBuf, String, Option<Mode>, Owner), ModuleResult> {
+    let (path, shown) = path_arg(args);
+    let mode = opt_mode(args).map_err(failed)?;
+    let owner = opt_owner(args).map_err(failed)?;
+    Ok((path, shown, mode, owner))
+}
+
 fn lineinfile(
     args: &Map<String, Value>,
     ctx: &ModuleCtx<'_>,
 ) -> Result<ModuleResult, ModuleResult> {
-    let (path, shown) = path_arg(args);
-    let mode = opt_mode(args).map_err(failed)?;
-    let owner = opt_owner(args).map_err(failed)?;
+    let (path, shown, mode, owner) = file_args(args)?;
     if path.is_dir() {
         return Err(failed_rc(256, format!("Path {shown} is a directory !")));
     }
@@ -1033,9 +1042,7 @@ fn run_replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
 }
 
 fn replace(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> Result<ModuleResult, ModuleResult> {
-    let (path, shown) = path_arg(args);
-    let mode = opt_mode(args).map_err(failed)?;
-    let owner = opt_owner(args).map_err(failed)?;
+    let (path, shown, mode, owner) = file_args(args)?;
     let encoding = arg_str(args, "encoding").unwrap_or("utf-8");
     if !matches!(encoding.to_ascii_lowercase().as_str(), "utf-8" | "utf8") {
         return Err(failed(format!(
@@ -1154,9 +1161,7 @@ fn blockinfile(
     args: &Map<String, Value>,
     ctx: &ModuleCtx<'_>,
 ) -> Result<ModuleResult, ModuleResult> {
-    let (path, shown) = path_arg(args);
-    let mode = opt_mode(args).map_err(failed)?;
-    let owner = opt_owner(args).map_err(failed)?;
+    let (path, shown, mode, owner) = file_args(args)?;
     if path.is_dir() {
         return Err(failed_rc(256, format!("Path {shown} is a directory !")));
     }
