@@ -115,13 +115,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rampart_playbook::inventory::Inventory;
 use rampart_playbook::template::Templar;
 use rampart_rpc::tls::TlsFiles;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::inventory::Inventory;
 use crate::rollout::{self, Serial};
 
 /// The shipped transactional deploy playbook, built in.

@@ -4,7 +4,8 @@
 //!
 //! Layout, one concept per module:
 //! - [`config`]: the controller's TOML configuration, checked whole at start;
-//! - [`inventory`]: Ansible's YAML and INI inventories, hosts, groups and merged variables;
+//! - [`inventory`]: Ansible's YAML and INI inventories and host patterns (re-exported from
+//!   [`rampart_playbook::inventory`], where they live so that an agent can use them too);
 //! - [`rollout`]: waves (`serial`) and failure thresholds (`max_fail_percentage`), pure;
 //! - [`deployment`]: one runner per deployment (queue, lock, approval, waves, fleet rescue,
 //!   takeover), its state machine and the per-host jobs;
@@ -29,7 +30,6 @@ pub mod config;
 pub mod deployment;
 pub mod edge;
 pub mod incident;
-pub mod inventory;
 pub mod metrics;
 pub mod notify;
 pub mod rollout;
@@ -37,3 +37,7 @@ pub mod service;
 pub mod stats;
 pub mod store;
 pub mod sweep;
+
+/// Inventories and host patterns, from [`rampart_playbook::inventory`] (kept here so that
+/// `rampart_controller::inventory` paths still compile).
+pub use rampart_playbook::inventory;

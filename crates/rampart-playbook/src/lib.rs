@@ -12,6 +12,8 @@
 //!   argument coercions;
 //! - [`modules`]: the built-in modules' schemas;
 //! - [`serial`]: Ansible's `serial` arithmetic (waves);
+//! - [`inventory`]: Ansible's YAML and INI inventories, their groups and variables, and host
+//!   patterns (`web*:&prod:!web2`) over them;
 //! - [`result`]: how a module's result is read for its failure message;
 //! - [`error`]: [`PlaybookError`], with `file:line:column`.
 
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod inventory;
 pub mod load;
 pub mod model;
 pub mod modules;

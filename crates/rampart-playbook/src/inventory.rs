@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rampart_playbook::yaml::{self, Yaml};
+use crate::yaml::{self, Yaml};
 use serde_json::{Map, Value};
 
 /// Hosts an inventory may name: ranges expand to 10,000 each, so a few lines could otherwise
