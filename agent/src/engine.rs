@@ -17,7 +17,7 @@ use minijinja::value::Value as MjValue;
 use serde_json::{Map, Value, json};
 
 use crate::error::JournalError;
-use crate::event::{Outcome, Recap, Record, Section, TaskStatus};
+use crate::event::{InventoryView, Outcome, Recap, Record, Section, TaskStatus};
 use crate::modules::{self, ArgKind, CheckMode, ModuleCtx};
 use rampart_playbook::model::outermost_cleanup_section;
 use rampart_playbook::template::{Layer, Scope, Templar, from_json};
@@ -61,6 +61,10 @@ pub struct EngineOptions {
     pub force_handlers: bool,
     /// `--diff`: modules' `diff` results are kept (and shown); otherwise they are dropped.
     pub diff: bool,
+    /// A run against an inventory: this host's name there, `groups` and `hostvars`; a play
+    /// whose `hosts` pattern does not select the host is skipped. `None`: every play runs on
+    /// this host, named `host`.
+    pub inventory: Option<Arc<InventoryView>>,
 }
 
 /// `--tags` and `--skip-tags`, with Ansible's special tags `always`, `never`, `all`, `tagged`
@@ -175,6 +179,25 @@ struct Inherited {
     check_mode: Option<Value>,
 }
 
+/// A host name up to its first dot (`inventory_hostname_short`).
+fn short_name(host: &str) -> &str {
+    host.split('.').next().unwrap_or_default()
+}
+
+/// `hostvars`: each host's inventory variables with its `inventory_hostname`,
+/// `inventory_hostname_short` and `group_names`.
+fn hostvars(view: &InventoryView) -> Value {
+    let mut out = Map::new();
+    for (h, vars) in &view.hostvars {
+        let mut v = vars.clone();
+        v.insert("inventory_hostname".into(), json!(h));
+        v.insert("inventory_hostname_short".into(), json!(short_name(h)));
+        v.insert("group_names".into(), json!(view.group_names(h)));
+        out.insert(h.clone(), Value::Object(v));
+    }
+    Value::Object(out)
+}
+
 /// Runs one playbook on this host.
 pub struct Engine<'a> {
     playbook: &'a Playbook,
@@ -195,6 +218,8 @@ pub struct Engine<'a> {
     notified: Vec<bool>,
     /// `meta: end_play` / `end_host` was reached.
     end_play: bool,
+    /// The host's inventory variables (above role defaults, below play vars).
+    inventory_vars: Option<Arc<Map<String, Value>>>,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -221,14 +246,28 @@ impl<'a> Engine<'a> {
             .map(|(k, v)| (k.clone(), from_json(v)))
             .collect();
         let mut magic = BTreeMap::new();
+        let host = match &opts.inventory {
+            Some(view) => view.host.clone(),
+            None => opts.host.clone(),
+        };
         magic.insert(
             "inventory_hostname".to_string(),
-            MjValue::from(opts.host.clone()),
+            MjValue::from(host.clone()),
         );
         magic.insert(
             "inventory_hostname_short".to_string(),
-            MjValue::from(opts.host.split('.').next().unwrap_or_default().to_string()),
+            MjValue::from(short_name(&host).to_string()),
         );
+        let mut inventory_vars = None;
+        if let Some(view) = &opts.inventory {
+            magic.insert("groups".into(), from_json(&json!(view.groups)));
+            magic.insert(
+                "group_names".into(),
+                from_json(&json!(view.group_names(&host))),
+            );
+            magic.insert("hostvars".into(), from_json(&hostvars(view)));
+            inventory_vars = view.hostvars.get(&host).cloned().map(Arc::new);
+        }
         magic.insert("ansible_check_mode".to_string(), MjValue::from(opts.check));
         magic.insert("rampart_txid".to_string(), MjValue::from(opts.txid.clone()));
         if let Some(dir) = &opts.base_dir {
@@ -251,6 +290,7 @@ impl<'a> Engine<'a> {
             play_ix: 0,
             notified: Vec::new(),
             end_play: false,
+            inventory_vars,
         }
     }
 
@@ -264,6 +304,9 @@ impl<'a> Engine<'a> {
                 ..Vars::default()
             };
             let play_scope = self.scope(&vars, None);
+            if !self.play_selects_host(play, &play_scope) {
+                continue;
+            }
             let play_name = match self.templar.render_str(&play.name, &play_scope) {
                 Ok(Value::String(s)) => s,
                 _ => play.name.clone(),
@@ -417,12 +460,44 @@ impl<'a> Engine<'a> {
         for l in layers.play.iter().rev() {
             out.push(Layer::Lazy(l.clone()));
         }
+        if let Some(inv) = &self.inventory_vars {
+            out.push(Layer::Lazy(inv.clone()));
+        }
         if let Some(r) = &layers.role
             && !r.defaults.is_empty()
         {
             out.push(Layer::Lazy(r.defaults.clone()));
         }
         Scope::value(self.templar.clone(), out)
+    }
+
+    /// Whether a play runs on this host: always without an inventory; with one, when the play's
+    /// `hosts` pattern (templated when it holds `{{`) selects the host. A pattern that does not
+    /// evaluate selects nothing (the agent refuses a literal bad pattern before the run).
+    fn play_selects_host(&self, play: &rampart_playbook::Play, scope: &MjValue) -> bool {
+        let Some(view) = &self.opts.inventory else {
+            return true;
+        };
+        let pattern = if play.hosts.contains("{{") {
+            match self.templar.render_str(&play.hosts, scope) {
+                Ok(Value::String(s)) => s,
+                Ok(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => return false,
+            }
+        } else {
+            play.hosts.clone()
+        };
+        let all = view
+            .groups
+            .get("all")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        rampart_playbook::inventory::select(&pattern, all, &view.groups)
+            .is_ok_and(|sel| sel.hosts.contains(&view.host))
     }
 
     /// Runs the notified handlers, in the order the play lists them, each once.
@@ -1362,6 +1437,7 @@ mod tests {
             tags: TagFilter::default(),
             force_handlers: false,
             diff: false,
+            inventory: None,
         }
     }
 

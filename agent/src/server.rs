@@ -238,9 +238,13 @@ impl AgentService {
             .unwrap_or_else(|| PathBuf::from(forensics::DEFAULT_DEST_DIR))
     }
 
-    /// The tonic server wrapper.
+    /// The tonic server wrapper. It takes requests up to [`rampart_rpc::MAX_MESSAGE`]: a run
+    /// brings up to 48 MiB of files (tonic's default of 4 MiB would refuse them before the
+    /// agent's own, clearer limits are checked).
     pub fn into_server(self) -> AgentServer<Self> {
         AgentServer::new(self)
+            .max_decoding_message_size(rampart_rpc::MAX_MESSAGE)
+            .max_encoding_message_size(rampart_rpc::MAX_MESSAGE)
     }
 
     fn live(&self, txid: &str) -> Option<Arc<LiveTx>> {
@@ -449,6 +453,22 @@ impl Agent for AgentService {
                 ));
             }
         }
+        let inventory = if req.inventory_json.is_empty() {
+            None
+        } else {
+            if req.inventory_json.len() > crate::event::MAX_INVENTORY_VIEW {
+                return Err(Status::invalid_argument(format!(
+                    "inventory_json is {} bytes; at most {} are accepted",
+                    req.inventory_json.len(),
+                    crate::event::MAX_INVENTORY_VIEW
+                )));
+            }
+            let view: crate::event::InventoryView = serde_json::from_str(&req.inventory_json)
+                .map_err(|e| Status::invalid_argument(format!("inventory_json: {e}")))?;
+            view.validate()
+                .map_err(|e| Status::invalid_argument(format!("inventory_json: {e}")))?;
+            Some(view)
+        };
         let tx_req = TxRequest {
             txid: (!req.txid.is_empty()).then_some(req.txid),
             files,
@@ -458,6 +478,7 @@ impl Agent for AgentService {
                 force_handlers: req.force_handlers,
                 diff: req.diff,
                 roles_path: Vec::new(),
+                inventory,
             },
             playbook_name: if req.playbook_name.is_empty() {
                 "playbook.yml".to_string()

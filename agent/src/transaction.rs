@@ -112,6 +112,28 @@ pub fn load_playbook(
     rampart_playbook::load_tree(name, text, templar, &opts)
 }
 
+/// Refuses an inventory view that does not hold together, or a play whose literal `hosts`
+/// pattern does not evaluate against it, before anything runs.
+pub fn check_inventory(
+    view: &crate::event::InventoryView,
+    playbook: &Playbook,
+) -> Result<(), String> {
+    view.validate()?;
+    let all = view
+        .groups
+        .get("all")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for play in &playbook.plays {
+        if play.hosts.contains("{{") {
+            continue;
+        }
+        rampart_playbook::inventory::select(&play.hosts, all, &view.groups)
+            .map_err(|e| format!("play {:?}: hosts {:?}: {e}", play.name, play.hosts))?;
+    }
+    Ok(())
+}
+
 /// How a transaction ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxSummary {
@@ -227,6 +249,9 @@ pub fn prepare(
         req.base_dir.as_deref(),
         &req.flags,
     )?;
+    if let Some(view) = &req.flags.inventory {
+        check_inventory(view, &playbook).map_err(TxError::Request)?;
+    }
     std::fs::create_dir_all(&host.state_dir).map_err(|source| JournalError::Io {
         op: "create state directory",
         path: host.state_dir.clone(),
@@ -248,7 +273,11 @@ pub fn prepare(
             playbook: req.playbook,
             vars: req.vars.clone(),
             check: req.check,
-            host: host.hostname.clone(),
+            // A run against an inventory is that host's, whatever the machine is called.
+            host: match &req.flags.inventory {
+                Some(view) => view.host.clone(),
+                None => host.hostname.clone(),
+            },
             pid: std::process::id(),
             base_dir: req.base_dir.clone(),
             flags: req.flags.clone(),
@@ -325,6 +354,7 @@ fn run_engine(
         },
         force_handlers: tx.flags.force_handlers,
         diff: tx.flags.diff,
+        inventory: tx.flags.inventory.clone().map(Arc::new),
     };
     let mut sink = JournalSink {
         journal: &mut tx.journal,

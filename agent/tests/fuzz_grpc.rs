@@ -105,9 +105,31 @@ fn run_request() -> impl Strategy<Value = pb::RunRequest> {
             prop::sample::select(vec!["web", "always", "never", ""]),
             0..2,
         ),
+        prop_oneof![
+            Just(String::new()),
+            prop::sample::select(vec![
+                r#"{"host":"a","groups":{"all":["a"],"web":["a"]},"hostvars":{"a":{"x":1}}}"#,
+                r#"{"host":"a","groups":{"all":["b"]},"hostvars":{"a":{}}}"#,
+                r#"{"host":"","groups":{},"hostvars":{}}"#,
+                r#"{"host":"a","groups":{"all":["a","zz"]},"hostvars":{"a":{}}}"#,
+                "[1,2]",
+            ])
+            .prop_map(str::to_string),
+            rampart_fuzz::text(TOKENS, 4),
+        ],
     )
         .prop_map(
-            |(playbook, playbook_name, vars_json, check, txid, lock_timeout_ms, files, tags)| {
+            |(
+                playbook,
+                playbook_name,
+                vars_json,
+                check,
+                txid,
+                lock_timeout_ms,
+                files,
+                tags,
+                inventory_json,
+            )| {
                 pb::RunRequest {
                     playbook,
                     playbook_name,
@@ -126,6 +148,7 @@ fn run_request() -> impl Strategy<Value = pb::RunRequest> {
                     skip_tags: Vec::new(),
                     force_handlers: false,
                     diff: false,
+                    inventory_json,
                 }
             },
         )

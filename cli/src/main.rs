@@ -22,9 +22,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a playbook on one host as one transaction (block → rescue on failure → always).
+    /// Run a playbook on one host as one transaction (block → rescue on failure → always), or
+    /// on the hosts of an Ansible inventory, each its own transaction.
     ///
-    /// Exit codes: 0 succeeded (or check mode passed), 1 failed and rolled back by a rescue,
+    /// Exit codes (with -i on several hosts: the first host's that did not succeed): 0 succeeded (or check mode passed), 1 failed and rolled back by a rescue,
     /// 2 usage or configuration error (nothing ran), 4 rollback failed (CRITICAL: the rescue
     /// itself failed), 5 host lock not acquired in time, 6 failed with no rescue to roll it back.
     #[command(after_help = "Examples:\n  \
@@ -33,12 +34,18 @@ enum Command {
         rampart run deploy.yml --agent web-1:7420 --tls-cert tls/controller.pem \\\n      \
         --tls-key tls/controller.key --tls-ca tls/ca.pem\n  \
         rampart run deploy.yml --local --check\n  \
-        rampart run deploy.yml --local --pushgateway http://127.0.0.1:9091   # facts to Prometheus")]
+        rampart run deploy.yml --local --pushgateway http://127.0.0.1:9091   # facts to Prometheus\n  \
+        rampart run site.yml -i inventory.ini --limit 'web:!web3'   # each host on its agent\n  \
+        rampart run site.yml -i inventory.yml --limit web1 --local  # this host, as web1")]
     Run {
         /// The playbook (a YAML list of plays).
         playbook: PathBuf,
         /// Run in this process on this host.
-        #[arg(long, conflicts_with = "agent", required_unless_present = "agent")]
+        #[arg(
+            long,
+            conflicts_with = "agent",
+            required_unless_present_any = ["agent", "inventory"]
+        )]
         local: bool,
         /// Run on the agent at ADDR (host:port), over gRPC.
         #[arg(long, value_name = "ADDR")]
@@ -113,9 +120,18 @@ enum Command {
         /// --tags to run a part of a playbook).
         #[arg(long, value_name = "TASK", hide_short_help = true)]
         start_at_task: Option<String>,
-        /// Refused here: `rampart run` runs one host; give hosts to the controller's environment
-        /// (`rampart deploy`), which picks them from its inventory.
-        #[arg(long, value_name = "PATTERN", hide_short_help = true)]
+        /// An Ansible inventory (INI or YAML). The run goes to the hosts that the plays'
+        /// `hosts` patterns and --limit select; each sees `inventory_hostname`, `groups`,
+        /// `group_names`, `hostvars` and its inventory variables, and skips the plays that do
+        /// not select it. Without --local or --agent each host runs on its own agent (its
+        /// `rampart_agent` variable, else `ansible_host`:`rampart_agent_port`, else NAME:7420),
+        /// one after another, each its own transaction; the first host that does not succeed
+        /// stops the run. With --local or --agent exactly one host must be selected.
+        #[arg(short = 'i', long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// With -i: only the hosts this Ansible pattern selects too (`web`, `web*:&prod`,
+        /// `all:!db1`, `~web[0-9]+`, `web[0]`).
+        #[arg(short = 'l', long, value_name = "PATTERN", requires = "inventory")]
         limit: Option<String>,
     },
     /// Run a health suite (e.g. playbooks/health/production.yml) against this host's services.
@@ -409,17 +425,12 @@ fn main() -> ExitCode {
             diff,
             roles_path,
             start_at_task,
+            inventory,
             limit,
         } => {
             if let Some(task) = start_at_task {
                 eprintln!(
                     "rampart: --start-at-task {task:?} is refused: a transaction runs from its first task, so that its rescue restores everything the run changed and its journal can be recovered; run a part of a playbook with --tags instead"
-                );
-                return Exit::Usage.into();
-            }
-            if let Some(pattern) = limit {
-                eprintln!(
-                    "rampart: --limit {pattern:?} is refused: `rampart run` runs one host (this one with --local, or --agent's); to run on some hosts of an inventory, deploy through the controller (`rampart deploy`), whose environment lists them"
                 );
                 return Exit::Usage.into();
             }
@@ -441,6 +452,7 @@ fn main() -> ExitCode {
                 force_handlers,
                 diff,
                 roles_path,
+                inventory: None,
             };
             let push = match pushgateway
                 .map(|url| rampart_cli::push::Push::new(&url, &push_job))
@@ -459,19 +471,24 @@ fn main() -> ExitCode {
                     return Exit::Usage.into();
                 }
             };
+            let tls = match rampart_rpc::tls::TlsFiles::from_flags(tls_cert, tls_key, tls_ca) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("rampart: {e}");
+                    return Exit::Usage.into();
+                }
+            };
             let target = match (local, agent) {
                 (_, Some(addr)) => Target::Agent {
                     addr,
                     reconnect_timeout: Duration::from_secs(reconnect_timeout),
-                    tls: match rampart_rpc::tls::TlsFiles::from_flags(tls_cert, tls_key, tls_ca) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            eprintln!("rampart: {e}");
-                            return Exit::Usage.into();
-                        }
-                    },
+                    tls,
                 },
-                _ => Target::Local {
+                (false, None) => Target::Inventory {
+                    reconnect_timeout: Duration::from_secs(reconnect_timeout),
+                    tls,
+                },
+                (true, None) => Target::Local {
                     state_dir,
                     durability: if no_fsync {
                         Durability::None
@@ -490,6 +507,7 @@ fn main() -> ExitCode {
                 txid,
                 push,
                 flags,
+                inventory: inventory.map(|path| rampart_cli::run::InventoryRun { path, limit }),
             };
             match run::run(opts) {
                 Ok(code) => code,

@@ -53,6 +53,14 @@ pub enum Target {
         /// plaintext (an agent started with `--insecure-dev`).
         tls: Option<TlsFiles>,
     },
+    /// Each host of `-i INVENTORY` on its own agent (its `rampart_agent` variable, else
+    /// `ansible_host`:`rampart_agent_port`, else NAME:7420), one after another.
+    Inventory {
+        /// How long to keep trying to re-attach to one agent after its stream breaks.
+        reconnect_timeout: Duration,
+        /// Mutual TLS with every agent, as for `Agent`.
+        tls: Option<TlsFiles>,
+    },
 }
 
 /// Everything `rampart run` needs.
@@ -76,7 +84,32 @@ pub struct RunOptions {
     pub push: Option<crate::push::Push>,
     /// Tags, handlers, diff, roles path.
     pub flags: RunFlags,
+    /// `-i INVENTORY [--limit PATTERN]`: run as a host (or each host) of an inventory.
+    pub inventory: Option<InventoryRun>,
 }
+
+/// A run against an inventory.
+#[derive(Debug, Clone)]
+pub struct InventoryRun {
+    /// The inventory file (Ansible INI or YAML).
+    pub path: PathBuf,
+    /// `--limit`: an Ansible host pattern the hosts must also match.
+    pub limit: Option<String>,
+}
+
+/// One host an inventory run goes to.
+#[derive(Debug, Clone)]
+struct HostRun {
+    /// Its inventory name.
+    host: String,
+    /// Its agent's address (`rampart_agent`, else `ansible_host`:`rampart_agent_port`).
+    agent: String,
+    /// What its run sees of the inventory.
+    view: rampart_agent::event::InventoryView,
+}
+
+/// The largest inventory file read.
+const MAX_INVENTORY_FILE: u64 = 16 << 20;
 
 fn tx_error(e: TxError) -> CliError {
     match &e {
@@ -98,11 +131,277 @@ pub fn run(opts: RunOptions) -> Result<Exit, CliError> {
         ))
     })?;
     let name = opts.playbook.display().to_string();
-    match &opts.target {
+    let Some(inv) = &opts.inventory else {
+        return run_on(&opts, &opts.target, name, text);
+    };
+    let hosts = plan(&opts, inv, &name, &text)?;
+    let one = match &opts.target {
+        Target::Inventory {
+            reconnect_timeout,
+            tls,
+        } => return run_each(&opts, (*reconnect_timeout, tls), &hosts, name, text),
+        Target::Local { .. } => "--local",
+        Target::Agent { .. } => "--agent",
+    };
+    let [host] = hosts.as_slice() else {
+        return Err(CliError::usage(format!(
+            "-i {} selects {} hosts ({}), and {one} runs one: pick it with --limit, or drop \
+             {one} to run each host on its own agent",
+            inv.path.display(),
+            hosts.len(),
+            host_list(hosts.iter().map(|h| h.host.as_str())),
+        )));
+    };
+    let mut o = opts.clone();
+    o.flags.inventory = Some(host.view.clone());
+    run_on(&o, &opts.target, name, text)
+}
+
+/// At most this many names in a message; the rest are counted.
+fn host_list<'a>(hosts: impl Iterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = hosts.collect();
+    let shown = all.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    match all.len() {
+        n if n > 10 => format!("{shown} and {} more", n - 10),
+        _ => shown,
+    }
+}
+
+/// The hosts of an inventory run, in inventory order: those some play's `hosts` pattern
+/// selects (a templated pattern counts as `all`; the agent evaluates it) and `--limit` keeps.
+/// The playbook is loaded here, so a bad one is refused before anything is read from agents.
+fn plan(
+    opts: &RunOptions,
+    inv: &InventoryRun,
+    name: &str,
+    text: &str,
+) -> Result<Vec<HostRun>, CliError> {
+    use rampart_playbook::inventory::{Inventory, select};
+    let path = &inv.path;
+    let size = std::fs::metadata(path)
+        .map_err(|e| CliError::usage(format!("cannot read inventory {}: {e}", path.display())))?
+        .len();
+    if size > MAX_INVENTORY_FILE {
+        return Err(CliError::usage(format!(
+            "inventory {} is {size} bytes; at most {MAX_INVENTORY_FILE} are read",
+            path.display()
+        )));
+    }
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("cannot read inventory {}: {e}", path.display())))?;
+    let inventory = Inventory::parse(&raw)
+        .map_err(|e| CliError::usage(format!("inventory {}: {e}", path.display())))?;
+    let groups = inventory.group_hosts();
+    let all: Vec<String> = groups.get("all").cloned().unwrap_or_default();
+    if all.is_empty() {
+        return Err(CliError::usage(format!(
+            "inventory {} names no host",
+            path.display()
+        )));
+    }
+    let base = base_dir(&opts.playbook);
+    let book = transaction::load_playbook(name, text, &Templar::new(), Some(&base), &opts.flags)
+        .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
+    let pick = |what: &str, pattern: &str| {
+        let sel = select(pattern, &all, &groups)
+            .map_err(|e| CliError::usage(format!("{what} {pattern:?}: {e}")))?;
+        for term in &sel.unmatched {
+            eprintln!(
+                "rampart: warning: {what} {pattern:?}: {term:?} matches no host or group of {}",
+                path.display()
+            );
+        }
+        Ok::<_, CliError>(sel.hosts)
+    };
+    let mut wanted = std::collections::BTreeSet::new();
+    for play in &book.plays {
+        if play.hosts.contains("{{") {
+            wanted.extend(all.iter().cloned());
+        } else {
+            wanted.extend(pick(&format!("play {:?}: hosts", play.name), &play.hosts)?);
+        }
+    }
+    if let Some(limit) = &inv.limit {
+        let keep: std::collections::BTreeSet<String> =
+            pick("--limit", limit)?.into_iter().collect();
+        if keep.is_empty() {
+            return Err(CliError::usage(format!(
+                "--limit {limit:?} selects no host of {} (its hosts: {})",
+                path.display(),
+                host_list(all.iter().map(String::as_str))
+            )));
+        }
+        wanted.retain(|h| keep.contains(h));
+    }
+    if wanted.is_empty() {
+        return Err(CliError::usage(format!(
+            "no host of {} to run on: the plays' `hosts` patterns{} select none of its hosts ({})",
+            path.display(),
+            if inv.limit.is_some() {
+                " and --limit"
+            } else {
+                ""
+            },
+            host_list(all.iter().map(String::as_str))
+        )));
+    }
+    let hostvars: std::collections::BTreeMap<String, Map<String, Value>> = all
+        .iter()
+        .map(|h| (h.clone(), inventory.host_vars(h)))
+        .collect();
+    let view = |host: &str| rampart_agent::event::InventoryView {
+        host: host.to_string(),
+        groups: groups.clone(),
+        hostvars: hostvars.clone(),
+    };
+    Ok(all
+        .iter()
+        .filter(|h| wanted.contains(*h))
+        .map(|h| HostRun {
+            host: h.clone(),
+            agent: rampart_playbook::inventory::agent_addr(h, &hostvars[h]),
+            view: view(h),
+        })
+        .collect())
+}
+
+/// Runs each host of an inventory on its own agent, one after another, each as its own
+/// transaction; stops after the first that does not succeed (the rest are not started, as
+/// Ansible's `serial: 1` with `max_fail_percentage: 0`), then prints what each host did.
+fn run_each(
+    opts: &RunOptions,
+    (reconnect_timeout, tls): (Duration, &Option<TlsFiles>),
+    hosts: &[HostRun],
+    name: String,
+    text: String,
+) -> Result<Exit, CliError> {
+    let mut done: Vec<(&HostRun, Result<Exit, CliError>)> = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        if opts.format == Format::Human {
+            println!(
+                "\nHOST [{}] agent {} ({} of {}) {}",
+                h.host,
+                h.agent,
+                i + 1,
+                hosts.len(),
+                "*".repeat(40)
+            );
+        }
+        let mut o = opts.clone();
+        o.flags.inventory = Some(h.view.clone());
+        let target = Target::Agent {
+            addr: h.agent.clone(),
+            reconnect_timeout,
+            tls: tls.clone(),
+        };
+        let r = run_on(&o, &target, name.clone(), text.clone());
+        if let Err(e) = &r {
+            eprintln!("rampart: {}: {}", h.host, e.message);
+        }
+        let stop = !matches!(r, Ok(Exit::Ok));
+        done.push((h, r));
+        if stop {
+            break;
+        }
+    }
+    let exit = done
+        .iter()
+        .map(|(_, r)| match r {
+            Ok(e) => *e,
+            Err(e) => e.exit,
+        })
+        .find(|e| *e != Exit::Ok)
+        .unwrap_or(Exit::Ok);
+    let not_run = &hosts[done.len()..];
+    match opts.format {
+        Format::Human => {
+            println!("\nHOSTS {}", "*".repeat(60));
+            for (h, r) in &done {
+                let what = match r {
+                    Ok(e) => format!("exit {} ({})", e.code(), exit_word(*e)),
+                    Err(e) => format!("exit {} (did not run: {})", e.exit.code(), e.message),
+                };
+                println!("{:<24} {what}", h.host);
+            }
+            for h in not_run {
+                println!("{:<24} not run (a host before it did not succeed)", h.host);
+            }
+        }
+        Format::Json => {
+            let mut rows: Vec<Value> = done
+                .iter()
+                .map(|(h, r)| match r {
+                    Ok(e) => {
+                        serde_json::json!({"host": h.host, "agent": h.agent, "exit": e.code()})
+                    }
+                    Err(e) => serde_json::json!({
+                        "host": h.host, "agent": h.agent, "exit": e.exit.code(), "error": e.message
+                    }),
+                })
+                .collect();
+            rows.extend(not_run.iter().map(|h| {
+                serde_json::json!({"host": h.host, "agent": h.agent, "exit": null, "not_run": true})
+            }));
+            println!(
+                "{}",
+                serde_json::json!({"hosts": rows, "exit": exit.code()})
+            );
+        }
+    }
+    Ok(exit)
+}
+
+/// A host's view of the inventory as the agent takes it, refused here when too large.
+fn inventory_json(view: &rampart_agent::event::InventoryView) -> Result<String, CliError> {
+    let json = serde_json::to_string(view)
+        .map_err(|e| CliError::usage(format!("cannot encode the inventory: {e}")))?;
+    if json.len() > rampart_agent::event::MAX_INVENTORY_VIEW {
+        return Err(CliError::usage(format!(
+            "the inventory's hosts and variables take {} bytes as JSON; an agent takes at most {}",
+            json.len(),
+            rampart_agent::event::MAX_INVENTORY_VIEW
+        )));
+    }
+    Ok(json)
+}
+
+/// A word for a host's exit in the summary.
+fn exit_word(e: Exit) -> &'static str {
+    match e {
+        Exit::Ok => "succeeded",
+        Exit::Failed => "failed, rolled back",
+        Exit::RollbackFailed => "ROLLBACK FAILED",
+        Exit::LockTimeout => "host lock not acquired",
+        Exit::FailedNoRescue => "failed, no rescue",
+        Exit::Usage => "refused",
+        Exit::Auth => "refused this client",
+    }
+}
+
+/// The playbook's directory (relative files are found from it).
+fn base_dir(playbook: &Path) -> PathBuf {
+    playbook
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs on one target.
+fn run_on(
+    opts: &RunOptions,
+    target: &Target,
+    name: String,
+    text: String,
+) -> Result<Exit, CliError> {
+    match target {
+        Target::Inventory { .. } => Err(CliError::usage(
+            "each host of an inventory runs on its own agent: give -i INVENTORY",
+        )),
         Target::Local {
             state_dir,
             durability,
-        } => run_local(&opts, state_dir, *durability, name, text),
+        } => run_local(opts, state_dir, *durability, name, text),
         Target::Agent {
             addr,
             reconnect_timeout,
@@ -119,7 +418,7 @@ pub fn run(opts: RunOptions) -> Result<Exit, CliError> {
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;
-            rt.block_on(run_agent(&opts, &agent, *reconnect_timeout, name, text))
+            rt.block_on(run_agent(opts, &agent, *reconnect_timeout, name, text))
         }
     }
 }
@@ -271,12 +570,7 @@ async fn run_agent(
 ) -> Result<Exit, CliError> {
     // Refuse a bad playbook here, with the same checks the agent makes, before any network;
     // the files it brings in travel with the request.
-    let base = opts
-        .playbook
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base = base_dir(&opts.playbook);
     let book = transaction::load_playbook(&name, &text, &Templar::new(), Some(&base), &opts.flags)
         .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
     let files = rampart_host::bundle::gather(&base, &book.files, &book.role_dirs)
@@ -306,6 +600,10 @@ async fn run_agent(
         skip_tags: opts.flags.skip_tags.clone(),
         force_handlers: opts.flags.force_handlers,
         diff: opts.flags.diff,
+        inventory_json: match &opts.flags.inventory {
+            Some(view) => inventory_json(view)?,
+            None => String::new(),
+        },
     };
     let mut stream = match client.run(req).await {
         Ok(r) => r.into_inner(),

@@ -132,7 +132,7 @@ pub const BUILTIN_ROLLBACK: &str = include_str!("../../playbooks/rollback-produc
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7430";
 /// Default agent port when the inventory gives none.
-pub const DEFAULT_AGENT_PORT: u16 = 7420;
+pub const DEFAULT_AGENT_PORT: u16 = rampart_playbook::inventory::DEFAULT_AGENT_PORT;
 /// The longest duration a `*_seconds` setting of an environment takes (ten years).
 pub const MAX_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
 
@@ -492,14 +492,8 @@ pub struct Environment {
 impl Environment {
     /// The agent address (`HOST:PORT`) of a host.
     pub fn agent_addr(&self, host: &str) -> String {
-        let vars = self.host_vars.get(host);
-        let s = |k: &str| vars.and_then(|v| v.get(k)).and_then(value_text);
-        if let Some(a) = s("rampart_agent") {
-            return a;
-        }
-        let h = s("ansible_host").unwrap_or_else(|| host.to_string());
-        let port = s("rampart_agent_port").unwrap_or_else(|| DEFAULT_AGENT_PORT.to_string());
-        format!("{h}:{port}")
+        let none = Map::new();
+        rampart_playbook::inventory::agent_addr(host, self.host_vars.get(host).unwrap_or(&none))
     }
 }
 
@@ -513,14 +507,6 @@ pub fn component_names(vars: &Map<String, Value>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn value_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// The controller's settings, checked.

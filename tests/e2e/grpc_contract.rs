@@ -812,6 +812,52 @@ fn bad_input_is_refused_with_its_code_before_anything_runs() {
         assert!(s.message().contains("vars_json"), "{}", s.message());
         assert!(!marker.exists(), "a run with bad vars_json ran");
 
+        // An inventory view that does not hold together, or a play pattern that cannot be
+        // evaluated against it: refused before anything runs.
+        for (what, inventory_json, expect) in [
+            ("not JSON", "{".to_string(), "inventory_json"),
+            (
+                "host missing from all",
+                r#"{"host":"a","groups":{"all":["b"]},"hostvars":{"a":{},"b":{}}}"#.to_string(),
+                "not in the group `all`",
+            ),
+            (
+                "group names a host without vars",
+                r#"{"host":"a","groups":{"all":["a","zz"]},"hostvars":{"a":{}}}"#.to_string(),
+                "\"zz\"",
+            ),
+            (
+                "too large",
+                format!(
+                    r#"{{"host":"a","groups":{{"all":["a"]}},"hostvars":{{"a":{{"x":"{}"}}}}}}"#,
+                    "x".repeat(9 << 20)
+                ),
+                "at most",
+            ),
+        ] {
+            let req = pb::RunRequest {
+                inventory_json,
+                ..run_req(&touch_playbook(&marker))
+            };
+            let s = refused(
+                what,
+                call("Run", client.run(req)).await,
+                Code::InvalidArgument,
+            );
+            assert!(s.message().contains(expect), "{what}: {}", s.message());
+        }
+        let req = pb::RunRequest {
+            inventory_json: r#"{"host":"a","groups":{"all":["a"]},"hostvars":{"a":{}}}"#.into(),
+            ..run_req(&touch_playbook(&marker).replace("hosts: localhost", "hosts: \"~(\""))
+        };
+        let s = refused(
+            "bad play pattern",
+            call("Run", client.run(req)).await,
+            Code::InvalidArgument,
+        );
+        assert!(s.message().contains("~("), "{}", s.message());
+        assert!(!marker.exists(), "a run with a bad inventory view ran");
+
         // A txid that is not a file name.
         let req = pb::RunRequest {
             txid: "../etc".into(),

@@ -37,6 +37,7 @@ mod grpc_contract;
 mod health;
 mod history_stats;
 mod identity;
+mod inventory_run;
 mod metrics;
 mod migrate_restore;
 mod migrations;

@@ -434,6 +434,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         skip_tags: Vec::new(),
         force_handlers: false,
         diff: false,
+        inventory_json: String::new(),
     };
     let start = if job.from_seq > 0 {
         Start::Watch(job.from_seq)

@@ -386,6 +386,26 @@ pub const MAX_PATTERN_TERMS: usize = 256;
 /// the user's regex, so a few characters such as `\w{1000}{1000}` must not take the memory.
 const TERM_REGEX_SIZE: usize = 1 << 20;
 
+/// The port of a host's agent when its variables give none.
+pub const DEFAULT_AGENT_PORT: u16 = 7420;
+
+/// Where a host's agent listens (`HOST:PORT`), from its variables: `rampart_agent`, else
+/// `ansible_host` (else the inventory name) and `rampart_agent_port` (else
+/// [`DEFAULT_AGENT_PORT`]). A string or a number is taken as written.
+pub fn agent_addr(host: &str, vars: &Map<String, Value>) -> String {
+    let text = |k: &str| match vars.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    if let Some(a) = text("rampart_agent") {
+        return a;
+    }
+    let h = text("ansible_host").unwrap_or_else(|| host.to_string());
+    let port = text("rampart_agent_port").unwrap_or_else(|| DEFAULT_AGENT_PORT.to_string());
+    format!("{h}:{port}")
+}
+
 /// What a host pattern selected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
