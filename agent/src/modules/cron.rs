@@ -640,6 +640,65 @@ mod tests {
         assert!(path.exists());
     }
 
+    /// Deletes the test's user and its crontab when dropped (also when the test panics).
+    struct CronUser(&'static str);
+    impl Drop for CronUser {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("crontab")
+                .args(["-r", "-u", self.0])
+                .output();
+            let _ = std::process::Command::new("userdel")
+                .args(["-r", self.0])
+                .output();
+        }
+    }
+
+    #[test]
+    fn a_users_crontab_goes_through_the_crontab_program() {
+        let root = nix::unistd::geteuid().is_root();
+        if !root || find_program("crontab").is_none() || find_program("useradd").is_none() {
+            eprintln!("skipped: needs root, crontab and useradd");
+            return;
+        }
+        const USER: &str = "rampart-test-cronu";
+        let guard = CronUser(USER);
+        let made = std::process::Command::new("useradd")
+            .args(["-M", USER])
+            .output()
+            .expect("useradd");
+        assert!(made.status.success(), "useradd: {made:?}");
+        let list = || {
+            let o = std::process::Command::new("crontab")
+                .args(["-l", "-u", USER])
+                .output()
+                .expect("crontab -l");
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let job = json!({"name": "tick", "minute": "*/5", "job": "/bin/true", "user": USER});
+        let r = Call::default().run(&CRON, job.clone());
+        assert_eq!(r["changed"], json!(true), "{r:?}");
+        assert!(
+            list().ends_with("#Ansible: tick\n*/5 * * * * /bin/true\n"),
+            "{:?}",
+            list()
+        );
+        let r = Call::default().run(&CRON, job.clone());
+        assert_eq!(r["changed"], json!(false), "{r:?}");
+        let mut gone = job;
+        gone["state"] = json!("absent");
+        let r = Call {
+            check: true,
+            ..Call::default()
+        }
+        .run(&CRON, gone.clone());
+        assert_eq!(r["changed"], json!(true), "{r:?}");
+        assert!(list().contains("#Ansible: tick"), "check mode removed it");
+        let r = Call::default().run(&CRON, gone);
+        assert_eq!(r["changed"], json!(true), "{r:?}");
+        assert!(!list().contains("tick"), "{:?}", list());
+        drop(guard);
+    }
+
     #[test]
     fn cron_file_removed_with_its_last_job() {
         let dir = tempfile::tempdir().unwrap();
