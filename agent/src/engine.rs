@@ -471,11 +471,12 @@ impl<'a> Engine<'a> {
         Scope::value(self.templar.clone(), out)
     }
 
-    /// Whether a play runs on this host: always without an inventory; with one, when the play's
+    /// Whether a play runs on this host: always without an inventory (or with the controller's,
+    /// whose environment picked the hosts); with `rampart run -i`'s, when the play's
     /// `hosts` pattern (templated when it holds `{{`) selects the host. A pattern that does not
     /// evaluate selects nothing (the agent refuses a literal bad pattern before the run).
     fn play_selects_host(&self, play: &rampart_playbook::Play, scope: &MjValue) -> bool {
-        let Some(view) = &self.opts.inventory else {
+        let Some(view) = self.opts.inventory.as_ref().filter(|v| !v.every_play) else {
             return true;
         };
         let pattern = if play.hosts.contains("{{") {

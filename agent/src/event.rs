@@ -134,69 +134,7 @@ pub struct RunFlags {
     pub inventory: Option<InventoryView>,
 }
 
-/// The part of an inventory one host's run sees: its name there (`inventory_hostname`), every
-/// group with its hosts (`groups`) and every host's inventory variables (`hostvars`; the
-/// host's own are also its variables, below play vars).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InventoryView {
-    /// This host's name in the inventory.
-    pub host: String,
-    /// Each group's hosts in inventory order, `all` and `ungrouped` included.
-    pub groups: std::collections::BTreeMap<String, Vec<String>>,
-    /// Each host's variables from the inventory (groups and host merged).
-    pub hostvars: std::collections::BTreeMap<String, Map<String, Value>>,
-}
-
-/// The largest inventory view a run takes, as JSON.
-pub const MAX_INVENTORY_VIEW: usize = 8 << 20;
-
-impl InventoryView {
-    /// Checks a view from the network or a journal: the host is in it, each group's hosts
-    /// have variables, names are non-empty and without control characters.
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |n: &str| n.is_empty() || n.len() > 255 || n.chars().any(char::is_control);
-        if bad(&self.host) {
-            return Err(format!("bad inventory host name {:?}", self.host));
-        }
-        if !self.hostvars.contains_key(&self.host) {
-            return Err(format!(
-                "the inventory view has no variables for its own host {:?}",
-                self.host
-            ));
-        }
-        let all = self
-            .groups
-            .get("all")
-            .ok_or("the inventory view has no group `all`")?;
-        if !all.contains(&self.host) {
-            return Err(format!("host {:?} is not in the group `all`", self.host));
-        }
-        for (g, hosts) in &self.groups {
-            if bad(g) {
-                return Err(format!("bad inventory group name {g:?}"));
-            }
-            if let Some(h) = hosts.iter().find(|h| !self.hostvars.contains_key(*h)) {
-                return Err(format!(
-                    "group {g:?} names host {h:?}, which has no variables"
-                ));
-            }
-        }
-        if let Some(h) = self.hostvars.keys().find(|h| bad(h)) {
-            return Err(format!("bad inventory host name {h:?}"));
-        }
-        Ok(())
-    }
-
-    /// The groups this host is in, sorted, without `all` (`group_names`; Ansible keeps
-    /// `ungrouped` in it).
-    pub fn group_names(&self, host: &str) -> Vec<String> {
-        self.groups
-            .iter()
-            .filter(|(g, hosts)| *g != "all" && hosts.iter().any(|h| h == host))
-            .map(|(g, _)| g.clone())
-            .collect()
-    }
-}
+pub use rampart_playbook::inventory::{InventoryView, MAX_INVENTORY_VIEW};
 
 impl RunFlags {
     /// Whether nothing was asked beyond the defaults.

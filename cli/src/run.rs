@@ -19,6 +19,7 @@ use rampart_agent::event::{Entry, Record, RunFlags};
 use rampart_agent::journal::Durability;
 use rampart_agent::server;
 use rampart_agent::transaction::{self, HostConfig, TxRequest, TxSummary};
+use rampart_playbook::inventory::InventoryView;
 use rampart_playbook::template::Templar;
 use rampart_proto::v1 as pb;
 use rampart_proto::v1::agent_client::AgentClient;
@@ -105,7 +106,7 @@ struct HostRun {
     /// Its agent's address (`rampart_agent`, else `ansible_host`:`rampart_agent_port`).
     agent: String,
     /// What its run sees of the inventory.
-    view: rampart_agent::event::InventoryView,
+    view: InventoryView,
 }
 
 /// The largest inventory file read.
@@ -245,22 +246,17 @@ fn plan(
             host_list(all.iter().map(String::as_str))
         )));
     }
-    let hostvars: std::collections::BTreeMap<String, Map<String, Value>> = all
-        .iter()
-        .map(|h| (h.clone(), inventory.host_vars(h)))
-        .collect();
-    let view = |host: &str| rampart_agent::event::InventoryView {
-        host: host.to_string(),
-        groups: groups.clone(),
-        hostvars: hostvars.clone(),
-    };
+    let view = inventory.view();
     Ok(all
         .iter()
         .filter(|h| wanted.contains(*h))
         .map(|h| HostRun {
             host: h.clone(),
-            agent: rampart_playbook::inventory::agent_addr(h, &hostvars[h]),
-            view: view(h),
+            agent: rampart_playbook::inventory::agent_addr(h, &view.hostvars[h]),
+            view: InventoryView {
+                host: h.clone(),
+                ..view.clone()
+            },
         })
         .collect())
 }
@@ -352,7 +348,7 @@ fn run_each(
 }
 
 /// A host's view of the inventory as the agent takes it, refused here when too large.
-fn inventory_json(view: &rampart_agent::event::InventoryView) -> Result<String, CliError> {
+fn inventory_json(view: &InventoryView) -> Result<String, CliError> {
     let json = serde_json::to_string(view)
         .map_err(|e| CliError::usage(format!("cannot encode the inventory: {e}")))?;
     if json.len() > rampart_agent::event::MAX_INVENTORY_VIEW {

@@ -41,7 +41,7 @@
 //!
 //! [environments.production]
 //! inventory = "/etc/rampart/production.yml" # Ansible YAML or INI inventory
-//! hosts = "all"                             # pattern; default: the play's `hosts`
+//! hosts = "all"                             # an Ansible host pattern; default: the first play's `hosts`
 //! playbook = "production"                   # built in (default), or a playbook file
 //! rollback_playbook = "production"          # built in (default), or a playbook file
 //! serial = [1, "10%", "50%"]                # default: the play's, else one wave
@@ -457,6 +457,9 @@ pub struct Environment {
     pub hosts: Vec<String>,
     /// Each host's variables (inventory groups and host, over the environment's `vars`).
     pub host_vars: BTreeMap<String, Map<String, Value>>,
+    /// What each host's run sees of the inventory (`groups`, `hostvars`; every play runs);
+    /// `None` when it is larger than an agent takes.
+    pub inventory_view: Option<Arc<rampart_playbook::inventory::InventoryView>>,
     /// The deploy playbook.
     pub playbook: PlaybookText,
     /// The rollback playbook (fleet rescue and `Rollback`).
@@ -490,6 +493,19 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// A host's `RunRequest.inventory_json`: the environment's inventory view as that host's
+    /// (empty without one).
+    pub fn inventory_json(&self, host: &str) -> String {
+        let Some(view) = &self.inventory_view else {
+            return String::new();
+        };
+        let mine = rampart_playbook::inventory::InventoryView {
+            host: host.to_string(),
+            ..(**view).clone()
+        };
+        serde_json::to_string(&mine).unwrap_or_default()
+    }
+
     /// The agent address (`HOST:PORT`) of a host.
     pub fn agent_addr(&self, host: &str) -> String {
         let none = Map::new();
@@ -867,7 +883,11 @@ fn environment(
         .clone()
         .or_else(|| play.map(|p| p.hosts.clone()))
         .unwrap_or_else(|| "all".into());
-    let hosts = inv.hosts_of(&pattern);
+    let mut view = inv.view();
+    let all = view.groups.get("all").cloned().unwrap_or_default();
+    let hosts = rampart_playbook::inventory::select(&pattern, &all, &view.groups)
+        .map_err(|err| format!("hosts {pattern:?}: {err}"))?
+        .hosts;
     if hosts.is_empty() {
         return Err(format!(
             "no host of inventory {} matches {pattern:?}",
@@ -900,6 +920,29 @@ fn environment(
         v.extend(inv.host_vars(h));
         host_vars.insert(h.clone(), v);
     }
+    // `hostvars` shows every inventory host's variables over the environment's, as a host's
+    // own variables are; the environment picked the hosts, so every play runs on each.
+    for vars in view.hostvars.values_mut() {
+        let mut v = env_vars.clone();
+        v.append(vars);
+        *vars = v;
+    }
+    view.every_play = true;
+    let inventory_view = match serde_json::to_string(&view) {
+        Ok(json) if json.len() <= rampart_playbook::inventory::MAX_INVENTORY_VIEW => {
+            Some(Arc::new(view))
+        }
+        _ => {
+            tracing::warn!(
+                environment = name,
+                "inventory {}: its hosts and variables exceed what an agent takes ({} bytes as \
+                 JSON); playbooks of this environment see no `groups` or `hostvars`",
+                inventory_path.display(),
+                rampart_playbook::inventory::MAX_INVENTORY_VIEW
+            );
+            None
+        }
+    };
     if e.four_eyes && !e.require_approval {
         return Err(
             "four_eyes = true needs require_approval = true: without an approval step there is no second pair of eyes".into(),
@@ -931,6 +974,7 @@ fn environment(
         inventory_path,
         hosts,
         host_vars,
+        inventory_view,
         playbook,
         rollback_playbook,
         serial,

@@ -74,6 +74,21 @@ fn waves_deploy_then_a_failure_in_wave_two_rolls_back_waves_one_and_two() {
     assert_eq!(fin["outcome"], "succeeded", "{fin:#}");
     assert_eq!(fin["environment_version"], "1.0.0", "{fin:#}");
     assert_eq!(fleet.serving(), vec![Some("1.0.0".to_string()); 5]);
+    // Each host ran as its inventory name, seeing the environment's inventory (every play
+    // runs: the environment picked the hosts).
+    for h in &fleet.hosts {
+        let agent = h.agent.as_ref().unwrap();
+        let journals = rampart_tests::read_journals(&agent.state_dir);
+        let begin = &journals.last().expect("a journal").1[0];
+        assert_eq!(begin["host"], h.name.as_str(), "{begin}");
+        let view = &begin["flags"]["inventory"];
+        assert_eq!(
+            view["groups"]["all"],
+            serde_json::json!(["h1", "h2", "h3", "h4", "h5"])
+        );
+        assert_eq!(view["every_play"], true, "{view}");
+        assert!(view["hostvars"]["h5"].is_object(), "{view}");
+    }
 
     // 2.0.0 fails its health checks on h2 (wave 2): waves 1 and 2 go back to 1.0.0, wave 3 is
     // never touched.

@@ -133,6 +133,8 @@ pub(super) struct Job {
     pub(super) addr: String,
     pub(super) playbook: PlaybookText,
     pub(super) vars: Value,
+    /// `RunRequest.inventory_json` (empty: none).
+    pub(super) inventory_json: String,
     pub(super) txid: String,
     pub(super) check: bool,
     /// Agent seq to re-attach from (events already stored).
@@ -434,7 +436,7 @@ async fn job_inner(ctl: &Arc<Controller>, job: &Job, tx: &mpsc::Sender<Msg>) -> 
         skip_tags: Vec::new(),
         force_handlers: false,
         diff: false,
-        inventory_json: String::new(),
+        inventory_json: job.inventory_json.clone(),
     };
     let start = if job.from_seq > 0 {
         Start::Watch(job.from_seq)

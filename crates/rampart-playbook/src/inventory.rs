@@ -317,19 +317,25 @@ impl Inventory {
         vars
     }
 
-    /// The hosts a pattern names (a group, a host, `all`), in inventory order.
+    /// The hosts an Ansible host pattern selects ([`select`]); none for a pattern that does
+    /// not evaluate.
     pub fn hosts_of(&self, pattern: &str) -> Vec<String> {
-        if pattern == "all" || pattern == "*" {
-            return self.hosts.clone();
+        select(pattern, &self.hosts, &self.group_hosts()).map_or_else(|_| Vec::new(), |s| s.hosts)
+    }
+
+    /// What a run against this inventory sees of it: `groups` and every host's variables;
+    /// `host` is left empty for the caller to set per host (`InventoryView { host, ..view }`).
+    pub fn view(&self) -> InventoryView {
+        InventoryView {
+            host: String::new(),
+            groups: self.group_hosts(),
+            hostvars: self
+                .hosts
+                .iter()
+                .map(|h| (h.clone(), self.host_vars(h)))
+                .collect(),
+            every_play: false,
         }
-        if self.hosts.iter().any(|h| h == pattern) {
-            return vec![pattern.to_string()];
-        }
-        self.hosts
-            .iter()
-            .filter(|h| self.groups_of(h).contains(pattern))
-            .cloned()
-            .collect()
     }
 
     /// Every group with the hosts in it (directly or through child groups), each list in
@@ -385,6 +391,75 @@ pub const MAX_PATTERN_TERMS: usize = 256;
 /// Compiled size of one term's regex (or glob), and of its lazy DFA, in bytes: a `~` term is
 /// the user's regex, so a few characters such as `\w{1000}{1000}` must not take the memory.
 const TERM_REGEX_SIZE: usize = 1 << 20;
+
+/// The part of an inventory one host's run sees: its name there (`inventory_hostname`), every
+/// group with its hosts (`groups`) and every host's inventory variables (`hostvars`; the
+/// host's own are also its variables, below play vars).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InventoryView {
+    /// This host's name in the inventory.
+    pub host: String,
+    /// Each group's hosts in inventory order, `all` and `ungrouped` included.
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Each host's variables from the inventory (groups and host merged).
+    pub hostvars: BTreeMap<String, Map<String, Value>>,
+    /// Every play runs on the host whatever its `hosts` pattern says: the controller's
+    /// environment picked the hosts. `false` (`rampart run -i`): a play whose pattern does not
+    /// select the host is skipped, as Ansible does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub every_play: bool,
+}
+
+/// The largest inventory view a run takes, as JSON.
+pub const MAX_INVENTORY_VIEW: usize = 8 << 20;
+
+impl InventoryView {
+    /// Checks a view from the network or a journal: the host is in it, each group's hosts
+    /// have variables, names are non-empty and without control characters.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |n: &str| n.is_empty() || n.len() > 255 || n.chars().any(char::is_control);
+        if bad(&self.host) {
+            return Err(format!("bad inventory host name {:?}", self.host));
+        }
+        if !self.hostvars.contains_key(&self.host) {
+            return Err(format!(
+                "the inventory view has no variables for its own host {:?}",
+                self.host
+            ));
+        }
+        let all = self
+            .groups
+            .get("all")
+            .ok_or("the inventory view has no group `all`")?;
+        if !all.contains(&self.host) {
+            return Err(format!("host {:?} is not in the group `all`", self.host));
+        }
+        for (g, hosts) in &self.groups {
+            if bad(g) {
+                return Err(format!("bad inventory group name {g:?}"));
+            }
+            if let Some(h) = hosts.iter().find(|h| !self.hostvars.contains_key(*h)) {
+                return Err(format!(
+                    "group {g:?} names host {h:?}, which has no variables"
+                ));
+            }
+        }
+        if let Some(h) = self.hostvars.keys().find(|h| bad(h)) {
+            return Err(format!("bad inventory host name {h:?}"));
+        }
+        Ok(())
+    }
+
+    /// The groups this host is in, sorted, without `all` (`group_names`; Ansible keeps
+    /// `ungrouped` in it).
+    pub fn group_names(&self, host: &str) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|(g, hosts)| *g != "all" && hosts.iter().any(|h| h == host))
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+}
 
 /// The port of a host's agent when its variables give none.
 pub const DEFAULT_AGENT_PORT: u16 = 7420;
