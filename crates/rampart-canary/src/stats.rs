@@ -1061,6 +1061,26 @@ mod tests {
     }
 
     #[test]
+    fn exact_beyond_the_bound_falls_back_to_the_approximation() {
+        // 2 × 500,001 pairs is above MAX_EXACT_PAIRS: asymptotic, though SciPy would be exact.
+        let y: Vec<f64> = (0..500_001).map(f64::from).collect();
+        let r = mann_whitney_u(&[-1.0, 1e9], &y, Alternative::TwoSided).unwrap();
+        assert_eq!(r.method, Method::Asymptotic);
+        let r = mann_whitney_u(&[-1.0, 1e9], &y[..400_000], Alternative::TwoSided).unwrap();
+        assert_eq!(r.method, Method::Exact);
+        // U = 400,000 of 800,000: the centre, p = 1.
+        assert_eq!(r.u, 400_000.0);
+        assert!(close(r.p_value, 1.0, 1e-12), "{r:?}");
+    }
+
+    #[test]
+    fn fisher_large_table_matches_high_precision() {
+        // mpmath at 50 digits: 6.8017994017094267027e-42 (SciPy 1.17.1: 6.8017994038e-42).
+        let t = fisher_exact_two_sided(12_000, 988_000, 10_000, 990_000).unwrap();
+        assert!(close(t.p_value, 6.801_799_401_709_427e-42, 1e-12), "{t:?}");
+    }
+
+    #[test]
     fn normal_tail() {
         assert!(close(erfc(0.5), 0.4795001221869535, 1e-14));
         assert!(close(erfc(3.0), 2.2090496998585445e-05, 1e-13));
