@@ -408,16 +408,6 @@ pub fn judge_error_rate(
         ratio: (rate_b > 0.0).then(|| rate_c / rate_b),
     });
     let expected = rate_b * n_c as f64;
-    if expected < cfg.min_expected_errors {
-        return d.with(
-            Verdict::Inconclusive,
-            format!(
-                "the canary would expect {expected:.2} errors at the baseline rate {} ({} needed): too few to compare; detectable canary rate {mde}",
-                pct(rate_b),
-                cfg.min_expected_errors
-            ),
-        );
-    }
     let pooled = (canary.errors + base.errors) as f64 / (n_c + n_b) as f64;
     let smallest_expected = pooled * n_c.min(n_b) as f64;
     let (test, statistic, p) = if smallest_expected < cfg.fisher_below_expected {
@@ -459,6 +449,17 @@ pub fn judge_error_rate(
             format!(
                 "{what}: significantly higher, by at least {} points and {}×",
                 cfg.min_points, cfg.min_ratio
+            ),
+        )
+    } else if expected < cfg.min_expected_errors {
+        // Too few errors expected at the baseline rate for a pass to mean anything; a clear
+        // fail above still counts (Fisher's exact test is valid at any count), so a canary
+        // erring against an error-free baseline is caught, not left inconclusive.
+        d.with(
+            Verdict::Inconclusive,
+            format!(
+                "{what}: the canary would expect {expected:.2} errors at the baseline rate ({} needed for a pass); detectable canary rate {mde}",
+                cfg.min_expected_errors
             ),
         )
     } else if significant {
@@ -1129,6 +1130,13 @@ mod tests {
         let d = judge_error_rate(counts(2, 2_000), Some(counts(10, 10_000)), &cfg);
         assert_eq!(d.verdict, Verdict::Inconclusive, "{}", d.reason);
         assert!(d.reason.contains("expect 2.00 errors"), "{}", d.reason);
+        // A clear fail gets through that gate: 3 % against an error-free baseline.
+        let d = judge_error_rate(counts(30, 1_000), Some(counts(0, 5_000)), &cfg);
+        assert_eq!(d.verdict, Verdict::Fail, "{}", d.reason);
+        assert_eq!(d.test, Some(TestKind::FisherExact));
+        // ... but no errors on either side is no evidence of a pass.
+        let d = judge_error_rate(counts(0, 1_000), Some(counts(0, 5_000)), &cfg);
+        assert_eq!(d.verdict, Verdict::Inconclusive, "{}", d.reason);
         // Error: more errors than requests, and a bad config.
         let d = judge_error_rate(counts(5, 4), Some(counts(1, 10)), &cfg);
         assert_eq!(d.verdict, Verdict::Error);
