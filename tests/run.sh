@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 # (the health checks' Redis), prometheus and promtool (a real Prometheus scraping the controller; metrics and rule checks),
 # prometheus-pushgateway (receives `rampart run --local --pushgateway` facts; started by the tests
 # on a port of their own: the unit the package enables is not used), crontab (the conformance
-# suite's cron scenario), python3-venv (the conformance suite's ansible-core, below).
+# suite's cron scenario), python3-venv (the conformance suite's ansible-core and the canary
+# statistics' SciPy, below).
 missing=()
 for tool in curl:curl openssl:openssl python3:python3 /lib/systemd/systemd:systemd \
   psql:postgresql-client pg_dump:postgresql-client pg_restore:postgresql-client \
@@ -42,6 +43,15 @@ if [ -z "${RAMPART_ANSIBLE_PLAYBOOK:-}" ] && ! [ -x target/ansible-venv/bin/ansi
   rm -rf target/ansible-venv && mkdir -p target
   python3 -m venv target/ansible-venv
   target/ansible-venv/bin/pip install --quiet 'ansible-core>=2.19,<2.20'
+fi
+# The canary statistics (tests/e2e/canary_stats.rs) are checked against SciPy 1.17, installed once
+# into target/scipy-venv (the test would do it too, under a lock). RAMPART_SCIPY_PYTHON points at
+# another python3 that can import scipy.
+if [ -z "${RAMPART_SCIPY_PYTHON:-}" ] && ! target/scipy-venv/bin/python -c 'import scipy' >/dev/null 2>&1; then
+  echo "== installing scipy 1.17 into target/scipy-venv"
+  rm -rf target/scipy-venv && mkdir -p target
+  python3 -m venv target/scipy-venv
+  target/scipy-venv/bin/pip install --quiet 'scipy>=1.17,<1.18'
 fi
 echo "== building the binaries the end-to-end tests run"
 cargo build --workspace --bins
