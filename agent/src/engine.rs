@@ -188,11 +188,13 @@ fn short_name(host: &str) -> &str {
 /// `inventory_hostname_short` and `group_names`.
 fn hostvars(view: &InventoryView) -> Value {
     let mut out = Map::new();
+    let mut names = view.all_group_names();
     for (h, vars) in &view.hostvars {
         let mut v = vars.clone();
         v.insert("inventory_hostname".into(), json!(h));
         v.insert("inventory_hostname_short".into(), json!(short_name(h)));
-        v.insert("group_names".into(), json!(view.group_names(h)));
+        let groups = names.remove(h.as_str()).unwrap_or_default();
+        v.insert("group_names".into(), json!(groups));
         out.insert(h.clone(), Value::Object(v));
     }
     Value::Object(out)
@@ -261,11 +263,12 @@ impl<'a> Engine<'a> {
         let mut inventory_vars = None;
         if let Some(view) = &opts.inventory {
             magic.insert("groups".into(), from_json(&json!(view.groups)));
+            let hostvars = hostvars(view);
             magic.insert(
                 "group_names".into(),
-                from_json(&json!(view.group_names(&host))),
+                from_json(&hostvars[&host]["group_names"]),
             );
-            magic.insert("hostvars".into(), from_json(&hostvars(view)));
+            magic.insert("hostvars".into(), from_json(&hostvars));
             inventory_vars = view.hostvars.get(&host).cloned().map(Arc::new);
         }
         magic.insert("ansible_check_mode".to_string(), MjValue::from(opts.check));

@@ -9,7 +9,7 @@
 //! a file lock (`tests/run.sh` creates it up front), or from `RAMPART_SCIPY_PYTHON` (a `python3`
 //! that can `import scipy`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,13 +17,11 @@ use rampart_canary::stats::{
     Alternative, Method, erfc, fisher_exact, hodges_lehmann, mann_whitney_u, norm_ppf,
     two_proportion_z,
 };
-use rampart_tests::{XorShift, bin_dir, run_to_end};
+use rampart_tests::{XorShift, run_to_end};
 use serde_json::{Value, json};
 
 /// The SciPy the statistics were written against (its `auto` method choice is matched).
 const SCIPY: &str = "scipy>=1.17,<1.18";
-/// Creating the venv and installing SciPy (a wheel of about 40 MB).
-const INSTALL_DEADLINE: Duration = Duration::from_secs(900);
 /// The one Python run over every case.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -81,37 +79,17 @@ fn scipy_python() -> PathBuf {
         );
         return p;
     }
-    let target = bin_dir().parent().expect("target dir").to_path_buf();
-    let venv = target.join("scipy-venv");
-    let python = venv.join("bin/python");
-    let lock = std::fs::File::create(target.join("scipy-venv.lock")).expect("venv lock file");
-    lock.lock().expect("lock the venv");
     // The interpreter exists as soon as the venv does, so ask it for SciPy itself: a venv left
     // by an interrupted install is made again.
-    let has_scipy = python.exists() && {
-        let mut probe = Command::new(&python);
-        probe.args(["-c", "import scipy"]);
-        run_to_end(probe, SCRIPT_DEADLINE).code == 0
+    let has_scipy = |venv: &Path| {
+        let python = venv.join("bin/python");
+        python.exists() && {
+            let mut probe = Command::new(&python);
+            probe.args(["-c", "import scipy"]);
+            run_to_end(probe, SCRIPT_DEADLINE).code == 0
+        }
     };
-    if !has_scipy {
-        let _ = std::fs::remove_dir_all(&venv);
-        let mut mk = Command::new("python3");
-        mk.args(["-m", "venv"]).arg(&venv);
-        let run = run_to_end(mk, INSTALL_DEADLINE);
-        assert_eq!(
-            run.code,
-            0,
-            "python3 -m venv {} (Debian: apt-get install python3-venv): {}",
-            venv.display(),
-            run.stderr
-        );
-        let mut pip = Command::new(venv.join("bin/pip"));
-        pip.args(["install", "--quiet", SCIPY]);
-        let run = run_to_end(pip, INSTALL_DEADLINE);
-        assert_eq!(run.code, 0, "pip install {SCIPY}: {}", run.stderr);
-    }
-    let _ = lock.unlock();
-    python
+    rampart_tests::python_venv("scipy-venv", SCIPY, has_scipy).join("bin/python")
 }
 
 /// A number of the script's output (non-finite ones come as strings).

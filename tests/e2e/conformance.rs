@@ -27,8 +27,6 @@ const WORKERS: usize = 2;
 const MAX_WORKERS: usize = 16;
 /// The longest one tool may take on one scenario.
 const RUN_DEADLINE: Duration = Duration::from_secs(180);
-/// The longest the one-time install of ansible-core may take.
-const INSTALL_DEADLINE: Duration = Duration::from_secs(900);
 /// What is read of the work dir: entries, depth, bytes of one file.
 const MAX_ENTRIES: usize = 2000;
 const MAX_DEPTH: usize = 12;
@@ -504,30 +502,12 @@ fn ansible_playbook() -> PathBuf {
         );
         return p;
     }
-    let target = bin_dir().parent().expect("target dir").to_path_buf();
-    let venv = target.join("ansible-venv");
-    let exe = venv.join("bin/ansible-playbook");
-    let lock = std::fs::File::create(target.join("ansible-venv.lock")).expect("venv lock file");
-    lock.lock().expect("lock the venv");
-    if !exe.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        let mut mk = Command::new("python3");
-        mk.args(["-m", "venv"]).arg(&venv);
-        let run = run_to_end(mk, INSTALL_DEADLINE);
-        assert_eq!(
-            run.code,
-            0,
-            "python3 -m venv {} (Debian: apt-get install python3-venv): {}",
-            venv.display(),
-            run.stderr
-        );
-        let mut pip = Command::new(venv.join("bin/pip"));
-        pip.args(["install", "--quiet", ANSIBLE_CORE]);
-        let run = run_to_end(pip, INSTALL_DEADLINE);
-        assert_eq!(run.code, 0, "pip install {ANSIBLE_CORE}: {}", run.stderr);
-    }
-    let _ = lock.unlock();
-    exe
+    let exe = |venv: &Path| venv.join("bin/ansible-playbook");
+    exe(&rampart_tests::python_venv(
+        "ansible-venv",
+        ANSIBLE_CORE,
+        |v| exe(v).exists(),
+    ))
 }
 
 /// Where one scenario runs: `<tmp>/case` is the copy of its folder (work dir `case/work`), and

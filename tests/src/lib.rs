@@ -475,3 +475,36 @@ impl XorShift {
         self.0
     }
 }
+
+/// The longest a venv's creation and `pip install` may take.
+const VENV_INSTALL_DEADLINE: Duration = Duration::from_secs(900);
+
+/// A Python venv `target/NAME` with `requirement` installed (e.g. `scipy>=1.17,<1.18`), made on
+/// first use while holding `target/NAME.lock` (test processes may race); `ready(venv)` says
+/// whether an existing one is usable (else it is made again, e.g. after an interrupted install).
+/// Returns the venv's directory.
+pub fn python_venv(name: &str, requirement: &str, ready: impl Fn(&Path) -> bool) -> PathBuf {
+    let target = bin_dir().parent().expect("target dir").to_path_buf();
+    let venv = target.join(name);
+    let lock = std::fs::File::create(target.join(format!("{name}.lock"))).expect("venv lock file");
+    lock.lock().expect("lock the venv");
+    if !ready(&venv) {
+        let _ = std::fs::remove_dir_all(&venv);
+        let mut mk = Command::new("python3");
+        mk.args(["-m", "venv"]).arg(&venv);
+        let run = run_to_end(mk, VENV_INSTALL_DEADLINE);
+        assert_eq!(
+            run.code,
+            0,
+            "python3 -m venv {} (Debian: apt-get install python3-venv): {}",
+            venv.display(),
+            run.stderr
+        );
+        let mut pip = Command::new(venv.join("bin/pip"));
+        pip.args(["install", "--quiet", requirement]);
+        let run = run_to_end(pip, VENV_INSTALL_DEADLINE);
+        assert_eq!(run.code, 0, "pip install {requirement}: {}", run.stderr);
+    }
+    let _ = lock.unlock();
+    venv
+}

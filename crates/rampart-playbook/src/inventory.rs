@@ -450,14 +450,20 @@ impl InventoryView {
         Ok(())
     }
 
-    /// The groups this host is in, sorted, without `all` (`group_names`; Ansible keeps
-    /// `ungrouped` in it).
-    pub fn group_names(&self, host: &str) -> Vec<String> {
-        self.groups
-            .iter()
-            .filter(|(g, hosts)| *g != "all" && hosts.iter().any(|h| h == host))
-            .map(|(g, _)| g.clone())
-            .collect()
+    /// Each host's `group_names`: the groups it is in, sorted, without `all` (Ansible keeps
+    /// `ungrouped` in them); one pass over the groups.
+    pub fn all_group_names(&self) -> BTreeMap<&str, Vec<String>> {
+        let mut out: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (g, hosts) in self.groups.iter().filter(|(g, _)| *g != "all") {
+            for h in hosts {
+                let names = out.entry(h.as_str()).or_default();
+                // A host listed twice in one group is one membership.
+                if names.last() != Some(g) {
+                    names.push(g.clone());
+                }
+            }
+        }
+        out
     }
 }
 
