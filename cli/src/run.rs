@@ -133,7 +133,7 @@ pub fn run(opts: RunOptions) -> Result<Exit, CliError> {
     })?;
     let name = opts.playbook.display().to_string();
     let Some(inv) = &opts.inventory else {
-        return run_on(&opts, &opts.target, name, text);
+        return run_on(&opts, &opts.target, name, text, None);
     };
     let hosts = plan(&opts, inv, &name, &text)?;
     let one = match &opts.target {
@@ -155,7 +155,7 @@ pub fn run(opts: RunOptions) -> Result<Exit, CliError> {
     };
     let mut o = opts.clone();
     o.flags.inventory = Some(host.view.clone());
-    run_on(&o, &opts.target, name, text)
+    run_on(&o, &opts.target, name, text, None)
 }
 
 /// At most this many names in a message; the rest are counted.
@@ -271,6 +271,8 @@ fn run_each(
     name: String,
     text: String,
 ) -> Result<Exit, CliError> {
+    // Every host gets the same files: read them once.
+    let bundle = agent_bundle(opts, &name, &text)?;
     let mut done: Vec<(&HostRun, Result<Exit, CliError>)> = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         if opts.format == Format::Human {
@@ -290,7 +292,7 @@ fn run_each(
             reconnect_timeout,
             tls: tls.clone(),
         };
-        let r = run_on(&o, &target, name.clone(), text.clone());
+        let r = run_on(&o, &target, name.clone(), text.clone(), Some(&bundle));
         if let Err(e) = &r {
             eprintln!("rampart: {}: {}", h.host, e.message);
         }
@@ -383,12 +385,26 @@ fn base_dir(playbook: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Runs on one target.
+/// The files a playbook brings in, as `Run` sends them. The playbook is validated here with
+/// the checks the agent makes, so a bad one is refused before any network.
+fn agent_bundle(opts: &RunOptions, name: &str, text: &str) -> Result<Bundle, CliError> {
+    let base = base_dir(&opts.playbook);
+    let book = transaction::load_playbook(name, text, &Templar::new(), Some(&base), &opts.flags)
+        .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
+    rampart_host::bundle::gather(&base, &book.files, &book.role_dirs)
+        .map_err(|e| CliError::usage(format!("cannot send the playbook's files: {e}")))
+}
+
+/// A playbook's files by path relative to its directory.
+type Bundle = Vec<(String, Vec<u8>)>;
+
+/// Runs on one target; `bundle`: the playbook's files when already gathered (agents only).
 fn run_on(
     opts: &RunOptions,
     target: &Target,
     name: String,
     text: String,
+    bundle: Option<&Bundle>,
 ) -> Result<Exit, CliError> {
     match target {
         Target::Inventory { .. } => Err(CliError::usage(
@@ -410,11 +426,22 @@ fn run_on(
                 .transpose()
                 .map_err(CliError::usage)?;
             let agent = AgentAddr::new(addr, tls)?;
+            let files = match bundle {
+                Some(b) => b.clone(),
+                None => agent_bundle(opts, &name, &text)?,
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;
-            rt.block_on(run_agent(opts, &agent, *reconnect_timeout, name, text))
+            rt.block_on(run_agent(
+                opts,
+                &agent,
+                *reconnect_timeout,
+                name,
+                text,
+                files,
+            ))
         }
     }
 }
@@ -563,14 +590,8 @@ async fn run_agent(
     reconnect_timeout: Duration,
     name: String,
     text: String,
+    files: Bundle,
 ) -> Result<Exit, CliError> {
-    // Refuse a bad playbook here, with the same checks the agent makes, before any network;
-    // the files it brings in travel with the request.
-    let base = base_dir(&opts.playbook);
-    let book = transaction::load_playbook(&name, &text, &Templar::new(), Some(&base), &opts.flags)
-        .map_err(|e| CliError::usage(format!("invalid playbook: {e}")))?;
-    let files = rampart_host::bundle::gather(&base, &book.files, &book.role_dirs)
-        .map_err(|e| CliError::usage(format!("cannot send the playbook's files: {e}")))?;
     let mut client = connect(agent).await?;
     // The client picks the txid, so it can re-attach even if the agent dies before the first
     // event reaches it.
