@@ -45,6 +45,7 @@ mod migrations;
 mod monitoring;
 mod mtls;
 mod notify;
+mod prometheus_client;
 mod release_safety;
 mod role_deploy;
 mod rollback_playbook;
