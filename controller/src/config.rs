@@ -57,6 +57,9 @@
 //! rescue_wait_seconds = 120                 # fleet rescue: how long an unreachable host is awaited
 //! vars = { health_retries = 20 }            # extra variables for every host (lowest precedence)
 //! require_postmortem = false                # true: resolving an incident needs --postmortem URL
+//! # Canary stages instead of serial: cumulative shares, each wave judged before the next
+//! # (see crate::analysis::config for [environments.production.analysis] and its checks).
+//! # stages = [{ hosts = "10%", analysis = "5m" }, { hosts = "100%", analysis = "10m" }]
 //!
 //! # Sinks told of incidents (and, where listed, deployments); secrets only from files.
 //! # events ⊆ incident, incident_resolved, approval, succeeded (default: the two incident ones;
@@ -325,6 +328,10 @@ struct RawEnvironment {
     require_postmortem: bool,
     #[serde(default)]
     notify: Option<toml::Table>,
+    #[serde(default)]
+    stages: Option<Vec<crate::analysis::config::RawStage>>,
+    #[serde(default)]
+    analysis: Option<crate::analysis::config::RawAnalysis>,
 }
 
 fn default_wait() -> f64 {
@@ -490,6 +497,11 @@ pub struct Environment {
     pub require_postmortem: bool,
     /// The sinks told of incidents and deployments (`[environments.E.notify.<kind>]`).
     pub notify: Vec<crate::notify::Sink>,
+    /// The canary stages (`stages`): each a wave judged for its analysis window before the
+    /// next; empty without stages (waves come from `serial`).
+    pub stages: Vec<crate::analysis::Stage>,
+    /// The canary analysis (`[analysis]`), when configured.
+    pub analysis: Option<Arc<crate::analysis::AnalysisConfig>>,
 }
 
 impl Environment {
@@ -894,11 +906,46 @@ fn environment(
             inventory_path.display()
         ));
     }
+    let has_serial = e.serial.is_some();
     let serial_value = match e.serial {
         Some(v) => toml_to_json(v),
         None => play.and_then(|p| p.serial.clone()).unwrap_or(Value::Null),
     };
-    let serial = rollout::parse_serial(&serial_value).map_err(|err| format!("serial: {err}"))?;
+    let mut serial =
+        rollout::parse_serial(&serial_value).map_err(|err| format!("serial: {err}"))?;
+    let stages = match e.stages {
+        None => Vec::new(),
+        Some(raw) => {
+            if has_serial {
+                return Err(
+                    "give either serial or stages, not both: stages are the waves of a canary rollout".into(),
+                );
+            }
+            let stages = crate::analysis::config::parse_stages(raw)?;
+            serial = crate::analysis::config::stage_waves(hosts.len(), &stages)
+                .into_iter()
+                .map(|(n, _)| rollout::Serial::Count(n as i64))
+                .collect();
+            stages
+        }
+    };
+    let analysis = match e.analysis {
+        None => None,
+        Some(raw) => Some(Arc::new(crate::analysis::config::parse_analysis(raw, abs)?)),
+    };
+    match (&analysis, stages.iter().position(|s| s.analysis.is_some())) {
+        (None, Some(i)) => {
+            return Err(format!(
+                "stages[{i}] has an analysis window but the environment has no [environments.{name}.analysis] table: add one with its [analysis.prometheus] source"
+            ));
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "[environments.{name}.analysis] is set but no stage has an analysis window: give stages, e.g. stages = [{{ hosts = \"10%\", analysis = \"5m\" }}, {{ hosts = \"100%\", analysis = \"5m\" }}]"
+            ));
+        }
+        _ => {}
+    }
     let max_fail_percentage = e
         .max_fail_percentage
         .or_else(|| play.and_then(|p| p.max_fail_percentage));
@@ -993,6 +1040,8 @@ fn environment(
             Some(t) => crate::notify::parse_sinks(t, abs)?,
             None => Vec::new(),
         },
+        stages,
+        analysis,
     })
 }
 

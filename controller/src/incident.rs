@@ -261,7 +261,36 @@ fn timeline_line(ev: &pb::DeploymentEvent) -> Option<String> {
         Kind::Queued(q) => format!("queued (position {})", q.position),
         Kind::LockAcquired(_) => "took the environment lock".into(),
         Kind::Planned(p) => format!("rollout planned: {} wave(s)", p.waves.len()),
-        Kind::AwaitingApproval(_) => "awaiting approval".into(),
+        Kind::AwaitingApproval(a) if a.reason.is_empty() => "awaiting approval".into(),
+        Kind::AwaitingApproval(a) => a.reason.clone(),
+        Kind::AnalysisStarted(a) => format!(
+            "canary analysis after wave {}: {} against {}",
+            a.after_wave,
+            a.canary_hosts.join(", "),
+            if a.historical_baseline {
+                "their own window before the upgrade".to_string()
+            } else {
+                a.baseline_hosts.join(", ")
+            }
+        ),
+        Kind::AnalysisEvaluated(a) if a.fast_path => a
+            .checks
+            .iter()
+            .map(|c| c.reason.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
+        Kind::AnalysisEvaluated(_) => return None,
+        Kind::AnalysisFinished(a) => format!(
+            "canary analysis after wave {}: {}{}: {}",
+            a.after_wave,
+            a.verdict,
+            if a.check.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", a.check)
+            },
+            a.reason
+        ),
         Kind::Approved(a) => format!("approved by {}", a.approved_by),
         Kind::WaveStarted(w) => format!("wave {} started: {}", w.index, w.hosts.join(", ")),
         Kind::HostEvent(h) => {

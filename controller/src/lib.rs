@@ -9,6 +9,8 @@
 //! - [`rollout`]: waves (`serial`) and failure thresholds (`max_fail_percentage`), pure;
 //! - [`deployment`]: one runner per deployment (queue, lock, approval, waves, fleet rescue,
 //!   takeover), its state machine and the per-host jobs;
+//! - [`analysis`]: canary analysis between waves (`stages`, `[analysis]`, Prometheus), judged
+//!   by [`rampart_canary`];
 //! - [`agents`]: mutual-TLS channels to agents, artifact delivery, following a transaction;
 //! - [`artifact_store`]: the uploaded artifacts: size limit, quota, free space, collection;
 //! - [`store`]: the deployment record and events, SQLite or PostgreSQL;
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 pub mod agents;
+pub mod analysis;
 pub mod artifact_store;
 pub mod config;
 pub mod deployment;

@@ -132,6 +132,22 @@ struct EnvSink {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvVerdict {
+    environment: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvCheckVerdict {
+    environment: String,
+    check: String,
+    verdict: String,
+}
+
+/// The verdicts of an analysis and of its checks, as label values.
+pub const ANALYSIS_VERDICTS: [&str; 4] = ["pass", "fail", "inconclusive", "error"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Build {
     version: String,
 }
@@ -233,6 +249,9 @@ pub struct Metrics {
     overdue: Family<Env, Gauge>,
     notifications_failed: Family<EnvSink, Counter>,
     outbox_pending: Family<EnvSink, Gauge>,
+    analysis_runs: Family<EnvVerdict, Counter>,
+    analysis_check: Family<EnvCheckVerdict, Gauge>,
+    canary_ratio: Family<Env, FGauge>,
     /// The last sweep's findings, by environment.
     seen: Mutex<BTreeMap<String, EnvSeen>>,
     /// The version each environment's last finished deployment left it on (when the sweep has
@@ -304,6 +323,9 @@ impl Metrics {
             overdue: Family::default(),
             notifications_failed: Family::default(),
             outbox_pending: Family::default(),
+            analysis_runs: Family::default(),
+            analysis_check: Family::default(),
+            canary_ratio: Family::default(),
             seen: Mutex::new(BTreeMap::new()),
             last_version: Mutex::new(BTreeMap::new()),
             scrape: tokio::sync::Mutex::new(()),
@@ -314,6 +336,21 @@ impl Metrics {
             "rampart_deployments_started",
             "Deployments that took their environment's lock (this controller process)",
             m.started.clone(),
+        );
+        r.register(
+            "rampart_analysis_runs",
+            "Canary analyses of a stage that ended, by verdict (pass, fail, inconclusive, error)",
+            m.analysis_runs.clone(),
+        );
+        r.register(
+            "rampart_analysis_check_verdict",
+            "1 for the latest verdict of each analysis check of the environment's running or last analysis, 0 for the others",
+            m.analysis_check.clone(),
+        );
+        r.register(
+            "rampart_canary_hosts_ratio",
+            "Share of the environment's hosts on the new release while a canary analysis judges them (0 when none runs)",
+            m.canary_ratio.clone(),
         );
         r.register(
             "rampart_deployments_completed",
@@ -432,6 +469,13 @@ impl Metrics {
                     outcome: outcome.into(),
                 }));
             }
+            for verdict in ANALYSIS_VERDICTS {
+                drop(self.analysis_runs.get_or_create(&EnvVerdict {
+                    environment: label(e),
+                    verdict: verdict.into(),
+                }));
+            }
+            drop(self.canary_ratio.get_or_create(&env(e)));
             for reason in crate::incident::RollbackReason::ALL {
                 drop(self.rollbacks.get_or_create(&EnvReason {
                     environment: label(e),
@@ -439,6 +483,36 @@ impl Metrics {
                 }));
             }
         }
+    }
+
+    /// A stage's analysis ended with `verdict` (one of [`ANALYSIS_VERDICTS`]).
+    pub fn analysis_finished(&self, environment: &str, verdict: &str) {
+        self.analysis_runs
+            .get_or_create(&EnvVerdict {
+                environment: label(environment),
+                verdict: label(verdict),
+            })
+            .inc();
+    }
+
+    /// A check of an analysis gave `verdict`: its gauge is 1 for that verdict, 0 for the others.
+    pub fn analysis_check(&self, environment: &str, check: &str, verdict: &str) {
+        for v in ANALYSIS_VERDICTS {
+            self.analysis_check
+                .get_or_create(&EnvCheckVerdict {
+                    environment: label(environment),
+                    check: label(check),
+                    verdict: v.into(),
+                })
+                .set(i64::from(v == verdict));
+        }
+    }
+
+    /// The share of the environment's hosts being judged as canary (0 when no analysis runs).
+    pub fn canary_ratio(&self, environment: &str, ratio: f64) {
+        self.canary_ratio
+            .get_or_create(&env(environment))
+            .set(ratio);
     }
 
     /// A deployment took its environment's lock.

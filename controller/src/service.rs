@@ -738,12 +738,14 @@ impl ControllerApi for Service {
                 d.state()
             )));
         }
-        let message = self
-            .forward(&d.id, ControlKind::Approve, &who, &r.comment)
-            .await?;
+        // Paused after a wave (its analysis could not decide): this approval goes on from there.
+        let paused = d.paused_after_wave;
+        let kind = paused.map_or(ControlKind::Approve, ControlKind::Resume);
+        let message = self.forward(&d.id, kind, &who, &r.comment).await?;
         let d = self
-            .settle(&d.id, |d| {
-                !d.approved_by.is_empty() || d.state() != DS::AwaitingApproval
+            .settle(&d.id, |d| match paused {
+                Some(w) => d.paused_after_wave != Some(w) || d.state() != DS::AwaitingApproval,
+                None => !d.approved_by.is_empty() || d.state() != DS::AwaitingApproval,
             })
             .await?;
         Ok(Response::new(pb::ApproveResponse {

@@ -423,6 +423,15 @@ fn result_msg(result_json: &str) -> Option<String> {
     })
 }
 
+/// One check's result of an `analysis_evaluated` event: its fields, with `detail` parsed from
+/// `detail_json` (kept as text when it is not JSON).
+pub fn analysis_check_json(c: &pb::AnalysisCheckResult) -> Value {
+    let detail = serde_json::from_str::<Value>(&c.detail_json)
+        .unwrap_or_else(|_| Value::String(c.detail_json.clone()));
+    json!({"check": c.check, "verdict": c.verdict, "strong": c.strong, "reason": c.reason,
+           "detail": detail})
+}
+
 /// A deployment event as one JSON object: `seq`, `deployment_id`, `time` (RFC 3339), `type` (the
 /// event's kind in snake_case, e.g. `wave_started`) and the kind's fields; a `host_event` carries
 /// `host`, `fleet_rescue` and a compact form of the agent's event under `event`.
@@ -440,11 +449,33 @@ pub fn event_json(ev: &pb::DeploymentEvent) -> Value {
         Some(Kind::Planned(p)) => (
             "planned",
             json!({"waves": p.waves.iter().map(|w| w.hosts.clone()).collect::<Vec<_>>(),
-                   "max_fail_percentage": p.max_fail_percentage, "bake_ms": p.bake_ms}),
+                   "max_fail_percentage": p.max_fail_percentage, "bake_ms": p.bake_ms,
+                   "analysis_ms": p.analysis_ms}),
         ),
-        Some(Kind::AwaitingApproval(a)) => {
-            ("awaiting_approval", json!({"host_count": a.host_count}))
-        }
+        Some(Kind::AwaitingApproval(a)) => (
+            "awaiting_approval",
+            json!({"host_count": a.host_count, "reason": a.reason, "after_wave": a.after_wave}),
+        ),
+        Some(Kind::AnalysisStarted(a)) => (
+            "analysis_started",
+            json!({"after_wave": a.after_wave, "canary_hosts": a.canary_hosts,
+                   "baseline_hosts": a.baseline_hosts, "window_ms": a.window_ms,
+                   "max_window_ms": a.max_window_ms, "warmup_ms": a.warmup_ms,
+                   "interval_ms": a.interval_ms, "checks": a.checks,
+                   "historical_baseline": a.historical_baseline, "source": a.source}),
+        ),
+        Some(Kind::AnalysisEvaluated(a)) => (
+            "analysis_evaluated",
+            json!({"after_wave": a.after_wave, "evaluation": a.evaluation,
+                   "elapsed_ms": a.elapsed_ms, "fast_path": a.fast_path,
+                   "checks": a.checks.iter().map(analysis_check_json).collect::<Vec<_>>()}),
+        ),
+        Some(Kind::AnalysisFinished(a)) => (
+            "analysis_finished",
+            json!({"after_wave": a.after_wave, "verdict": a.verdict, "check": a.check,
+                   "reason": a.reason, "evaluations": a.evaluations,
+                   "duration_ms": a.duration_ms}),
+        ),
         Some(Kind::Approved(a)) => (
             "approved",
             json!({"approved_by": a.approved_by, "comment": a.comment}),
@@ -744,10 +775,73 @@ impl<W: Write, E: Write> Renderer<W, E> {
             }
             Some(Kind::AwaitingApproval(a)) => {
                 self.phase = "awaiting approval".into();
-                out.push(format!(
-                    "awaiting approval ({} hosts): rampart approve {}",
-                    a.host_count, ev.deployment_id
-                ));
+                if a.reason.is_empty() {
+                    out.push(format!(
+                        "awaiting approval ({} hosts): rampart approve {}",
+                        a.host_count, ev.deployment_id
+                    ));
+                } else {
+                    out.push(format!(
+                        "PAUSED: {}: rampart approve {id} (go on) or rampart abort {id} --reason TEXT (roll back)",
+                        a.reason,
+                        id = ev.deployment_id
+                    ));
+                }
+            }
+            Some(Kind::AnalysisStarted(a)) => {
+                let s = format!(
+                    "analysis of {}: {} canary ({}) against {}, window {}{} (checks: {})",
+                    self.wave_label(a.after_wave),
+                    a.canary_hosts.len(),
+                    a.canary_hosts.join(" "),
+                    if a.historical_baseline {
+                        "their own window before the upgrade (weaker evidence)".to_string()
+                    } else {
+                        format!("{} baseline", a.baseline_hosts.len())
+                    },
+                    duration_text(Duration::from_millis(a.window_ms)),
+                    if a.warmup_ms > 0 {
+                        format!(
+                            " after a {} warm-up",
+                            duration_text(Duration::from_millis(a.warmup_ms))
+                        )
+                    } else {
+                        String::new()
+                    },
+                    a.checks.join(", ")
+                );
+                self.phase = format!("analysis of {}", self.wave_label(a.after_wave));
+                out.push(s);
+            }
+            Some(Kind::AnalysisEvaluated(a)) => {
+                let parts: Vec<String> = a
+                    .checks
+                    .iter()
+                    .map(|c| format!("{} {}", c.check, c.verdict))
+                    .collect();
+                self.activity = parts.join(", ");
+                if a.fast_path {
+                    for c in &a.checks {
+                        out.push(format!("analysis FAST PATH: {}", c.reason));
+                    }
+                }
+            }
+            Some(Kind::AnalysisFinished(a)) => {
+                self.activity.clear();
+                out.push(match a.verdict.as_str() {
+                    "pass" => format!(
+                        "analysis of {}: pass after {} evaluations",
+                        self.wave_label(a.after_wave),
+                        a.evaluations
+                    ),
+                    v => format!(
+                        "analysis of {}: {} ({}): {}",
+                        self.wave_label(a.after_wave),
+                        v.to_uppercase(),
+                        a.check,
+                        a.reason
+                    ),
+                });
             }
             Some(Kind::Approved(a)) => {
                 self.phase.clear();
@@ -1620,6 +1714,7 @@ mod tests {
         let v = event_json(&ev(
             4,
             Kind::Planned(pb::RolloutPlanned {
+                analysis_ms: Vec::new(),
                 waves: vec![
                     pb::WavePlan {
                         hosts: vec!["web1".into()],
@@ -1729,6 +1824,7 @@ mod tests {
             ev(
                 2,
                 Kind::Planned(pb::RolloutPlanned {
+                    analysis_ms: Vec::new(),
                     waves: vec![
                         pb::WavePlan {
                             hosts: vec!["web1".into()],

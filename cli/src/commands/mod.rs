@@ -931,6 +931,7 @@ pub(crate) mod mock {
             ev(
                 2,
                 Kind::Planned(pb::RolloutPlanned {
+                    analysis_ms: Vec::new(),
                     waves: vec![pb::WavePlan {
                         hosts: vec!["web1".into()],
                     }],

@@ -66,10 +66,14 @@ pub enum DeploymentCommand {
     /// Show one deployment: its state, outcome, who asked, and every host's result.
     ///
     /// The host table gives each host's wave, state, from → to version, transaction id, fleet
-    /// rescue transaction id, forensics bundle id and message. Exit codes: 0 shown, 2 unknown
+    /// rescue transaction id, forensics bundle id and message. With --analysis, also every
+    /// canary analysis decision: per stage the canary and baseline hosts, and per evaluation
+    /// each check's verdict, sample sizes, test, p-value, effect and minimum detectable effect
+    /// (with --json, the queries and their raw results too). Exit codes: 0 shown, 2 unknown
     /// deployment or controller unreachable, 3 token refused.
     #[command(after_help = "Examples:\n  \
         rampart deployment show d-20250131T120000Z-4f2a9c1e\n  \
+        rampart deployment show d-20250131T120000Z-4f2a9c1e --analysis\n  \
         rampart deployment show d-20250131T120000Z-4f2a9c1e --json | jq '.hosts[] | select(.state != \"succeeded\")'")]
     Show(ShowArgs),
 }
@@ -80,6 +84,9 @@ pub struct ShowArgs {
     /// The deployment's id.
     #[arg(value_name = "ID")]
     pub id: String,
+    /// Also show its canary analysis: every stage's decisions and what they were computed from.
+    #[arg(long)]
+    pub analysis: bool,
     /// How to reach the controller.
     #[command(flatten)]
     pub controller: ControllerArgs,
@@ -1012,13 +1019,158 @@ pub fn deployment_show(args: ShowArgs) -> Exit {
             .await
             .map_err(|s| ctl.error(&format!("show deployment {}", args.id), &s))?
             .into_inner();
-        if json {
-            print_json(&deployment_json(&d));
+        let analysis = if args.analysis {
+            analysis_events(&ctl, &mut c, &d).await?
         } else {
-            let _ = render_deployment(&mut std::io::stdout().lock(), &d, chrono::Utc::now());
+            Vec::new()
+        };
+        if json {
+            let mut v = deployment_json(&d);
+            if args.analysis {
+                v["analysis"] =
+                    Value::Array(analysis.iter().map(super::deploy::event_json).collect());
+            }
+            print_json(&v);
+        } else {
+            let out = &mut std::io::stdout().lock();
+            let _ = render_deployment(out, &d, chrono::Utc::now());
+            if args.analysis {
+                let _ = render_analysis(out, &analysis);
+            }
         }
         Ok(Exit::Ok)
     })
+}
+
+/// The deployment's analysis events, up to its last event when it was read (a running
+/// deployment's stream is not followed further).
+async fn analysis_events(
+    ctl: &super::Controller,
+    c: &mut super::Client,
+    d: &pb::Deployment,
+) -> Result<Vec<pb::DeploymentEvent>, crate::error::CliError> {
+    use pb::deployment_event::Kind;
+    let mut stream = c
+        .watch(pb::WatchDeploymentRequest {
+            deployment_id: d.id.clone(),
+            from_seq: 0,
+        })
+        .await
+        .map_err(|s| ctl.error(&format!("read the events of {}", d.id), &s))?
+        .into_inner();
+    let mut out = Vec::new();
+    // Bounded: one pass over the events stored when the deployment was read.
+    for _ in 0..=d.last_seq {
+        let ev = match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Ok(Ok(Some(ev))) => ev,
+            Ok(Err(s)) => return Err(ctl.error(&format!("read the events of {}", d.id), &s)),
+            Ok(Ok(None)) | Err(_) => break,
+        };
+        let seq = ev.seq;
+        if matches!(
+            ev.kind,
+            Some(Kind::AnalysisStarted(_) | Kind::AnalysisEvaluated(_) | Kind::AnalysisFinished(_))
+        ) {
+            out.push(ev);
+        }
+        if seq >= d.last_seq {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The analysis events as text: per stage its hosts, per evaluation each check's verdict and
+/// numbers, and the verdict.
+pub fn render_analysis<W: Write>(
+    out: &mut W,
+    events: &[pb::DeploymentEvent],
+) -> std::io::Result<()> {
+    use pb::deployment_event::Kind;
+    writeln!(out)?;
+    if events.is_empty() {
+        return writeln!(
+            out,
+            "analysis: none (no stage of this deployment was analysed)"
+        );
+    }
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
+    for ev in events {
+        match &ev.kind {
+            Some(Kind::AnalysisStarted(a)) => writeln!(
+                out,
+                "analysis after wave {}: canary {} | baseline {} | window {}s (max {}s), every {}s",
+                a.after_wave + 1,
+                a.canary_hosts.join(" "),
+                if a.historical_baseline {
+                    "their own window before the upgrade (weaker evidence)".to_string()
+                } else {
+                    a.baseline_hosts.join(" ")
+                },
+                a.window_ms / 1000,
+                a.max_window_ms / 1000,
+                a.interval_ms as f64 / 1000.0
+            )?,
+            Some(Kind::AnalysisEvaluated(a)) => {
+                let when = if a.fast_path {
+                    "  fast path".to_string()
+                } else {
+                    format!(
+                        "  #{} at {:.0}s",
+                        a.evaluation,
+                        a.elapsed_ms as f64 / 1000.0
+                    )
+                };
+                for c in &a.checks {
+                    let d: Value = serde_json::from_str(&c.detail_json).unwrap_or(Value::Null);
+                    let mut nums = Vec::new();
+                    if let Some(n) = d.pointer("/canary/n").and_then(Value::as_u64) {
+                        nums.push(format!("n={n}"));
+                    }
+                    if let Some(n) = d.pointer("/baseline/n").and_then(Value::as_u64) {
+                        nums.push(format!("baseline n={n}"));
+                    }
+                    if let Some(p) = num(&d, "p_value") {
+                        nums.push(format!("p={p:.2e}"));
+                    }
+                    if let Some(e) = d.pointer("/effect/difference").and_then(Value::as_f64) {
+                        nums.push(format!("effect={e:.4}"));
+                    }
+                    if let Some(m) = num(&d, "minimum_detectable_effect") {
+                        nums.push(format!("mde={m:.4}"));
+                    }
+                    writeln!(
+                        out,
+                        "{when} {}: {}{} — {}{}",
+                        c.check,
+                        c.verdict,
+                        if c.strong { " (strong)" } else { "" },
+                        c.reason,
+                        if nums.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" [{}]", nums.join(" "))
+                        }
+                    )?;
+                }
+            }
+            Some(Kind::AnalysisFinished(a)) => writeln!(
+                out,
+                "  => {}{} after {} evaluations, {:.0}s: {}",
+                a.verdict.to_uppercase(),
+                if a.check.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", a.check)
+                },
+                a.evaluations,
+                a.duration_ms as f64 / 1000.0,
+                a.reason
+            )?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `rampart approve`: approves a deployment waiting for approval; prints its new state.

@@ -81,6 +81,8 @@ use runner::{RunError, Runner};
 pub struct Control {
     /// (approver, comment).
     pub approved: Option<(String, String)>,
+    /// Approvals to go on after a pause, by the wave it followed: (approver, comment).
+    pub resume: std::collections::BTreeMap<u32, (String, String)>,
     /// (who, reason).
     pub abort: Option<(String, String)>,
 }
@@ -124,6 +126,13 @@ pub fn apply_requests(c: &mut Control, requests: &[ControlRequest]) -> bool {
         let slot = match r.kind {
             ControlKind::Approve => &mut c.approved,
             ControlKind::Abort => &mut c.abort,
+            ControlKind::Resume(w) => {
+                if let std::collections::btree_map::Entry::Vacant(e) = c.resume.entry(w) {
+                    e.insert((r.by.clone(), r.text.clone()));
+                    changed = true;
+                }
+                continue;
+            }
         };
         if slot.is_none() {
             *slot = Some((r.by.clone(), r.text.clone()));

@@ -7,6 +7,9 @@
 //! watchers' wake-ups, the environment lock and incidents.
 
 use std::collections::{BTreeSet, HashMap};
+
+use rampart_canary::judge::Verdict as CheckVerdict;
+use rampart_canary::window::{StageRun, StageState, StageVerdict, WindowPolicy};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +26,8 @@ use super::state::{
     HostEvent, HostState, IllegalTransition, Outcome, Phase, PhaseEvent, UnknownState,
 };
 use super::{Control, Controller, Live, Outage, host_txid, now_ts, ts_to_system};
+use crate::analysis::eval::{self, CheckResult, FAST_PATH, StageHosts};
+use crate::analysis::source::{PrometheusMetrics, Source};
 use crate::config::{Environment, component_names};
 use crate::rollout::{self, Verdict};
 use crate::store::{LockAttempt, Store, StoreError, StoreResult};
@@ -52,6 +57,13 @@ type RunResult<T> = Result<T, RunError>;
 /// store anyway (a PostgreSQL restart ends the session holding it; nothing says so until asked).
 const LOCK_CHECK: Duration = Duration::from_secs(2);
 
+/// The largest `detail_json` of one check's result in an `AnalysisEvaluated` event; past it the
+/// queries' raw results are dropped from it (their text stays bounded by the source).
+const MAX_DETAIL_JSON: usize = 64 * 1024;
+
+/// How far back the fast path looks at a canary host's errors.
+const FAST_PATH_LOOKBACK: Duration = Duration::from_secs(30);
+
 /// The runner of one deployment.
 pub(super) struct Runner {
     ctl: Arc<Controller>,
@@ -70,6 +82,12 @@ pub(super) struct Runner {
     lock_recorded: bool,
     wave_started: BTreeSet<u32>,
     wave_finished: BTreeSet<u32>,
+    /// When each wave started (its `WaveStarted` event).
+    wave_times: HashMap<u32, SystemTime>,
+    /// Each wave's analysis that ended: (verdict, deciding check, reason).
+    analysis_done: HashMap<u32, (String, String, String)>,
+    /// Waves after which the deployment paused and was approved to go on.
+    resumed_after: BTreeSet<u32>,
     rescue_started: bool,
     /// When the fleet rescue began (the failure verdict): `rampart_rollback_duration_seconds`.
     rescue_since: Option<SystemTime>,
@@ -118,6 +136,9 @@ impl Runner {
             lock_recorded: false,
             wave_started: BTreeSet::new(),
             wave_finished: BTreeSet::new(),
+            wave_times: HashMap::new(),
+            analysis_done: HashMap::new(),
+            resumed_after: BTreeSet::new(),
             rescue_started: false,
             rescue_since: None,
             abort_recorded: false,
@@ -137,12 +158,29 @@ impl Runner {
             let events = ctl
                 .db_retrying(move |s| s.events(&id, 0, 0), ctl.cfg.store_outage)
                 .await?;
+            // A pause after a wave whose analysis could not decide, not yet approved.
+            let mut paused: Option<u32> = None;
             for ev in &events {
                 r.seq = ev.seq + 1;
                 match &ev.kind {
                     Some(Kind::Planned(_)) => r.planned = true,
                     Some(Kind::WaveStarted(w)) => {
                         r.wave_started.insert(w.index);
+                        if let Some(t) = &ev.time {
+                            r.wave_times.insert(w.index, ts_to_system(t));
+                        }
+                    }
+                    Some(Kind::AnalysisFinished(a)) => {
+                        if matches!(a.verdict.as_str(), "inconclusive" | "error") {
+                            paused = Some(a.after_wave);
+                        }
+                        r.analysis_done.insert(
+                            a.after_wave,
+                            (a.verdict.clone(), a.check.clone(), a.reason.clone()),
+                        );
+                    }
+                    Some(Kind::Approved(_)) if paused.is_some() => {
+                        r.resumed_after.extend(paused.take());
                     }
                     Some(Kind::WaveFinished(w)) => {
                         r.wave_finished.insert(w.index);
@@ -173,6 +211,13 @@ impl Runner {
             if !r.d.approved_by.is_empty() {
                 r.live.control.send_modify(|c| {
                     c.approved = Some((r.d.approved_by.clone(), String::new()));
+                });
+            }
+            for &w in &r.resumed_after {
+                r.live.control.send_modify(|c| {
+                    c.resume
+                        .entry(w)
+                        .or_insert_with(|| (r.d.approved_by.clone(), String::new()));
                 });
             }
         }
@@ -612,6 +657,9 @@ impl Runner {
                     .collect(),
                 max_fail_percentage: max_fail.map(|m| m.round() as u32),
                 bake_ms: self.env.bake.as_millis() as u64,
+                analysis_ms: (0..waves.len())
+                    .map(|w| self.stage_window(w).map_or(0, |d| d.as_millis() as u64))
+                    .collect(),
             };
             self.emit(Kind::Planned(plan)).await?;
             self.save().await?;
@@ -637,6 +685,7 @@ impl Runner {
             self.approval_since = Some(SystemTime::now());
             self.emit(Kind::AwaitingApproval(pb::AwaitingApproval {
                 host_count: self.d.hosts.len() as u32,
+                ..Default::default()
             }))
             .await?;
             self.save().await?;
@@ -701,14 +750,21 @@ impl Runner {
                 .filter(|&i| matches!(self.d.hosts[i].state(), HS::Pending | HS::Running))
                 .collect();
             if pending.is_empty() && self.wave_finished.contains(&w32) {
-                // Finished before a takeover: its verdict is recomputed below only if needed.
+                // Finished before a takeover: its verdict is recomputed below only if needed,
+                // and its analysis runs (again, or replays its recorded end).
                 if let Some(r) = self.verdict(hosts) {
                     return Ok(Some(format!("wave {}: {r}", w + 1)));
+                }
+                if let Some(window) = self.stage_window(w)
+                    && let Some(r) = self.analysis(w32, waves, window).await?
+                {
+                    return Ok(Some(r));
                 }
                 continue;
             }
             if !self.wave_started.contains(&w32) {
                 self.wave_started.insert(w32);
+                self.wave_times.insert(w32, SystemTime::now());
                 self.emit(Kind::WaveStarted(pb::WaveStarted {
                     index: w32,
                     wave_count: count,
@@ -740,7 +796,11 @@ impl Runner {
             if let Some(r) = reason {
                 return Ok(Some(format!("wave {}: {r}", w + 1)));
             }
-            if w + 1 < waves.len() && !self.env.bake.is_zero() {
+            if let Some(window) = self.stage_window(w) {
+                if let Some(r) = self.analysis(w32, waves, window).await? {
+                    return Ok(Some(r));
+                }
+            } else if w + 1 < waves.len() && !self.env.bake.is_zero() {
                 self.emit(Kind::BakeStarted(pb::BakeStarted {
                     after_wave: w32,
                     duration_ms: self.env.bake.as_millis() as u64,
@@ -761,6 +821,361 @@ impl Runner {
             return Ok(Some(format!("aborted by {by}: {reason}")));
         }
         Ok(None)
+    }
+
+    // ---- canary analysis ----
+
+    /// Wave `w`'s analysis window: its stage's (`stages`), when the environment has an
+    /// analysis. With the deployment's own `serial`, wave `w` takes stage `w`'s window (the
+    /// last stage's past the end).
+    fn stage_window(&self, w: usize) -> Option<Duration> {
+        self.env.analysis.as_ref()?;
+        if self.env.stages.is_empty() || self.d.check {
+            return None;
+        }
+        let stage = if self.d.serial.is_empty() {
+            crate::analysis::config::stage_waves(self.env.hosts.len(), &self.env.stages)
+                .get(w)?
+                .1
+        } else {
+            w.min(self.env.stages.len() - 1)
+        };
+        self.env.stages.get(stage)?.analysis
+    }
+
+    /// Judges wave `w` for `window` (after the warm-up; extended up to the maximum while
+    /// inconclusive), with the fast path polling throughout. `Some(reason)`: the deployment
+    /// aborts (a failed check, an abort, a pause that was refused or timed out).
+    async fn analysis(
+        &mut self,
+        w: u32,
+        waves: &[Vec<usize>],
+        window: Duration,
+    ) -> RunResult<Option<String>> {
+        let Some(cfg) = self.env.analysis.clone() else {
+            return Ok(None);
+        };
+        if let Some((verdict, check, reason)) = self.analysis_done.get(&w).cloned() {
+            // Ended before a takeover: act on the recorded verdict.
+            return match verdict.as_str() {
+                "pass" => Ok(None),
+                "fail" => {
+                    self.note_analysis_failure(w, &check);
+                    Ok(Some(analysis_failed(w, &check, &reason)))
+                }
+                "aborted" => Ok(Some(reason)),
+                _ => self.pause(w, reason).await,
+            };
+        }
+        let ok = |i: &usize| self.d.hosts[*i].state() == HS::Succeeded;
+        let name = |i: &usize| self.d.hosts[*i].host.clone();
+        let wi = w as usize;
+        let hosts = StageHosts {
+            canary: waves[..=wi]
+                .iter()
+                .flatten()
+                .filter(|i| ok(i))
+                .map(name)
+                .collect(),
+            baseline: waves[wi + 1..]
+                .iter()
+                .flatten()
+                .filter(|i| self.d.hosts[**i].state() == HS::Pending)
+                .map(name)
+                .collect(),
+            wave: waves[wi].iter().filter(|i| ok(i)).map(name).collect(),
+            wave_started: self
+                .wave_times
+                .get(&w)
+                .copied()
+                .unwrap_or_else(SystemTime::now),
+            window_opened: SystemTime::now() + cfg.warmup,
+        };
+        if hosts.wave.is_empty() {
+            return Ok(None);
+        }
+        let max_window = cfg.max_window(window);
+        let step = cfg
+            .prometheus
+            .as_ref()
+            .map_or(Duration::from_secs(15), |p| p.step);
+        self.emit(Kind::AnalysisStarted(pb::AnalysisStarted {
+            after_wave: w,
+            canary_hosts: hosts.canary.clone(),
+            baseline_hosts: hosts.baseline.clone(),
+            window_ms: window.as_millis() as u64,
+            max_window_ms: max_window.as_millis() as u64,
+            warmup_ms: cfg.warmup.as_millis() as u64,
+            interval_ms: cfg.interval.as_millis() as u64,
+            checks: cfg.checks.iter().map(|c| c.name.clone()).collect(),
+            historical_baseline: hosts.historical(),
+            source: "prometheus".into(),
+        }))
+        .await?;
+        self.save().await?;
+        let total = self.d.hosts.len().max(1) as f64;
+        self.ctl
+            .metrics
+            .canary_ratio(&self.d.environment, hosts.canary.len() as f64 / total);
+        let source: Result<Arc<dyn Source>, String> = match cfg.prometheus.clone() {
+            Some(p) => tokio::task::spawn_blocking(move || PrometheusMetrics::new(p))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map(|s| Arc::new(s) as Arc<dyn Source>),
+            None => Err("no source of measurements is configured".into()),
+        };
+        let checks = cfg
+            .checks
+            .iter()
+            .map(|c| (c.name.clone(), c.limits.clone()))
+            .collect();
+        let run = StageRun::new(WindowPolicy { window, max_window }, checks);
+        let start = Instant::now();
+        let open = start + cfg.warmup;
+        let (verdict, reason, evaluations) = match (source, run) {
+            (Err(e), _) | (_, Err(e)) => (
+                StageVerdict::Error {
+                    check: "source".into(),
+                },
+                format!("the analysis could not start: {e}"),
+                0,
+            ),
+            (Ok(source), Ok(mut run)) => {
+                match self
+                    .analysis_loop(
+                        w, &cfg, &source, &hosts, &mut run, start, open, step, max_window,
+                    )
+                    .await?
+                {
+                    LoopEnd::Verdict(v, reason, n) => (v, reason, n),
+                    LoopEnd::Aborted(by, why) => {
+                        self.record_abort().await?;
+                        let reason = format!("aborted by {by}: {why}");
+                        self.finish_analysis(w, "aborted", "", &reason, 0, open)
+                            .await?;
+                        return Ok(Some(reason));
+                    }
+                }
+            }
+        };
+        let check = verdict.check().unwrap_or("").to_string();
+        self.finish_analysis(w, verdict.name(), &check, &reason, evaluations, open)
+            .await?;
+        match verdict {
+            StageVerdict::Pass => Ok(None),
+            StageVerdict::Fail { check } => {
+                self.note_analysis_failure(w, &check);
+                Ok(Some(analysis_failed(w, &check, &reason)))
+            }
+            StageVerdict::Inconclusive { .. } | StageVerdict::Error { .. } => {
+                self.pause(w, reason).await
+            }
+        }
+    }
+
+    /// The evaluations of one stage, until the window decides, the fast path fails, or an
+    /// abort. Bounded by the maximum window (and 100 ms naps between the wake-ups).
+    #[allow(clippy::too_many_arguments)]
+    async fn analysis_loop(
+        &mut self,
+        w: u32,
+        cfg: &Arc<crate::analysis::AnalysisConfig>,
+        source: &Arc<dyn Source>,
+        hosts: &StageHosts,
+        run: &mut StageRun,
+        start: Instant,
+        open: Instant,
+        step: Duration,
+        max_window: Duration,
+    ) -> RunResult<LoopEnd> {
+        let mut next_eval = open + cfg.interval;
+        let mut next_fast = start + cfg.fast_path_interval;
+        let total = cfg.warmup + max_window + cfg.interval * 2;
+        let mut evaluation = 0u32;
+        for _ in 0..(total.as_millis() as u64 / 100 * 2 + 10_000) {
+            if let Some((by, why)) = self.aborted() {
+                return Ok(LoopEnd::Aborted(by, why));
+            }
+            let now = Instant::now();
+            if now >= next_fast {
+                next_fast = now + cfg.fast_path_interval;
+                let (c, src, h) = (cfg.clone(), source.clone(), hosts.clone());
+                let fast = tokio::task::spawn_blocking(move || {
+                    eval::fast_path(&c, src.as_ref(), &h, FAST_PATH_LOOKBACK, SystemTime::now())
+                })
+                .await
+                .ok()
+                .flatten();
+                if let Some(f) = fast {
+                    let reason = f.reason.clone();
+                    self.ctl
+                        .metrics
+                        .analysis_check(&self.d.environment, FAST_PATH, "fail");
+                    self.emit(Kind::AnalysisEvaluated(pb::AnalysisEvaluated {
+                        after_wave: w,
+                        evaluation: 0,
+                        elapsed_ms: now.saturating_duration_since(open).as_millis() as u64,
+                        checks: vec![check_result_pb(&f)],
+                        fast_path: true,
+                    }))
+                    .await?;
+                    let v = run.fail_now(FAST_PATH);
+                    return Ok(LoopEnd::Verdict(v, reason, evaluation));
+                }
+            }
+            if now >= next_eval {
+                next_eval = now + cfg.interval;
+                evaluation += 1;
+                let elapsed = now.saturating_duration_since(open);
+                let (c, src, h) = (cfg.clone(), source.clone(), hosts.clone());
+                let results = tokio::task::spawn_blocking(move || {
+                    eval::evaluate(&c, src.as_ref(), &h, step, SystemTime::now())
+                })
+                .await
+                .unwrap_or_default();
+                for r in &results {
+                    self.ctl.metrics.analysis_check(
+                        &self.d.environment,
+                        &r.check,
+                        verdict_name(r.verdict),
+                    );
+                }
+                self.emit(Kind::AnalysisEvaluated(pb::AnalysisEvaluated {
+                    after_wave: w,
+                    evaluation,
+                    elapsed_ms: elapsed.as_millis() as u64,
+                    checks: results.iter().map(check_result_pb).collect(),
+                    fast_path: false,
+                }))
+                .await?;
+                let verdicts: Vec<(CheckVerdict, bool)> =
+                    results.iter().map(|r| (r.verdict, r.strong)).collect();
+                let state = run.record(elapsed, &verdicts);
+                if let StageState::Done(v) = state {
+                    let reason = stage_reason(&v, &results);
+                    return Ok(LoopEnd::Verdict(v, reason, evaluation));
+                }
+            }
+            let wake = next_eval.min(next_fast);
+            let nap = wake
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(nap, self.control.changed()).await;
+        }
+        let check = run.names().next().unwrap_or("").to_string();
+        Ok(LoopEnd::Verdict(
+            StageVerdict::Inconclusive { check },
+            "the analysis ran out of time without a verdict".into(),
+            evaluation,
+        ))
+    }
+
+    async fn finish_analysis(
+        &mut self,
+        w: u32,
+        verdict: &str,
+        check: &str,
+        reason: &str,
+        evaluations: u32,
+        open: Instant,
+    ) -> RunResult<()> {
+        self.analysis_done.insert(
+            w,
+            (verdict.to_string(), check.to_string(), reason.to_string()),
+        );
+        self.emit(Kind::AnalysisFinished(pb::AnalysisFinished {
+            after_wave: w,
+            verdict: verdict.to_string(),
+            check: check.to_string(),
+            reason: reason.to_string(),
+            evaluations,
+            duration_ms: Instant::now().saturating_duration_since(open).as_millis() as u64,
+        }))
+        .await?;
+        self.save().await?;
+        if verdict != "aborted" {
+            self.ctl
+                .metrics
+                .analysis_finished(&self.d.environment, verdict);
+        }
+        self.ctl.metrics.canary_ratio(&self.d.environment, 0.0);
+        Ok(())
+    }
+
+    /// Records the analysis failure as the deployment's failed task (its incident and
+    /// `rampart_rollbacks_total{reason="analysis"}` name it), unless a host's task failed first.
+    fn note_analysis_failure(&mut self, w: u32, check: &str) {
+        if self.failed_task.is_none() {
+            self.failed_task = Some(crate::incident::FailedTask {
+                host: format!("wave {}", w + 1),
+                name: format!("canary analysis: {check}"),
+                action: "analysis".into(),
+            });
+        }
+    }
+
+    /// Pauses after wave `w` for a person: `Approve` goes on (`None`), `Abort` or the
+    /// environment's approval timeout rolls back (`Some(reason)`).
+    async fn pause(&mut self, w: u32, why: String) -> RunResult<Option<String>> {
+        if self.resumed_after.contains(&w) {
+            return Ok(None);
+        }
+        if self.phase != Phase::AwaitingApproval {
+            self.advance(PhaseEvent::AwaitApproval)?;
+            self.approval_since = Some(SystemTime::now());
+            self.d.paused_after_wave = Some(w);
+            self.emit(Kind::AwaitingApproval(pb::AwaitingApproval {
+                host_count: self.d.hosts.len() as u32,
+                reason: format!(
+                    "paused after wave {}: {why}; approve to go on, abort to roll back",
+                    w + 1
+                ),
+                after_wave: Some(w),
+            }))
+            .await?;
+            self.save().await?;
+        }
+        let wait = self.env.approval_timeout;
+        let since = *self.approval_since.get_or_insert_with(SystemTime::now);
+        let deadline = Instant::now()
+            + (since + wait)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        // Bounded: a pass waits up to 100 ms, or less when a request arrives.
+        for _ in 0..(wait.as_millis() as u64 / 100 + 100) {
+            if let Some((by, reason)) = self.aborted() {
+                self.record_abort().await?;
+                return Ok(Some(format!(
+                    "aborted while paused after wave {} by {by}: {reason}",
+                    w + 1
+                )));
+            }
+            let resumed = self.control.borrow().resume.get(&w).cloned();
+            if let Some((by, comment)) = resumed {
+                self.resumed_after.insert(w);
+                self.d.paused_after_wave = None;
+                self.emit(Kind::Approved(pb::Approved {
+                    approved_by: by,
+                    comment,
+                }))
+                .await?;
+                self.advance(PhaseEvent::StartWaves)?;
+                self.save().await?;
+                return Ok(None);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            let nap = Duration::from_millis(100).min(deadline - Instant::now());
+            let _ = tokio::time::timeout(nap, self.control.changed()).await;
+        }
+        Ok(Some(format!(
+            "paused after wave {} ({why}) and not approved within {:.0}s (approval_timeout_seconds of environment {}): rolling back",
+            w + 1,
+            wait.as_secs_f64(),
+            self.env.name
+        )))
     }
 
     fn counts(&self, hosts: &[usize]) -> (usize, usize, usize) {
@@ -1319,4 +1734,64 @@ impl Runner {
             .name()
             .to_string()
     }
+}
+
+/// How a stage's evaluations ended.
+enum LoopEnd {
+    /// With this verdict, reason and number of evaluations.
+    Verdict(StageVerdict, String, u32),
+    /// Someone aborted (who, why).
+    Aborted(String, String),
+}
+
+fn verdict_name(v: CheckVerdict) -> &'static str {
+    match v {
+        CheckVerdict::Pass => "pass",
+        CheckVerdict::Fail => "fail",
+        CheckVerdict::Inconclusive => "inconclusive",
+        CheckVerdict::Error => "error",
+    }
+}
+
+fn check_result_pb(r: &CheckResult) -> pb::AnalysisCheckResult {
+    let mut detail = r.detail.to_string();
+    if detail.len() > MAX_DETAIL_JSON {
+        let mut d = r.detail.clone();
+        if let Some(o) = d.as_object_mut() {
+            o.remove("queries");
+            o.insert("queries_dropped".into(), Value::Bool(true));
+        }
+        detail = d.to_string();
+        if detail.len() > MAX_DETAIL_JSON {
+            detail = json!({ "dropped": "over 64 KiB" }).to_string();
+        }
+    }
+    pb::AnalysisCheckResult {
+        check: r.check.clone(),
+        verdict: verdict_name(r.verdict).into(),
+        strong: r.strong,
+        reason: crate::edge::cut(&r.reason, 4096).to_string(),
+        detail_json: detail,
+    }
+}
+
+/// The stage verdict's reason: the deciding check's last reason.
+fn stage_reason(v: &StageVerdict, last: &[CheckResult]) -> String {
+    match v.check() {
+        None => {
+            let parts: Vec<String> = last
+                .iter()
+                .map(|r| format!("{}: {}", r.check, r.reason))
+                .collect();
+            format!("every check passed ({})", parts.join("; "))
+        }
+        Some(check) => last
+            .iter()
+            .find(|r| r.check == check)
+            .map_or_else(|| format!("check {check}"), |r| r.reason.clone()),
+    }
+}
+
+fn analysis_failed(w: u32, check: &str, reason: &str) -> String {
+    format!("wave {}: canary analysis failed: {check}: {reason}", w + 1)
 }

@@ -68,7 +68,8 @@ pub enum Phase {
 /// What happens to a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PhaseEvent {
-    /// The environment asks for `Approve` before the first wave.
+    /// The environment asks for `Approve` before the first wave, or a wave's canary analysis
+    /// could not decide and the deployment pauses for a person.
     AwaitApproval,
     /// The waves start: approved, or no approval needed; again when a controller takes over a
     /// running deployment (its finished waves are skipped).
@@ -176,6 +177,9 @@ impl Phase {
             (P::Running, E::AwaitApproval) => Ok(P::AwaitingApproval),
             (P::Queued | P::AwaitingApproval | P::Running, E::StartWaves) => Ok(P::Running),
             (P::Running, E::StartRescue) => Ok(P::Rescuing),
+            // Paused after a wave (its canary analysis could not decide) and aborted, or not
+            // approved in time: the hosts already upgraded are rolled back.
+            (P::AwaitingApproval, E::StartRescue) => Ok(P::Rescuing),
             (P::Queued, E::Finish(o @ (O::Aborted | O::LockTimeout))) => Ok(P::Finished(o)),
             // Aborted before approval, or not approved in time.
             (P::AwaitingApproval, E::Finish(o @ (O::Aborted | O::ApprovalTimedOut))) => {
@@ -367,6 +371,7 @@ mod tests {
             (P::AwaitingApproval, E::StartWaves, P::Running),
             (P::Running, E::StartWaves, P::Running),
             (P::Running, E::StartRescue, P::Rescuing),
+            (P::AwaitingApproval, E::StartRescue, P::Rescuing),
         ];
         let finishes = [
             (P::Queued, O::Aborted),
@@ -488,7 +493,6 @@ mod tests {
             (P::Finished(O::RolledBack), E::StartRescue),
             (P::Finished(O::Aborted), E::Finish(O::Aborted)),
             (P::Queued, E::StartRescue),
-            (P::AwaitingApproval, E::StartRescue),
             (P::AwaitingApproval, E::AwaitApproval),
             (P::Queued, E::Finish(O::Succeeded)),
             (P::Running, E::Finish(O::RolledBack)),

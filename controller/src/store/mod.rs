@@ -113,14 +113,23 @@ pub enum ControlKind {
     Approve,
     /// `Abort`: stop, rolling back what changed.
     Abort,
+    /// `Approve` of a deployment paused after this wave (its canary analysis could not decide):
+    /// go on with the next stage. One per wave, so each pause takes its own approval.
+    Resume(u32),
 }
 
+/// The first stored code of [`ControlKind::Resume`]: `RESUME_CODE + wave`.
+const RESUME_CODE: i32 = 1000;
+
 impl ControlKind {
-    /// The stored code (1 approve, 2 abort).
+    /// The stored code (1 approve, 2 abort, 1000 + wave resume).
     fn code(self) -> i32 {
         match self {
             ControlKind::Approve => 1,
             ControlKind::Abort => 2,
+            ControlKind::Resume(w) => {
+                RESUME_CODE.saturating_add(i32::try_from(w).unwrap_or(i32::MAX - RESUME_CODE))
+            }
         }
     }
 
@@ -129,6 +138,7 @@ impl ControlKind {
         match code {
             1 => Ok(ControlKind::Approve),
             2 => Ok(ControlKind::Abort),
+            c if c >= RESUME_CODE => Ok(ControlKind::Resume((c - RESUME_CODE) as u32)),
             other => Err(StoreError::Corrupt(format!(
                 "control request of {deployment_id}: unknown kind {other}"
             ))),

@@ -16,7 +16,8 @@
 //! - **Error rate** ([`judge::judge_error_rate`]): pooled counts of each side, one-sided
 //!   two-proportion z-test, or Fisher's exact test when few errors are expected; Fail needs
 //!   significance **and** a practical effect (+0.5 points and 1.5×); a guardrail on the canary's
-//!   absolute rate, and a low-traffic gate (1,000 requests, 5 expected errors).
+//!   absolute rate, and a low-traffic gate (1,000 requests; 5 expected errors before a canary
+//!   that looks worse but not significantly so can be judged).
 //! - **Latency** ([`judge::judge_latency`]): one-sided Mann-Whitney on per-host, per-step p95
 //!   samples (non-overlapping steps), Fail only with a Hodges-Lehmann shift of at least
 //!   max(10 %, 20 ms); at least 30 samples per side (never fewer than 5: below that the test
@@ -26,6 +27,9 @@
 //!   Fail evaluations or one at α/10 (configurable); Bonferroni across metrics
 //!   ([`stats::alpha_per_metric`]). Each decision records its sizes, p-value, effect and minimum
 //!   detectable effect, so an operator can see why a verdict was Inconclusive.
+//! - **The window** ([`window::StageRun`]): a stage passes when, once its window is over,
+//!   every check's latest evaluation passes; a confirmed Fail ends it at once; an Inconclusive
+//!   window extends up to a maximum, then the rollout pauses for a person.
 //! - **Fast path** ([`judge::fast_path`]): a canary error ratio ≥ 20 % over ≥ 50 requests
 //!   rolls back at once, without analysis.
 //!
@@ -47,3 +51,4 @@
 
 pub mod judge;
 pub mod stats;
+pub mod window;
