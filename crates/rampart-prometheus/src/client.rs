@@ -486,7 +486,7 @@ fn short_error(e: &ureq::Error) -> String {
 mod tests {
     use std::collections::BTreeMap;
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpListener;
     use std::sync::mpsc;
     use std::thread::JoinHandle;
     use std::time::Instant;
@@ -698,14 +698,26 @@ mod tests {
 
     /// Serves `replies`, one connection each, on 127.0.0.1:0; every wait bounded.
     fn serve(replies: Vec<Reply>) -> (String, mpsc::Receiver<Seen>, JoinHandle<()>) {
+        serve_with(replies, None)
+    }
+
+    /// As [`serve`], over TLS when `tls` is given (the URL is then `https://localhost:PORT`).
+    fn serve_with(
+        replies: Vec<Reply>,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> (String, mpsc::Receiver<Seen>, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::spawn(move || {
             for reply in replies {
                 let deadline = Instant::now() + Duration::from_secs(10);
-                let mut stream = loop {
+                let stream = loop {
                     match listener.accept() {
                         Ok((s, _)) => break s,
                         Err(_) if Instant::now() < deadline => {
@@ -718,24 +730,16 @@ mod tests {
                 stream
                     .set_read_timeout(Some(Duration::from_secs(5)))
                     .unwrap();
-                if let Some(seen) = read_request(&mut stream) {
-                    let _ = tx.send(seen);
-                }
-                match reply {
-                    Reply::Raw(bytes) => {
-                        let _ = stream.write_all(&bytes);
+                match &tls {
+                    Some(config) => {
+                        let conn =
+                            tokio_rustls::rustls::ServerConnection::new(config.clone()).unwrap();
+                        let mut tls_stream = tokio_rustls::rustls::StreamOwned::new(conn, stream);
+                        answer(&mut tls_stream, reply, &tx);
                     }
-                    Reply::Silent(d) => std::thread::sleep(d),
-                    Reply::Stream(n) => {
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
-                        let chunk = vec![b' '; 64 << 10];
-                        let mut sent = 0;
-                        while sent < n {
-                            if stream.write_all(&chunk).is_err() {
-                                break;
-                            }
-                            sent += chunk.len();
-                        }
+                    None => {
+                        let mut stream = stream;
+                        answer(&mut stream, reply, &tx);
                     }
                 }
             }
@@ -743,8 +747,37 @@ mod tests {
         (url, rx, handle)
     }
 
+    /// Reads one request from `stream`, reports it, and does what `reply` says.
+    fn answer<S: Read + Write>(stream: &mut S, reply: Reply, tx: &mpsc::Sender<Seen>) {
+        match read_request(stream) {
+            Some(seen) => {
+                let _ = tx.send(seen);
+            }
+            // A client that gave up (a failed TLS handshake) gets nothing.
+            None => return,
+        }
+        match reply {
+            Reply::Raw(bytes) => {
+                let _ = stream.write_all(&bytes);
+                let _ = stream.flush();
+            }
+            Reply::Silent(d) => std::thread::sleep(d),
+            Reply::Stream(n) => {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                let chunk = vec![b' '; 64 << 10];
+                let mut sent = 0;
+                while sent < n {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+            }
+        }
+    }
+
     /// Reads one request: head up to 64 KiB, body by Content-Length up to 1 MiB.
-    fn read_request(stream: &mut TcpStream) -> Option<Seen> {
+    fn read_request(stream: &mut impl Read) -> Option<Seen> {
         let mut buf = Vec::new();
         let mut byte = [0u8; 4096];
         let head_end = loop {
@@ -1114,5 +1147,69 @@ mod tests {
             "{e:?}"
         );
         server.join().unwrap();
+    }
+
+    /// A CA and a `localhost` server certificate it signed: (CA PEM, server TLS config).
+    fn tls_server() -> (String, Arc<tokio_rustls::rustls::ServerConfig>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let key =
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
+                .unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+        (ca.pem(), Arc::new(config))
+    }
+
+    #[test]
+    fn a_ca_file_replaces_the_default_roots_for_https() {
+        let (ca_pem, tls) = tls_server();
+        let (other_ca_pem, _) = tls_server();
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other_ca) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
+        std::fs::write(&ca, ca_pem).unwrap();
+        std::fs::write(&other_ca, other_ca_pem).unwrap();
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"7"]}}"#;
+        // Three connections: with the right CA, with the default roots, with another CA.
+        let (url, rx, server) = serve_with(
+            vec![http(200, scalar), http(200, scalar), http(200, scalar)],
+            Some(tls),
+        );
+        let with_ca = |ca_file: Option<PathBuf>| {
+            let mut c = config(&url);
+            c.timeout = Duration::from_secs(5);
+            c.ca_file = ca_file;
+            Client::new(&c).unwrap()
+        };
+        let r = with_ca(Some(ca)).query("7", None).unwrap();
+        assert_eq!(r.single_value().unwrap(), Some(7.0));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap().path,
+            "/api/v1/query"
+        );
+        for ca_file in [None, Some(other_ca)] {
+            let e = with_ca(ca_file.clone()).query("7", None).unwrap_err();
+            assert!(matches!(e, PromError::Tls { .. }), "{ca_file:?}: {e:?}");
+            assert!(e.to_string().contains("certificate"), "{e}");
+        }
+        server.join().unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "a request got through a failed handshake"
+        );
     }
 }
