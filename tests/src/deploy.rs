@@ -52,7 +52,8 @@ pub fn get(url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Packages the sample app (v1.0.0, v2.0.0 and the broken v3.0.0) into `dist`.
+/// Packages the sample app into `dist`: the healthy v1.0.0 and v2.0.0, the bad-but-healthy
+/// v2.1.0 (5 % of pages answer 500) and v2.2.0 (pages 200 ms late), and the broken v3.0.0.
 pub fn package_sample_app(dist: &Path) {
     let pkg = Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks/sample-app/package.sh"))

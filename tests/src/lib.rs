@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod deploy;
 pub mod fake_apis;
 pub mod fleet;
+pub mod load;
 pub mod pg;
 pub mod prometheus;
 pub mod pushgateway;

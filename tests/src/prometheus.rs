@@ -3,7 +3,9 @@
 //!
 //! [`Prometheus::start`] runs the binary on a free 127.0.0.1 port with a temporary directory
 //! (its TSDB, its log and a generated configuration that scrapes the given targets every second
-//! and evaluates the given rule files every second); it is SIGKILLed by its pid when dropped.
+//! and evaluates the given rule files every second); it is SIGKILLed by its pid when dropped, or
+//! earlier by [`Prometheus::kill`]. A [`Job`] may put labels on its targets' series
+//! ([`Job::hosts`]: `host="h1"`), as canary analysis needs to tell hosts apart.
 //! Every wait is bounded; every answer read is bounded in size.
 
 use std::collections::BTreeMap;
@@ -137,6 +139,9 @@ pub struct Job {
     pub name: String,
     /// `host:port` targets.
     pub targets: Vec<String>,
+    /// Extra labels of some targets (a `static_config` of its own each), e.g. `host="h1"` so
+    /// canary analysis can tell hosts apart; targets not in here get none.
+    pub target_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// The path scraped (`/metrics`).
     pub metrics_path: String,
     /// `honor_labels` (true for a pushgateway).
@@ -149,15 +154,79 @@ impl Job {
         Job {
             name: name.to_string(),
             targets: targets.iter().map(|t| (*t).to_string()).collect(),
+            target_labels: BTreeMap::new(),
             metrics_path: "/metrics".into(),
             honor_labels: false,
         }
+    }
+
+    /// A job scraping each `(target, labels)` at `/metrics`, with those labels on its series.
+    /// Panics on a label name Prometheus would refuse or reserve (`__…`, `job`, `instance`).
+    pub fn with_labels(name: &str, targets: &[(&str, &[(&str, &str)])]) -> Job {
+        let mut job = Job::new(name, &targets.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+        for (target, labels) in targets {
+            for (key, value) in *labels {
+                job = job.label(target, key, value);
+            }
+        }
+        job
+    }
+
+    /// A job scraping each `(target, host)` at `/metrics`, its series labelled `host="HOST"`.
+    pub fn hosts(name: &str, targets: &[(&str, &str)]) -> Job {
+        let labelled: Vec<(&str, [(&str, &str); 1])> = targets
+            .iter()
+            .map(|(target, host)| (*target, [("host", *host)]))
+            .collect();
+        let refs: Vec<(&str, &[(&str, &str)])> =
+            labelled.iter().map(|(t, l)| (*t, &l[..])).collect();
+        Job::with_labels(name, &refs)
+    }
+
+    /// With the label `key="value"` on `target`'s series (one of this job's targets).
+    pub fn label(mut self, target: &str, key: &str, value: &str) -> Job {
+        assert!(
+            self.targets.iter().any(|t| t == target),
+            "job {}: label {key} for {target}, which is not one of its targets {:?}",
+            self.name,
+            self.targets
+        );
+        let valid = key
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        assert!(
+            valid && !key.is_empty() && !key.starts_with("__") && key != "job" && key != "instance",
+            "job {}: label name {key:?} for {target} is not a free Prometheus label name",
+            self.name
+        );
+        self.target_labels
+            .entry(target.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_string());
+        self
     }
 
     /// With `honor_labels: true` (keeps the pushed `job`/`instance` labels of a pushgateway).
     pub fn honor_labels(mut self) -> Job {
         self.honor_labels = true;
         self
+    }
+
+    /// Its `static_configs`: the unlabelled targets in one, each labelled target in its own.
+    fn static_configs(&self) -> Vec<Value> {
+        let (labelled, plain): (Vec<&String>, Vec<&String>) = self
+            .targets
+            .iter()
+            .partition(|t| self.target_labels.contains_key(*t));
+        let mut configs = Vec::new();
+        if !plain.is_empty() {
+            configs.push(json!({"targets": plain}));
+        }
+        for target in labelled {
+            configs.push(json!({"targets": [target], "labels": self.target_labels[target]}));
+        }
+        configs
     }
 }
 
@@ -227,7 +296,7 @@ impl Prometheus {
                     "honor_labels": j.honor_labels,
                     "scrape_interval": interval,
                     "scrape_timeout": interval,
-                    "static_configs": [{"targets": j.targets}],
+                    "static_configs": j.static_configs(),
                 })
             })
             .collect();
@@ -291,9 +360,17 @@ impl Prometheus {
         );
     }
 
-    /// Its pid.
+    /// Its pid (0 once killed).
     pub fn pid(&self) -> u32 {
         self.child.pid()
+    }
+
+    /// SIGKILLs it by its pid and reaps it (nothing when already done), e.g. to lose the
+    /// metrics source in the middle of an analysis. [`Prometheus::addr`] stays as it was, so
+    /// queries after this fail as a dead server's do (connection refused); its directory and
+    /// log stay until it is dropped.
+    pub fn kill(&mut self) {
+        self.child.kill9();
     }
 
     /// Its log so far.
@@ -464,5 +541,54 @@ fn parse_value(s: &str) -> Option<f64> {
         "+Inf" => Some(f64::INFINITY),
         "-Inf" => Some(f64::NEG_INFINITY),
         _ => s.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labelled_targets_get_a_static_config_each() {
+        let plain = Job::new("app", &["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            plain.static_configs(),
+            vec![json!({"targets": ["127.0.0.1:1", "127.0.0.1:2"]})]
+        );
+        let hosts = Job::hosts("app", &[("127.0.0.1:1", "h1"), ("127.0.0.1:2", "h2")]);
+        assert_eq!(hosts.targets, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            hosts.static_configs(),
+            vec![
+                json!({"targets": ["127.0.0.1:1"], "labels": {"host": "h1"}}),
+                json!({"targets": ["127.0.0.1:2"], "labels": {"host": "h2"}}),
+            ]
+        );
+        let mixed = Job::with_labels(
+            "app",
+            &[
+                ("127.0.0.1:1", &[("host", "h1"), ("release", "2.1.0")]),
+                ("127.0.0.1:2", &[]),
+            ],
+        );
+        assert_eq!(
+            mixed.static_configs(),
+            vec![
+                json!({"targets": ["127.0.0.1:2"]}),
+                json!({"targets": ["127.0.0.1:1"], "labels": {"host": "h1", "release": "2.1.0"}}),
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not a free Prometheus label name")]
+    fn reserved_label_names_are_refused() {
+        let _ = Job::new("app", &["127.0.0.1:1"]).label("127.0.0.1:1", "instance", "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "not one of its targets")]
+    fn labels_of_unknown_targets_are_refused() {
+        let _ = Job::new("app", &["127.0.0.1:1"]).label("127.0.0.1:9", "host", "h9");
     }
 }
