@@ -19,6 +19,7 @@ mod agent_metrics;
 mod artifact_cache;
 mod artifacts_rpc;
 mod bad_input;
+mod canary;
 mod canary_stats;
 mod certs;
 mod chaos;

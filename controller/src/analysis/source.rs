@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 use super::config::PrometheusSource;
 
+/// How long a canary's scrape target must have been down for the fast path to roll back.
+pub const DOWN_FOR: Duration = Duration::from_secs(10);
+
 /// The most entries of one query's result kept in an [`Audit`].
 pub const AUDIT_MAX_ENTRIES: usize = 64;
 
@@ -83,7 +86,7 @@ pub trait Source: Send + Sync {
         audit: &mut Audit,
     ) -> Result<BTreeMap<String, Vec<f64>>, String>;
 
-    /// The hosts whose scrape target is down now (`up == 0`).
+    /// The hosts whose scrape target has been down (`up == 0`) for the last [`DOWN_FOR`].
     fn down(&self, hosts: &[String], audit: &mut Audit) -> Result<Vec<String>, String>;
 
     /// A team's own query: its value as `null` (no data), a number, or a list of numbers.
@@ -265,10 +268,13 @@ impl Source for PrometheusMetrics {
     }
 
     fn down(&self, hosts: &[String], audit: &mut Audit) -> Result<Vec<String>, String> {
+        // Down for the whole lookback, not one failed scrape (the one taken while the wave
+        // restarted the service, say).
         let q = format!(
-            "min by ({}) (up{})",
+            "max by ({}) (max_over_time(up{}[{}]))",
             self.src.host_label,
-            self.selector(hosts, "")?
+            self.selector(hosts, "")?,
+            format_duration(DOWN_FOR)
         );
         let m = self.by_host(&q, SystemTime::now(), audit)?;
         Ok(m.into_iter()

@@ -1,0 +1,342 @@
+//! Canary analysis between stages, end to end: a real controller and six real agents, the
+//! sample app on every host exporting Prometheus metrics, a real Prometheus scraping every app
+//! with a `host` label, and a paced load generator on every host for the whole test.
+//!
+//! - a good 2.0.0 passes every stage (the last judged against its own window before the
+//!   upgrade) and the fleet ends on it;
+//! - 2.1.0 (5 % 500s) and 2.2.0 (+200 ms), which both pass their health checks, are caught in
+//!   the first stage by `error_rate` and by `latency_p95`, and every upgraded host is rolled
+//!   back (reason `analysis`, the check named);
+//! - with too little traffic the first stage ends inconclusive and the deployment waits for
+//!   approval; `rampart approve` goes on;
+//! - Prometheus killed mid-analysis gives error, never pass: the deployment pauses, and an
+//!   abort rolls the upgraded host back.
+
+use std::time::{Duration, Instant};
+
+use rampart_tests::fleet::{Fleet, LiveCli, events_of, finished};
+use rampart_tests::load::{Load, Target};
+use rampart_tests::prometheus::{Job, Prometheus};
+use serde_json::Value;
+
+const HOSTS: usize = 6;
+/// Where the stages and the analysis go in the controller's configuration (replaced once v1
+/// runs everywhere and Prometheus scrapes it).
+const MARK: &str = "# canary analysis goes here\n";
+/// Requests per second on every host's app.
+const RATE: f64 = 25.0;
+
+/// The stages and analysis of the tests: one host judged 21 s, then half the fleet 9 s, then
+/// the rest 9 s against its own window before the upgrade; evaluations every 3 s over 3 s
+/// latency steps (Prometheus scrapes every second).
+fn canary_toml(prometheus: &str, stages: &str, extra_checks: &str) -> String {
+    format!(
+        "{stages}\n\
+         [environments.prod.analysis]\ninterval = \"3s\"\nwarmup = \"1s\"\nfast_path_interval = \"1s\"\n\
+         [environments.prod.analysis.prometheus]\nurl = \"http://{prometheus}\"\nselector = 'job=\"app\"'\n\
+         step = \"3s\"\ntimeout = \"2s\"\n\
+         [[environments.prod.analysis.checks]]\nname = \"error_rate\"\nmin_requests = 200\n\
+         [[environments.prod.analysis.checks]]\nname = \"latency_p95\"\nmin_samples = 5\n{extra_checks}"
+    )
+}
+
+const STAGES: &str = "stages = [{ hosts = 1, analysis = \"21s\" }, { hosts = \"50%\", analysis = \"9s\" }, { hosts = \"100%\", analysis = \"9s\" }]";
+
+/// A fleet on 1.0.0 under load, scraped by Prometheus, its controller configured with
+/// `stages` and the analysis.
+struct Canary {
+    fleet: Fleet,
+    prometheus: Prometheus,
+    load: Option<Load>,
+}
+
+impl Canary {
+    fn start(stages: &str, extra_checks: &str, rate: Option<f64>) -> Canary {
+        let mut fleet = Fleet::start(HOSTS, MARK, |_, _| {});
+        let r = fleet.deploy("1.0.0", &[]);
+        assert_eq!(finished(&r.json())["outcome"], "succeeded", "{}", r.stderr);
+        let targets: Vec<(String, String)> = fleet
+            .hosts
+            .iter()
+            .map(|h| (format!("127.0.0.1:{}", h.scenario.port), h.name.clone()))
+            .collect();
+        let refs: Vec<(&str, &str)> = targets
+            .iter()
+            .map(|(t, h)| (t.as_str(), h.as_str()))
+            .collect();
+        let prometheus = Prometheus::start(&[Job::hosts("app", &refs)], &[]);
+        let load = rate.map(|rate| {
+            Load::start(
+                fleet
+                    .hosts
+                    .iter()
+                    .map(|h| Target::new(&h.name, h.scenario.port, "/"))
+                    .collect(),
+                rate,
+                Duration::from_secs(240),
+            )
+        });
+        // Every app scraped (and, under load, counted) before a deployment judges them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = prometheus
+                .try_query("sum(up{job=\"app\"})")
+                .ok()
+                .and_then(|s| s.first().map(|s| s.1))
+                .unwrap_or(0.0);
+            if up >= HOSTS as f64 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus does not scrape every app: up = {up}\n{}",
+                prometheus.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        fleet.edit_config(MARK, &canary_toml(&prometheus.addr, stages, extra_checks));
+        fleet.kill_controller();
+        fleet.restart_controller();
+        Canary {
+            fleet,
+            prometheus,
+            load,
+        }
+    }
+
+    fn serving(&self) -> Vec<Option<String>> {
+        self.fleet.serving()
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        if let Some(l) = self.load.take() {
+            let _ = l.stop();
+        }
+    }
+}
+
+fn v(s: &str) -> Option<String> {
+    Some(s.to_string())
+}
+
+/// The analysis' JSON events of a deployment, from `rampart deployment show ID --analysis`.
+fn shown_analysis(fleet: &Fleet, id: &str) -> Vec<Value> {
+    let r = fleet.cli(&["deployment", "show", id, "--analysis", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).expect("deployment show --json");
+    v["analysis"].as_array().cloned().unwrap_or_default()
+}
+
+fn verdicts(lines: &[Value]) -> Vec<(u64, String, String)> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "analysis_finished")
+        .map(|v| {
+            (
+                v["after_wave"].as_u64().unwrap(),
+                v["verdict"].as_str().unwrap().to_string(),
+                v["check"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_good_release_passes_every_stage() {
+    let c = Canary::start(STAGES, "", Some(RATE));
+    let r = c.fleet.deploy("2.0.0", &[]);
+    let lines = r.json();
+    let f = finished(&lines);
+    assert_eq!(f["outcome"], "succeeded", "{lines:#?}\n{}", r.stderr);
+    assert_eq!(
+        verdicts(&lines),
+        vec![
+            (0, "pass".into(), String::new()),
+            (1, "pass".into(), String::new()),
+            (2, "pass".into(), String::new()),
+        ],
+        "{lines:#?}"
+    );
+    let started = events_of(&r, "analysis_started");
+    assert_eq!(started[0]["canary_hosts"], serde_json::json!(["h1"]));
+    assert_eq!(started[0]["baseline_hosts"].as_array().unwrap().len(), 5);
+    assert_eq!(started[1]["canary_hosts"].as_array().unwrap().len(), 3);
+    // The last stage has no baseline left: its hosts against their own past, flagged.
+    assert_eq!(started[2]["historical_baseline"], true);
+    assert_eq!(started[2]["baseline_hosts"], serde_json::json!([]));
+    assert_eq!(c.serving(), vec![v("2.0.0"); HOSTS]);
+    // Every decision carries what it was computed from.
+    let id = f["deployment_id"].as_str().unwrap();
+    let shown = shown_analysis(&c.fleet, id);
+    let evals: Vec<&Value> = shown
+        .iter()
+        .filter(|e| e["type"] == "analysis_evaluated")
+        .collect();
+    assert!(evals.len() >= 3, "{shown:#?}");
+    let last_of_first = evals
+        .iter()
+        .rfind(|e| e["after_wave"] == 0)
+        .expect("an evaluation of the first stage");
+    let err = &last_of_first["checks"][0];
+    assert_eq!(err["check"], "error_rate");
+    assert_eq!(err["verdict"], "pass", "{err:#}");
+    assert!(
+        err["detail"]["canary"]["n"].as_u64().unwrap() >= 200,
+        "{err:#}"
+    );
+    assert!(
+        err["detail"]["minimum_detectable_effect"].is_number(),
+        "{err:#}"
+    );
+    assert!(
+        err["detail"]["queries"][0]["query"]
+            .as_str()
+            .unwrap()
+            .contains("http_requests_total"),
+        "{err:#}"
+    );
+    let lat = &last_of_first["checks"][1];
+    assert_eq!(lat["check"], "latency_p95");
+    assert_eq!(lat["verdict"], "pass", "{lat:#}");
+    assert!(lat["detail"]["p_value"].is_number(), "{lat:#}");
+    // The text form names the stages and the verdicts.
+    let t = c.fleet.cli(&["deployment", "show", id, "--analysis"]);
+    assert!(t.stdout.contains("=> PASS"), "{}", t.stdout);
+    let _ = &c.prometheus;
+}
+
+/// Deploys `version` (healthy by its checks, bad by its traffic) and checks it was caught by
+/// `check` in the first stage and rolled back on the upgraded host.
+fn caught_in_the_first_stage(version: &str, check: &str) {
+    let c = Canary::start(STAGES, "", Some(RATE));
+    let r = c.fleet.deploy(version, &[]);
+    let lines = r.json();
+    let f = finished(&lines);
+    assert_eq!(f["outcome"], "rolled_back", "{lines:#?}\n{}", r.stderr);
+    assert_eq!(
+        verdicts(&lines),
+        vec![(0, "fail".into(), check.to_string())],
+        "{lines:#?}"
+    );
+    // Its health checks passed: the host itself succeeded before the analysis judged it.
+    let h1 = events_of(&r, "host_finished")
+        .into_iter()
+        .find(|h| h["host"] == "h1" && h["fleet_rescue"] == false)
+        .expect("h1's own transaction");
+    assert_eq!(h1["state"], "succeeded", "{h1:#}");
+    let rescue = events_of(&r, "fleet_rescue_started");
+    assert_eq!(rescue[0]["hosts"], serde_json::json!(["h1"]), "{rescue:#?}");
+    let reason = rescue[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("canary analysis failed") && reason.contains(check),
+        "{reason}"
+    );
+    assert_eq!(c.serving(), vec![v("1.0.0"); HOSTS]);
+    // Counted as an analysis rollback.
+    let m = c.fleet.cli(&["status", "--json"]);
+    assert_eq!(m.code, 0, "{}", m.stderr);
+    let evals = events_of(&r, "analysis_evaluated");
+    let failing = evals
+        .iter()
+        .flat_map(|e| e["checks"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["check"] == check && c["verdict"] == "fail")
+        .expect("the failing evaluation");
+    if check == "error_rate" {
+        let rate = failing["detail"]["canary"]["value"].as_f64().unwrap();
+        assert!((0.03..0.08).contains(&rate), "{failing:#}");
+    } else {
+        let shift = failing["detail"]["effect"]["difference"].as_f64().unwrap();
+        assert!(shift >= 150.0, "{failing:#}");
+    }
+}
+
+#[test]
+fn a_release_with_errors_is_caught_by_error_rate() {
+    caught_in_the_first_stage("2.1.0", "error_rate");
+}
+
+#[test]
+fn a_slower_release_is_caught_by_latency() {
+    caught_in_the_first_stage("2.2.0", "latency_p95");
+}
+
+fn deployment_id(live: &mut LiveCli) -> String {
+    let ev = live.wait_for("the first event", Duration::from_secs(60), |v| {
+        v["deployment_id"].is_string()
+    });
+    ev["deployment_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn too_little_traffic_waits_for_approval() {
+    // No load: the error-rate check never has its 200 requests.
+    let c = Canary::start(
+        "stages = [{ hosts = 1, analysis = \"4s\" }, { hosts = \"100%\" }]",
+        "",
+        None,
+    );
+    let mut live = c.fleet.spawn_deploy("2.0.0", &[]);
+    let id = deployment_id(&mut live);
+    let paused = live.wait_for("the pause", Duration::from_secs(90), |v| {
+        v["type"] == "awaiting_approval"
+    });
+    assert_eq!(paused["after_wave"], 0, "{paused:#}");
+    let reason = paused["reason"].as_str().unwrap();
+    assert!(reason.contains("paused after wave 1"), "{reason}");
+    let done = live
+        .seen
+        .iter()
+        .find(|v| v["type"] == "analysis_finished")
+        .cloned()
+        .expect("the first stage's verdict");
+    assert_eq!(done["verdict"], "inconclusive", "{done:#}");
+    // Only h1 was upgraded; the others wait.
+    assert_eq!(c.serving()[0], v("2.0.0"));
+    assert_eq!(c.serving()[1], v("1.0.0"));
+    let shown = c.fleet.cli(&["deployment", "show", &id, "--json"]);
+    let d: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(d["state"], "awaiting_approval", "{d:#}");
+    let a = c
+        .fleet
+        .cli(&["approve", &id, "--comment", "traffic is low tonight"]);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    let (code, lines) = live.finish(Duration::from_secs(120));
+    assert_eq!(code, 0, "{lines:#?}");
+    assert_eq!(finished(&lines)["outcome"], "succeeded");
+    assert_eq!(c.serving(), vec![v("2.0.0"); HOSTS]);
+}
+
+#[test]
+fn prometheus_down_is_an_error_never_a_pass() {
+    let mut c = Canary::start(STAGES, "", Some(RATE));
+    let mut live = c.fleet.spawn_deploy("2.0.0", &[]);
+    let id = deployment_id(&mut live);
+    live.wait_for("the first stage's analysis", Duration::from_secs(60), |v| {
+        v["type"] == "analysis_started"
+    });
+    c.prometheus.kill();
+    let paused = live.wait_for("the pause", Duration::from_secs(90), |v| {
+        v["type"] == "awaiting_approval"
+    });
+    assert_eq!(paused["after_wave"], 0, "{paused:#}");
+    let vs = verdicts(&live.seen);
+    assert_eq!(vs.len(), 1, "{vs:?}");
+    assert_eq!(vs[0].1, "error", "{vs:?}");
+    assert!(
+        !live
+            .seen
+            .iter()
+            .any(|v| v["type"] == "analysis_finished" && v["verdict"] == "pass"),
+        "{:#?}",
+        live.seen
+    );
+    let a = c
+        .fleet
+        .cli(&["abort", &id, "--reason", "no metrics: not taking the risk"]);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    let (_, lines) = live.finish(Duration::from_secs(120));
+    assert_eq!(finished(&lines)["outcome"], "rolled_back", "{lines:#?}");
+    assert_eq!(c.serving(), vec![v("1.0.0"); HOSTS]);
+}
