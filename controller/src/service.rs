@@ -640,7 +640,13 @@ impl ControllerApi for Service {
             id,
             kind: pb::DeploymentKind::Rollback as i32,
             artifacts,
-            vars_json: serde_json::json!({ "rollback_database": database }).to_string(),
+            vars_json: if r.emergency {
+                serde_json::json!({ "rollback_database": database, "rampart_emergency": true })
+            } else {
+                serde_json::json!({ "rollback_database": database })
+            }
+            .to_string(),
+            emergency: r.emergency,
             environment: r.environment,
             version: to,
             state: DS::Queued as i32,

@@ -116,7 +116,7 @@ proptest! {
     fn fuzz_rollback_is_checked_before_it_is_stored(caller in prop::sample::select(CALLERS), environment in text(), to_version in text(), reason in rampart_fuzz::text(&[" ", "why", "\n"], 3), deployment_id in text(), wait_timeout_ms in 0u64..100, database in prop_oneof![Just(String::new()), Just("undo".to_string()), Just("none".to_string()), text()]) {
         let f = fixture(1);
         let before = stored(&f.ctl);
-        let req = pb::RollbackRequest { environment, to_version: to_version.clone(), reason: reason.clone(), ci_run_id: String::new(), wait_timeout_ms, deployment_id, database: database.clone() };
+        let req = pb::RollbackRequest { environment, to_version: to_version.clone(), reason: reason.clone(), ci_run_id: String::new(), wait_timeout_ms, deployment_id, database: database.clone(), emergency: false };
         match rampart_fuzz::runtime().block_on(f.svc.rollback(request(caller, req))) {
             Ok(_) => {
                 prop_assert!(!reason.trim().is_empty() && !to_version.is_empty() && caller != "unknown");

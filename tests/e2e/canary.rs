@@ -3,7 +3,8 @@
 //! with a `host` label, and a paced load generator on every host for the whole test.
 //!
 //! - a good 2.0.0 passes every stage (the last judged against its own window before the
-//!   upgrade) and the fleet ends on it;
+//!   upgrade) and the fleet ends on it; `rampart rollback --emergency` then takes every host
+//!   back at once, without analysis, verified by the critical checks only;
 //! - 2.1.0 (5 % 500s) and 2.2.0 (+200 ms), which both pass their health checks, are caught in
 //!   the first stage by `error_rate` and by `latency_p95`, and every upgraded host is rolled
 //!   back (reason `analysis`, the check named);
@@ -148,6 +149,7 @@ fn a_good_release_passes_every_stage() {
     let c = Canary::start(STAGES, "", Some(RATE));
     let r = c.fleet.deploy("2.0.0", &[]);
     let lines = r.json();
+    let deploy_lines = lines.clone();
     let f = finished(&lines);
     assert_eq!(f["outcome"], "succeeded", "{lines:#?}\n{}", r.stderr);
     assert_eq!(
@@ -204,6 +206,70 @@ fn a_good_release_passes_every_stage() {
     // The text form names the stages and the verdicts.
     let t = c.fleet.cli(&["deployment", "show", id, "--analysis"]);
     assert!(t.stdout.contains("=> PASS"), "{}", t.stdout);
+    // An emergency rollback: every host at once, no analysis, the critical checks only.
+    let r = c.fleet.cli(&[
+        "rollback",
+        "--env",
+        "prod",
+        "--to",
+        "1.0.0",
+        "--reason",
+        "e2e: emergency",
+        "--emergency",
+        "--json",
+    ]);
+    let lines = r.json();
+    assert_eq!(
+        finished(&lines)["outcome"],
+        "succeeded",
+        "{lines:#?}\n{}",
+        r.stderr
+    );
+    let planned = events_of(&r, "planned");
+    assert_eq!(
+        planned[0]["waves"].as_array().unwrap().len(),
+        1,
+        "{planned:#?}"
+    );
+    assert!(events_of(&r, "analysis_started").is_empty(), "{lines:#?}");
+    let verified: Vec<&Value> = lines
+        .iter()
+        .filter(|v| {
+            v["type"] == "host_event"
+                && v["event"]["type"] == "task_finished"
+                && v["event"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("verify 1.0.0 is healthy"))
+        })
+        .collect();
+    assert_eq!(verified.len(), HOSTS, "{lines:#?}");
+    // Fewer checks than the deploy's own verification ran: the warning and optional ones
+    // were left out.
+    let checks = |msg: &Value| -> usize {
+        let m = msg.as_str().unwrap_or("");
+        m.split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{m}"))
+    };
+    let deployed = deploy_lines
+        .iter()
+        .find(|v| {
+            v["type"] == "host_event"
+                && v["event"]["type"] == "task_finished"
+                && v["event"]["action"] == "health"
+        })
+        .expect("the deploy's health suite");
+    let (all, critical) = (
+        checks(&deployed["event"]["msg"]),
+        checks(&verified[0]["event"]["msg"]),
+    );
+    assert!(
+        critical < all && critical > 0,
+        "{critical} of {all}: {:#}",
+        verified[0]
+    );
+    assert_eq!(c.serving(), vec![v("1.0.0"); HOSTS]);
     let _ = &c.prometheus;
 }
 

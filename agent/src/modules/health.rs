@@ -4,7 +4,8 @@
 //! Inputs: `suite` (`production`, the shipped suite built into Rampart, or a suite file: an
 //! absolute path, or one relative to the playbook's directory when run locally) or `checks`
 //! (the same list inline), `vars` (over the task's variables, which are over the suite's own `vars`),
-//! `parallelism`, `deadline` (seconds). Output: `checks` (one result per check: name, category,
+//! `parallelism`, `deadline` (seconds), `critical_only` (run only the critical checks: an
+//! emergency rollback verifies what must hold and skips the rest). Output: `checks` (one result per check: name, category,
 //! severity, type, status, attempts, duration_ms, value, message, diagnostics), `summary`
 //! (`passed`, counts, `failed` names) and `msg`. In check mode it is skipped, like `command`:
 //! what it would check is not deployed yet (`check_mode: false` runs it anyway).
@@ -16,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use rampart_playbook::modules::health as schema;
 
-use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed};
+use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_bool, arg_f64, arg_i64, arg_str, failed};
 use rampart_health::{self as health, Suite};
 
 /// `health`.
@@ -61,6 +62,11 @@ fn run_health(args: &Map<String, Value>, ctx: &ModuleCtx<'_>) -> ModuleResult {
     }
     if let Some(d) = arg_f64(args, "deadline") {
         suite.deadline = Duration::from_secs_f64(d.clamp(0.0, 86_400.0));
+    }
+    if arg_bool(args, "critical_only") == Some(true) {
+        suite
+            .checks
+            .retain(|c| c.severity == health::Severity::Critical);
     }
     let overrides = args
         .get("vars")

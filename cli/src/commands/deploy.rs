@@ -127,6 +127,11 @@ pub struct RollbackArgs {
     /// Needs the environment's `database` variable.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = RollbackDatabase::None)]
     pub database: RollbackDatabase,
+    /// An emergency: every host at once (no stages or serial), no canary analysis, and only
+    /// the health suite's critical checks verify the target (warning and optional ones are
+    /// skipped). The lock, the queue and the rollback's own verification still apply.
+    #[arg(long)]
+    pub emergency: bool,
     /// Queueing, who asked, re-attaching.
     #[command(flatten)]
     pub follow: FollowArgs,
@@ -1474,6 +1479,7 @@ pub fn rollback(args: RollbackArgs) -> Exit {
             RollbackDatabase::None => "none".into(),
             RollbackDatabase::Undo => "undo".into(),
         },
+        emergency: args.emergency,
         ci_run_id: non_empty(args.follow.ci_run_id.clone())
             .or_else(|| first_env(&CI_RUN_ID_VARS, &env_var))
             .unwrap_or_default(),

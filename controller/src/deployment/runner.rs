@@ -622,7 +622,10 @@ impl Runner {
 
     /// Cuts the hosts into waves (once) and returns each wave's host indexes.
     async fn plan(&mut self) -> StoreResult<Vec<Vec<usize>>> {
-        let serial = if self.d.serial.is_empty() {
+        let serial = if self.d.emergency {
+            // An emergency rollback: every host at once.
+            Vec::new()
+        } else if self.d.serial.is_empty() {
             self.env.serial.clone()
         } else {
             let v = Value::Array(self.d.serial.iter().map(|s| json!(s)).collect());
@@ -830,7 +833,7 @@ impl Runner {
     /// last stage's past the end).
     fn stage_window(&self, w: usize) -> Option<Duration> {
         self.env.analysis.as_ref()?;
-        if self.env.stages.is_empty() || self.d.check {
+        if self.env.stages.is_empty() || self.d.check || self.d.emergency {
             return None;
         }
         let stage = if self.d.serial.is_empty() {

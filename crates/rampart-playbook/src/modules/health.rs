@@ -13,6 +13,8 @@ pub static HEALTH: ModuleSchema = ModuleSchema {
         ArgSpec::opt("vars", ArgKind::Map),
         ArgSpec::opt("parallelism", ArgKind::Int),
         ArgSpec::opt("deadline", ArgKind::Num),
+        // Only the suite's critical checks (an emergency rollback's verification).
+        ArgSpec::opt("critical_only", ArgKind::Bool),
     ],
     free_form: FreeForm::KeyValue,
     any_args: false,
