@@ -15,9 +15,10 @@
 
 use std::time::{Duration, Instant};
 
+use rampart_tests::deploy::free_port;
 use rampart_tests::fleet::{Fleet, LiveCli, events_of, finished};
 use rampart_tests::load::{Load, Target};
-use rampart_tests::prometheus::{Job, Prometheus};
+use rampart_tests::prometheus::{Job, Prometheus, dashboard_exprs_with};
 use serde_json::Value;
 
 const HOSTS: usize = 6;
@@ -53,7 +54,14 @@ struct Canary {
 
 impl Canary {
     fn start(stages: &str, extra_checks: &str, rate: Option<f64>) -> Canary {
-        let mut fleet = Fleet::start(HOSTS, MARK, |_, _| {});
+        // The controller's /metrics too (its hosts' versions every second), for the dashboard.
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut fleet = Fleet::start_with_toml(
+            HOSTS,
+            MARK,
+            &format!("[metrics]\nlisten = \"{metrics}\"\n[consistency]\ninterval_seconds = 1\n"),
+            |_, _| {},
+        );
         let r = fleet.deploy("1.0.0", &[]);
         assert_eq!(finished(&r.json())["outcome"], "succeeded", "{}", r.stderr);
         let targets: Vec<(String, String)> = fleet
@@ -65,7 +73,13 @@ impl Canary {
             .iter()
             .map(|(t, h)| (t.as_str(), h.as_str()))
             .collect();
-        let prometheus = Prometheus::start(&[Job::hosts("app", &refs)], &[]);
+        let prometheus = Prometheus::start(
+            &[
+                Job::hosts("app", &refs),
+                Job::new("rampart-controller", &[&metrics]),
+            ],
+            &[],
+        );
         let load = rate.map(|rate| {
             Load::start(
                 fleet
@@ -206,6 +220,26 @@ fn a_good_release_passes_every_stage() {
     // The text form names the stages and the verdicts.
     let t = c.fleet.cli(&["deployment", "show", id, "--analysis"]);
     assert!(t.stdout.contains("=> PASS"), "{}", t.stdout);
+    // The dashboard's canary panels show this fleet: its app's traffic by version, the
+    // analyses' verdicts and checks.
+    for (panel, expr) in dashboard_exprs_with("prod", "10m", "30s") {
+        if panel.starts_with("Canary") {
+            let s = c
+                .prometheus
+                .wait_until(&expr, Duration::from_secs(30), |s| !s.is_empty());
+            if panel.contains("by version") {
+                assert!(
+                    s.iter()
+                        .any(|x| x.0.get("version").map(String::as_str) == Some("2.0.0")),
+                    "{panel}: {s:?}"
+                );
+            }
+        }
+    }
+    let runs = c
+        .prometheus
+        .query(r#"rampart_analysis_runs_total{environment="prod",verdict="pass"}"#);
+    assert_eq!(runs.first().map(|r| r.1), Some(3.0), "{runs:?}");
     // An emergency rollback: every host at once, no analysis, the critical checks only.
     let r = c.fleet.cli(&[
         "rollback",

@@ -292,7 +292,12 @@ fn deployments_that_succeed_roll_back_and_fail_to_roll_back_are_counted_and_time
     );
     // Every dashboard query returns data from this run (`wait_until` names the one that does
     // not).
-    for (_panel, expr) in dashboard_exprs("prod") {
+    // (The canary panels need an analysis and the application's own metrics: the canary
+    // test checks them.)
+    for (panel, expr) in dashboard_exprs("prod") {
+        if panel.starts_with("Canary") {
+            continue;
+        }
         prom.wait_until(&expr, t, |s| !s.is_empty());
     }
 }

@@ -35,7 +35,7 @@ const ALERTS: [&str; 11] = [
 ];
 
 /// The controller's metric names (issue 15's table); a rule or panel naming another is a typo.
-const METRICS: [&str; 19] = [
+const METRICS: [&str; 22] = [
     "rampart_deployments_started_total",
     "rampart_deployments_completed_total",
     "rampart_rollbacks_total",
@@ -54,6 +54,10 @@ const METRICS: [&str; 19] = [
     "rampart_notifications_failed_total",
     "rampart_notification_outbox_pending",
     "rampart_build_info",
+    // The canary analysis (issue 17).
+    "rampart_analysis_runs_total",
+    "rampart_analysis_check_verdict",
+    "rampart_canary_hosts_ratio",
     // The recording rules' own series are named level:metric:operations, not matched here.
     "rampart_deployment_success",
 ];
@@ -453,6 +457,44 @@ fn exposition(n: u64) -> String {
     line("# TYPE rampart_notifications_failed_total counter".into());
     line(format!(
         r#"rampart_notifications_failed_total{{{e},sink="slack"}} 0"#
+    ));
+    // The canary analysis: one pass per scrape, the latest verdict of each check, a third of
+    // the fleet judged.
+    line("# TYPE rampart_analysis_runs_total counter".into());
+    line(format!(
+        r#"rampart_analysis_runs_total{{{e},verdict="pass"}} {n}"#
+    ));
+    line("# TYPE rampart_analysis_check_verdict gauge".into());
+    for (verdict, v) in [("pass", 1), ("fail", 0)] {
+        line(format!(
+            r#"rampart_analysis_check_verdict{{{e},check="error_rate",verdict="{verdict}"}} {v}"#
+        ));
+    }
+    line("# TYPE rampart_canary_hosts_ratio gauge".into());
+    line(format!(r#"rampart_canary_hosts_ratio{{{e}}} 0.33"#));
+    // The application's own metrics on web-1 (the canary panels join them with its version):
+    // 100 requests per scrape, one a 500, all under 50 ms.
+    line("# TYPE http_requests_total counter".into());
+    line(format!(
+        r#"http_requests_total{{host="web-1",code="200"}} {}"#,
+        99 * n
+    ));
+    line(format!(
+        r#"http_requests_total{{host="web-1",code="500"}} {n}"#
+    ));
+    line("# TYPE http_request_duration_seconds histogram".into());
+    for (le, c) in [("0.05", 100 * n), ("+Inf", 100 * n)] {
+        line(format!(
+            r#"http_request_duration_seconds_bucket{{host="web-1",le="{le}"}} {c}"#
+        ));
+    }
+    line(format!(
+        r#"http_request_duration_seconds_sum{{host="web-1"}} {}"#,
+        2 * n
+    ));
+    line(format!(
+        r#"http_request_duration_seconds_count{{host="web-1"}} {}"#,
+        100 * n
     ));
     s
 }
