@@ -25,6 +25,9 @@
 //! | `rampart_notifications_failed_total` | counter | environment, sink |
 //! | `rampart_notification_outbox_pending` | gauge | environment, sink |
 //! | `rampart_build_info` | gauge | version |
+//! | `rampart_analysis_runs_total` | counter | environment, verdict (pass, fail, inconclusive, error) |
+//! | `rampart_analysis_check_verdict` | gauge (1 for each check's latest verdict, 0 for the others) | environment, check, verdict |
+//! | `rampart_canary_hosts_ratio` | gauge (0 when no analysis runs) | environment |
 //!
 //! Counters count what this process did: a restart resets them (`rate()` and `increase()`
 //! handle it), and with several controllers on one PostgreSQL store each counts the deployments
