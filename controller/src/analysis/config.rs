@@ -31,6 +31,8 @@
 //! [environments.production.analysis.fast_path]
 //! max_rate = 0.2                # a canary host at ≥ 20 % errors over ≥ 50 requests: roll back now
 //! min_requests = 50
+//! baseline_multiple = 10        # ... or at ≥ 10× the baseline's rate, and ≥ 5 % (null: off)
+//! baseline_multiple_min_rate = 0.05
 //!
 //! [[environments.production.analysis.checks]]
 //! name = "error_rate"           # built in: error_rate, success_rate, latency_p95,
@@ -616,8 +618,14 @@ pub(crate) fn parse_analysis(
     let fast_path: FastPathCheck = match &raw.fast_path {
         None => FastPathCheck::default(),
         Some(t) => {
-            known(t, &["max_rate", "min_requests"], "analysis.fast_path")?;
-            judge_fields(t, &["max_rate", "min_requests"], "analysis.fast_path")?
+            const KEYS: [&str; 4] = [
+                "max_rate",
+                "min_requests",
+                "baseline_multiple",
+                "baseline_multiple_min_rate",
+            ];
+            known(t, &KEYS, "analysis.fast_path")?;
+            judge_fields(t, &KEYS, "analysis.fast_path")?
         }
     };
     fast_path

@@ -422,10 +422,15 @@ pub fn fast_path(
             detail: json!({ "down": down, "queries": audit.queries }),
         });
     }
-    let m = source.counts(canary, now, lookback, &mut audit).ok()?;
+    let mut all = canary.clone();
+    if !hosts.historical() {
+        all.extend(hosts.baseline.iter().cloned());
+    }
+    let m = source.counts(&all, now, lookback, &mut audit).ok()?;
+    let baseline = (!hosts.historical()).then(|| sum(&hosts.baseline, &m));
     for h in canary {
         let Some(c) = m.get(h) else { continue };
-        if let Some(d) = judge::fast_path(*c, &cfg.fast_path)
+        if let Some(d) = judge::fast_path_against(*c, baseline, &cfg.fast_path)
             && d.verdict == Verdict::Fail
         {
             let reason = format!("{} on {h}", d.reason);

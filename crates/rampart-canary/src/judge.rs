@@ -763,6 +763,14 @@ pub struct FastPathCheck {
     pub max_rate: f64,
     /// Canary requests before the fast path applies. Default 50.
     pub min_requests: u64,
+    /// The canary also fails at once at this multiple of the baseline's error rate (the notes'
+    /// "or 10× baseline"), when a baseline is given and has errors. Default 10; `null`
+    /// disables.
+    pub baseline_multiple: Option<f64>,
+    /// ... and only at or above this error rate, so a baseline at 0.01 % does not turn a
+    /// canary at 0.1 % into an immediate rollback (the windowed checks judge those). Default
+    /// 0.05.
+    pub baseline_multiple_min_rate: f64,
 }
 
 impl Default for FastPathCheck {
@@ -770,6 +778,8 @@ impl Default for FastPathCheck {
         FastPathCheck {
             max_rate: 0.20,
             min_requests: 50,
+            baseline_multiple: Some(10.0),
+            baseline_multiple_min_rate: 0.05,
         }
     }
 }
@@ -786,15 +796,84 @@ impl FastPathCheck {
         if self.min_requests == 0 {
             return Err("min_requests is 0: set at least 1 (default 50)".into());
         }
+        if let Some(m) = self.baseline_multiple
+            && !(m > 1.0 && m.is_finite())
+        {
+            return Err(format!(
+                "baseline_multiple is {m}: set a finite multiple above 1 (default 10), or null"
+            ));
+        }
+        if !(self.baseline_multiple_min_rate > 0.0 && self.baseline_multiple_min_rate <= 1.0) {
+            return Err(format!(
+                "baseline_multiple_min_rate is {}: set a fraction in (0, 1] (default 0.05)",
+                self.baseline_multiple_min_rate
+            ));
+        }
         Ok(())
     }
+}
+
+/// [`fast_path`] with the baseline's counts over the same look: the canary also fails at once
+/// at `baseline_multiple` × the baseline's error rate (baseline with errors, canary at or
+/// above `baseline_multiple_min_rate`, ≥ `min_requests`).
+pub fn fast_path_against(
+    canary: Counts,
+    baseline: Option<Counts>,
+    cfg: &FastPathCheck,
+) -> Option<Decision> {
+    if let Some(d) = fast_path(canary, cfg) {
+        return Some(d);
+    }
+    let (m, base) = (cfg.baseline_multiple?, baseline?);
+    let (rate, base_rate) = (canary.rate()?, base.rate()?);
+    if base.errors > base.total || base_rate <= 0.0 {
+        return None;
+    }
+    if canary.total >= cfg.min_requests
+        && rate >= cfg.baseline_multiple_min_rate
+        && rate >= m * base_rate
+    {
+        let thresholds = Thresholds {
+            alpha: 0.0,
+            guardrail: Some(m * base_rate),
+            guardrail_min: cfg.min_requests,
+            min_n: cfg.min_requests,
+            min_difference: None,
+            min_ratio: Some(m),
+        };
+        let side = |c: Counts| Side {
+            n: c.total,
+            errors: Some(c.errors),
+            value: c.rate(),
+        };
+        let mut d = Decision::new(CheckKind::FastPath, thresholds, side(canary));
+        d.baseline = Some(side(base));
+        d.effect = Some(Effect {
+            difference: rate - base_rate,
+            ratio: Some(rate / base_rate),
+        });
+        let mut d = d.with(
+            Verdict::Fail,
+            format!(
+                "fast path: canary error rate {} ({} of {}) is {:.1}× the baseline's {}: roll back now",
+                pct(rate),
+                canary.errors,
+                canary.total,
+                rate / base_rate,
+                pct(base_rate)
+            ),
+        );
+        d.strong = true;
+        return Some(d);
+    }
+    None
 }
 
 /// The fast path: `Some(Fail)` (strong) when the canary has ≥ `min_requests` requests and an
 /// error rate ≥ `max_rate` (roll back every upgraded host now, without analysis);
 /// `Some(Error)` for an invalid configuration or errors above requests (so a broken fast path
 /// is never silent); `None` otherwise (carry on with the analysis). The notes' "or 10× the
-/// baseline" variant is not here: it needs the baseline, which the fast path does not take.
+/// baseline" rule is [`fast_path_against`], which takes the baseline too.
 pub fn fast_path(canary: Counts, cfg: &FastPathCheck) -> Option<Decision> {
     let thresholds = Thresholds {
         alpha: 0.0,
@@ -1381,6 +1460,33 @@ mod tests {
         assert_eq!(
             fast_path(counts(3, 2), &cfg).map(|d| d.verdict),
             Some(Verdict::Error)
+        );
+        // 10× the baseline: 6 % against 0.5 % fails at once; 6 % against 1 % does not (6×);
+        // 0.9 % against 0.05 % is 18× but under the 5 % floor; a baseline without errors
+        // gives no multiple.
+        let f = |c, b| fast_path_against(c, Some(b), &cfg).map(|d| d.verdict);
+        assert_eq!(f(counts(6, 100), counts(5, 1000)), Some(Verdict::Fail));
+        assert_eq!(f(counts(6, 100), counts(10, 1000)), None);
+        assert_eq!(f(counts(9, 1000), counts(1, 2000)), None);
+        assert_eq!(f(counts(6, 100), counts(0, 1000)), None);
+        assert_eq!(fast_path_against(counts(6, 100), None, &cfg), None);
+        let d = fast_path_against(counts(6, 100), Some(counts(5, 1000)), &cfg).unwrap();
+        assert!(d.reason.contains("12.0×"), "{}", d.reason);
+        let off = FastPathCheck {
+            baseline_multiple: None,
+            ..cfg.clone()
+        };
+        assert_eq!(
+            fast_path_against(counts(6, 100), Some(counts(5, 1000)), &off),
+            None
+        );
+        assert!(
+            FastPathCheck {
+                baseline_multiple: Some(1.0),
+                ..cfg.clone()
+            }
+            .validate()
+            .is_err()
         );
     }
 
