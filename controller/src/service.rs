@@ -364,6 +364,57 @@ impl Service {
         Ok(requested.to_string())
     }
 
+    /// A deployment's own `stages`: well formed, not with `serial`, at most 64; with an
+    /// environment analysis, every stage but the last has a window at least as long as the
+    /// environment's shortest (a deployment may reshape its canary, not skip or shorten it);
+    /// without one, no windows.
+    fn check_stages(stages: &[String], serial: &[String], env: &Environment) -> Result<(), Status> {
+        if stages.is_empty() {
+            return Ok(());
+        }
+        if !serial.is_empty() {
+            return Err(Status::invalid_argument(
+                "give either serial or stages, not both",
+            ));
+        }
+        if stages.len() > crate::analysis::config::MAX_STAGES {
+            return Err(Status::invalid_argument(format!(
+                "{} stages: at most {}",
+                stages.len(),
+                crate::analysis::config::MAX_STAGES
+            )));
+        }
+        let parsed = crate::analysis::config::parse_stage_specs(stages)
+            .map_err(|e| Status::invalid_argument(format!("stages: {}", edge::cut(&e, 512))))?;
+        let shortest = env.stages.iter().filter_map(|s| s.analysis).min();
+        match (&env.analysis, shortest) {
+            (None, _) if parsed.iter().any(|s| s.analysis.is_some()) => {
+                Err(Status::invalid_argument(format!(
+                    "stages: environment {} has no [analysis]: give stages without windows (HOSTS), or configure its analysis",
+                    env.name
+                )))
+            }
+            (Some(_), Some(min)) => {
+                // Every stage but the last (the only one too) needs its window.
+                let n = parsed.len().saturating_sub(1).max(1);
+                match parsed[..n]
+                    .iter()
+                    .position(|s| s.analysis.is_none_or(|w| w < min))
+                {
+                    Some(i) => Err(Status::invalid_argument(format!(
+                        "stages: stage {} ({}) needs an analysis window of at least {}s (environment {}'s shortest): a deployment may reshape its canary, not skip or shorten it",
+                        i + 1,
+                        edge::echo(&stages[i]),
+                        min.as_secs_f64(),
+                        env.name
+                    ))),
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `vars_json` is empty or a JSON object whose every top-level key is in the
     /// environment's `ci_vars` (a listed key allows its whole value, nested keys included).
     fn check_vars(vars_json: &str, env: &Environment) -> Result<(), Status> {
@@ -486,6 +537,7 @@ impl ControllerApi for Service {
         }
         Self::check_vars(&r.vars_json, env)?;
         edge::serial(&r.serial)?;
+        Self::check_stages(&r.stages, &r.serial, env)?;
         if !r.serial.is_empty() {
             let v = Value::Array(r.serial.iter().map(|s| Value::String(s.clone())).collect());
             rollout::parse_serial(&v)
@@ -546,6 +598,7 @@ impl ControllerApi for Service {
             check: r.check,
             vars_json: r.vars_json,
             serial: r.serial,
+            stages: r.stages,
             max_fail_percentage: r.max_fail_percentage,
             wait_timeout_ms: wait,
             commit_time: r.commit_time,

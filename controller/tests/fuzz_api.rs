@@ -105,7 +105,7 @@ proptest! {
     fn fuzz_deploy_refusals_store_nothing(caller in prop::sample::select(CALLERS), environment in text(), version in text(), artifacts in prop::collection::btree_map(prop_oneof![Just("backend".to_string()), text()], prop_oneof![Just("ab".repeat(32)), text()], 0..3), vars_json in rampart_fuzz::text(&["{", "}", "\"a\"", ":", "1", "[", "]"], 6), serial in prop::collection::vec(rampart_fuzz::text(&["1", "50%", "%", "0", "-1", "x"], 3), 0..3), max_fail_percentage in prop::option::of(any::<u32>()), deployment_id in text(), wait_timeout_ms in 0u64..100) {
         let f = fixture(0);
         let before = stored(&f.ctl);
-        let req = pb::DeployRequest { environment, version, artifacts: artifacts.into_iter().collect(), vars_json, ci_run_id: String::new(), commit: String::new(), wait_timeout_ms, check: false, serial, max_fail_percentage, deployment_id, commit_time: None };
+        let req = pb::DeployRequest { environment, version, artifacts: artifacts.into_iter().collect(), vars_json, ci_run_id: String::new(), commit: String::new(), wait_timeout_ms, check: false, serial, max_fail_percentage, deployment_id, commit_time: None, stages: Vec::new() };
         let got = rampart_fuzz::runtime().block_on(f.svc.deploy(request(caller, req)));
         let Err(status) = got else { return Err(TestCaseError::fail("a deploy of an artifact never uploaded was accepted")) };
         prop_assert!(client_error(status.code()), "{status:?}");

@@ -377,7 +377,22 @@ fn too_little_traffic_waits_for_approval() {
         "",
         None,
     );
-    let mut live = c.fleet.spawn_deploy("2.0.0", &[]);
+    // A deployment may reshape its stages, not skip or shorten the analysis.
+    for (stages, why) in [
+        (&["100%"][..], "needs an analysis window"),
+        (&["1=1s", "100%"][..], "at least 4s"),
+    ] {
+        let mut args = vec![];
+        for s in stages {
+            args.extend(["--stage", s]);
+        }
+        let r = c.fleet.deploy("2.0.0", &args);
+        assert_eq!(r.code, 2, "{stages:?}: {}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(why), "{stages:?}: {}", r.stderr);
+    }
+    let mut live = c
+        .fleet
+        .spawn_deploy("2.0.0", &["--stage", "2=4s", "--stage", "100%"]);
     let id = deployment_id(&mut live);
     let paused = live.wait_for("the pause", Duration::from_secs(90), |v| {
         v["type"] == "awaiting_approval"
@@ -385,6 +400,17 @@ fn too_little_traffic_waits_for_approval() {
     assert_eq!(paused["after_wave"], 0, "{paused:#}");
     let reason = paused["reason"].as_str().unwrap();
     assert!(reason.contains("paused after wave 1"), "{reason}");
+    let started = live
+        .seen
+        .iter()
+        .find(|v| v["type"] == "analysis_started")
+        .cloned()
+        .expect("the first stage's analysis");
+    assert_eq!(
+        started["canary_hosts"],
+        serde_json::json!(["h1", "h2"]),
+        "{started:#}"
+    );
     let done = live
         .seen
         .iter()
@@ -392,9 +418,8 @@ fn too_little_traffic_waits_for_approval() {
         .cloned()
         .expect("the first stage's verdict");
     assert_eq!(done["verdict"], "inconclusive", "{done:#}");
-    // Only h1 was upgraded; the others wait.
-    assert_eq!(c.serving()[0], v("2.0.0"));
-    assert_eq!(c.serving()[1], v("1.0.0"));
+    // Only the deployment's first stage (two hosts) was upgraded; the others wait.
+    assert_eq!(c.serving()[..3], [v("2.0.0"), v("2.0.0"), v("1.0.0")]);
     let shown = c.fleet.cli(&["deployment", "show", &id, "--json"]);
     let d: Value = serde_json::from_str(&shown.stdout).unwrap();
     assert_eq!(d["state"], "awaiting_approval", "{d:#}");

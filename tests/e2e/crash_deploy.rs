@@ -36,7 +36,7 @@ const NEW: &str = "2.0.0";
 /// The release whose health check fails (packaged by `package.sh`).
 const BROKEN: &str = "3.0.0";
 /// A large healthy variant of 2.0.0 built by this test, slow enough to extract to crash inside.
-const BIG: &str = "2.1.0";
+const BIG: &str = "2.9.0";
 
 /// Filler of the large artifact: directories × files × bytes (40 MB in 2,000 files).
 const BIG_DIRS: usize = 40;
@@ -744,7 +744,7 @@ fn sigkill_at_every_record_boundary_of_a_failing_deploy_that_migrates() {
 // ---------------------------------------------------------------------------------------------
 // Random points inside extraction
 
-/// Writes `sample-app-2.1.0.tar.gz` (and its `.sha256`) into `dist`: the packaged 2.0.0 with
+/// Writes `sample-app-2.9.0.tar.gz` (and its `.sha256`) into `dist`: the packaged 2.0.0 with
 /// its version changed, plus 2,000 files of pseudo-random filler (40 MB), stored uncompressed
 /// so building it is quick while extracting it still takes a while.
 fn package_big(dist: &Path) {

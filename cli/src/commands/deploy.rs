@@ -68,6 +68,16 @@ pub struct DeployArgs {
     /// (the last repeats). Default: the playbook's or environment's.
     #[arg(long, value_name = "S")]
     pub serial: Vec<String>,
+    /// This deployment's canary stages instead of the environment's: HOSTS or HOSTS=WINDOW,
+    /// cumulative, repeat for each stage, the last `100%` (`--stage 1=5m --stage 25%=5m
+    /// --stage 100%`). They may reshape the canary, not skip it: where the environment has an
+    /// analysis, every stage but the last needs a window at least as long as its shortest.
+    #[arg(
+        long = "stage",
+        value_name = "HOSTS[=WINDOW]",
+        conflicts_with = "serial"
+    )]
+    pub stages: Vec<String>,
     /// Abort when a wave's failed share (unreachable included) is strictly greater (0-100).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
     pub max_fail_percentage: Option<u32>,
@@ -1300,6 +1310,7 @@ fn prepare_deploy(
         wait_timeout_ms: args.follow.wait_timeout.saturating_mul(1000),
         check: args.check,
         serial: args.serial.clone(),
+        stages: args.stages.clone(),
         max_fail_percentage: args.max_fail_percentage,
         // Chosen here, so a stream lost before its first event can still be re-attached.
         deployment_id: args
@@ -1649,6 +1660,7 @@ mod tests {
             extra_vars: vec!["a=1".into()],
             check: false,
             serial: vec!["1".into(), "50%".into()],
+            stages: Vec::new(),
             max_fail_percentage: Some(30),
             commit: None,
             commit_time: None,
@@ -2040,6 +2052,7 @@ web3  untouched    1.9.0 → -
             extra_vars: Vec::new(),
             check: false,
             serial: Vec::new(),
+            stages: Vec::new(),
             max_fail_percentage: None,
             commit: None,
             commit_time: None,

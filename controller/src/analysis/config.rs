@@ -392,6 +392,30 @@ pub(crate) fn parse_stages(raw: Vec<RawStage>) -> Result<Vec<Stage>, String> {
     Ok(out)
 }
 
+/// Reads a deployment's own stages (`DeployRequest.stages`): `HOSTS` or `HOSTS=WINDOW` each
+/// (`1=2m`, `25%=5m`, `100%`), with the rules of [`parse_stages`].
+pub fn parse_stage_specs(specs: &[String]) -> Result<Vec<Stage>, String> {
+    let mut raw = Vec::new();
+    for s in specs {
+        if s.len() > 64 {
+            return Err(format!("stage {:?}…: at most 64 characters", &s[..16]));
+        }
+        let (hosts, window) = match s.split_once('=') {
+            Some((h, w)) => (h.trim(), Some(w.trim())),
+            None => (s.trim(), None),
+        };
+        let hosts = match hosts.parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => toml::Value::String(hosts.to_string()),
+        };
+        raw.push(RawStage {
+            hosts,
+            analysis: window.map(|w| toml::Value::String(w.to_string())),
+        });
+    }
+    parse_stages(raw).map_err(|e| e.replace("stages[", "stage ["))
+}
+
 fn known(t: &toml::Table, keys: &[&str], what: &str) -> Result<(), String> {
     if let Some(k) = t.keys().find(|k| !keys.contains(&k.as_str())) {
         return Err(format!(
@@ -768,6 +792,21 @@ mod tests {
         }
         let w: W = toml::from_str(text).map_err(|e| e.to_string())?;
         parse_stages(w.stages)
+    }
+
+    #[test]
+    fn a_deployments_own_stages() {
+        let s = parse_stage_specs(&["1=2m".into(), "25%=5m".into(), "100%".into()]).unwrap();
+        assert_eq!(s[0].hosts, StageHosts::Count(1));
+        assert_eq!(s[0].analysis, Some(Duration::from_secs(120)));
+        assert_eq!(s[2].analysis, None);
+        assert!(
+            parse_stage_specs(&["50%".into()])
+                .unwrap_err()
+                .contains("100%")
+        );
+        assert!(parse_stage_specs(&["1=soon".into(), "100%".into()]).is_err());
+        assert!(parse_stage_specs(&[]).is_err());
     }
 
     #[test]

@@ -625,6 +625,11 @@ impl Runner {
         let serial = if self.d.emergency {
             // An emergency rollback: every host at once.
             Vec::new()
+        } else if !self.d.stages.is_empty() {
+            crate::analysis::config::stage_waves(self.env.hosts.len(), &self.stages())
+                .into_iter()
+                .map(|(n, _)| rollout::Serial::Count(n as i64))
+                .collect()
         } else if self.d.serial.is_empty() {
             self.env.serial.clone()
         } else {
@@ -833,17 +838,28 @@ impl Runner {
     /// last stage's past the end).
     fn stage_window(&self, w: usize) -> Option<Duration> {
         self.env.analysis.as_ref()?;
-        if self.env.stages.is_empty() || self.d.check || self.d.emergency {
+        let stages = self.stages();
+        if stages.is_empty() || self.d.check || self.d.emergency {
             return None;
         }
         let stage = if self.d.serial.is_empty() {
-            crate::analysis::config::stage_waves(self.env.hosts.len(), &self.env.stages)
+            crate::analysis::config::stage_waves(self.env.hosts.len(), &stages)
                 .get(w)?
                 .1
         } else {
-            w.min(self.env.stages.len() - 1)
+            w.min(stages.len() - 1)
         };
-        self.env.stages.get(stage)?.analysis
+        stages.get(stage)?.analysis
+    }
+
+    /// The deployment's own stages (`DeployRequest.stages`, checked when it was asked), else the
+    /// environment's.
+    fn stages(&self) -> Vec<crate::analysis::Stage> {
+        if self.d.stages.is_empty() {
+            return self.env.stages.clone();
+        }
+        crate::analysis::config::parse_stage_specs(&self.d.stages)
+            .unwrap_or_else(|_| self.env.stages.clone())
     }
 
     /// Judges wave `w` for `window` (after the warm-up; extended up to the maximum while
