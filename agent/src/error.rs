@@ -106,3 +106,13 @@ pub enum TxError {
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
+
+/// A `ProbeRequest` the agent refuses (`INVALID_ARGUMENT`), naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("probe request: {field}: {reason}")]
+pub struct InvalidProbe {
+    /// The field, e.g. `urls[2]` or `interval_ms`.
+    pub field: String,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}

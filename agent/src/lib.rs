@@ -10,6 +10,7 @@
 //! - [`consistency`]: is the host whole (current, public path, recorded state, service version,
 //!   nothing left of an interrupted transaction): `CheckState` and the periodic check;
 //! - [`metrics`]: the host's facts in Prometheus's text format (the textfile, a run's push);
+//! - [`probe`]: HTTP sampling of the host's URLs for a canary analysis without Prometheus;
 //! - [`transaction`]: one transaction from request to history, and start-up recovery;
 //! - [`server`]: the gRPC adapter (`rampart.v1.Agent` and `grpc.health.v1`);
 //! - [`config`]: the agent's TOML configuration.
@@ -25,6 +26,7 @@ pub mod lock;
 pub mod lookups;
 pub mod metrics;
 pub mod modules;
+pub mod probe;
 pub mod recovery;
 pub mod server;
 pub mod transaction;

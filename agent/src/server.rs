@@ -102,6 +102,8 @@ pub struct AgentService {
     /// Poked when a transaction finishes: the monitor ([`AgentService::spawn_monitor`]) checks
     /// the host again.
     finished: Arc<tokio::sync::Notify>,
+    /// The `Probe`s running: at most [`crate::probe::MAX_PROBES`].
+    probes: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the agent's monitor does: check the host every `interval` (and after every finished
@@ -124,6 +126,7 @@ impl AgentService {
             must_restart: Arc::new(watch::channel(false).0),
             forensics_dir: None,
             finished: Arc::new(tokio::sync::Notify::new()),
+            probes: Arc::new(tokio::sync::Semaphore::new(crate::probe::MAX_PROBES)),
         }
     }
 
@@ -413,6 +416,24 @@ impl Agent for AgentService {
     type RunStream = EventStream;
     type WatchStream = EventStream;
     type GetForensicsStream = Pin<Box<dyn Stream<Item = Result<pb::DataChunk, Status>> + Send>>;
+    type ProbeStream = ReceiverStream<Result<pb::ProbeBatch, Status>>;
+
+    async fn probe(
+        &self,
+        request: Request<pb::ProbeRequest>,
+    ) -> Result<Response<Self::ProbeStream>, Status> {
+        let plan = crate::probe::ProbePlan::try_from(request.get_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let permit = self.probes.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this agent already runs {} probes: retry when one ends",
+                crate::probe::MAX_PROBES
+            ))
+        })?;
+        let rx = crate::probe::start(plan, Some(permit))
+            .map_err(|e| Status::internal(format!("cannot start a probe thread: {e}")))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn run(
         &self,

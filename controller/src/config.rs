@@ -936,7 +936,7 @@ fn environment(
     match (&analysis, stages.iter().position(|s| s.analysis.is_some())) {
         (None, Some(i)) => {
             return Err(format!(
-                "stages[{i}] has an analysis window but the environment has no [environments.{name}.analysis] table: add one with its [analysis.prometheus] source"
+                "stages[{i}] has an analysis window but the environment has no [environments.{name}.analysis] table: add one with its source, [analysis.prometheus] or [analysis.probe]"
             ));
         }
         (Some(_), None) => {

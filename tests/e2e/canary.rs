@@ -11,7 +11,9 @@
 //! - with too little traffic the first stage ends inconclusive and the deployment waits for
 //!   approval; `rampart approve` goes on;
 //! - Prometheus killed mid-analysis gives error, never pass: the deployment pauses, and an
-//!   abort rolls the upgraded host back.
+//!   abort rolls the upgraded host back;
+//! - with no Prometheus at all, the agents' probes of every host's app page (`[analysis.probe]`)
+//!   catch 2.2.0's +200 ms in the first stage, and it is rolled back.
 
 use std::time::{Duration, Instant};
 
@@ -28,32 +30,62 @@ const MARK: &str = "# canary analysis goes here\n";
 /// Requests per second on every host's app.
 const RATE: f64 = 25.0;
 
+/// Where the analysis of a test's fleet reads its measurements.
+enum Measured {
+    /// A real Prometheus scraping every app.
+    Prometheus,
+    /// No metrics stack: the agents probe every host's app page (`backend_url`, an inventory
+    /// variable of every host) every 100 ms.
+    Probe,
+}
+
 /// The stages and analysis of the tests: one host judged 21 s, then half the fleet 9 s, then
 /// the rest 9 s against its own window before the upgrade; evaluations every 3 s over 3 s
-/// latency steps (Prometheus scrapes every second).
-fn canary_toml(prometheus: &str, stages: &str, extra_checks: &str) -> String {
+/// latency steps (Prometheus scrapes every second). `source` is the source's table.
+fn canary_toml(source: &str, stages: &str, extra_checks: &str) -> String {
     format!(
         "{stages}\n\
          [environments.prod.analysis]\ninterval = \"3s\"\nwarmup = \"1s\"\nfast_path_interval = \"1s\"\n\
-         [environments.prod.analysis.prometheus]\nurl = \"http://{prometheus}\"\nselector = 'job=\"app\"'\n\
-         step = \"3s\"\ntimeout = \"2s\"\n\
+         {source}\
          [[environments.prod.analysis.checks]]\nname = \"error_rate\"\nmin_requests = 200\n\
          [[environments.prod.analysis.checks]]\nname = \"latency_p95\"\nmin_samples = 5\n{extra_checks}"
     )
 }
 
+fn prometheus_toml(prometheus: &str) -> String {
+    format!(
+        "[environments.prod.analysis.prometheus]\nurl = \"http://{prometheus}\"\nselector = 'job=\"app\"'\n\
+         step = \"3s\"\ntimeout = \"2s\"\n"
+    )
+}
+
+/// Every host's app page, 10 requests a second from its own agent (about 210 in the first
+/// stage's window, enough for `error_rate`'s 200).
+const PROBE_TOML: &str = "[environments.prod.analysis.probe]\nurls = [\"{{ backend_url }}/\"]\n\
+    interval = \"100ms\"\ntimeout = \"2s\"\nstep = \"3s\"\n";
+
 const STAGES: &str = "stages = [{ hosts = 1, analysis = \"21s\" }, { hosts = \"50%\", analysis = \"9s\" }, { hosts = \"100%\", analysis = \"9s\" }]";
 
-/// A fleet on 1.0.0 under load, scraped by Prometheus, its controller configured with
-/// `stages` and the analysis.
+/// A fleet on 1.0.0 under load, scraped by Prometheus (or probed by its agents), its
+/// controller configured with `stages` and the analysis.
 struct Canary {
     fleet: Fleet,
-    prometheus: Prometheus,
+    /// `None` when the agents' probes measure.
+    prometheus: Option<Prometheus>,
     load: Option<Load>,
 }
 
 impl Canary {
     fn start(stages: &str, extra_checks: &str, rate: Option<f64>) -> Canary {
+        Canary::start_measured(Measured::Prometheus, stages, extra_checks, rate)
+    }
+
+    fn start_measured(
+        measured: Measured,
+        stages: &str,
+        extra_checks: &str,
+        rate: Option<f64>,
+    ) -> Canary {
         // The controller's /metrics too (its hosts' versions every second), for the dashboard.
         let metrics = format!("127.0.0.1:{}", free_port());
         let mut fleet = Fleet::start_with_toml(
@@ -64,6 +96,37 @@ impl Canary {
         );
         let r = fleet.deploy("1.0.0", &[]);
         assert_eq!(finished(&r.json())["outcome"], "succeeded", "{}", r.stderr);
+        let load = rate.map(|rate| {
+            Load::start(
+                fleet
+                    .hosts
+                    .iter()
+                    .map(|h| Target::new(&h.name, h.scenario.port, "/"))
+                    .collect(),
+                rate,
+                Duration::from_secs(240),
+            )
+        });
+        let (prometheus, source) = match measured {
+            Measured::Prometheus => {
+                let p = Canary::scraped(&fleet, &metrics);
+                let source = prometheus_toml(&p.addr);
+                (Some(p), source)
+            }
+            Measured::Probe => (None, PROBE_TOML.to_string()),
+        };
+        fleet.edit_config(MARK, &canary_toml(&source, stages, extra_checks));
+        fleet.kill_controller();
+        fleet.restart_controller();
+        Canary {
+            fleet,
+            prometheus,
+            load,
+        }
+    }
+
+    /// A Prometheus scraping every host's app, once it scrapes them all.
+    fn scraped(fleet: &Fleet, controller_metrics: &str) -> Prometheus {
         let targets: Vec<(String, String)> = fleet
             .hosts
             .iter()
@@ -76,21 +139,10 @@ impl Canary {
         let prometheus = Prometheus::start(
             &[
                 Job::hosts("app", &refs),
-                Job::new("rampart-controller", &[&metrics]),
+                Job::new("rampart-controller", &[controller_metrics]),
             ],
             &[],
         );
-        let load = rate.map(|rate| {
-            Load::start(
-                fleet
-                    .hosts
-                    .iter()
-                    .map(|h| Target::new(&h.name, h.scenario.port, "/"))
-                    .collect(),
-                rate,
-                Duration::from_secs(240),
-            )
-        });
         // Every app scraped (and, under load, counted) before a deployment judges them.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -109,14 +161,7 @@ impl Canary {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
-        fleet.edit_config(MARK, &canary_toml(&prometheus.addr, stages, extra_checks));
-        fleet.kill_controller();
-        fleet.restart_controller();
-        Canary {
-            fleet,
-            prometheus,
-            load,
-        }
+        prometheus
     }
 
     fn serving(&self) -> Vec<Option<String>> {
@@ -220,13 +265,12 @@ fn a_good_release_passes_every_stage() {
     // The text form names the stages and the verdicts.
     let t = c.fleet.cli(&["deployment", "show", id, "--analysis"]);
     assert!(t.stdout.contains("=> PASS"), "{}", t.stdout);
+    let prom = c.prometheus.as_ref().expect("the Prometheus fleet");
     // The dashboard's canary panels show this fleet: its app's traffic by version, the
     // analyses' verdicts and checks.
     for (panel, expr) in dashboard_exprs_with("prod", "10m", "30s") {
         if panel.starts_with("Canary") {
-            let s = c
-                .prometheus
-                .wait_until(&expr, Duration::from_secs(30), |s| !s.is_empty());
+            let s = prom.wait_until(&expr, Duration::from_secs(30), |s| !s.is_empty());
             if panel.contains("by version") {
                 assert!(
                     s.iter()
@@ -236,9 +280,7 @@ fn a_good_release_passes_every_stage() {
             }
         }
     }
-    let runs = c
-        .prometheus
-        .query(r#"rampart_analysis_runs_total{environment="prod",verdict="pass"}"#);
+    let runs = prom.query(r#"rampart_analysis_runs_total{environment="prod",verdict="pass"}"#);
     assert_eq!(runs.first().map(|r| r.1), Some(3.0), "{runs:?}");
     // An emergency rollback: every host at once, no analysis, the critical checks only.
     let r = c.fleet.cli(&[
@@ -304,13 +346,18 @@ fn a_good_release_passes_every_stage() {
         verified[0]
     );
     assert_eq!(c.serving(), vec![v("1.0.0"); HOSTS]);
-    let _ = &c.prometheus;
 }
 
 /// Deploys `version` (healthy by its checks, bad by its traffic) and checks it was caught by
 /// `check` in the first stage and rolled back on the upgraded host.
 fn caught_in_the_first_stage(version: &str, check: &str) {
     let c = Canary::start(STAGES, "", Some(RATE));
+    caught_by(&c, version, check);
+}
+
+/// Deploys `version` on `c` and checks it was caught by `check` in the first stage and rolled
+/// back on the upgraded host; the deployment's output.
+fn caught_by(c: &Canary, version: &str, check: &str) -> Vec<Value> {
     let r = c.fleet.deploy(version, &[]);
     let lines = r.json();
     let f = finished(&lines);
@@ -350,6 +397,7 @@ fn caught_in_the_first_stage(version: &str, check: &str) {
         let shift = failing["detail"]["effect"]["difference"].as_f64().unwrap();
         assert!(shift >= 150.0, "{failing:#}");
     }
+    lines
 }
 
 #[test]
@@ -360,6 +408,57 @@ fn a_release_with_errors_is_caught_by_error_rate() {
 #[test]
 fn a_slower_release_is_caught_by_latency() {
     caught_in_the_first_stage("2.2.0", "latency_p95");
+}
+
+#[test]
+fn agent_probes_catch_the_latency_regression_without_prometheus() {
+    let c = Canary::start_measured(Measured::Probe, STAGES, "", Some(RATE));
+    assert!(c.prometheus.is_none());
+    let lines = caught_by(&c, "2.2.0", "latency_p95");
+    let started: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "analysis_started")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(started[0]["source"], "probe", "{:#}", started[0]);
+    // The judgement came from the agents' samples of h1 against the five others.
+    let evals: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "analysis_evaluated" && v["fast_path"] == false)
+        .collect();
+    let last = evals.last().expect("an evaluation");
+    let lat = last["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "latency_p95")
+        .expect("latency_p95's result");
+    let query = &lat["detail"]["queries"][0];
+    assert!(
+        query["query"]
+            .as_str()
+            .unwrap()
+            .starts_with("probe latency"),
+        "{lat:#}"
+    );
+    let probed = query["result"]["hosts"].as_object().unwrap();
+    assert_eq!(probed.len(), HOSTS, "{lat:#}");
+    // Every h1 step is slower than 200 ms; the baseline's are not.
+    let h1: Vec<f64> = probed["h1"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(h1.iter().all(|ms| *ms >= 200.0), "{h1:?}");
+    assert!(
+        probed["h2"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.as_f64().unwrap() < 200.0),
+        "{lat:#}"
+    );
 }
 
 fn deployment_id(live: &mut LiveCli) -> String {
@@ -441,7 +540,7 @@ fn prometheus_down_is_an_error_never_a_pass() {
     live.wait_for("the first stage's analysis", Duration::from_secs(60), |v| {
         v["type"] == "analysis_started"
     });
-    c.prometheus.kill();
+    c.prometheus.as_mut().expect("a prometheus fleet").kill();
     let paused = live.wait_for("the pause", Duration::from_secs(90), |v| {
         v["type"] == "awaiting_approval"
     });

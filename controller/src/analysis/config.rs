@@ -17,6 +17,8 @@
 //! alpha = 0.05                  # family-wise: split over the statistical checks (Bonferroni)
 //! fast_path_interval = "5s"     # the fast path polls this often during the window
 //!
+//! # Where the measurements come from: exactly one of [analysis.prometheus] and
+//! # [analysis.probe].
 //! [environments.production.analysis.prometheus]
 //! url = "https://prometheus.internal:9090"
 //! timeout = "10s"
@@ -27,6 +29,15 @@
 //! requests_metric = "http_requests_total"               # counter with a `code` label
 //! duration_metric = "http_request_duration_seconds"     # classic histogram
 //! step = "15s"                  # per-host latency samples: one per step, non-overlapping
+//!
+//! # Without Prometheus: the agents of the canary and the baseline hosts request these URLs
+//! # during the stage (warm-up and window) and stream each answer's latency and status back.
+//! # [environments.production.analysis.probe]
+//! # urls = ["http://127.0.0.1:{{ app_port }}/"]   # 1 to 16 Jinja templates, rendered per host
+//! #                             # with its inventory variables at the stage's start
+//! # interval = "200ms"          # between two requests of one URL on one host (50ms to 60s)
+//! # timeout = "2s"              # one request's (1ms to 30s)
+//! # step = "5s"                 # per-host latency samples: one per step, non-overlapping
 //!
 //! [environments.production.analysis.fast_path]
 //! max_rate = 0.2                # a canary host at ≥ 20 % errors over ≥ 50 requests: roll back now
@@ -43,7 +54,7 @@
 //!                               # inconclusive_limit, consecutive_error_limit
 //!
 //! [[environments.production.analysis.checks]]
-//! name = "queue_depth"
+//! name = "queue_depth"          # a team's own query: needs [analysis.prometheus]
 //! query = 'max(queue_depth{host=~"{{ canary_hosts }}"})'
 //! failure = "result > 100"      # Jinja expressions over `result` (a number, or a list)
 //! success = "result <= 100"
@@ -76,6 +87,16 @@ pub const DEFAULT_ALPHA: f64 = 0.05;
 pub const DEFAULT_STEP: Duration = Duration::from_secs(15);
 /// Default Prometheus request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time between two probe requests of one URL on one host.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// Default timeout of one probe request.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default latency sample step of the probes.
+pub const DEFAULT_PROBE_STEP: Duration = Duration::from_secs(5);
+/// The most probe URLs (the agent's own limit).
+pub const MAX_PROBE_URLS: usize = 16;
+/// The longest probe URL template.
+pub const MAX_PROBE_URL_BYTES: usize = 2048;
 
 /// One stage: the cumulative share of the fleet on the new release at its end, and how long
 /// it is judged before the next stage starts.
@@ -146,6 +167,47 @@ pub struct PrometheusSource {
     pub duration_metric: String,
     /// The latency samples' step (and `rate()` range).
     pub step: Duration,
+}
+
+/// The agents' HTTP sampling (`[analysis.probe]`): no metrics stack needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    /// The URL templates (Jinja over a host's inventory variables), rendered per host at the
+    /// stage's start.
+    pub urls: Vec<String>,
+    /// Between two requests of one URL on one host.
+    pub interval: Duration,
+    /// One request's timeout.
+    pub timeout: Duration,
+    /// The latency samples' step.
+    pub step: Duration,
+}
+
+/// Where an analysis reads its measurements from: exactly one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// A Prometheus server.
+    Prometheus(PrometheusSource),
+    /// The agents' HTTP sampling of the canary and baseline hosts.
+    Probe(ProbeConfig),
+}
+
+impl SourceConfig {
+    /// Its name in `AnalysisStarted.source`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceConfig::Prometheus(_) => "prometheus",
+            SourceConfig::Probe(_) => "probe",
+        }
+    }
+
+    /// The latency samples' step.
+    pub fn step(&self) -> Duration {
+        match self {
+            SourceConfig::Prometheus(p) => p.step,
+            SourceConfig::Probe(p) => p.step,
+        }
+    }
 }
 
 /// What one check judges.
@@ -224,7 +286,7 @@ pub struct AnalysisConfig {
     /// The checks, in order.
     pub checks: Vec<Check>,
     /// Where measurements come from.
-    pub prometheus: Option<PrometheusSource>,
+    pub source: SourceConfig,
 }
 
 /// How far an Inconclusive window may extend.
@@ -273,6 +335,20 @@ pub(crate) struct RawAnalysis {
     checks: Option<Vec<toml::Table>>,
     #[serde(default)]
     prometheus: Option<RawPrometheus>,
+    #[serde(default)]
+    probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    urls: Vec<String>,
+    #[serde(default)]
+    interval: Option<toml::Value>,
+    #[serde(default)]
+    timeout: Option<toml::Value>,
+    #[serde(default)]
+    step: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -763,12 +839,31 @@ pub(crate) fn parse_analysis(
             Some(src)
         }
     };
-    if prometheus.is_none() {
-        return Err(
-            "analysis needs a source of measurements: add [analysis.prometheus] with its url"
-                .into(),
-        );
-    }
+    let probe = raw.probe.map(parse_probe).transpose()?;
+    let source = match (prometheus, probe) {
+        (Some(p), None) => SourceConfig::Prometheus(p),
+        (None, Some(p)) => {
+            if let Some(c) = checks.iter().find(|c| c.kind.needs_prometheus()) {
+                return Err(format!(
+                    "analysis check {}: a query of your own needs [analysis.prometheus]; with [analysis.probe] give only the built-in checks (error_rate, success_rate, latency_p95, latency_p99, min_requests)",
+                    c.name
+                ));
+            }
+            SourceConfig::Probe(p)
+        }
+        (Some(_), Some(_)) => {
+            return Err(
+                "analysis has both [analysis.prometheus] and [analysis.probe]: give exactly one source of measurements"
+                    .into(),
+            );
+        }
+        (None, None) => {
+            return Err(
+                "analysis needs a source of measurements: add [analysis.prometheus] with its url, or [analysis.probe] with the urls the agents sample"
+                    .into(),
+            );
+        }
+    };
     Ok(AnalysisConfig {
         interval,
         warmup: dur("warmup", &raw.warmup, DEFAULT_WARMUP)?,
@@ -777,7 +872,61 @@ pub(crate) fn parse_analysis(
         fast_path_interval,
         fast_path,
         checks,
-        prometheus,
+        source,
+    })
+}
+
+/// Reads `[analysis.probe]`; the URL templates are checked for syntax here and rendered per
+/// host at each stage's start (a host's variables may differ).
+fn parse_probe(p: RawProbe) -> Result<ProbeConfig, String> {
+    if p.urls.is_empty() || p.urls.len() > MAX_PROBE_URLS {
+        return Err(format!(
+            "analysis.probe.urls has {} URLs: give 1 to {MAX_PROBE_URLS}",
+            p.urls.len()
+        ));
+    }
+    let templar = rampart_playbook::template::Templar::new();
+    for (i, u) in p.urls.iter().enumerate() {
+        if u.len() > MAX_PROBE_URL_BYTES {
+            return Err(format!(
+                "analysis.probe.urls[{i}] is {} bytes: at most {MAX_PROBE_URL_BYTES}",
+                u.len()
+            ));
+        }
+        templar
+            .check_template(u)
+            .map_err(|e| format!("analysis.probe.urls[{i}] = {u:?}: {e}"))?;
+        if !rampart_playbook::template::is_template(u) {
+            super::probe::check_url(u).map_err(|e| format!("analysis.probe.urls[{i}]: {e}"))?;
+        }
+    }
+    let dur = |key: &str, v: &Option<toml::Value>, default: Duration| match v {
+        Some(v) => duration(&format!("analysis.probe.{key}"), v),
+        None => Ok(default),
+    };
+    let interval = dur("interval", &p.interval, DEFAULT_PROBE_INTERVAL)?;
+    if interval < Duration::from_millis(50) || interval > Duration::from_secs(60) {
+        return Err(format!(
+            "analysis.probe.interval = {interval:?}: give \"50ms\" to \"60s\""
+        ));
+    }
+    let timeout = dur("timeout", &p.timeout, DEFAULT_PROBE_TIMEOUT)?;
+    if timeout.is_zero() || timeout > Duration::from_secs(30) {
+        return Err(format!(
+            "analysis.probe.timeout = {timeout:?}: give \"1ms\" to \"30s\""
+        ));
+    }
+    let step = dur("step", &p.step, DEFAULT_PROBE_STEP)?;
+    if step < Duration::from_secs(1) || step < interval * 2 {
+        return Err(format!(
+            "analysis.probe.step = {step:?}: give at least \"1s\" and twice the interval ({interval:?}), so that each step holds several requests"
+        ));
+    }
+    Ok(ProbeConfig {
+        urls: p.urls,
+        interval,
+        timeout,
+        step,
     })
 }
 
@@ -848,6 +997,29 @@ mod tests {
     }
 
     const PROM: &str = "[prometheus]\nurl = \"http://127.0.0.1:9\"\n";
+    const PROBE: &str = "[probe]\nurls = [\"http://127.0.0.1:{{ app_port }}/\"]\n";
+
+    #[test]
+    fn a_probe_source_instead_of_prometheus() {
+        let a = analysis(PROBE).unwrap();
+        assert_eq!(a.source.name(), "probe");
+        assert_eq!(a.source.step(), DEFAULT_PROBE_STEP);
+        let SourceConfig::Probe(p) = &a.source else {
+            panic!("{:?}", a.source)
+        };
+        assert_eq!(p.urls, ["http://127.0.0.1:{{ app_port }}/"]);
+        assert_eq!(
+            (p.interval, p.timeout),
+            (DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT)
+        );
+        let a = analysis(
+            "[probe]\nurls = [\"https://shop.internal/\", \"{{ backend_url }}/health\"]\ninterval = \"500ms\"\ntimeout = \"1s\"\nstep = \"3s\"\n\
+             [[checks]]\nname = \"error_rate\"\n[[checks]]\nname = \"latency_p99\"\n",
+        )
+        .unwrap();
+        assert_eq!(a.source.step(), Duration::from_secs(3));
+        assert_eq!(a.checks.len(), 2);
+    }
 
     #[test]
     fn defaults_checks_and_bonferroni() {
@@ -864,7 +1036,9 @@ mod tests {
             a.max_window(Duration::from_secs(60)),
             Duration::from_secs(120)
         );
-        let p = a.prometheus.unwrap();
+        let SourceConfig::Prometheus(p) = a.source else {
+            panic!("{:?}", a.source)
+        };
         assert_eq!(p.host_label, "host");
         assert_eq!(p.step, DEFAULT_STEP);
         let a = analysis(&format!(
@@ -953,6 +1127,35 @@ mod tests {
             (
                 "[prometheus]\nurl = \"http://127.0.0.1:9\"\nbearer_token_file = \"/nonexistent/token\"\n",
                 "/nonexistent/token",
+            ),
+            (&format!("{PROM}{PROBE}"), "exactly one"),
+            ("[probe]\nurls = []\n", "analysis.probe.urls"),
+            (
+                "[probe]\nurls = [\"ftp://127.0.0.1/\"]\n",
+                "analysis.probe.urls[0]",
+            ),
+            (
+                "[probe]\nurls = [\"http://127.0.0.1:{{ port\"]\n",
+                "analysis.probe.urls[0]",
+            ),
+            (
+                &format!("{PROBE}interval = \"10ms\"\n"),
+                "analysis.probe.interval",
+            ),
+            (
+                &format!("{PROBE}timeout = \"1m\"\n"),
+                "analysis.probe.timeout",
+            ),
+            (
+                &format!("{PROBE}interval = \"1s\"\nstep = \"1s\"\n"),
+                "analysis.probe.step",
+            ),
+            (&format!("{PROBE}nope = 1\n"), "nope"),
+            (
+                &format!(
+                    "{PROBE}[[checks]]\nname = \"q\"\nquery = \"up\"\nfailure = \"result > 1\"\n"
+                ),
+                "needs [analysis.prometheus]",
             ),
         ];
         for (text, needle) in cases {

@@ -546,7 +546,14 @@ mod tests {
                     limits: window_limits(),
                 })
                 .collect(),
-            prometheus: None,
+            source: crate::analysis::config::SourceConfig::Probe(
+                crate::analysis::config::ProbeConfig {
+                    urls: vec!["http://127.0.0.1:9/".into()],
+                    interval: Duration::from_millis(200),
+                    timeout: Duration::from_secs(1),
+                    step: Duration::from_secs(5),
+                },
+            ),
         }
     }
 

@@ -1,6 +1,7 @@
-//! Where an analysis reads its measurements: a small trait ([`Source`]) and its Prometheus
+//! Where an analysis reads its measurements: a small trait ([`Source`]), its Prometheus
 //! adapter ([`PrometheusMetrics`]), which turns the built-in checks into PromQL over the
-//! configured metric names, host label and selector.
+//! configured metric names, host label and selector, and [`build`], which makes a stage's
+//! source from the configuration (the agents' probes: [`super::probe::ProbeSource`]).
 //!
 //! Every call is blocking (the runner calls it from `spawn_blocking`) and appends what it asked
 //! and what came back, bounded, to an [`Audit`], so each decision carries its queries and raw
@@ -15,7 +16,7 @@ use rampart_prometheus::{
 };
 use serde_json::{Value, json};
 
-use super::config::PrometheusSource;
+use super::config::{PrometheusSource, SourceConfig};
 
 /// How long a canary's scrape target must have been down for the fast path to roll back.
 pub const DOWN_FOR: Duration = Duration::from_secs(10);
@@ -31,7 +32,8 @@ pub struct Audit {
 }
 
 impl Audit {
-    fn push(&mut self, query: &str, when: Value, result: Result<Value, &str>) {
+    /// Appends what was asked (`query`, at `when`) and what came back, or why it failed.
+    pub fn push(&mut self, query: &str, when: Value, result: Result<Value, &str>) {
         let mut o = json!({ "query": query, "at": when });
         match result {
             Ok(r) => o["result"] = r,
@@ -99,6 +101,47 @@ pub trait Source: Send + Sync {
         end: SystemTime,
         audit: &mut Audit,
     ) -> Result<Value, String>;
+}
+
+/// What a stage's source may need beyond its configuration: the probes open streams to the
+/// stage's hosts' agents.
+#[derive(Debug)]
+pub struct StageContext<'a> {
+    /// The controller's agent channels.
+    pub agents: &'a std::sync::Arc<crate::agents::Agents>,
+    /// The environment (hosts' variables and agent addresses).
+    pub env: &'a crate::config::Environment,
+    /// The hosts to measure: the stage's canary and baseline.
+    pub hosts: Vec<String>,
+    /// How long the stage's analysis may last (warm-up and longest window included).
+    pub duration: std::time::Duration,
+}
+
+/// The source of one stage's analysis. The probes start sampling now and stop when the source
+/// is dropped.
+pub async fn build(
+    cfg: &SourceConfig,
+    stage: StageContext<'_>,
+) -> Result<std::sync::Arc<dyn Source>, String> {
+    match cfg {
+        SourceConfig::Prometheus(p) => {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || PrometheusMetrics::new(p))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Source>)
+        }
+        SourceConfig::Probe(p) => super::probe::ProbeSource::start(
+            p,
+            stage.agents,
+            stage.env,
+            &stage.hosts,
+            stage.duration,
+            stage.env.unreachable_after,
+        )
+        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn Source>),
+    }
 }
 
 /// Builds the client of a Prometheus source (reads its token and CA files).

@@ -27,7 +27,7 @@ use super::state::{
 };
 use super::{Control, Controller, Live, Outage, host_txid, now_ts, ts_to_system};
 use crate::analysis::eval::{self, CheckResult, FAST_PATH, StageHosts};
-use crate::analysis::source::{PrometheusMetrics, Source};
+use crate::analysis::source::{self, Source};
 use crate::config::{Environment, component_names};
 use crate::rollout::{self, Verdict};
 use crate::store::{LockAttempt, Store, StoreError, StoreResult};
@@ -914,10 +914,7 @@ impl Runner {
             return Ok(None);
         }
         let max_window = cfg.max_window(window);
-        let step = cfg
-            .prometheus
-            .as_ref()
-            .map_or(Duration::from_secs(15), |p| p.step);
+        let step = cfg.source.step();
         self.emit(Kind::AnalysisStarted(pb::AnalysisStarted {
             after_wave: w,
             canary_hosts: hosts.canary.clone(),
@@ -928,7 +925,7 @@ impl Runner {
             interval_ms: cfg.interval.as_millis() as u64,
             checks: cfg.checks.iter().map(|c| c.name.clone()).collect(),
             historical_baseline: hosts.historical(),
-            source: "prometheus".into(),
+            source: cfg.source.name().into(),
         }))
         .await?;
         self.save().await?;
@@ -936,14 +933,19 @@ impl Runner {
         self.ctl
             .metrics
             .canary_ratio(&self.d.environment, hosts.canary.len() as f64 / total);
-        let source: Result<Arc<dyn Source>, String> = match cfg.prometheus.clone() {
-            Some(p) => tokio::task::spawn_blocking(move || PrometheusMetrics::new(p))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
-                .map(|s| Arc::new(s) as Arc<dyn Source>),
-            None => Err("no source of measurements is configured".into()),
+        // Dropped when this stage's analysis ends: the probes' streams end with it.
+        let stage = source::StageContext {
+            agents: &self.ctl.agents,
+            env: &self.env,
+            hosts: hosts
+                .canary
+                .iter()
+                .chain(&hosts.baseline)
+                .cloned()
+                .collect(),
+            duration: cfg.warmup + max_window + cfg.interval * 2 + Duration::from_secs(10),
         };
+        let source = source::build(&cfg.source, stage).await;
         let checks = cfg
             .checks
             .iter()

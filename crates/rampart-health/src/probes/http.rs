@@ -13,20 +13,27 @@ use serde_json::{Value, json};
 use super::{at_path, excerpt, flag, num, s, same};
 use crate::Probe;
 
+/// The HTTP client of `http` checks (and of the agent's `Probe` sampling): `timeout` bounds a
+/// whole request, every status is an answer (not an error), and certificates are verified
+/// unless `tls_verify` is false.
+pub fn client(timeout: Duration, tls_verify: bool) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .disable_verification(!tls_verify)
+        .build();
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 pub(super) fn http(p: &Value, timeout: Duration) -> Probe {
     let Some(url) = s(p, "url") else {
         return Probe::fail(Value::Null, "http check without a url");
     };
     let method = s(p, "method").unwrap_or("GET").to_ascii_uppercase();
-    let tls = ureq::tls::TlsConfig::builder()
-        .disable_verification(!flag(p, "tls_verify", true))
-        .build();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .tls_config(tls)
-        .build()
-        .into();
+    let agent = client(timeout, flag(p, "tls_verify", true));
     let mut request = ureq::http::Request::builder()
         .method(method.as_str())
         .uri(url);

@@ -30,6 +30,8 @@ mod system;
 mod systemd;
 mod tcp;
 
+pub use http::client as http_client;
+
 use std::time::Duration;
 
 use serde_json::Value;
