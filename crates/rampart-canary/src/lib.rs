@@ -45,6 +45,25 @@
 //! - Flagger counts "no traffic" as a failed check, keeps failed checks cumulative and compares
 //!   only with thresholds; here low traffic is Inconclusive, and the canary is compared with a
 //!   concurrent baseline, thresholds serving only as guardrails.
+//!
+//! # Benchmarks
+//!
+//! Table-printing bench binaries (`harness = false`), deterministic, no timing assertions:
+//!
+//! - `cargo bench -p rampart-canary --bench judge_sim` simulates stage windows the way the
+//!   controller evaluates them (a canary of C hosts against a baseline of B, or the same hosts'
+//!   own past; R requests/s per host, log-normal latency, one p95 per host per step, both
+//!   default checks every interval over the cumulative data, through [`window::StageRun`],
+//!   with the fast path polled beside them) and prints: the A/A false-failure rate (200
+//!   windows per row, goal ≤ 1 %), the time from a regression's onset to the Fail decision
+//!   and the miss rate (goal ≤ 2 analysis intervals once the data suffices; the floor where
+//!   `min_requests` / `min_samples` are first met is printed beside it), and the fast path's
+//!   time to a 30 % error rate. `-- --windows N` runs N windows per row.
+//! - `cargo bench -p rampart-canary --bench judge_cpu`: median ns of one evaluation's judge
+//!   work (both error-rate tests, both Mann-Whitney paths, the fast path, `StageRun::record`).
+//! - `cargo bench -p rampart-controller --bench analysis_eval`: the controller's whole
+//!   evaluation (`analysis::eval::evaluate`, JSON detail and audit included) over an
+//!   in-memory source, without Prometheus's answer time.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
