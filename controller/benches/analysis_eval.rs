@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use rampart_canary::judge::{Counts, ErrorRateCheck, FastPathCheck, LatencyCheck};
 use rampart_canary::stats::alpha_per_metric;
 use rampart_canary::window::window_limits;
-use rampart_controller::analysis::config::{AnalysisConfig, Check, CheckKind, MaxWindow};
+use rampart_controller::analysis::config::{
+    AnalysisConfig, Check, CheckKind, MaxWindow, ProbeConfig, SourceConfig,
+};
 use rampart_controller::analysis::eval::{self, StageHosts};
 use rampart_controller::analysis::source::{AUDIT_MAX_ENTRIES, Audit, Source};
 use serde_json::{Value, json};
@@ -220,7 +222,13 @@ fn config() -> AnalysisConfig {
                 limits: window_limits(),
             },
         ],
-        prometheus: None,
+        // The evaluation reads its source through `Source`; this table only names one.
+        source: SourceConfig::Probe(ProbeConfig {
+            urls: vec!["http://127.0.0.1:8080/".into()],
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(2),
+            step: Duration::from_secs(15),
+        }),
     }
 }
 

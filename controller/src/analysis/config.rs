@@ -299,6 +299,23 @@ pub enum MaxWindow {
 }
 
 impl AnalysisConfig {
+    /// The configuration one stage runs with: each statistical check's α (already split over
+    /// the checks) split again over the stage's looks up to `max_window`
+    /// ([`rampart_canary::window::alpha_per_look`]), so the whole window, not each of its
+    /// evaluations, keeps the family-wise level.
+    pub fn for_stage(&self, max_window: Duration) -> AnalysisConfig {
+        let mut c = self.clone();
+        let split = |a: f64| rampart_canary::window::alpha_per_look(a, max_window, self.interval);
+        for check in &mut c.checks {
+            match &mut check.kind {
+                CheckKind::ErrorRate(e) => e.alpha = split(e.alpha),
+                CheckKind::Latency { check, .. } => check.alpha = split(check.alpha),
+                _ => {}
+            }
+        }
+        c
+    }
+
     /// The longest a stage with `window` may run before it is Inconclusive.
     pub fn max_window(&self, window: Duration) -> Duration {
         match self.max_window {
@@ -1036,6 +1053,13 @@ mod tests {
             a.max_window(Duration::from_secs(60)),
             Duration::from_secs(120)
         );
+        // A stage of up to 120 s at 30 s intervals: 4 looks share each check's α.
+        match &a.for_stage(Duration::from_secs(120)).checks[1].kind {
+            CheckKind::Latency { check, .. } => {
+                assert!((check.alpha - 0.025 / 4.0).abs() < 1e-12)
+            }
+            other => panic!("{other:?}"),
+        }
         let SourceConfig::Prometheus(p) = a.source else {
             panic!("{:?}", a.source)
         };

@@ -914,6 +914,8 @@ impl Runner {
             return Ok(None);
         }
         let max_window = cfg.max_window(window);
+        // α split over this stage's looks too (the window keeps the family-wise level).
+        let cfg = Arc::new(cfg.for_stage(max_window));
         let step = cfg.source.step();
         self.emit(Kind::AnalysisStarted(pb::AnalysisStarted {
             after_wave: w,

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use rampart_canary::judge::{self, Counts, ErrorRateCheck, FastPathCheck, LatencyCheck, Verdict};
 use rampart_canary::stats::alpha_per_metric;
-use rampart_canary::window::{StageRun, StageState, WindowPolicy, window_limits};
+use rampart_canary::window::{StageRun, StageState, WindowPolicy, alpha_per_look, window_limits};
 
 /// The family-wise α of the controller's default analysis.
 const FAMILY_ALPHA: f64 = 0.05;
@@ -238,8 +238,8 @@ enum Variant {
     AlwaysFisher,
     /// The error-rate guardrail applies from 200 canary requests, not 50.
     GuardrailFrom200,
-    /// α also split over the window's looks (Bonferroni over `max_window / interval`).
-    AlphaPerLook,
+    /// The rule before α was split over the looks too: α per check only.
+    AlphaPerCheckOnly,
     /// The judge's own `min_requests` (1000) in the e2e profile too.
     MinRequests1000,
 }
@@ -251,7 +251,7 @@ impl Variant {
             Variant::NoStrongShortcut => "no strong p<a/10",
             Variant::AlwaysFisher => "always Fisher",
             Variant::GuardrailFrom200 => "guardrail >=200",
-            Variant::AlphaPerLook => "alpha / looks",
+            Variant::AlphaPerCheckOnly => "alpha per check only",
             Variant::MinRequests1000 => "min_requests 1000",
         }
     }
@@ -382,7 +382,17 @@ fn why(d: &judge::Decision) -> &'static str {
 }
 
 fn checks(p: &Profile, variant: Variant) -> (ErrorRateCheck, LatencyCheck) {
-    let mut alpha = alpha_per_metric(FAMILY_ALPHA, STATISTICAL_CHECKS);
+    // The controller's rule: α split over the checks, then over the stage's looks.
+    let per_check = alpha_per_metric(FAMILY_ALPHA, STATISTICAL_CHECKS);
+    let alpha = if variant == Variant::AlphaPerCheckOnly {
+        per_check
+    } else {
+        alpha_per_look(
+            per_check,
+            Duration::from_secs(p.max_window),
+            Duration::from_secs(p.interval),
+        )
+    };
     let mut error_rate = ErrorRateCheck {
         min_requests: p.min_requests,
         ..ErrorRateCheck::default()
@@ -391,7 +401,7 @@ fn checks(p: &Profile, variant: Variant) -> (ErrorRateCheck, LatencyCheck) {
         Variant::AsIs | Variant::NoStrongShortcut => {}
         Variant::AlwaysFisher => error_rate.fisher_below_expected = 1e12,
         Variant::GuardrailFrom200 => error_rate.guardrail_min_requests = 200,
-        Variant::AlphaPerLook => alpha /= (p.max_window / p.interval) as f64,
+        Variant::AlphaPerCheckOnly => {}
         Variant::MinRequests1000 => error_rate.min_requests = 1000,
     }
     error_rate.alpha = alpha;
@@ -715,7 +725,7 @@ fn what_if(windows: usize) {
         Variant::NoStrongShortcut,
         Variant::AlwaysFisher,
         Variant::GuardrailFrom200,
-        Variant::AlphaPerLook,
+        Variant::AlphaPerCheckOnly,
         Variant::MinRequests1000,
     ];
     print!("{:<22} {:<14} {:>5} |", "profile", "hosts", "req/s");
@@ -754,7 +764,7 @@ fn what_if(windows: usize) {
         }
     }
     println!(
-        "(same seeds in every column, so the columns differ by the rule alone; alpha / looks: 0.025 / 14 in e2e, 0.025 / 20 in default)"
+        "(same seeds in every column, so the columns differ by the rule alone; `as is` splits alpha over the looks: 0.025 / 14 in e2e, 0.025 / 20 in default; `alpha per check only` is the rule before)"
     );
 }
 
@@ -968,7 +978,7 @@ fn main() {
     let started = Instant::now();
     let (error_rate, latency) = checks(&PROFILES[0], Variant::AsIs);
     println!(
-        "# judge_sim: canary of C hosts vs baseline of B hosts, log-normal latency (median {MEDIAN_MS} ms, sigma {SIGMA}), alpha {} per check (Bonferroni of {FAMILY_ALPHA} over {STATISTICAL_CHECKS}), counters: window_limits() (two Fails in a row or one strong)",
+        "# judge_sim: canary of C hosts vs baseline of B hosts, log-normal latency (median {MEDIAN_MS} ms, sigma {SIGMA}), alpha {:.5} per check and look in the e2e profile (Bonferroni of {FAMILY_ALPHA} over {STATISTICAL_CHECKS} checks, then over the stage's looks), counters: window_limits() (two Fails in a row or one strong)",
         error_rate.alpha
     );
     println!(

@@ -25,7 +25,8 @@
 //! - **Repeated looks** ([`judge::Measurements`]): Argo Rollouts' counters (count, failure,
 //!   inconclusive and consecutive-error limits), with a Fail counted only on two consecutive
 //!   Fail evaluations or one at α/10 (configurable); Bonferroni across metrics
-//!   ([`stats::alpha_per_metric`]). Each decision records its sizes, p-value, effect and minimum
+//!   ([`stats::alpha_per_metric`]) and across a stage's looks ([`window::alpha_per_look`]:
+//!   without it the 14–20 evaluations of a window failed up to 5 % of A/A windows). Each decision records its sizes, p-value, effect and minimum
 //!   detectable effect, so an operator can see why a verdict was Inconclusive.
 //! - **The window** ([`window::StageRun`]): a stage passes when, once its window is over,
 //!   every check's latest evaluation passes; a confirmed Fail ends it at once; an Inconclusive

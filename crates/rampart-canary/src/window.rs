@@ -55,6 +55,24 @@ impl WindowPolicy {
     }
 }
 
+/// The evaluations a stage may take: one per `interval` up to `max_window` (at least one).
+pub fn looks(max_window: Duration, interval: Duration) -> u32 {
+    if interval.is_zero() {
+        return 1;
+    }
+    let n = max_window.as_secs_f64() / interval.as_secs_f64();
+    (n.ceil() as u32).clamp(1, MAX_COUNT)
+}
+
+/// A check's α split over the stage's looks (Bonferroni over its repeated evaluations of
+/// cumulative data): every evaluation is a chance to fail a good release, so without the split
+/// a window of 14–20 looks failed up to 5 % of A/A windows at α = 0.025 (the `judge_sim`
+/// bench). The looks are strongly correlated, so the split is conservative; what it costs in
+/// power is in the bench's time-to-decision table.
+pub fn alpha_per_look(alpha: f64, max_window: Duration, interval: Duration) -> f64 {
+    alpha / f64::from(looks(max_window, interval))
+}
+
 /// The counters a check gets when its configuration sets none: indefinite, no inconclusive
 /// limit, Argo's consecutive-error limit (4) and the consecutive-or-strong Fail rule.
 pub fn window_limits() -> MeasurementLimits {
@@ -380,6 +398,15 @@ mod tests {
         r.record(at(5), &[P]);
         r.record(at(10), &[P]);
         assert_eq!(r.record(at(60), &[I]), StageState::Done(StageVerdict::Pass));
+    }
+
+    #[test]
+    fn alpha_is_split_over_the_looks() {
+        assert_eq!(looks(at(42), at(3)), 14);
+        assert_eq!(looks(at(43), at(3)), 15);
+        assert_eq!(looks(at(1), at(3)), 1);
+        assert_eq!(looks(at(5), Duration::ZERO), 1);
+        assert!((alpha_per_look(0.025, at(600), at(30)) - 0.00125).abs() < 1e-15);
     }
 
     #[test]
