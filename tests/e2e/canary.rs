@@ -381,9 +381,25 @@ fn caught_by(c: &Canary, version: &str, check: &str) -> Vec<Value> {
         "{reason}"
     );
     assert_eq!(c.serving(), vec![v("1.0.0"); HOSTS]);
-    // Counted as an analysis rollback.
-    let m = c.fleet.cli(&["status", "--json"]);
-    assert_eq!(m.code, 0, "{}", m.stderr);
+    // Counted as an analysis rollback, and the analysis as failed (the controller's /metrics,
+    // scraped by the Prometheus fleet's Prometheus).
+    if let Some(prom) = &c.prometheus {
+        let t = Duration::from_secs(30);
+        prom.wait_until(
+            r#"rampart_rollbacks_total{environment="prod",reason="analysis"}"#,
+            t,
+            |s| s.len() == 1 && s[0].1 == 1.0,
+        );
+        prom.wait_until(
+            r#"rampart_analysis_runs_total{environment="prod",verdict="fail"}"#,
+            t,
+            |s| s.len() == 1 && s[0].1 == 1.0,
+        );
+        let q = format!(
+            r#"rampart_analysis_check_verdict{{environment="prod",check="{check}",verdict="fail"}}"#
+        );
+        prom.wait_until(&q, t, |s| s.len() == 1 && s[0].1 == 1.0);
+    }
     let evals = events_of(&r, "analysis_evaluated");
     let failing = evals
         .iter()
