@@ -486,7 +486,7 @@ pub(crate) fn parse_stages(raw: Vec<RawStage>) -> Result<Vec<Stage>, String> {
 }
 
 /// Reads a deployment's own stages (`DeployRequest.stages`): `HOSTS` or `HOSTS=WINDOW` each
-/// (`1=2m`, `25%=5m`, `100%`), with the rules of [`parse_stages`].
+/// (`1=2m`, `25%=5m`, `100%`), with the rules of an environment's `stages`.
 pub fn parse_stage_specs(specs: &[String]) -> Result<Vec<Stage>, String> {
     let mut raw = Vec::new();
     for s in specs {
