@@ -49,6 +49,7 @@
 //! name = "error_rate"           # built in: error_rate, success_rate, latency_p95,
 //!                               # latency_p99, min_requests; any other name needs `query`
 //! max_rate = 0.02               # the check's own fields (rampart_canary::judge), e.g.
+//!                               # latency: max_ms = 500, max_ratio = 2 (× the baseline),
 //! min_requests = 1000           # min_points, min_ratio, max_ms, min_samples, min_shift_ms
 //! failure_limit = 0             # Argo Rollouts' counters: count, failure_limit,
 //!                               # inconclusive_limit, consecutive_error_limit
@@ -551,8 +552,9 @@ const ERROR_RATE_KEYS: [&str; 7] = [
     "min_points",
     "min_ratio",
 ];
-const LATENCY_KEYS: [&str; 5] = [
+const LATENCY_KEYS: [&str; 6] = [
     "max_ms",
+    "max_ratio",
     "guardrail_min_samples",
     "min_samples",
     "min_shift_fraction",

@@ -660,6 +660,7 @@ mod tests {
                     quantile: 0.95,
                     check: LatencyCheck {
                         max_ms: None,
+                        max_ratio: None,
                         ..Default::default()
                     },
                 },

@@ -499,6 +499,11 @@ pub struct LatencyCheck {
     pub max_ms: Option<f64>,
     /// Canary samples before the guardrail applies. Default 5, at least 1.
     pub guardrail_min_samples: usize,
+    /// The relative guardrail: the canary fails at once when the median of its p95 samples is
+    /// above this multiple of the baseline's (both sides with ≥ `guardrail_min_samples`) and
+    /// at least `min_shift_ms` above it — so a 1 ms service at 2.5 ms is not rolled back by
+    /// the ratio alone. Default 2 (the common "p95 > 2× baseline" rule); `null` disables.
+    pub max_ratio: Option<f64>,
     /// Samples needed on each side before a statistical verdict; below it, Inconclusive.
     /// Default 30; at least [`MIN_SAMPLES_FLOOR`] (5).
     pub min_samples: usize,
@@ -515,6 +520,7 @@ impl Default for LatencyCheck {
             alpha: 0.01,
             max_ms: Some(500.0),
             guardrail_min_samples: 5,
+            max_ratio: Some(2.0),
             min_samples: 30,
             min_shift_fraction: 0.10,
             min_shift_ms: 20.0,
@@ -535,6 +541,13 @@ impl LatencyCheck {
         }
         if self.guardrail_min_samples == 0 {
             return Err("guardrail_min_samples is 0: set at least 1 (default 5)".into());
+        }
+        if let Some(r) = self.max_ratio
+            && !(r > 1.0 && r.is_finite())
+        {
+            return Err(format!(
+                "max_ratio is {r}: set a finite multiple above 1, e.g. 2, or null"
+            ));
         }
         if self.min_samples < MIN_SAMPLES_FLOOR {
             return Err(format!(
@@ -670,6 +683,25 @@ pub fn judge_latency(canary: &[f64], baseline: Option<&[f64]>, cfg: &LatencyChec
         return d.with(
             Verdict::Fail,
             format!("guardrail: canary median p95 {m:.1} ms over {n_c} samples is above the maximum {max} ms"),
+        );
+    }
+    if let (Some(ratio), Some(m), Some(b)) = (cfg.max_ratio, med_c, baseline)
+        && n_c >= cfg.guardrail_min_samples
+        && b.len() >= cfg.guardrail_min_samples
+        && let Some(mb) = median(b)
+        && m > ratio * mb
+        && m - mb >= cfg.min_shift_ms
+    {
+        d.strong = true;
+        d.effect = Some(Effect {
+            difference: m - mb,
+            ratio: (mb > 0.0).then(|| m / mb),
+        });
+        return d.with(
+            Verdict::Fail,
+            format!(
+                "guardrail: canary median p95 {m:.1} ms over {n_c} samples is above {ratio}× the baseline's {mb:.1} ms"
+            ),
         );
     }
     let short = |name: &str, n: usize| {
@@ -1445,6 +1477,36 @@ mod tests {
         let d = judge_latency(&ramp(40, 1_030.0, 5.0), Some(&big), &cfg_no_guard);
         assert_eq!(d.thresholds.min_difference, Some(0.1 * 1_047.5));
         assert_eq!(d.verdict, Verdict::Pass, "{}", d.reason);
+    }
+
+    #[test]
+    fn latency_ratio_guardrail_needs_the_shift_too() {
+        let cfg = LatencyCheck::default();
+        // 2.5× the baseline's 100 ms over 5 samples each: at once, strong, before min_samples.
+        let d = judge_latency(&[250.0; 5], Some(&[100.0; 5]), &cfg);
+        assert_eq!((d.verdict, d.strong), (Verdict::Fail, true), "{}", d.reason);
+        assert!(d.reason.contains("2× the baseline"), "{}", d.reason);
+        // 2.5× of 1 ms is 1.5 ms more: under min_shift_ms (20), so not a guardrail breach.
+        let d = judge_latency(&[2.5; 5], Some(&[1.0; 5]), &cfg);
+        assert_eq!(d.verdict, Verdict::Inconclusive, "{}", d.reason);
+        // 1.9×: no.
+        let d = judge_latency(&[190.0; 5], Some(&[100.0; 5]), &cfg);
+        assert_eq!(d.verdict, Verdict::Inconclusive, "{}", d.reason);
+        // Disabled.
+        let off = LatencyCheck {
+            max_ratio: None,
+            ..cfg.clone()
+        };
+        let d = judge_latency(&[250.0; 5], Some(&[100.0; 5]), &off);
+        assert_eq!(d.verdict, Verdict::Inconclusive, "{}", d.reason);
+        assert!(
+            LatencyCheck {
+                max_ratio: Some(0.5),
+                ..cfg
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]
