@@ -28,8 +28,10 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// `srv_op_state` 2: `SRV_ST_RUNNING`.
 pub const OP_RUNNING: u8 = 2;
-/// `srv_admin_state` maintenance flags (forced, inherited, config, resolution, hostname).
-pub const ADMIN_MAINT: u8 = 0x01 | 0x02 | 0x04 | 0x20 | 0x40;
+/// `srv_admin_state` maintenance flags in effect (forced, inherited, resolution, hostname).
+/// `0x04` (`CMAINT`, `disabled` in the config) is left out: HAProxy keeps it after
+/// `state ready` as a record of the config, while the server serves.
+pub const ADMIN_MAINT: u8 = 0x01 | 0x02 | 0x20 | 0x40;
 /// `srv_admin_state` drain flags (forced, inherited).
 pub const ADMIN_DRAIN: u8 = 0x08 | 0x10;
 
