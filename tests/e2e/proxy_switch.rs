@@ -3,10 +3,12 @@
 //! (`blue` 1.0.0, `green` 2.0.0) and a paced load through the proxy during every switch:
 //!
 //! - nginx: blue → green → blue under ~300 requests/s: no non-2xx answer, no connection error,
-//!   `/actuator/info` through nginx shows the new version after each switch, p99 reported; the
+//!   `/actuator/info` through nginx shows the new version after each switch, p99 within 50 ms of
+//!   a load before the switches; the
 //!   same switch again changes nothing;
 //! - nginx refusing: a config that fails `nginx -t` fails the task with nginx's message, the
-//!   include stays the old one and traffic stays on the old slot;
+//!   include stays the old one and traffic stays on the old slot; a switch the proxy never
+//!   confirms is undone and fails, traffic back on the old slot;
 //! - HAProxy: the same switches over the admin socket, under load, with `show servers state`
 //!   showing the new server ready and the old one draining; an unreachable socket, an unknown
 //!   backend and an unknown server are clear errors with nothing changed;
@@ -99,6 +101,28 @@ fn assert_no_failure(report: &LoadReport, what: &str) {
     assert_eq!(t.other_status, 0, "{what}: non-2xx answers: {report}");
 }
 
+/// The p99 of a short load before any switch, to compare the switches' p99 with.
+fn baseline_p99(name: &str, port: u16) -> f64 {
+    let report = Load::start(
+        vec![Target::new(name, port, "/")],
+        RATE,
+        Duration::from_secs(2),
+    )
+    .wait(Duration::from_secs(20));
+    assert_no_failure(&report, &format!("{name} before any switch"));
+    report.targets[0].p99_ms().unwrap()
+}
+
+/// The bound: the p99 during the switches within 50 ms of the p99 before.
+fn assert_p99_within(report: &LoadReport, before_ms: f64, what: &str) {
+    let during = report.targets[0].p99_ms().unwrap();
+    eprintln!("{what}: p99 before {before_ms:.1} ms, during the switches {during:.1} ms");
+    assert!(
+        during <= before_ms + 50.0,
+        "{what}: p99 {during:.1} ms during the switches, {before_ms:.1} ms before"
+    );
+}
+
 #[test]
 fn nginx_switches_blue_green_blue_under_load_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,6 +130,7 @@ fn nginx_switches_blue_green_blue_under_load_without_a_failed_request() {
     let green = SlotApp::start("2.0.0");
     let nginx = NginxProc::start(&render("app", &slot("blue", &blue)));
     assert_eq!(version_through(nginx.port), "1.0.0", "{}", nginx.log());
+    let before_p99 = baseline_p99("nginx", nginx.port);
 
     let load = Load::start(
         vec![Target::new("nginx", nginx.port, "/")],
@@ -159,6 +184,7 @@ fn nginx_switches_blue_green_blue_under_load_without_a_failed_request() {
     let report = load.wait(Duration::from_secs(30));
     eprintln!("nginx switches (slot, task wall time, switch ms, confirm attempts): {walls:?}");
     assert_no_failure(&report, "nginx blue→green→blue");
+    assert_p99_within(&report, before_p99, "nginx blue→green→blue");
     // The proxy's own config was never written.
     assert!(
         std::fs::read_to_string(nginx.conf())
@@ -177,7 +203,7 @@ fn nginx_refusing_the_change_fails_the_task_and_leaves_traffic_on_the_old_slot()
     let load = Load::start(
         vec![Target::new("nginx", nginx.port, "/")],
         RATE,
-        Duration::from_secs(5),
+        Duration::from_secs(6),
     );
     std::thread::sleep(Duration::from_millis(500));
     // Someone broke the proxy's config beside Rampart's include: `nginx -t` fails.
@@ -206,8 +232,28 @@ fn nginx_refusing_the_change_fails_the_task_and_leaves_traffic_on_the_old_slot()
         .map(|e| e.file_name())
         .collect();
     assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+
+    // nginx takes the change but the proxy never shows what was expected: the switch is
+    // undone (previous include, reloaded again) and the task fails.
+    std::fs::remove_file(nginx.dir.path().join("extra/broken.conf")).unwrap();
+    let args = nginx_args(&nginx, &blue, &green, "green", "9.9.9") + "        confirm_timeout: 1\n";
+    let (run, _) = run_switch(dir.path(), &args, &[]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let r = switch_result(&run);
+    let msg = r["msg"].as_str().unwrap();
+    assert!(msg.contains("did not confirm slot green"), "{msg}");
+    assert!(
+        msg.contains("traffic is back on the previous slot"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read_to_string(nginx.include()).unwrap(), before);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while version_through(nginx.port) != "1.0.0" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(version_through(nginx.port), "1.0.0", "back on blue");
     let report = load.wait(Duration::from_secs(20));
-    assert_no_failure(&report, "nginx refusing");
+    assert_no_failure(&report, "nginx refusing, then not confirmed");
 }
 
 #[test]
@@ -223,6 +269,7 @@ fn haproxy_switches_over_its_admin_socket_under_load_ready_then_drain() {
         hap.log()
     );
     assert_eq!(version_through(hap.port), "1.0.0");
+    let before_p99 = baseline_p99("haproxy", hap.port);
 
     let load = Load::start(
         vec![Target::new("haproxy", hap.port, "/")],
@@ -271,6 +318,7 @@ fn haproxy_switches_over_its_admin_socket_under_load_ready_then_drain() {
     let report = load.wait(Duration::from_secs(30));
     eprintln!("haproxy switches (slot, task wall time, switch ms, drained): {walls:?}");
     assert_no_failure(&report, "haproxy blue→green→blue");
+    assert_p99_within(&report, before_p99, "haproxy blue→green→blue");
 }
 
 #[test]

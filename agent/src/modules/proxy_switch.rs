@@ -46,7 +46,7 @@ use serde_json::{Map, Value, json};
 
 use rampart_host::proxy::haproxy::{Haproxy, HaproxyConfig};
 use rampart_host::proxy::nginx::{Confirm, Nginx, NginxConfig, Reload};
-use rampart_host::proxy::{Plan, Proxy, Slot, Slots, check_address, check_name};
+use rampart_host::proxy::{Plan, Proxy, ProxyError, Slot, Slots, check_address, check_server_name};
 use rampart_playbook::modules::proxy_switch as schema;
 
 use super::{ModuleCtx, ModuleResult, ModuleSpec, arg_f64, arg_i64, arg_str, failed};
@@ -147,12 +147,15 @@ fn result(plan: &Plan, args: &Map<String, Value>, extra: Option<Value>) -> Modul
     r
 }
 
+/// How one kind of slot target is checked.
+type TargetCheck = fn(&str) -> Result<(), ProxyError>;
+
 /// The adapter and the slot to make live, from the task's arguments, all checked here.
 fn build(args: &Map<String, Value>) -> Result<(Box<dyn Proxy>, Slot), String> {
     let kind = arg_str(args, "proxy").unwrap_or_default();
-    let (others, target_ok): (&[&str], fn(&str) -> Result<(), _>) = match kind {
+    let (others, target_ok): (&[&str], TargetCheck) = match kind {
         "nginx" => (HAPROXY_ONLY, check_address),
-        "haproxy" => (NGINX_ONLY, |s| check_name("server name", s)),
+        "haproxy" => (NGINX_ONLY, check_server_name),
         other => return Err(format!("unsupported proxy `{other}`: nginx or haproxy")),
     };
     if let Some(a) = others.iter().find(|a| args.contains_key(**a)) {

@@ -154,6 +154,21 @@ pub enum ProxyError {
         /// Whether its previous admin state was restored.
         reverted: bool,
     },
+    /// HAProxy: the new server is ready and running but an old one could not be set to drain:
+    /// both take traffic.
+    #[error(
+        "haproxy server {backend}/{ready} is ready but {backend}/{server} could not be set to drain ({source}): both take traffic; switch again or set it to drain by hand"
+    )]
+    DrainFailed {
+        /// The backend.
+        backend: String,
+        /// The new, ready server.
+        ready: String,
+        /// The old server that still takes traffic.
+        server: String,
+        /// Why the drain failed.
+        source: Box<ProxyError>,
+    },
     /// HAProxy: after the switch `show servers state` did not show the new server ready and the
     /// old ones draining.
     #[error("haproxy backend {backend} does not show slot {slot} live after the switch: {state}")]

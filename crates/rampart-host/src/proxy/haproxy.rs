@@ -9,6 +9,11 @@
 //! in-flight requests finish and it takes no new ones, confirms with `show servers state`, and
 //! waits up to the drain timeout for the drained servers' sessions (`show stat`) to reach 0.
 //!
+//! HAProxy reports a server leaving maintenance as running at once, before its first health
+//! check, and its checks take it down only after `fall` failures: "running" here is HAProxy's
+//! word, not a health gate. The slot must be health-gated on its own address before the switch
+//! (the blue/green lifecycle does that).
+//!
 //! The live slot ([`Haproxy::current`]) is the one slot whose server is ready (neither drain nor
 //! maintenance flags in `srv_admin_state`).
 
@@ -98,6 +103,9 @@ impl ServerState {
         format!("{} {admin}/{op}", self.name)
     }
 }
+
+/// Every slot with its server's state.
+type SlotStates = Vec<(Slot, ServerState)>;
 
 /// The HAProxy adapter.
 #[derive(Debug, Clone)]
@@ -233,7 +241,7 @@ impl Haproxy {
         &self,
         timeout: Duration,
         done: impl Fn(&[(Slot, ServerState)]) -> bool,
-    ) -> Result<(Vec<(Slot, ServerState)>, bool, u32), ProxyError> {
+    ) -> Result<(SlotStates, bool, u32), ProxyError> {
         let deadline = Instant::now() + timeout;
         let mut polls = 0;
         loop {
@@ -357,7 +365,13 @@ impl Proxy for Haproxy {
             .map(|(s, _)| s.clone())
             .collect();
         for slot in &old {
-            self.set_state(&slot.target, "drain")?;
+            self.set_state(&slot.target, "drain")
+                .map_err(|e| ProxyError::DrainFailed {
+                    backend: self.cfg.backend.clone(),
+                    ready: to.target.clone(),
+                    server: slot.target.clone(),
+                    source: Box::new(e),
+                })?;
         }
         let shown = self.slot_states()?;
         attempts += 1;

@@ -182,6 +182,11 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), ProxyError> {
     }
 }
 
+/// Checks an HAProxy server's name (as [`check_name`]).
+pub fn check_server_name(name: &str) -> Result<(), ProxyError> {
+    check_name("server name", name)
+}
+
 /// Checks a slot address: `IP:PORT` (IPv6 in brackets), port not 0.
 pub fn check_address(addr: &str) -> Result<(), ProxyError> {
     match addr.parse::<SocketAddr>() {
