@@ -12,13 +12,16 @@ cd "$(dirname "$0")/.."
 # (the health checks' Redis), prometheus and promtool (a real Prometheus scraping the controller; metrics and rule checks),
 # prometheus-pushgateway (receives `rampart run --local --pushgateway` facts; started by the tests
 # on a port of their own: the unit the package enables is not used), crontab (the conformance
-# suite's cron scenario), python3-venv (the conformance suite's ansible-core and the canary
+# suite's cron scenario), nginx and haproxy (the proxies `proxy_switch` switches; started by the
+# tests on ports of their own with their own configs: the packages' services are not used),
+# python3-venv (the conformance suite's ansible-core and the canary
 # statistics' SciPy, below).
 missing=()
 for tool in curl:curl openssl:openssl python3:python3 /lib/systemd/systemd:systemd \
   psql:postgresql-client pg_dump:postgresql-client pg_restore:postgresql-client \
   redis-server:redis-server promtool:prometheus prometheus:prometheus \
-  /usr/bin/prometheus-pushgateway:prometheus-pushgateway crontab:cron; do
+  /usr/bin/prometheus-pushgateway:prometheus-pushgateway crontab:cron \
+  /usr/sbin/nginx:nginx /usr/sbin/haproxy:haproxy; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if ! [ -x /usr/local/bin/initdb ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -47,6 +47,7 @@ mod monitoring;
 mod mtls;
 mod notify;
 mod prometheus_client;
+mod proxy_switch;
 mod release_safety;
 mod role_deploy;
 mod rollback_playbook;

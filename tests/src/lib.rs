@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod load;
 pub mod pg;
 pub mod prometheus;
+pub mod proxy;
 pub mod pushgateway;
 pub mod redis;
 pub mod systemd;

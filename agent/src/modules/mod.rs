@@ -26,6 +26,7 @@ pub mod forensics;
 pub mod health;
 pub mod migrate;
 pub mod net;
+pub mod proxy_switch;
 pub mod release;
 pub mod release_tree;
 pub mod service;
@@ -122,6 +123,7 @@ pub static MODULES: &[&ModuleSpec] = &[
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,
+    &proxy_switch::PROXY_SWITCH,
     &cron::CRON,
     &users::USER,
     &users::GROUP,

@@ -10,6 +10,9 @@
 //! - [`extract`]: one-pass verify + decompress + safe untar of a release archive;
 //! - [`process`]: one bounded child process (own process group, killed at a deadline, capped
 //!   output in scratch files);
+//! - [`proxy`]: blue/green switches in the host's proxy behind one trait, one file per proxy
+//!   (`nginx`: an include Rampart owns, `nginx -t`, graceful reload, confirmed through the proxy;
+//!   `haproxy`: the runtime API over the admin socket, ready then drain);
 //! - [`systemd`]: `systemctl show|start|stop|restart` and `journalctl -u`, behind an optional
 //!   command prefix, built on [`process`];
 //! - `testing` (feature `test-util`): an HTTPS server with a throwaway CA, for tests.
@@ -24,6 +27,7 @@ pub mod durable;
 pub mod extract;
 pub mod facts;
 pub mod process;
+pub mod proxy;
 pub mod systemd;
 #[cfg(feature = "test-util")]
 pub mod testing;

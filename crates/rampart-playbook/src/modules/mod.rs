@@ -14,6 +14,7 @@ pub mod forensics;
 pub mod health;
 pub mod migrate;
 pub mod net;
+pub mod proxy_switch;
 pub mod release;
 pub mod service;
 pub mod textedit;
@@ -51,6 +52,7 @@ pub static BUILTIN: &[&ModuleSchema] = &[
     &forensics::FORENSICS,
     &migrate::MIGRATE,
     &health::HEALTH,
+    &proxy_switch::PROXY_SWITCH,
     &cron::CRON,
     &users::USER,
     &users::GROUP,
