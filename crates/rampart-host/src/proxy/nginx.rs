@@ -346,6 +346,35 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// After an undo: `passes` 2xx answers in a row of the confirmation URL without the
+    /// expected text (the new slot's), within the confirmation timeout. Without an expected
+    /// text there is nothing to tell the slots apart: the answers only need to be 2xx.
+    fn confirm_gone(&self, confirm: &Confirm) -> bool {
+        let deadline = Instant::now() + confirm.timeout;
+        let mut in_a_row = 0;
+        for _ in 0..MAX_CONFIRM_ATTEMPTS {
+            match http_get(confirm) {
+                Ok((status, text))
+                    if (200..300).contains(&status)
+                        && confirm.expect.as_deref().is_none_or(|e| !text.contains(e)) =>
+                {
+                    in_a_row += 1;
+                    if in_a_row >= confirm.passes {
+                        return true;
+                    }
+                }
+                _ => in_a_row = 0,
+            }
+            if Instant::now() + confirm.interval >= deadline {
+                return false;
+            }
+            std::thread::sleep(confirm.interval);
+        }
+        false
+    }
+}
+
 impl Proxy for Nginx {
     fn current(&self) -> Result<Option<Slot>, ProxyError> {
         let Some(text) = self.read_include()? else {
@@ -430,7 +459,12 @@ impl Proxy for Nginx {
                 drained: None,
             }),
             Err((attempts, last)) => {
-                let restored = self.restore(previous.as_deref()) && self.reload().is_ok();
+                // Back on the previous include, and seen so through the proxy: `passes`
+                // answers in a row without the new slot's marker (a reload returns before
+                // nginx has swapped its workers).
+                let restored = self.restore(previous.as_deref())
+                    && self.reload().is_ok()
+                    && self.confirm_gone(confirm);
                 Err(ProxyError::NotConfirmed {
                     slot: to.name.clone(),
                     url: confirm.url.clone(),
