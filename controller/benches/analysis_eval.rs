@@ -10,8 +10,7 @@
 //! p90) over 101 batches timed with `std::time::Instant`, a batch lasting ≥ 1 ms.
 
 use std::collections::BTreeMap;
-use std::hint::black_box;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rampart_canary::judge::{Counts, ErrorRateCheck, FastPathCheck, LatencyCheck};
 use rampart_canary::stats::alpha_per_metric;
@@ -20,36 +19,18 @@ use rampart_controller::analysis::config::{
     AnalysisConfig, Check, CheckKind, MaxWindow, ProbeConfig, SourceConfig,
 };
 use rampart_controller::analysis::eval::{self, StageHosts};
-use rampart_controller::analysis::source::{AUDIT_MAX_ENTRIES, Audit, Source};
+use rampart_controller::analysis::source::{AUDIT_MAX_ENTRIES, Audit, Source, series_audit};
 use serde_json::{Value, json};
 
-const BATCHES: usize = 101;
+#[path = "../../crates/rampart-canary/benches/support/timing.rs"]
+mod timing;
+
+/// A batch lasts at least this long.
 const BATCH_AT_LEAST: Duration = Duration::from_millis(1);
 
 /// Median and p90 ns per call of `f`.
-fn time_ns<T>(mut f: impl FnMut() -> T) -> (f64, f64) {
-    let mut inner = 1u32;
-    loop {
-        let t = Instant::now();
-        for _ in 0..inner {
-            black_box(f());
-        }
-        if t.elapsed() >= BATCH_AT_LEAST || inner >= 1 << 20 {
-            break;
-        }
-        inner *= 2;
-    }
-    let mut per_call: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..inner {
-                black_box(f());
-            }
-            t.elapsed().as_nanos() as f64 / inner as f64
-        })
-        .collect();
-    per_call.sort_by(f64::total_cmp);
-    (per_call[BATCHES / 2], per_call[BATCHES * 9 / 10])
+fn time_ns<T>(f: impl FnMut() -> T) -> (f64, f64) {
+    timing::time_ns(BATCH_AT_LEAST, 1 << 20, f)
 }
 
 /// What Prometheus would answer, per host, already fetched: over the window, and over the
@@ -137,16 +118,7 @@ impl Source for Memory {
             "histogram_quantile({quantile}, sum by (host, le) (rate(http_request_duration_seconds_bucket{{host=~\"{}\",job=\"app\"}}[15s])))",
             host_regex(hosts)
         );
-        let summary: serde_json::Map<String, Value> = m
-            .iter()
-            .take(AUDIT_MAX_ENTRIES)
-            .map(|(h, v)| {
-                (
-                    h.clone(),
-                    json!(v.iter().take(AUDIT_MAX_ENTRIES).collect::<Vec<_>>()),
-                )
-            })
-            .collect();
+        let summary = series_audit(&m);
         audit.queries.push(json!({
             "query": q,
             "at": { "start": unix(start), "end": unix(end), "step": 15.0 },

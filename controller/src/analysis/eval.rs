@@ -209,10 +209,39 @@ pub fn evaluate(
     step: Duration,
     now: SystemTime,
 ) -> Vec<CheckResult> {
+    let mut shared = Shared::default();
     cfg.checks
         .iter()
-        .map(|c| evaluate_one(c, source, hosts, step, now))
+        .map(|c| evaluate_one(c, source, hosts, step, now, &mut shared))
         .collect()
+}
+
+/// What several checks of one evaluation read: the pooled counts (`error_rate`,
+/// `success_rate` and `min_requests` all judge them), asked of the source once.
+#[derive(Default)]
+struct Shared {
+    counts: Option<(Result<BothCounts, String>, Audit)>,
+}
+
+/// The canary's counts, and the baseline's (none at a last stage without history).
+type BothCounts = (Counts, Option<Counts>);
+
+impl Shared {
+    /// The counts, queried on first use; their queries go into every reader's `audit`.
+    fn counts(
+        &mut self,
+        source: &dyn Source,
+        hosts: &StageHosts,
+        now: SystemTime,
+        audit: &mut Audit,
+    ) -> Result<BothCounts, String> {
+        let (r, queried) = self.counts.get_or_insert_with(|| {
+            let mut a = Audit::default();
+            (both_counts(source, hosts, now, &mut a), a)
+        });
+        audit.queries.extend(queried.queries.iter().cloned());
+        r.clone()
+    }
 }
 
 fn evaluate_one(
@@ -221,12 +250,13 @@ fn evaluate_one(
     hosts: &StageHosts,
     step: Duration,
     now: SystemTime,
+    shared: &mut Shared,
 ) -> CheckResult {
     let mut audit = Audit::default();
     let historical = hosts.historical();
     let extra = json!({ "historical_baseline": historical });
     match &check.kind {
-        CheckKind::ErrorRate(cfg) => match both_counts(source, hosts, now, &mut audit) {
+        CheckKind::ErrorRate(cfg) => match shared.counts(source, hosts, now, &mut audit) {
             Err(e) => CheckResult::error(check, e, audit),
             Ok((canary, baseline)) => {
                 let mut d = if historical && baseline.is_none() {
@@ -251,7 +281,7 @@ fn evaluate_one(
             }
         },
         CheckKind::SuccessRate { min, min_requests } => {
-            match both_counts(source, hosts, now, &mut audit) {
+            match shared.counts(source, hosts, now, &mut audit) {
                 Err(e) => CheckResult::error(check, e, audit),
                 Ok((c, _)) => {
                     let share = c.rate().map(|r| 1.0 - r);
@@ -288,7 +318,7 @@ fn evaluate_one(
                 }
             }
         }
-        CheckKind::MinRequests { min } => match both_counts(source, hosts, now, &mut audit) {
+        CheckKind::MinRequests { min } => match shared.counts(source, hosts, now, &mut audit) {
             Err(e) => CheckResult::error(check, e, audit),
             Ok((c, _)) => {
                 let detail = json!({ "canary": c, "min": min });
@@ -701,6 +731,8 @@ mod tests {
             "{r:#?}"
         );
         assert!(r[0].detail["p_value"].as_f64().unwrap() < 1e-6);
+        // success_rate and min_requests read the same counts: asked once.
+        assert_eq!(t.asked.lock().unwrap().len(), 1, "{:?}", t.asked);
         // No data from a custom query: Error.
         t.custom = None;
         let r = evaluate(

@@ -30,7 +30,7 @@ use rampart_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use super::config::ProbeConfig;
-use super::source::{AUDIT_MAX_ENTRIES, Audit, DOWN_FOR, Source};
+use super::source::{AUDIT_MAX_ENTRIES, Audit, DOWN_FOR, Source, series_audit};
 use crate::agents::Agents;
 use crate::config::Environment;
 
@@ -522,16 +522,7 @@ impl Source for ProbeSource {
         let s = self.lock();
         let step_ms = self.step.as_millis().max(1) as u64;
         let m = s.latency(hosts, unix_ms(start), unix_ms(end), step_ms, quantile);
-        let summary: serde_json::Map<String, Value> = m
-            .iter()
-            .take(AUDIT_MAX_ENTRIES)
-            .map(|(h, v)| {
-                (
-                    h.clone(),
-                    json!(v.iter().take(AUDIT_MAX_ENTRIES).collect::<Vec<_>>()),
-                )
-            })
-            .collect();
+        let summary = series_audit(&m);
         audit.push(
             &format!("probe latency quantile {quantile} (ms) per host and step"),
             json!({
@@ -539,7 +530,7 @@ impl Source for ProbeSource {
                 "end": unix_ms(end) as f64 / 1000.0,
                 "step": self.step.as_secs_f64(),
             }),
-            Ok(json!({ "hosts": Value::Object(summary), "unmeasured": s.unmeasured(hosts) })),
+            Ok(json!({ "hosts": summary, "unmeasured": s.unmeasured(hosts) })),
         );
         Ok(m)
     }

@@ -49,6 +49,22 @@ fn unix(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Per-host latency samples as an audit records them: at most [`AUDIT_MAX_ENTRIES`] hosts, each
+/// with at most as many samples.
+pub fn series_audit(m: &BTreeMap<String, Vec<f64>>) -> Value {
+    Value::Object(
+        m.iter()
+            .take(AUDIT_MAX_ENTRIES)
+            .map(|(h, v)| {
+                (
+                    h.clone(),
+                    json!(v.iter().take(AUDIT_MAX_ENTRIES).collect::<Vec<_>>()),
+                )
+            })
+            .collect(),
+    )
+}
+
 fn bounded_map(m: &BTreeMap<String, f64>) -> Value {
     let mut o = serde_json::Map::new();
     for (k, v) in m.iter().take(AUDIT_MAX_ENTRIES) {
@@ -289,17 +305,7 @@ impl Source for PrometheusMetrics {
                             .filter(|ms| ms.is_finite() && *ms >= 0.0),
                     );
                 }
-                let summary: serde_json::Map<String, Value> = out
-                    .iter()
-                    .take(AUDIT_MAX_ENTRIES)
-                    .map(|(h, v)| {
-                        (
-                            h.clone(),
-                            json!(v.iter().take(AUDIT_MAX_ENTRIES).collect::<Vec<_>>()),
-                        )
-                    })
-                    .collect();
-                audit.push(&q, when, Ok(Value::Object(summary)));
+                audit.push(&q, when, Ok(series_audit(&out)));
                 Ok(out)
             }
             Err(e) => {

@@ -698,23 +698,12 @@ impl Runner {
             .await?;
             self.save().await?;
         }
-        let wait = self.env.approval_timeout;
-        let since = *self.approval_since.get_or_insert_with(SystemTime::now);
-        let deadline = Instant::now()
-            + (since + wait)
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-        // Bounded: a pass waits up to 100 ms, or less when a request arrives (a handful).
-        for _ in 0..(wait.as_millis() as u64 / 100 + 100) {
-            if let Some((by, reason)) = self.aborted() {
-                self.record_abort().await?;
-                return Ok(Err((
-                    Outcome::Aborted,
-                    format!("aborted before its first wave by {by}: {reason}"),
-                )));
-            }
-            let approved = self.control.borrow().approved.clone();
-            if let Some((by, comment)) = approved {
+        match self.await_person(|c| c.approved.clone()).await? {
+            Answer::Aborted(by, reason) => Ok(Err((
+                Outcome::Aborted,
+                format!("aborted before its first wave by {by}: {reason}"),
+            ))),
+            Answer::Approved(by, comment) => {
                 if !self.approved_recorded {
                     self.approved_recorded = true;
                     self.d.approved_by = by.clone();
@@ -725,7 +714,40 @@ impl Runner {
                     .await?;
                     self.save().await?;
                 }
-                return Ok(Ok(()));
+                Ok(Ok(()))
+            }
+            Answer::TimedOut(wait) => Ok(Err((
+                Outcome::ApprovalTimedOut,
+                format!(
+                    "not approved within {:.0}s (approval_timeout_seconds of environment {}); nothing was touched",
+                    wait.as_secs_f64(),
+                    self.env.name
+                ),
+            ))),
+        }
+    }
+
+    /// Waits for a person: the approval `pick` reads from the requests, or an abort (recorded),
+    /// at most the environment's `approval_timeout` counted from `approval_since`.
+    async fn await_person(
+        &mut self,
+        pick: impl Fn(&Control) -> Option<(String, String)>,
+    ) -> RunResult<Answer> {
+        let wait = self.env.approval_timeout;
+        let since = *self.approval_since.get_or_insert_with(SystemTime::now);
+        let deadline = Instant::now()
+            + (since + wait)
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        // Bounded: a pass waits up to 100 ms, or less when a request arrives (a handful).
+        for _ in 0..(wait.as_millis() as u64 / 100 + 100) {
+            if let Some((by, reason)) = self.aborted() {
+                self.record_abort().await?;
+                return Ok(Answer::Aborted(by, reason));
+            }
+            let approved = pick(&self.control.borrow());
+            if let Some((by, comment)) = approved {
+                return Ok(Answer::Approved(by, comment));
             }
             if Instant::now() >= deadline {
                 break;
@@ -733,14 +755,7 @@ impl Runner {
             let nap = Duration::from_millis(100).min(deadline - Instant::now());
             let _ = tokio::time::timeout(nap, self.control.changed()).await;
         }
-        Ok(Err((
-            Outcome::ApprovalTimedOut,
-            format!(
-                "not approved within {:.0}s (approval_timeout_seconds of environment {}); nothing was touched",
-                wait.as_secs_f64(),
-                self.env.name
-            ),
-        )))
+        Ok(Answer::TimedOut(wait))
     }
 
     /// Runs the waves; returns why the deployment aborts, if it does.
@@ -1159,23 +1174,12 @@ impl Runner {
             .await?;
             self.save().await?;
         }
-        let wait = self.env.approval_timeout;
-        let since = *self.approval_since.get_or_insert_with(SystemTime::now);
-        let deadline = Instant::now()
-            + (since + wait)
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-        // Bounded: a pass waits up to 100 ms, or less when a request arrives.
-        for _ in 0..(wait.as_millis() as u64 / 100 + 100) {
-            if let Some((by, reason)) = self.aborted() {
-                self.record_abort().await?;
-                return Ok(Some(format!(
-                    "aborted while paused after wave {} by {by}: {reason}",
-                    w + 1
-                )));
-            }
-            let resumed = self.control.borrow().resume.get(&w).cloned();
-            if let Some((by, comment)) = resumed {
+        match self.await_person(|c| c.resume.get(&w).cloned()).await? {
+            Answer::Aborted(by, reason) => Ok(Some(format!(
+                "aborted while paused after wave {} by {by}: {reason}",
+                w + 1
+            ))),
+            Answer::Approved(by, comment) => {
                 self.resumed_after.insert(w);
                 self.d.paused_after_wave = None;
                 self.emit(Kind::Approved(pb::Approved {
@@ -1185,20 +1189,15 @@ impl Runner {
                 .await?;
                 self.advance(PhaseEvent::StartWaves)?;
                 self.save().await?;
-                return Ok(None);
+                Ok(None)
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            let nap = Duration::from_millis(100).min(deadline - Instant::now());
-            let _ = tokio::time::timeout(nap, self.control.changed()).await;
+            Answer::TimedOut(wait) => Ok(Some(format!(
+                "paused after wave {} ({why}) and not approved within {:.0}s (approval_timeout_seconds of environment {}): rolling back",
+                w + 1,
+                wait.as_secs_f64(),
+                self.env.name
+            ))),
         }
-        Ok(Some(format!(
-            "paused after wave {} ({why}) and not approved within {:.0}s (approval_timeout_seconds of environment {}): rolling back",
-            w + 1,
-            wait.as_secs_f64(),
-            self.env.name
-        )))
     }
 
     fn counts(&self, hosts: &[usize]) -> (usize, usize, usize) {
@@ -1757,6 +1756,16 @@ impl Runner {
             .name()
             .to_string()
     }
+}
+
+/// What a person did while the deployment waited for them.
+enum Answer {
+    /// Aborted (who, why).
+    Aborted(String, String),
+    /// Approved (who, comment).
+    Approved(String, String),
+    /// Nothing within the approval timeout (its length).
+    TimedOut(Duration),
 }
 
 /// How a stage's evaluations ended.

@@ -7,7 +7,7 @@
 //! over 101 batches of calls timed with `std::time::Instant`, a batch lasting ≥ 200 µs.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rampart_canary::judge::{
     self, Counts, Decision, ErrorRateCheck, FastPathCheck, LatencyCheck, TestKind, Verdict,
@@ -15,33 +15,15 @@ use rampart_canary::judge::{
 use rampart_canary::stats::alpha_per_metric;
 use rampart_canary::window::{StageRun, WindowPolicy, window_limits};
 
-const BATCHES: usize = 101;
+#[path = "support/timing.rs"]
+mod timing;
+
+/// A batch lasts at least this long.
 const BATCH_AT_LEAST: Duration = Duration::from_micros(200);
 
 /// Median and p90 ns per call of `f`.
-fn time_ns<T>(mut f: impl FnMut() -> T) -> (f64, f64) {
-    let mut inner = 1u32;
-    loop {
-        let t = Instant::now();
-        for _ in 0..inner {
-            black_box(f());
-        }
-        if t.elapsed() >= BATCH_AT_LEAST || inner >= 1 << 24 {
-            break;
-        }
-        inner *= 2;
-    }
-    let mut per_call: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..inner {
-                black_box(f());
-            }
-            t.elapsed().as_nanos() as f64 / inner as f64
-        })
-        .collect();
-    per_call.sort_by(f64::total_cmp);
-    (per_call[BATCHES / 2], per_call[BATCHES * 9 / 10])
+fn time_ns<T>(f: impl FnMut() -> T) -> (f64, f64) {
+    timing::time_ns(BATCH_AT_LEAST, 1 << 24, f)
 }
 
 /// Log-normal p95-like samples (median `median` ms, σ 0.3 of the log), distinct values, from a

@@ -71,6 +71,20 @@ pub struct Switched {
     pub drained: Option<(bool, u64)>,
 }
 
+impl Switched {
+    /// A switch nothing confirmed: nothing to change, or no way to look (nginx without a
+    /// confirmation URL); `started` when the switch began.
+    pub fn unconfirmed(plan: Plan, started: std::time::Instant) -> Switched {
+        Switched {
+            plan,
+            confirmed: false,
+            attempts: 0,
+            elapsed: started.elapsed(),
+            drained: None,
+        }
+    }
+}
+
 /// A proxy Rampart can switch between slots.
 pub trait Proxy {
     /// The live slot as the proxy shows it (none when it shows no single slot of ours).

@@ -406,13 +406,7 @@ impl Proxy for Nginx {
         let started = Instant::now();
         let plan = self.plan(to)?;
         if !plan.changed {
-            return Ok(Switched {
-                plan,
-                confirmed: false,
-                attempts: 0,
-                elapsed: started.elapsed(),
-                drained: None,
-            });
+            return Ok(Switched::unconfirmed(plan, started));
         }
         let (previous, next) = plan.text.clone().unwrap_or_default();
         let include = &self.cfg.include;
@@ -442,13 +436,7 @@ impl Proxy for Nginx {
         }
         tracing::info!(upstream = %self.cfg.upstream, slot = %to.name, "nginx reloaded with the new upstream");
         let Some(confirm) = &self.cfg.confirm else {
-            return Ok(Switched {
-                plan,
-                confirmed: false,
-                attempts: 0,
-                elapsed: started.elapsed(),
-                drained: None,
-            });
+            return Ok(Switched::unconfirmed(plan, started));
         };
         match self.confirm(confirm) {
             Ok(attempts) => Ok(Switched {
